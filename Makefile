@@ -1,0 +1,60 @@
+# p13n — the verbs people know. `make help` lists them.
+# On a fresh machine `make run` and `make test` are the only two commands needed: both set up first.
+
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
+UV_VERSION := 0.13.8
+STAMP := $(VENV)/.p13n-installed
+export P13N_ENV ?= local
+
+.DEFAULT_GOAL := help
+.PHONY: help setup run test test-slow test-all lint format bench airflow lock clean
+
+help: ## List the make targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-11s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): requirements/lock.txt setup.cfg setup.py pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "p13n needs $(PYTHON) on PATH (Python 3.11)"; exit 1; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
+	$(UV) pip sync -q --python $(PY) requirements/lock.txt
+	$(UV) pip install -q --python $(PY) --no-deps -e .
+	@touch $(STAMP)
+	@echo "p13n installed in $(VENV)/"
+
+setup: $(STAMP) ## Create .venv/ and install the pinned stack (quick when nothing changed)
+
+run: setup ## Run the pipeline through Airflow on embedded local services and print what it wrote
+	$(VENV)/bin/p13n run
+
+test: setup ## Run the test suite (what CI runs)
+	$(PY) -m pytest
+
+test-slow: setup ## Run only the slow end-to-end and fault-injection tests
+	$(PY) -m pytest -m slow
+
+test-all: setup ## Run every test except scale runs
+	$(PY) -m pytest -m "not scale"
+
+lint: setup ## Check style with ruff
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+format: setup ## Format the code with ruff
+	$(VENV)/bin/ruff check --fix . && $(VENV)/bin/ruff format .
+
+bench: setup ## Run every benchmark and print key=value figures
+	$(VENV)/bin/p13n bench all
+
+airflow: setup ## Start a local Airflow (standalone, SQLite) with the project's DAGs
+	$(VENV)/bin/p13n airflow standalone
+
+lock: ## Re-resolve requirements/base.in into requirements/lock.txt
+	@test -x $(UV) || { $(PYTHON) -m venv $(VENV) && $(PY) -m pip install -q uv==$(UV_VERSION); }
+	$(UV) pip compile -q requirements/base.in --python-version 3.11 -o requirements/lock.txt
+
+clean: ## Remove generated data, caches and the virtual environment
+	rm -rf data $(VENV) .pytest_cache .ruff_cache build *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

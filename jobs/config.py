@@ -1,0 +1,234 @@
+"""One typed configuration: conf/base.yaml, overlaid by conf/<P13N_ENV>.yaml, then by environment variables.
+
+`P13N_ENV` picks the overlay (local, test, prod). `P13N__SECTION__KEY=value` overrides one key
+(`P13N__SPARK__MASTER=spark://host:7077`); `P13N_DATA_DIR` and `P13N_CONF_DIR` move the data and the
+configuration. Validation errors name the key, the file or variable that set it, and what was expected.
+Secrets are refused in files: keys that look like credentials may only come from the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ENV_PREFIX = "P13N__"
+_SECRET_KEY = re.compile(r"(password|secret|token|api_key|apikey|private_key|access_key)", re.I)
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be loaded; the message says which key, where it was set and why."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LakeSettings(_Section):
+    root: str = ""
+    storage_options: dict[str, str] = Field(default_factory=dict)
+    max_rows_per_file: int = Field(2_000_000, gt=0)
+    min_rows_per_group: int = Field(131_072, gt=0)
+    vacuum_retention_hours: int = Field(168, ge=0)
+    max_commit_retries: int = Field(3, ge=0)
+
+    @model_validator(mode="after")
+    def _groups_fit_files(self) -> LakeSettings:
+        if self.min_rows_per_group > self.max_rows_per_file:
+            raise ValueError("min_rows_per_group must be <= max_rows_per_file")
+        return self
+
+
+class SparkSettings(_Section):
+    master: str = "local[*]"
+    app_name: str = "p13n"
+    driver_memory: str = "4g"
+    shuffle_partitions: int = Field(8, gt=0)
+    ui_enabled: bool = True
+    conf: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("driver_memory")
+    @classmethod
+    def _memory_size(cls, v: str) -> str:
+        if not re.fullmatch(r"\d+[kmgt]?", v.lower()):
+            raise ValueError(f"expected a JVM memory size such as 4g or 512m, got {v!r}")
+        return v
+
+    @field_validator("conf", mode="before")
+    @classmethod
+    def _stringify(cls, v: Any) -> Any:
+        # YAML turns `spark.executor.cores: 2` into an int; Spark wants strings.
+        return {k: str(x).lower() if isinstance(x, bool) else str(x) for k, x in v.items()} if isinstance(v, dict) else v
+
+
+class MlflowSettings(_Section):
+    tracking_uri: str = ""
+    experiment_prefix: str = "p13n"
+
+
+class AirflowSettings(_Section):
+    home: str = ""
+    owner: str = "data-platform"
+    retries: int = Field(2, ge=0)
+    retry_delay_minutes: int = Field(5, ge=0)
+
+
+class Settings(_Section):
+    env: str = "local"
+    data_dir: Path = Path("data")
+    lake: LakeSettings = Field(default_factory=LakeSettings)
+    spark: SparkSettings = Field(default_factory=SparkSettings)
+    mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
+    airflow: AirflowSettings = Field(default_factory=AirflowSettings)
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, v: Path) -> Path:
+        return v if v.is_absolute() else (REPO_ROOT / v)
+
+    @property
+    def lake_root(self) -> str:
+        return self.lake.root or str(self.data_dir / "lake")
+
+    @property
+    def airflow_home(self) -> Path:
+        return Path(self.airflow.home) if self.airflow.home else self.data_dir / "airflow"
+
+    @property
+    def mlflow_uri(self) -> str:
+        return self.mlflow.tracking_uri or (self.data_dir / "mlflow").as_uri()
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.data_dir / "reports"
+
+
+def _merge(base: dict, overlay: Mapping, origin: str, sources: dict[tuple, str], prefix: tuple = ()) -> dict:
+    """Deep-merge `overlay` into `base`, recording which file or variable set each leaf."""
+    for key, value in overlay.items():
+        path = (*prefix, key)
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            _merge(base[key], value, origin, sources, path)
+        else:
+            base[key] = dict(value) if isinstance(value, Mapping) else value
+            sources[path] = origin
+    return base
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level, got {type(data).__name__}")
+    _refuse_secrets(data, path)
+    return data
+
+
+def _refuse_secrets(data: Mapping, path: Path, prefix: str = "") -> None:
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            _refuse_secrets(value, path, dotted + ".")
+        elif _SECRET_KEY.search(str(key)) and value not in (None, ""):
+            raise ConfigError(
+                f"{path}: key {dotted!r} looks like a secret; secrets may only come from the environment "
+                f"(set {ENV_PREFIX}{dotted.upper().replace('.', '__')}) or an Airflow connection"
+            )
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict]:
+    """P13N__SPARK__MASTER=x -> {"spark": {"master": "x"}}, values parsed as YAML scalars.
+
+    Keys are lower-cased, except the leaf of lake.storage_options, whose spelling is the backend's
+    (AWS_REGION); those values stay strings, never parsed, since they are often credentials.
+    """
+    out: dict[str, dict] = {}
+    for name, raw in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        parts = [k for k in name[len(ENV_PREFIX) :].split("__") if k]
+        keys = [k.lower() for k in parts]
+        if keys[:2] == ["lake", "storage_options"] and len(parts) == 3:
+            keys[2], value = parts[2], raw
+        else:
+            try:
+                value = yaml.safe_load(raw) if raw else ""
+            except yaml.YAMLError:
+                value = raw
+        node: dict = {}
+        cursor = node
+        for k in keys[:-1]:
+            cursor = cursor.setdefault(k, {})
+        cursor[keys[-1]] = value
+        out[name] = node
+    return out
+
+
+def load_settings(
+    env: str | None = None,
+    conf_dir: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Load and validate the settings for `env` (default: $P13N_ENV, else "local")."""
+    environ = os.environ if environ is None else environ
+    env = env or environ.get("P13N_ENV") or "local"
+    conf_dir = Path(conf_dir or environ.get("P13N_CONF_DIR") or REPO_ROOT / "conf")
+    base_file, env_file = conf_dir / "base.yaml", conf_dir / f"{env}.yaml"
+    if not base_file.exists():
+        raise ConfigError(f"{base_file}: missing; it holds the base configuration (set P13N_CONF_DIR?)")
+    if not env_file.exists():
+        known = sorted(p.stem for p in conf_dir.glob("*.yaml") if p.stem != "base")
+        raise ConfigError(f"P13N_ENV={env!r}: no overlay {env_file}; known environments: {', '.join(known)}")
+
+    sources: dict[tuple, str] = {}
+    merged = _merge({}, _read_yaml(base_file), str(base_file), sources)
+    _merge(merged, _read_yaml(env_file), str(env_file), sources)
+    for var, override in _env_overrides(environ).items():
+        _merge(merged, override, f"environment variable {var}", sources)
+    if environ.get("P13N_DATA_DIR"):
+        _merge(merged, {"data_dir": environ["P13N_DATA_DIR"]}, "environment variable P13N_DATA_DIR", sources)
+    merged["env"] = env
+
+    try:
+        return Settings.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, sources, env)) from None
+
+
+def _explain(exc: ValidationError, sources: dict[tuple, str], env: str) -> str:
+    lines = [f"invalid configuration for P13N_ENV={env}:"]
+    for err in exc.errors():
+        loc = tuple(str(p) for p in err["loc"])
+        origin = next((sources[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in sources), "defaults")
+        key = ".".join(loc) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key (set in {origin})")
+        else:
+            lines.append(f"  {key}: {err['msg']}; got {err.get('input')!r} (set in {origin})")
+    return "\n".join(lines)
+
+
+@lru_cache(maxsize=8)
+def _cached(env: str, conf_dir: str, overrides: tuple) -> Settings:
+    return load_settings(env, conf_dir, dict(overrides))
+
+
+def get_settings() -> Settings:
+    """The process-wide settings, cached per environment and override set."""
+    env = os.environ.get("P13N_ENV") or "local"
+    conf_dir = os.environ.get("P13N_CONF_DIR") or str(REPO_ROOT / "conf")
+    overrides = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(("P13N__", "P13N_DATA_DIR"))))
+    return _cached(env, conf_dir, overrides)

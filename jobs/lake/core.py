@@ -1,0 +1,710 @@
+"""The lake: Spark DataFrames in and out of standard Delta tables, through delta-rs.
+
+Writes are distributed and atomic. Spark executors write the Parquet data files (see `files.py`);
+the driver receives only their metadata and records them in one Delta commit. Readers see either
+the whole write or none of it, and a writer killed before its commit leaves the table at its
+previous version, with stray files that `vacuum` removes. Reads take the file list (pruned by
+partition values and statistics) from the Delta log and hand it to Spark's native Parquet reader.
+
+Merge and delete are copy-on-write, as delta-spark does them without deletion vectors: the files
+that may hold affected rows are read, rewritten by the executors, and swapped in one commit
+(remove old files, add new ones). A commit that loses a race to a conflicting writer raises
+`ConcurrentWriteError` and keeps nothing; the write can simply be retried.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import TYPE_CHECKING, Any, Literal
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+from urllib.parse import unquote
+from deltalake import DeltaTable
+from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError as _DeltaNotFound
+from deltalake.transaction import AddAction, CommitProperties, RemoveAction, Transaction, create_table_with_add_actions
+
+from p13n.config import LakeSettings
+from p13n.faults import checkpoint
+from p13n.lake.errors import (
+    ConcurrentWriteError,
+    LakeError,
+    ReplaceWhereViolation,
+    SchemaMismatchError,
+    TableNotFoundError,
+)
+from p13n.lake.files import collect_staged_files, partition_values_from_path
+from p13n.lake.tables import LAYERS, TableName
+from p13n.runctx import RunContext
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+Filter = tuple[str, str, Any]
+STAGING_DIR = "_staging"  # hidden from Delta readers; a killed write's leftovers are removed by vacuum
+PartitionSpec = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """What a write did. `skipped` is true when its (app_id, version) had already been committed."""
+
+    table: str
+    operation: str
+    version: int | None
+    rows_written: int = 0
+    files_added: int = 0
+    files_removed: int = 0
+    rows_removed: int = 0
+    skipped: bool = False
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    table: str
+    version: int
+    files: int
+    bytes: int
+    rows: int
+    partition_by: list[str]
+    columns: list[str]
+
+
+class Lake:
+    """The IO layer for `bronze.*`, `silver.*`, `gold.*`, `quarantine.*` and `ops.*` tables."""
+
+    def __init__(self, spark: SparkSession, settings: LakeSettings, root: str):
+        self.spark = spark
+        self.settings = settings
+        self.root = root.rstrip("/")
+        self.storage_options = dict(settings.storage_options) or None
+
+    @classmethod
+    def from_settings(cls, spark: SparkSession, settings=None) -> Lake:
+        from p13n.config import get_settings
+
+        settings = settings or get_settings()
+        return cls(spark, settings.lake, settings.lake_root)
+
+    # ------------------------------------------------------------------ naming and discovery
+    def uri(self, table: str) -> str:
+        return TableName.parse(table).uri(self.root)
+
+    def exists(self, table: str) -> bool:
+        return DeltaTable.is_deltatable(self.uri(table), storage_options=self.storage_options)
+
+    def delta_table(self, table: str, version: int | None = None) -> DeltaTable:
+        """The delta-rs handle of a table (for engines other than Spark: DuckDB, Polars, pandas)."""
+        try:
+            return DeltaTable(self.uri(table), version=version, storage_options=self.storage_options)
+        except _DeltaNotFound:
+            raise TableNotFoundError(table, f"no Delta table at {self.uri(table)}") from None
+
+    def tables(self, layer: str | None = None) -> list[str]:
+        """Every table in the lake (or in one layer), sorted."""
+        fs, base = pafs.FileSystem.from_uri(self.root if "://" in self.root else f"file://{self.root}")
+        found = []
+        for lyr in [layer] if layer else LAYERS:
+            try:
+                entries = fs.get_file_info(pafs.FileSelector(f"{base}/{lyr}", allow_not_found=True))
+            except (OSError, pa.ArrowException):
+                continue
+            found += [f"{lyr}.{e.base_name}" for e in entries if e.type == pafs.FileType.Directory]
+        return sorted(t for t in found if self.exists(t))
+
+    def info(self, table: str) -> TableInfo:
+        dt = self.delta_table(table)
+        adds = _adds(dt, flatten=True)
+        return TableInfo(
+            table=table,
+            version=dt.version(),
+            files=adds.num_rows,
+            bytes=int(pa.compute.sum(adds["size_bytes"]).as_py() or 0),
+            rows=int(pa.compute.sum(adds["num_records"]).as_py() or 0) if "num_records" in adds.column_names else -1,
+            partition_by=list(dt.metadata().partition_columns),
+            columns=[f.name for f in dt.schema().fields],
+        )
+
+    def history(self, table: str, limit: int | None = None) -> list[dict]:
+        """Commits newest first, each with its operation, timestamp and p13n run metadata."""
+        return self.delta_table(table).history(limit)
+
+    # ------------------------------------------------------------------ reads
+    def read(
+        self,
+        table: str,
+        *,
+        where: str | Sequence[Filter] | None = None,
+        version: int | None = None,
+        as_of: datetime | str | None = None,
+        columns: Sequence[str] | None = None,
+    ) -> DataFrame:
+        """Read a table (optionally as of a version or timestamp) into a Spark DataFrame.
+
+        `where` is a SQL predicate or (column, op, value) filters: files that cannot match are
+        skipped using partition values and statistics, then the rows are filtered exactly.
+        """
+        dt = self.delta_table(table, version)
+        if as_of is not None:
+            dt.load_as_version(as_of)
+        self._check_readable(table, dt)
+        spark_schema = _spark_schema(dt)
+        try:
+            uris = dt.file_uris(file_pruning_predicate=where) if where else dt.file_uris()
+        except (DeltaError, ValueError, TypeError):
+            uris = dt.file_uris()  # a predicate delta-rs cannot prune with: read all, filter in Spark
+        partition_by = list(dt.metadata().partition_columns)
+        if not uris:
+            df = self.spark.createDataFrame([], spark_schema)
+        elif not partition_by or self._hive_layout(dt, partition_by):
+            reader = self.spark.read.schema(spark_schema)
+            if partition_by:
+                reader = reader.option("basePath", dt.table_uri.rstrip("/"))
+            df = reader.parquet(*uris).select(*spark_schema.fieldNames())
+        else:
+            df = self._read_files_via_arrow(dt, uris, spark_schema, partition_by)
+        if where:
+            df = df.filter(where if isinstance(where, str) else _filters_to_sql(where))
+        return df.select(*columns) if columns else df
+
+    def _check_readable(self, table: str, dt: DeltaTable) -> None:
+        features = set(dt.protocol().reader_features or [])
+        if "columnMapping" in features and dt.metadata().configuration.get("delta.columnMapping.mode", "none") != "none":
+            raise LakeError(table, "column mapping is enabled; the lake reader does not support it")
+        if "deletionVectors" in features:
+            adds = _adds(dt, flatten=True)
+            if "deletionVector.storageType" in adds.column_names and adds["deletionVector.storageType"].null_count < adds.num_rows:
+                raise LakeError(table, "files carry deletion vectors; run OPTIMIZE/PURGE with the writer that made them")
+
+    @staticmethod
+    def _hive_layout(dt: DeltaTable, partition_by: list[str]) -> bool:
+        """True when every file sits in the Hive directory of its partition values (as this lake writes)."""
+        return all(_in_hive_dir(a, partition_by) for a in _add_rows(dt))
+
+    def _read_files_via_arrow(self, dt, uris, spark_schema, partition_by) -> DataFrame:
+        """Distributed read for files outside a Hive layout: executors read files, add partition values."""
+        adds = {a["path"]: _stringify(a.get("partition") or {}) for a in _adds(dt).to_pylist()}
+        rows = [(u, json.dumps(adds.get(_relative(dt, u), {}))) for u in uris]
+        files = self.spark.createDataFrame(rows, "uri string, partition_values string")
+        files = files.repartition(min(len(rows), self.spark.sparkContext.defaultParallelism * 2))
+        read = functools.partial(_read_arrow_files, arrow_schema=pa.schema(dt.schema().to_arrow()), partition_by=partition_by,
+                                 storage_options=self.storage_options)
+        return files.mapInArrow(read, spark_schema)
+
+    # ------------------------------------------------------------------ writes
+    def write(
+        self,
+        table: str,
+        df: DataFrame,
+        *,
+        mode: Literal["append", "overwrite"] = "append",
+        partition_by: Sequence[str] | None = None,
+        replace_where: PartitionSpec | None = None,
+        txn: tuple[str, int] | None = None,
+        run: RunContext | None = None,
+        schema_mode: Literal["strict", "add_columns"] = "strict",
+    ) -> WriteResult:
+        """Append to, overwrite, or overwrite some partitions of a table, in one atomic commit.
+
+        `replace_where={"event_date": d}` replaces only those partitions (values may be lists) and
+        refuses rows outside them. `txn=(app_id, version)` makes the write idempotent: a version
+        at or below the table's recorded version for `app_id` is skipped.
+        """
+        if replace_where and mode != "overwrite":
+            raise ValueError(f"{table}: replace_where needs mode='overwrite'")
+        if mode not in ("append", "overwrite"):
+            raise ValueError(f"{table}: mode must be 'append' or 'overwrite', got {mode!r}")
+        dt = self._open(table)
+        if txn and dt is not None and (dt.transaction_version(txn[0]) or -1) >= txn[1]:
+            return WriteResult(table, f"write:{mode}", dt.version(), skipped=True)
+        df, partition_by = self._conform(table, df, dt, partition_by, schema_mode)
+        if replace_where:
+            unknown = set(replace_where) - set(partition_by)
+            if unknown:
+                raise ValueError(f"{table}: replace_where columns {sorted(unknown)} are not partition columns {partition_by}")
+        write_id, files = self._write_files(table, df, partition_by)
+        try:
+            if replace_where:
+                allowed = _allowed_partitions(replace_where)
+                outside = [f for f in files if not _partition_matches(json.loads(f["partition_values"]), allowed)]
+                if outside:
+                    raise ReplaceWhereViolation(
+                        table,
+                        f"replace_where {dict(replace_where)} but {sum(f['num_records'] for f in outside)} rows fall in "
+                        f"partitions {sorted({f['partition_values'] for f in outside})[:3]}",
+                    )
+            adds = [_add_action(f) for f in files]
+            partition_filters = _partition_filters(replace_where) if replace_where else None
+            version = self._commit(
+                table, dt, df, partition_by, adds, mode, write_id, run, txn, partition_filters=partition_filters
+            )
+        except BaseException:
+            self._delete_files(table, [f["path"] for f in files])
+            raise
+        return WriteResult(
+            table, f"write:{mode}", version,
+            rows_written=sum(f["num_records"] for f in files), files_added=len(files),
+            metadata={"write_id": write_id},
+        )
+
+    def merge(
+        self,
+        table: str,
+        df: DataFrame,
+        keys: Sequence[str],
+        *,
+        when_matched: Literal["update", "ignore"] = "update",
+        partition_by: Sequence[str] | None = None,
+        txn: tuple[str, int] | None = None,
+        run: RunContext | None = None,
+    ) -> WriteResult:
+        """Upsert `df` into `table` on `keys`: matched rows are replaced (or kept, with "ignore"), new rows added.
+
+        The source must be unique on `keys`. Only files that may hold a source key are rewritten:
+        those of the source's partitions, narrowed by the key's min/max statistics.
+        """
+        from pyspark.sql import functions as F
+
+        dt = self._open(table)
+        if dt is None:
+            return self.write(table, df, mode="append", partition_by=partition_by, txn=txn, run=run)
+        if txn and (dt.transaction_version(txn[0]) or -1) >= txn[1]:
+            return WriteResult(table, "merge", dt.version(), skipped=True)
+        df, partition_by = self._conform(table, df, dt, partition_by, "strict")
+        missing = [k for k in keys if k not in df.columns]
+        if missing:
+            raise SchemaMismatchError(table, f"merge keys {missing} are not columns of the table")
+        dupes = df.groupBy(*keys).count().filter(F.col("count") > 1).limit(3).collect()
+        if dupes:
+            sample = [tuple(r[k] for k in keys) for r in dupes]
+            raise LakeError(table, f"merge source has duplicate keys {list(keys)}, e.g. {sample}; deduplicate it first")
+
+        candidates = self._merge_candidates(dt, df, keys, partition_by)
+        df = df.cache()
+        try:
+            if candidates:
+                target = self._read_paths(dt, candidates)
+                if when_matched == "update":
+                    merged = target.join(df.select(*keys), list(keys), "left_anti").unionByName(df)
+                else:
+                    merged = target.unionByName(df.join(target.select(*keys), list(keys), "left_anti"))
+            else:
+                merged = df
+            write_id, files = self._write_files(table, merged, partition_by)
+        finally:
+            df.unpersist()
+        try:
+            actions = [_add_action(f) for f in files] + [_remove_action(c) for c in candidates]
+            version = self._commit(table, dt, None, partition_by, actions, "append", write_id, run, txn, operation="merge")
+        except BaseException:
+            self._delete_files(table, [f["path"] for f in files])
+            raise
+        return WriteResult(
+            table, "merge", version,
+            rows_written=sum(f["num_records"] for f in files), files_added=len(files),
+            files_removed=len(candidates), rows_removed=sum(c["num_records"] or 0 for c in candidates),
+            metadata={"write_id": write_id},
+        )
+
+    def delete(self, table: str, predicate: str, *, run: RunContext | None = None) -> WriteResult:
+        """Delete the rows matching a SQL predicate, rewriting only the files that hold them."""
+        from pyspark.sql import functions as F
+
+        dt = self.delta_table(table)
+        partition_by = list(dt.metadata().partition_columns)
+        try:
+            uris = set(dt.file_uris(file_pruning_predicate=predicate))
+        except (DeltaError, ValueError, TypeError):
+            uris = set(dt.file_uris())
+        rel = {_relative(dt, u) for u in uris}
+        candidates = [a for a in _add_rows(dt) if a["path"] in rel]
+        if not candidates:
+            return WriteResult(table, "delete", dt.version())
+        target = self._read_paths(dt, candidates)
+        matched = target.filter(F.expr(predicate)).limit(1).count()
+        if not matched:
+            return WriteResult(table, "delete", dt.version())
+        kept = target.filter(~F.coalesce(F.expr(predicate), F.lit(False)))
+        write_id, files = self._write_files(table, kept, partition_by)
+        try:
+            actions = [_add_action(f) for f in files] + [_remove_action(c) for c in candidates]
+            version = self._commit(table, dt, None, partition_by, actions, "append", write_id, run, None, operation="delete")
+        except BaseException:
+            self._delete_files(table, [f["path"] for f in files])
+            raise
+        removed = sum(c["num_records"] or 0 for c in candidates) - sum(f["num_records"] for f in files)
+        return WriteResult(table, "delete", version, rows_written=sum(f["num_records"] for f in files),
+                           files_added=len(files), files_removed=len(candidates), rows_removed=removed)
+
+    # ------------------------------------------------------------------ maintenance
+    def optimize(self, table: str, *, target_size: int | None = None, run: RunContext | None = None) -> dict:
+        """Compact small files (delta-rs, on the driver's cores); returns delta-rs's metrics."""
+        run = run or RunContext.from_env()
+        return self.delta_table(table).optimize.compact(
+            target_size=target_size,
+            commit_properties=CommitProperties(custom_metadata=run.commit_metadata()),
+        )
+
+    def vacuum(self, table: str, *, retention_hours: int | None = None, dry_run: bool = False) -> list[str]:
+        """Delete files no version within the retention window needs, and stray files of failed writes."""
+        hours = self.settings.vacuum_retention_hours if retention_hours is None else retention_hours
+        removed = self.delta_table(table).vacuum(
+            retention_hours=hours, dry_run=dry_run, enforce_retention_duration=False, full=True
+        )
+        # Staging folders of writes killed before their files were moved: older than the window.
+        fs, table_dir = self._fs(table)
+        cutoff = time.time() - hours * 3600
+        for entry in fs.get_file_info(pafs.FileSelector(f"{table_dir}/{STAGING_DIR}", allow_not_found=True)):
+            if entry.type == pafs.FileType.Directory and entry.mtime is not None and entry.mtime.timestamp() <= cutoff:
+                removed.append(f"{STAGING_DIR}/{entry.base_name}/")
+                if not dry_run:
+                    fs.delete_dir(entry.path)
+        return removed
+
+    # ------------------------------------------------------------------ internals
+    def _open(self, table: str) -> DeltaTable | None:
+        try:
+            return DeltaTable(self.uri(table), storage_options=self.storage_options)
+        except _DeltaNotFound:
+            return None
+
+    def _conform(self, table, df, dt, partition_by, schema_mode) -> tuple[DataFrame, list[str]]:
+        """Check `df` against the table's schema and partitioning; return it in the table's column order."""
+        from pyspark.sql import functions as F
+
+        if dt is None:
+            partition_by = list(partition_by or [])
+            bad = [c for c in partition_by if c not in df.columns]
+            if bad:
+                raise SchemaMismatchError(table, f"partition columns {bad} are not in the DataFrame {df.columns}")
+            _check_partition_types(table, df, partition_by)
+            return df, partition_by
+        existing = list(dt.metadata().partition_columns)
+        if partition_by is not None and list(partition_by) != existing:
+            raise SchemaMismatchError(table, f"table is partitioned by {existing}, the write asked for {list(partition_by)}")
+        table_schema = _spark_schema(dt)
+        want = {f.name: f.dataType for f in table_schema.fields}
+        have = {f.name: f.dataType for f in df.schema.fields}
+        missing = [c for c in want if c not in have]
+        extra = [c for c in have if c not in want]
+        changed = [f"{c} ({want[c].simpleString()} in the table, {have[c].simpleString()} in the data)"
+                   for c in want if c in have and not _same_type(want[c], have[c])]
+        if changed or (missing and schema_mode == "strict") or (extra and schema_mode == "strict"):
+            parts = []
+            if missing:
+                parts.append(f"missing columns {missing}")
+            if extra:
+                parts.append(f"unexpected columns {extra}")
+            if changed:
+                parts.append(f"type changes {changed}")
+            raise SchemaMismatchError(table, "schema mismatch: " + "; ".join(parts))
+        if extra:  # schema_mode == "add_columns": evolve the table first (an additive, harmless commit)
+            from deltalake.schema import Field as DeltaField
+            from deltalake.schema import Schema as DeltaSchema
+
+            new = DeltaSchema.from_arrow(_arrow_schema(df.select(*extra).schema))
+            dt.alter.add_columns([DeltaField(f.name, f.type, nullable=True) for f in new.fields])
+            dt.update_incremental()
+            table_schema = _spark_schema(dt)
+        cols = [F.col(c) if c in have else F.lit(None).cast(want[c]).alias(c) for c in table_schema.fieldNames()]
+        return df.select(*cols), existing
+
+    def _write_files(self, table: str, df: DataFrame, partition_by: list[str]) -> tuple[str, list[dict]]:
+        """Executors write Parquet into the table's staging folder; the driver moves and describes the files."""
+        write_id = uuid.uuid4().hex[:16]
+        fs, table_dir = self._fs(table)
+        staging = f"{table_dir}/{STAGING_DIR}/{write_id}"
+        # Co-locate each partition's rows in few tasks, so a partition gets few files.
+        writer = (df.repartition(*partition_by) if partition_by else df).write.mode("errorifexists")
+        writer = writer.option("compression", "snappy").option("maxRecordsPerFile", self.settings.max_rows_per_file)
+        if partition_by:
+            writer = writer.partitionBy(*partition_by)
+        try:
+            writer.parquet(_spark_path(self.uri(table)) + f"/{STAGING_DIR}/{write_id}")
+            files = collect_staged_files(fs, staging, table_dir, partition_by)
+        finally:
+            fs.delete_dir_contents(staging, missing_dir_ok=True)
+            with contextlib.suppress(OSError):
+                fs.delete_dir(staging)
+        checkpoint("lake.before_commit")
+        return write_id, files
+
+    def _fs(self, table: str | None = None) -> tuple[pafs.FileSystem, str]:
+        """The filesystem and path of a table (or of the lake root) for file operations."""
+        uri = self.uri(table) if table else self.root
+        fs, path = pafs.FileSystem.from_uri(uri if "://" in uri else f"file://{uri}")
+        return fs, path.rstrip("/")
+
+    def _commit(self, table, dt, df, partition_by, actions, mode, write_id, run, txn, *,
+                partition_filters=None, operation: str | None = None) -> int:
+        run = run or RunContext.from_env()
+        metadata = {**run.commit_metadata(), "p13n.write_id": write_id}
+        if operation:
+            metadata["p13n.operation"] = operation
+        props = CommitProperties(
+            custom_metadata=metadata,
+            max_commit_retries=self.settings.max_commit_retries,
+            app_transactions=[Transaction(txn[0], txn[1])] if txn else None,
+        )
+        try:
+            if dt is None:
+                schema = _arrow_schema(df.schema)
+                try:
+                    create_table_with_add_actions(
+                        self.uri(table), _delta_schema(schema), actions, mode="error", partition_by=partition_by or None,
+                        storage_options=self.storage_options, commit_properties=props,
+                    )
+                except DeltaError as exc:
+                    if "already exists" not in str(exc).lower():
+                        raise
+                    # Another writer created the table first: commit against it like any write.
+                    dt = self._open(table)
+                    return self._commit(table, dt, df, partition_by, actions, mode, write_id, run, txn,
+                                        partition_filters=partition_filters, operation=operation)
+            else:
+                schema = dt.schema()
+                dt.create_write_transaction(
+                    actions, mode, schema, partition_by=partition_by or None, partition_filters=partition_filters,
+                    commit_properties=props,
+                )
+        except CommitFailedError as exc:
+            raise ConcurrentWriteError(table, f"a concurrent commit conflicts with this {operation or mode} ({exc}); "
+                                              "nothing was written, retry it") from exc
+        return self._version_of(table, write_id)
+
+    def _version_of(self, table: str, write_id: str) -> int:
+        dt = self.delta_table(table)
+        for commit in dt.history(20):
+            if commit.get("p13n.write_id") == write_id:
+                return int(commit["version"])
+        return dt.version()
+
+    def _merge_candidates(self, dt: DeltaTable, df: DataFrame, keys: Sequence[str], partition_by: list[str]) -> list[dict]:
+        """The files that may hold a row with one of the source's keys."""
+        from pyspark.sql import functions as F
+
+        adds = _add_rows(dt)
+        if partition_by and set(partition_by) <= set(keys):
+            parts = {json.dumps(_stringify({c: r[c] for c in partition_by}), sort_keys=True)
+                     for r in df.select(*partition_by).distinct().collect()}
+            adds = [a for a in adds if json.dumps(a["partition_values"], sort_keys=True) in parts]
+        if len(keys) == 1:
+            bounds = df.agg(F.min(keys[0]).alias("lo"), F.max(keys[0]).alias("hi")).first()
+            lo, hi = _stat_value(bounds["lo"]), _stat_value(bounds["hi"])
+            if lo is not None and hi is not None:
+                adds = [a for a in adds if _may_overlap(a["stats"], keys[0], lo, hi)]
+        return adds
+
+    def _read_paths(self, dt: DeltaTable, files: list[dict]) -> DataFrame:
+        root = dt.table_uri.rstrip("/")
+        spark_schema = _spark_schema(dt)
+        partition_by = list(dt.metadata().partition_columns)
+        uris = [f"{root}/{f['path']}" for f in files]
+        if partition_by and not all(_in_hive_dir(f, partition_by) for f in files):
+            return self._read_files_via_arrow(dt, uris, spark_schema, partition_by)
+        reader = self.spark.read.schema(spark_schema)
+        if partition_by:
+            reader = reader.option("basePath", root)
+        return reader.parquet(*uris).select(*spark_schema.fieldNames())
+
+    def _delete_files(self, table: str, paths: Iterable[str]) -> None:
+        """Best effort: remove the data files of a write that did not commit (vacuum catches the rest)."""
+        fs, table_dir = self._fs(table)
+        for p in paths:
+            with contextlib.suppress(OSError, pa.ArrowException):
+                fs.delete_file(f"{table_dir}/{p}")
+
+
+# ---------------------------------------------------------------------- helpers (pure)
+def _arrow_schema(spark_schema) -> pa.Schema:
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    schema = to_arrow_schema(spark_schema, timezone="UTC")
+    # Delta has no large types; Spark may hand Arrow large_string/large_binary.
+    fields = [pa.field(f.name, _small_types(f.type), f.nullable) for f in schema]
+    return pa.schema(fields)
+
+
+def _small_types(t: pa.DataType) -> pa.DataType:
+    if pa.types.is_large_string(t):
+        return pa.string()
+    if pa.types.is_large_binary(t):
+        return pa.binary()
+    if pa.types.is_large_list(t) or pa.types.is_list(t):
+        return pa.list_(_small_types(t.value_type))
+    if pa.types.is_struct(t):
+        return pa.struct([pa.field(f.name, _small_types(f.type), f.nullable) for f in t])
+    if pa.types.is_map(t):
+        return pa.map_(_small_types(t.key_type), _small_types(t.item_type))
+    return t
+
+
+def _delta_schema(arrow_schema: pa.Schema):
+    from deltalake.schema import Schema as DeltaSchema
+
+    return DeltaSchema.from_arrow(arrow_schema)
+
+
+def _spark_schema(dt: DeltaTable):
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    return from_arrow_schema(pa.schema(dt.schema().to_arrow()))
+
+
+def _same_type(a, b) -> bool:
+    from pyspark.sql.types import StructType
+
+    if isinstance(a, StructType) and isinstance(b, StructType):
+        return [(f.name, f.dataType.simpleString()) for f in a.fields] == [(f.name, f.dataType.simpleString()) for f in b.fields]
+    return a.simpleString() == b.simpleString()
+
+
+def _check_partition_types(table: str, df, partition_by: list[str]) -> None:
+    from pyspark.sql.types import DateType, IntegerType, LongType, ShortType, StringType
+
+    allowed = (DateType, StringType, IntegerType, LongType, ShortType)
+    bad = [f"{f.name} ({f.dataType.simpleString()})" for f in df.schema.fields
+           if f.name in partition_by and not isinstance(f.dataType, allowed)]
+    if bad:
+        raise SchemaMismatchError(table, f"partition columns must be date, string or integer; got {bad}")
+
+
+def _stringify(values: Mapping[str, Any]) -> dict[str, str | None]:
+    """Partition values in Delta's string encoding."""
+    return {k: None if v is None else _partition_string(v) for k, v in values.items()}
+
+
+def _partition_string(v: Any) -> str:
+    if isinstance(v, datetime):
+        return v.strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(v, date):
+        return v.isoformat()
+    return str(v)
+
+
+def _allowed_partitions(spec: PartitionSpec) -> dict[str, set[str | None]]:
+    out = {}
+    for col, value in spec.items():
+        values = value if isinstance(value, list | tuple | set | frozenset) else [value]
+        out[col] = {None if v is None else _partition_string(v) for v in values}
+    return out
+
+
+def _partition_matches(values: Mapping[str, str | None], allowed: Mapping[str, set]) -> bool:
+    return all(values.get(col) in vals for col, vals in allowed.items())
+
+
+def _partition_filters(spec: PartitionSpec) -> list[Filter]:
+    filters: list[Filter] = []
+    for col, vals in _allowed_partitions(spec).items():
+        vals = sorted(v for v in vals if v is not None)
+        filters.append((col, "in", vals) if len(vals) > 1 else (col, "=", vals[0]))
+    return filters
+
+
+def _filters_to_sql(filters: Sequence[Filter]) -> str:
+    def lit(v: Any) -> str:
+        if isinstance(v, str | date | datetime):
+            return "'" + _partition_string(v).replace("'", "''") + "'"
+        return str(v)
+
+    parts = []
+    for col, op, value in filters:
+        if op.lower() in ("in", "not in"):
+            parts.append(f"`{col}` {op.upper()} ({', '.join(lit(v) for v in value)})")
+        else:
+            parts.append(f"`{col}` {op} {lit(value)}")
+    return " AND ".join(parts)
+
+
+def _add_action(f: Mapping) -> AddAction:
+    return AddAction(
+        path=f["path"], size=int(f["size"]), partition_values=json.loads(f["partition_values"]),
+        modification_time=int(time.time() * 1000), data_change=True, stats=f["stats"],
+    )
+
+
+def _remove_action(a: Mapping) -> RemoveAction:
+    return RemoveAction(
+        path=a["path"], data_change=True, deletion_timestamp=int(time.time() * 1000),
+        size=int(a["size"]), partition_values=a["partition_values"],
+    )
+
+
+def _in_hive_dir(add: Mapping, partition_by: list[str]) -> bool:
+    """True when a file's directories state exactly its partition values (so Spark can read them)."""
+    try:
+        return partition_values_from_path(add["path"], partition_by) == add["partition_values"]
+    except ValueError:
+        return False
+
+
+def _spark_path(uri: str) -> str:
+    return uri if "://" in uri else f"file://{uri}"
+
+
+def _relative(dt: DeltaTable, uri: str) -> str:
+    """A file's path relative to the table root, whether given as a URI or a plain local path."""
+    for root in (dt.table_uri, dt.table_uri.removeprefix("file://")):
+        root = root.rstrip("/") + "/"
+        if uri.startswith(root):
+            return unquote(uri[len(root) :])
+    return uri
+
+
+def _adds(dt: DeltaTable, flatten: bool = False) -> pa.Table:
+    """The table's add actions as a pyarrow Table (delta-rs returns arro3 objects)."""
+    return pa.table(dt.get_add_actions(flatten=flatten))
+
+
+def _add_rows(dt: DeltaTable) -> list[dict]:
+    """The table's live files: path, size, partition values (Delta strings), record count and stats."""
+    rows = []
+    for a in _adds(dt).to_pylist():
+        rows.append({
+            "path": a["path"],
+            "size": a["size_bytes"],
+            "partition_values": _stringify(a.get("partition") or {}),
+            "num_records": a.get("num_records"),
+            "stats": {"min": a.get("min") or {}, "max": a.get("max") or {}},
+        })
+    return rows
+
+
+def _stat_value(v: Any) -> Any:
+    if isinstance(v, datetime | date):
+        return v.isoformat()
+    return v
+
+
+def _may_overlap(stats: Mapping, key: str, lo: Any, hi: Any) -> bool:
+    fmin, fmax = stats["min"].get(key), stats["max"].get(key)
+    if fmin is None or fmax is None:
+        return True
+    fmin, fmax = _stat_value(fmin), _stat_value(fmax)
+    try:
+        return not (fmax < lo or fmin > hi)
+    except TypeError:
+        return True
+
+
+def _read_arrow_files(batches, *, arrow_schema: pa.Schema, partition_by: list[str], storage_options):
+    """Executor side of the fallback reader: each row names a file; yield its rows plus partition values."""
+    import pyarrow.parquet as pq
+
+    for batch in batches:
+        for uri, pv in zip(batch.column("uri").to_pylist(), batch.column("partition_values").to_pylist(), strict=True):
+            values = json.loads(pv)
+            table = pq.read_table(uri)
+            for col in partition_by:
+                typ = arrow_schema.field(col).type
+                table = table.append_column(col, pa.array([values.get(col)] * table.num_rows, pa.string()).cast(typ))
+            yield from table.select(arrow_schema.names).cast(arrow_schema).to_batches()
