@@ -10,6 +10,10 @@ Merge and delete are copy-on-write, as delta-spark does them without deletion ve
 that may hold affected rows are read, rewritten by the executors, and swapped in one commit
 (remove old files, add new ones). A commit that loses a race to a conflicting writer raises
 `ConcurrentWriteError` and keeps nothing; the write can simply be retried.
+
+Isolation is Delta's default, WriteSerializable: overwrites, merges and deletes that touch the same
+files conflict, blind appends never do (an append committed during a merge is ordered after it).
+Tables written by merge are therefore never blind-appended to in this project.
 """
 
 from __future__ import annotations
@@ -191,7 +195,7 @@ class Lake:
 
     def _read_files_via_arrow(self, dt, uris, spark_schema, partition_by) -> DataFrame:
         """Distributed read for files outside a Hive layout: executors read files, add partition values."""
-        adds = {a["path"]: _stringify(a.get("partition") or {}) for a in _adds(dt).to_pylist()}
+        adds = {a["path"]: a["partition_values"] for a in _add_rows(dt)}
         rows = [(u, json.dumps(adds.get(_relative(dt, u), {}))) for u in uris]
         files = self.spark.createDataFrame(rows, "uri string, partition_values string")
         files = files.repartition(min(len(rows), self.spark.sparkContext.defaultParallelism * 2))
@@ -656,7 +660,7 @@ def _relative(dt: DeltaTable, uri: str) -> str:
     for root in (dt.table_uri, dt.table_uri.removeprefix("file://")):
         root = root.rstrip("/") + "/"
         if uri.startswith(root):
-            return unquote(uri[len(root) :])
+            return uri[len(root) :]
     return uri
 
 
@@ -666,11 +670,15 @@ def _adds(dt: DeltaTable, flatten: bool = False) -> pa.Table:
 
 
 def _add_rows(dt: DeltaTable) -> list[dict]:
-    """The table's live files: path, size, partition values (Delta strings), record count and stats."""
+    """The table's live files: path, size, partition values (Delta strings), record count and stats.
+
+    `path` is the file's path on storage relative to the table (the log holds it URI-encoded);
+    that is also the form AddAction and RemoveAction take.
+    """
     rows = []
     for a in _adds(dt).to_pylist():
         rows.append({
-            "path": a["path"],
+            "path": unquote(a["path"]),
             "size": a["size_bytes"],
             "partition_values": _stringify(a.get("partition") or {}),
             "num_records": a.get("num_records"),

@@ -1,0 +1,22 @@
+"""DuckDB over the lake: an in-process SQL engine that reads the Delta tables with its own reader.
+
+The Delta extension comes from the `duckdb-extension-delta` wheel, so nothing is downloaded at run
+time; `delta_scan('<table path>')` reads a table, independently of Spark and delta-rs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def duckdb_connection(database: str = ":memory:"):
+    """A DuckDB connection with the Delta extension loaded."""
+    import duckdb
+    import duckdb_extension_delta
+
+    found = sorted(Path(duckdb_extension_delta.__file__).parent.glob("extensions/*/delta.duckdb_extension"))
+    if not found:
+        raise RuntimeError("duckdb-extension-delta is installed without its extension file; reinstall it")
+    con = duckdb.connect(database)
+    con.execute(f"LOAD '{found[-1]}'")
+    return con

@@ -1,0 +1,42 @@
+"""Shared fixtures: one Spark session for the whole run, and a fresh lake per test.
+
+The test environment overlay (conf/test.yaml) keeps Spark small: local[2], 2 shuffle partitions,
+no UI. Every test gets its own lake root, so tests never see each other's tables.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Before anything imports p13n.config: tests run on the `test` overlay and a throwaway data dir.
+_SESSION_DATA = Path(tempfile.mkdtemp(prefix="p13n-tests-"))
+os.environ["P13N_ENV"] = "test"
+os.environ["P13N_DATA_DIR"] = str(_SESSION_DATA)
+os.environ.pop("P13N_FAULTS", None)
+
+from p13n.config import get_settings  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def settings():
+    return get_settings()
+
+
+@pytest.fixture(scope="session")
+def spark(settings):
+    from p13n.spark import get_spark
+
+    session = get_spark(settings)
+    yield session
+    session.stop()
+
+
+@pytest.fixture
+def lake(spark, settings, tmp_path):
+    from p13n.lake import Lake
+
+    return Lake(spark, settings.lake, str(tmp_path / "lake"))
