@@ -1,0 +1,71 @@
+"""
+### Lake maintenance
+
+Keeps every Delta table in the lake fast to read and bounded in size:
+
+1. **list_tables**: every `bronze.*`, `silver.*`, `gold.*`, `quarantine.*` and `ops.*` table.
+2. **maintain** (one mapped task per table): compact small files (OPTIMIZE), then VACUUM files that
+   no version inside the retention window needs, including stray files of writes that crashed.
+3. **record_health**: one row per table in `ops.table_health` for the run's logical date (version,
+   files, bytes, rows, what was compacted and vacuumed). Rerunning a date replaces that date's rows.
+
+Retention comes from `lake.vacuum_retention_hours` in `conf/`. Erasure (#10) relies on vacuum to
+remove old versions that still hold a forgotten person's rows.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import dag, task
+
+from p13n.orchestration import dag_defaults
+
+
+@dag(
+    dag_id="lake_maintenance",
+    schedule="0 4 * * *",
+    start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    default_args=dag_defaults(),
+    tags=["p13n", "maintenance", "lake"],
+    doc_md=__doc__,
+)
+def lake_maintenance():
+    @task
+    def list_tables() -> list[str]:
+        from p13n.orchestration import progress
+        from p13n.session import lake
+
+        tables = lake().tables()
+        progress(f"lake maintenance: {len(tables)} tables")
+        return tables
+
+    @task(max_active_tis_per_dag=1)
+    def maintain(table: str) -> dict:
+        from p13n.maintenance import maintain_table
+        from p13n.orchestration import progress
+        from p13n.session import lake
+
+        result = maintain_table(lake(), table)
+        progress(f"{table}: v{result['version']}, {result['files']} files, compacted {result['files_compacted']}, "
+                 f"vacuumed {result['files_vacuumed']}")
+        return result
+
+    # Runs on an empty lake too (no mapped maintain tasks), so every run leaves its health record.
+    @task(trigger_rule="none_failed")
+    def record_health(results: list[dict], ds: str | None = None) -> int:
+        import datetime as dt
+
+        from p13n.maintenance import HEALTH_TABLE, record_table_health
+        from p13n.orchestration import progress
+        from p13n.session import lake
+
+        rows = record_table_health(lake(), list(results), dt.date.fromisoformat(ds))
+        progress(f"{HEALTH_TABLE}: {rows} rows for {ds}")
+        return rows
+
+    record_health(maintain.expand(table=list_tables()))
+
+
+lake_maintenance()

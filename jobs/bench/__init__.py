@@ -1,0 +1,30 @@
+"""Benchmarks: `p13n bench NAME` prints key=value lines, ratios measured side by side in one run."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+from p13n.bench.lake import bench_lake
+
+BENCHMARKS: dict[str, Callable[..., dict]] = {"lake": bench_lake}
+
+
+def run_benchmark(name: str, rows: int | None = None, reps: int = 3) -> dict:
+    if name not in BENCHMARKS:
+        raise SystemExit(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}, all")
+    figures = BENCHMARKS[name](rows=rows, reps=reps)
+    for key, value in figures.items():
+        print(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}", flush=True)
+    return figures
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)

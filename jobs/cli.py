@@ -1,0 +1,146 @@
+"""`p13n`: the command line. `p13n --help` lists the commands; each has its own --help."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+
+from p13n import __version__
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from p13n.runner import run_pipeline
+
+    return run_pipeline(logical_date=args.date)
+
+
+def _cmd_airflow(args: argparse.Namespace) -> int:
+    import os
+
+    from p13n.orchestration import airflow_env
+
+    env = airflow_env()
+    airflow = os.path.join(os.path.dirname(sys.executable), "airflow")
+    os.execve(airflow, [airflow, *args.airflow_args], env)
+    return 0  # not reached
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from p13n.bench import BENCHMARKS, run_benchmark
+
+    names = list(BENCHMARKS) if args.name == "all" else [args.name]
+    for name in names:
+        run_benchmark(name, rows=args.rows, reps=args.reps)
+    return 0
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    from p13n.config import get_settings
+
+    settings = get_settings()
+    data = settings.model_dump(mode="json")
+    data["lake"]["storage_options"] = {k: "***" for k in data["lake"]["storage_options"]}
+    data["resolved"] = {
+        "lake_root": settings.lake_root,
+        "airflow_home": str(settings.airflow_home),
+        "mlflow_uri": settings.mlflow_uri,
+    }
+    print(json.dumps(data, indent=2))
+    return 0
+
+
+def _cmd_lake(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from p13n.session import lake
+
+    console = Console()
+    lk = lake()
+    if args.action == "tables":
+        table = Table("table", "version", "files", "rows", "MB", "partitioned by")
+        for name in lk.tables():
+            i = lk.info(name)
+            table.add_row(name, str(i.version), str(i.files), f"{i.rows:,}", f"{i.bytes / 1e6:.1f}", ", ".join(i.partition_by))
+        console.print(table)
+    elif args.action == "history":
+        table = Table("version", "timestamp", "operation", "dag", "run", "code")
+        for c in lk.history(args.table, limit=args.limit):
+            table.add_row(str(c.get("version")), str(c.get("timestamp")), str(c.get("operation")),
+                          c.get("p13n.dag_id", ""), c.get("p13n.run_id", ""), c.get("p13n.code_version", ""))
+        console.print(table)
+    elif args.action == "show":
+        lk.read(args.table, where=args.where).show(args.limit, truncate=False)
+    elif args.action == "optimize":
+        console.print(lk.optimize(args.table))
+    elif args.action == "vacuum":
+        removed = lk.vacuum(args.table, retention_hours=args.retention_hours, dry_run=args.dry_run)
+        console.print(f"{'would remove' if args.dry_run else 'removed'} {len(removed)} files")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="p13n",
+        description="p13n: retail personalization data platform (Spark, Delta Lake, Airflow).",
+        epilog="Configuration: conf/base.yaml + conf/$P13N_ENV.yaml + P13N__SECTION__KEY variables.",
+    )
+    parser.add_argument("--version", action="version", version=f"p13n {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("run", help="run the pipeline through Airflow on the configured services and print a summary")
+    p.add_argument("--date", help="logical date to run (YYYY-MM-DD); default: today (UTC)")
+    p.set_defaults(handler=_cmd_run)
+
+    p = sub.add_parser("airflow", help="run an airflow command in the project's Airflow environment",
+                       description="Example: p13n airflow standalone; p13n airflow dags test lake_maintenance 2024-03-01")
+    p.add_argument("airflow_args", nargs=argparse.REMAINDER, help="arguments passed to airflow")
+    p.set_defaults(handler=_cmd_airflow)
+
+    p = sub.add_parser("bench", help="run a benchmark (or all) and print key=value figures")
+    p.add_argument("name", help="benchmark name, or 'all': lake")
+    p.add_argument("--rows", type=int, default=None, help="rows to generate (benchmark default otherwise)")
+    p.add_argument("--reps", type=int, default=3, help="repetitions; the median is reported")
+    p.set_defaults(handler=_cmd_bench)
+
+    p = sub.add_parser("config", help="print the effective configuration (secrets masked)")
+    p.set_defaults(handler=_cmd_config)
+
+    p = sub.add_parser("lake", help="inspect and maintain Delta tables")
+    lake_sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    lake_sub.add_parser("tables", help="list tables with version, files, rows and size")
+    for action, helptext in [("history", "commits of a table with their run metadata"),
+                             ("show", "print rows of a table"),
+                             ("optimize", "compact a table's small files"),
+                             ("vacuum", "remove files no version in the retention window needs")]:
+        a = lake_sub.add_parser(action, help=helptext)
+        a.add_argument("table", help="layer.name, e.g. silver.orders")
+        if action in ("history", "show"):
+            a.add_argument("--limit", type=int, default=20)
+        if action == "show":
+            a.add_argument("--where", default=None, help="SQL predicate")
+        if action == "vacuum":
+            a.add_argument("--retention-hours", type=int, default=None)
+            a.add_argument("--dry-run", action="store_true")
+    p.set_defaults(handler=_cmd_lake)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from p13n.config import ConfigError
+    from p13n.lake import LakeError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except (ConfigError, LakeError) as exc:
+        print(f"p13n: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

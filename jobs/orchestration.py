@@ -1,0 +1,54 @@
+"""Airflow glue that DAG files and the CLI share. Light on imports: DAG files import it at parse time."""
+
+from __future__ import annotations
+
+import os
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+from p13n.config import REPO_ROOT, Settings, get_settings
+
+DAGS_FOLDER = REPO_ROOT / "dags"
+PROGRESS_MARK = "▶ p13n |"
+
+
+def dag_defaults(settings: Settings | None = None) -> dict:
+    """default_args every p13n DAG uses: owner, retries with exponential backoff."""
+    s = (settings or get_settings()).airflow
+    return {
+        "owner": s.owner,
+        "retries": s.retries,
+        "retry_delay": timedelta(minutes=s.retry_delay_minutes),
+        "retry_exponential_backoff": True,
+        "max_retry_delay": timedelta(hours=1),
+    }
+
+
+def progress(message: str) -> None:
+    """One line of progress, shown by `p13n run` while a DAG runs (and kept in the task log)."""
+    print(f"{PROGRESS_MARK} {message}", flush=True)
+
+
+def airflow_env(settings: Settings | None = None, base: dict | None = None) -> dict[str, str]:
+    """The environment Airflow runs in for this project: its home, DAGs, SQLite locally, no examples."""
+    settings = settings or get_settings()
+    home = settings.airflow_home
+    env = dict(os.environ if base is None else base)
+    env.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(home / "plugins"),
+            "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(settings.logs_dir / "airflow"),
+            "P13N_ENV": settings.env,
+            "P13N_DATA_DIR": str(settings.data_dir),
+            "PYSPARK_PYTHON": sys.executable,
+        }
+    )
+    if settings.env != "prod":
+        env.setdefault("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{home / 'airflow.db'}")
+    Path(home).mkdir(parents=True, exist_ok=True)
+    return env

@@ -1,0 +1,21 @@
+"""Process-wide handles for job code: the Spark session and the lake, made once on first use."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from p13n.config import get_settings
+
+
+@lru_cache(maxsize=1)
+def spark():
+    from p13n.spark import get_spark
+
+    return get_spark(get_settings())
+
+
+@lru_cache(maxsize=1)
+def lake():
+    from p13n.lake import Lake
+
+    return Lake.from_settings(spark(), get_settings())
