@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ENV_PREFIX = "P13N__"
@@ -35,15 +35,8 @@ class LakeSettings(_Section):
     root: str = ""
     storage_options: dict[str, str] = Field(default_factory=dict)
     max_rows_per_file: int = Field(2_000_000, gt=0)
-    min_rows_per_group: int = Field(131_072, gt=0)
     vacuum_retention_hours: int = Field(168, ge=0)
     max_commit_retries: int = Field(3, ge=0)
-
-    @model_validator(mode="after")
-    def _groups_fit_files(self) -> LakeSettings:
-        if self.min_rows_per_group > self.max_rows_per_file:
-            raise ValueError("min_rows_per_group must be <= max_rows_per_file")
-        return self
 
 
 class SparkSettings(_Section):

@@ -46,6 +46,8 @@ def airflow_env(settings: Settings | None = None, base: dict | None = None) -> d
             "P13N_ENV": settings.env,
             "P13N_DATA_DIR": str(settings.data_dir),
             "PYSPARK_PYTHON": sys.executable,
+            # `airflow standalone` starts its components as `airflow` from PATH: this environment's.
+            "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
         }
     )
     if settings.env != "prod":

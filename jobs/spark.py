@@ -48,8 +48,6 @@ def spark_conf(settings: Settings) -> dict[str, str]:
         "spark.driver.extraJavaOptions": java_opts,
         "spark.executor.extraJavaOptions": java_opts,
         "spark.sql.execution.arrow.pyspark.enabled": "true",
-        # Larger Arrow batches for the lake writer: fewer, bigger Parquet row groups.
-        "spark.sql.execution.arrow.maxRecordsPerBatch": "131072",
         "spark.sql.adaptive.enabled": "true",
         "spark.pyspark.python": sys.executable,
         "spark.pyspark.driver.python": sys.executable,

@@ -360,9 +360,10 @@ class Lake:
     def vacuum(self, table: str, *, retention_hours: int | None = None, dry_run: bool = False) -> list[str]:
         """Delete files no version within the retention window needs, and stray files of failed writes."""
         hours = self.settings.vacuum_retention_hours if retention_hours is None else retention_hours
-        removed = self.delta_table(table).vacuum(
-            retention_hours=hours, dry_run=dry_run, enforce_retention_duration=False, full=True
-        )
+        dt = self.delta_table(table)
+        removed = dt.vacuum(retention_hours=hours, dry_run=True, enforce_retention_duration=False, full=True)
+        if removed and not dry_run:  # delta-rs commits VACUUM START/END even with nothing to remove
+            removed = dt.vacuum(retention_hours=hours, dry_run=False, enforce_retention_duration=False, full=True)
         # Staging folders of writes killed before their files were moved: older than the window.
         fs, table_dir = self._fs(table)
         cutoff = time.time() - hours * 3600

@@ -1,0 +1,93 @@
+"""Configuration: layering, overrides, and errors that name the key, where it was set and why."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from p13n.config import REPO_ROOT, ConfigError, load_settings
+
+
+@pytest.fixture
+def conf(tmp_path):
+    shutil.copytree(REPO_ROOT / "conf", tmp_path / "conf")
+    return tmp_path / "conf"
+
+
+def test_overlay_and_environment_override(conf):
+    s = load_settings("prod", conf, environ={"P13N__SPARK__SHUFFLE_PARTITIONS": "128"})
+    assert s.spark.master == "spark://spark-master:7077"  # from prod.yaml
+    assert s.spark.shuffle_partitions == 128  # from the environment
+    assert s.spark.app_name == "p13n"  # from base.yaml
+    assert s.spark.conf["spark.executor.cores"] == "2"  # YAML int made a Spark string
+
+
+def test_local_defaults_are_embedded(conf):
+    s = load_settings("local", conf, environ={"P13N_DATA_DIR": "/srv/p13n"})
+    assert s.lake_root == "/srv/p13n/lake"
+    assert s.mlflow_uri == "file:///srv/p13n/mlflow"
+    assert str(s.airflow_home) == "/srv/p13n/airflow"
+    assert s.spark.master.startswith("local")
+
+
+def test_bad_value_names_key_file_and_expectation(conf):
+    (conf / "local.yaml").write_text("spark:\n  shuffle_partitions: lots\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings("local", conf, environ={})
+    assert "spark.shuffle_partitions: Input should be a valid integer" in str(err.value)
+    assert f"got 'lots' (set in {conf / 'local.yaml'})" in str(err.value)
+
+
+def test_bad_env_override_names_the_variable(conf):
+    with pytest.raises(ConfigError, match=r"spark.driver_memory: Value error, expected a JVM memory size such as 4g or 512m, "
+                                          r"got 'lots'.*\(set in environment variable P13N__SPARK__DRIVER_MEMORY\)"):
+        load_settings("local", conf, environ={"P13N__SPARK__DRIVER_MEMORY": "lots"})
+
+
+def test_unknown_key_is_reported(conf):
+    (conf / "local.yaml").write_text("spark:\n  mastr: local[1]\n")
+    with pytest.raises(ConfigError, match=rf"spark.mastr: unknown key \(set in {conf / 'local.yaml'}\)"):
+        load_settings("local", conf, environ={})
+
+
+def test_secrets_are_refused_in_files(conf):
+    (conf / "local.yaml").write_text("lake:\n  storage_options:\n    AWS_SECRET_ACCESS_KEY: hunter2\n")
+    with pytest.raises(ConfigError, match="looks like a secret; secrets may only come from the environment"):
+        load_settings("local", conf, environ={})
+
+
+def test_storage_options_come_from_the_environment_verbatim(conf):
+    s = load_settings("local", conf, environ={"P13N__LAKE__STORAGE_OPTIONS__AWS_REGION": "eu-west-1",
+                                              "P13N__LAKE__STORAGE_OPTIONS__AWS_SECRET_ACCESS_KEY": "0123"})
+    assert s.lake.storage_options == {"AWS_REGION": "eu-west-1", "AWS_SECRET_ACCESS_KEY": "0123"}
+
+
+def test_unknown_environment_lists_the_known_ones(conf):
+    with pytest.raises(ConfigError, match=r"P13N_ENV='staging': no overlay .*; known environments: local, prod, test"):
+        load_settings("staging", conf, environ={})
+
+
+def test_cli_help_lists_the_commands():
+    out = subprocess.run([str(Path(sys.executable).parent / "p13n"), "--help"], capture_output=True, text=True, check=True)
+    for command in ("run", "airflow", "bench", "config", "lake"):
+        assert f"    {command}" in out.stdout
+
+
+def test_cli_config_masks_secrets():
+    env = {"P13N__LAKE__STORAGE_OPTIONS__AWS_SECRET_ACCESS_KEY": "hunter2", "PATH": "/usr/bin:/bin",
+           "P13N_ENV": "test"}
+    out = subprocess.run([str(Path(sys.executable).parent / "p13n"), "config"], capture_output=True, text=True,
+                         env=env, check=True)
+    assert "hunter2" not in out.stdout
+    assert '"AWS_SECRET_ACCESS_KEY": "***"' in out.stdout
+
+
+def test_cli_reports_config_errors_plainly(tmp_path):
+    env = {"P13N_CONF_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([str(Path(sys.executable).parent / "p13n"), "config"], capture_output=True, text=True, env=env)
+    assert out.returncode == 2
+    assert out.stderr.strip() == f"p13n: {tmp_path / 'base.yaml'}: missing; it holds the base configuration (set P13N_CONF_DIR?)"
