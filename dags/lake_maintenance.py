@@ -48,8 +48,10 @@ def lake_maintenance():
         from p13n.session import lake
 
         result = maintain_table(lake(), table)
-        progress(f"{table}: v{result['version']}, {result['files']} files, compacted {result['files_compacted']}, "
-                 f"vacuumed {result['files_vacuumed']}")
+        progress(
+            f"{table}: v{result['version']}, {result['files']} files, compacted {result['files_compacted']}, "
+            f"vacuumed {result['files_vacuumed']}"
+        )
         return result
 
     # Runs on an empty lake too (no mapped maintain tasks), so every run leaves its health record.

@@ -65,13 +65,26 @@ def _cmd_lake(args: argparse.Namespace) -> int:
         table = Table("table", "version", "files", "rows", "MB", "partitioned by")
         for name in lk.tables():
             i = lk.info(name)
-            table.add_row(name, str(i.version), str(i.files), f"{i.rows:,}", f"{i.bytes / 1e6:.1f}", ", ".join(i.partition_by))
+            table.add_row(
+                name,
+                str(i.version),
+                str(i.files),
+                f"{i.rows:,}",
+                f"{i.bytes / 1e6:.1f}",
+                ", ".join(i.partition_by),
+            )
         console.print(table)
     elif args.action == "history":
         table = Table("version", "timestamp", "operation", "dag", "run", "code")
         for c in lk.history(args.table, limit=args.limit):
-            table.add_row(str(c.get("version")), str(c.get("timestamp")), str(c.get("operation")),
-                          c.get("p13n.dag_id", ""), c.get("p13n.run_id", ""), c.get("p13n.code_version", ""))
+            table.add_row(
+                str(c.get("version")),
+                str(c.get("timestamp")),
+                str(c.get("operation")),
+                c.get("p13n.dag_id", ""),
+                c.get("p13n.run_id", ""),
+                c.get("p13n.code_version", ""),
+            )
         console.print(table)
     elif args.action == "show":
         lk.read(args.table, where=args.where).show(args.limit, truncate=False)
@@ -92,12 +105,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"p13n {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("run", help="run the pipeline through Airflow on the configured services and print a summary")
+    p = sub.add_parser(
+        "run", help="run the pipeline through Airflow on the configured services and print a summary"
+    )
     p.add_argument("--date", help="logical date to run (YYYY-MM-DD); default: today (UTC)")
     p.set_defaults(handler=_cmd_run)
 
-    p = sub.add_parser("airflow", help="run an airflow command in the project's Airflow environment",
-                       description="Example: p13n airflow standalone; p13n airflow dags test lake_maintenance 2024-03-01")
+    p = sub.add_parser(
+        "airflow",
+        help="run an airflow command in the project's Airflow environment",
+        description="Example: p13n airflow standalone; p13n airflow dags test lake_maintenance 2024-03-01",
+    )
     p.add_argument("airflow_args", nargs=argparse.REMAINDER, help="arguments passed to airflow")
     p.set_defaults(handler=_cmd_airflow)
 
@@ -113,10 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("lake", help="inspect and maintain Delta tables")
     lake_sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     lake_sub.add_parser("tables", help="list tables with version, files, rows and size")
-    for action, helptext in [("history", "commits of a table with their run metadata"),
-                             ("show", "print rows of a table"),
-                             ("optimize", "compact a table's small files"),
-                             ("vacuum", "remove files no version in the retention window needs")]:
+    for action, helptext in [
+        ("history", "commits of a table with their run metadata"),
+        ("show", "print rows of a table"),
+        ("optimize", "compact a table's small files"),
+        ("vacuum", "remove files no version in the retention window needs"),
+    ]:
         a = lake_sub.add_parser(action, help=helptext)
         a.add_argument("table", help="layer.name, e.g. silver.orders")
         if action in ("history", "show"):

@@ -58,7 +58,11 @@ class SparkSettings(_Section):
     @classmethod
     def _stringify(cls, v: Any) -> Any:
         # YAML turns `spark.executor.cores: 2` into an int; Spark wants strings.
-        return {k: str(x).lower() if isinstance(x, bool) else str(x) for k, x in v.items()} if isinstance(v, dict) else v
+        return (
+            {k: str(x).lower() if isinstance(x, bool) else str(x) for k, x in v.items()}
+            if isinstance(v, dict)
+            else v
+        )
 
 
 class MlflowSettings(_Section):
@@ -125,7 +129,9 @@ def _read_yaml(path: Path) -> dict:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of settings at the top level, got {type(data).__name__}")
+        raise ConfigError(
+            f"{path}: expected a mapping of settings at the top level, got {type(data).__name__}"
+        )
     _refuse_secrets(data, path)
     return data
 
@@ -223,5 +229,7 @@ def get_settings() -> Settings:
     """The process-wide settings, cached per environment and override set."""
     env = os.environ.get("P13N_ENV") or "local"
     conf_dir = os.environ.get("P13N_CONF_DIR") or str(REPO_ROOT / "conf")
-    overrides = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(("P13N__", "P13N_DATA_DIR"))))
+    overrides = tuple(
+        sorted((k, v) for k, v in os.environ.items() if k.startswith(("P13N__", "P13N_DATA_DIR")))
+    )
     return _cached(env, conf_dir, overrides)

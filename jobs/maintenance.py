@@ -29,8 +29,17 @@ def maintain_table(lake: Lake, table: str, *, retention_hours: int | None = None
 def build_table_health(spark, results: list[dict], run_date: dt.date, checked_at: dt.datetime):
     """One health row per maintained table (a pure transform of the maintenance results)."""
     rows = [
-        (run_date, r["table"], r["version"], r["files"], r["bytes"], r["rows"], r["files_compacted"],
-         r["files_vacuumed"], checked_at)
+        (
+            run_date,
+            r["table"],
+            r["version"],
+            r["files"],
+            r["bytes"],
+            r["rows"],
+            r["files_compacted"],
+            r["files_vacuumed"],
+            checked_at,
+        )
         for r in sorted(results, key=lambda r: r["table"])
     ]
     return spark.createDataFrame(rows, HEALTH_SCHEMA)
@@ -40,5 +49,7 @@ def record_table_health(lake: Lake, results: list[dict], run_date: dt.date) -> i
     """Write this run's health rows, replacing the run date's partition (reruns leave one copy)."""
     checked_at = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     df = build_table_health(lake.spark, results, run_date, checked_at)
-    lake.write(HEALTH_TABLE, df, mode="overwrite", partition_by=["run_date"], replace_where={"run_date": run_date})
+    lake.write(
+        HEALTH_TABLE, df, mode="overwrite", partition_by=["run_date"], replace_where={"run_date": run_date}
+    )
     return df.count()

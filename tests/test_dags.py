@@ -50,8 +50,13 @@ def test_dag_file_imports_fast(path):
         "print(time.perf_counter() - t)\n"
     )
     env_fix = {"P13N_ENV": "local"}  # parse with the default overlay, as the scheduler would
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         env={**__import__("os").environ, **env_fix})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**__import__("os").environ, **env_fix},
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     seconds = float(out.stdout.strip().splitlines()[-1])
     assert seconds < IMPORT_BUDGET_S, f"importing {path.name} took {seconds:.2f}s"

@@ -14,7 +14,13 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
-from p13n.lake import ConcurrentWriteError, Lake, ReplaceWhereViolation, SchemaMismatchError, TableNotFoundError
+from p13n.lake import (
+    ConcurrentWriteError,
+    Lake,
+    ReplaceWhereViolation,
+    SchemaMismatchError,
+    TableNotFoundError,
+)
 from p13n.lake.duck import duckdb_connection
 from p13n.runctx import RunContext
 
@@ -38,8 +44,10 @@ BASE = [(1, "ann", 10.0, D1), (2, "bob", 20.0, D1), (3, "cy", 30.0, D2), (4, "de
 
 def test_written_table_is_standard_delta_read_by_deltalake_duckdb_and_polars(spark, lake):
     special = ["a b", "x/y", "50%", "é", "k=v", None]
-    df = spark.createDataFrame([(i, v, dt.datetime(2024, 1, 1, 12, i)) for i, v in enumerate(special)],
-                               "id long, tag string, ts timestamp")
+    df = spark.createDataFrame(
+        [(i, v, dt.datetime(2024, 1, 1, 12, i)) for i, v in enumerate(special)],
+        "id long, tag string, ts timestamp",
+    )
     lake.write("bronze.tags", df, partition_by=["tag"])
 
     expected = sorted((i, v) for i, v in enumerate(special))
@@ -51,7 +59,9 @@ def test_written_table_is_standard_delta_read_by_deltalake_duckdb_and_polars(spa
     assert rows_of(lake.read("bronze.tags"), "id", "tag") == expected
     # timestamps survive exactly (UTC, microseconds)
     assert DeltaTable(lake.uri("bronze.tags")).to_pyarrow_table()["ts"].to_pylist()[0].minute in range(6)
-    assert {r.ts for r in lake.read("bronze.tags").collect()} == {dt.datetime(2024, 1, 1, 12, i) for i in range(6)}
+    assert {r.ts for r in lake.read("bronze.tags").collect()} == {
+        dt.datetime(2024, 1, 1, 12, i) for i in range(6)
+    }
 
 
 def test_append_then_overwrite(spark, lake):
@@ -72,9 +82,15 @@ def test_replace_where_overwrites_only_the_named_partition(spark, lake):
 
 def test_replace_where_refuses_rows_outside_the_partition_and_keeps_the_table(spark, lake):
     lake.write("silver.orders", orders(spark, BASE), partition_by=["order_date"])
-    with pytest.raises(ReplaceWhereViolation, match=r"silver.orders: replace_where .* 1 rows fall in partitions"):
-        lake.write("silver.orders", orders(spark, [(10, "eve", 5.0, D1), (11, "fay", 6.0, D2)]),
-                   mode="overwrite", replace_where={"order_date": D1})
+    with pytest.raises(
+        ReplaceWhereViolation, match=r"silver.orders: replace_where .* 1 rows fall in partitions"
+    ):
+        lake.write(
+            "silver.orders",
+            orders(spark, [(10, "eve", 5.0, D1), (11, "fay", 6.0, D2)]),
+            mode="overwrite",
+            replace_where={"order_date": D1},
+        )
     assert lake.delta_table("silver.orders").version() == 0
     assert rows_of(lake.read("silver.orders"), "order_id") == [(1,), (2,), (3,), (4,)]
     # the refused write's files were removed, not left for readers of the directory
@@ -95,22 +111,38 @@ def test_merge_updates_matched_rows_and_inserts_new_ones(spark, lake):
     src = orders(spark, [(2, "bob", 99.0, D1), (5, "eli", 50.0, D3)])
     result = lake.merge("silver.orders", src, keys=["order_id", "order_date"])
     assert rows_of(lake.read("silver.orders"), "order_id", "amount") == [
-        (1, 10.0), (2, 99.0), (3, 30.0), (4, 40.0), (5, 50.0)]
+        (1, 10.0),
+        (2, 99.0),
+        (3, 30.0),
+        (4, 40.0),
+        (5, 50.0),
+    ]
     # only the partitions of the source (D1, D3) were rewritten; D2's file is untouched
     assert result.files_removed == 2 and result.rows_removed == 3
 
 
 def test_merge_ignore_keeps_existing_rows(spark, lake):
     lake.write("silver.orders", orders(spark, BASE))
-    lake.merge("silver.orders", orders(spark, [(2, "bob", 99.0, D1), (5, "eli", 50.0, D3)]),
-               keys=["order_id"], when_matched="ignore")
+    lake.merge(
+        "silver.orders",
+        orders(spark, [(2, "bob", 99.0, D1), (5, "eli", 50.0, D3)]),
+        keys=["order_id"],
+        when_matched="ignore",
+    )
     assert rows_of(lake.read("silver.orders"), "order_id", "amount") == [
-        (1, 10.0), (2, 20.0), (3, 30.0), (4, 40.0), (5, 50.0)]
+        (1, 10.0),
+        (2, 20.0),
+        (3, 30.0),
+        (4, 40.0),
+        (5, 50.0),
+    ]
 
 
 def test_merge_refuses_duplicate_source_keys(spark, lake):
     lake.write("silver.orders", orders(spark, BASE))
-    with pytest.raises(Exception, match=r"silver.orders: merge source has duplicate keys \['order_id'\], e.g. \[\(7,\)\]"):
+    with pytest.raises(
+        Exception, match=r"silver.orders: merge source has duplicate keys \['order_id'\], e.g. \[\(7,\)\]"
+    ):
         lake.merge("silver.orders", orders(spark, [(7, "a", 1.0, D1), (7, "b", 2.0, D1)]), keys=["order_id"])
     assert lake.delta_table("silver.orders").version() == 0
 
@@ -119,7 +151,8 @@ def test_delete_by_predicate_rewrites_only_matching_files(spark, lake):
     lake.write("silver.orders", orders(spark, BASE), partition_by=["order_date"])
     result = lake.delete("silver.orders", "customer = 'bob'")
     assert rows_of(lake.read("silver.orders"), "order_id") == [(1,), (3,), (4,)]
-    assert (result.files_removed, result.rows_removed, result.rows_written) == (1, 1, 1)
+    # D1's file (ann, bob) was rewritten without bob; D2 and D3 were not touched
+    assert (result.files_removed, result.rows_removed, result.rows_written) == (1, 2, 1)
     noop = lake.delete("silver.orders", "customer = 'nobody'")
     assert noop.version == result.version  # nothing matched: no commit
 
@@ -146,8 +179,13 @@ def test_time_travel_by_version_and_timestamp(spark, lake):
 
 
 def test_history_carries_run_metadata(spark, lake):
-    run = RunContext(dag_id="nightly", run_id="scheduled__2024-03-01", task_id="ingest",
-                     logical_date="2024-03-01T00:00:00+00:00", code_version="0.1.0+abc")
+    run = RunContext(
+        dag_id="nightly",
+        run_id="scheduled__2024-03-01",
+        task_id="ingest",
+        logical_date="2024-03-01T00:00:00+00:00",
+        code_version="0.1.0+abc",
+    )
     lake.write("silver.orders", orders(spark, BASE), run=run)
     commit = lake.history("silver.orders")[0]
     assert commit["p13n.dag_id"] == "nightly"
@@ -158,8 +196,10 @@ def test_history_carries_run_metadata(spark, lake):
 
 def test_schema_mismatch_names_table_and_columns(spark, lake):
     lake.write("silver.orders", orders(spark, BASE))
-    wrong = spark.createDataFrame([(1, "ann", "ten", D1, "x")],
-                                  "order_id long, customer string, amount string, order_date date, note string")
+    wrong = spark.createDataFrame(
+        [(1, "ann", "ten", D1, "x")],
+        "order_id long, customer string, amount string, order_date date, note string",
+    )
     with pytest.raises(SchemaMismatchError) as err:
         lake.write("silver.orders", wrong)
     assert str(err.value) == (
@@ -194,11 +234,18 @@ def test_concurrent_merges_one_fails_cleanly_and_a_retry_loses_nothing(spark, la
 
     monkeypatch.setattr(Lake, "_write_files", interleaved)
     a_update = orders(spark, [(3, "cy", 333.0, D2)])
-    with pytest.raises(ConcurrentWriteError, match="silver.orders: a concurrent commit conflicts with this merge"):
+    with pytest.raises(
+        ConcurrentWriteError, match="silver.orders: a concurrent commit conflicts with this merge"
+    ):
         lake.merge("silver.orders", a_update, keys=["order_id"])
     assert lake.delta_table("silver.orders").version() == 1  # only B's commit
     lake.merge("silver.orders", a_update, keys=["order_id"])  # the retry
-    assert rows_of(lake.read("silver.orders"), "order_id", "amount") == [(1, 10.0), (2, 222.0), (3, 333.0), (4, 40.0)]
+    assert rows_of(lake.read("silver.orders"), "order_id", "amount") == [
+        (1, 10.0),
+        (2, 222.0),
+        (3, 333.0),
+        (4, 40.0),
+    ]
 
 
 def test_concurrent_appends_both_land(spark, lake, monkeypatch):
@@ -232,8 +279,9 @@ KILLED_WRITER = textwrap.dedent("""
 def test_writer_killed_before_commit_leaves_previous_version_and_vacuum_cleans(spark, lake):
     lake.write("silver.orders", orders(spark, BASE))
     env = {**os.environ, "P13N_FAULTS": "lake.before_commit"}
-    proc = subprocess.run([sys.executable, "-c", KILLED_WRITER, lake.root], env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLED_WRITER, lake.root], env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 137, proc.stderr[-2000:]
     assert "committed" not in proc.stdout
 
@@ -278,6 +326,14 @@ def test_stats_let_readers_skip_files(spark, lake):
     lake.write("silver.orders", orders(spark, BASE[:2]).coalesce(1))
     lake.write("silver.orders", orders(spark, BASE[2:]).coalesce(1))
     adds = pa.table(DeltaTable(lake.uri("silver.orders")).get_add_actions(flatten=True)).to_pydict()
-    assert sorted(zip(adds["min.order_id"], adds["max.order_id"], adds["num_records"],
-                      adds["min.order_date"], adds["max.order_date"], strict=True)) == [(1, 2, 2, D1, D1), (3, 4, 2, D2, D3)]
+    assert sorted(
+        zip(
+            adds["min.order_id"],
+            adds["max.order_id"],
+            adds["num_records"],
+            adds["min.order_date"],
+            adds["max.order_date"],
+            strict=True,
+        )
+    ) == [(1, 2, 2, D1, D1), (3, 4, 2, D2, D3)]
     assert len(lake.read("silver.orders", where="order_id >= 3").inputFiles()) == 1

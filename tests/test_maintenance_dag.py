@@ -40,12 +40,20 @@ def test_lake_maintenance_dag_compacts_vacuums_and_records_health(spark, setting
     assert (info.files, info.rows) == (1, 6)
     assert not stray.exists()
     assert sorted(tuple(r) for r in lake.read("silver.customers").collect()) == rows
-    assert {Path(p).name for p in table_dir.glob("*.parquet")} == {Path(u).name for u in DeltaTable(str(table_dir)).file_uris()}
+    assert {Path(p).name for p in table_dir.glob("*.parquet")} == {
+        Path(u).name for u in DeltaTable(str(table_dir)).file_uris()
+    }
 
     health = {r.table_name: r for r in lake.read("ops.table_health").collect()}
     assert set(health) == {"silver.customers"}
     h = health["silver.customers"]
-    assert (h.run_date, h.files, h.rows, h.files_compacted, h.version) == (dt.date(2024, 3, 1), 1, 6, 3, info.version)
+    assert (h.run_date, h.files, h.rows, h.files_compacted, h.version) == (
+        dt.date(2024, 3, 1),
+        1,
+        6,
+        3,
+        info.version,
+    )
     assert h.files_vacuumed >= 1  # the stray file at least (compacted-away files may wait a run: retention)
     assert any("silver.customers: v" in line for line in lines)
 

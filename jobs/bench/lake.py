@@ -25,7 +25,9 @@ def _orders(spark, rows: int):
         F.concat(F.lit("SKU-"), (F.col("id") * 31 % 50_000).cast("string")).alias("sku"),
         (F.col("id") % 997 / 10.0).alias("amount"),
         F.expr("timestamp_seconds(1704067200 + id * 6)").alias("ordered_at"),
-        F.expr("element_at(array('web', 'app', 'store_square', 'store_legacy'), cast(id % 4 + 1 as int))").alias("channel"),
+        F.expr(
+            "element_at(array('web', 'app', 'store_square', 'store_legacy'), cast(id % 4 + 1 as int))"
+        ).alias("channel"),
     )
 
 
@@ -64,7 +66,7 @@ def bench_lake(rows: int | None = None, reps: int = 3) -> dict:
                 pairs.reverse()
                 reads.reverse()
             for key, fn in pairs + reads:
-                t = timed(lambda fn=fn: fn(i))
+                t = timed(lambda fn=fn, i=i: fn(i))
                 if i:  # round 0 warms up
                     times[key].append(t)
         written = lake.info(f"bronze.bench{reps}")

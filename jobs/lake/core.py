@@ -27,13 +27,20 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import unquote
 
 import pyarrow as pa
 import pyarrow.fs as pafs
-from urllib.parse import unquote
 from deltalake import DeltaTable
-from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError as _DeltaNotFound
-from deltalake.transaction import AddAction, CommitProperties, RemoveAction, Transaction, create_table_with_add_actions
+from deltalake.exceptions import CommitFailedError, DeltaError
+from deltalake.exceptions import TableNotFoundError as _DeltaNotFound
+from deltalake.transaction import (
+    AddAction,
+    CommitProperties,
+    RemoveAction,
+    Transaction,
+    create_table_with_add_actions,
+)
 
 from p13n.config import LakeSettings
 from p13n.faults import checkpoint
@@ -58,7 +65,11 @@ PartitionSpec = Mapping[str, Any]
 
 @dataclass(frozen=True)
 class WriteResult:
-    """What a write did. `skipped` is true when its (app_id, version) had already been committed."""
+    """What a write did. `skipped` is true when its (app_id, version) had already been committed.
+
+    `rows_removed` counts the rows of the files the write replaced (merge, delete, rewrite); the net
+    change of the table is `rows_written - rows_removed`.
+    """
 
     table: str
     operation: str
@@ -132,7 +143,9 @@ class Lake:
             version=dt.version(),
             files=adds.num_rows,
             bytes=int(pa.compute.sum(adds["size_bytes"]).as_py() or 0),
-            rows=int(pa.compute.sum(adds["num_records"]).as_py() or 0) if "num_records" in adds.column_names else -1,
+            rows=int(pa.compute.sum(adds["num_records"]).as_py() or 0)
+            if "num_records" in adds.column_names
+            else -1,
             partition_by=list(dt.metadata().partition_columns),
             columns=[f.name for f in dt.schema().fields],
         )
@@ -181,12 +194,20 @@ class Lake:
 
     def _check_readable(self, table: str, dt: DeltaTable) -> None:
         features = set(dt.protocol().reader_features or [])
-        if "columnMapping" in features and dt.metadata().configuration.get("delta.columnMapping.mode", "none") != "none":
+        if (
+            "columnMapping" in features
+            and dt.metadata().configuration.get("delta.columnMapping.mode", "none") != "none"
+        ):
             raise LakeError(table, "column mapping is enabled; the lake reader does not support it")
         if "deletionVectors" in features:
             adds = _adds(dt, flatten=True)
-            if "deletionVector.storageType" in adds.column_names and adds["deletionVector.storageType"].null_count < adds.num_rows:
-                raise LakeError(table, "files carry deletion vectors; run OPTIMIZE/PURGE with the writer that made them")
+            if (
+                "deletionVector.storageType" in adds.column_names
+                and adds["deletionVector.storageType"].null_count < adds.num_rows
+            ):
+                raise LakeError(
+                    table, "files carry deletion vectors; run OPTIMIZE/PURGE with the writer that made them"
+                )
 
     @staticmethod
     def _hive_layout(dt: DeltaTable, partition_by: list[str]) -> bool:
@@ -199,8 +220,12 @@ class Lake:
         rows = [(u, json.dumps(adds.get(_relative(dt, u), {}))) for u in uris]
         files = self.spark.createDataFrame(rows, "uri string, partition_values string")
         files = files.repartition(min(len(rows), self.spark.sparkContext.defaultParallelism * 2))
-        read = functools.partial(_read_arrow_files, arrow_schema=pa.schema(dt.schema().to_arrow()), partition_by=partition_by,
-                                 storage_options=self.storage_options)
+        read = functools.partial(
+            _read_arrow_files,
+            arrow_schema=pa.schema(dt.schema().to_arrow()),
+            partition_by=partition_by,
+            storage_options=self.storage_options,
+        )
         return files.mapInArrow(read, spark_schema)
 
     # ------------------------------------------------------------------ writes
@@ -233,12 +258,16 @@ class Lake:
         if replace_where:
             unknown = set(replace_where) - set(partition_by)
             if unknown:
-                raise ValueError(f"{table}: replace_where columns {sorted(unknown)} are not partition columns {partition_by}")
+                raise ValueError(
+                    f"{table}: replace_where columns {sorted(unknown)} are not partition columns {partition_by}"
+                )
         write_id, files = self._write_files(table, df, partition_by)
         try:
             if replace_where:
                 allowed = _allowed_partitions(replace_where)
-                outside = [f for f in files if not _partition_matches(json.loads(f["partition_values"]), allowed)]
+                outside = [
+                    f for f in files if not _partition_matches(json.loads(f["partition_values"]), allowed)
+                ]
                 if outside:
                     raise ReplaceWhereViolation(
                         table,
@@ -248,14 +277,26 @@ class Lake:
             adds = [_add_action(f) for f in files]
             partition_filters = _partition_filters(replace_where) if replace_where else None
             version = self._commit(
-                table, dt, df, partition_by, adds, mode, write_id, run, txn, partition_filters=partition_filters
+                table,
+                dt,
+                df,
+                partition_by,
+                adds,
+                mode,
+                write_id,
+                run,
+                txn,
+                partition_filters=partition_filters,
             )
         except BaseException:
             self._delete_files(table, [f["path"] for f in files])
             raise
         return WriteResult(
-            table, f"write:{mode}", version,
-            rows_written=sum(f["num_records"] for f in files), files_added=len(files),
+            table,
+            f"write:{mode}",
+            version,
+            rows_written=sum(f["num_records"] for f in files),
+            files_added=len(files),
             metadata={"write_id": write_id},
         )
 
@@ -279,6 +320,7 @@ class Lake:
 
         dt = self._open(table)
         if dt is None:
+            _check_unique(table, df, keys)
             return self.write(table, df, mode="append", partition_by=partition_by, txn=txn, run=run)
         if txn and (dt.transaction_version(txn[0]) or -1) >= txn[1]:
             return WriteResult(table, "merge", dt.version(), skipped=True)
@@ -286,14 +328,16 @@ class Lake:
         missing = [k for k in keys if k not in df.columns]
         if missing:
             raise SchemaMismatchError(table, f"merge keys {missing} are not columns of the table")
-        dupes = df.groupBy(*keys).count().filter(F.col("count") > 1).limit(3).collect()
-        if dupes:
-            sample = [tuple(r[k] for k in keys) for r in dupes]
-            raise LakeError(table, f"merge source has duplicate keys {list(keys)}, e.g. {sample}; deduplicate it first")
-
-        candidates = self._merge_candidates(dt, df, keys, partition_by)
-        df = df.cache()
+        df = df.cache()  # the source is scanned for duplicates, key bounds and the merge itself
         try:
+            dupes = df.groupBy(*keys).count().filter(F.col("count") > 1).limit(3).collect()
+            if dupes:
+                sample = [tuple(r[k] for k in keys) for r in dupes]
+                raise LakeError(
+                    table,
+                    f"merge source has duplicate keys {list(keys)}, e.g. {sample}; deduplicate it first",
+                )
+            candidates = self._merge_candidates(dt, df, keys, partition_by)
             if candidates:
                 target = self._read_paths(dt, candidates)
                 if when_matched == "update":
@@ -302,21 +346,9 @@ class Lake:
                     merged = target.unionByName(df.join(target.select(*keys), list(keys), "left_anti"))
             else:
                 merged = df
-            write_id, files = self._write_files(table, merged, partition_by)
+            return self._rewrite(table, dt, merged, candidates, partition_by, run, txn, "merge")
         finally:
             df.unpersist()
-        try:
-            actions = [_add_action(f) for f in files] + [_remove_action(c) for c in candidates]
-            version = self._commit(table, dt, None, partition_by, actions, "append", write_id, run, txn, operation="merge")
-        except BaseException:
-            self._delete_files(table, [f["path"] for f in files])
-            raise
-        return WriteResult(
-            table, "merge", version,
-            rows_written=sum(f["num_records"] for f in files), files_added=len(files),
-            files_removed=len(candidates), rows_removed=sum(c["num_records"] or 0 for c in candidates),
-            metadata={"write_id": write_id},
-        )
 
     def delete(self, table: str, predicate: str, *, run: RunContext | None = None) -> WriteResult:
         """Delete the rows matching a SQL predicate, rewriting only the files that hold them."""
@@ -337,16 +369,29 @@ class Lake:
         if not matched:
             return WriteResult(table, "delete", dt.version())
         kept = target.filter(~F.coalesce(F.expr(predicate), F.lit(False)))
-        write_id, files = self._write_files(table, kept, partition_by)
+        return self._rewrite(table, dt, kept, candidates, partition_by, run, None, "delete")
+
+    def _rewrite(self, table, dt, new_rows, candidates, partition_by, run, txn, operation) -> WriteResult:
+        """Copy-on-write: write `new_rows` as files that replace `candidates`, in one commit."""
+        write_id, files = self._write_files(table, new_rows, partition_by)
         try:
             actions = [_add_action(f) for f in files] + [_remove_action(c) for c in candidates]
-            version = self._commit(table, dt, None, partition_by, actions, "append", write_id, run, None, operation="delete")
+            version = self._commit(
+                table, dt, None, partition_by, actions, "append", write_id, run, txn, operation=operation
+            )
         except BaseException:
             self._delete_files(table, [f["path"] for f in files])
             raise
-        removed = sum(c["num_records"] or 0 for c in candidates) - sum(f["num_records"] for f in files)
-        return WriteResult(table, "delete", version, rows_written=sum(f["num_records"] for f in files),
-                           files_added=len(files), files_removed=len(candidates), rows_removed=removed)
+        return WriteResult(
+            table,
+            operation,
+            version,
+            rows_written=sum(f["num_records"] for f in files),
+            files_added=len(files),
+            files_removed=len(candidates),
+            rows_removed=sum(c["num_records"] or 0 for c in candidates),
+            metadata={"write_id": write_id},
+        )
 
     # ------------------------------------------------------------------ maintenance
     def optimize(self, table: str, *, target_size: int | None = None, run: RunContext | None = None) -> dict:
@@ -363,12 +408,18 @@ class Lake:
         dt = self.delta_table(table)
         removed = dt.vacuum(retention_hours=hours, dry_run=True, enforce_retention_duration=False, full=True)
         if removed and not dry_run:  # delta-rs commits VACUUM START/END even with nothing to remove
-            removed = dt.vacuum(retention_hours=hours, dry_run=False, enforce_retention_duration=False, full=True)
+            removed = dt.vacuum(
+                retention_hours=hours, dry_run=False, enforce_retention_duration=False, full=True
+            )
         # Staging folders of writes killed before their files were moved: older than the window.
         fs, table_dir = self._fs(table)
         cutoff = time.time() - hours * 3600
         for entry in fs.get_file_info(pafs.FileSelector(f"{table_dir}/{STAGING_DIR}", allow_not_found=True)):
-            if entry.type == pafs.FileType.Directory and entry.mtime is not None and entry.mtime.timestamp() <= cutoff:
+            if (
+                entry.type == pafs.FileType.Directory
+                and entry.mtime is not None
+                and entry.mtime.timestamp() <= cutoff
+            ):
                 removed.append(f"{STAGING_DIR}/{entry.base_name}/")
                 if not dry_run:
                     fs.delete_dir(entry.path)
@@ -389,19 +440,26 @@ class Lake:
             partition_by = list(partition_by or [])
             bad = [c for c in partition_by if c not in df.columns]
             if bad:
-                raise SchemaMismatchError(table, f"partition columns {bad} are not in the DataFrame {df.columns}")
+                raise SchemaMismatchError(
+                    table, f"partition columns {bad} are not in the DataFrame {df.columns}"
+                )
             _check_partition_types(table, df, partition_by)
             return df, partition_by
         existing = list(dt.metadata().partition_columns)
         if partition_by is not None and list(partition_by) != existing:
-            raise SchemaMismatchError(table, f"table is partitioned by {existing}, the write asked for {list(partition_by)}")
+            raise SchemaMismatchError(
+                table, f"table is partitioned by {existing}, the write asked for {list(partition_by)}"
+            )
         table_schema = _spark_schema(dt)
         want = {f.name: f.dataType for f in table_schema.fields}
         have = {f.name: f.dataType for f in df.schema.fields}
         missing = [c for c in want if c not in have]
         extra = [c for c in have if c not in want]
-        changed = [f"{c} ({want[c].simpleString()} in the table, {have[c].simpleString()} in the data)"
-                   for c in want if c in have and not _same_type(want[c], have[c])]
+        changed = [
+            f"{c} ({want[c].simpleString()} in the table, {have[c].simpleString()} in the data)"
+            for c in want
+            if c in have and not _same_type(want[c], have[c])
+        ]
         if changed or (missing and schema_mode == "strict") or (extra and schema_mode == "strict"):
             parts = []
             if missing:
@@ -419,7 +477,9 @@ class Lake:
             dt.alter.add_columns([DeltaField(f.name, f.type, nullable=True) for f in new.fields])
             dt.update_incremental()
             table_schema = _spark_schema(dt)
-        cols = [F.col(c) if c in have else F.lit(None).cast(want[c]).alias(c) for c in table_schema.fieldNames()]
+        cols = [
+            F.col(c) if c in have else F.lit(None).cast(want[c]).alias(c) for c in table_schema.fieldNames()
+        ]
         return df.select(*cols), existing
 
     def _write_files(self, table: str, df: DataFrame, partition_by: list[str]) -> tuple[str, list[dict]]:
@@ -429,7 +489,9 @@ class Lake:
         staging = f"{table_dir}/{STAGING_DIR}/{write_id}"
         # Co-locate each partition's rows in few tasks, so a partition gets few files.
         writer = (df.repartition(*partition_by) if partition_by else df).write.mode("errorifexists")
-        writer = writer.option("compression", "snappy").option("maxRecordsPerFile", self.settings.max_rows_per_file)
+        writer = writer.option("compression", "snappy").option(
+            "maxRecordsPerFile", self.settings.max_rows_per_file
+        )
         if partition_by:
             writer = writer.partitionBy(*partition_by)
         try:
@@ -448,8 +510,22 @@ class Lake:
         fs, path = pafs.FileSystem.from_uri(uri if "://" in uri else f"file://{uri}")
         return fs, path.rstrip("/")
 
-    def _commit(self, table, dt, df, partition_by, actions, mode, write_id, run, txn, *,
-                partition_filters=None, operation: str | None = None) -> int:
+    def _commit(
+        self,
+        table: str,
+        dt: DeltaTable | None,
+        df: DataFrame | None,
+        partition_by: list[str],
+        actions: list,
+        mode: str,
+        write_id: str,
+        run: RunContext | None,
+        txn: tuple[str, int] | None,
+        *,
+        partition_filters: list[Filter] | None = None,
+        operation: str | None = None,
+    ) -> int:
+        """Record the actions in one Delta commit (creating the table on its first write); return its version."""
         run = run or RunContext.from_env()
         metadata = {**run.commit_metadata(), "p13n.write_id": write_id}
         if operation:
@@ -461,28 +537,34 @@ class Lake:
         )
         try:
             if dt is None:
-                schema = _arrow_schema(df.schema)
                 try:
                     create_table_with_add_actions(
-                        self.uri(table), _delta_schema(schema), actions, mode="error", partition_by=partition_by or None,
-                        storage_options=self.storage_options, commit_properties=props,
+                        self.uri(table),
+                        _delta_schema(_arrow_schema(df.schema)),
+                        actions,
+                        mode="error",
+                        partition_by=partition_by or None,
+                        storage_options=self.storage_options,
+                        commit_properties=props,
                     )
+                    return self._version_of(table, write_id)
                 except DeltaError as exc:
                     if "already exists" not in str(exc).lower():
                         raise
-                    # Another writer created the table first: commit against it like any write.
-                    dt = self._open(table)
-                    return self._commit(table, dt, df, partition_by, actions, mode, write_id, run, txn,
-                                        partition_filters=partition_filters, operation=operation)
-            else:
-                schema = dt.schema()
-                dt.create_write_transaction(
-                    actions, mode, schema, partition_by=partition_by or None, partition_filters=partition_filters,
-                    commit_properties=props,
-                )
+                    dt = self._open(table)  # another writer created it first: commit against it
+            dt.create_write_transaction(
+                actions,
+                mode,
+                dt.schema(),
+                partition_by=partition_by or None,
+                partition_filters=partition_filters,
+                commit_properties=props,
+            )
         except CommitFailedError as exc:
-            raise ConcurrentWriteError(table, f"a concurrent commit conflicts with this {operation or mode} ({exc}); "
-                                              "nothing was written, retry it") from exc
+            raise ConcurrentWriteError(
+                table,
+                f"a concurrent commit conflicts with this {operation or mode} ({exc}); nothing was written, retry it",
+            ) from exc
         return self._version_of(table, write_id)
 
     def _version_of(self, table: str, write_id: str) -> int:
@@ -492,14 +574,18 @@ class Lake:
                 return int(commit["version"])
         return dt.version()
 
-    def _merge_candidates(self, dt: DeltaTable, df: DataFrame, keys: Sequence[str], partition_by: list[str]) -> list[dict]:
+    def _merge_candidates(
+        self, dt: DeltaTable, df: DataFrame, keys: Sequence[str], partition_by: list[str]
+    ) -> list[dict]:
         """The files that may hold a row with one of the source's keys."""
         from pyspark.sql import functions as F
 
         adds = _add_rows(dt)
         if partition_by and set(partition_by) <= set(keys):
-            parts = {json.dumps(_stringify({c: r[c] for c in partition_by}), sort_keys=True)
-                     for r in df.select(*partition_by).distinct().collect()}
+            parts = {
+                json.dumps(_stringify({c: r[c] for c in partition_by}), sort_keys=True)
+                for r in df.select(*partition_by).distinct().collect()
+            }
             adds = [a for a in adds if json.dumps(a["partition_values"], sort_keys=True) in parts]
         if len(keys) == 1:
             bounds = df.agg(F.min(keys[0]).alias("lo"), F.max(keys[0]).alias("hi")).first()
@@ -568,16 +654,32 @@ def _same_type(a, b) -> bool:
     from pyspark.sql.types import StructType
 
     if isinstance(a, StructType) and isinstance(b, StructType):
-        return [(f.name, f.dataType.simpleString()) for f in a.fields] == [(f.name, f.dataType.simpleString()) for f in b.fields]
+        return [(f.name, f.dataType.simpleString()) for f in a.fields] == [
+            (f.name, f.dataType.simpleString()) for f in b.fields
+        ]
     return a.simpleString() == b.simpleString()
+
+
+def _check_unique(table: str, df, keys: Sequence[str]) -> None:
+    from pyspark.sql import functions as F
+
+    dupes = df.groupBy(*keys).count().filter(F.col("count") > 1).limit(3).collect()
+    if dupes:
+        sample = [tuple(r[k] for k in keys) for r in dupes]
+        raise LakeError(
+            table, f"merge source has duplicate keys {list(keys)}, e.g. {sample}; deduplicate it first"
+        )
 
 
 def _check_partition_types(table: str, df, partition_by: list[str]) -> None:
     from pyspark.sql.types import DateType, IntegerType, LongType, ShortType, StringType
 
     allowed = (DateType, StringType, IntegerType, LongType, ShortType)
-    bad = [f"{f.name} ({f.dataType.simpleString()})" for f in df.schema.fields
-           if f.name in partition_by and not isinstance(f.dataType, allowed)]
+    bad = [
+        f"{f.name} ({f.dataType.simpleString()})"
+        for f in df.schema.fields
+        if f.name in partition_by and not isinstance(f.dataType, allowed)
+    ]
     if bad:
         raise SchemaMismatchError(table, f"partition columns must be date, string or integer; got {bad}")
 
@@ -632,15 +734,22 @@ def _filters_to_sql(filters: Sequence[Filter]) -> str:
 
 def _add_action(f: Mapping) -> AddAction:
     return AddAction(
-        path=f["path"], size=int(f["size"]), partition_values=json.loads(f["partition_values"]),
-        modification_time=int(time.time() * 1000), data_change=True, stats=f["stats"],
+        path=f["path"],
+        size=int(f["size"]),
+        partition_values=json.loads(f["partition_values"]),
+        modification_time=int(time.time() * 1000),
+        data_change=True,
+        stats=f["stats"],
     )
 
 
 def _remove_action(a: Mapping) -> RemoveAction:
     return RemoveAction(
-        path=a["path"], data_change=True, deletion_timestamp=int(time.time() * 1000),
-        size=int(a["size"]), partition_values=a["partition_values"],
+        path=a["path"],
+        data_change=True,
+        deletion_timestamp=int(time.time() * 1000),
+        size=int(a["size"]),
+        partition_values=a["partition_values"],
     )
 
 
@@ -678,13 +787,15 @@ def _add_rows(dt: DeltaTable) -> list[dict]:
     """
     rows = []
     for a in _adds(dt).to_pylist():
-        rows.append({
-            "path": unquote(a["path"]),
-            "size": a["size_bytes"],
-            "partition_values": _stringify(a.get("partition") or {}),
-            "num_records": a.get("num_records"),
-            "stats": {"min": a.get("min") or {}, "max": a.get("max") or {}},
-        })
+        rows.append(
+            {
+                "path": unquote(a["path"]),
+                "size": a["size_bytes"],
+                "partition_values": _stringify(a.get("partition") or {}),
+                "num_records": a.get("num_records"),
+                "stats": {"min": a.get("min") or {}, "max": a.get("max") or {}},
+            }
+        )
     return rows
 
 
@@ -710,10 +821,14 @@ def _read_arrow_files(batches, *, arrow_schema: pa.Schema, partition_by: list[st
     import pyarrow.parquet as pq
 
     for batch in batches:
-        for uri, pv in zip(batch.column("uri").to_pylist(), batch.column("partition_values").to_pylist(), strict=True):
+        for uri, pv in zip(
+            batch.column("uri").to_pylist(), batch.column("partition_values").to_pylist(), strict=True
+        ):
             values = json.loads(pv)
             table = pq.read_table(uri)
             for col in partition_by:
                 typ = arrow_schema.field(col).type
-                table = table.append_column(col, pa.array([values.get(col)] * table.num_rows, pa.string()).cast(typ))
+                table = table.append_column(
+                    col, pa.array([values.get(col)] * table.num_rows, pa.string()).cast(typ)
+                )
             yield from table.select(arrow_schema.names).cast(arrow_schema).to_batches()
