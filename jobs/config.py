@@ -77,6 +77,17 @@ class AirflowSettings(_Section):
     retry_delay_minutes: int = Field(5, ge=0)
 
 
+class SourcesSettings(_Section):
+    landing_dir: str = ""
+    # Kafka bootstrap servers; empty means the embedded broker that p13n starts itself.
+    kafka_bootstrap: str = ""
+    # Local stand-in for the Snowflake warehouse (fakesnow's database folder); prod uses a connection.
+    snowflake_db_path: str = ""
+    snowflake_connection_id: str = "snowflake_default"
+    # Reject a batch (critical expectation) when more than this share of its rows is quarantined.
+    max_quarantine_share: float = Field(0.2, ge=0, le=1)
+
+
 class Settings(_Section):
     env: str = "local"
     data_dir: Path = Path("data")
@@ -84,6 +95,7 @@ class Settings(_Section):
     spark: SparkSettings = Field(default_factory=SparkSettings)
     mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
     airflow: AirflowSettings = Field(default_factory=AirflowSettings)
+    sources: SourcesSettings = Field(default_factory=SourcesSettings)
 
     @field_validator("data_dir")
     @classmethod
@@ -101,6 +113,18 @@ class Settings(_Section):
     @property
     def mlflow_uri(self) -> str:
         return self.mlflow.tracking_uri or (self.data_dir / "mlflow").as_uri()
+
+    @property
+    def landing_dir(self) -> Path:
+        return Path(self.sources.landing_dir) if self.sources.landing_dir else self.data_dir / "landing"
+
+    @property
+    def snowflake_db_path(self) -> Path:
+        return (
+            Path(self.sources.snowflake_db_path)
+            if self.sources.snowflake_db_path
+            else self.data_dir / "snowflake"
+        )
 
     @property
     def logs_dir(self) -> Path:

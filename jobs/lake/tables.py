@@ -1,11 +1,11 @@
-"""Table names are layered: `bronze.*`, `silver.*`, `gold.*`, `quarantine.*` (and `ops.*` for run records)."""
+"""Table names are layered: `bronze.*`, `silver.*`, `gold.*`, `quarantine.*`, `restricted.*` (raw PII, access-controlled) and `ops.*` (run records)."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 
-LAYERS = ("bronze", "silver", "gold", "quarantine", "ops")
+LAYERS = ("bronze", "silver", "gold", "quarantine", "restricted", "ops")
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 

@@ -1,0 +1,168 @@
+"""Landing-file writers, one per export format, numbering records exactly as the readers do.
+
+A writer collects one day's records for one source and writes them the way the source system would:
+CSV with a header, JSON lines, paginated JSON API pages, Parquet, a fixed-width extract, XML. It
+returns, for every record it wrote, its file and record number, so planted bad records can be
+located exactly in the ground truth.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from p13n.sources.catalog import Source
+
+PAGE_SIZE = 500
+
+
+def _raw_name(source: Source, column: str) -> str:
+    return source.column(column).source
+
+
+def _nest(record: dict) -> dict:
+    """{"a.b": 1} -> {"a": {"b": 1}}: API and JSON exports carry dotted fields as nested objects."""
+    out: dict = {}
+    for key, value in record.items():
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return out
+
+
+def write_day(
+    source: Source, folder: Path, records: list[dict], *, header: list[str] | None = None
+) -> list[tuple[str, int]]:
+    """Write one day's records (keyed by raw field names); return (file name, record number) per record.
+
+    A record may carry `__raw__` (the exact text to write for it: a malformed line) or `__extra__`
+    (fields the catalog does not declare: schema drift).
+    """
+    if not records:
+        return []
+    folder.mkdir(parents=True, exist_ok=True)
+    fmt = source.format
+    if fmt == "csv":
+        return _csv(source, folder, records, header)
+    if fmt == "jsonl":
+        return _jsonl(folder, records)
+    if fmt == "api_json":
+        return _api(source, folder, records)
+    if fmt == "parquet":
+        return _parquet(source, folder, records)
+    if fmt == "fixed_width":
+        return _fixed(source, folder, records)
+    if fmt == "xml":
+        return _xml(source, folder, records)
+    raise ValueError(f"{source.name}: no landing writer for format {fmt!r}")
+
+
+def _csv(
+    source: Source, folder: Path, records: list[dict], header: list[str] | None
+) -> list[tuple[str, int]]:
+    cols = header or [c.source for c in source.columns]
+    extra = sorted({k for r in records for k in (r.get("__extra__") or {})})
+    cols = cols + [e for e in extra if e not in cols]
+    name = "export.csv"
+    out = []
+    with open(folder / name, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(cols)
+        for line, record in enumerate(records, start=2):
+            if "__raw__" in record:
+                handle.write(record["__raw__"] + "\n")
+            else:
+                values = {**record, **(record.get("__extra__") or {})}
+                writer.writerow(["" if values.get(c) is None else values.get(c) for c in cols])
+            out.append((name, line))
+    return out
+
+
+def _jsonl(folder: Path, records: list[dict]) -> list[tuple[str, int]]:
+    name = "events.jsonl"
+    out = []
+    with open(folder / name, "w", encoding="utf-8") as handle:
+        for line, record in enumerate(records, start=1):
+            if "__raw__" in record:
+                handle.write(record["__raw__"] + "\n")
+            else:
+                body = _nest({k: v for k, v in record.items() if not k.startswith("__")})
+                body.update(record.get("__extra__") or {})
+                handle.write(json.dumps(body, default=str) + "\n")
+            out.append((name, line))
+    return out
+
+
+def _api(source: Source, folder: Path, records: list[dict]) -> list[tuple[str, int]]:
+    key = source.options.get("records_key", "data")
+    out = []
+    pages = [records[i : i + PAGE_SIZE] for i in range(0, len(records), PAGE_SIZE)]
+    for number, page in enumerate(pages, start=1):
+        name = f"page-{number:04d}.json"
+        items = []
+        for index, record in enumerate(page, start=1):
+            body = _nest({k: v for k, v in record.items() if not k.startswith("__")})
+            body.update(record.get("__extra__") or {})
+            items.append(body)
+            out.append((name, index))
+        doc = {
+            key: items,
+            "page": number,
+            "next_page": f"page-{number + 1:04d}.json" if number < len(pages) else None,
+        }
+        (folder / name).write_text(json.dumps(doc, default=str))
+    return out
+
+
+def _parquet(source: Source, folder: Path, records: list[dict]) -> list[tuple[str, int]]:
+    name = "export.parquet"
+    cols = [c.source for c in source.columns]
+    table = pa.Table.from_pylist([{c: r.get(c) for c in cols} for r in records])
+    pq.write_table(table, folder / name)
+    return [(name, i) for i in range(1, len(records) + 1)]
+
+
+def _fixed(source: Source, folder: Path, records: list[dict]) -> list[tuple[str, int]]:
+    name = "SALES.DAT"
+    out = []
+    with open(folder / name, "w", encoding="latin-1") as handle:
+        for line, record in enumerate(records, start=1):
+            if "__raw__" in record:
+                text = record["__raw__"]
+            else:
+                text = ""
+                for c in source.columns:
+                    start, end = c.width
+                    value = "" if record.get(c.source) is None else str(record[c.source])
+                    text = text.ljust(start) + value[: end - start].ljust(end - start)
+            handle.write(text + "\n")
+            out.append((name, line))
+    return out
+
+
+def _xml(source: Source, folder: Path, records: list[dict]) -> list[tuple[str, int]]:
+    tag = source.options.get("record_tag", "record")
+    name = "returns.xml"
+    out = []
+    parts = ['<?xml version="1.0" encoding="UTF-8"?>', "<returns>"]
+    for index, record in enumerate(records, start=1):
+        if "__raw__" in record:
+            parts.append(record["__raw__"])
+        else:
+            fields = "".join(
+                f"<{k}>{escape(str(v))}</{k}>"
+                for k, v in record.items()
+                if not k.startswith("__") and v is not None
+            )
+            parts.append(f"  <{tag}>{fields}</{tag}>")
+        out.append((name, index))
+    parts.append("</returns>")
+    (folder / name).write_text("\n".join(parts) + "\n", encoding="utf-8")
+    return out

@@ -1,0 +1,254 @@
+"""Ingest one source's daily batch: landing → bronze → silver, rejects to quarantine, nothing lost.
+
+Bronze holds every record received, as text, with where it came from; a batch replaces its own
+`_batch_date` partition, so a rerun or a backfill of a date is idempotent. Silver is typed and
+standardized; rejected rows go to `quarantine.<source>` with their reasons, and the batch must
+reconcile exactly: bronze rows = promoted rows + quarantined rows. Raw PII goes only to
+`restricted.<source>`; silver carries keyed HMAC pseudonyms instead.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from p13n.config import Settings
+from p13n.lake import Lake
+from p13n.runctx import RunContext
+from p13n.sources import standardize as std
+from p13n.sources.catalog import Catalog, Source
+from p13n.sources.readers import META_COLUMNS, read_records
+
+_BATCH_ROWS = 8192
+
+
+class IngestError(RuntimeError):
+    """A batch cannot be promoted; the message names the source, the batch and why."""
+
+
+@dataclass
+class IngestResult:
+    source: str
+    batch_date: str
+    files: int = 0
+    bronze_rows: int = 0
+    silver_rows: int = 0
+    quarantined: int = 0
+    top_reasons: list[tuple[str, int]] = field(default_factory=list)
+    drifted_rows: int = 0
+    expectations_passed: int = 0
+    expectations_failed: int = 0
+    warnings: list[str] = field(default_factory=list)
+    status: str = "ok"
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def batch_id(source: Source, batch_date: dt.date) -> str:
+    return f"{source.name}:{batch_date.isoformat()}"
+
+
+def landing_files(settings: Settings, source: Source, batch_date: dt.date) -> list[Path]:
+    folder = settings.landing_dir / source.location / batch_date.isoformat()
+    return sorted(p for p in folder.glob("*") if p.is_file() and not p.name.startswith((".", "_")))
+
+
+# ---------------------------------------------------------------------- landing → bronze
+def bronze_schema(source: Source) -> str:
+    cols = [f"`{c.name}` string" for c in source.columns]
+    return ", ".join(
+        [*cols, "_file string", "_record long", "_raw string", "_extra string", "_parse_error string"]
+    )
+
+
+def _parse_files(batches, *, source: Source, landing_dir: str):
+    """Executor side: each input row names a file; yield its records as Arrow batches."""
+    schema = pa.schema(
+        [(c.name, pa.string()) for c in source.columns]
+        + [
+            ("_file", pa.string()),
+            ("_record", pa.int64()),
+            ("_raw", pa.string()),
+            ("_extra", pa.string()),
+            ("_parse_error", pa.string()),
+        ]
+    )
+    names = schema.names
+    buffer: list[dict] = []
+    for batch in batches:
+        for path in batch.column("path").to_pylist():
+            shown = str(Path(path).relative_to(landing_dir)) if path.startswith(landing_dir) else path
+            for record in read_records(path, source, display_name=shown):
+                buffer.append(record)
+                if len(buffer) >= _BATCH_ROWS:
+                    yield pa.RecordBatch.from_pylist(buffer, schema=schema).select(names)
+                    buffer = []
+    if buffer:
+        yield pa.RecordBatch.from_pylist(buffer, schema=schema).select(names)
+
+
+def read_landing(spark, source: Source, files: list[str], landing_dir: str, batch_date: dt.date) -> DataFrame:
+    """The records of a batch's files, parsed on the executors, with batch lineage."""
+    paths = spark.createDataFrame([(f,) for f in files], "path string")
+    paths = paths.repartition(max(1, min(len(files), spark.sparkContext.defaultParallelism * 2)))
+    parse = functools.partial(_parse_files, source=source, landing_dir=landing_dir.rstrip("/") + "/")
+    return paths.mapInArrow(parse, bronze_schema(source)).select(
+        F.lit(source.name).alias("_source"),
+        F.lit(batch_id(source, batch_date)).alias("_batch_id"),
+        F.lit(batch_date).alias("_batch_date"),
+        F.current_timestamp().alias("_ingested_at"),
+        *[F.col(f"`{c.name}`") for c in source.columns],
+        *META_COLUMNS,
+    )
+
+
+def land(lake: Lake, source: Source, bronze: DataFrame, batch_date: dt.date, run: RunContext | None) -> int:
+    result = lake.write(
+        source.bronze_table,
+        bronze,
+        mode="overwrite",
+        partition_by=["_batch_date"],
+        replace_where={"_batch_date": batch_date},
+        run=run,
+    )
+    return result.rows_written
+
+
+# ---------------------------------------------------------------------- bronze → silver
+def stale_rows(rows: DataFrame, current: DataFrame | None, source: Source) -> tuple[DataFrame, DataFrame]:
+    """Entities: drop rows older (by cursor) than the version silver already holds; quarantine them."""
+    if current is None or not source.cursor:
+        return rows, rows.limit(0).transform(lambda d: std.quarantine_rows(d, source, F.lit(""), "stale"))
+    keys = list(source.primary_key)
+    cur = current.select(*keys, F.col(source.cursor).alias("_current_cursor"))
+    joined = rows.join(cur, keys, "left")
+    older = F.col(source.cursor) < F.col("_current_cursor")
+    fresh = joined.filter(~F.coalesce(older, F.lit(False))).drop("_current_cursor")
+    stale = joined.filter(older)
+    reason = F.concat(
+        F.lit(f"stale update: {source.cursor} "),
+        F.col(source.cursor).cast("string"),
+        F.lit(" is older than the current row's "),
+        F.col("_current_cursor").cast("string"),
+    )
+    return fresh, std.quarantine_rows(stale, source, reason, "stale")
+
+
+def promote(
+    lake: Lake,
+    source: Source,
+    catalog: Catalog,
+    batch_date: dt.date,
+    pii_key: bytes,
+    *,
+    now: dt.datetime,
+    max_quarantine_share: float,
+    run: RunContext | None = None,
+    validate=None,
+) -> IngestResult:
+    """Bronze partition of `batch_date` → silver (+ restricted), quarantine; returns the batch's figures."""
+    result = IngestResult(source.name, batch_date.isoformat())
+    bronze = lake.read(source.bronze_table, where=[("_batch_date", "=", batch_date)])
+    typed = std.standardize(bronze, source, catalog.fx_to_usd, now).cache()
+    try:
+        good, invalid = std.split_rejects(typed, source)
+        kept, dupes = std.deduplicate(good, source)
+        current = None
+        if source.kind == "entity" and lake.exists(source.silver_table):
+            current = lake.read(source.silver_table, columns=[*source.primary_key, source.cursor])
+        fresh, stale = stale_rows(kept, current, source)
+        fresh = fresh.cache()
+        quarantine = invalid.unionByName(dupes).unionByName(stale).cache()
+
+        result.bronze_rows = bronze.count()
+        result.silver_rows = fresh.count()
+        result.quarantined = quarantine.count()
+        result.drifted_rows = bronze.filter(F.col("_extra").isNotNull()).count()
+        reasons = Counter()
+        for row in quarantine.groupBy("reason").count().orderBy(F.desc("count")).limit(200).collect():
+            for part in row["reason"].split("; "):
+                reasons[_reason_kind(part)] += row["count"]
+        result.top_reasons = reasons.most_common(5)
+        if result.bronze_rows != result.silver_rows + result.quarantined:
+            raise IngestError(
+                f"{source.name} batch {batch_date}: reconciliation failed: {result.bronze_rows} bronze rows but "
+                f"{result.silver_rows} promoted + {result.quarantined} quarantined"
+            )
+        if result.drifted_rows:
+            result.warnings.append(
+                f"{result.drifted_rows} rows carry fields the catalog does not declare (schema drift)"
+            )
+
+        lake.write(
+            source.quarantine_table,
+            quarantine,
+            mode="overwrite",
+            partition_by=["batch_date"],
+            replace_where={"batch_date": batch_date},
+            run=run,
+        )
+
+        share = result.quarantined / result.bronze_rows if result.bronze_rows else 0.0
+        failures: list[str] = []
+        if share > max_quarantine_share:
+            failures.append(f"quarantined share {share:.1%} exceeds the limit {max_quarantine_share:.0%}")
+        silver_rows, restricted = std.pseudonymize(fresh, source, pii_key)
+        silver_rows = std.silver_columns(silver_rows)
+        if validate is not None:
+            outcome = validate(source, silver_rows)
+            result.expectations_passed, result.expectations_failed = outcome.passed, outcome.failed
+            failures += outcome.critical_failures
+            result.warnings += outcome.warnings
+        if failures:
+            result.status = "blocked"
+            raise IngestError(
+                f"{source.name} batch {batch_date}: not promoted to {source.silver_table}: "
+                + "; ".join(failures)
+            )
+
+        keys = list(source.primary_key)
+        if source.kind == "event":
+            lake.merge(
+                source.silver_table,
+                silver_rows,
+                keys=[*keys, "event_date"],
+                when_matched="ignore",
+                partition_by=["event_date"],
+                run=run,
+            )
+            if restricted is not None:
+                lake.merge(
+                    source.restricted_table,
+                    restricted,
+                    keys=[*keys, "event_date"],
+                    when_matched="ignore",
+                    partition_by=["event_date"],
+                    run=run,
+                )
+        else:
+            lake.merge(source.silver_table, silver_rows, keys=keys, run=run)
+            if restricted is not None:
+                lake.merge(source.restricted_table, restricted, keys=keys, run=run)
+        return result
+    finally:
+        typed.unpersist()
+
+
+def _reason_kind(reason: str) -> str:
+    """Group reasons for the summary: 'total: below the minimum 0' stays, record-specific detail goes."""
+    if reason.startswith("duplicate"):
+        return reason.split(":", 1)[0]
+    if reason.startswith("stale update"):
+        return "stale update"
+    if reason.startswith("unreadable record"):
+        head = reason.split(": ", 2)
+        return ": ".join(head[:2]).split(" at ")[0]
+    return reason
