@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from p13n import __version__
 
@@ -15,7 +16,53 @@ Handler = Callable[[argparse.Namespace], int]
 def _cmd_run(args: argparse.Namespace) -> int:
     from p13n.runner import run_pipeline
 
-    return run_pipeline(logical_date=args.date)
+    return run_pipeline(customers=args.customers, days=args.days, seed=args.seed)
+
+
+def _cmd_sources(args: argparse.Namespace) -> int:
+    from p13n.sources.catalog import catalog
+
+    for s in catalog():
+        print(
+            f"{s.name}\t{s.format}\t{s.system}\t{s.kind}\t{s.location}\towner={s.owner}\t"
+            f"freshness={s.freshness_hours}h\tpii={','.join(s.pii_columns) or '-'}"
+        )
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from p13n.config import get_settings
+    from p13n.generate.retail import generate
+    from p13n.sources.catalog import catalog
+    from p13n.sources.simulate import load_warehouse
+
+    settings = get_settings()
+    out = settings.landing_dir.parent if args.out is None else Path(args.out)
+    stats = generate(
+        catalog(),
+        out,
+        args.customers,
+        args.days,
+        args.seed,
+        dt.date.fromisoformat(args.start),
+        bad_rate=args.bad_rate,
+        progress=lambda m: print(m, flush=True),
+    )
+    if args.out is None:
+        stats["warehouse_rows"] = load_warehouse(settings, catalog())
+    print(json.dumps(stats))
+    return 0
+
+
+def _cmd_expectations(args: argparse.Namespace) -> int:
+    from p13n.sources.catalog import catalog
+    from p13n.sources.expectations import generate_suites
+
+    for path in generate_suites(catalog()):
+        print(path)
+    return 0
 
 
 def _cmd_airflow(args: argparse.Namespace) -> int:
@@ -106,10 +153,34 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser(
-        "run", help="run the pipeline through Airflow on the configured services and print a summary"
+        "run",
+        help="run the pipeline through Airflow on the configured services and print a summary",
+        description="Generates a dataset when the landing zone is empty, then runs the DAGs through Airflow "
+        "for each day of it.",
     )
-    p.add_argument("--date", help="logical date to run (YYYY-MM-DD); default: today (UTC)")
+    p.add_argument("--customers", type=int, default=2000, help="customers to generate when there is no data")
+    p.add_argument("--days", type=int, default=3, help="days to generate when there is no data")
+    p.add_argument("--seed", type=int, default=42)
     p.set_defaults(handler=_cmd_run)
+
+    p = sub.add_parser("sources", help="the source catalog (conf/sources.yaml)")
+    p.add_argument("action", choices=["list"], help="list: one source per line, name then format")
+    p.set_defaults(handler=_cmd_sources)
+
+    p = sub.add_parser(
+        "generate", help="write a synthetic retailer's sources to the landing zone, with ground truth"
+    )
+    p.add_argument("--customers", type=int, default=2000)
+    p.add_argument("--days", type=int, default=7)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--start", default="2024-03-01", help="first day (YYYY-MM-DD)")
+    p.add_argument("--bad-rate", type=float, default=0.005, help="share of planted bad records per batch")
+    p.add_argument("--out", default=None, help="folder for landing/ and truth/ (default: the data directory)")
+    p.set_defaults(handler=_cmd_generate)
+
+    p = sub.add_parser("expectations", help="Great Expectations suites of the silver tables")
+    p.add_argument("action", choices=["generate"], help="generate: (re)write expectations/ from the catalog")
+    p.set_defaults(handler=_cmd_expectations)
 
     p = sub.add_parser(
         "airflow",

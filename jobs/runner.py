@@ -11,9 +11,6 @@ from pathlib import Path
 from p13n.config import get_settings
 from p13n.orchestration import PROGRESS_MARK, airflow_env
 
-# The DAGs `p13n run` executes, in order.
-PIPELINE = ["lake_maintenance"]
-
 
 def _airflow_bin() -> str:
     return str(Path(sys.executable).parent / "airflow")
@@ -58,28 +55,122 @@ def run_dag(dag_id: str, logical_date: str, env: dict[str, str], log: Path, echo
     return code == 0 and not failed_task, time.monotonic() - start
 
 
-def run_pipeline(logical_date: str | None = None) -> int:
+def ensure_dataset(settings, customers: int, days: int, seed: int, echo=print) -> list[str]:
+    """Generate a dataset when the landing zone is empty; return the days it holds."""
+    import json
+
+    from p13n.generate.retail import generate
+    from p13n.sources.catalog import catalog
+    from p13n.sources.simulate import load_warehouse
+
+    meta = settings.data_dir / "truth" / "generation.json"
+    if not meta.exists():
+        echo(f"no data yet: generating {customers:,} customers x {days} days (seed {seed})")
+        generate(
+            catalog(),
+            settings.data_dir,
+            customers,
+            days,
+            seed,
+            dt.date(2024, 3, 1),
+            progress=lambda m: echo("  " + m),
+        )
+        rows = load_warehouse(settings, catalog())
+        echo(f"  loaded {rows:,} rows into the local warehouse (fakesnow)")
+    info = json.loads(meta.read_text())
+    start = dt.date.fromisoformat(info["start"])
+    return [(start + dt.timedelta(days=d)).isoformat() for d in range(info["days"])]
+
+
+def run_pipeline(customers: int = 2000, days: int = 3, seed: int = 42) -> int:
     from rich.console import Console
+
+    from p13n.services.kafka import EmbeddedBroker
+    from p13n.sources.catalog import catalog
+    from p13n.sources.simulate import replay_topics
 
     console = Console()
     settings = get_settings()
-    logical_date = logical_date or dt.datetime.now(dt.UTC).date().isoformat()
     settings.logs_dir.mkdir(parents=True, exist_ok=True)
     log = settings.logs_dir / f"run-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}.log"
     env = airflow_env(settings)
-    console.print(f"[bold]p13n run[/] {logical_date}  env={settings.env}  data={settings.data_dir}")
-    with console.status("preparing Airflow (metadata database)…"):
-        ensure_airflow_db(env, log)
-    for dag_id in PIPELINE:
-        console.print(f"[cyan]DAG {dag_id}[/]")
-        ok, seconds = run_dag(dag_id, logical_date, env, log, echo=console.print)
-        if not ok:
-            console.print(f"[red]DAG {dag_id} failed after {seconds:.0f}s[/]; full log: {log}")
-            _print_tail(console, log)
-            return 1
-        console.print(f"  [green]done[/] in {seconds:.0f}s")
-    _print_summary(console, settings, logical_date, log)
+    console.print(f"[bold]p13n run[/]  env={settings.env}  data={settings.data_dir}")
+    dates = ensure_dataset(settings, customers, days, seed, echo=console.print)
+    broker = None
+    if not settings.sources.kafka_bootstrap:
+        broker = EmbeddedBroker(log_path=settings.logs_dir / "kafka-broker.log").start()
+        env["P13N_KAFKA_BOOTSTRAP"] = broker.bootstrap
+        sent = replay_topics(settings, catalog(), broker.bootstrap)
+        console.print(f"embedded Kafka broker on {broker.bootstrap}: replayed {sent:,} events")
+    try:
+        with console.status("preparing Airflow (metadata database)…"):
+            ensure_airflow_db(env, log)
+        plan = [("ingest_sources", d) for d in dates] + [("lake_maintenance", dates[-1])]
+        for dag_id, day in plan:
+            console.print(f"[cyan]DAG {dag_id}[/] {day}")
+            ok, seconds = run_dag(dag_id, day, env, log, echo=console.print)
+            if not ok:
+                console.print(f"[red]DAG {dag_id} {day} failed after {seconds:.0f}s[/]; full log: {log}")
+                _print_tail(console, log)
+                return 1
+            console.print(f"  [green]done[/] in {seconds:.0f}s")
+    finally:
+        if broker:
+            broker.stop()
+    _print_ingest_summary(console, settings, dates)
+    _print_summary(console, settings, dates[-1], log)
     return 0
+
+
+def _print_ingest_summary(console, settings, dates: list[str]) -> None:
+    import json
+
+    from deltalake import DeltaTable
+    from rich.table import Table
+
+    path = f"{settings.lake_root}/ops/ingest_runs"
+    if not DeltaTable.is_deltatable(path):
+        return
+    rows = DeltaTable(path).to_pyarrow_table().to_pylist()
+    per: dict[str, dict] = {}
+    for r in rows:
+        if r["batch_date"].isoformat() not in dates:
+            continue
+        agg = per.setdefault(
+            r["source"],
+            {
+                "read": 0,
+                "silver": 0,
+                "quarantined": 0,
+                "reasons": {},
+                "exp_ok": 0,
+                "exp_bad": 0,
+                "status": set(),
+            },
+        )
+        agg["read"] += r["bronze_rows"]
+        agg["silver"] += r["silver_rows"]
+        agg["quarantined"] += r["quarantined"]
+        agg["exp_ok"] += r["expectations_passed"]
+        agg["exp_bad"] += r["expectations_failed"]
+        agg["status"].add(r["status"])
+        for reason, n in json.loads(r["top_reasons"]):
+            agg["reasons"][reason] = agg["reasons"].get(reason, 0) + n
+    table = Table(title=f"Ingestion, {dates[0]} … {dates[-1]}")
+    for col in ("source", "rows read", "silver", "quarantined", "top reasons", "expectations ok/failed"):
+        table.add_column(col, justify="right" if col in ("rows read", "silver", "quarantined") else "left")
+    for name in sorted(per):
+        a = per[name]
+        top = sorted(a["reasons"].items(), key=lambda kv: -kv[1])[:2]
+        table.add_row(
+            name,
+            f"{a['read']:,}",
+            f"{a['silver']:,}",
+            f"{a['quarantined']:,}",
+            "; ".join(f"{k} ×{v}" for k, v in top),
+            f"{a['exp_ok']}/{a['exp_bad']}",
+        )
+    console.print(table)
 
 
 def _print_tail(console, log: Path, lines: int = 25) -> None:
@@ -88,6 +179,7 @@ def _print_tail(console, log: Path, lines: int = 25) -> None:
 
 
 def _print_summary(console, settings, logical_date: str, log: Path) -> None:
+    """Every table in the lake: version, files, rows, and who last wrote it."""
     import pyarrow as pa
     from deltalake import DeltaTable
     from rich.table import Table
@@ -111,4 +203,7 @@ def _print_summary(console, settings, logical_date: str, log: Path) -> None:
                 f"{last.get('operation')} by {last.get('p13n.dag_id', '?')}",
             )
     console.print(table)
-    console.print(f"Lake: {root}\nRun log: {log}\nAirflow UI: make airflow (http://localhost:8080)")
+    docs = settings.data_dir / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
+    console.print(
+        f"Lake: {root}\nRun log: {log}\nData Docs: {docs}\nAirflow UI: make airflow (http://localhost:8080)"
+    )

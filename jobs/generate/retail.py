@@ -243,6 +243,8 @@ class RetailGenerator:
         return out
 
     def _corrupt(self, source: Source, record: dict, kind: str) -> dict | None:
+        if source.format == "snowflake" and kind in ("malformed", "wrong_type"):
+            return None  # a typed warehouse table cannot hold these
         typed = [c for c in source.columns if c.type in ("int", "money", "timestamp", "date")]
         if kind == "malformed":
             if source.format in ("csv", "jsonl", "fixed_width", "kafka"):
@@ -270,7 +272,11 @@ class RetailGenerator:
                 return record
             return None
         if kind == "missing_required":
-            required = [c for c in source.columns if c.required and c.name not in source.primary_key]
+            required = [
+                c
+                for c in source.columns
+                if c.required and c.name not in source.primary_key and c.name != source.cursor
+            ]
             if not required or source.format == "parquet":
                 return None
             record[required[0].source] = None
@@ -696,66 +702,77 @@ class RetailGenerator:
 
     def _engagement(self, active, d, day, out) -> None:
         P = self.people
-        if d % 3 == 0:  # a campaign every third day
-            campaign = f"CMP{d:04d}"
-            for i in active[P.consent_email[active]]:
-                i = int(i)
-                ident = P.identity(i)
-                when = self._when(day, 10)
-                opened = self.rng.random() < P.email_engagement[i]
-                clicked = opened and self.rng.random() < 0.3
-                if P.email_platform[i]:
-                    for metric, happened in (("received", True), ("opened", opened), ("clicked", clicked)):
-                        if happened:
-                            eid = self._id("KE")
-                            out["klaviyo_events"].append(
-                                {
-                                    "id": eid,
-                                    "profile.email": ident.email,
-                                    "metric": metric,
-                                    "campaign_id": campaign,
-                                    "datetime": _iso(when),
-                                }
-                            )
-                            when += dt.timedelta(minutes=int(self.rng.integers(1, 300)))
-                else:
-                    for action, happened in (("sent", True), ("open", opened), ("click", clicked)):
-                        if happened:
-                            out["mailchimp_activity"].append(
-                                {
-                                    "activity_id": self._id("MC"),
-                                    "email_address": ident.email,
-                                    "action": action,
-                                    "campaign_id": campaign,
-                                    "timestamp": when.strftime("%Y-%m-%d %H:%M:%S"),
-                                }
-                            )
-                            when += dt.timedelta(minutes=int(self.rng.integers(1, 300)))
-        if d % 7 == 1:
-            for i in active[P.consent_sms[active]]:
-                i = int(i)
-                mid = self._id("SMS")
-                phone = P.identity(i).phone
-                when = self._when(day, 12)
-                for event in ["sent", "delivered"] + (["clicked"] if self.rng.random() < 0.1 else []):
-                    out["sms_events"].append(
-                        {"message_id": mid, "phone": f"+1{phone}", "event": event, "occurred_at": _iso(when)}
-                    )
-        if d % 5 == 2:
-            for i in active[P.consent_push[active]]:
-                pid = self._id("PU")
-                when = self._when(day, 18)
-                for event in ["sent"] + (["opened"] if self.rng.random() < 0.2 else []):
-                    out["push_notifications"].append(
-                        {
-                            "push_id": pid,
-                            "device_id": f"D{int(i) + 1:08d}",
-                            "event": event,
-                            "occurred_at": _iso(when),
-                        }
-                    )
+        campaign = f"CMP{d:04d}"  # a daily campaign; each consenting customer gets one every third day
+        for i in active[P.consent_email[active] & (active % 3 == d % 3)]:
+            i = int(i)
+            ident = P.identity(i)
+            when = self._when(day, 10)
+            opened = self.rng.random() < P.email_engagement[i]
+            clicked = opened and self.rng.random() < 0.3
+            if P.email_platform[i]:
+                for metric, happened in (("received", True), ("opened", opened), ("clicked", clicked)):
+                    if happened:
+                        eid = self._id("KE")
+                        out["klaviyo_events"].append(
+                            {
+                                "id": eid,
+                                "profile.email": ident.email,
+                                "metric": metric,
+                                "campaign_id": campaign,
+                                "datetime": _iso(when),
+                            }
+                        )
+                        when += dt.timedelta(minutes=int(self.rng.integers(1, 300)))
+            else:
+                for action, happened in (("sent", True), ("open", opened), ("click", clicked)):
+                    if happened:
+                        out["mailchimp_activity"].append(
+                            {
+                                "activity_id": self._id("MC"),
+                                "email_address": ident.email,
+                                "action": action,
+                                "campaign_id": campaign,
+                                "timestamp": when.strftime("%Y-%m-%d %H:%M:%S"),
+                            }
+                        )
+                        when += dt.timedelta(minutes=int(self.rng.integers(1, 300)))
+        # weekly SMS per customer, spread over the week
+        for i in active[P.consent_sms[active] & (active % 7 == d % 7)]:
+            i = int(i)
+            mid = self._id("SMS")
+            phone = P.identity(i).phone
+            when = self._when(day, 12)
+            for event in ["sent", "delivered"] + (["clicked"] if self.rng.random() < 0.1 else []):
+                out["sms_events"].append(
+                    {"message_id": mid, "phone": f"+1{phone}", "event": event, "occurred_at": _iso(when)}
+                )
+        # a push every fifth day per customer
+        for i in active[P.consent_push[active] & (active % 5 == d % 5)]:
+            pid = self._id("PU")
+            when = self._when(day, 18)
+            for event in ["sent"] + (["opened"] if self.rng.random() < 0.2 else []):
+                out["push_notifications"].append(
+                    {
+                        "push_id": pid,
+                        "device_id": f"D{int(i) + 1:08d}",
+                        "event": event,
+                        "occurred_at": _iso(when),
+                    }
+                )
 
     def _returns_due(self, d, day, out) -> None:
+        if d < 14:  # returns of purchases made before the generated period
+            for _ in range(max(1, self.people.n // 500)):
+                s = int(self.rng.integers(0, len(self.products.skus)))
+                self.pending_returns[d].append(
+                    {
+                        "order": f"SO-PRE-{self._id('HIST')}",
+                        "sku": self.products.skus[s],
+                        "qty": 1,
+                        "amount": float(self.products.price[s]),
+                        "web": True,
+                    }
+                )
         for ret in self.pending_returns.pop(d, []):
             rid = self._id("RT")
             when = self._when(day, 15)
@@ -803,11 +820,19 @@ class RetailGenerator:
     def _misc(self, active, d, day, out) -> None:
         P = self.people
         r = random.Random(self.seed * 101 + d)
-        for i in active[self.rng.random(len(active)) < 0.004]:
+
+        def at_least(rate: float, minimum: int = 1) -> np.ndarray:
+            """Customers this rarer source sees today: every system sends something each day."""
+            picked = active[self.rng.random(len(active)) < rate]
+            if len(picked) >= minimum or not len(active):
+                return picked
+            return self.rng.choice(active, size=min(minimum, len(active)), replace=False)
+
+        for n, i in enumerate(at_least(0.008, minimum=2)):  # cases and chats alternate
             i = int(i)
             ident = P.identity(i)
             when = self._when(day, 13)
-            if r.random() < 0.5:
+            if n % 2 == 0:
                 out["crm_cases"].append(
                     {
                         "Id": self._id("500"),
@@ -832,7 +857,7 @@ class RetailGenerator:
                     }
                 )
                 self.truth.identity.append(("service_chats", cid, ident.person_id))
-        for i in active[self.rng.random(len(active)) < 0.003]:
+        for i in at_least(0.003):
             i = int(i)
             ident = P.identity(i)
             eid = self._id("SE")
@@ -847,7 +872,7 @@ class RetailGenerator:
                 }
             )
             self.truth.identity.append(("social_engagement", eid, ident.person_id))
-        for i in active[self.rng.random(len(active)) < 0.001]:
+        for i in at_least(0.001):
             card = self._id("GC")
             out["gift_cards"].append(
                 {
@@ -859,22 +884,22 @@ class RetailGenerator:
                     "occurred_at": _iso(self._when(day, 16)),
                 }
             )
-        if d % 7 == 3:
-            for n in range(max(1, len(self.products.skus) // 100)):
-                s = r.randrange(len(self.products.skus))
-                start = dt.datetime(day.year, day.month, day.day, tzinfo=UTC)
-                out["prices_promotions"].append(
-                    {
-                        "promo_id": self._id("PR"),
-                        "sku": self.products.skus[s],
-                        "promo_price": round(float(self.products.price[s]) * 0.8, 2),
-                        "starts_at": _iso(start),
-                        "ends_at": _iso(start + dt.timedelta(days=7)),
-                        "promo_type": r.choice(["markdown", "bogo", "bundle", "clearance"]),
-                        "updated_at": _iso(start),
-                    }
-                )
-                del n
+        # price changes and promotions every day
+        for n in range(max(1, len(self.products.skus) // 300)):
+            s = r.randrange(len(self.products.skus))
+            start = dt.datetime(day.year, day.month, day.day, tzinfo=UTC)
+            out["prices_promotions"].append(
+                {
+                    "promo_id": self._id("PR"),
+                    "sku": self.products.skus[s],
+                    "promo_price": round(float(self.products.price[s]) * 0.8, 2),
+                    "starts_at": _iso(start),
+                    "ends_at": _iso(start + dt.timedelta(days=7)),
+                    "promo_type": r.choice(["markdown", "bogo", "bundle", "clearance"]),
+                    "updated_at": _iso(start),
+                }
+            )
+            del n
 
     def _inventory(self, day, out) -> None:
         n = min(len(self.products.skus), 200)

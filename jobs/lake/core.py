@@ -237,7 +237,7 @@ class Lake:
         mode: Literal["append", "overwrite"] = "append",
         partition_by: Sequence[str] | None = None,
         replace_where: PartitionSpec | None = None,
-        txn: tuple[str, int] | None = None,
+        txn: tuple[str, int] | list[tuple[str, int]] | None = None,
         run: RunContext | None = None,
         schema_mode: Literal["strict", "add_columns"] = "strict",
     ) -> WriteResult:
@@ -245,14 +245,15 @@ class Lake:
 
         `replace_where={"event_date": d}` replaces only those partitions (values may be lists) and
         refuses rows outside them. `txn=(app_id, version)` makes the write idempotent: a version
-        at or below the table's recorded version for `app_id` is skipped.
+        at or below the table's recorded version for `app_id` is skipped. A list of them (one per
+        Kafka partition, say) is recorded in the same commit; the write is skipped when all are done.
         """
         if replace_where and mode != "overwrite":
             raise ValueError(f"{table}: replace_where needs mode='overwrite'")
         if mode not in ("append", "overwrite"):
             raise ValueError(f"{table}: mode must be 'append' or 'overwrite', got {mode!r}")
         dt = self._open(table)
-        if txn and dt is not None and (dt.transaction_version(txn[0]) or -1) >= txn[1]:
+        if _already_committed(dt, txn):
             return WriteResult(table, f"write:{mode}", dt.version(), skipped=True)
         df, partition_by = self._conform(table, df, dt, partition_by, schema_mode)
         if replace_where:
@@ -322,7 +323,7 @@ class Lake:
         if dt is None:
             _check_unique(table, df, keys)
             return self.write(table, df, mode="append", partition_by=partition_by, txn=txn, run=run)
-        if txn and (dt.transaction_version(txn[0]) or -1) >= txn[1]:
+        if _already_committed(dt, txn):
             return WriteResult(table, "merge", dt.version(), skipped=True)
         df, partition_by = self._conform(table, df, dt, partition_by, "strict")
         missing = [k for k in keys if k not in df.columns]
@@ -533,7 +534,7 @@ class Lake:
         props = CommitProperties(
             custom_metadata=metadata,
             max_commit_retries=self.settings.max_commit_retries,
-            app_transactions=[Transaction(txn[0], txn[1])] if txn else None,
+            app_transactions=[Transaction(a, v) for a, v in _txns(txn)] or None,
         )
         try:
             if dt is None:
@@ -658,6 +659,18 @@ def _same_type(a, b) -> bool:
             (f.name, f.dataType.simpleString()) for f in b.fields
         ]
     return a.simpleString() == b.simpleString()
+
+
+def _txns(txn) -> list[tuple[str, int]]:
+    if not txn:
+        return []
+    return [txn] if isinstance(txn, tuple) else list(txn)
+
+
+def _already_committed(dt: DeltaTable | None, txn) -> bool:
+    """True when every (app_id, version) is at or below what the table has recorded."""
+    pairs = _txns(txn)
+    return bool(dt is not None and pairs and all((dt.transaction_version(a) or -1) >= v for a, v in pairs))
 
 
 def _check_unique(table: str, df, keys: Sequence[str]) -> None:

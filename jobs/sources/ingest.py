@@ -95,12 +95,17 @@ def _parse_files(batches, *, source: Source, landing_dir: str):
         yield pa.RecordBatch.from_pylist(buffer, schema=schema).select(names)
 
 
-def read_landing(spark, source: Source, files: list[str], landing_dir: str, batch_date: dt.date) -> DataFrame:
-    """The records of a batch's files, parsed on the executors, with batch lineage."""
+def read_landing_records(spark, source: Source, files: list[str], landing_dir: str) -> DataFrame:
+    """The records of a batch's files, parsed on the executors (one task reads whole files)."""
     paths = spark.createDataFrame([(f,) for f in files], "path string")
     paths = paths.repartition(max(1, min(len(files), spark.sparkContext.defaultParallelism * 2)))
     parse = functools.partial(_parse_files, source=source, landing_dir=landing_dir.rstrip("/") + "/")
-    return paths.mapInArrow(parse, bronze_schema(source)).select(
+    return paths.mapInArrow(parse, bronze_schema(source))
+
+
+def _with_batch(records: DataFrame, source: Source, batch_date: dt.date) -> DataFrame:
+    """Bronze rows: the records with their source, batch and ingestion time."""
+    return records.select(
         F.lit(source.name).alias("_source"),
         F.lit(batch_id(source, batch_date)).alias("_batch_id"),
         F.lit(batch_date).alias("_batch_date"),
@@ -252,3 +257,80 @@ def _reason_kind(reason: str) -> str:
         head = reason.split(": ", 2)
         return ": ".join(head[:2]).split(" at ")[0]
     return reason
+
+
+# ---------------------------------------------------------------------- one source, one batch
+def ingest_batch(
+    lake: Lake,
+    settings: Settings,
+    catalog: Catalog,
+    source: Source,
+    batch_date: dt.date,
+    pii_key: bytes,
+    *,
+    run: RunContext | None = None,
+    validate=None,
+    now: dt.datetime | None = None,
+) -> IngestResult:
+    """Land and promote one batch of one source, whatever its format."""
+    from p13n.sources import systems
+
+    spark = lake.spark
+    now = now or dt.datetime.combine(batch_date + dt.timedelta(days=1), dt.time())
+    if source.format == "kafka":
+        bootstrap = kafka_bootstrap(settings)
+        from p13n.services.kafka import end_offsets
+
+        ends = end_offsets(bootstrap, source.location)
+        dt_ = lake._open(source.bronze_table)
+        starts = {
+            p: (dt_.transaction_version(systems.kafka_app_id(source.location, p)) or 0) if dt_ else 0
+            for p in ends
+        }
+        fresh = {p: e for p, e in ends.items() if e > starts.get(p, 0)}
+        files = len(fresh)
+        if fresh:
+            records = systems.kafka_batch(spark, source, bootstrap, starts, fresh)
+            bronze = _with_batch(records, source, batch_date)
+            txns = [(systems.kafka_app_id(source.location, p), e) for p, e in fresh.items()]
+            lake.write(
+                source.bronze_table, bronze, mode="append", partition_by=["_batch_date"], txn=txns, run=run
+            )
+    else:
+        if source.format == "snowflake":
+            records = systems.warehouse_batch(spark, source, settings, batch_date)
+            files = 1
+        else:
+            paths = [str(p) for p in landing_files(settings, source, batch_date)]
+            files = len(paths)
+            if not paths:
+                return IngestResult(source.name, batch_date.isoformat(), status="no data")
+            records = read_landing_records(spark, source, paths, str(settings.landing_dir))
+        land(lake, source, _with_batch(records, source, batch_date), batch_date, run)
+    if not lake.exists(source.bronze_table):
+        return IngestResult(source.name, batch_date.isoformat(), files=files, status="no data")
+    result = promote(
+        lake,
+        source,
+        catalog,
+        batch_date,
+        pii_key,
+        now=now,
+        max_quarantine_share=settings.sources.max_quarantine_share,
+        run=run,
+        validate=validate,
+    )
+    result.files = files
+    return result
+
+
+def kafka_bootstrap(settings: Settings) -> str:
+    import os
+
+    bootstrap = settings.sources.kafka_bootstrap or os.environ.get("P13N_KAFKA_BOOTSTRAP", "")
+    if not bootstrap:
+        raise IngestError(
+            "no Kafka broker: set sources.kafka_bootstrap (P13N__SOURCES__KAFKA_BOOTSTRAP), "
+            "or run through `p13n run`, which starts the embedded broker"
+        )
+    return bootstrap

@@ -58,6 +58,14 @@ def _from_mapping(source: Source, record: dict, file: str, index: int, raw: str)
     return out
 
 
+def mapping_record(source: Source, record: dict, file: str, index: int, raw: str) -> dict:
+    return _from_mapping(source, record, file, index, raw)
+
+
+def error_record(source: Source, file: str, index: int, raw: str, message: str) -> dict:
+    return _error(source, file, index, raw, message)
+
+
 def _error(source: Source, file: str, index: int, raw: str, message: str) -> dict:
     out: dict = dict.fromkeys(c.name for c in source.columns)
     out.update(_file=file, _record=index, _raw=raw[:_MAX_RAW], _extra=None, _parse_error=message)
@@ -135,23 +143,23 @@ def _read_csv(path: str, source: Source, name: str) -> Iterator[dict]:
             yield out
 
 
+def parse_json_record(source: Source, text: str, name: str, number: int) -> dict:
+    """One JSON object (a JSON line, a Kafka message value) as a bronze record."""
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return _error(source, name, number, text, f"invalid JSON: {exc.msg} at column {exc.colno}")
+    if not isinstance(record, dict):
+        return _error(source, name, number, text, f"expected a JSON object, got {type(record).__name__}")
+    return _from_mapping(source, record, name, number, text)
+
+
 def _read_jsonl(path: str, source: Source, name: str) -> Iterator[dict]:
     with open(path, encoding="utf-8", errors="replace") as handle:
         for number, line in enumerate(handle, start=1):
             text = line.rstrip("\r\n")
-            if not text.strip():
-                continue
-            try:
-                record = json.loads(text)
-            except json.JSONDecodeError as exc:
-                yield _error(source, name, number, text, f"invalid JSON: {exc.msg} at column {exc.colno}")
-                continue
-            if not isinstance(record, dict):
-                yield _error(
-                    source, name, number, text, f"expected a JSON object, got {type(record).__name__}"
-                )
-                continue
-            yield _from_mapping(source, record, name, number, text)
+            if text.strip():
+                yield parse_json_record(source, text, name, number)
 
 
 def _read_api_json(path: str, source: Source, name: str) -> Iterator[dict]:

@@ -1,0 +1,64 @@
+"""
+### Ingest sources
+
+Lands every source of the catalog (`conf/sources.yaml`) for the run's logical date and promotes it:
+
+* **ingest_&lt;source&gt;**, one task per source, independent of the others (one failing source does
+  not block the rest; each retries on its own): landing → `bronze.<source>` (every record received,
+  as text, with file and line) → `silver.<source>` (typed, standardized, deduplicated, PII
+  pseudonymized), rejected rows → `quarantine.<source>` with their reasons, raw PII →
+  `restricted.<source>`. The batch must reconcile (bronze = silver + quarantine) and pass its
+  critical expectations, or it is not promoted and the task fails without retrying.
+  Each task updates the Asset of its silver table, so downstream DAGs can be scheduled on data.
+* **summarize**: writes `ops.ingest_runs` (rows read, promoted, quarantined and why, expectations)
+  and prints the per-source summary.
+
+Reruns of a date replace that date's bronze and quarantine partitions and re-merge silver: the
+tables end up the same. Backfill with `p13n airflow dags backfill ingest_sources -s START -e END`.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import Asset, dag, task
+
+from p13n.orchestration import dag_defaults
+from p13n.sources.catalog import catalog
+
+
+def silver_asset(source_name: str) -> Asset:
+    return Asset(f"p13n://silver/{source_name}", group="silver")
+
+
+@dag(
+    dag_id="ingest_sources",
+    schedule="0 1 * * *",
+    start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    default_args=dag_defaults(),
+    tags=["p13n", "ingestion", "bronze", "silver"],
+    doc_md=__doc__,
+)
+def ingest_sources():
+    results = []
+    for name in catalog().names():
+
+        @task(task_id=f"ingest_{name}", outlets=[silver_asset(name)])
+        def ingest(source_name: str = name, ds: str | None = None) -> dict:
+            from p13n.sources.tasks import ingest_task
+
+            return ingest_task(source_name, ds)
+
+        results.append(ingest())
+
+    @task(trigger_rule="all_done")
+    def summarize(results: list, ds: str | None = None) -> int:
+        from p13n.sources.tasks import summarize_task
+
+        return summarize_task([r for r in results if r], ds)
+
+    summarize(results)
+
+
+ingest_sources()

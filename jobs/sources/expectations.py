@@ -1,0 +1,181 @@
+"""Great Expectations suites for the silver tables: kept in `expectations/`, run before every promotion.
+
+Each silver table has a suite `expectations/silver.<source>.json`, first generated from the catalog
+(`p13n expectations generate`) and then owned by people: hand-added expectations are kept when it is
+regenerated. Every expectation carries `meta.severity`: a failing **critical** one blocks the
+batch's promotion (the task fails, visibly); a failing **warning** is recorded with the run.
+Validation runs through a GX file context under `<data_dir>/gx`, whose checkpoints render Data Docs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from p13n.config import REPO_ROOT, Settings
+from p13n.sources.catalog import Catalog, Source
+
+EXPECTATIONS_DIR = REPO_ROOT / "expectations"
+GENERATED = "catalog"  # meta.origin of expectations derived from the catalog
+
+
+@dataclass
+class Outcome:
+    passed: int = 0
+    failed: int = 0
+    critical_failures: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def catalog_expectations(source: Source) -> list[dict]:
+    """The expectations the catalog implies for a silver table."""
+    out: list[dict] = []
+
+    def add(kind: str, severity: str, **kwargs) -> None:
+        out.append({"type": kind, "kwargs": kwargs, "meta": {"severity": severity, "origin": GENERATED}})
+
+    keys = list(source.primary_key) + (["event_date"] if source.kind == "event" else [])
+    if len(keys) == 1:
+        add("expect_column_values_to_be_unique", "critical", column=keys[0])
+    else:
+        add("expect_compound_columns_to_be_unique", "critical", column_list=keys)
+    for col in source.columns:
+        if col.pii:
+            continue  # silver holds <col>_hmac instead
+        if col.required or col.name in source.primary_key:
+            add("expect_column_values_to_not_be_null", "critical", column=col.name)
+        if col.type == "enum":
+            add("expect_column_values_to_be_in_set", "warning", column=col.name, value_set=list(col.values))
+        if col.min is not None or col.max is not None:
+            add(
+                "expect_column_values_to_be_between",
+                "warning",
+                column=col.name,
+                min_value=col.min,
+                max_value=col.max,
+            )
+    return out
+
+
+def suite_path(source: Source) -> Path:
+    return EXPECTATIONS_DIR / f"{source.silver_table}.json"
+
+
+def generate_suites(catalog: Catalog, directory: Path = EXPECTATIONS_DIR) -> list[Path]:
+    """Write each source's suite, keeping the expectations people added by hand."""
+    written = []
+    directory.mkdir(parents=True, exist_ok=True)
+    for source in catalog:
+        path = directory / f"{source.silver_table}.json"
+        manual = []
+        if path.exists():
+            manual = [
+                e
+                for e in json.loads(path.read_text())["expectations"]
+                if e.get("meta", {}).get("origin") != GENERATED
+            ]
+        suite = {"name": source.silver_table, "expectations": catalog_expectations(source) + manual}
+        path.write_text(json.dumps(suite, indent=2, sort_keys=True) + "\n")
+        written.append(path)
+    return written
+
+
+def load_suite(source: Source, directory: Path = EXPECTATIONS_DIR) -> dict:
+    path = directory / f"{source.silver_table}.json"
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{source.name}: no expectation suite at {path}; run `p13n expectations generate`"
+        )
+    return json.loads(path.read_text())
+
+
+class Validator:
+    """Runs a silver table's suite on a batch, through a GX checkpoint that also updates Data Docs."""
+
+    def __init__(self, settings: Settings):
+        import great_expectations as gx
+
+        logging.getLogger("great_expectations").setLevel(logging.WARNING)
+        self.gx = gx
+        self.context = gx.get_context(mode="file", project_root_dir=str(settings.data_dir))
+        self.context.variables.progress_bars = {"globally": False}
+        self.datasource = self.context.data_sources.add_or_update_spark(name="p13n_silver")
+
+    @property
+    def docs_index(self) -> Path:
+        return Path(self.context.root_directory) / "uncommitted" / "data_docs" / "local_site" / "index.html"
+
+    def __call__(self, source: Source, df) -> Outcome:
+        from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
+
+        gx = self.gx
+        spec = load_suite(source)
+        suite = gx.ExpectationSuite(name=spec["name"])
+        for e in spec["expectations"]:
+            if all(c in df.columns for c in _columns_of(e)):
+                suite.add_expectation_configuration(
+                    ExpectationConfiguration(type=e["type"], kwargs=e["kwargs"], meta=e.get("meta", {}))
+                )
+        suite = self.context.suites.add_or_update(suite)
+        asset_name = source.silver_table
+        try:
+            asset = self.datasource.get_asset(asset_name)
+        except LookupError:
+            asset = self.datasource.add_dataframe_asset(name=asset_name)
+        try:
+            batch = asset.get_batch_definition("batch")
+        except (KeyError, LookupError):
+            batch = asset.add_batch_definition_whole_dataframe("batch")
+        definition = self.context.validation_definitions.add_or_update(
+            gx.ValidationDefinition(name=asset_name, data=batch, suite=suite)
+        )
+        checkpoint = self.context.checkpoints.add_or_update(
+            gx.Checkpoint(
+                name=asset_name,
+                validation_definitions=[definition],
+                actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs")],
+            )
+        )
+        result = checkpoint.run(batch_parameters={"dataframe": df})
+        outcome = Outcome()
+        for run in result.run_results.values():
+            for r in run.results:
+                cfg = r.expectation_config
+                if r.success:
+                    outcome.passed += 1
+                    continue
+                outcome.failed += 1
+                detail = (
+                    f"{cfg.type}({_describe(cfg.kwargs)}): {r.result.get('unexpected_count', '?')} unexpected"
+                )
+                if r.exception_info and r.exception_info.get("raised_exception"):
+                    detail = f"{cfg.type}({_describe(cfg.kwargs)}) could not run: {r.exception_info.get('exception_message')}"
+                if (cfg.meta or {}).get("severity") == "critical":
+                    outcome.critical_failures.append(detail)
+                else:
+                    outcome.warnings.append(detail)
+        return outcome
+
+
+def _columns_of(expectation: dict) -> list[str]:
+    kw = expectation["kwargs"]
+    return [kw["column"]] if "column" in kw else list(kw.get("column_list", []))
+
+
+def _describe(kwargs: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in kwargs.items() if k in ("column", "column_list"))
+
+
+@lru_cache(maxsize=1)
+def _validator(data_dir: str, env: str) -> Validator:
+    from p13n.config import get_settings
+
+    return Validator(get_settings())
+
+
+def validator(settings: Settings) -> Validator:
+    """The process's validator (GX contexts are slow to make: one per process)."""
+    return _validator(str(settings.data_dir), settings.env)
