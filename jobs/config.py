@@ -86,6 +86,8 @@ class SourcesSettings(_Section):
     snowflake_connection_id: str = "snowflake_default"
     # Reject a batch (critical expectation) when more than this share of its rows is quarantined.
     max_quarantine_share: float = Field(0.2, ge=0, le=1)
+    # ...for batches of at least this many rows (one bad row of three says little about a source).
+    quarantine_share_min_rows: int = Field(50, ge=0)
 
 
 class Settings(_Section):

@@ -600,18 +600,7 @@ class RetailGenerator:
                     }
                 )
             if P.has_app[i] and r.random() < 0.3:
-                vid = self._id("WV")
-                out["store_visits"].append(
-                    {
-                        "visit_id": vid,
-                        "store_id": store_id,
-                        "visited_at": _iso(when - dt.timedelta(minutes=20)),
-                        "email": maybe(vary_email(ident.email, r), r, 0.3),
-                        "phone": maybe(vary_phone(ident.phone, r), r, 0.6),
-                        "dwell_minutes": r.randint(5, 90),
-                    }
-                )
-                self.truth.identity.append(("store_visits", vid, ident.person_id))
+                self._store_visit(i, store_id, when - dt.timedelta(minutes=20), r, out)
         if P.loyalty[i] and r.random() < 0.9:
             out["loyalty_points_ledger"].append(
                 {
@@ -627,6 +616,22 @@ class RetailGenerator:
             self._session(
                 i, day, when, [pr.skus[s] for s in skus], purchased=True, out=out, app=channel == "app"
             )
+
+    def _store_visit(self, i: int, store_id: str, when: dt.datetime, r: random.Random, out) -> None:
+        """A guest Wi-Fi login: how an in-store visit becomes a record with an email or phone."""
+        ident = self.people.identity(i)
+        vid = self._id("WV")
+        out["store_visits"].append(
+            {
+                "visit_id": vid,
+                "store_id": store_id,
+                "visited_at": _iso(when),
+                "email": maybe(vary_email(ident.email, r), r, 0.3),
+                "phone": maybe(vary_phone(ident.phone, r), r, 0.6),
+                "dwell_minutes": r.randint(5, 90),
+            }
+        )
+        self.truth.identity.append(("store_visits", vid, ident.person_id))
 
     def _session(self, i, day, when, skus, purchased, out, app) -> None:
         P = self.people
@@ -812,7 +817,7 @@ class RetailGenerator:
                 "reviewer.email": ident.email,
                 "reviewer.name": f"{ident.first_name} {ident.last_name[0]}.",
                 "rating": rating,
-                "created_at": _iso(when + dt.timedelta(days=2)),
+                "created_at": _iso(when + dt.timedelta(minutes=int(self.rng.integers(30, 600)))),
             }
         )
         self.truth.identity.append(("product_reviews", rid, ident.person_id))
@@ -857,6 +862,39 @@ class RetailGenerator:
                     }
                 )
                 self.truth.identity.append(("service_chats", cid, ident.person_id))
+        for i in at_least(0.001):  # wishlist adds outside a browsing session (the app's heart button)
+            sku = (
+                self.products.skus[self._pick_skus(int(i), 1)[0]]
+                if self._pick_skus(int(i), 1)
+                else self.products.skus[0]
+            )
+            out["wishlists"].append(
+                {
+                    "id": self._id("WL"),
+                    "customer_id": f"SH{int(i) + 1:08d}",
+                    "sku": sku,
+                    "action": "add",
+                    "occurred_at": _iso(self._when(day, 21)),
+                }
+            )
+        for i in at_least(0.001):  # checkouts abandoned at the payment step
+            s = int(self.rng.integers(0, len(self.products.skus)))
+            out["shopify_abandoned_checkouts"].append(
+                {
+                    "id": self._id("AC"),
+                    "customer_id": f"SH{int(i) + 1:08d}",
+                    "email": P.identity(int(i)).email,
+                    "created_at": _iso(self._when(day, 20)),
+                    "line_skus": self.products.skus[s],
+                    "total_price": float(self.products.price[s]),
+                }
+            )
+        for i in at_least(0.002):  # reviews of things bought before
+            picks = self._pick_skus(int(i), 1)
+            if picks:
+                self._review(int(i), picks[0], self._when(day, 11), out)
+        for i in at_least(0.002):  # visits that end without a purchase
+            self._store_visit(int(i), f"ST{int(P.home_store[i]) + 1:03d}", self._when(day, 15), r, out)
         for i in at_least(0.003):
             i = int(i)
             ident = P.identity(i)

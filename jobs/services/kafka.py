@@ -110,15 +110,31 @@ def ensure_topics(bootstrap: str, topics: list[str], partitions: int = DEFAULT_P
         admin.close()
 
 
-def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
-    """The offset after the last message, per partition (what a bounded batch reads up to)."""
+def end_offsets(bootstrap: str, topic: str, timeout: float = 10.0) -> dict[int, int]:
+    """The offset after the last message, per partition (what a bounded batch reads up to).
+
+    The larger of the listed end offset and the high watermark of a fetch: Tansu 0.6 lists the end
+    of batched produces wrongly (it counts record batches), while its fetch high watermark is right;
+    Apache Kafka reports the same figure both ways.
+    """
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None, fetch_max_bytes=1 << 20
+    )
     try:
         partitions = consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        return {tp.partition: off for tp, off in consumer.end_offsets(tps).items()} if tps else {}
+        if not tps:
+            return {}
+        listed = consumer.end_offsets(tps)
+        consumer.assign(tps)
+        for tp in tps:
+            consumer.seek(tp, max(listed[tp] - 1, 0))
+        deadline = time.monotonic() + timeout
+        while any(consumer.highwater(tp) is None for tp in tps) and time.monotonic() < deadline:
+            consumer.poll(timeout_ms=200, max_records=1)
+        return {tp.partition: max(listed[tp], consumer.highwater(tp) or 0) for tp in tps}
     finally:
         consumer.close()
 

@@ -176,7 +176,14 @@ def load_catalog(path: str | Path = CATALOG_FILE) -> Catalog:
     for name, spec in (raw.get("sources") or {}).items():
         try:
             sources[name] = Source(name=name, **spec)
-        except (ValidationError, ValueError, TypeError) as exc:
+        except ValidationError as exc:
+            problems = "; ".join(
+                (f"{'.'.join(str(p) for p in e['loc'])}: " if e["loc"] else "")
+                + e["msg"].removeprefix("Value error, ")
+                for e in exc.errors()
+            )
+            raise ConfigError(f"{path}: source {name!r}: {problems}") from None
+        except (ValueError, TypeError) as exc:
             raise ConfigError(f"{path}: source {name!r}: {exc}") from None
     return Catalog(sources=sources, fx_to_usd=raw.get("fx_to_usd") or {"USD": 1.0})
 

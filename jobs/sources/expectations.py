@@ -95,9 +95,10 @@ def load_suite(source: Source, directory: Path = EXPECTATIONS_DIR) -> dict:
 class Validator:
     """Runs a silver table's suite on a batch, through a GX checkpoint that also updates Data Docs."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, suites_dir: Path = EXPECTATIONS_DIR):
         import great_expectations as gx
 
+        self.suites_dir = suites_dir
         logging.getLogger("great_expectations").setLevel(logging.WARNING)
         self.gx = gx
         self.context = gx.get_context(mode="file", project_root_dir=str(settings.data_dir))
@@ -112,7 +113,7 @@ class Validator:
         from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
 
         gx = self.gx
-        spec = load_suite(source)
+        spec = load_suite(source, self.suites_dir)
         suite = gx.ExpectationSuite(name=spec["name"])
         for e in spec["expectations"]:
             if all(c in df.columns for c in _columns_of(e)):

@@ -156,6 +156,7 @@ def promote(
     *,
     now: dt.datetime,
     max_quarantine_share: float,
+    share_min_rows: int = 0,
     run: RunContext | None = None,
     validate=None,
 ) -> IngestResult:
@@ -203,7 +204,7 @@ def promote(
 
         share = result.quarantined / result.bronze_rows if result.bronze_rows else 0.0
         failures: list[str] = []
-        if share > max_quarantine_share:
+        if share > max_quarantine_share and result.bronze_rows >= share_min_rows:
             failures.append(f"quarantined share {share:.1%} exceeds the limit {max_quarantine_share:.0%}")
         silver_rows, restricted = std.pseudonymize(fresh, source, pii_key)
         silver_rows = std.silver_columns(silver_rows)
@@ -317,6 +318,7 @@ def ingest_batch(
         pii_key,
         now=now,
         max_quarantine_share=settings.sources.max_quarantine_share,
+        share_min_rows=settings.sources.quarantine_share_min_rows,
         run=run,
         validate=validate,
     )

@@ -42,15 +42,17 @@ def _blank_to_null(raw: SparkColumn) -> SparkColumn:
 
 def _timestamp(raw: SparkColumn, tz: str) -> SparkColumn:
     """Parse the timestamp spellings sources use; values without an offset are in the source's zone."""
+    epoch_ms = raw.rlike(r"^[0-9]{13}$")
     parsed = F.coalesce(
-        F.when(raw.rlike(r"^[0-9]{13}$"), F.timestamp_millis(raw.try_cast("long"))),
+        F.when(epoch_ms, F.timestamp_millis(raw.try_cast("long"))),
         raw.try_cast("timestamp"),
         F.try_to_timestamp(raw, F.lit("MM/dd/yyyy HH:mm:ss")),
         F.try_to_timestamp(raw, F.lit("yyyyMMddHHmmss")),
         F.try_to_timestamp(raw, F.lit("yyyy-MM-dd HH:mm:ss")),
     )
     if tz != "UTC":
-        parsed = F.when(raw.rlike(_OFFSET), parsed).otherwise(F.to_utc_timestamp(parsed, tz))
+        # an explicit offset or an epoch instant is absolute; anything else is wall-clock time in `tz`
+        parsed = F.when(raw.rlike(_OFFSET) | epoch_ms, parsed).otherwise(F.to_utc_timestamp(parsed, tz))
     return parsed
 
 
@@ -158,12 +160,10 @@ def standardize(bronze: DataFrame, source: Source, fx: dict[str, float], now: dt
             checks.append(F.when(value < F.lit(col.min), F.lit(f"{col.name}: below the minimum {col.min:g}")))
         if col.max is not None:
             checks.append(F.when(value > F.lit(col.max), F.lit(f"{col.name}: above the maximum {col.max:g}")))
-        if col.type == "timestamp":
-            checks.append(F.when(value > future, F.lit(f"{col.name}: in the future")))
-        if col.type == "date":
-            checks.append(
-                F.when(value > F.lit(now.date() + dt.timedelta(days=1)), F.lit(f"{col.name}: in the future"))
-            )
+        if col.name in (source.event_time, source.cursor):
+            # when a record happened cannot be after its batch (a promotion's end date, say, can be)
+            limit = future if col.type == "timestamp" else F.lit(now.date() + dt.timedelta(days=1))
+            checks.append(F.when(value > limit, F.lit(f"{col.name}: in the future")))
     # An unreadable record has one reason; its (empty) fields say nothing more.
     reasons = F.when(
         F.col("_parse_error").isNotNull(),
