@@ -191,8 +191,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_airflow)
 
     p = sub.add_parser("bench", help="run a benchmark (or all) and print key=value figures")
-    p.add_argument("name", help="benchmark name, or 'all': lake")
-    p.add_argument("--rows", type=int, default=None, help="rows to generate (benchmark default otherwise)")
+    p.add_argument("name", help="benchmark name, or 'all': lake, ingest")
+    p.add_argument(
+        "--rows",
+        type=int,
+        default=None,
+        help="size: rows for lake (default 5M), customers for ingest (default 100k)",
+    )
     p.add_argument("--reps", type=int, default=3, help="repetitions; the median is reported")
     p.set_defaults(handler=_cmd_bench)
 

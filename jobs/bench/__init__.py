@@ -6,9 +6,10 @@ import statistics
 import time
 from collections.abc import Callable
 
+from p13n.bench.ingest import bench_ingest
 from p13n.bench.lake import bench_lake
 
-BENCHMARKS: dict[str, Callable[..., dict]] = {"lake": bench_lake}
+BENCHMARKS: dict[str, Callable[..., dict]] = {"lake": bench_lake, "ingest": bench_ingest}
 
 
 def run_benchmark(name: str, rows: int | None = None, reps: int = 3) -> dict:

@@ -303,6 +303,25 @@ class RetailGenerator:
         for person, k in zip(active[counts > 0], counts[counts > 0], strict=True):
             for _ in range(int(k)):
                 self._order(int(person), day, promo, out)
+        # Every channel sells something every day: the web shop and both store POS systems.
+        if len(active) and not out["shopify_orders"]:
+            self._order(int(self.rng.choice(active)), day, promo, out, online=True)
+        if len(active) and not out["square_transactions"]:
+            self._order(
+                int(self.rng.choice(active)),
+                day,
+                promo,
+                out,
+                store=int(self.rng.integers(0, N_SQUARE_STORES)),
+            )
+        if len(active) and not out["legacy_pos_sales"]:
+            self._order(
+                int(self.rng.choice(active)),
+                day,
+                promo,
+                out,
+                store=int(self.rng.integers(N_SQUARE_STORES, N_STORES)),
+            )
         self._browsing(active, day, out)
         self._engagement(active, d, day, out)
         self._returns_due(d, day, out)
@@ -488,9 +507,13 @@ class RetailGenerator:
             )
             self.truth.identity.append(("consent_preferences", cid, ident.person_id))
 
-    def _order(self, i: int, day: dt.date, promo: bool, out) -> None:
+    def _order(
+        self, i: int, day: dt.date, promo: bool, out, store: int | None = None, online: bool = False
+    ) -> None:
+        """One purchase, online or in a store (`store` forces a store sale there, `online` a web order)."""
         P, pr = self.people, self.products
         channel = ("web", "app", "store")[int(self.rng.choice(3, p=P.channel_pref[i]))]
+        channel = "store" if store is not None else "web" if online else channel
         ident = P.identity(i)
         r = random.Random(int(self.rng.integers(0, 2**31)))
         when = self._when(day)
@@ -542,7 +565,8 @@ class RetailGenerator:
             if r.random() < 0.1:
                 self._review(i, skus[0], when, out)
         else:
-            store = int(P.home_store[i]) if r.random() < 0.8 else r.randint(0, N_STORES - 1)
+            if store is None:
+                store = int(P.home_store[i]) if r.random() < 0.8 else r.randint(0, N_STORES - 1)
             store_id = f"ST{store + 1:03d}"
             loyalty = f"L{i + 1:09d}" if P.loyalty[i] and r.random() < 0.8 else None
             if store < N_SQUARE_STORES:
