@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
         "for each day of it.",
     )
     p.add_argument("--customers", type=int, default=2000, help="customers to generate when there is no data")
-    p.add_argument("--days", type=int, default=3, help="days to generate when there is no data")
+    p.add_argument("--days", type=int, default=2, help="days to generate when there is no data")
     p.add_argument("--seed", type=int, default=42)
     p.set_defaults(handler=_cmd_run)
 

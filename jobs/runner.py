@@ -82,7 +82,7 @@ def ensure_dataset(settings, customers: int, days: int, seed: int, echo=print) -
     return [(start + dt.timedelta(days=d)).isoformat() for d in range(info["days"])]
 
 
-def run_pipeline(customers: int = 2000, days: int = 3, seed: int = 42) -> int:
+def run_pipeline(customers: int = 2000, days: int = 2, seed: int = 42) -> int:
     from rich.console import Console
 
     from p13n.services.kafka import EmbeddedBroker

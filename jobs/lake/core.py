@@ -311,17 +311,19 @@ class Lake:
         partition_by: Sequence[str] | None = None,
         txn: tuple[str, int] | None = None,
         run: RunContext | None = None,
+        check_unique: bool = True,
     ) -> WriteResult:
         """Upsert `df` into `table` on `keys`: matched rows are replaced (or kept, with "ignore"), new rows added.
 
-        The source must be unique on `keys`. Only files that may hold a source key are rewritten:
+        The source must be unique on `keys` (checked unless `check_unique=False`). Only files that may hold a source key are rewritten:
         those of the source's partitions, narrowed by the key's min/max statistics.
         """
         from pyspark.sql import functions as F
 
         dt = self._open(table)
         if dt is None:
-            _check_unique(table, df, keys)
+            if check_unique:
+                _check_unique(table, df, keys)
             return self.write(table, df, mode="append", partition_by=partition_by, txn=txn, run=run)
         if _already_committed(dt, txn):
             return WriteResult(table, "merge", dt.version(), skipped=True)

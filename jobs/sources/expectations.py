@@ -109,6 +109,11 @@ class Validator:
     def docs_index(self) -> Path:
         return Path(self.context.root_directory) / "uncommitted" / "data_docs" / "local_site" / "index.html"
 
+    def build_docs(self) -> Path:
+        """Render Data Docs from every stored validation result; returns the index page."""
+        self.context.build_data_docs()
+        return self.docs_index
+
     def __call__(self, source: Source, df) -> Outcome:
         from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
 
@@ -137,7 +142,7 @@ class Validator:
             gx.Checkpoint(
                 name=asset_name,
                 validation_definitions=[definition],
-                actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs")],
+                actions=[],
             )
         )
         result = checkpoint.run(batch_parameters={"dataframe": df})

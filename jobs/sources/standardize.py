@@ -169,7 +169,13 @@ def standardize(bronze: DataFrame, source: Source, fx: dict[str, float], now: dt
         F.col("_parse_error").isNotNull(),
         F.array(F.concat(F.lit("unreadable record: "), F.col("_parse_error"))),
     ).otherwise(F.filter(F.array(*checks), lambda x: x.isNotNull()))
-    out = bronze.select(*LINEAGE, "_raw", *[v.alias(k) for k, v in typed.items()], reasons.alias(REASONS))
+    out = bronze.select(
+        *LINEAGE,
+        "_raw",
+        *[v.alias(k) for k, v in typed.items()],
+        reasons.alias(REASONS),
+        F.col("_extra").isNotNull().alias("_drift"),
+    )
     for col in source.columns:
         if col.type == "money" and col.currency:
             rate = F.element_at(
@@ -183,7 +189,7 @@ def standardize(bronze: DataFrame, source: Source, fx: dict[str, float], now: dt
 
 def split_rejects(typed: DataFrame, source: Source) -> tuple[DataFrame, DataFrame]:
     """(promotable rows, quarantine rows with their reasons)."""
-    good = typed.filter(F.size(REASONS) == 0).drop(REASONS)
+    good = typed.filter(F.size(REASONS) == 0).drop(REASONS, "_drift")
     bad = typed.filter(F.size(REASONS) > 0)
     return good, quarantine_rows(bad, source, F.array_join(REASONS, "; "), "validate")
 

@@ -82,9 +82,12 @@ def summarize_task(results: list[dict], ds: str) -> int:
         replace_where={"batch_date": batch_date},
         run=RunContext.from_env(),
     )
+    from p13n.sources.expectations import validator
+
+    docs = validator(get_settings()).build_docs()
     total = sum(r["bronze_rows"] for r in results)
     progress(
         f"{len(results)} sources ingested for {ds}: {total:,} records, "
-        f"{sum(r['quarantined'] for r in results):,} quarantined"
+        f"{sum(r['quarantined'] for r in results):,} quarantined; Data Docs: {docs}"
     )
     return len(results)
