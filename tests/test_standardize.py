@@ -184,3 +184,13 @@ def test_pseudonymize_moves_raw_pii_to_the_restricted_rows(spark):
     assert silver.first().email_hmac == hmac.new(b"secret", b"john.doe@gmail.com", hashlib.sha256).hexdigest()
     assert restricted.columns == ["id", "email", "phone", "name", "street", "_batch_id"]
     assert restricted.first().email == "john.doe@gmail.com"
+
+
+def test_freshness_warning_names_the_lag_and_the_promise():
+    from p13n.sources.ingest import _freshness_warning
+
+    day = dt.date(2024, 3, 1)
+    assert _freshness_warning(SRC, "updated_at", dt.datetime(2024, 3, 1, 23), day) is None
+    assert _freshness_warning(SRC, "updated_at", dt.datetime(2024, 2, 27, 0), day) == (
+        "stale: the newest updated_at is 72h before the batch end (freshness promise 24h)"
+    )

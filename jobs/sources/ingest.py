@@ -174,10 +174,16 @@ def promote(
         fresh = fresh.cache()
         quarantine = invalid.unionByName(dupes).unionByName(stale).cache()
 
+        clock = source.event_time or source.cursor
         totals = typed.agg(
-            F.count(F.lit(1)).alias("rows"), F.sum(F.col("_drift").cast("int")).alias("drift")
+            F.count(F.lit(1)).alias("rows"),
+            F.sum(F.col("_drift").cast("int")).alias("drift"),
+            (F.max(F.col(clock).cast("timestamp")) if clock else F.lit(None)).alias("newest"),
         ).first()
         result.bronze_rows, result.drifted_rows = totals["rows"], totals["drift"] or 0
+        stale = _freshness_warning(source, clock, totals["newest"], batch_date)
+        if stale:
+            result.warnings.append(stale)
         result.silver_rows = fresh.count()
         result.quarantined = quarantine.count()
         reasons = Counter()
@@ -250,6 +256,22 @@ def promote(
         return result
     finally:
         typed.unpersist()
+
+
+def _freshness_warning(
+    source: Source, clock: str | None, newest: dt.datetime | None, batch_date: dt.date
+) -> str | None:
+    """A warning when the batch's newest record is older than the source's freshness promise."""
+    if not clock or newest is None:
+        return None
+    batch_end = dt.datetime.combine(batch_date + dt.timedelta(days=1), dt.time())
+    lag_hours = (batch_end - newest).total_seconds() / 3600
+    if lag_hours > source.freshness_hours:
+        return (
+            f"stale: the newest {clock} is {lag_hours:.0f}h before the batch end "
+            f"(freshness promise {source.freshness_hours}h)"
+        )
+    return None
 
 
 def _reason_kind(reason: str) -> str:
