@@ -192,5 +192,5 @@ def test_freshness_warning_names_the_lag_and_the_promise():
     day = dt.date(2024, 3, 1)
     assert _freshness_warning(SRC, "updated_at", dt.datetime(2024, 3, 1, 23), day) is None
     assert _freshness_warning(SRC, "updated_at", dt.datetime(2024, 2, 27, 0), day) == (
-        "stale: the newest updated_at is 72h before the batch end (freshness promise 24h)"
+        "stale: the newest updated_at is 96h before the batch end (freshness promise 24h)"
     )
