@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ENV_PREFIX = "P13N__"
+NOT_OVERLAYS = {"base", "sources"}  # conf/ files that are not environment overlays
 _SECRET_KEY = re.compile(r"(password|secret|token|api_key|apikey|private_key|access_key)", re.I)
 
 
@@ -214,8 +215,8 @@ def load_settings(
     base_file, env_file = conf_dir / "base.yaml", conf_dir / f"{env}.yaml"
     if not base_file.exists():
         raise ConfigError(f"{base_file}: missing; it holds the base configuration (set P13N_CONF_DIR?)")
-    if not env_file.exists():
-        known = sorted(p.stem for p in conf_dir.glob("*.yaml") if p.stem != "base")
+    if not env_file.exists() or env in NOT_OVERLAYS:
+        known = sorted(p.stem for p in conf_dir.glob("*.yaml") if p.stem not in NOT_OVERLAYS)
         raise ConfigError(f"P13N_ENV={env!r}: no overlay {env_file}; known environments: {', '.join(known)}")
 
     sources: dict[tuple, str] = {}
