@@ -63,12 +63,13 @@ def ensure_dataset(settings, customers: int, days: int, seed: int, echo=print) -
     from p13n.sources.catalog import catalog
     from p13n.sources.simulate import load_warehouse
 
-    meta = settings.data_dir / "truth" / "generation.json"
+    out = settings.landing_dir.parent  # landing/ and truth/ side by side, as `p13n generate` writes them
+    meta = out / "truth" / "generation.json"
     if not meta.exists():
         echo(f"no data yet: generating {customers:,} customers x {days} days (seed {seed})")
         generate(
             catalog(),
-            settings.data_dir,
+            out,
             customers,
             days,
             seed,
