@@ -337,3 +337,31 @@ def test_stats_let_readers_skip_files(spark, lake):
         )
     ) == [(1, 2, 2, D1, D1), (3, 4, 2, D2, D3)]
     assert len(lake.read("silver.orders", where="order_id >= 3").inputFiles()) == 1
+
+
+def test_tables_written_by_other_tools_outside_a_hive_layout_are_read_too(spark, lake, tmp_path):
+    """A partitioned table whose files do not sit in `col=value/` folders (other writers may do that)."""
+    import pyarrow.parquet as pq
+    from deltalake import Schema
+    from deltalake.transaction import AddAction, create_table_with_add_actions
+
+    root = Path(lake.uri("silver.foreign"))
+    (root / "data").mkdir(parents=True)
+    actions = []
+    for day, ids in ((D1, [1, 2]), (D2, [3])):
+        path = root / "data" / f"{day}.parquet"
+        pq.write_table(pa.table({"id": pa.array(ids, pa.int64())}), path)
+        actions.append(
+            AddAction(
+                f"data/{day}.parquet",
+                path.stat().st_size,
+                {"day": str(day)},
+                0,
+                True,
+                '{"numRecords": %d}' % len(ids),
+            )
+        )
+    schema = Schema.from_arrow(pa.schema([("id", pa.int64()), ("day", pa.date32())]))
+    create_table_with_add_actions(str(root), schema, actions, partition_by=["day"])
+    assert rows_of(lake.read("silver.foreign"), "id", "day") == [(1, D1), (2, D1), (3, D2)]
+    assert rows_of(lake.read("silver.foreign", where=[("day", "=", D2)]), "id") == [(3,)]
