@@ -359,7 +359,7 @@ def test_tables_written_by_other_tools_outside_a_hive_layout_are_read_too(spark,
                 {"day": str(day)},
                 0,
                 True,
-                '{"numRecords": %d}' % len(ids),
+                json.dumps({"numRecords": len(ids)}),
             )
         )
     schema = Schema.from_arrow(pa.schema([("id", pa.int64()), ("day", pa.date32())]))

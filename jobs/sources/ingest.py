@@ -229,30 +229,15 @@ def promote(
             )
 
         keys = list(source.primary_key)
-        if source.kind == "event":
-            lake.merge(
-                source.silver_table,
-                silver_rows,
-                keys=[*keys, "event_date"],
-                when_matched="ignore",
-                partition_by=["event_date"],
-                run=run,
-                check_unique=False,
-            )
-            if restricted is not None:
-                lake.merge(
-                    source.restricted_table,
-                    restricted,
-                    keys=[*keys, "event_date"],
-                    when_matched="ignore",
-                    partition_by=["event_date"],
-                    run=run,
-                    check_unique=False,
-                )
-        else:
-            lake.merge(source.silver_table, silver_rows, keys=keys, run=run, check_unique=False)
-            if restricted is not None:
-                lake.merge(source.restricted_table, restricted, keys=keys, run=run, check_unique=False)
+        if source.kind == "event":  # an event is kept once; a re-delivery of it changes nothing
+            how = {"keys": [*keys, "event_date"], "when_matched": "ignore", "partition_by": ["event_date"]}
+        else:  # an entity's newest version replaces the one silver holds
+            how = {"keys": keys}
+        targets = [(source.silver_table, silver_rows)]
+        if restricted is not None:
+            targets.append((source.restricted_table, restricted))
+        for table, rows in targets:
+            lake.merge(table, rows, run=run, check_unique=False, **how)  # unique: deduplicated above
         return result
     finally:
         typed.unpersist()
