@@ -146,7 +146,6 @@ def _print_ingest_summary(console, settings, dates: list[str]) -> None:
                 "reasons": {},
                 "exp_ok": 0,
                 "exp_bad": 0,
-                "status": set(),
             },
         )
         agg["read"] += r["bronze_rows"]
@@ -154,7 +153,6 @@ def _print_ingest_summary(console, settings, dates: list[str]) -> None:
         agg["quarantined"] += r["quarantined"]
         agg["exp_ok"] += r["expectations_passed"]
         agg["exp_bad"] += r["expectations_failed"]
-        agg["status"].add(r["status"])
         for reason, n in json.loads(r["top_reasons"]):
             agg["reasons"][reason] = agg["reasons"].get(reason, 0) + n
     table = Table(title=f"Ingestion, {dates[0]} … {dates[-1]}")
@@ -171,6 +169,13 @@ def _print_ingest_summary(console, settings, dates: list[str]) -> None:
             "; ".join(f"{k} ×{v}" for k, v in top),
             f"{a['exp_ok']}/{a['exp_bad']}",
         )
+    table.add_section()
+    table.add_row(
+        f"{len(per)} sources",
+        *(f"{sum(a[k] for a in per.values()):,}" for k in ("read", "silver", "quarantined")),
+        "",
+        f"{sum(a['exp_ok'] for a in per.values())}/{sum(a['exp_bad'] for a in per.values())}",
+    )
     console.print(table)
 
 
