@@ -91,12 +91,22 @@ def run_pipeline(customers: int = 2000, days: int = 2, seed: int = 42) -> int:
     from p13n.sources.simulate import replay_topics
 
     console = Console()
+
+    def echo(line: str) -> None:  # progress lines wrap softly, whatever the terminal's width
+        console.print(line, soft_wrap=True, highlight=False)
+
     settings = get_settings()
     settings.logs_dir.mkdir(parents=True, exist_ok=True)
     log = settings.logs_dir / f"run-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}.log"
     env = airflow_env(settings)
     console.print(f"[bold]p13n run[/]  env={settings.env}  data={settings.data_dir}")
-    dates = ensure_dataset(settings, customers, days, seed, echo=console.print)
+    dates = ensure_dataset(
+        settings,
+        customers,
+        days,
+        seed,
+        echo=echo,
+    )
     broker = None
     if not settings.sources.kafka_bootstrap:
         broker = EmbeddedBroker(log_path=settings.logs_dir / "kafka-broker.log").start()
@@ -109,7 +119,7 @@ def run_pipeline(customers: int = 2000, days: int = 2, seed: int = 42) -> int:
         plan = [("ingest_sources", d) for d in dates] + [("lake_maintenance", dates[-1])]
         for dag_id, day in plan:
             console.print(f"[cyan]DAG {dag_id}[/] {day}")
-            ok, seconds = run_dag(dag_id, day, env, log, echo=console.print)
+            ok, seconds = run_dag(dag_id, day, env, log, echo=echo)
             if not ok:
                 console.print(f"[red]DAG {dag_id} {day} failed after {seconds:.0f}s[/]; full log: {log}")
                 _print_tail(console, log)
