@@ -90,7 +90,8 @@ def run_pipeline(customers: int = 2000, days: int = 2, seed: int = 42) -> int:
     from p13n.sources.catalog import catalog
     from p13n.sources.simulate import replay_topics
 
-    console = Console()
+    # Piped into a log or CI, rich would assume 80 columns and fold the summary tables.
+    console = Console(width=None if sys.stdout.isatty() else 160)
 
     def echo(line: str) -> None:  # progress lines wrap softly, whatever the terminal's width
         console.print(line, soft_wrap=True, highlight=False)
@@ -167,7 +168,13 @@ def _print_ingest_summary(console, settings, dates: list[str]) -> None:
             agg["reasons"][reason] = agg["reasons"].get(reason, 0) + n
     table = Table(title=f"Ingestion, {dates[0]} … {dates[-1]}")
     for col in ("source", "rows read", "silver", "quarantined", "top reasons", "expectations ok/failed"):
-        table.add_column(col, justify="right" if col in ("rows read", "silver", "quarantined") else "left")
+        numeric = col in ("rows read", "silver", "quarantined")
+        table.add_column(
+            col,
+            justify="right" if numeric else "left",
+            no_wrap=col != "top reasons",
+            max_width=64 if col == "top reasons" else None,
+        )
     for name in sorted(per):
         a = per[name]
         top = sorted(a["reasons"].items(), key=lambda kv: -kv[1])[:2]
