@@ -60,10 +60,6 @@ def catalog_expectations(source: Source) -> list[dict]:
     return out
 
 
-def suite_path(source: Source) -> Path:
-    return EXPECTATIONS_DIR / f"{source.silver_table}.json"
-
-
 def generate_suites(catalog: Catalog, directory: Path = EXPECTATIONS_DIR) -> list[Path]:
     """Write each source's suite, keeping the expectations people added by hand."""
     written = []

@@ -24,7 +24,7 @@ from p13n.lake import Lake
 from p13n.runctx import RunContext
 from p13n.sources import standardize as std
 from p13n.sources.catalog import Catalog, Source
-from p13n.sources.readers import META_COLUMNS, read_records
+from p13n.sources.readers import META_COLUMNS, bronze_arrow_schema, bronze_ddl, read_records
 
 _BATCH_ROWS = 8192
 
@@ -62,25 +62,9 @@ def landing_files(settings: Settings, source: Source, batch_date: dt.date) -> li
 
 
 # ---------------------------------------------------------------------- landing → bronze
-def bronze_schema(source: Source) -> str:
-    cols = [f"`{c.name}` string" for c in source.columns]
-    return ", ".join(
-        [*cols, "_file string", "_record long", "_raw string", "_extra string", "_parse_error string"]
-    )
-
-
 def _parse_files(batches, *, source: Source, landing_dir: str):
     """Executor side: each input row names a file; yield its records as Arrow batches."""
-    schema = pa.schema(
-        [(c.name, pa.string()) for c in source.columns]
-        + [
-            ("_file", pa.string()),
-            ("_record", pa.int64()),
-            ("_raw", pa.string()),
-            ("_extra", pa.string()),
-            ("_parse_error", pa.string()),
-        ]
-    )
+    schema = bronze_arrow_schema(source)
     names = schema.names
     buffer: list[dict] = []
     for batch in batches:
@@ -100,7 +84,7 @@ def read_landing_records(spark, source: Source, files: list[str], landing_dir: s
     paths = spark.createDataFrame([(f,) for f in files], "path string")
     paths = paths.repartition(max(1, min(len(files), spark.sparkContext.defaultParallelism * 2)))
     parse = functools.partial(_parse_files, source=source, landing_dir=landing_dir.rstrip("/") + "/")
-    return paths.mapInArrow(parse, bronze_schema(source))
+    return paths.mapInArrow(parse, bronze_ddl(source))
 
 
 def _with_batch(records: DataFrame, source: Source, batch_date: dt.date) -> DataFrame:

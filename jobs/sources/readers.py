@@ -20,8 +20,28 @@ META_COLUMNS = ("_file", "_record", "_raw", "_extra", "_parse_error")
 _MAX_RAW = 1 << 20  # at most 1 MiB of raw text per record (the tail of a broken XML file, say)
 
 
-def bronze_columns(source: Source) -> list[str]:
-    return [c.name for c in source.columns]
+def bronze_arrow_schema(source: Source):
+    """The Arrow schema of the records a reader yields: declared columns as text, then provenance."""
+    import pyarrow as pa
+
+    return pa.schema(
+        [(c.name, pa.string()) for c in source.columns]
+        + [
+            ("_file", pa.string()),
+            ("_record", pa.int64()),
+            ("_raw", pa.string()),
+            ("_extra", pa.string()),
+            ("_parse_error", pa.string()),
+        ]
+    )
+
+
+def bronze_ddl(source: Source) -> str:
+    """The same schema as Spark DDL (for mapInArrow and createDataFrame)."""
+    cols = [f"`{c.name}` string" for c in source.columns]
+    return ", ".join(
+        [*cols, "_file string", "_record long", "_raw string", "_extra string", "_parse_error string"]
+    )
 
 
 def to_text(value: Any) -> str | None:

@@ -22,7 +22,13 @@ from pyspark.sql import DataFrame
 
 from p13n.config import Settings
 from p13n.sources.catalog import Source
-from p13n.sources.readers import error_record, mapping_record, parse_json_record
+from p13n.sources.readers import (
+    bronze_arrow_schema,
+    bronze_ddl,
+    error_record,
+    mapping_record,
+    parse_json_record,
+)
 
 _MAX_MESSAGE = 1 << 20
 
@@ -31,17 +37,11 @@ def kafka_app_id(topic: str, partition: int) -> str:
     return f"kafka:{topic}:{partition}"
 
 
-def _bronze_arrow_schema(source: Source) -> pa.Schema:
-    return pa.schema([(c.name, pa.string()) for c in source.columns] + [
-        ("_file", pa.string()), ("_record", pa.int64()), ("_raw", pa.string()), ("_extra", pa.string()),
-        ("_parse_error", pa.string())])  # fmt: skip
-
-
 def _consume_ranges(batches, *, source: Source, bootstrap: str):
     """Executor side: each input row is (partition, start, end); yield that range's messages as records."""
     from kafka import KafkaConsumer, TopicPartition
 
-    schema = _bronze_arrow_schema(source)
+    schema = bronze_arrow_schema(source)
     for batch in batches:
         for partition, start, end in zip(
             *(batch.column(c).to_pylist() for c in ("partition", "start", "end")), strict=True
@@ -108,7 +108,7 @@ def kafka_batch(
     df = spark.createDataFrame(ranges or [(0, 0, 0)], "partition int, start long, end long")
     df = df.repartition(max(1, len(ranges)))
     consume = functools.partial(_consume_ranges, source=source, bootstrap=bootstrap)
-    return df.mapInArrow(consume, _spark_ddl(source))
+    return df.mapInArrow(consume, bronze_ddl(source))
 
 
 # ---------------------------------------------------------------------- Snowflake
@@ -155,7 +155,7 @@ def _sf_type(col, cursor: str | None) -> str:
 def warehouse_batch(spark, source: Source, settings: Settings, batch_date: dt.date) -> DataFrame:
     """The rows of the warehouse table whose cursor falls on `batch_date` (the batch's data interval)."""
     cursor = source.column(source.cursor).source
-    arrow_schema = _bronze_arrow_schema(source)
+    arrow_schema = bronze_arrow_schema(source)
     db, db_schema, _ = source.location.split(".")
     with snowflake_connection(settings, db, db_schema) as con:
         cur = con.cursor()
@@ -170,20 +170,13 @@ def warehouse_batch(spark, source: Source, settings: Settings, batch_date: dt.da
             records.append(
                 mapping_record(source, record, source.location, index, json.dumps(record, default=str))
             )
-    return spark.createDataFrame(pa.Table.from_pylist(records, schema=arrow_schema), _spark_ddl(source))
+    return spark.createDataFrame(pa.Table.from_pylist(records, schema=arrow_schema), bronze_ddl(source))
 
 
 def _sf_text(value):
     if isinstance(value, dt.datetime):
         return value.strftime("%Y-%m-%d %H:%M:%S")
     return value
-
-
-def _spark_ddl(source: Source) -> str:
-    return ", ".join(
-        [f"`{c.name}` string" for c in source.columns]
-        + ["_file string", "_record long", "_raw string", "_extra string", "_parse_error string"]
-    )
 
 
 def load_warehouse_dumps(settings: Settings, source: Source, dump_dir: Path) -> int:
