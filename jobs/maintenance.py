@@ -49,7 +49,5 @@ def record_table_health(lake: Lake, results: list[dict], run_date: dt.date) -> i
     """Write this run's health rows, replacing the run date's partition (reruns leave one copy)."""
     checked_at = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     df = build_table_health(lake.spark, results, run_date, checked_at)
-    lake.write(
-        HEALTH_TABLE, df, mode="overwrite", partition_by=["run_date"], replace_where={"run_date": run_date}
-    )
+    lake.replace_partition(HEALTH_TABLE, df, "run_date", run_date)
     return df.count()

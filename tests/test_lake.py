@@ -366,3 +366,12 @@ def test_tables_written_by_other_tools_outside_a_hive_layout_are_read_too(spark,
     create_table_with_add_actions(str(root), schema, actions, partition_by=["day"])
     assert rows_of(lake.read("silver.foreign"), "id", "day") == [(1, D1), (2, D1), (3, D2)]
     assert rows_of(lake.read("silver.foreign", where=[("day", "=", D2)]), "id") == [(3,)]
+
+
+def test_replace_partition_is_the_idempotent_interval_write(spark, lake):
+    day1 = orders(spark, BASE[:2])
+    for _ in range(2):  # a rerun of the same interval
+        lake.replace_partition("gold.daily", day1, "order_date", D1)
+    lake.replace_partition("gold.daily", orders(spark, BASE[2:3]), "order_date", D2)
+    assert rows_of(lake.read("gold.daily"), "order_id", "order_date") == [(1, D1), (2, D1), (3, D2)]
+    assert lake.info("gold.daily").partition_by == ["order_date"]

@@ -301,6 +301,18 @@ class Lake:
             metadata={"write_id": write_id},
         )
 
+    def replace_partition(
+        self, table: str, df: DataFrame, column: str, value: Any, *, run: RunContext | None = None
+    ) -> WriteResult:
+        """Overwrite the partition `column = value` (a data interval, a batch) with `df`: the idempotent write.
+
+        Rerunning it with the same rows leaves the table's content as it was; rows outside the
+        partition are refused. The table is partitioned by `column` when this write creates it.
+        """
+        return self.write(
+            table, df, mode="overwrite", partition_by=[column], replace_where={column: value}, run=run
+        )
+
     def merge(
         self,
         table: str,

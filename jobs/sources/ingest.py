@@ -100,15 +100,9 @@ def _with_batch(records: DataFrame, source: Source, batch_date: dt.date) -> Data
 
 
 def land(lake: Lake, source: Source, bronze: DataFrame, batch_date: dt.date, run: RunContext | None) -> int:
-    result = lake.write(
-        source.bronze_table,
-        bronze,
-        mode="overwrite",
-        partition_by=["_batch_date"],
-        replace_where={"_batch_date": batch_date},
-        run=run,
-    )
-    return result.rows_written
+    return lake.replace_partition(
+        source.bronze_table, bronze, "_batch_date", batch_date, run=run
+    ).rows_written
 
 
 # ---------------------------------------------------------------------- bronze → silver
@@ -185,14 +179,7 @@ def promote(
                 f"{result.drifted_rows} rows carry fields the catalog does not declare (schema drift)"
             )
 
-        lake.write(
-            source.quarantine_table,
-            quarantine,
-            mode="overwrite",
-            partition_by=["batch_date"],
-            replace_where={"batch_date": batch_date},
-            run=run,
-        )
+        lake.replace_partition(source.quarantine_table, quarantine, "batch_date", batch_date, run=run)
 
         share = result.quarantined / result.bronze_rows if result.bronze_rows else 0.0
         failures: list[str] = []

@@ -74,14 +74,7 @@ def summarize_task(results: list[dict], ds: str) -> int:
     ]
     spark = lake().spark
     df = spark.createDataFrame(rows, RUNS_SCHEMA)
-    lake().write(
-        RUNS_TABLE,
-        df,
-        mode="overwrite",
-        partition_by=["batch_date"],
-        replace_where={"batch_date": batch_date},
-        run=RunContext.from_env(),
-    )
+    lake().replace_partition(RUNS_TABLE, df, "batch_date", batch_date, run=RunContext.from_env())
     from p13n.sources.expectations import validator
 
     docs = validator(get_settings()).build_docs()
