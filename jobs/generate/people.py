@@ -8,7 +8,7 @@ without holding the population in memory and the same seed always gives the same
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -127,11 +127,32 @@ class Population:
         self.consent_sms = rng.random(n) < 0.35
         self.consent_push = self.has_app & (rng.random(n) < 0.6)
         self.email_platform = rng.random(n) < 0.5  # True: Klaviyo, False: Mailchimp (split usage)
+        self._taken: np.ndarray | None = None
 
     def active(self, day: int) -> np.ndarray:
         return (self.signup_day <= day) & ((day < self.churn_day) | (day >= self.reactivate_day))
 
     def identity(self, i: int) -> Identity:
+        ident = self._draw(i)
+        if self._email_taken()[i]:
+            # Mailboxes are unique: the second James Smith at gmail gets a different address.
+            local, _, domain = ident.email.partition("@")
+            ident = replace(ident, email=f"{local}_{i + 1}@{domain}")
+        return ident
+
+    def _email_taken(self) -> np.ndarray:
+        """Whose drawn email address an earlier person already has (computed once, on first use)."""
+        if self._taken is None:
+            digests = np.array(
+                [hash(self._draw(i).email) for i in range(self.n)], dtype=np.int64
+            )
+            _, first = np.unique(digests, return_index=True)
+            taken = np.ones(self.n, dtype=bool)
+            taken[first] = False
+            self._taken = taken
+        return self._taken
+
+    def _draw(self, i: int) -> Identity:
         r = random.Random(self.seed * 1_000_003 + int(self.household[i]))  # the household's address
         number = r.randint(1, 9999)
         street_name, (suffix, _) = r.choice(STREETS), r.choice(SUFFIXES)

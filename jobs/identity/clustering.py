@@ -1,0 +1,114 @@
+"""Guarded clustering: edges merge profiles into customers strongest first, unless a guard objects.
+
+Plain connected components let one wrong edge chain two households (or a whole city) together.
+Here edges are taken in order of strength (deterministic rules first, then by match probability)
+and a merge is refused when the two clusters would
+
+* hold two records of a one-per-customer source (two loyalty memberships, two Shopify accounts),
+* hold different birth dates and no date in common,
+* exceed `max_records`, or
+* for a probabilistic edge: rest on a shared address and surname while the first names clearly
+  differ and neither email nor phone agrees (household members at one address are kept apart).
+
+The edge list is compact (a few edges per profile), so this runs on the driver in a single pass;
+the quadratic work (blocking and scoring pairs) is done by Spark before it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+
+@dataclass
+class Clusters:
+    assignment: pd.DataFrame  # profile_id, cluster (the smallest profile id of the cluster)
+    accepted: pd.DataFrame  # the edges that merged clusters: profile_l, profile_r, rule, match_probability
+    refused: Counter = field(default_factory=Counter)  # why edges were refused, counted
+
+
+def cluster_profiles(
+    profiles: pd.DataFrame,
+    edges: pd.DataFrame,
+    *,
+    max_records: int,
+    exact_levels: dict[str, int] | None = None,
+) -> Clusters:
+    """Cluster `profiles` (profile_id, records, guard_source, dob) along `edges`.
+
+    `edges` has profile_l, profile_r, rule ("email", "phone", … or "model"), match_probability and,
+    for model edges, the comparison levels gamma_first_c, gamma_email_n, gamma_phone_n.
+    `exact_levels` gives each comparison's exact-match level (the household guard needs it).
+    """
+    exact_levels = exact_levels or {}
+    ids = profiles["profile_id"].to_numpy()
+    index = pd.Index(ids)
+    n = len(ids)
+    parent = list(range(n))
+    size = profiles["records"].astype(int).tolist()
+    guard = [{s: i} if isinstance(s, str) else {} for i, s in enumerate(profiles["guard_source"].tolist())]
+    dobs = [{d} if isinstance(d, str) else set() for d in profiles["dob"].tolist()]
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    ordered = edges.assign(
+        _det=(edges["rule"] != "model").astype(int),
+        match_probability=edges["match_probability"].fillna(1.0),
+    ).sort_values(
+        ["_det", "match_probability", "profile_l", "profile_r"], ascending=[False, False, True, True]
+    )
+    left = index.get_indexer(ordered["profile_l"].to_numpy())
+    right = index.get_indexer(ordered["profile_r"].to_numpy())
+    household = _household_conflicts(ordered, exact_levels)
+    refused: Counter = Counter()
+    accepted = np.zeros(len(ordered), dtype=bool)
+    for k in range(len(ordered)):
+        a, b = find(int(left[k])), find(int(right[k]))
+        if a == b:
+            continue
+        if household[k]:
+            refused["household: first names differ, no email or phone in common"] += 1
+            continue
+        if size[a] + size[b] > max_records:
+            refused[f"cluster would exceed {max_records} records"] += 1
+            continue
+        clash = next((s for s in guard[b] if s in guard[a]), None)
+        if clash:
+            refused[f"two {clash} records"] += 1
+            continue
+        if dobs[a] and dobs[b] and not (dobs[a] & dobs[b]):
+            refused["different birth dates"] += 1
+            continue
+        if size[a] < size[b]:
+            a, b = b, a
+        parent[b] = a
+        size[a] += size[b]
+        guard[a].update(guard[b])
+        dobs[a] |= dobs[b]
+        guard[b], dobs[b] = {}, set()
+        accepted[k] = True
+    roots = np.fromiter((find(i) for i in range(n)), dtype=np.int64, count=n)
+    assignment = pd.DataFrame({"profile_id": ids, "root": roots})
+    assignment["cluster"] = assignment.groupby("root")["profile_id"].transform("min")
+    kept = ordered.loc[accepted, ["profile_l", "profile_r", "rule", "match_probability"]]
+    return Clusters(assignment[["profile_id", "cluster"]], kept.reset_index(drop=True), refused)
+
+
+def _household_conflicts(edges: pd.DataFrame, exact: dict[str, int]) -> np.ndarray:
+    """Model edges whose first names clearly differ (lowest level) with no exact email or phone."""
+    if "gamma_first_c" not in edges:
+        return np.zeros(len(edges), dtype=bool)
+    model = (edges["rule"] == "model").to_numpy()
+    names_differ = (edges["gamma_first_c"] == 0).to_numpy()
+    contact = np.zeros(len(edges), dtype=bool)
+    for col in ("gamma_email_n", "gamma_phone_n"):
+        if col in edges and col in exact:
+            contact |= (edges[col] == exact[col]).to_numpy()
+    return model & names_differ & ~contact

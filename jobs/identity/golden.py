@@ -1,0 +1,98 @@
+"""The golden record: one row per customer, each field chosen by a survivorship rule, with provenance.
+
+Rules (per field, `identity.survivorship` in conf/base.yaml):
+
+* `source_priority`: the value of the most trusted source that has one (then the newest record);
+* `most_recent`: the newest record's value (then source priority);
+* `most_frequent`: the value most of the customer's records agree on (then the newest).
+
+Each field `f` comes with `f_source` and `f_record_id`: which record gave it. Channel consents come
+from the consent source: per identifier the latest event counts, and across a customer's
+identifiers the most restrictive status wins (one "revoked" beats any "granted").
+"""
+
+from __future__ import annotations
+
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+
+from p13n.config import FieldRule
+from p13n.identity.records import ATTRIBUTES, normalize_postal, normalize_street
+
+CHANNELS = ("email", "sms", "push", "personalization", "third_party_sharing")
+
+
+def survive(
+    records: DataFrame, rules: dict[str, FieldRule], priority: list[str], fields=ATTRIBUTES
+) -> DataFrame:
+    """Records (customer_id, source, record_id, updated_at, person attributes) → one row per customer."""
+    out = records.groupBy("customer_id").agg(
+        F.count(F.lit(1)).alias("records"),
+        F.array_sort(F.collect_set("source")).alias("sources"),
+        F.min("updated_at").alias("first_seen_at"),
+        F.max("updated_at").alias("last_seen_at"),
+    )
+    for name in fields:
+        rule = rules.get(name, FieldRule())
+        order = rule.sources or priority
+        local_rank = F.create_map(*[F.lit(x) for i, s in enumerate(order) for x in (s, i)])
+        src_rank = F.coalesce(F.element_at(local_rank, F.col("source")), F.lit(10_000))
+        rows = records.filter(F.col(name).isNotNull())
+        if rule.rule == "source_priority" and rule.sources:
+            rows = rows.filter(F.col("source").isin(*rule.sources))
+        if rule.rule == "most_frequent":
+            freq = F.count(F.lit(1)).over(Window.partitionBy("customer_id", name))
+            rows = rows.withColumn("_freq", freq)
+            ordering = [F.col("_freq").desc(), F.col("updated_at").desc_nulls_last(), src_rank]
+        elif rule.rule == "most_recent":
+            ordering = [F.col("updated_at").desc_nulls_last(), src_rank]
+        else:
+            ordering = [src_rank, F.col("updated_at").desc_nulls_last()]
+        w = Window.partitionBy("customer_id").orderBy(*ordering, F.col("record_id"))
+        chosen = (
+            rows.withColumn("_n", F.row_number().over(w))
+            .filter("_n = 1")
+            .select(
+                "customer_id",
+                F.col(name),
+                F.col("source").alias(f"{name}_source"),
+                F.col("record_id").alias(f"{name}_record_id"),
+            )
+        )
+        out = out.join(chosen, on="customer_id", how="left")
+    return out
+
+
+def household_ids(golden: DataFrame) -> DataFrame:
+    """A household id from the golden address: customers at one street address and postal code share it."""
+    street, postal = normalize_street(F.col("street")), normalize_postal(F.col("postal_code"))
+    return golden.withColumn(
+        "household_id",
+        F.when(
+            street.isNotNull() & postal.isNotNull(),
+            F.concat(F.lit("H"), F.substring(F.sha2(F.concat_ws("|", street, postal), 256), 1, 16)),
+        ),
+    )
+
+
+def merge_consents(events: DataFrame) -> DataFrame:
+    """Consent events (customer_id, identifier, channel, status, recorded_at) → one row per customer.
+
+    Per (customer, channel, identifier) the latest event holds; across identifiers "revoked" wins.
+    Columns: consent_<channel> ("granted", "revoked" or null when never asked) and consent_updated_at.
+    """
+    w = Window.partitionBy("customer_id", "channel", "identifier").orderBy(
+        F.col("recorded_at").desc(),
+        F.col("status").desc(),  # same instant: "revoked" sorts first
+    )
+    latest = events.withColumn("_n", F.row_number().over(w)).filter("_n = 1")
+    per_channel = latest.groupBy("customer_id", "channel").agg(
+        F.when(F.max((F.col("status") == "revoked").cast("int")) == 1, "revoked")
+        .otherwise("granted")
+        .alias("status"),
+        F.max("recorded_at").alias("recorded_at"),
+    )
+    return per_channel.groupBy("customer_id").agg(
+        *[F.max(F.when(F.col("channel") == c, F.col("status"))).alias(f"consent_{c}") for c in CHANNELS],
+        F.max("recorded_at").alias("consent_updated_at"),
+    )

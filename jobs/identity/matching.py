@@ -1,0 +1,188 @@
+"""Record matching: deterministic rules on strong identifiers, then Fellegi-Sunter scoring with Splink.
+
+1. **Profiles.** Records with the same normalized attributes and identifiers are one *profile*
+   (a customer's 40 consent events that carry the same email are one row to compare, not 40).
+2. **Deterministic edges.** Profiles sharing a normalized email, phone or platform id are linked,
+   each to the smallest profile id holding that value (a star, so an email seen on n records makes
+   n edges, not n²).
+3. **Probabilistic edges.** Splink's Fellegi-Sunter model on Spark: blocking rules over whichever
+   attributes the data has, comparisons with Jaro-Winkler / Levenshtein levels on names, email,
+   phone, street, postal code and birth date, u estimated by random sampling, m by EM, match
+   weights with term-frequency adjustment on names; pairs at or above the threshold become edges.
+
+Clustering (with its guards) is `p13n.identity.clustering`; this module only proposes edges.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+
+from p13n.identity.records import KEY_TYPES, NORMALIZED
+
+STRONG = ("email_n", "phone_n", *KEY_TYPES)  # equal values mean the same person
+_RULE_NAMES = {"email_n": "email", "phone_n": "phone"}
+
+
+@dataclass
+class MatchModel:
+    """What was learned from the data: Splink's trained settings and the figures worth logging."""
+
+    settings: dict
+    threshold: float
+    columns: list[str]
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def profiles(normalized: DataFrame, one_per_customer: list[str]) -> tuple[DataFrame, DataFrame]:
+    """(profiles: one row per distinct normalized identity, record → profile map).
+
+    A record of a one-per-customer source keeps a profile of its own (its source is part of the
+    profile key), so the clustering guard can count such records.
+    """
+    keyed = normalized.withColumn(
+        "guard_source", F.when(F.col("source").isin(*one_per_customer), F.col("source"))
+    )
+    parts = [*NORMALIZED, *KEY_TYPES, "guard_source"]
+    keyed = keyed.withColumn(
+        "profile_id", F.xxhash64(*[F.coalesce(F.col(c), F.lit("\u0000")) for c in parts])
+    )
+    record_map = keyed.select("record_key", "source", "record_id", "profile_id")
+    prof = keyed.groupBy("profile_id", *parts).agg(F.count(F.lit(1)).alias("records"))
+    return prof, record_map
+
+
+def deterministic_edges(prof: DataFrame, columns: list[str]) -> DataFrame:
+    """Edges (profile_l, profile_r, rule) between profiles that share a strong identifier."""
+    edges = None
+    for col in columns:
+        w = Window.partitionBy(col)
+        star = (
+            prof.filter(F.col(col).isNotNull())
+            .select("profile_id", col)
+            .withColumn("anchor", F.min("profile_id").over(w))
+            .filter(F.col("profile_id") != F.col("anchor"))
+            .select(
+                F.col("anchor").alias("profile_l"),
+                F.col("profile_id").alias("profile_r"),
+                F.lit(_RULE_NAMES.get(col, col)).alias("rule"),
+            )
+        )
+        edges = star if edges is None else edges.unionByName(star)
+    return edges
+
+
+def _present(prof: DataFrame, columns) -> list[str]:
+    """The attributes at least 1% of profiles carry (a column all null says nothing)."""
+    counts = prof.select([F.count(F.col(c)).alias(c) for c in columns]).first().asDict()
+    total = max(prof.count(), 1)
+    return [c for c in columns if counts[c] >= max(1, 0.01 * total)]
+
+
+def _splink_settings(present: list[str]) -> tuple[dict, list[list[str]], list[list[str]]]:
+    """(Splink settings, EM training blocks, deterministic rules) for the attributes present."""
+    import splink.comparison_library as cl
+    from splink import SettingsCreator, block_on
+
+    comparisons = []
+    if "first_c" in present:
+        comparisons.append(cl.NameComparison("first_c").configure(term_frequency_adjustments=True))
+    if "last_n" in present:
+        comparisons.append(cl.NameComparison("last_n").configure(term_frequency_adjustments=True))
+    if "email_n" in present:
+        comparisons.append(cl.EmailComparison("email_n"))
+    if "phone_n" in present:
+        comparisons.append(cl.LevenshteinAtThresholds("phone_n", [1]))
+    if "street_n" in present:
+        comparisons.append(cl.JaroWinklerAtThresholds("street_n", [0.95, 0.85]))
+    if "postal_n" in present:
+        comparisons.append(cl.ExactMatch("postal_n"))
+    elif "city_n" in present:
+        comparisons.append(cl.ExactMatch("city_n"))
+    if "dob" in present:
+        comparisons.append(cl.LevenshteinAtThresholds("dob", [1]))
+
+    candidates = [
+        ["email_n"], ["phone_n"], ["first_c", "last_n"], ["last_n", "postal_n"], ["first_c", "dob"],
+        ["last_n", "dob"], ["street_n", "postal_n"], ["first_c", "street_n"],
+    ]  # fmt: skip
+    blocks = [b for b in candidates if all(c in present for c in b)]
+    if not blocks:
+        raise ValueError(
+            "too little to match on: the records need an email, a phone, or names with a postal code "
+            f"or birth date (present: {', '.join(present) or 'nothing'})"
+        )
+    # EM needs blocks that leave the other comparisons free to vary: one on contact details, one on
+    # names, so every comparison is estimated at least once.
+    em = [b for b in (["first_c", "last_n"], ["email_n"], ["postal_n", "dob"], ["phone_n"], ["last_n", "dob"])
+          if all(c in present for c in b)][:3]  # fmt: skip
+    deterministic = [
+        b for b in (["email_n"], ["phone_n"], ["first_c", "last_n", "dob"]) if all(c in present for c in b)
+    ]
+    settings = SettingsCreator(
+        link_type="dedupe_only",
+        unique_id_column_name="profile_id",
+        comparisons=comparisons,
+        blocking_rules_to_generate_predictions=[block_on(*b) for b in blocks],
+        retain_intermediate_calculation_columns=False,
+        retain_matching_columns=True,
+    )
+    return settings, em, deterministic
+
+
+def train(
+    prof: DataFrame,
+    *,
+    threshold: float,
+    em_max_pairs: int,
+    u_max_pairs: int,
+    seed: int,
+    backend: str = "duckdb",
+):
+    """Learn the Fellegi-Sunter model from the profiles themselves; return (linker, MatchModel).
+
+    `backend` is where Splink runs its SQL: "spark" (the cluster's executors) or "duckdb" (in the
+    driver's process, on the compact profile table; faster on one machine, see `p13n bench identity`).
+    """
+    from splink import Linker, block_on
+
+    present = _present(prof, NORMALIZED)
+    settings, em_blocks, deterministic = _splink_settings(present)
+    data = prof.select("profile_id", *present)
+    if backend == "spark":
+        from splink.backends.spark import SparkAPI
+
+        db_api = SparkAPI(spark_session=prof.sparkSession, break_lineage_method="persist")
+        table = db_api.register(data)
+    elif backend == "duckdb":
+        from splink import DuckDBAPI
+
+        db_api = DuckDBAPI()
+        table = db_api.register(data.toArrow())
+    else:
+        raise ValueError(f"identity backend {backend!r}: expected 'duckdb' or 'spark'")
+    linker = Linker(table, settings, log_level=logging.WARNING)
+    linker.training.estimate_probability_two_random_records_match(
+        [block_on(*r) for r in deterministic], recall=0.8
+    )
+    linker.training.estimate_u_using_random_sampling(
+        max_pairs=u_max_pairs, seed=seed, min_count_per_level=None, num_chunks=1
+    )
+    for block in em_blocks:
+        linker.training.estimate_parameters_using_expectation_maximisation(
+            block_on(*block), max_pairs=em_max_pairs
+        )
+    model = MatchModel(linker.misc.save_model_to_json(), threshold, present)
+    return linker, model
+
+
+def probabilistic_edges(linker, threshold: float) -> DataFrame:
+    """Scored pairs at or above `threshold` as pandas (they are few: a handful per profile):
+    profile_l, profile_r, match_probability, match_weight and each comparison's level (gamma_*)."""
+    scored = linker.inference.predict(threshold_match_probability=threshold).as_pandas_dataframe()
+    gammas = [c for c in scored.columns if c.startswith("gamma_")]
+    out = scored[["profile_id_l", "profile_id_r", "match_probability", "match_weight", *gammas]]
+    return out.rename(columns={"profile_id_l": "profile_l", "profile_id_r": "profile_r"})
