@@ -85,6 +85,57 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_identity(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from p13n.config import get_settings
+    from p13n.orchestration import progress
+
+    console = Console(soft_wrap=True)
+    settings = get_settings()
+    if args.action == "resolve":
+        from p13n.identity.evaluation import evaluate_clusters, format_metrics
+        from p13n.identity.files import InputError, resolve_file
+        from p13n.session import spark
+
+        try:
+            out = resolve_file(
+                spark(),
+                Path(args.input),
+                Path(args.output),
+                settings,
+                threshold=args.threshold,
+                progress=progress,
+            )
+        except InputError as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            return 2
+        console.print(
+            f"{out['records']:,} records → {out['customers']:,} customers in {out['seconds']} s "
+            f"(compared on {', '.join(out['compared'])}); wrote {out['output']}"
+        )
+        if args.truth:
+            import pandas as pd
+
+            predicted = pd.read_csv(args.output, dtype=str).rename(columns={"record_id": "record_key"})
+            truth = pd.read_csv(args.truth, dtype=str).rename(columns={"record_id": "record_key"})
+            console.print(format_metrics(evaluate_clusters(predicted, truth[["record_key", "person_id"]])))
+        return 0
+    import datetime as dt
+
+    from p13n.identity.pipeline import resolve_identities
+    from p13n.identity.tasks import load_truth
+    from p13n.secrets import pii_key
+    from p13n.session import lake
+
+    out = resolve_identities(
+        lake(), settings, dt.date.fromisoformat(args.date), pii_key(settings), truth=load_truth(settings),
+        progress=progress,
+    )  # fmt: skip
+    console.print(out.summary())
+    return 0
+
+
 def _cmd_config(args: argparse.Namespace) -> int:
     from p13n.config import get_settings
 
@@ -191,15 +242,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_airflow)
 
     p = sub.add_parser("bench", help="run a benchmark (or all) and print key=value figures")
-    p.add_argument("name", help="benchmark name, or 'all': lake, ingest")
+    p.add_argument("name", help="benchmark name, or 'all': lake, ingest, identity")
     p.add_argument(
         "--rows",
         type=int,
         default=None,
-        help="size: rows for lake (default 5M), customers for ingest (default 100k)",
+        help="size: rows for lake (default 5M), customers for ingest and identity (default 100k)",
     )
     p.add_argument("--reps", type=int, default=3, help="repetitions; the median is reported")
     p.set_defaults(handler=_cmd_bench)
+
+    p = sub.add_parser("identity", help="identity resolution: match person records into customers")
+    id_sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    a = id_sub.add_parser(
+        "resolve",
+        help="cluster the records of a CSV file (record_id + any of first_name, last_name, email, phone, "
+        "street, city, postal_code, state, birth_date) into customers",
+        description="Learns the match model from the file itself and writes record_id,customer_id.",
+    )
+    a.add_argument("--input", required=True, help="CSV with a record_id column")
+    a.add_argument("--output", required=True, help="where to write record_id,customer_id")
+    a.add_argument(
+        "--threshold", type=float, default=None, help="match probability (default: identity config)"
+    )
+    a.add_argument("--truth", help="optional CSV record_id,person_id: print precision, recall and F1")
+    a = id_sub.add_parser("run", help="resolve the lake's identity sources for a date (what the DAG does)")
+    a.add_argument("--date", required=True, help="run date, YYYY-MM-DD")
+    p.set_defaults(handler=_cmd_identity)
 
     p = sub.add_parser("config", help="print the effective configuration (secrets masked)")
     p.set_defaults(handler=_cmd_config)

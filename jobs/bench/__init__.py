@@ -6,10 +6,15 @@ import statistics
 import time
 from collections.abc import Callable
 
+from p13n.bench.identity import bench_identity
 from p13n.bench.ingest import bench_ingest
 from p13n.bench.lake import bench_lake
 
-BENCHMARKS: dict[str, Callable[..., dict]] = {"lake": bench_lake, "ingest": bench_ingest}
+BENCHMARKS: dict[str, Callable[..., dict]] = {
+    "lake": bench_lake,
+    "ingest": bench_ingest,
+    "identity": bench_identity,
+}
 
 
 def run_benchmark(name: str, rows: int | None = None, reps: int = 3) -> dict:

@@ -143,9 +143,7 @@ class Population:
     def _email_taken(self) -> np.ndarray:
         """Whose drawn email address an earlier person already has (computed once, on first use)."""
         if self._taken is None:
-            digests = np.array(
-                [hash(self._draw(i).email) for i in range(self.n)], dtype=np.int64
-            )
+            digests = np.array([hash(self._draw(i).email) for i in range(self.n)], dtype=np.int64)
             _, first = np.unique(digests, return_index=True)
             taken = np.ones(self.n, dtype=bool)
             taken[first] = False

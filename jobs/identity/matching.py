@@ -46,6 +46,9 @@ def profiles(normalized: DataFrame, one_per_customer: list[str]) -> tuple[DataFr
     keyed = normalized.withColumn(
         "guard_source", F.when(F.col("source").isin(*one_per_customer), F.col("source"))
     )
+    for key in KEY_TYPES:  # a file of person records has no platform ids
+        if key not in keyed.columns:
+            keyed = keyed.withColumn(key, F.lit(None).cast("string"))
     parts = [*NORMALIZED, *KEY_TYPES, "guard_source"]
     keyed = keyed.withColumn(
         "profile_id", F.xxhash64(*[F.coalesce(F.col(c), F.lit("\u0000")) for c in parts])
@@ -80,6 +83,14 @@ def _present(prof: DataFrame, columns) -> list[str]:
     counts = prof.select([F.count(F.col(c)).alias(c) for c in columns]).first().asDict()
     total = max(prof.count(), 1)
     return [c for c in columns if counts[c] >= max(1, 0.01 * total)]
+
+
+def _compared(present: list[str]) -> list[str]:
+    """The attributes the model compares (city only stands in for a missing postal code)."""
+    used = ["first_c", "last_n", "email_n", "phone_n", "street_n", "postal_n", "dob"]
+    if "postal_n" not in present:
+        used.append("city_n")
+    return [c for c in used if c in present]
 
 
 def _splink_settings(present: list[str]) -> tuple[dict, list[list[str]], list[list[str]]]:
@@ -171,11 +182,22 @@ def train(
     linker.training.estimate_u_using_random_sampling(
         max_pairs=u_max_pairs, seed=seed, min_count_per_level=None, num_chunks=1
     )
+    from splink.internals.exceptions import EMTrainingException
+
+    trained = []
     for block in em_blocks:
-        linker.training.estimate_parameters_using_expectation_maximisation(
-            block_on(*block), max_pairs=em_max_pairs
-        )
-    model = MatchModel(linker.misc.save_model_to_json(), threshold, present)
+        try:
+            linker.training.estimate_parameters_using_expectation_maximisation(
+                block_on(*block), max_pairs=em_max_pairs
+            )
+            trained.append("+".join(block))
+        except EMTrainingException:
+            # no pairs agree on this block (a small file, say): the other blocks estimate the m values
+            continue
+    if not trained:
+        raise ValueError(f"too little to learn from: no training block found pairs ({em_blocks})")
+    model = MatchModel(linker.misc.save_model_to_json(), threshold, _compared(present))
+    model.metrics["em_blocks"] = len(trained)
     return linker, model
 
 

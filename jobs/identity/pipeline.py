@@ -58,6 +58,7 @@ class IdentityRun:
     refused: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
+    model: dict = field(default_factory=dict)
 
     def summary(self) -> str:
         c = self.counts

@@ -79,12 +79,13 @@ def generate_suites(catalog: Catalog, directory: Path = EXPECTATIONS_DIR) -> lis
     return written
 
 
-def load_suite(source: Source, directory: Path = EXPECTATIONS_DIR) -> dict:
-    path = directory / f"{source.silver_table}.json"
+def load_suite(source: Source | str, directory: Path = EXPECTATIONS_DIR) -> dict:
+    """The suite of a source's silver table, or of any table by name (expectations/<table>.json)."""
+    table = source if isinstance(source, str) else source.silver_table
+    path = directory / f"{table}.json"
     if not path.exists():
-        raise FileNotFoundError(
-            f"{source.name}: no expectation suite at {path}; run `p13n expectations generate`"
-        )
+        hint = "write it by hand" if isinstance(source, str) else "run `p13n expectations generate`"
+        raise FileNotFoundError(f"{table}: no expectation suite at {path}; {hint}")
     return json.loads(path.read_text())
 
 
@@ -110,7 +111,9 @@ class Validator:
         self.context.build_data_docs()
         return self.docs_index
 
-    def __call__(self, source: Source, df) -> Outcome:
+    def __call__(self, source: Source | str, df) -> Outcome:
+        """Validate `df` against the suite of `source` (a catalog source, or a table name such as
+        "gold.customer_profiles"); expectations on columns `df` lacks are skipped."""
         from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
 
         gx = self.gx
@@ -122,7 +125,7 @@ class Validator:
                     ExpectationConfiguration(type=e["type"], kwargs=e["kwargs"], meta=e.get("meta", {}))
                 )
         suite = self.context.suites.add_or_update(suite)
-        asset_name = source.silver_table
+        asset_name = source if isinstance(source, str) else source.silver_table
         try:
             asset = self.datasource.get_asset(asset_name)
         except LookupError:
