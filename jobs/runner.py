@@ -117,7 +117,9 @@ def run_pipeline(customers: int = 2000, days: int = 2, seed: int = 42) -> int:
     try:
         with console.status("preparing Airflow (metadata database)…"):
             ensure_airflow_db(env, log)
-        plan = [("ingest_sources", d) for d in dates] + [("lake_maintenance", dates[-1])]
+        # Each night: ingestion, then identity resolution on what it landed; maintenance at the end.
+        plan = [(dag, d) for d in dates for dag in ("ingest_sources", "resolve_identities")]
+        plan.append(("lake_maintenance", dates[-1]))
         for dag_id, day in plan:
             console.print(f"[cyan]DAG {dag_id}[/] {day}")
             ok, seconds = run_dag(dag_id, day, env, log, echo=echo)
@@ -130,6 +132,7 @@ def run_pipeline(customers: int = 2000, days: int = 2, seed: int = 42) -> int:
         if broker:
             broker.stop()
     _print_ingest_summary(console, settings, dates)
+    _print_identity_summary(console, settings)
     _print_summary(console, settings, dates[-1], log)
     return 0
 
@@ -199,6 +202,42 @@ def _print_ingest_summary(console, settings, dates: list[str]) -> None:
 def _print_tail(console, log: Path, lines: int = 25) -> None:
     tail = log.read_text(errors="replace").splitlines()[-lines:]
     console.print("\n".join(tail), markup=False, highlight=False)
+
+
+def _fmt_share(v) -> str:
+    return f"{v:.4f}" if v is not None else "–"
+
+
+def _print_identity_summary(console, settings) -> None:
+    """One line per identity run: records, customers, changes and, on generated data, F1."""
+    import json
+
+    import pyarrow as pa
+    from deltalake import DeltaTable
+    from rich.table import Table
+
+    path = Path(settings.lake_root) / "ops" / "identity_runs"
+    if not (path / "_delta_log").exists():
+        return
+    runs = sorted(
+        pa.table(DeltaTable(str(path)).to_pyarrow_dataset().to_table()).to_pylist(),
+        key=lambda r: r["run_date"],
+    )
+    table = Table(title="Identity resolution")
+    for col in ("date", "records", "customers", "changes", "precision", "recall", "F1"):
+        table.add_column(col, justify="right" if col != "changes" else "left")
+    for r in runs:
+        counts, changes = json.loads(r["counts"]), json.loads(r["changes"])
+        table.add_row(
+            str(r["run_date"]),
+            f"{counts.get('records', 0):,}",
+            f"{counts.get('customers', 0):,}",
+            ", ".join(f"{k} {v:,}" for k, v in sorted(changes.items())) or "none",
+            _fmt_share(r["precision"]),
+            _fmt_share(r["recall"]),
+            _fmt_share(r["f1"]),
+        )
+    console.print(table)
 
 
 def _print_summary(console, settings, logical_date: str, log: Path) -> None:

@@ -18,6 +18,8 @@ DEFAULT_CUSTOMERS = 100_000
 
 
 def bench_identity(rows: int | None = None, reps: int = 1, days: int = 2, keep: bool = False) -> dict:
+    from pyspark.sql import functions as F
+
     from p13n.bench.memory import PeakMemory
     from p13n.config import get_settings
     from p13n.generate.retail import generate
@@ -43,15 +45,13 @@ def bench_identity(rows: int | None = None, reps: int = 1, days: int = 2, keep: 
             spark = get_spark(settings)
             lake = Lake(spark, settings.lake, settings.lake_root)
             truth = load_truth(settings)
-            t0 = time.perf_counter()
-            for d in range(days):
-                for name in settings.identity.sources:
-                    ingest_batch(
-                        lake, settings, catalog(), catalog()[name], start + dt.timedelta(days=d), b"bench"
-                    )
-            figures["identity_ingest_s"] = time.perf_counter() - t0
-            for d in range(days):
+            figures["identity_ingest_s"] = 0.0
+            for d in range(days):  # each night: that day's batches, then resolution
                 day = start + dt.timedelta(days=d)
+                t0 = time.perf_counter()
+                for name in settings.identity.sources:
+                    ingest_batch(lake, settings, catalog(), catalog()[name], day, b"bench")
+                figures["identity_ingest_s"] += time.perf_counter() - t0
                 t1 = time.perf_counter()
                 out = resolve_identities(lake, settings, day, b"bench", truth=truth)
                 elapsed = time.perf_counter() - t1
@@ -70,7 +70,7 @@ def bench_identity(rows: int | None = None, reps: int = 1, days: int = 2, keep: 
                 )
             first = lake.read(GRAPH, where=[("run_date", "=", start)]).select("record_key", "customer_id")
             last = lake.read(GRAPH, where=[("run_date", "=", start + dt.timedelta(days=days - 1))]).select(
-                "record_key", F_alias("customer_id")
+                "record_key", F.col("customer_id").alias("customer_id_later")
             )
             joined = first.join(last, on="record_key", how="inner")
             same = joined.filter("customer_id = customer_id_later").count()
@@ -82,9 +82,3 @@ def bench_identity(rows: int | None = None, reps: int = 1, days: int = 2, keep: 
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
     return figures
-
-
-def F_alias(name: str):
-    from pyspark.sql import functions as F
-
-    return F.col(name).alias(f"{name}_later")
