@@ -144,7 +144,12 @@ class Settings(_Section):
 
     @property
     def mlflow_uri(self) -> str:
-        return self.mlflow.tracking_uri or (self.data_dir / "mlflow").as_uri()
+        # MLflow 3 keeps its file store in maintenance mode: locally, a SQLite database.
+        return self.mlflow.tracking_uri or f"sqlite:///{self.data_dir / 'mlflow' / 'mlflow.db'}"
+
+    @property
+    def mlflow_artifacts(self) -> str:
+        return (self.data_dir / "mlflow" / "artifacts").as_uri()
 
     @property
     def landing_dir(self) -> Path:

@@ -29,7 +29,8 @@ def test_overlay_and_environment_override(conf):
 def test_local_defaults_are_embedded(conf):
     s = load_settings("local", conf, environ={"P13N_DATA_DIR": "/srv/p13n"})
     assert s.lake_root == "/srv/p13n/lake"
-    assert s.mlflow_uri == "file:///srv/p13n/mlflow"
+    assert s.mlflow_uri == "sqlite:////srv/p13n/mlflow/mlflow.db"
+    assert s.mlflow_artifacts == "file:///srv/p13n/mlflow/artifacts"
     assert str(s.airflow_home) == "/srv/p13n/airflow"
     assert s.spark.master.startswith("local")
 

@@ -76,8 +76,9 @@ def log_to_mlflow(settings: Settings, out) -> None:
     """One MLflow run per identity run: parameters, counts, timings, and quality when truth is known."""
     import mlflow
 
-    mlflow.set_tracking_uri(settings.mlflow_uri)
-    mlflow.set_experiment(f"{settings.mlflow.experiment_prefix}-identity")
+    from p13n.tracking import use_experiment
+
+    use_experiment(settings, "identity")
     with mlflow.start_run(run_name=f"identity {out.run_date}"):
         cfg = settings.identity
         mlflow.log_params(
