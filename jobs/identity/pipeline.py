@@ -33,7 +33,7 @@ from p13n.config import Settings
 from p13n.identity import ids as idmod
 from p13n.identity.evaluation import evaluate_clusters, format_metrics
 from p13n.identity.golden import household_ids, merge_consents, survive
-from p13n.identity.records import ATTRIBUTES, KEY_TYPES, identity_records
+from p13n.identity.records import identity_records
 from p13n.identity.resolve import Resolution, resolve_records
 from p13n.lake import Lake
 from p13n.runctx import RunContext
@@ -135,7 +135,7 @@ def resolve_identities(
     lake.replace_partition(
         CHANGES, spark.createDataFrame(changes_df, _CHANGES_SCHEMA), "change_date", run_date, run=run
     )
-    latest = max([run_date, *([d for d in [_latest_snapshot(lake)] if d])])
+    latest = max(run_date, _latest_snapshot(lake) or run_date)
     out = IdentityRun(
         run_date.isoformat(), counts=dict(res.counts), refused=res.refused, timings=dict(res.timings)
     )
@@ -294,4 +294,3 @@ _RUNS_SCHEMA = (
     "run_date date, counts string, changes string, refused string, timings string, model_columns string, "
     "precision double, recall double, f1 double, metrics string"
 )
-__all__ = ["resolve_identities", "IdentityRun", "ATTRIBUTES", "KEY_TYPES"]

@@ -10,7 +10,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from p13n.identity import clustering, matching
-from p13n.identity.records import KEY_TYPES, normalize
+from p13n.identity.records import normalize
 
 
 @dataclass
@@ -106,6 +106,3 @@ def _exact_levels(settings: dict) -> dict[str, int]:
         levels = [lv for lv in comparison["comparison_levels"] if not lv.get("is_null_level")]
         out[f"gamma_{comparison['output_column_name']}"] = len(levels) - 1
     return out
-
-
-__all__ = ["Resolution", "resolve_records", "KEY_TYPES"]

@@ -84,7 +84,7 @@ def log_to_mlflow(settings: Settings, out) -> None:
         mlflow.log_params(
             {"run_date": out.run_date, "backend": cfg.backend, "match_probability": cfg.match_probability}
         )
-        numbers = {**out.counts, **{k: v for k, v in out.timings.items()}}
+        numbers = {**out.counts, **out.timings}
         numbers |= {f"changes_{k}": v for k, v in out.changes.items()}
         numbers |= {k: v for k, v in out.metrics.items() if isinstance(v, int | float)}
         mlflow.log_metrics({k: float(v) for k, v in numbers.items()})
