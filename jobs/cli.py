@@ -16,7 +16,9 @@ Handler = Callable[[argparse.Namespace], int]
 def _cmd_run(args: argparse.Namespace) -> int:
     from p13n.runner import run_pipeline
 
-    return run_pipeline(customers=args.customers, days=args.days, seed=args.seed)
+    return run_pipeline(
+        customers=args.customers, days=args.days, seed=args.seed, history_days=args.history_days
+    )
 
 
 def _cmd_sources(args: argparse.Namespace) -> int:
@@ -49,6 +51,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         dt.date.fromisoformat(args.start),
         bad_rate=args.bad_rate,
         progress=lambda m: print(m, flush=True),
+        history_days=args.history_days,
     )
     if args.out is None:
         stats["warehouse_rows"] = load_warehouse(settings, catalog())
@@ -136,6 +139,55 @@ def _cmd_identity(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_clv(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from p13n.customers.files import InputError, fit_file
+
+    try:
+        end = dt.date.fromisoformat(args.calibration_end) if args.calibration_end else None
+    except ValueError:
+        print(
+            f"p13n clv fit: --calibration-end must be YYYY-MM-DD, got {args.calibration_end!r}",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        out = fit_file(
+            Path(args.transactions),
+            args.customer_column,
+            args.date_column,
+            args.amount_column,
+            end,
+            args.time_unit,
+        )
+    except InputError as exc:
+        print(f"p13n clv fit: {exc}", file=sys.stderr)
+        return 2
+    for reason, info in out["skipped_rows"].items():
+        print(
+            f"p13n clv fit: skipped {info['rows']} rows ({reason}), e.g. lines {info['first_lines']}",
+            file=sys.stderr,
+        )
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def _cmd_customers(args: argparse.Namespace) -> int:
+    """What the score_customers DAG does, in one process: features, churn, CLV, segments, checks."""
+    from p13n.customers.tasks import features_task, model_task, validate_task
+
+    steps = args.steps.split(",")
+    if "features" in steps:
+        features_task(args.date)
+    for model in ("churn", "clv", "segments"):
+        if model in steps:
+            model_task(model, args.date)
+    if "validate" in steps:
+        validate_task(args.date)
+    return 0
+
+
 def _cmd_config(args: argparse.Namespace) -> int:
     from p13n.config import get_settings
 
@@ -211,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--customers", type=int, default=2000, help="customers to generate when there is no data")
     p.add_argument("--days", type=int, default=2, help="days to generate when there is no data")
+    p.add_argument(
+        "--history-days", type=int, default=365, help="days of purchase history before the first day"
+    )
     p.add_argument("--seed", type=int, default=42)
     p.set_defaults(handler=_cmd_run)
 
@@ -225,6 +280,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--days", type=int, default=7)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--start", default="2024-03-01", help="first day (YYYY-MM-DD)")
+    p.add_argument(
+        "--history-days",
+        type=int,
+        default=365,
+        help="days of purchase history before the first day, delivered in its batch (0: none)",
+    )
     p.add_argument("--bad-rate", type=float, default=0.005, help="share of planted bad records per batch")
     p.add_argument("--out", default=None, help="folder for landing/ and truth/ (default: the data directory)")
     p.set_defaults(handler=_cmd_generate)
@@ -269,6 +330,33 @@ def build_parser() -> argparse.ArgumentParser:
     a = id_sub.add_parser("run", help="resolve the lake's identity sources for a date (what the DAG does)")
     a.add_argument("--date", required=True, help="run date, YYYY-MM-DD")
     p.set_defaults(handler=_cmd_identity)
+
+    p = sub.add_parser("clv", help="customer lifetime value models (BG/NBD + Gamma-Gamma)")
+    clv_sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    a = clv_sub.add_parser(
+        "fit",
+        help="fit BG/NBD and Gamma-Gamma on a transactions CSV and print the parameters as JSON",
+        description="Same-day transactions of a customer count as one; each customer's clock starts at their "
+        "first purchase; Gamma-Gamma uses the mean value of repeat purchases. With --calibration-end "
+        "before the last date, the period after it is a holdout and its prediction errors are printed too.",
+    )
+    a.add_argument("--transactions", required=True, help="CSV file with a header row")
+    a.add_argument("--customer-column", required=True)
+    a.add_argument("--date-column", required=True, help="dates in ISO 8601 (2024-03-01 or 20240301)")
+    a.add_argument("--amount-column", required=True)
+    a.add_argument("--calibration-end", default=None, help="last day of the calibration period (YYYY-MM-DD)")
+    a.add_argument("--time-unit", default="D", choices=["D", "W", "M"], help="days, weeks or months")
+    p.set_defaults(handler=_cmd_clv)
+
+    p = sub.add_parser(
+        "customers", help="customer intelligence on the lake for a date (what the score_customers DAG does)"
+    )
+    p.add_argument("action", choices=["run"])
+    p.add_argument("--date", required=True, help="as-of date (YYYY-MM-DD)")
+    p.add_argument(
+        "--steps", default="features,churn,clv,segments,validate", help="comma-separated subset of the steps"
+    )
+    p.set_defaults(handler=_cmd_customers)
 
     p = sub.add_parser("config", help="print the effective configuration (secrets masked)")
     p.set_defaults(handler=_cmd_config)

@@ -119,6 +119,32 @@ class IdentitySettings(_Section):
     seed: int = 13
 
 
+class GateSettings(_Section):
+    """A gated metric: see `p13n.models.registry.GateRule`."""
+
+    higher_is_better: bool = True
+    tolerance: float = Field(0.0, ge=0)
+    floor: float | None = None
+
+
+class CustomerSettings(_Section):
+    # Churn: no purchase within `churn_horizon_days` after the cutoff. The model trains on features as
+    # of two horizons before the run date and is evaluated on those of one horizon before it.
+    churn_horizon_days: int = Field(90, gt=0)
+    churn_bands: dict[str, float] = Field(default_factory=lambda: {"medium": 0.4, "high": 0.7})
+    # CLV: BG/NBD + Gamma-Gamma fitted through `clv_holdout_days` before the run date, evaluated on them.
+    clv_holdout_days: int = Field(90, gt=0)
+    clv_months: int = Field(12, gt=0)
+    clv_monthly_discount: float = Field(0.01, ge=0)
+    cluster_k: tuple[int, int] = (3, 8)
+    new_customer_days: int = Field(30, gt=0)
+    send_time_days: int = Field(180, gt=0)
+    send_time_min_opens: int = Field(3, gt=0)
+    # Champion/challenger gates per model: metric → rule.
+    gates: dict[str, dict[str, GateSettings]] = Field(default_factory=dict)
+    seed: int = 13
+
+
 class Settings(_Section):
     env: str = "local"
     data_dir: Path = Path("data")
@@ -128,6 +154,7 @@ class Settings(_Section):
     airflow: AirflowSettings = Field(default_factory=AirflowSettings)
     sources: SourcesSettings = Field(default_factory=SourcesSettings)
     identity: IdentitySettings = Field(default_factory=IdentitySettings)
+    customers: CustomerSettings = Field(default_factory=CustomerSettings)
 
     @field_validator("data_dir")
     @classmethod

@@ -55,7 +55,9 @@ def run_dag(dag_id: str, logical_date: str, env: dict[str, str], log: Path, echo
     return code == 0 and not failed_task, time.monotonic() - start
 
 
-def ensure_dataset(settings, customers: int, days: int, seed: int, echo=print) -> list[str]:
+def ensure_dataset(
+    settings, customers: int, days: int, seed: int, echo=print, history_days: int = 365
+) -> list[str]:
     """Generate a dataset when the landing zone is empty; return the days it holds."""
     import json
 
@@ -66,7 +68,10 @@ def ensure_dataset(settings, customers: int, days: int, seed: int, echo=print) -
     out = settings.landing_dir.parent  # landing/ and truth/ side by side, as `p13n generate` writes them
     meta = out / "truth" / "generation.json"
     if not meta.exists():
-        echo(f"no data yet: generating {customers:,} customers x {days} days (seed {seed})")
+        echo(
+            f"no data yet: generating {customers:,} customers x {days} days"
+            f" after {history_days} days of purchase history (seed {seed})"
+        )
         generate(
             catalog(),
             out,
@@ -75,6 +80,7 @@ def ensure_dataset(settings, customers: int, days: int, seed: int, echo=print) -
             seed,
             dt.date(2024, 3, 1),
             progress=lambda m: echo("  " + m),
+            history_days=history_days,
         )
         rows = load_warehouse(settings, catalog())
         echo(f"  loaded {rows:,} rows into the local warehouse (fakesnow)")
@@ -83,7 +89,7 @@ def ensure_dataset(settings, customers: int, days: int, seed: int, echo=print) -
     return [(start + dt.timedelta(days=d)).isoformat() for d in range(info["days"])]
 
 
-def run_pipeline(customers: int = 2000, days: int = 2, seed: int = 42) -> int:
+def run_pipeline(customers: int = 2000, days: int = 2, seed: int = 42, history_days: int = 365) -> int:
     from rich.console import Console
 
     from p13n.services.kafka import EmbeddedBroker
@@ -107,6 +113,7 @@ def run_pipeline(customers: int = 2000, days: int = 2, seed: int = 42) -> int:
         days,
         seed,
         echo=echo,
+        history_days=history_days,
     )
     broker = None
     if not settings.sources.kafka_bootstrap:

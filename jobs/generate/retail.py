@@ -40,6 +40,7 @@ UTC = dt.UTC
 BAD_KINDS = ("malformed", "wrong_type", "impossible", "missing_required", "duplicate")
 N_STORES = 68
 N_SQUARE_STORES = 40
+ENGAGEMENT_HISTORY_DAYS = 28  # messaging history delivered at onboarding (purchases: all history_days)
 KAFKA_DUMP_DIR = "_topics"
 SNOWFLAKE_DUMP_DIR = "_warehouse"
 
@@ -91,8 +92,10 @@ class RetailGenerator:
         start: dt.date,
         bad_rate: float,
         progress: Callable[[str], None] | None = None,
+        history_days: int = 0,
     ):
         self.catalog, self.out, self.days, self.seed, self.start = catalog, out, days, seed, start
+        self.history_days = history_days
         self.bad_rate = bad_rate
         self.progress = progress or (lambda _msg: None)
         self.rng = np.random.default_rng(seed + 1)
@@ -292,17 +295,11 @@ class RetailGenerator:
         if d == 0:
             self._reference_data(day, out)
             self._initial_identities(day, out)
+            self._history(out)
         else:
             self._new_and_changed_customers(d, day, out)
         active = np.nonzero(P.active(d))[0]
-        rate = P.monthly_orders[active] / 30.0 * self._seasonality(day)
-        promo = (d % 14) < 3  # a promotion runs three days every two weeks
-        if promo:
-            rate = rate * 1.4
-        counts = self.rng.poisson(rate)
-        for person, k in zip(active[counts > 0], counts[counts > 0], strict=True):
-            for _ in range(int(k)):
-                self._order(int(person), day, promo, out)
+        promo = self._purchases(d, day, active, out)
         # Every channel sells something every day: the web shop and both store POS systems.
         if len(active) and not out["shopify_orders"]:
             self._order(int(self.rng.choice(active)), day, promo, out, online=True)
@@ -329,6 +326,36 @@ class RetailGenerator:
         if d % 7 == 0:
             self._inventory(day, out)
         return out
+
+    def _purchases(self, d: int, day: dt.date, active: np.ndarray, out, history: bool = False) -> bool:
+        """Day `d`'s orders of the `active` people (Poisson at each one's rate); True on promotion days."""
+        rate = self.people.monthly_orders[active] / 30.0 * self._seasonality(day)
+        promo = (d % 14) < 3  # a promotion runs three days every two weeks
+        if promo:
+            rate = rate * 1.4
+        counts = self.rng.poisson(rate)
+        for person, k in zip(active[counts > 0], counts[counts > 0], strict=True):
+            for _ in range(int(k)):
+                self._order(int(person), day, promo, out, history=history)
+        return promo
+
+    def _history(self, out) -> None:
+        """The `history_days` before day 0, delivered in day 0's batch as each system's backfill at
+        onboarding: purchases with their returns, and the last four weeks of messaging engagement.
+        (No browsing, reviews or store visits: systems rarely keep those for long.)"""
+        saved, self.rng = self.rng, np.random.default_rng(self.seed + 11)  # day 0 on draws as without
+        try:
+            for d in range(-self.history_days, 0):
+                day = self.start + dt.timedelta(days=d)
+                active = np.nonzero(self.people.active(d))[0]
+                self._purchases(d, day, active, out, history=True)
+                self._returns_due(d, day, out)
+                if d >= -ENGAGEMENT_HISTORY_DAYS:
+                    self._engagement(active, d, day, out)
+                if (d + 1) % 30 == 0:
+                    self.progress(f"history: {day} ({-d} days before the start)")
+        finally:
+            self.rng = saved
 
     def _reference_data(self, day: dt.date, out) -> None:
         pr = self.products
@@ -508,16 +535,24 @@ class RetailGenerator:
             self.truth.identity.append(("consent_preferences", cid, ident.person_id))
 
     def _order(
-        self, i: int, day: dt.date, promo: bool, out, store: int | None = None, online: bool = False
+        self,
+        i: int,
+        day: dt.date,
+        promo: bool,
+        out,
+        store: int | None = None,
+        online: bool = False,
+        history: bool = False,
     ) -> None:
-        """One purchase, online or in a store (`store` forces a store sale there, `online` a web order)."""
+        """One purchase, online or in a store (`store` forces a store sale there, `online` a web order);
+        a `history` purchase is the sale alone, without the visits and events around it."""
         P, pr = self.people, self.products
         channel = ("web", "app", "store")[int(self.rng.choice(3, p=P.channel_pref[i]))]
         channel = "store" if store is not None else "web" if online else channel
         ident = P.identity(i)
         r = random.Random(int(self.rng.integers(0, 2**31)))
         when = self._when(day)
-        if r.random() < 0.02:
+        if r.random() < 0.02 and not history:
             when -= dt.timedelta(days=r.randint(1, 3))  # arrives late, in a later day's file
         skus = self._pick_skus(i, int(self.rng.integers(1, 5)))
         qty = [int(self.rng.integers(1, 3)) for _ in skus]
@@ -562,7 +597,7 @@ class RetailGenerator:
                             "web": True,
                         }
                     )
-            if r.random() < 0.1:
+            if r.random() < 0.1 and not history:
                 self._review(i, skus[0], when, out)
         else:
             if store is None:
@@ -623,8 +658,10 @@ class RetailGenerator:
                         "web": False,
                     }
                 )
-            if P.has_app[i] and r.random() < 0.3:
+            if P.has_app[i] and r.random() < 0.3 and not history:
                 self._store_visit(i, store_id, when - dt.timedelta(minutes=20), r, out)
+        if history:
+            return
         if P.loyalty[i] and r.random() < 0.9:
             out["loyalty_points_ledger"].append(
                 {
@@ -731,15 +768,23 @@ class RetailGenerator:
 
     def _engagement(self, active, d, day, out) -> None:
         P = self.people
-        campaign = f"CMP{d:04d}"  # a daily campaign; each consenting customer gets one every third day
+        campaign = f"CMP{day:%Y%m%d}"  # a daily campaign; each consenting customer gets one every third day
         for i in active[P.consent_email[active] & (active % 3 == d % 3)]:
             i = int(i)
             ident = P.identity(i)
-            when = self._when(day, 10)
-            opened = self.rng.random() < P.email_engagement[i]
+            sent = self._when(day, 10)
+            # People open at their own favourite hour, and more often on their favourite weekday.
+            boost = 1.6 if day.weekday() == P.open_weekday[i] else 0.85
+            opened = self.rng.random() < min(0.95, P.email_engagement[i] * boost)
             clicked = opened and self.rng.random() < 0.3
+            minute = int(P.open_hour[i]) * 60 + int(self.rng.normal(20, 25))
+            read = dt.datetime.combine(day, dt.time(), UTC) + dt.timedelta(minutes=minute)
+            read += dt.timedelta(days=1) if read <= sent else dt.timedelta(0)
+            times = (sent, read, read + dt.timedelta(minutes=int(self.rng.integers(1, 10))))
             if P.email_platform[i]:
-                for metric, happened in (("received", True), ("opened", opened), ("clicked", clicked)):
+                for metric, happened, when in zip(
+                    ("received", "opened", "clicked"), (True, opened, clicked), times, strict=True
+                ):
                     if happened:
                         eid = self._id("KE")
                         out["klaviyo_events"].append(
@@ -751,9 +796,10 @@ class RetailGenerator:
                                 "datetime": _iso(when),
                             }
                         )
-                        when += dt.timedelta(minutes=int(self.rng.integers(1, 300)))
             else:
-                for action, happened in (("sent", True), ("open", opened), ("click", clicked)):
+                for action, happened, when in zip(
+                    ("sent", "open", "click"), (True, opened, clicked), times, strict=True
+                ):
                     if happened:
                         out["mailchimp_activity"].append(
                             {
@@ -764,7 +810,6 @@ class RetailGenerator:
                                 "timestamp": when.strftime("%Y-%m-%d %H:%M:%S"),
                             }
                         )
-                        when += dt.timedelta(minutes=int(self.rng.integers(1, 300)))
         # weekly SMS per customer, spread over the week
         for i in active[P.consent_sms[active] & (active % 7 == d % 7)]:
             i = int(i)
@@ -790,7 +835,7 @@ class RetailGenerator:
                 )
 
     def _returns_due(self, d, day, out) -> None:
-        if d < 14:  # returns of purchases made before the generated period
+        if d < 14 and self.history_days < 20:  # returns of purchases made before the generated period
             for _ in range(max(1, self.people.n // 500)):
                 s = int(self.rng.integers(0, len(self.products.skus)))
                 self.pending_returns[d].append(
@@ -993,6 +1038,8 @@ class RetailGenerator:
                     "monthly_orders",
                     "top_category",
                     "price_band",
+                    "open_hour",
+                    "open_weekday",
                 ]
             )
             for i in range(P.n):
@@ -1006,6 +1053,8 @@ class RetailGenerator:
                         round(float(P.monthly_orders[i]), 3),
                         CATEGORIES[int(np.argmax(P.category_pref[i]))][0],
                         int(P.price_band[i]),
+                        int(P.open_hour[i]),
+                        int(P.open_weekday[i]),
                     ]
                 )
         with open(self.truth.root / "bad_records.csv", "w", newline="") as handle:
@@ -1019,6 +1068,7 @@ class RetailGenerator:
                     "days": self.days,
                     "seed": self.seed,
                     "start": self.start.isoformat(),
+                    "history_days": self.history_days,
                     "bad_rate": self.bad_rate,
                 },
                 indent=2,
@@ -1035,6 +1085,8 @@ def generate(
     start: dt.date,
     bad_rate: float = 0.005,
     progress: Callable[[str], None] | None = None,
+    history_days: int = 0,
 ) -> dict:
-    """Write `days` daily batches of every source under `out/landing`, and the ground truth under `out/truth`."""
-    return RetailGenerator(catalog, out, customers, days, seed, start, bad_rate, progress).run()
+    """Write `days` daily batches of every source under `out/landing` (day 0's also holds the
+    `history_days` of purchases before it), and the ground truth under `out/truth`."""
+    return RetailGenerator(catalog, out, customers, days, seed, start, bad_rate, progress, history_days).run()

@@ -1,0 +1,74 @@
+"""
+### Score customers
+
+Runs when identity resolution has updated the golden customer profiles (`p13n://gold/customer_profiles`).
+Everything is computed as of the run's date (its data interval's end) and written to that date's
+`as_of_date` partition, so reruns and backfills are idempotent.
+
+* **features**: `gold.customer_features` (RFM, tenure, order value, category and brand affinity,
+  channel mix, email/SMS engagement, returns, loyalty, recent web/app activity) and
+  `gold.customer_affinities`, from orders, POS sales, clicks, messages and returns attributed
+  through `gold.identity_keys`.
+* **churn**, **clv** (in parallel): train, evaluate on a later window / holdout, register in MLflow,
+  promote to `champion` only past the gate, score with the champion → `gold.churn_scores`, `gold.clv`.
+* **segments**: RFM segments, k-means clusters with personas (gated the same way), lifecycle stage
+  from each customer's cadence and the two models, best send time → `gold.segments`, `gold.send_times`.
+* **validate**: Great Expectations suites on every output.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import Asset, dag, task
+
+from p13n.orchestration import dag_defaults
+
+SEGMENTS = Asset("p13n://gold/segments", group="gold")
+
+
+@dag(
+    dag_id="score_customers",
+    schedule=[Asset("p13n://gold/customer_profiles", group="gold")],
+    start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    default_args=dag_defaults(),
+    tags=["p13n", "customers", "ml", "gold"],
+    doc_md=__doc__,
+)
+def score_customers():
+    @task
+    def features(ds: str | None = None) -> dict:
+        from p13n.customers.tasks import features_task
+
+        return features_task(ds)
+
+    @task
+    def churn(_features: dict, ds: str | None = None) -> dict:
+        from p13n.customers.tasks import model_task
+
+        return model_task("churn", ds)
+
+    @task
+    def clv(_features: dict, ds: str | None = None) -> dict:
+        from p13n.customers.tasks import model_task
+
+        return model_task("clv", ds)
+
+    @task(outlets=[SEGMENTS])
+    def segments(_churn: dict, _clv: dict, ds: str | None = None) -> dict:
+        from p13n.customers.tasks import model_task
+
+        return model_task("segments", ds)
+
+    @task
+    def validate(_segments: dict, ds: str | None = None) -> dict:
+        from p13n.customers.tasks import validate_task
+
+        return validate_task(ds)
+
+    built = features()
+    validate(segments(churn(built), clv(built)))
+
+
+score_customers()

@@ -1,0 +1,565 @@
+"""Customer intelligence over the lake: the IO edge around the feature transforms and the models.
+
+Every table is partitioned by `as_of_date` (the run's date) and a run replaces its own partition, so
+a rerun or a backfill of a date gives the same rows and history stays queryable:
+
+* `gold.customer_features`, `gold.customer_affinities` — `build_customer_features`
+* `gold.churn_scores` — `score_churn`: train on features as of two horizons back, evaluate on one
+  horizon back, gate against the champion, score today's features with the champion
+* `gold.clv` — `score_clv`: BG/NBD + Gamma-Gamma fitted through the holdout start, judged on the
+  holdout, gated, and the champion scores every customer's full history
+* `gold.segments` and `gold.send_times` — `segment_customers`: RFM, k-means clusters with personas
+  (gated like the others), lifecycle stage from cadence + the two models above, best send time
+* `ops.model_runs` — one row per model per run: version, gate decision, metrics
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from p13n.config import Settings
+from p13n.customers import activity as act
+from p13n.customers.features import affinities, build_features, orders_of
+from p13n.lake import Lake
+from p13n.models import churn as churn_model
+from p13n.models import clv as clv_model
+from p13n.models import segments as seg_model
+from p13n.models import sendtime
+from p13n.models.registry import Decision, GateRule, load_champion, register_and_gate
+from p13n.runctx import RunContext
+
+FEATURES_TABLE, AFFINITIES_TABLE = "gold.customer_features", "gold.customer_affinities"
+CHURN, CLV, SEGMENTS, SEND_TIMES = "gold.churn_scores", "gold.clv", "gold.segments", "gold.send_times"
+MODEL_RUNS = "ops.model_runs"
+INPUTS = {
+    "keys": "gold.identity_keys",
+    "profiles": "gold.customer_profiles",
+    "products": "silver.products",
+    "shopify_orders": "silver.shopify_orders",
+    "shopify_lines": "silver.shopify_order_lines",
+    "square_transactions": "silver.square_transactions",
+    "square_lines": "silver.square_line_items",
+    "legacy_sales": "silver.legacy_pos_sales",
+    "web": "silver.web_clickstream",
+    "app": "silver.app_events",
+    "klaviyo": "silver.klaviyo_events",
+    "mailchimp": "silver.mailchimp_activity",
+    "sms": "silver.sms_events",
+    "returns": "silver.returns",
+    "loyalty": "silver.loyalty_members",
+}
+Progress = Callable[[str], None]
+
+
+@dataclass
+class Activity:
+    """The attributed activity every step reads (Spark DataFrames, cached)."""
+
+    customers: DataFrame
+    lines: DataFrame
+    events: DataFrame
+    messages: DataFrame
+    returns: DataFrame
+    loyalty: DataFrame
+    versions: dict[str, int]
+
+    def features(self, as_of: dt.date) -> DataFrame:
+        return build_features(
+            self.customers, self.lines, self.events, self.messages, self.returns, self.loyalty, as_of
+        )
+
+    def unpersist(self) -> None:
+        for df in (self.lines, self.events, self.messages):
+            df.unpersist()
+
+
+def read_activity(lake: Lake) -> Activity:
+    missing = [t for t in INPUTS.values() if not lake.exists(t)]
+    if missing:
+        raise FileNotFoundError(
+            f"customer intelligence needs {', '.join(missing)}: ingest the sources and resolve identities first"
+        )
+    t = {name: lake.read(table) for name, table in INPUTS.items()}
+    keys = t["keys"].cache()
+    lines = act.purchase_lines(
+        keys, t["products"], t["shopify_orders"], t["shopify_lines"], t["square_transactions"],
+        t["square_lines"], t["legacy_sales"],
+    ).cache()  # fmt: skip
+    return Activity(
+        customers=t["profiles"].select("customer_id", "first_seen_at"),
+        lines=lines,
+        events=act.behaviour_events(keys, t["web"], t["app"]).cache(),
+        messages=act.message_events(keys, t["klaviyo"], t["mailchimp"], t["sms"]).cache(),
+        returns=act.returned_items(t["returns"], lines),
+        loyalty=act.loyalty_status(keys, t["loyalty"]),
+        versions={table: lake.delta_table(table).version() for table in INPUTS.values()},
+    )
+
+
+# ---------------------------------------------------------------------------------- features
+def build_customer_features(
+    lake: Lake, activity: Activity, as_of: dt.date, run: RunContext | None = None
+) -> dict:
+    features = activity.features(as_of).cache()
+    n = lake.replace_partition(FEATURES_TABLE, features, "as_of_date", as_of, run=run).rows_written
+    lake.replace_partition(AFFINITIES_TABLE, affinities(activity.lines, as_of), "as_of_date", as_of, run=run)
+    attributed = activity.lines.filter(F.col("ordered_at") < F.lit(dt.datetime.combine(as_of, dt.time.max)))
+    share = attributed.select(F.avg(F.col("customer_id").isNull().cast("double"))).first()[0]
+    buyers = features.filter("orders_total > 0").count()
+    features.unpersist()
+    return {"customers": n, "buyers": buyers, "unattributed_line_share": round(float(share or 0.0), 4)}
+
+
+def read_features(lake: Lake, as_of: dt.date) -> pd.DataFrame:
+    df = lake.read(FEATURES_TABLE, where=[("as_of_date", "=", as_of)]).toPandas()
+    if df.empty:
+        raise LookupError(f"{FEATURES_TABLE} has no rows for as_of_date {as_of}: run the features step first")
+    return df.sort_values("customer_id").reset_index(drop=True)
+
+
+# ------------------------------------------------------------------------------ model runs
+@dataclass
+class ModelRun:
+    model: str
+    as_of: dt.date
+    metrics: dict
+    decision: Decision
+    rows: int = 0
+
+    def summary(self) -> str:
+        shown = ", ".join(f"{k}={v}" for k, v in self.metrics.items() if isinstance(v, int | float))
+        return f"{self.model} {self.as_of}: {shown}; {self.decision.summary()}"
+
+
+def _rules(settings: Settings, model: str) -> dict[str, GateRule]:
+    return {m: GateRule(**g.model_dump()) for m, g in settings.customers.gates.get(model, {}).items()}
+
+
+def _registered(settings: Settings, model: str) -> str:
+    return f"{settings.mlflow.experiment_prefix}-{model}"
+
+
+def _log_inputs(mlflow, activity: Activity, as_of: dt.date, params: dict) -> None:
+    mlflow.log_params({"as_of_date": as_of.isoformat(), **params})
+    mlflow.log_params({f"input.{t}.version": v for t, v in activity.versions.items()})
+
+
+def _save_figure(mlflow, fig, name: str) -> None:
+    mlflow.log_figure(fig, name)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def _write_model_run(lake: Lake, out: ModelRun, run: RunContext | None) -> None:
+    row = pd.DataFrame(
+        [
+            {
+                "model": out.model,
+                "as_of_date": out.as_of,
+                "version": out.decision.version,
+                "promoted": out.decision.promoted,
+                "champion_version": out.decision.champion_version,
+                "reasons": "; ".join(out.decision.reasons),
+                "metrics": json.dumps({k: v for k, v in out.metrics.items() if isinstance(v, int | float)}),
+                "rows": out.rows,
+            }
+        ]
+    )
+    df = lake.spark.createDataFrame(row)
+    existing = lake.exists(MODEL_RUNS)
+    if existing:
+        keep = lake.read(MODEL_RUNS, where=[("as_of_date", "=", out.as_of)]).filter(
+            F.col("model") != out.model
+        )
+        df = keep.unionByName(df.select(*keep.columns))
+    lake.replace_partition(MODEL_RUNS, df, "as_of_date", out.as_of, run=run)
+
+
+def _later_orders(activity: Activity, start: dt.date, days: int) -> pd.Series:
+    """Orders per customer in the `days` after the end of `start` (the label window)."""
+    lo = dt.datetime.combine(start + dt.timedelta(days=1), dt.time(), dt.UTC)
+    hi = lo + dt.timedelta(days=days)
+    o = orders_of(activity.lines).filter(
+        (F.col("ordered_at") >= F.lit(lo)) & (F.col("ordered_at") < F.lit(hi))
+    )
+    counts = o.groupBy("customer_id").count().toPandas()
+    return counts.set_index("customer_id")["count"]
+
+
+# ------------------------------------------------------------------------------------ churn
+def score_churn(
+    lake: Lake,
+    settings: Settings,
+    activity: Activity,
+    as_of: dt.date,
+    run: RunContext | None = None,
+    progress: Progress = print,
+) -> ModelRun:
+    import mlflow
+
+    from p13n.tracking import use_experiment
+
+    cfg = settings.customers
+    w = cfg.churn_horizon_days
+    train_at, eval_at = as_of - dt.timedelta(days=2 * w), as_of - dt.timedelta(days=w)
+    sets = {}
+    for name, cutoff in (("train", train_at), ("eval", eval_at)):
+        f = activity.features(cutoff).filter("orders_total > 0").toPandas()
+        f["churned"] = churn_model.label(f, _later_orders(activity, cutoff, w))
+        sets[name] = f
+        progress(
+            f"churn: {len(f):,} customers as of {cutoff}, {f['churned'].mean():.1%} churned in the next {w} days"
+        )
+    model = churn_model.train_churn(sets["train"], sets["train"]["churned"], seed=cfg.seed)
+    ev = sets["eval"]
+    metrics = churn_model.evaluate_churn(ev["churned"], churn_model.predict_churn(model, ev))
+    name = _registered(settings, "churn")
+    champ = _champion_metrics(
+        name, lambda m: churn_model.evaluate_churn(ev["churned"], churn_model.predict_churn(m, ev))
+    )
+    use_experiment(settings, "churn")
+    with mlflow.start_run(run_name=f"churn {as_of}"):
+        _log_inputs(mlflow, activity, as_of, {"horizon_days": w, "train_cutoff": train_at, "eval_cutoff": eval_at,
+                                              "train_customers": len(sets["train"])})  # fmt: skip
+        scalars = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
+        mlflow.log_metrics(scalars)
+        mlflow.log_dict({k: metrics[k] for k in ("calibration", "gains")}, "evaluation.json")
+        _save_figure(mlflow, _churn_figure(metrics), "churn_lift_and_calibration.png")
+        info = mlflow.sklearn.log_model(model, name="model", pip_requirements=["scikit-learn"])
+        decision = register_and_gate(name, info.model_uri, scalars, champ, _rules(settings, "churn"))
+    progress(decision.summary())
+    scorer = _champion_or_fail(name, "sklearn", decision)
+    today = read_features(lake, as_of)
+    buyers = today[today["orders_total"] > 0].reset_index(drop=True)
+    p = churn_model.predict_churn(scorer, buyers)
+    bands = cfg.churn_bands
+    scores = pd.DataFrame(
+        {
+            "customer_id": buyers["customer_id"],
+            "as_of_date": as_of,
+            "churn_probability": np.round(p, 4),
+            "risk_band": churn_model.risk_band(p, bands["medium"], bands["high"]),
+            "horizon_days": w,
+            "model_version": int(_champion_version(name)),
+        }
+    )
+    lake.replace_partition(CHURN, lake.spark.createDataFrame(scores), "as_of_date", as_of, run=run)
+    out = ModelRun("churn", as_of, scalars, decision, rows=len(scores))
+    _write_model_run(lake, out, run)
+    return out
+
+
+def _champion_metrics(name: str, evaluate: Callable, flavor: str = "sklearn") -> dict | None:
+    """The current champion's metrics on this run's evaluation data (None when there is none)."""
+    from p13n.models.registry import champion_version
+
+    if champion_version(name) is None:
+        return None
+    metrics = evaluate(load_champion(name, flavor))
+    return {k: v for k, v in metrics.items() if isinstance(v, int | float)}
+
+
+def _champion_version(name: str) -> str:
+    from p13n.models.registry import champion_version
+
+    return champion_version(name).version
+
+
+def _champion_or_fail(name: str, flavor: str, decision: Decision):
+    from p13n.models.registry import champion_version
+
+    if champion_version(name) is None:
+        raise RuntimeError(
+            f"no champion {name} model to score with: the first model failed its gate ({'; '.join(decision.reasons)})"
+        )
+    return load_champion(name, flavor)
+
+
+def _churn_figure(metrics: dict):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    gains = metrics["gains"]
+    x = np.linspace(0, 1, len(gains))
+    a.plot(x, gains, label="model")
+    a.plot([0, 1], [0, 1], "--", color="grey", label="random")
+    a.set(title=f"Cumulative gains (top-decile lift {metrics['lift_top_decile']})", xlabel="share of customers, riskiest first",
+          ylabel="share of churners found")  # fmt: skip
+    a.legend()
+    cal = metrics["calibration"]
+    b.plot([c["predicted"] for c in cal], [c["observed"] for c in cal], "o-", label="model")
+    b.plot([0, 1], [0, 1], "--", color="grey", label="perfect")
+    b.set(
+        title=f"Calibration (ECE {metrics['ece']})",
+        xlabel="predicted churn probability",
+        ylabel="observed churn rate",
+    )
+    b.legend()
+    fig.tight_layout()
+    return fig
+
+
+# -------------------------------------------------------------------------------------- CLV
+class CLVModel:
+    """BG/NBD + Gamma-Gamma as an MLflow python model (`predict` gives the CLV table of a summary)."""
+
+    def __init__(self, bg: clv_model.BetaGeo, gg: clv_model.GammaGamma, months: int, discount: float):
+        self.bg, self.gg, self.months, self.discount = bg, gg, months, discount
+
+    def score(self, summary: pd.DataFrame) -> pd.DataFrame:
+        return pd.DataFrame(
+            {
+                "expected_purchases_365d": clv_model.expected_purchases(self.bg, summary, 365.0),
+                "probability_alive": clv_model.probability_alive(self.bg, summary),
+                "expected_order_value": clv_model.expected_spend(self.gg, summary),
+                "clv_12m": clv_model.lifetime_value(self.bg, self.gg, summary, self.months, self.discount),
+            },
+            index=summary.index,
+        )
+
+
+def _pyfunc(model: CLVModel):
+    import mlflow.pyfunc
+
+    class _Wrapped(mlflow.pyfunc.PythonModel):
+        def __init__(self, inner):
+            self.inner = inner
+
+        def predict(self, context, model_input, params=None):
+            return self.inner.score(model_input)
+
+    return _Wrapped(model)
+
+
+def _order_history(activity: Activity, as_of: dt.date) -> pd.DataFrame:
+    end = dt.datetime.combine(as_of + dt.timedelta(days=1), dt.time(), dt.UTC)
+    return (
+        orders_of(activity.lines)
+        .filter(F.col("ordered_at") < F.lit(end))
+        .select("customer_id", F.to_date("ordered_at").alias("date"), "amount_usd")
+        .toPandas()
+    )
+
+
+def score_clv(
+    lake: Lake,
+    settings: Settings,
+    activity: Activity,
+    as_of: dt.date,
+    run: RunContext | None = None,
+    progress: Progress = print,
+) -> ModelRun:
+    import mlflow
+
+    from p13n.tracking import use_experiment
+
+    cfg = settings.customers
+    history = _order_history(activity, as_of)
+    cal_end = as_of - dt.timedelta(days=cfg.clv_holdout_days)
+    holdout = clv_model.summarize(history, "customer_id", "date", "amount_usd", cal_end, as_of)
+    bg, gg = clv_model.fit_bgnbd(holdout), clv_model.fit_gamma_gamma(holdout)
+    metrics = _clv_metrics(CLVModel(bg, gg, cfg.clv_months, cfg.clv_monthly_discount), holdout)
+    progress(
+        f"clv: BG/NBD r={bg.r:.3f} alpha={bg.alpha:.2f} a={bg.a:.3f} b={bg.b:.3f}; Gamma-Gamma p={gg.p:.2f} q={gg.q:.2f} gamma={gg.gamma:.2f}"
+    )
+    name = _registered(settings, "clv")
+    champ = _champion_metrics(name, lambda m: _clv_metrics(m, holdout), flavor="pyfunc")
+    summary = clv_model.summarize(history, "customer_id", "date", "amount_usd", as_of, as_of)
+    use_experiment(settings, "clv")
+    with mlflow.start_run(run_name=f"clv {as_of}"):
+        _log_inputs(mlflow, activity, as_of, {"calibration_end": cal_end, "holdout_days": cfg.clv_holdout_days,
+                                              "months": cfg.clv_months, "monthly_discount": cfg.clv_monthly_discount})  # fmt: skip
+        mlflow.log_params({f"bgnbd.{k}": round(v, 6) for k, v in bg.params().items()})
+        mlflow.log_params({f"gamma_gamma.{k}": round(v, 6) for k, v in gg.params().items()})
+        mlflow.log_metrics(metrics)
+        model = CLVModel(bg, gg, cfg.clv_months, cfg.clv_monthly_discount)
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=_pyfunc(model), pip_requirements=["scipy", "pandas"]
+        )
+        decision = register_and_gate(name, info.model_uri, metrics, champ, _rules(settings, "clv"))
+        scorer = _champion_or_fail(name, "pyfunc", decision).inner
+        scored = scorer.score(summary)
+        _save_figure(mlflow, _clv_figure(scored, holdout, scorer), "clv_distribution_and_holdout.png")
+    progress(decision.summary())
+    out = summary.join(scored).reset_index()
+    table = pd.DataFrame(
+        {
+            "customer_id": out["customer_id"],
+            "as_of_date": as_of,
+            "repeat_purchases": out["frequency"].astype(int),
+            "recency_days": out["recency"].round(1),
+            "age_days": out["T"].round(1),
+            "expected_purchases_365d": out["expected_purchases_365d"].round(3),
+            "probability_alive": out["probability_alive"].round(4),
+            "expected_order_value": out["expected_order_value"].round(2),
+            "clv_12m": out["clv_12m"].round(2),
+            "model_version": int(_champion_version(name)),
+        }
+    )
+    lake.replace_partition(CLV, lake.spark.createDataFrame(table), "as_of_date", as_of, run=run)
+    result = ModelRun("clv", as_of, metrics, decision, rows=len(table))
+    _write_model_run(lake, result, run)
+    return result
+
+
+def _clv_metrics(model, holdout: pd.DataFrame) -> dict:
+    inner = getattr(model, "inner", model)
+    m = clv_model.evaluate_holdout(inner.bg, holdout)
+    m["holdout_aggregate_error_abs"] = abs(m["holdout_aggregate_error"])
+    return m
+
+
+def _clv_figure(scored: pd.DataFrame, holdout: pd.DataFrame, model: CLVModel):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    a.hist(scored["clv_12m"].clip(upper=scored["clv_12m"].quantile(0.99)), bins=50)
+    a.set(title="12-month CLV per customer", xlabel="USD (99th percentile cap)", ylabel="customers")
+    predicted = clv_model.expected_purchases(model.bg, holdout, float(holdout["holdout_duration"].iloc[0]))
+    bucket = holdout["frequency"].clip(upper=7).astype(int)
+    by = (
+        pd.DataFrame({"bucket": bucket, "actual": holdout["holdout_frequency"], "predicted": predicted})
+        .groupby("bucket")
+        .mean()
+    )
+    b.plot(by.index, by["actual"], "o-", label="actual")
+    b.plot(by.index, by["predicted"], "s--", label="BG/NBD")
+    b.set(title="Holdout purchases by calibration repeat purchases", xlabel="repeat purchases (7 = 7+)",
+          ylabel="mean holdout purchases")  # fmt: skip
+    b.legend()
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------------- segments
+def segment_customers(
+    lake: Lake,
+    settings: Settings,
+    activity: Activity,
+    as_of: dt.date,
+    run: RunContext | None = None,
+    progress: Progress = print,
+    truth: pd.DataFrame | None = None,
+) -> ModelRun:
+    import mlflow
+
+    from p13n.tracking import use_experiment
+
+    cfg = settings.customers
+    f = read_features(lake, as_of)
+    pipeline, k, scores = seg_model.train_clusters(f, tuple(cfg.cluster_k), seed=cfg.seed)
+    metrics = {"k": k, "silhouette": round(seg_model.silhouette(pipeline, f, seed=cfg.seed), 4)}
+    name = _registered(settings, "segments")
+    champ = _champion_metrics(name, lambda m: {"silhouette": seg_model.silhouette(m, f, seed=cfg.seed)})
+    use_experiment(settings, "segments")
+    with mlflow.start_run(run_name=f"segments {as_of}"):
+        _log_inputs(mlflow, activity, as_of, {"k_range": str(cfg.cluster_k), "chosen_k": k})
+        mlflow.log_metrics(metrics | {f"silhouette_k{kk}": v for kk, v in scores.items()})
+        info = mlflow.sklearn.log_model(pipeline, name="model", pip_requirements=["scikit-learn"])
+        decision = register_and_gate(name, info.model_uri, metrics, champ, _rules(settings, "segments"))
+        scorer = _champion_or_fail(name, "sklearn", decision)
+        clusters = seg_model.assign_clusters(scorer, f)
+        personas = seg_model.personas(f, clusters)
+        mlflow.log_dict({str(c): p for c, p in personas.items()}, "personas.json")
+        _save_figure(mlflow, _cluster_figure(personas), "cluster_profiles.png")
+    progress(decision.summary())
+    for p in sorted(personas.values(), key=lambda p: -p["size"]):
+        progress(f"  cluster {p['cluster']}: {p['persona']} ({p['description']})")
+    rfm = seg_model.rfm(f)
+    churn = _partition(lake, CHURN, as_of, ["customer_id", "churn_probability", "risk_band"])
+    clv = _partition(lake, CLV, as_of, ["customer_id", "probability_alive", "clv_12m"])
+    base = (
+        f[["customer_id"]].merge(churn, on="customer_id", how="left").merge(clv, on="customer_id", how="left")
+    )
+    stages = seg_model.lifecycle(f, base["probability_alive"], base["risk_band"], cfg.new_customer_days)
+    table = pd.DataFrame(
+        {
+            "customer_id": f["customer_id"],
+            "as_of_date": as_of,
+            "r_score": rfm["r_score"].astype(int),
+            "f_score": rfm["f_score"].astype(int),
+            "m_score": rfm["m_score"].astype(int),
+            "rfm_score": rfm["rfm_score"],
+            "rfm_segment": rfm["rfm_segment"],
+            "cluster": clusters.astype(int),
+            "persona": clusters.map(lambda c: personas[int(c)]["persona"]),
+            "lifecycle_stage": stages["lifecycle_stage"],
+            "churn_risk_band": base["risk_band"],
+            "clv_12m": base["clv_12m"],
+            "model_version": int(_champion_version(name)),
+        }
+    )
+    lake.replace_partition(SEGMENTS, lake.spark.createDataFrame(table), "as_of_date", as_of, run=run)
+    send = _send_times(lake, settings, activity, as_of, table)
+    metrics |= {f"stage_{s}": int((table["lifecycle_stage"] == s).sum()) for s in seg_model.STAGES}
+    metrics |= {"send_time_own_share": round(float((send["basis"] == "customer").mean()), 4)}
+    if truth is not None:
+        metrics |= _send_time_accuracy(send, truth)
+    out = ModelRun("segments", as_of, metrics, decision, rows=len(table))
+    _write_model_run(lake, out, run)
+    return out
+
+
+def _partition(lake: Lake, table: str, as_of: dt.date, columns: list[str]) -> pd.DataFrame:
+    if not lake.exists(table):
+        return pd.DataFrame(columns=columns)
+    return lake.read(table, where=[("as_of_date", "=", as_of)], columns=columns).toPandas()
+
+
+def _send_times(lake: Lake, settings: Settings, activity: Activity, as_of: dt.date, segments: pd.DataFrame):
+    end = dt.datetime.combine(as_of + dt.timedelta(days=1), dt.time(), dt.UTC)
+    start = end - dt.timedelta(days=settings.customers.send_time_days)
+    msgs = (
+        activity.messages.filter((F.col("at") >= F.lit(start)) & (F.col("at") < F.lit(end)))
+        .select("customer_id", "at", "event")
+        .toPandas()
+    )
+    by_segment = segments.set_index("customer_id")["persona"]
+    send = sendtime.best_send_times(
+        msgs, by_segment, segments["customer_id"], min_customer_opens=settings.customers.send_time_min_opens
+    )
+    send["as_of_date"] = as_of
+    lake.replace_partition(SEND_TIMES, lake.spark.createDataFrame(send), "as_of_date", as_of)
+    return send
+
+
+def _send_time_accuracy(send: pd.DataFrame, truth: pd.DataFrame) -> dict:
+    """On generated data: how often the learned hour is within an hour of the person's favourite."""
+    own = send[send["basis"] == "customer"].merge(truth, on="customer_id", how="inner")
+    if own.empty:
+        return {}
+    return {"send_hour_accuracy_1h": round(sendtime.hour_accuracy(own["best_hour"], own["open_hour"]), 4)}
+
+
+def _cluster_figure(personas: dict):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    clusters = [p for c, p in sorted(personas.items()) if c >= 0]
+    feats = list(seg_model.CLUSTER_FEATURES)
+    z = np.array([[p["z_scores"].get(f, 0.0) for f in feats] for p in clusters])
+    fig, ax = plt.subplots(figsize=(11, 1.2 + 0.6 * len(clusters)))
+    im = ax.imshow(z, cmap="RdBu_r", vmin=-2, vmax=2, aspect="auto")
+    ax.set_xticks(range(len(feats)), feats, rotation=30, ha="right")
+    ax.set_yticks(range(len(clusters)), [f"{p['cluster']}: {p['persona']} ({p['size']:,})" for p in clusters])
+    fig.colorbar(im, ax=ax, label="z-score vs all buyers")
+    ax.set_title("Cluster profiles")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,114 @@
+"""Champion/challenger in the MLflow model registry, shared by every model.
+
+A freshly trained model is registered as a new version (the challenger). It becomes the `champion`
+alias only when it passes the gate: every gated metric at or above its floor, and none worse than
+the champion's by more than its tolerance, both measured on the same evaluation data. The decision
+and its reasons are logged to the challenger's run (`gate.json`, tags) and its model version.
+Scoring always loads the champion.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+CHAMPION = "champion"
+
+
+@dataclass(frozen=True)
+class GateRule:
+    higher_is_better: bool = True
+    tolerance: float = 0.0  # how much worse than the champion a challenger may be
+    floor: float | None = None  # an absolute bound every model must meet (min, or max if lower is better)
+
+
+@dataclass
+class Decision:
+    model: str
+    version: str
+    promoted: bool
+    champion_version: str | None
+    reasons: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        verdict = "promoted to champion" if self.promoted else "not promoted"
+        return f"{self.model} v{self.version} {verdict}: " + "; ".join(self.reasons)
+
+
+def decide(challenger: dict, champion: dict | None, rules: dict[str, GateRule]) -> tuple[bool, list[str]]:
+    """Whether the challenger passes, and why (one reason per rule)."""
+    ok, reasons = True, []
+    for metric, rule in rules.items():
+        value = challenger.get(metric)
+        if value is None:
+            ok = False
+            reasons.append(f"{metric} missing")
+            continue
+        sign = 1 if rule.higher_is_better else -1
+        if rule.floor is not None and sign * (value - rule.floor) < 0:
+            ok = False
+            reasons.append(f"{metric} {value:.4g} fails the floor {rule.floor:.4g}")
+            continue
+        if champion is None or champion.get(metric) is None:
+            reasons.append(f"{metric} {value:.4g} (no champion to compare)")
+            continue
+        delta = sign * (value - champion[metric])
+        if delta < -rule.tolerance:
+            ok = False
+            reasons.append(f"{metric} {value:.4g} worse than the champion's {champion[metric]:.4g}")
+        else:
+            reasons.append(f"{metric} {value:.4g} vs the champion's {champion[metric]:.4g}")
+    return ok, reasons
+
+
+def champion_version(name: str):
+    """The registered model's champion version, or None (no model or no champion yet)."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return MlflowClient().get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+
+
+def load_champion(name: str, flavor: str = "sklearn"):
+    """The champion model object (sklearn estimator, or the python model behind a pyfunc)."""
+    import mlflow
+
+    uri = f"models:/{name}@{CHAMPION}"
+    if flavor == "sklearn":
+        return mlflow.sklearn.load_model(uri)
+    return mlflow.pyfunc.load_model(uri).unwrap_python_model()
+
+
+def register_and_gate(
+    name: str,
+    model_uri: str,
+    challenger: dict,
+    champion: dict | None,
+    rules: dict[str, GateRule],
+) -> Decision:
+    """Register the active run's model as a version of `name`; promote it if it passes the gate."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    current = champion_version(name)
+    version = mlflow.register_model(model_uri, name)
+    passed, reasons = decide(challenger, champion if current else None, rules)
+    decision = Decision(name, str(version.version), passed, current.version if current else None, reasons)
+    client = MlflowClient()
+    client.set_model_version_tag(name, version.version, "gate", "passed" if passed else "failed")
+    client.set_model_version_tag(name, version.version, "gate.reasons", "; ".join(reasons)[:4000])
+    if passed:
+        client.set_registered_model_alias(name, CHAMPION, version.version)
+    mlflow.set_tags(
+        {"gate.decision": "promoted" if passed else "rejected", "gate.model_version": version.version}
+    )
+    mlflow.log_dict(
+        decision.as_dict() | {"challenger": challenger, "champion": champion if current else None},
+        "gate.json",
+    )
+    return decision
