@@ -63,6 +63,23 @@ def decide(challenger: dict, champion: dict | None, rules: dict[str, GateRule]) 
     return ok, reasons
 
 
+# Classes skops does not trust by default that our own models contain (reviewed: scikit-learn's
+# calibrated classifier and histogram-gradient-boosting trees). Models are only loaded from our registry.
+TRUSTED_TYPES = [
+    "sklearn.calibration._CalibratedClassifier",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+]
+
+
+def log_sklearn(model):
+    """Log a scikit-learn model to the active run (skops format), returning its ModelInfo."""
+    import mlflow
+
+    return mlflow.sklearn.log_model(
+        model, name="model", pip_requirements=["scikit-learn"], skops_trusted_types=TRUSTED_TYPES
+    )
+
+
 def champion_version(name: str):
     """The registered model's champion version, or None (no model or no champion yet)."""
     from mlflow import MlflowClient
@@ -98,7 +115,9 @@ def register_and_gate(
     current = champion_version(name)
     version = mlflow.register_model(model_uri, name)
     passed, reasons = decide(challenger, champion if current else None, rules)
-    decision = Decision(name, str(version.version), passed, current.version if current else None, reasons)
+    decision = Decision(
+        name, str(version.version), passed, str(current.version) if current else None, reasons
+    )
     client = MlflowClient()
     client.set_model_version_tag(name, version.version, "gate", "passed" if passed else "failed")
     client.set_model_version_tag(name, version.version, "gate.reasons", "; ".join(reasons)[:4000])

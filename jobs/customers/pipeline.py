@@ -33,7 +33,7 @@ from p13n.models import churn as churn_model
 from p13n.models import clv as clv_model
 from p13n.models import segments as seg_model
 from p13n.models import sendtime
-from p13n.models.registry import Decision, GateRule, load_champion, register_and_gate
+from p13n.models.registry import Decision, GateRule, load_champion, log_sklearn, register_and_gate
 from p13n.runctx import RunContext
 
 FEATURES_TABLE, AFFINITIES_TABLE = "gold.customer_features", "gold.customer_affinities"
@@ -234,7 +234,7 @@ def score_churn(
         mlflow.log_metrics(scalars)
         mlflow.log_dict({k: metrics[k] for k in ("calibration", "gains")}, "evaluation.json")
         _save_figure(mlflow, _churn_figure(metrics), "churn_lift_and_calibration.png")
-        info = mlflow.sklearn.log_model(model, name="model", pip_requirements=["scikit-learn"])
+        info = log_sklearn(model)
         decision = register_and_gate(name, info.model_uri, scalars, champ, _rules(settings, "churn"))
     progress(decision.summary())
     scorer = _champion_or_fail(name, "sklearn", decision)
@@ -470,7 +470,7 @@ def segment_customers(
     with mlflow.start_run(run_name=f"segments {as_of}"):
         _log_inputs(mlflow, activity, as_of, {"k_range": str(cfg.cluster_k), "chosen_k": k})
         mlflow.log_metrics(metrics | {f"silhouette_k{kk}": v for kk, v in scores.items()})
-        info = mlflow.sklearn.log_model(pipeline, name="model", pip_requirements=["scikit-learn"])
+        info = log_sklearn(pipeline)
         decision = register_and_gate(name, info.model_uri, metrics, champ, _rules(settings, "segments"))
         scorer = _champion_or_fail(name, "sklearn", decision)
         clusters = seg_model.assign_clusters(scorer, f)
