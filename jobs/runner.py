@@ -124,8 +124,10 @@ def run_pipeline(customers: int = 2000, days: int = 2, seed: int = 42, history_d
     try:
         with console.status("preparing Airflow (metadata database)…"):
             ensure_airflow_db(env, log)
-        # Each night: ingestion, then identity resolution on what it landed; maintenance at the end.
-        plan = [(dag, d) for d in dates for dag in ("ingest_sources", "resolve_identities")]
+        # Each night: ingestion, identity resolution on what it landed, then customer scoring;
+        # maintenance at the end.
+        nightly = ("ingest_sources", "resolve_identities", "score_customers")
+        plan = [(dag, d) for d in dates for dag in nightly]
         plan.append(("lake_maintenance", dates[-1]))
         for dag_id, day in plan:
             console.print(f"[cyan]DAG {dag_id}[/] {day}")
@@ -140,6 +142,7 @@ def run_pipeline(customers: int = 2000, days: int = 2, seed: int = 42, history_d
             broker.stop()
     _print_ingest_summary(console, settings, dates)
     _print_identity_summary(console, settings)
+    _print_customer_summary(console, settings, dates[-1])
     _print_summary(console, settings, dates[-1], log)
     return 0
 
@@ -245,6 +248,51 @@ def _print_identity_summary(console, settings) -> None:
             _fmt_share(r["f1"]),
         )
     console.print(table)
+
+
+def _print_customer_summary(console, settings, day: str) -> None:
+    """The models' gate decisions and metrics, the segment sizes and the cluster personas of `day`."""
+    import json
+
+    from rich.table import Table
+
+    from p13n.lake.duck import duckdb_connection
+
+    root = Path(settings.lake_root)
+    if not (root / "ops" / "model_runs").exists():
+        return
+    con = duckdb_connection()
+    runs = con.sql(
+        f"select model, version, promoted, reasons, metrics from delta_scan('{root}/ops/model_runs') "
+        f"where as_of_date = '{day}' order by model"
+    ).fetchall()
+    table = Table("model", "version", "champion?", "metrics", "gate", title=f"Customer models as of {day}")
+    shown = {
+        "churn": ("roc_auc", "pr_auc", "brier", "lift_top_decile"),
+        "clv": ("holdout_mae", "holdout_rmse", "holdout_aggregate_error"),
+        "segments": ("k", "silhouette", "send_hour_accuracy_1h"),
+    }
+    for model, version, promoted, reasons, metrics in runs:
+        m = json.loads(metrics)
+        numbers = ", ".join(f"{k}={m[k]}" for k in shown.get(model, ()) if k in m)
+        table.add_row(model, version, "promoted" if promoted else "kept old", numbers, reasons)
+    console.print(table)
+    seg = root / "gold" / "segments"
+    if seg.exists():
+        table = Table("lifecycle stage", "customers", "persona (cluster)", "customers", title="Segments")
+        stages = con.sql(
+            f"select lifecycle_stage, count(*) n from delta_scan('{seg}') where as_of_date = '{day}' "
+            "group by 1 order by 2 desc"
+        ).fetchall()
+        personas = con.sql(
+            f"select persona, count(*) n from delta_scan('{seg}') where as_of_date = '{day}' "
+            "group by 1 order by 2 desc"
+        ).fetchall()
+        for i in range(max(len(stages), len(personas))):
+            s = stages[i] if i < len(stages) else ("", "")
+            p = personas[i] if i < len(personas) else ("", "")
+            table.add_row(s[0], f"{s[1]:,}" if s[1] != "" else "", p[0], f"{p[1]:,}" if p[1] != "" else "")
+        console.print(table)
 
 
 def _print_summary(console, settings, logical_date: str, log: Path) -> None:

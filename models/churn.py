@@ -19,11 +19,18 @@ FEATURES = [
 ]  # fmt: skip
 
 
+NEVER_DAYS = 10_000.0
+
+
 def design(features: pd.DataFrame) -> pd.DataFrame:
     """The model's inputs: the feature columns plus recency in units of the customer's own cadence."""
     x = features[FEATURES].astype(float)
     x["recency_to_cadence"] = x["recency_days"] / x["cadence_days"].clip(lower=1.0)
-    return x
+    # "Never" is a very long time ago; and a column with no value at all (no web history before the
+    # cutoff, say) carries no information but would stop the histogram binning.
+    for c in ("days_since_web", "days_since_app"):
+        x[c] = x[c].fillna(NEVER_DAYS)
+    return x.fillna({c: 0.0 for c in x.columns if x[c].isna().all()})
 
 
 def label(features: pd.DataFrame, later_orders: pd.Series) -> pd.Series:

@@ -134,8 +134,17 @@ def personas(features: pd.DataFrame, clusters: pd.Series, top: int = 3) -> dict[
     for c in sorted(clusters[buyers].unique()):
         members = clusters[buyers] == c
         z = ((x[members].mean() - mu) / sd).sort_values(key=np.abs, ascending=False)
-        words = [CLUSTER_FEATURES[f][0 if z[f] > 0 else 1] for f in z.index[:top] if abs(z[f]) >= 0.25]
-        lift = (categories[members].value_counts(normalize=True) / overall).dropna()
+        words, channel_said = [], False
+        for f in z.index:
+            if len(words) == top or abs(z[f]) < 0.25:
+                break
+            if f.startswith("share_"):  # the channel shares sum to one: their strongest says it all
+                if channel_said:
+                    continue
+                channel_said = True
+            words.append(CLUSTER_FEATURES[f][0 if z[f] > 0 else 1])
+        share = categories[members].value_counts(normalize=True).drop("unknown", errors="ignore")
+        lift = (share[share >= 0.15] / overall).dropna()
         if len(lift) and lift.max() >= 1.5:
             words.append(f"mostly {lift.idxmax()}")
         med = raw[members].median()

@@ -6,6 +6,7 @@ import statistics
 import time
 from collections.abc import Callable
 
+from p13n.bench.customers import bench_customers
 from p13n.bench.identity import bench_identity
 from p13n.bench.ingest import bench_ingest
 from p13n.bench.lake import bench_lake
@@ -14,6 +15,7 @@ BENCHMARKS: dict[str, Callable[..., dict]] = {
     "lake": bench_lake,
     "ingest": bench_ingest,
     "identity": bench_identity,
+    "customers": bench_customers,
 }
 
 
