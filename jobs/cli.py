@@ -173,6 +173,31 @@ def _cmd_clv(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_recommend(args: argparse.Namespace) -> int:
+    from p13n.recommend.files import InputError, evaluate_file
+
+    try:
+        out, facts = evaluate_file(
+            Path(args.interactions),
+            args.user_column,
+            args.item_column,
+            args.time_column,
+            args.weight_column,
+            args.k,
+        )
+    except InputError as exc:
+        print(f"p13n recommend evaluate: {exc}", file=sys.stderr)
+        return 2
+    for reason, info in facts.pop("skipped_rows").items():
+        print(
+            f"p13n recommend evaluate: skipped {info['rows']} rows ({reason}), e.g. lines {info['first_lines']}",
+            file=sys.stderr,
+        )
+    print(f"p13n recommend evaluate: {json.dumps(facts)}", file=sys.stderr)
+    print(json.dumps(out, indent=2))
+    return 0
+
+
 def _cmd_customers(args: argparse.Namespace) -> int:
     """What the score_customers DAG does, in one process: features, churn, CLV, segments, checks."""
     from p13n.customers.tasks import features_task, model_task, validate_task
@@ -347,6 +372,23 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--calibration-end", default=None, help="last day of the calibration period (YYYY-MM-DD)")
     a.add_argument("--time-unit", default="D", choices=["D", "W", "M"], help="days, weeks or months")
     p.set_defaults(handler=_cmd_clv)
+
+    p = sub.add_parser("recommend", help="recommendation models")
+    rec_sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    a = rec_sub.add_parser(
+        "evaluate",
+        help="train every recommender on an interactions CSV and print each one's ranking metrics as JSON",
+        description="Each user's interactions at their latest timestamp form the test set; the models (popularity, "
+        "ALS, item similarity, buy-it-again and the personalized blend) learn from the rest and recommend k "
+        "items to each test user.",
+    )
+    a.add_argument("--interactions", required=True, help="CSV file with a header row")
+    a.add_argument("--user-column", required=True)
+    a.add_argument("--item-column", required=True)
+    a.add_argument("--time-column", required=True)
+    a.add_argument("--weight-column", default=None, help="positive weights (default: every interaction 1)")
+    a.add_argument("--k", type=int, default=10)
+    p.set_defaults(handler=_cmd_recommend)
 
     p = sub.add_parser(
         "customers", help="customer intelligence on the lake for a date (what the score_customers DAG does)"

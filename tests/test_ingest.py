@@ -36,11 +36,11 @@ REASON_OF_KIND = {
 
 @pytest.fixture(scope="module")
 def world(spark, settings, tmp_path_factory):
-    """A generated retailer (250 customers, 1 day, 3% bad records), a broker, a warehouse and a lake."""
+    """A generated retailer (750 customers, 1 day, 3% bad records), a broker, a warehouse and a lake."""
     root = tmp_path_factory.mktemp("ingest")
     s = settings.model_copy(update={"data_dir": root})
     catalog = load_catalog()
-    generate(catalog, root, customers=250, days=1, seed=11, start=DAY, bad_rate=0.03)
+    generate(catalog, root, customers=750, days=1, seed=11, start=DAY, bad_rate=0.03)
     load_warehouse(s, catalog)
     broker = EmbeddedBroker().start()
     s = s.model_copy(update={"sources": s.sources.model_copy(update={"kafka_bootstrap": broker.bootstrap})})

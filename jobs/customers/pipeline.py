@@ -27,7 +27,7 @@ from pyspark.sql import functions as F
 
 from p13n.config import Settings
 from p13n.customers import activity as act
-from p13n.customers.features import affinities, build_features, orders_of
+from p13n.customers.features import affinities, build_features, interval_end, orders_of
 from p13n.lake import Lake
 from p13n.models import churn as churn_model
 from p13n.models import clv as clv_model
@@ -76,10 +76,6 @@ class Activity:
             self.customers, self.lines, self.events, self.messages, self.returns, self.loyalty, as_of
         )
 
-    def unpersist(self) -> None:
-        for df in (self.lines, self.events, self.messages):
-            df.unpersist()
-
 
 def read_activity(lake: Lake) -> Activity:
     missing = [t for t in INPUTS.values() if not lake.exists(t)]
@@ -111,7 +107,7 @@ def build_customer_features(
     features = activity.features(as_of).cache()
     n = lake.replace_partition(FEATURES_TABLE, features, "as_of_date", as_of, run=run).rows_written
     lake.replace_partition(AFFINITIES_TABLE, affinities(activity.lines, as_of), "as_of_date", as_of, run=run)
-    attributed = activity.lines.filter(F.col("ordered_at") < F.lit(dt.datetime.combine(as_of, dt.time.max)))
+    attributed = activity.lines.filter(F.col("ordered_at") < F.lit(interval_end(as_of)))
     share = attributed.select(F.avg(F.col("customer_id").isNull().cast("double"))).first()[0]
     buyers = features.filter("orders_total > 0").count()
     features.unpersist()
@@ -186,7 +182,7 @@ def _write_model_run(lake: Lake, out: ModelRun, run: RunContext | None) -> None:
 
 def _later_orders(activity: Activity, start: dt.date, days: int) -> pd.Series:
     """Orders per customer in the `days` after the end of `start` (the label window)."""
-    lo = dt.datetime.combine(start + dt.timedelta(days=1), dt.time(), dt.UTC)
+    lo = interval_end(start)
     hi = lo + dt.timedelta(days=days)
     o = orders_of(activity.lines).filter(
         (F.col("ordered_at") >= F.lit(lo)) & (F.col("ordered_at") < F.lit(hi))
@@ -344,10 +340,9 @@ def _pyfunc(model: CLVModel):
 
 
 def _order_history(activity: Activity, as_of: dt.date) -> pd.DataFrame:
-    end = dt.datetime.combine(as_of + dt.timedelta(days=1), dt.time(), dt.UTC)
     return (
         orders_of(activity.lines)
-        .filter(F.col("ordered_at") < F.lit(end))
+        .filter(F.col("ordered_at") < F.lit(interval_end(as_of)))
         .select("customer_id", F.to_date("ordered_at").alias("date"), "amount_usd")
         .toPandas()
     )
@@ -522,7 +517,7 @@ def _partition(lake: Lake, table: str, as_of: dt.date, columns: list[str]) -> pd
 
 
 def _send_times(lake: Lake, settings: Settings, activity: Activity, as_of: dt.date, segments: pd.DataFrame):
-    end = dt.datetime.combine(as_of + dt.timedelta(days=1), dt.time(), dt.UTC)
+    end = interval_end(as_of)
     start = end - dt.timedelta(days=settings.customers.send_time_days)
     msgs = (
         activity.messages.filter((F.col("at") >= F.lit(start)) & (F.col("at") < F.lit(end)))

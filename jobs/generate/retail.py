@@ -735,7 +735,7 @@ class RetailGenerator:
 
     def _browsing(self, active, day, out) -> None:
         P = self.people
-        browsers = active[self.rng.random(len(active)) < np.clip(P.monthly_orders[active] / 15, 0.02, 0.5)]
+        browsers = active[self.rng.random(len(active)) < np.clip(P.monthly_orders[active] / 5, 0.02, 0.5)]
         for i in browsers:
             i = int(i)
             skus = [self.products.skus[s] for s in self._pick_skus(i, int(self.rng.integers(1, 4)))]
@@ -902,6 +902,20 @@ class RetailGenerator:
                 return picked
             return self.rng.choice(active, size=min(minimum, len(active)), replace=False)
 
+        # Loyalty members earn bonus points and redeem them on days they do not buy, too.
+        members = active[P.loyalty[active]]
+        if len(members):
+            for i in self.rng.choice(members, size=min(len(members), max(2, len(members) // 300)), replace=False):
+                bonus = self.rng.random() < 0.5
+                out["loyalty_points_ledger"].append(
+                    {
+                        "entry_id": self._id("LE"),
+                        "loyalty_id": f"L{int(i) + 1:09d}",
+                        "points": int(self.rng.integers(50, 500)) * (1 if bonus else -1),
+                        "reason": "bonus" if bonus else "redemption",
+                        "posted_at": _iso(self._when(day, 11)),
+                    }
+                )
         for n, i in enumerate(at_least(0.008, minimum=2)):  # cases and chats alternate
             i = int(i)
             ident = P.identity(i)

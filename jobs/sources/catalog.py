@@ -9,7 +9,8 @@ columns, owner and freshness. Columns are declared compactly, one line each::
     zip: postal_code from=billing_address.zip pii
 
 Types: string, int, double, money, bool, date, timestamp, email, phone, name, street, city, state,
-postal_code, country, currency, enum(a|b|…). Flags: required, pii, min=, max=, from= (the field's
+postal_code, country, currency, enum(a|b|…). Flags: required, pii, future (a timestamp that may lie
+after its batch, like a promotion's end; others may not), min=, max=, from= (the field's
 name or dotted path in the raw record), currency= (the column holding a money column's currency),
 width=start:end (fixed-width files).
 """
@@ -43,6 +44,7 @@ class Column(BaseModel):
     type: str
     required: bool = False
     pii: bool = False
+    future: bool = False
     source: str  # field name (or dotted path) in the raw record
     min: float | None = None
     max: float | None = None
@@ -69,7 +71,7 @@ class Column(BaseModel):
             raise ValueError(f"column {name!r}: unknown type {kind!r}; known: {', '.join(TYPES)}")
         for flag in flags:
             key, eq, value = flag.partition("=")
-            if not eq and key in ("required", "pii"):
+            if not eq and key in ("required", "pii", "future"):
                 fields[key] = True
             elif key in ("min", "max"):
                 fields[key] = float(value)

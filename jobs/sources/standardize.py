@@ -160,8 +160,8 @@ def standardize(bronze: DataFrame, source: Source, fx: dict[str, float], now: dt
             checks.append(F.when(value < F.lit(col.min), F.lit(f"{col.name}: below the minimum {col.min:g}")))
         if col.max is not None:
             checks.append(F.when(value > F.lit(col.max), F.lit(f"{col.name}: above the maximum {col.max:g}")))
-        if col.name in (source.event_time, source.cursor):
-            # when a record happened cannot be after its batch (a promotion's end date, say, can be)
+        if col.name in (source.event_time, source.cursor) or (col.type == "timestamp" and not col.future):
+            # when something happened cannot be after its batch (a promotion's end date, say, can be)
             limit = future if col.type == "timestamp" else F.lit(now.date() + dt.timedelta(days=1))
             checks.append(F.when(value > limit, F.lit(f"{col.name}: in the future")))
     # An unreadable record has one reason; its (empty) fields say nothing more.

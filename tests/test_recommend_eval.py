@@ -1,0 +1,145 @@
+"""The shared ranking evaluation (exact, on hand-computed lists) and `p13n recommend evaluate`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from p13n.models.evaluation import catalog_coverage, diversity, leave_last_out, ranking_metrics
+from p13n.models.recommenders import BuyAgain, Interactions, ItemSimilarity, Popularity
+
+
+def test_ranking_metrics_by_hand():
+    recs = pd.DataFrame({"user": ["u1"] * 3 + ["u2"] * 3, "item": list("abcxyz"), "rank": [1, 2, 3] * 2})
+    truth = pd.DataFrame({"user": ["u1", "u1", "u2", "u3"], "item": ["b", "c", "q", "a"]})
+    m = ranking_metrics(recs, truth, k=3)
+    # u1 hits at ranks 2 and 3; u2 and u3 (not served) score zero.
+    ndcg_u1 = (1 / np.log2(3) + 1 / np.log2(4)) / (1 + 1 / np.log2(3))
+    assert m["precision@3"] == pytest.approx((2 / 3) / 3, abs=1e-6)
+    assert m["recall@3"] == pytest.approx(1 / 3, abs=1e-6)
+    assert m["ndcg@3"] == pytest.approx(ndcg_u1 / 3, abs=1e-6)
+    assert m["map@3"] == pytest.approx(((1 / 2 + 2 / 3) / 2) / 3, abs=1e-6)
+    assert catalog_coverage(recs, 12) == 0.5
+    assert diversity(
+        recs, pd.Series({"a": "x", "b": "x", "c": "y", "x": "p", "y": "q", "z": "r"})
+    ) == pytest.approx((2 / 3 + 1) / 2, abs=1e-6)
+    with pytest.raises(ValueError, match="no held-out"):
+        ranking_metrics(recs, truth.iloc[0:0], k=3)
+
+
+def test_leave_last_out_holds_out_each_users_latest_timestamp():
+    df = pd.DataFrame(
+        {
+            "user": ["a", "a", "a", "b", "c", "c"],
+            "item": list("xyzxxy"),
+            "time": ["2024-01-01", "2024-01-05", "2024-01-05", "2024-01-02", "2024-01-01", "2024-01-03"],
+        }  # fmt: skip
+    )
+    train, test = leave_last_out(df)
+    assert sorted(zip(test["user"], test["item"], strict=True)) == [("a", "y"), ("a", "z"), ("c", "y")]
+    assert sorted(train["user"]) == ["a", "b", "c"]  # b has one timestamp: training only
+
+
+def test_models_recommend_what_they_should():
+    # u0..u2 all bought item 0 and 1; u0 buys item 2 again and again; u3 bought only item 1.
+    df = pd.DataFrame(
+        {
+            "user": ["u0", "u0", "u0", "u0", "u1", "u1", "u2", "u2", "u3"],
+            "item": ["i0", "i1", "i2", "i2", "i0", "i1", "i0", "i1", "i1"],
+        }  # fmt: skip
+    )
+    inter = Interactions.from_frame(df)
+    u3 = inter.users.get_indexer(["u3"])
+    pop = inter.to_ids(Popularity().fit(inter.matrix).recommend(u3, 2))
+    assert list(pop["item"]) == ["i0", "i2"]  # i1 already seen
+    sim = inter.to_ids(ItemSimilarity().fit(inter.matrix).recommend(u3, 1))
+    assert list(sim["item"]) == ["i0"]  # everyone who bought i1 bought i0
+    again = BuyAgain().fit(inter.matrix)
+    got = inter.to_ids(again.recommend(inter.users.get_indexer(["u0", "u3"]), 3))
+    assert list(zip(got["user"], got["item"], strict=True)) == [("u0", "i2")]  # the only item anyone repeats
+
+
+def _interactions(n_users=300, n_items=120, seed=7):
+    """Users with a favourite cluster of items who also rebuy their own staples."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(n_users):
+        group = u % 6
+        staples = rng.choice(np.arange(group * 20, group * 20 + 20), size=3, replace=False)
+        for t in range(8):
+            item = staples[t % 3] if rng.random() < 0.5 else rng.integers(group * 20, group * 20 + 20)
+            if rng.random() < 0.15:
+                item = rng.integers(0, n_items)
+            rows.append(
+                (f"user{u}", f"SKU{item:03d}", f"2024-01-{t + 1:02d}T10:00:00", int(rng.integers(1, 3)))
+            )
+    return pd.DataFrame(rows, columns=["customer", "sku", "at", "qty"])
+
+
+def test_recommend_evaluate_cli(tmp_path):
+    path = tmp_path / "interactions.csv"
+    df = _interactions()
+    df.loc[len(df)] = ["user1", "SKU001", "yesterday", 1]  # set aside, and said so
+    df.to_csv(path, index=False)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "p13n.cli",
+            "recommend",
+            "evaluate",
+            "--interactions",
+            str(path),
+            "--user-column",
+            "customer",
+            "--item-column",
+            "sku",
+            "--time-column",
+            "at",
+            "--weight-column",
+            "qty",
+            "--k",
+            "5",
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert {"popularity", "personalized", "als", "item_similarity", "buy_again"} <= set(result)
+    for metrics in result.values():
+        assert {"precision@5", "recall@5", "ndcg@5", "map@5"} <= set(metrics)
+    assert result["personalized"]["ndcg@5"] > 1.5 * result["popularity"]["ndcg@5"]
+    assert "skipped 1 rows (unparseable time)" in out.stderr
+
+
+def test_recommend_evaluate_names_a_missing_column(tmp_path):
+    path = tmp_path / "i.csv"
+    path.write_text("u,i,t\na,b,2024-01-01\n")
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "p13n.cli",
+            "recommend",
+            "evaluate",
+            "--interactions",
+            str(path),
+            "--user-column",
+            "u",
+            "--item-column",
+            "item",
+            "--time-column",
+            "t",
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2 and "no column item (the file has: u, i, t)" in out.stderr
