@@ -905,7 +905,9 @@ class RetailGenerator:
         # Loyalty members earn bonus points and redeem them on days they do not buy, too.
         members = active[P.loyalty[active]]
         if len(members):
-            for i in self.rng.choice(members, size=min(len(members), max(2, len(members) // 300)), replace=False):
+            for i in self.rng.choice(
+                members, size=min(len(members), max(2, len(members) // 300)), replace=False
+            ):
                 bonus = self.rng.random() < 0.5
                 out["loyalty_points_ledger"].append(
                     {
