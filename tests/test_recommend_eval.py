@@ -143,3 +143,21 @@ def test_recommend_evaluate_names_a_missing_column(tmp_path):
         timeout=120,
     )
     assert out.returncode == 2 and "no column item (the file has: u, i, t)" in out.stderr
+
+
+@pytest.mark.spark
+def test_spark_als_learns_the_same_structure_as_implicit(spark):
+    from p13n.models.recommenders import ImplicitALS
+    from p13n.models.spark_als import SparkALS
+
+    df = _interactions(n_users=240, n_items=120)
+    train, test = leave_last_out(df.rename(columns={"customer": "user", "sku": "item", "at": "time"}))
+    inter = Interactions.from_frame(train, weight="qty")
+    users = inter.users.get_indexer(test["user"].unique())
+    params = {"factors": 16, "iterations": 10, "regularization": 0.1, "alpha": 5.0}
+    scores = {}
+    for model in (Popularity(), ImplicitALS(**params), SparkALS(spark, **params)):
+        recs = inter.to_ids(model.fit(inter.matrix).recommend(users, 10))
+        scores[type(model).__name__] = ranking_metrics(recs, test, 10)["ndcg@10"]
+    assert scores["SparkALS"] > 1.5 * scores["Popularity"]
+    assert scores["SparkALS"] == pytest.approx(scores["ImplicitALS"], rel=0.35)

@@ -6,6 +6,7 @@ import statistics
 import time
 from collections.abc import Callable
 
+from p13n.bench.als import bench_als
 from p13n.bench.customers import bench_customers
 from p13n.bench.identity import bench_identity
 from p13n.bench.ingest import bench_ingest
@@ -16,6 +17,7 @@ BENCHMARKS: dict[str, Callable[..., dict]] = {
     "ingest": bench_ingest,
     "identity": bench_identity,
     "customers": bench_customers,
+    "als": bench_als,
 }
 
 
