@@ -142,7 +142,8 @@ def _cmd_identity(args: argparse.Namespace) -> int:
 def _cmd_clv(args: argparse.Namespace) -> int:
     import datetime as dt
 
-    from p13n.customers.files import InputError, fit_file
+    from p13n.customers.files import fit_file
+    from p13n.inputs import InputError, report_skipped
 
     try:
         end = dt.date.fromisoformat(args.calibration_end) if args.calibration_end else None
@@ -164,17 +165,14 @@ def _cmd_clv(args: argparse.Namespace) -> int:
     except InputError as exc:
         print(f"p13n clv fit: {exc}", file=sys.stderr)
         return 2
-    for reason, info in out["skipped_rows"].items():
-        print(
-            f"p13n clv fit: skipped {info['rows']} rows ({reason}), e.g. lines {info['first_lines']}",
-            file=sys.stderr,
-        )
+    report_skipped("p13n clv fit", out["skipped_rows"])
     print(json.dumps(out, indent=2))
     return 0
 
 
 def _cmd_recommend(args: argparse.Namespace) -> int:
-    from p13n.recommend.files import InputError, evaluate_file
+    from p13n.inputs import InputError, report_skipped
+    from p13n.recommend.files import evaluate_file
 
     try:
         out, facts = evaluate_file(
@@ -188,11 +186,7 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
     except InputError as exc:
         print(f"p13n recommend evaluate: {exc}", file=sys.stderr)
         return 2
-    for reason, info in facts.pop("skipped_rows").items():
-        print(
-            f"p13n recommend evaluate: skipped {info['rows']} rows ({reason}), e.g. lines {info['first_lines']}",
-            file=sys.stderr,
-        )
+    report_skipped("p13n recommend evaluate", facts.pop("skipped_rows"))
     print(f"p13n recommend evaluate: {json.dumps(facts)}", file=sys.stderr)
     print(json.dumps(out, indent=2))
     return 0

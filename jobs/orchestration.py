@@ -30,6 +30,29 @@ def progress(message: str) -> None:
     print(f"{PROGRESS_MARK} {message}", flush=True)
 
 
+def validate_outputs(tables: dict[str, list | None], what: str) -> dict:
+    """Run the Great Expectations suite of each table (restricted to its `where` filters); warnings
+    are reported, a critical failure fails the task without retries (the data will not change)."""
+    from p13n.session import lake
+    from p13n.sources.expectations import validator
+
+    check = validator(get_settings())
+    failures, warnings, passed = [], [], 0
+    for table, where in tables.items():
+        outcome = check(table, lake().read(table, where=where))
+        passed += outcome.passed
+        failures += [f"{table}: {f}" for f in outcome.critical_failures]
+        warnings += [f"{table}: {w}" for w in outcome.warnings]
+    for w in warnings:
+        progress(f"expectation warning: {w}")
+    if failures:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        raise AirflowFailException(f"{what} failed their expectations: " + "; ".join(failures))
+    progress(f"{what} passed {passed} expectations ({len(warnings)} warnings)")
+    return {"passed": passed, "warnings": len(warnings)}
+
+
 def airflow_env(settings: Settings | None = None, base: dict | None = None) -> dict[str, str]:
     """The environment Airflow runs in for this project: its home, DAGs, SQLite locally, no examples."""
     settings = settings or get_settings()

@@ -57,31 +57,17 @@ def purchase_lines(
         keys,
         [("shopify_customer_id", "customer_id"), ("email_hmac", "email_hmac")],
     )
-    # Lines carry list prices in the order's currency: share the order's USD total out by line value.
-    shop = (
-        shopify_lines.select("order_id", "sku", "quantity", "unit_price")
-        .join(
-            orders.select(
-                "order_id", "customer_id", F.col("created_at").alias("ordered_at"), "channel", "total_usd"
-            ),  # fmt: skip
-            on="order_id",
-            how="inner",
-        )
-        .withColumn("_value", F.col("quantity") * F.col("unit_price"))
-        .withColumn(
-            "amount_usd",
-            F.col("total_usd") * F.col("_value") / F.sum("_value").over(Window.partitionBy("order_id")),
-        )
-        .select(
-            F.concat(F.lit("shopify:"), "order_id").alias("order_id"),
-            F.col("order_id").alias("source_order_id"),
+    shop = _share_out(
+        shopify_lines,
+        orders.select(
+            "order_id",
             "customer_id",
-            "ordered_at",
+            F.col("created_at").alias("ordered_at"),
             "channel",
-            "sku",
-            "quantity",
-            "amount_usd",
-        )  # fmt: skip
+            F.col("total_usd").alias("_total"),
+        ),  # fmt: skip
+        "order_id",
+        "shopify",
     )
     tx = attribute(
         square_transactions,
@@ -92,28 +78,17 @@ def purchase_lines(
             ("phone_hmac", "customer_phone_hmac"),
         ],
     )
-    square = (
-        square_lines.select("transaction_id", "sku", "quantity", "unit_price")
-        .join(
-            tx.select("transaction_id", "customer_id", F.col("created_at").alias("ordered_at"), "total"),
-            on="transaction_id",
-            how="inner",
-        )
-        .withColumn("_value", F.col("quantity") * F.col("unit_price"))
-        .withColumn(
-            "amount_usd",
-            F.col("total") * F.col("_value") / F.sum("_value").over(Window.partitionBy("transaction_id")),
-        )
-        .select(
-            F.concat(F.lit("square:"), "transaction_id").alias("order_id"),
-            F.col("transaction_id").alias("source_order_id"),
+    square = _share_out(
+        square_lines,
+        tx.select(
+            "transaction_id",
             "customer_id",
-            "ordered_at",
+            F.col("created_at").alias("ordered_at"),
             F.lit("store").alias("channel"),
-            "sku",
-            "quantity",
-            "amount_usd",
-        )  # fmt: skip
+            F.col("total").alias("_total"),
+        ),  # fmt: skip
+        "transaction_id",
+        "square",
     )
     legacy = attribute(legacy_sales, keys, [("loyalty_id", "loyalty_id")]).select(
         F.concat(F.lit("legacy:"), "receipt_no").alias("order_id"),
@@ -133,6 +108,27 @@ def purchase_lines(
         .fillna({"category": "unknown", "brand": "unknown"})
         .withColumn("amount_usd", F.round(F.col("amount_usd").cast("double"), 2))
         .select(*LINES)
+    )
+
+
+def _share_out(lines: DataFrame, orders: DataFrame, key: str, system: str) -> DataFrame:
+    """Lines with their order's customer, time and channel; each line's amount is the order's paid
+    total (`_total`: USD, after discounts) shared out by line value, since lines carry list prices."""
+    value = F.col("quantity") * F.col("unit_price")
+    return (
+        lines.select(key, "sku", "quantity", "unit_price")
+        .join(orders, on=key, how="inner")
+        .withColumn("amount_usd", F.col("_total") * value / F.sum(value).over(Window.partitionBy(key)))
+        .select(
+            F.concat(F.lit(f"{system}:"), key).alias("order_id"),
+            F.col(key).alias("source_order_id"),
+            "customer_id",
+            "ordered_at",
+            "channel",
+            "sku",
+            "quantity",
+            "amount_usd",
+        )  # fmt: skip
     )
 
 

@@ -7,50 +7,30 @@ from pathlib import Path
 
 import pandas as pd
 
+from p13n.inputs import InputError, read_csv, set_aside
 from p13n.models import clv
-
-
-class InputError(ValueError):
-    """A transactions file that cannot be used, with the file and the reason."""
 
 
 def read_transactions(path: Path, customer: str, date: str, amount: str) -> tuple[pd.DataFrame, dict]:
     """The usable rows of the file, and the count of rows set aside per reason."""
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
-    try:
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: not a readable CSV file ({exc})") from exc
-    missing = [c for c in (customer, date, amount) if c not in raw.columns]
-    if missing:
-        raise InputError(f"{path}: no column {', '.join(missing)} (the file has: {', '.join(raw.columns)})")
+    raw = read_csv(path, [customer, date, amount])
     tx = pd.DataFrame(
         {
-            "customer": raw[customer].str.strip(),
-            "date": pd.to_datetime(raw[date].str.strip(), format="ISO8601", errors="coerce"),
-            "amount": pd.to_numeric(raw[amount].str.strip(), errors="coerce"),
+            "customer": raw[customer],
+            "date": pd.to_datetime(raw[date], format="ISO8601", errors="coerce"),
+            "amount": pd.to_numeric(raw[amount], errors="coerce"),
         }
     )
-    problems = {
-        "empty customer": tx["customer"] == "",
-        "unparseable date": tx["date"].isna(),
-        "non-numeric amount": tx["amount"].isna(),
-        "negative amount": tx["amount"] < 0,
-    }
-    bad = pd.Series(False, index=tx.index)
-    skipped = {}
-    for reason, mask in problems.items():
-        new = mask & ~bad
-        if new.any():
-            first = [int(i) + 2 for i in tx.index[new][:3]]  # CSV line numbers (after the header)
-            skipped[reason] = {"rows": int(new.sum()), "first_lines": first}
-        bad |= mask
-    good = tx[~bad]
-    if good.empty:
-        reasons = ", ".join(f"{r}: {v['rows']}" for r, v in skipped.items())
-        raise InputError(f"{path}: no usable rows ({reasons})")
-    return good, skipped
+    return set_aside(
+        path,
+        tx,
+        {
+            "empty customer": tx["customer"] == "",
+            "unparseable date": tx["date"].isna(),
+            "non-numeric amount": tx["amount"].isna(),
+            "negative amount": tx["amount"] < 0,
+        },
+    )
 
 
 def fit_file(

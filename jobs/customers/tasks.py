@@ -63,24 +63,10 @@ def model_task(model: str, ds: str) -> dict:
 
 def validate_task(ds: str) -> dict:
     """The gold suites on this run's partitions; a critical failure fails the task."""
-    from p13n.session import lake
-    from p13n.sources.expectations import validator
+    from p13n.orchestration import validate_outputs
 
-    check = validator(get_settings())
-    failures, warnings, passed = [], [], 0
-    for table in SUITES:
-        outcome = check(table, lake().read(table, where=[("as_of_date", "=", dt.date.fromisoformat(ds))]))
-        passed += outcome.passed
-        failures += [f"{table}: {f}" for f in outcome.critical_failures]
-        warnings += [f"{table}: {w}" for w in outcome.warnings]
-    for w in warnings:
-        progress(f"expectation warning: {w}")
-    if failures:
-        from airflow.sdk.exceptions import AirflowFailException
-
-        raise AirflowFailException("customer tables failed their expectations: " + "; ".join(failures))
-    progress(f"customer outputs passed {passed} expectations ({len(warnings)} warnings)")
-    return {"passed": passed, "warnings": len(warnings)}
+    where = [("as_of_date", "=", dt.date.fromisoformat(ds))]
+    return validate_outputs(dict.fromkeys(SUITES, where), "customer outputs")
 
 
 def person_traits(settings: Settings, lk):

@@ -46,30 +46,14 @@ def resolve_task(ds: str) -> dict:
 
 def validate_task(ds: str) -> dict:
     """Run the gold suites on this run's identity outputs; a critical failure fails the task."""
-    from p13n.session import lake
-    from p13n.sources.expectations import validator
+    from p13n.orchestration import validate_outputs
 
-    settings = get_settings()
-    check = validator(settings)
-    failures, warnings, passed = [], [], 0
-    for table in GOLD_SUITES:
-        where = None
-        if table == "gold.identity_graph":
-            where = [("run_date", "=", dt.date.fromisoformat(ds))]
-        elif table == "gold.identity_changes":
-            where = [("change_date", "=", dt.date.fromisoformat(ds))]
-        outcome = check(table, lake().read(table, where=where))
-        passed += outcome.passed
-        failures += [f"{table}: {f}" for f in outcome.critical_failures]
-        warnings += [f"{table}: {w}" for w in outcome.warnings]
-    for w in warnings:
-        progress(f"expectation warning: {w}")
-    if failures:
-        from airflow.sdk.exceptions import AirflowFailException
-
-        raise AirflowFailException("gold identity tables failed their expectations: " + "; ".join(failures))
-    progress(f"identity outputs passed {passed} expectations ({len(warnings)} warnings)")
-    return {"passed": passed, "warnings": len(warnings)}
+    day = dt.date.fromisoformat(ds)
+    where = {
+        "gold.identity_graph": [("run_date", "=", day)],
+        "gold.identity_changes": [("change_date", "=", day)],
+    }
+    return validate_outputs({t: where.get(t) for t in GOLD_SUITES}, "identity outputs")
 
 
 def log_to_mlflow(settings: Settings, out) -> None:

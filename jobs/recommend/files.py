@@ -10,55 +10,39 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
+from p13n.inputs import InputError, read_csv, set_aside
 from p13n.models import evaluation as ev
 from p13n.models.recommenders import Blend, BuyAgain, ImplicitALS, Interactions, ItemSimilarity, Popularity
 
 ALS_GRID = {"factors": [32, 64], "regularization": [0.01, 0.1], "alpha": [5.0, 20.0]}
 
 
-class InputError(ValueError):
-    """An interactions file that cannot be used, with the file and the reason."""
-
-
 def read_interactions(
     path: Path, user: str, item: str, time: str, weight: str | None
 ) -> tuple[pd.DataFrame, dict]:
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
-    try:
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: not a readable CSV file ({exc})") from exc
-    missing = [c for c in (user, item, time, weight) if c and c not in raw.columns]
-    if missing:
-        raise InputError(f"{path}: no column {', '.join(missing)} (the file has: {', '.join(raw.columns)})")
+    """The usable rows of the file, and the count of rows set aside per reason."""
+    raw = read_csv(path, [c for c in (user, item, time, weight) if c])
     df = pd.DataFrame(
         {
-            "user": raw[user].str.strip(),
-            "item": raw[item].str.strip(),
-            "time": pd.to_datetime(raw[time].str.strip(), utc=True, errors="coerce", format="mixed"),
+            "user": raw[user],
+            "item": raw[item],
+            "time": pd.to_datetime(raw[time], utc=True, errors="coerce", format="mixed"),
             "weight": pd.to_numeric(raw[weight], errors="coerce") if weight else 1.0,
         }
     )
-    problems = {
-        "empty user": df["user"] == "",
-        "empty item": df["item"] == "",
-        "unparseable time": df["time"].isna(),
-        "non-numeric weight": df["weight"].isna(),
-        "non-positive weight": df["weight"] <= 0,
-    }
-    bad, skipped = pd.Series(False, index=df.index), {}
-    for reason, mask in problems.items():
-        new = mask & ~bad
-        if new.any():
-            skipped[reason] = {"rows": int(new.sum()), "first_lines": [int(i) + 2 for i in df.index[new][:3]]}
-        bad |= mask
-    if (~bad).sum() == 0:
-        raise InputError(f"{path}: no usable rows")
-    return df[~bad].reset_index(drop=True), skipped
+    return set_aside(
+        path,
+        df,
+        {
+            "empty user": df["user"] == "",
+            "empty item": df["item"] == "",
+            "unparseable time": df["time"].isna(),
+            "non-numeric weight": df["weight"].isna(),
+            "non-positive weight": df["weight"] <= 0,
+        },
+    )
 
 
 def tune_als(train: pd.DataFrame, k: int, seed: int = 13) -> dict:
@@ -133,4 +117,4 @@ def evaluate_file(
 ) -> tuple[dict, dict]:
     df, skipped = read_interactions(path, user, item, time, weight)
     out, facts = evaluate_models(df, k)
-    return out, facts | {"skipped_rows": skipped, "k": k, "seed_rows": int(np.int64(len(df)))}
+    return out, facts | {"skipped_rows": skipped, "k": k, "rows": len(df)}
