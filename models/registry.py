@@ -101,17 +101,43 @@ def load_champion(name: str, flavor: str = "sklearn"):
     return mlflow.pyfunc.load_model(uri).unwrap_python_model()
 
 
+def _version_for(name: str, run_key: str):
+    """The version an earlier run with the same key registered (a rerun of the same date and inputs)."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = MlflowClient().search_model_versions(f"name='{name}'")
+    except MlflowException:
+        return None
+    return next((v for v in versions if v.tags.get("run_key") == run_key), None)
+
+
 def register_and_gate(
     name: str,
     model_uri: str,
     challenger: dict,
     champion: dict | None,
     rules: dict[str, GateRule],
+    run_key: str | None = None,
 ) -> Decision:
-    """Register the active run's model as a version of `name`; promote it if it passes the gate."""
+    """Register the active run's model as a version of `name`; promote it if it passes the gate.
+
+    With a `run_key` (the date and input table versions), a rerun finds the version its first run
+    registered and keeps that decision, so rerunning a date changes neither the registry nor the scores.
+    """
     import mlflow
     from mlflow import MlflowClient
 
+    earlier = _version_for(name, run_key) if run_key else None
+    if earlier is not None:
+        passed = earlier.tags.get("gate") == "passed"
+        reasons = [f"rerun of {run_key}: keeps version {earlier.version}'s decision"]
+        current = champion_version(name)
+        mlflow.set_tags({"gate.decision": "rerun", "gate.model_version": str(earlier.version)})
+        return Decision(
+            name, str(earlier.version), passed, str(current.version) if current else None, reasons
+        )
     current = champion_version(name)
     version = mlflow.register_model(model_uri, name)
     passed, reasons = decide(challenger, champion if current else None, rules)
@@ -121,6 +147,8 @@ def register_and_gate(
     client = MlflowClient()
     client.set_model_version_tag(name, version.version, "gate", "passed" if passed else "failed")
     client.set_model_version_tag(name, version.version, "gate.reasons", "; ".join(reasons)[:4000])
+    if run_key:
+        client.set_model_version_tag(name, version.version, "run_key", run_key)
     if passed:
         client.set_registered_model_alias(name, CHAMPION, version.version)
     mlflow.set_tags(

@@ -188,3 +188,27 @@ def test_worse_challenger_is_not_promoted(tmp_path):
     assert client.get_run(run_id).data.tags["gate.decision"] == "rejected"
     logged = mlflow.artifacts.load_dict(f"runs:/{run_id}/gate.json")
     assert logged["promoted"] is False and logged["champion"]["roc_auc"] > logged["challenger"]["roc_auc"]
+
+
+def test_a_rerun_keeps_its_first_runs_version(tmp_path):
+    import mlflow
+
+    from p13n.models.registry import log_sklearn, register_and_gate
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    mlflow.set_experiment("rerun-test")
+    train = _churn_data(800, 1)
+    model = churn.train_churn(train, train["churned"])
+    rules = {"roc_auc": GateRule(True, 0.01)}
+    versions = []
+    for _attempt in range(2):
+        with mlflow.start_run():
+            info = log_sklearn(model)
+            versions.append(
+                register_and_gate(
+                    "rerun-test", info.model_uri, {"roc_auc": 0.8}, None, rules, "2024-03-01:abc"
+                )
+            )
+    assert [d.version for d in versions] == ["1", "1"] and all(d.promoted for d in versions)
+    assert "rerun of 2024-03-01:abc" in versions[1].reasons[0]
+    assert len(mlflow.MlflowClient().search_model_versions("name='rerun-test'")) == 1

@@ -71,6 +71,13 @@ class Activity:
     loyalty: DataFrame
     versions: dict[str, int]
 
+    def run_key(self, as_of: dt.date) -> str:
+        """The date and the versions of every input: what a rerun has in common with its first run."""
+        import hashlib
+
+        inputs = ",".join(f"{t}@{v}" for t, v in sorted(self.versions.items()))
+        return f"{as_of}:{hashlib.sha256(inputs.encode()).hexdigest()[:16]}"
+
     def features(self, as_of: dt.date) -> DataFrame:
         return build_features(
             self.customers, self.lines, self.events, self.messages, self.returns, self.loyalty, as_of
@@ -231,7 +238,9 @@ def score_churn(
         mlflow.log_dict({k: metrics[k] for k in ("calibration", "gains")}, "evaluation.json")
         _save_figure(mlflow, _churn_figure(metrics), "churn_lift_and_calibration.png")
         info = log_sklearn(model)
-        decision = register_and_gate(name, info.model_uri, scalars, champ, _rules(settings, "churn"))
+        decision = register_and_gate(
+            name, info.model_uri, scalars, champ, _rules(settings, "churn"), activity.run_key(as_of)
+        )
     progress(decision.summary())
     scorer = _champion_or_fail(name, "sklearn", decision)
     today = read_features(lake, as_of)
@@ -383,7 +392,9 @@ def score_clv(
         info = mlflow.pyfunc.log_model(
             name="model", python_model=_pyfunc(model), pip_requirements=["scipy", "pandas"]
         )
-        decision = register_and_gate(name, info.model_uri, metrics, champ, _rules(settings, "clv"))
+        decision = register_and_gate(
+            name, info.model_uri, metrics, champ, _rules(settings, "clv"), activity.run_key(as_of)
+        )
         scorer = _champion_or_fail(name, "pyfunc", decision).inner
         scored = scorer.score(summary)
         _save_figure(mlflow, _clv_figure(scored, holdout, scorer), "clv_distribution_and_holdout.png")
@@ -466,7 +477,9 @@ def segment_customers(
         _log_inputs(mlflow, activity, as_of, {"k_range": str(cfg.cluster_k), "chosen_k": k})
         mlflow.log_metrics(metrics | {f"silhouette_k{kk}": v for kk, v in scores.items()})
         info = log_sklearn(pipeline)
-        decision = register_and_gate(name, info.model_uri, metrics, champ, _rules(settings, "segments"))
+        decision = register_and_gate(
+            name, info.model_uri, metrics, champ, _rules(settings, "segments"), activity.run_key(as_of)
+        )
         scorer = _champion_or_fail(name, "sklearn", decision)
         clusters = seg_model.assign_clusters(scorer, f)
         personas = seg_model.personas(f, clusters)
