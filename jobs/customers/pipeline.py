@@ -39,6 +39,10 @@ from p13n.runctx import RunContext
 FEATURES_TABLE, AFFINITIES_TABLE = "gold.customer_features", "gold.customer_affinities"
 CHURN, CLV, SEGMENTS, SEND_TIMES = "gold.churn_scores", "gold.clv", "gold.segments", "gold.send_times"
 MODEL_RUNS = "ops.model_runs"
+MODEL_RUNS_SCHEMA = (
+    "model string, as_of_date date, version string, promoted boolean, champion_version string, reasons string, "
+    "metrics string, rows long"
+)
 INPUTS = {
     "keys": "gold.identity_keys",
     "profiles": "gold.customer_profiles",
@@ -177,14 +181,15 @@ def _write_model_run(lake: Lake, out: ModelRun, run: RunContext | None) -> None:
             }
         ]
     )
-    df = lake.spark.createDataFrame(row)
-    existing = lake.exists(MODEL_RUNS)
-    if existing:
-        keep = lake.read(MODEL_RUNS, where=[("as_of_date", "=", out.as_of)]).filter(
-            F.col("model") != out.model
-        )
-        df = keep.unionByName(df.select(*keep.columns))
-    lake.replace_partition(MODEL_RUNS, df, "as_of_date", out.as_of, run=run)
+    # Each model owns its (date, model) partition: churn and CLV run in parallel without a read-modify-write.
+    lake.write(
+        MODEL_RUNS,
+        lake.spark.createDataFrame(row, MODEL_RUNS_SCHEMA),
+        mode="overwrite",
+        partition_by=["as_of_date", "model"],
+        replace_where={"as_of_date": out.as_of, "model": out.model},
+        run=run,
+    )
 
 
 def _later_orders(activity: Activity, start: dt.date, days: int) -> pd.Series:
