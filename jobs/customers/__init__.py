@@ -1,0 +1,1 @@
+"""Customer intelligence on the lake: attributed activity, features, and the IO around the customer models."""

@@ -1,0 +1,1 @@
+"""Recommendations: training, evaluation and (to come) the lake pipeline around `p13n.models.recommenders`."""
