@@ -118,8 +118,8 @@ def build_customer_features(
     features = activity.features(as_of).cache()
     n = lake.replace_partition(FEATURES_TABLE, features, "as_of_date", as_of, run=run).rows_written
     lake.replace_partition(AFFINITIES_TABLE, affinities(activity.lines, as_of), "as_of_date", as_of, run=run)
-    attributed = activity.lines.filter(F.col("ordered_at") < F.lit(interval_end(as_of)))
-    share = attributed.select(F.avg(F.col("customer_id").isNull().cast("double"))).first()[0]
+    sold = activity.lines.filter(F.col("ordered_at") < F.lit(interval_end(as_of)))
+    share = sold.select(F.avg(F.col("customer_id").isNull().cast("double"))).first()[0]
     buyers = features.filter("orders_total > 0").count()
     features.unpersist()
     return {"customers": n, "buyers": buyers, "unattributed_line_share": round(float(share or 0.0), 4)}
