@@ -67,6 +67,14 @@ def test_score_customers_dag_writes_every_table(spark, settings, tmp_path):
             again.sort_values(key).reset_index(drop=True).equals(rows.sort_values(key).reset_index(drop=True))
         ), table
 
+    # The next day's CLV model is judged against the champion the DAG promoted, in the same store.
+    from p13n.customers.pipeline import read_activity, score_clv
+
+    nxt = score_clv(lake, s, read_activity(lake), DAY + dt.timedelta(days=1), progress=lines.append)
+    assert nxt.decision.champion_version == "1" and nxt.decision.version == "2"
+    assert "champion's" in nxt.decision.reasons[0]
+    assert (tmp_path / "mlflow" / "mlflow.db").exists()
+
 
 def _check_customer_tables(lake, day, lines):
     profiles = lake.read("gold.customer_profiles").count()

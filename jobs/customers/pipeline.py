@@ -216,6 +216,8 @@ def score_churn(
 
     from p13n.tracking import use_experiment
 
+    use_experiment(settings, "churn")  # first: the champion is looked up in this store
+
     cfg = settings.customers
     w = cfg.churn_horizon_days
     train_at, eval_at = as_of - dt.timedelta(days=2 * w), as_of - dt.timedelta(days=w)
@@ -234,7 +236,6 @@ def score_churn(
     champ = _champion_metrics(
         name, lambda m: churn_model.evaluate_churn(ev["churned"], churn_model.predict_churn(m, ev))
     )
-    use_experiment(settings, "churn")
     with mlflow.start_run(run_name=f"churn {as_of}"):
         _log_inputs(mlflow, activity, as_of, {"horizon_days": w, "train_cutoff": train_at, "eval_cutoff": eval_at,
                                               "train_customers": len(sets["train"])})  # fmt: skip
@@ -374,6 +375,8 @@ def score_clv(
 
     from p13n.tracking import use_experiment
 
+    use_experiment(settings, "clv")  # first: the champion is looked up in this store
+
     cfg = settings.customers
     history = _order_history(activity, as_of)
     cal_end = as_of - dt.timedelta(days=cfg.clv_holdout_days)
@@ -386,7 +389,6 @@ def score_clv(
     name = _registered(settings, "clv")
     champ = _champion_metrics(name, lambda m: _clv_metrics(m, holdout), flavor="pyfunc")
     summary = clv_model.summarize(history, "customer_id", "date", "amount_usd", as_of, as_of)
-    use_experiment(settings, "clv")
     with mlflow.start_run(run_name=f"clv {as_of}"):
         _log_inputs(mlflow, activity, as_of, {"calibration_end": cal_end, "holdout_days": cfg.clv_holdout_days,
                                               "months": cfg.clv_months, "monthly_discount": cfg.clv_monthly_discount})  # fmt: skip
@@ -471,13 +473,14 @@ def segment_customers(
 
     from p13n.tracking import use_experiment
 
+    use_experiment(settings, "segments")  # first: the champion is looked up in this store
+
     cfg = settings.customers
     f = read_features(lake, as_of)
     pipeline, k, scores = seg_model.train_clusters(f, tuple(cfg.cluster_k), seed=cfg.seed)
     metrics = {"k": k, "silhouette": round(seg_model.silhouette(pipeline, f, seed=cfg.seed), 4)}
     name = _registered(settings, "segments")
     champ = _champion_metrics(name, lambda m: {"silhouette": seg_model.silhouette(m, f, seed=cfg.seed)})
-    use_experiment(settings, "segments")
     with mlflow.start_run(run_name=f"segments {as_of}"):
         _log_inputs(mlflow, activity, as_of, {"k_range": str(cfg.cluster_k), "chosen_k": k})
         mlflow.log_metrics(metrics | {f"silhouette_k{kk}": v for kk, v in scores.items()})
