@@ -171,6 +171,8 @@ def _cmd_clv(args: argparse.Namespace) -> int:
 
 
 def _cmd_recommend(args: argparse.Namespace) -> int:
+    if args.action == "run":
+        return _cmd_recommend_run(args)
     from p13n.inputs import InputError, report_skipped
     from p13n.recommend.files import evaluate_file
 
@@ -189,6 +191,17 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
     report_skipped("p13n recommend evaluate", facts.pop("skipped_rows"))
     print(f"p13n recommend evaluate: {json.dumps(facts)}", file=sys.stderr)
     print(json.dumps(out, indent=2))
+    return 0
+
+
+def _cmd_recommend_run(args: argparse.Namespace) -> int:
+    """What the recommend_products DAG does, in one process."""
+    from p13n.recommend import tasks
+
+    steps = args.steps.split(",")
+    for step in ("interactions", "train", "lists", "validate"):
+        if step in steps:
+            getattr(tasks, f"{step}_task")(args.date)
     return 0
 
 
@@ -382,6 +395,16 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--time-column", required=True)
     a.add_argument("--weight-column", default=None, help="positive weights (default: every interaction 1)")
     a.add_argument("--k", type=int, default=10)
+    a = rec_sub.add_parser(
+        "run",
+        help="recommendations on the lake for a date (what the recommend_products DAG does)",
+        description="Builds gold.interactions, tunes, evaluates and gates the recipe in MLflow, writes every list "
+        "(gold.recommendations, item_similarity, bought_together, trending, popular_items) and validates them.",
+    )
+    a.add_argument("--date", required=True, help="as-of date (YYYY-MM-DD); gold.segments must have it")
+    a.add_argument(
+        "--steps", default="interactions,train,lists,validate", help="comma-separated subset of the steps"
+    )
     p.set_defaults(handler=_cmd_recommend)
 
     p = sub.add_parser(

@@ -145,6 +145,65 @@ class CustomerSettings(_Section):
     seed: int = 13
 
 
+class RecommendSettings(_Section):
+    """Recommendations (`p13n.recommend`): see the `recommend:` section of conf/base.yaml."""
+
+    engine: Literal["implicit", "spark"] = "implicit"
+    # Interaction weight per kind of event (returns count against the item) and the half-life of decay.
+    weights: dict[str, float] = Field(
+        default_factory=lambda: {
+            "purchase": 5.0,
+            "add_to_cart": 3.0,
+            "wishlist": 2.0,
+            "product_view": 1.0,
+            "return": -5.0,
+        }  # fmt: skip
+    )
+    half_life_days: float = Field(90.0, gt=0)
+    history_days: int = Field(365, gt=0)
+    # ALS grid searched on a validation split of the training data (every combination is fitted).
+    als_grid: dict[str, list[float]] = Field(
+        default_factory=lambda: {"factors": [32, 64], "regularization": [0.01, 0.1], "alpha": [5.0, 20.0]}
+    )
+    als_iterations: int = Field(15, gt=0)
+    # Blend of the personalized list: reciprocal-rank fusion weight per component.
+    blend: dict[str, float] = Field(
+        default_factory=lambda: {
+            "als": 1.0,
+            "item_similarity": 1.0,
+            "buy_again": 1.5,
+            "bought_together": 0.5,
+            "popular_in_segment": 0.3,
+            "trending": 0.2,
+        }  # fmt: skip
+    )
+    list_sizes: dict[str, int] = Field(
+        default_factory=lambda: {
+            "personalized": 20,
+            "buy_again": 10,
+            "recently_viewed": 10,
+            "popular_in_segment": 10,
+            "similar_items": 10,
+            "bought_together": 10,
+            "trending": 20,
+            "popular": 50,
+        }  # fmt: skip
+    )
+    max_per_brand: int = Field(4, gt=0)
+    max_per_category: int = Field(8, gt=0)
+    # Stock: an item is recommendable when this location's latest snapshot has it on hand
+    # (null: any location); items the inventory feed does not track are assumed available.
+    stock_location: str | None = "DC-WEB"
+    recently_viewed_days: int = Field(30, gt=0)
+    trending_days: int = Field(7, gt=0)
+    trending_baseline_days: int = Field(28, gt=0)
+    popular_days: int = Field(90, gt=0)
+    bought_together_min_support: int = Field(2, gt=0)
+    k: int = Field(10, gt=0)  # the cut-off of the offline metrics
+    gates: dict[str, GateSettings] = Field(default_factory=dict)
+    seed: int = 13
+
+
 class Settings(_Section):
     env: str = "local"
     data_dir: Path = Path("data")
@@ -155,6 +214,7 @@ class Settings(_Section):
     sources: SourcesSettings = Field(default_factory=SourcesSettings)
     identity: IdentitySettings = Field(default_factory=IdentitySettings)
     customers: CustomerSettings = Field(default_factory=CustomerSettings)
+    recommend: RecommendSettings = Field(default_factory=RecommendSettings)
 
     @field_validator("data_dir")
     @classmethod

@@ -125,10 +125,11 @@ def run_pipeline(customers: int = 2000, days: int = 2, seed: int = 42, history_d
         with console.status("preparing Airflow (metadata database)…"):
             ensure_airflow_db(env, log)
         # Each night: ingestion, then identity resolution on what it landed; the customers are scored
-        # as of the last night (each night's scoring is the same DAG run for that date: `make run`
-        # shows one, to stay short); maintenance at the end.
+        # and recommendations computed as of the last night (each night's is the same DAG run for
+        # that date: `make run` shows one, to stay short); maintenance at the end.
         plan = [(dag, d) for d in dates for dag in ("ingest_sources", "resolve_identities")]
         plan.append(("score_customers", dates[-1]))
+        plan.append(("recommend_products", dates[-1]))
         plan.append(("lake_maintenance", dates[-1]))
         for dag_id, day in plan:
             console.print(f"[cyan]DAG {dag_id}[/] {day}")
@@ -144,6 +145,7 @@ def run_pipeline(customers: int = 2000, days: int = 2, seed: int = 42, history_d
     _print_ingest_summary(console, settings, dates)
     _print_identity_summary(console, settings)
     _print_customer_summary(console, settings, dates[-1])
+    _print_recommendation_summary(console, settings, dates[-1])
     _print_summary(console, settings, dates[-1], log)
     return 0
 
@@ -267,11 +269,12 @@ def _print_customer_summary(console, settings, day: str) -> None:
         f"select model, version, promoted, reasons, metrics from delta_scan('{root}/ops/model_runs') "
         f"where as_of_date = '{day}' order by model"
     ).fetchall()
-    table = Table("model", "version", "champion?", "metrics", "gate", title=f"Customer models as of {day}")
+    table = Table("model", "version", "champion?", "metrics", "gate", title=f"Models as of {day}")
     shown = {
         "churn": ("roc_auc", "pr_auc", "brier", "lift_top_decile"),
         "clv": ("holdout_mae", "holdout_rmse", "holdout_aggregate_error"),
         "segments": ("k", "silhouette", "send_hour_accuracy_1h"),
+        "recommend": ("ndcg_at_k", "lift_over_popularity", "test_customers"),
     }
     for model, version, promoted, reasons, metrics in runs:
         m = json.loads(metrics)
@@ -294,6 +297,47 @@ def _print_customer_summary(console, settings, day: str) -> None:
             p = personas[i] if i < len(personas) else ("", "")
             table.add_row(s[0], f"{s[1]:,}" if s[1] != "" else "", p[0], f"{p[1]:,}" if p[1] != "" else "")
         console.print(table)
+
+
+def _print_recommendation_summary(console, settings, day: str) -> None:
+    """Lists per type and where the personalized items came from; one customer's list with reasons."""
+    from rich.table import Table
+
+    from p13n.lake.duck import duckdb_connection
+
+    recs = Path(settings.lake_root) / "gold" / "recommendations"
+    if not recs.exists():
+        return
+    con = duckdb_connection()
+    scan = f"delta_scan('{recs}') where as_of_date = '{day}'"
+    table = Table(
+        "list", "customers", "items per customer", "from (source: rows)", title=f"Recommendations as of {day}"
+    )
+    for list_type, customers, per in con.sql(
+        f"select list_type, count(distinct customer_id), round(count(*) / count(distinct customer_id), 1) from {scan} "
+        "group by 1 order by 1"
+    ).fetchall():
+        sources = con.sql(
+            f"select source, count(*) from {scan} and list_type = '{list_type}' group by 1 order by 2 desc"
+        ).fetchall()
+        table.add_row(list_type, f"{customers:,}", str(per), ", ".join(f"{s}: {n:,}" for s, n in sources))
+    console.print(table)
+    sample = (
+        con.sql(
+            f"select customer_id from {scan} and list_type = 'buy_again' order by customer_id limit 1"
+        ).fetchall()
+        or con.sql(f"select customer_id from {scan} order by customer_id limit 1").fetchall()
+    )
+    if sample:
+        who = sample[0][0]
+        rows = con.sql(
+            f"select rank, sku, source, reason from {scan} and list_type = 'personalized' and customer_id = '{who}' "
+            "order by rank limit 8"
+        ).fetchall()
+        example = Table("rank", "sku", "source", "reason", title=f"Personalized list of {who} (first 8)")
+        for r in rows:
+            example.add_row(*(str(v) for v in r))
+        console.print(example)
 
 
 def _print_summary(console, settings, logical_date: str, log: Path) -> None:

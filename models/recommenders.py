@@ -26,10 +26,18 @@ class Interactions:
 
     @classmethod
     def from_frame(
-        cls, df: pd.DataFrame, user="user", item="item", weight: str | None = None
+        cls,
+        df: pd.DataFrame,
+        user="user",
+        item="item",
+        weight: str | None = None,
+        users: pd.Index | None = None,
+        items: pd.Index | None = None,
     ) -> Interactions:
-        users = pd.Index(df[user].unique())
-        items = pd.Index(df[item].unique())
+        """The matrix of a long frame; with `users`/`items` given, rows and columns follow them (ids
+        absent from them must not occur in the frame)."""
+        users = pd.Index(df[user].unique()) if users is None else users
+        items = pd.Index(df[item].unique()) if items is None else items
         w = df[weight].to_numpy(float) if weight else np.ones(len(df))
         m = sparse.csr_matrix(
             (w, (users.get_indexer(df[user]), items.get_indexer(df[item]))), shape=(len(users), len(items))
@@ -64,7 +72,10 @@ def _top_k(scores: np.ndarray, users: np.ndarray, k: int, seen: sparse.csr_matri
     return out[np.isfinite(out["score"]) & (out["score"] > 0)].reset_index(drop=True)
 
 
-def _batched(users: np.ndarray, k: int, score_fn, seen, batch: int = 2048) -> pd.DataFrame:
+def _batched(users: np.ndarray, k: int, score_fn, seen, batch: int | None = None) -> pd.DataFrame:
+    if batch is None:  # a dense users × items block of at most ~16M scores (128 MB) at a time
+        n_items = seen.shape[1] if seen is not None else 50_000
+        batch = int(np.clip(16_000_000 // max(n_items, 1), 32, 2048))
     parts = [
         _top_k(score_fn(users[i : i + batch]), users[i : i + batch], k, seen)
         for i in range(0, len(users), batch)

@@ -1,5 +1,5 @@
-"""Customer intelligence end to end: `airflow dags test score_customers` on a lake built from generated
-data with a year of purchase history (ingested and resolved in-process; `test_ingest_dag` covers the
+"""Customer intelligence and recommendations end to end: `airflow dags test score_customers`, then
+`recommend_products`, on a lake built from generated data with a year of purchase history (ingested and resolved in-process; `test_ingest_dag` covers the
 ingestion DAG itself). Real Spark, Delta, the embedded Kafka broker, fakesnow, Great Expectations and
 MLflow on SQLite throughout."""
 
@@ -25,16 +25,15 @@ pytestmark = [pytest.mark.airflow, pytest.mark.spark]
 DAY = dt.date(2024, 3, 1)
 
 
-@pytest.mark.timeout(1200)
-def test_score_customers_dag_writes_every_table(spark, settings, tmp_path):
+@pytest.mark.timeout(1800)
+def test_score_customers_and_recommend_products_dags_write_every_table(spark, settings, tmp_path):
     s = settings.model_copy(update={"data_dir": tmp_path})
     catalog = load_catalog()
     generate(catalog, tmp_path, customers=500, days=1, seed=4, start=DAY, bad_rate=0.005, history_days=400)
     load_warehouse(s, catalog)
     lake = Lake(spark, s.lake, s.lake_root)
-    needed = set(s.identity.sources) | {
-        t.split(".", 1)[1] for t in INPUTS.values() if t.startswith("silver.")
-    }
+    needed = set(s.identity.sources) | {"wishlists", "inventory_snapshots"}
+    needed |= {t.split(".", 1)[1] for t in INPUTS.values() if t.startswith("silver.")}
     broker = EmbeddedBroker().start()
     try:
         s = s.model_copy(
@@ -66,6 +65,16 @@ def test_score_customers_dag_writes_every_table(spark, settings, tmp_path):
         assert (
             again.sort_values(key).reset_index(drop=True).equals(rows.sort_values(key).reset_index(drop=True))
         ), table
+
+    ok, _ = run_dag("recommend_products", DAY.isoformat(), env, log, echo=lines.append)
+    assert ok, log.read_text()[-4000:]
+    _check_recommendation_tables(lake, DAY, lines)
+    first = lake.read("gold.recommendations", where=[("as_of_date", "=", DAY)]).toPandas()
+    ok, _ = run_dag("recommend_products", DAY.isoformat(), env, log, echo=lines.append)
+    assert ok, log.read_text()[-4000:]
+    again = lake.read("gold.recommendations", where=[("as_of_date", "=", DAY)]).toPandas()
+    key = ["customer_id", "list_type", "rank"]
+    assert again.sort_values(key).reset_index(drop=True).equals(first.sort_values(key).reset_index(drop=True))
 
     # The next day's CLV model is judged against the champion the DAG promoted, in the same store.
     from p13n.customers.pipeline import read_activity, score_clv
@@ -108,3 +117,40 @@ def _check_customer_tables(lake, day, lines):
     assert all(r.promoted and r.version == "1" for r in runs.values())  # first models: champions
     assert json.loads(runs["churn"].metrics)["roc_auc"] > 0.6
     assert any("customer outputs passed" in line for line in lines)
+
+
+def _check_recommendation_tables(lake, day, lines):
+    where = [("as_of_date", "=", day)]
+    profiles = lake.read(
+        "gold.customer_profiles", columns=["customer_id", "consent_personalization"]
+    ).toPandas()
+    recs = lake.read("gold.recommendations", where=where).toPandas()
+    pers = recs[recs["list_type"] == "personalized"]
+    # every customer gets a full personalized list; objectors only the non-personal popular list
+    assert set(pers["customer_id"]) == set(profiles["customer_id"])
+    assert (pers.groupby("customer_id").size() == 20).all()
+    objectors = set(profiles.loc[profiles["consent_personalization"] == "revoked", "customer_id"])
+    assert objectors and set(pers.loc[pers["customer_id"].isin(objectors), "source"]) == {"popular"}
+    assert not set(recs.loc[recs["list_type"] != "personalized", "customer_id"]) & objectors
+    assert {"als", "item_similarity", "buy_again"} <= set(pers["source"])
+    assert set(recs["list_type"]) == {"personalized", "buy_again", "recently_viewed", "popular_in_segment"}
+    assert recs["reason"].str.len().gt(0).all()
+    # non-repeatable items a customer bought are never recommended back to them
+    products = lake.read("silver.products", columns=["sku", "repeatable"]).toPandas()
+    inter = lake.read("gold.interactions", where=where).toPandas()
+    bought = inter[inter["purchases"] > 0].merge(products, on="sku")
+    once = bought.loc[~bought["repeatable"], ["customer_id", "sku"]]
+    assert once.merge(pers, on=["customer_id", "sku"]).empty
+    # out-of-stock items (nothing on hand at the web warehouse on the day) are never recommended
+    inv = lake.read("silver.inventory_snapshots").toPandas()
+    inv = inv[(inv["location_id"] == "DC-WEB") & (inv["snapshot_date"] == inv["snapshot_date"].max())]
+    out = set(inv.loc[inv["on_hand"] == 0, "sku"])
+    assert out and not out & set(recs["sku"])
+    similar = lake.read("gold.item_similarity", where=where).toPandas()
+    assert similar.groupby("sku").size().min() == 10 and set(similar["basis"]) == {"behaviour", "content"}
+    assert len(lake.read("gold.bought_together", where=where).toPandas()) > 0
+    assert "all" in set(lake.read("gold.trending", where=where).toPandas()["scope"])
+    run = lake.read("ops.model_runs", where=where + [("model", "=", "recommend")]).collect()[0]
+    metrics = json.loads(run.metrics)
+    assert run.promoted and metrics["lift_over_popularity"] > 1.0
+    assert any("recommendation outputs passed" in line for line in lines)

@@ -1,8 +1,8 @@
-"""`p13n bench customers`: the customer-intelligence step at 100k customers, with its model quality.
+"""`p13n bench customers`: customer intelligence and recommendations at 100k customers, with quality.
 
 Generates the retailer (default 100,000 customers, one day after a year of purchase history),
 ingests every source the step reads into a scratch lake (no expectations: not what is measured),
-resolves identities, then runs features, churn, CLV and segments as the DAG does. Reports each
+resolves identities, then runs features, churn, CLV, segments and recommendations as the DAGs do. Reports each
 stage's seconds, the churn model's ROC-AUC/PR-AUC, the CLV holdout errors, the clusters chosen (their
 personas are printed), the send-time accuracy against the generated favourite hours, and peak memory.
 """
@@ -28,6 +28,8 @@ def bench_customers(rows: int | None = None, reps: int = 1, keep: bool = False) 
     from p13n.identity.pipeline import resolve_identities
     from p13n.identity.tasks import load_truth
     from p13n.lake import Lake
+    from p13n.recommend import pipeline as recommend
+    from p13n.recommend.tasks import evaluation_table
     from p13n.services.kafka import EmbeddedBroker
     from p13n.sources.catalog import catalog
     from p13n.sources.ingest import ingest_batch
@@ -41,9 +43,8 @@ def bench_customers(rows: int | None = None, reps: int = 1, keep: bool = False) 
     settings = base.model_copy(update={"data_dir": Path(work)})
     day = dt.date(2024, 3, 1)
     figures: dict = {"customers_generated": customers, "history_days": HISTORY_DAYS}
-    needed = set(settings.identity.sources) | {
-        t.split(".", 1)[1] for t in pipeline.INPUTS.values() if t.startswith("silver.")
-    }
+    needed = set(settings.identity.sources) | {"wishlists", "inventory_snapshots"}
+    needed |= {t.split(".", 1)[1] for t in pipeline.INPUTS.values() if t.startswith("silver.")}
 
     def stage(name: str, fn):
         t = time.perf_counter()
@@ -94,6 +95,18 @@ def bench_customers(rows: int | None = None, reps: int = 1, keep: bool = False) 
             seg = stage(
                 "segments", lambda: pipeline.segment_customers(lake, settings, activity, day, truth=truth)
             )
+            data = stage("recommend_read", lambda: recommend.read_data(lake, settings, day))
+            stage("interactions", lambda: recommend.build_interactions(lake, data, settings, day))
+            rec, recipe, table = stage(
+                "recommend_train", lambda: recommend.train_recommender(lake, settings, data, day)
+            )
+            listed = stage(
+                "recommend_lists", lambda: recommend.build_lists(lake, settings, data, recipe, day)
+            )
+        print(evaluation_table(table, settings.recommend.k), flush=True)
+        figures |= {f"recommend_{m}_{k}": v for m, row in table.items() for k, v in row.items()}
+        figures |= {f"recommend_{k}": v for k, v in rec.metrics.items()}
+        figures |= {f"lists_{k}": v for k, v in listed.items() if isinstance(v, int | float)}
         for prefix, run in (("churn", churn), ("clv", clv), ("segments", seg)):
             figures |= {f"{prefix}_{k}": v for k, v in run.metrics.items() if isinstance(v, int | float)}
         figures["peak_rss_mb"] = memory.peak_mb

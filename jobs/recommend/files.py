@@ -45,8 +45,16 @@ def read_interactions(
     )
 
 
-def tune_als(train: pd.DataFrame, k: int, seed: int = 13) -> dict:
-    """The ALS parameters with the best NDCG@k on the training set's own latest interactions."""
+def tune_als(
+    train: pd.DataFrame,
+    k: int,
+    seed: int = 13,
+    grid: dict | None = None,
+    make=ImplicitALS,
+    iterations: int = 15,
+) -> dict:
+    """The ALS parameters with the best NDCG@k on the training set's own latest interactions. `make`
+    builds the model (ImplicitALS or a SparkALS factory); `grid` maps parameter → values to try."""
     fit_part, valid = ev.leave_last_out(train, "user", "item", "time")
     if valid.empty:
         return {"factors": 32, "regularization": 0.1, "alpha": 5.0}
@@ -54,9 +62,11 @@ def tune_als(train: pd.DataFrame, k: int, seed: int = 13) -> dict:
     valid = valid[valid["user"].isin(inter.users) & valid["item"].isin(inter.items)]
     users = inter.users.get_indexer(valid["user"].unique())
     best, best_score = None, -1.0
-    for factors, reg, alpha in itertools.product(*ALS_GRID.values()):
-        params = {"factors": factors, "regularization": reg, "alpha": alpha}
-        model = ImplicitALS(**params, seed=seed).fit(inter.matrix)
+    grid = grid or ALS_GRID
+    for values in itertools.product(*grid.values()):
+        params = dict(zip(grid, values, strict=True))
+        params["factors"] = int(params["factors"])
+        model = make(**params, iterations=iterations, seed=seed).fit(inter.matrix)
         score = ev.ranking_metrics(inter.to_ids(model.recommend(users, k)), valid, k)[f"ndcg@{k}"]
         if score > best_score:
             best, best_score = params, score

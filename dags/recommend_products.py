@@ -1,0 +1,67 @@
+"""
+### Recommend products
+
+Runs when the customer segments of a date are published (`p13n://gold/segments`, which follows
+ingestion and identity resolution). Everything is computed as of the run's date and written to that
+date's `as_of_date` partition, so reruns and backfills are idempotent.
+
+* **interactions**: purchases, carts, wishlist adds and product views (returns count against),
+  weighted by kind and decayed by age → `gold.interactions`.
+* **train**: tune ALS (engine from config: `implicit` or Spark ML) on a validation split, evaluate
+  every model, the served blend and the popularity baseline on a time split that holds out each
+  customer's latest order; register the recipe in MLflow and promote it only past the gate.
+* **lists**: with the champion recipe — personalized (blend + business rules + fallback chain), buy
+  it again, recently viewed, popular in segment → `gold.recommendations`; `gold.item_similarity`,
+  `gold.bought_together`, `gold.trending`, `gold.popular_items`.
+* **validate**: Great Expectations suites on every output.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import Asset, dag, task
+
+from p13n.orchestration import dag_defaults
+
+RECOMMENDATIONS = Asset("p13n://gold/recommendations", group="gold")
+
+
+@dag(
+    dag_id="recommend_products",
+    schedule=[Asset("p13n://gold/segments", group="gold")],
+    start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    default_args=dag_defaults(),
+    tags=["p13n", "recommendations", "ml", "gold"],
+    doc_md=__doc__,
+)
+def recommend_products():
+    @task
+    def interactions(ds: str | None = None) -> dict:
+        from p13n.recommend.tasks import interactions_task
+
+        return interactions_task(ds)
+
+    @task
+    def train(_interactions: dict, ds: str | None = None) -> dict:
+        from p13n.recommend.tasks import train_task
+
+        return train_task(ds)
+
+    @task(outlets=[RECOMMENDATIONS])
+    def lists(_train: dict, ds: str | None = None) -> dict:
+        from p13n.recommend.tasks import lists_task
+
+        return lists_task(ds)
+
+    @task
+    def validate(_lists: dict, ds: str | None = None) -> dict:
+        from p13n.recommend.tasks import validate_task
+
+        return validate_task(ds)
+
+    validate(lists(train(interactions())))
+
+
+recommend_products()

@@ -1,0 +1,644 @@
+"""Recommendations over the lake: interactions, the evaluated and gated recipe, and every list.
+
+Every table is partitioned by `as_of_date` (the run's date); a run replaces its own partition.
+
+* `gold.interactions` — per customer and item: the decayed weight of purchases, carts, wishlist adds
+  and views (returns count against), with counts per kind and the last time
+* `gold.recommendations` — per customer: `personalized` (the blend channels show: ALS, item
+  similarity, buy it again, bought together with the last order, popular in segment, trending —
+  after the business rules and topped up by the fallback chain), `buy_again`, `recently_viewed`,
+  `popular_in_segment`; each row with its score, the list it came from and a reason
+* `gold.item_similarity` — per item its similar items (behaviour first, then content for new or
+  sparse items, so every product page gets a full list)
+* `gold.bought_together` — per item the items bought in the same orders (support, confidence, lift)
+* `gold.trending`, `gold.popular_items` — shared lists: per category / per segment and overall
+* `ops.model_runs` — the recommender's evaluation and gate decision (as the customer models')
+
+The *recipe* (ALS engine and parameters, blend weights) is what MLflow registers and gates: each run
+tunes a challenger on a time split that holds out each customer's latest order, evaluates every model
+and the served list against the popularity baseline, and retrains the champion recipe on the same
+split to compare. The lists are then computed with the champion recipe on all the data.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import functions as F
+
+from p13n.config import Settings
+from p13n.customers import activity as act
+from p13n.customers.features import interval_end
+from p13n.lake import Lake
+from p13n.models import evaluation as ev
+from p13n.models import lists as L
+from p13n.models.recommenders import ImplicitALS, Interactions, ItemSimilarity, Popularity
+from p13n.runctx import RunContext
+
+INTERACTIONS, RECOMMENDATIONS = "gold.interactions", "gold.recommendations"
+SIMILAR, TOGETHER, TRENDING, POPULAR = (
+    "gold.item_similarity",
+    "gold.bought_together",
+    "gold.trending",
+    "gold.popular_items",
+)
+SEGMENTS, ERASURES = "gold.segments", "ops.erasures"
+PERSONAL = ("als", "item_similarity", "buy_again", "bought_together")
+CUSTOMER_LISTS = ("personalized", "buy_again", "recently_viewed", "popular_in_segment")
+Progress = Callable[[str], None]
+
+
+# ------------------------------------------------------------------------------------ data
+@dataclass
+class Data:
+    """Everything the recommenders read, as pandas frames on integer codes (see `models.lists`)."""
+
+    users: pd.Index  # customer ids (every scored customer)
+    items: pd.Index  # skus (the catalog plus anything sold)
+    events: pd.DataFrame  # user, item, at, kind, weight, order
+    category: np.ndarray
+    brand: np.ndarray
+    price: np.ndarray
+    title: np.ndarray
+    repeatable: np.ndarray
+    unavailable: np.ndarray
+    segment: pd.Series  # user → persona
+    consented: np.ndarray  # per user: personalization allowed
+    end: pd.Timestamp
+    versions: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def purchases(self) -> pd.DataFrame:
+        return self.events[self.events["kind"] == "purchase"]
+
+    def run_key(self, as_of: dt.date) -> str:
+        import hashlib
+
+        inputs = ",".join(f"{t}@{v}" for t, v in sorted(self.versions.items()))
+        return f"{as_of}:{hashlib.sha256(inputs.encode()).hexdigest()[:16]}"
+
+
+def _event_log(lake: Lake, activity, settings: Settings, as_of: dt.date):
+    """Spark: customer_id, sku, at, kind, weight, order_id for the history window before the run's end."""
+    cfg = settings.recommend
+    end = interval_end(as_of)
+    start = end - dt.timedelta(days=cfg.history_days)
+    keys = lake.read("gold.identity_keys")
+    wish = act.attribute(lake.read("silver.wishlists"), keys, [("shopify_customer_id", "customer_id")])
+    parts = [
+        activity.lines.select(
+            "customer_id", "sku", F.col("ordered_at").alias("at"), F.lit("purchase").alias("kind"), "order_id"
+        ),  # fmt: skip
+        activity.events.filter(F.col("event_type").isin("product_view", "add_to_cart")).select(
+            "customer_id",
+            "sku",
+            "at",
+            F.col("event_type").alias("kind"),
+            F.lit(None).cast("string").alias("order_id"),
+        ),
+        wish.filter(F.col("action") == "add").select(
+            "customer_id",
+            "sku",
+            F.col("occurred_at").alias("at"),
+            F.lit("wishlist").alias("kind"),
+            F.lit(None).cast("string").alias("order_id"),
+        ),  # fmt: skip
+        activity.returns.select(
+            "customer_id",
+            "sku",
+            F.col("returned_at").alias("at"),
+            F.lit("return").alias("kind"),
+            F.lit(None).cast("string").alias("order_id"),
+        ),  # fmt: skip
+    ]
+    log = parts[0]
+    for p in parts[1:]:
+        log = log.unionByName(p)
+    weight = F.lit(0.0)
+    for kind, w in cfg.weights.items():
+        weight = F.when(F.col("kind") == kind, F.lit(float(w))).otherwise(weight)
+    return log.filter(
+        F.col("customer_id").isNotNull() & F.col("sku").isNotNull() & (F.col("at") >= F.lit(start)) & (F.col("at") < F.lit(end))
+    ).withColumn("weight", weight)  # fmt: skip
+
+
+def erased_customers(lake: Lake) -> set[str]:
+    """Customer ids with an erasure on record (`ops.erasures`, written by privacy requests): never scored."""
+    if not lake.exists(ERASURES):
+        return set()
+    return set(lake.read(ERASURES, columns=["customer_id"]).toPandas()["customer_id"].dropna())
+
+
+def read_data(lake: Lake, settings: Settings, as_of: dt.date) -> Data:
+    from p13n.customers.pipeline import read_activity
+
+    for t in ("silver.wishlists", "silver.inventory_snapshots", SEGMENTS):
+        if not lake.exists(t):
+            raise FileNotFoundError(f"recommendations need {t}: ingest the sources and score customers first")
+    activity = read_activity(lake)
+    log = _event_log(lake, activity, settings, as_of).toPandas()
+    profiles = lake.read(
+        "gold.customer_profiles", columns=["customer_id", "consent_personalization"]
+    ).toPandas()
+    erased = erased_customers(lake)
+    profiles = profiles[~profiles["customer_id"].isin(erased)].sort_values("customer_id")
+    log = log[~log["customer_id"].isin(erased)]
+    products = lake.read("silver.products").toPandas().drop_duplicates("sku", keep="last").set_index("sku")
+    users = pd.Index(profiles["customer_id"].to_numpy(), name="customer_id")
+    items = pd.Index(sorted(set(products.index) | set(log["sku"])), name="sku")
+    log = log[log["customer_id"].isin(users)]
+    events = pd.DataFrame({
+        "user": users.get_indexer(log["customer_id"]), "item": items.get_indexer(log["sku"]),
+        "at": pd.to_datetime(log["at"], utc=True), "kind": log["kind"].to_numpy(),
+        "weight": log["weight"].to_numpy(float), "order": log["order_id"].to_numpy(),
+    })  # fmt: skip
+    # Spark returns rows in no particular order: sort, so sums (and so every list) are reproducible.
+    events = events.sort_values(["user", "at", "item", "kind"], kind="stable").reset_index(drop=True)
+    prod = products.reindex(items)
+    segments = lake.read(
+        SEGMENTS, where=[("as_of_date", "=", as_of)], columns=["customer_id", "persona"]
+    ).toPandas()
+    if segments.empty:
+        raise LookupError(
+            f"{SEGMENTS} has no rows for as_of_date {as_of}: score customers for that date first"
+        )
+    seg = segments.assign(user=users.get_indexer(segments["customer_id"]))
+    seg = seg[seg["user"] >= 0].set_index("user")["persona"]
+    end = pd.Timestamp(interval_end(as_of))
+    versions = {t: lake.delta_table(t).version() for t in ("silver.wishlists", "silver.inventory_snapshots",
+                                                           "silver.products", SEGMENTS, "gold.customer_profiles")}  # fmt: skip
+    versions |= activity.versions
+    return Data(
+        users=users, items=items, events=events,
+        category=prod["category"].fillna("unknown").to_numpy(str), brand=prod["brand"].fillna("unknown").to_numpy(str),
+        price=pd.to_numeric(prod["price"], errors="coerce").to_numpy(float), title=prod["title"].fillna("").to_numpy(str),
+        repeatable=prod["repeatable"].fillna(False).to_numpy(bool),
+        unavailable=_out_of_stock(lake, settings, as_of, items), segment=seg,
+        consented=(profiles["consent_personalization"].fillna("granted") != "revoked").to_numpy(),
+        end=end, versions=versions,
+    )  # fmt: skip
+
+
+def _out_of_stock(lake: Lake, settings: Settings, as_of: dt.date, items: pd.Index) -> np.ndarray:
+    """Per item: nothing on hand in the latest snapshot on or before the run date (at the configured
+    location, or at any). Items the inventory feed does not track count as available."""
+    inv = lake.read("silver.inventory_snapshots", columns=["snapshot_date", "location_id", "sku", "on_hand"])
+    inv = inv.filter(F.col("snapshot_date") <= F.lit(as_of))
+    loc = settings.recommend.stock_location
+    if loc:
+        inv = inv.filter(F.col("location_id") == loc)
+    latest = inv.agg(F.max("snapshot_date")).first()[0]
+    out = np.zeros(len(items), bool)
+    if latest is None:
+        return out
+    stock = (
+        inv.filter(F.col("snapshot_date") == latest)
+        .groupBy("sku")
+        .agg(F.sum("on_hand").alias("on_hand"))
+        .toPandas()
+    )
+    idx = items.get_indexer(stock["sku"])
+    ok = idx >= 0
+    out[idx[ok]] = stock["on_hand"].to_numpy()[ok] <= 0
+    return out
+
+
+# ------------------------------------------------------------------------------- the recipe
+@dataclass
+class Recipe:
+    """What is registered and gated: the engine, ALS parameters and the blend weights."""
+
+    engine: str
+    als: dict
+    blend: dict[str, float]
+    half_life_days: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _als(recipe: Recipe, spark, seed: int):
+    if recipe.engine == "spark":
+        from p13n.models.spark_als import SparkALS
+
+        return SparkALS(spark, **recipe.als, seed=seed)
+    return ImplicitALS(**recipe.als, seed=seed)
+
+
+@dataclass
+class Lists:
+    """The per-user candidate lists and item-level tables one fitted recipe produces."""
+
+    components: dict[str, pd.DataFrame]
+    similar: pd.DataFrame
+    together: pd.DataFrame
+    trending: pd.DataFrame
+    popular: pd.DataFrame
+    seen: object
+    similarity: object
+
+
+def fit_lists(data: Data, events: pd.DataFrame, users: np.ndarray, recipe: Recipe, settings: Settings, spark,
+              end: pd.Timestamp | pd.Series | None = None) -> Lists:  # fmt: skip
+    """Fit every model on `events` and produce each list for `users`. `end` is when the lists are for:
+    the run's end, or per user their own cut-off (evaluation)."""
+    cfg = settings.recommend
+    sizes = cfg.list_sizes
+    end = data.end if end is None else end
+    global_end = data.end if isinstance(end, pd.Series) else end
+    depth = 2 * sizes["personalized"]
+    weights = L.decayed_weights(events, global_end, recipe.half_life_days)
+    shape = (len(data.users), len(data.items))
+    m = Interactions.from_frame(
+        weights, weight="weight", users=pd.RangeIndex(shape[0]), items=pd.RangeIndex(shape[1])
+    ).matrix
+    purchases = events[events["kind"] == "purchase"]
+    als = _als(recipe, spark, cfg.seed).fit(m)
+    sim = ItemSimilarity().fit(m)
+    comps = {
+        "als": als.recommend(users, depth),
+        "item_similarity": sim.recommend(users, depth),
+        "buy_again": L.buy_again(purchases, data.repeatable, end, sizes["buy_again"]),
+    }
+    comps["buy_again"] = comps["buy_again"][comps["buy_again"]["user"].isin(users)]
+    together = L.bought_together(purchases, shape[1], cfg.bought_together_min_support,
+                                 sizes["bought_together"])  # fmt: skip
+    comps["bought_together"] = _with_last_order(purchases, together, users, depth)
+    pop = L.popular(purchases, data.segment, global_end, cfg.popular_days, max(sizes["popular"], depth))
+    seg_lists = pop[pop["scope"] != "all"]
+    comps["popular_in_segment"] = L.expand_shared(seg_lists, data.segment.reindex(users))
+    trend = L.trending(events[events["kind"] != "return"], data.category, global_end, cfg.trending_days,
+                       cfg.trending_baseline_days, sizes["trending"])  # fmt: skip
+    comps["trending"] = L.expand_shared(trend[trend["scope"] == "all"], pd.Series("all", index=users))
+    comps["popular"] = L.expand_shared(pop[pop["scope"] == "all"], pd.Series("all", index=users))
+    similar = sim.similar_items(sizes["similar_items"]).rename(columns={"item_a": "item", "item_b": "other"})
+    return Lists(comps, similar, together, trend, pop, m, sim.similarity)
+
+
+def _with_last_order(
+    purchases: pd.DataFrame, together: pd.DataFrame, users: np.ndarray, k: int
+) -> pd.DataFrame:
+    """Per user: the items bought together with the items of their last order, by lift; anchor = that item."""
+    p = purchases[purchases["user"].isin(users)]
+    if p.empty or together.empty:
+        return pd.DataFrame(columns=["user", "item", "rank", "score", "anchor"])
+    last = p[p["at"] == p.groupby("user")["at"].transform("max")][["user", "item"]].drop_duplicates()
+    pairs = last.rename(columns={"item": "anchor"}).merge(
+        together.rename(columns={"item": "anchor", "other": "item"})[["anchor", "item", "lift"]], on="anchor"
+    )
+    pairs = pairs.sort_values("lift", ascending=False).drop_duplicates(["user", "item"])
+    return L.rank_within(pairs.rename(columns={"lift": "score"}), "user", k=k)[
+        ["user", "item", "rank", "score", "anchor"]
+    ]
+
+
+def served(data: Data, lists: Lists, users: np.ndarray, events: pd.DataFrame, recipe: Recipe, settings: Settings,
+           stock: bool = True) -> pd.DataFrame:  # fmt: skip
+    """The personalized list channels show: fused, business rules applied, topped up by the fallback
+    chain (popular in segment → popular overall). Customers who objected to personalization get the
+    overall popular list only. Returns user, item, rank, score, source, anchor."""
+    cfg = settings.recommend
+    k = cfg.list_sizes["personalized"]
+    comps = {n: df for n, df in lists.components.items() if n in recipe.blend}
+    fused = L.fuse(comps, recipe.blend)
+    if not len(fused):
+        fused = pd.DataFrame(columns=["user", "item", "score", "source", "anchor"])
+    consented = users[data.consented[users]]
+    fused = fused[fused["user"].isin(consented)]
+    exclude = _bought_not_repeatable(data, events)
+    unavailable = data.unavailable if stock else None
+    kept = L.apply_rules(fused, k, exclude, unavailable, data.brand, data.category, cfg.max_per_brand,
+                         cfg.max_per_category)  # fmt: skip
+    seg = lists.components["popular_in_segment"]
+    objectors = np.setdiff1d(users, consented)
+    fallbacks = [
+        ("popular_in_segment", seg[seg["user"].isin(consented)]),
+        ("popular", lists.components["popular"]),
+    ]
+    out = L.top_up(kept, users, fallbacks, k, exclude, unavailable)
+    return out[~out["user"].isin(objectors) | (out["source"] == "popular")].reset_index(drop=True)
+
+
+def _bought_not_repeatable(data: Data, events: pd.DataFrame) -> pd.DataFrame:
+    p = events[events["kind"] == "purchase"]
+    return p[~data.repeatable[p["item"].to_numpy()]][["user", "item"]].drop_duplicates()
+
+
+# ------------------------------------------------------------------------------ evaluation
+def time_split(events: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.Series]:
+    """Each customer's latest order is the test set, for customers with activity before it; the
+    training set is everything before each such customer's cut-off (and all of everyone else's).
+    Returns train events, test (user, item) and the cut-off per test user."""
+    p = events[events["kind"] == "purchase"]
+    latest = p.groupby("user")["at"].max()
+    first = events.groupby("user")["at"].min()
+    cut = latest[latest > first.reindex(latest.index)]
+    test = p[p["at"] == p["user"].map(cut)][["user", "item"]].drop_duplicates()
+    cutoff = events["user"].map(cut)
+    train = events[cutoff.isna() | (events["at"] < cutoff)]
+    return train, test, cut
+
+
+def evaluate_recipe(data: Data, recipe: Recipe, settings: Settings, spark, split=None) -> tuple[dict, dict]:
+    """Every list and the served blend, on the time split. Returns (metrics per model, facts)."""
+    k = settings.recommend.k
+    train, test, cut = split or time_split(data.events)
+    users = cut.index.to_numpy()
+    lists = fit_lists(data, train, users, recipe, settings, spark, end=cut)
+    shape = (len(data.users), len(data.items))
+    m = lists.seen
+    runs = {"popularity": Popularity().fit(m).recommend(users, k)}
+    runs |= {n: lists.components[n] for n in ("als", "item_similarity", "buy_again", "bought_together",
+                                               "popular_in_segment", "trending")}  # fmt: skip
+    runs["personalized"] = served(data, lists, users, train, recipe, settings, stock=False)
+    out = {}
+    for name, recs in runs.items():
+        out[name] = ev.ranking_metrics(recs, test, k) | {
+            "coverage": ev.catalog_coverage(recs[recs["rank"] <= k], shape[1]),
+            "diversity": ev.diversity(recs[recs["rank"] <= k], pd.Series(data.category)),
+        }
+    facts = {"test_customers": int(len(users)), "train_events": int(len(train)), "items": shape[1]}
+    return out, facts
+
+
+def gate_metrics(metrics: dict, k: int) -> dict:
+    served_ndcg, base = metrics["personalized"][f"ndcg@{k}"], metrics["popularity"][f"ndcg@{k}"]
+    return {
+        "ndcg_at_k": served_ndcg,
+        "lift_over_popularity": round(served_ndcg / base, 4) if base > 0 else 0.0,
+    }
+
+
+def tune(data: Data, settings: Settings, spark, split) -> Recipe:
+    """A challenger recipe: ALS parameters tuned on the training part's own latest interactions."""
+    from p13n.recommend.files import tune_als
+
+    cfg = settings.recommend
+    train = split[0]
+    frame = train[train["kind"] != "return"].rename(columns={"at": "time"})[
+        ["user", "item", "time", "weight"]
+    ]
+    make = ImplicitALS
+    if cfg.engine == "spark":
+        from p13n.models.spark_als import SparkALS
+
+        def make(**kw):
+            return SparkALS(spark, **kw)
+
+    params = tune_als(frame, cfg.k, cfg.seed, grid=cfg.als_grid, make=make, iterations=cfg.als_iterations)
+    params["iterations"] = cfg.als_iterations
+    return Recipe(cfg.engine, params, dict(cfg.blend), cfg.half_life_days)
+
+
+# ----------------------------------------------------------------------------------- steps
+def build_interactions(
+    lake: Lake, data: Data, settings: Settings, as_of: dt.date, run: RunContext | None = None
+) -> dict:
+    """gold.interactions for the run date: decayed weight, counts per kind and the last time."""
+    e = data.events
+    w = L.decayed_weights(e, data.end, settings.recommend.half_life_days)
+    counts = e.pivot_table(
+        index=["user", "item"], columns="kind", values="weight", aggfunc="size", fill_value=0
+    )
+    counts = counts.reindex(
+        columns=["purchase", "add_to_cart", "wishlist", "product_view", "return"], fill_value=0
+    )
+    last = e.groupby(["user", "item"])["at"].max().rename("last_at")
+    t = w.set_index(["user", "item"]).join(counts).join(last).reset_index()
+    table = pd.DataFrame({
+        "customer_id": data.users[t["user"].to_numpy()], "sku": data.items[t["item"].to_numpy()], "as_of_date": as_of,
+        "weight": t["weight"].round(4), "purchases": t["purchase"].astype(int), "carts": t["add_to_cart"].astype(int),
+        "wishlists": t["wishlist"].astype(int), "views": t["product_view"].astype(int), "returns": t["return"].astype(int),
+        "last_at": t["last_at"],
+    })  # fmt: skip
+    lake.replace_partition(INTERACTIONS, lake.spark.createDataFrame(table), "as_of_date", as_of, run=run)
+    return {
+        "customers": int(table["customer_id"].nunique()),
+        "items": int(table["sku"].nunique()),
+        "pairs": len(table),
+    }
+
+
+def train_recommender(lake: Lake, settings: Settings, data: Data, as_of: dt.date, run: RunContext | None = None,
+                      progress: Progress = print):  # fmt: skip
+    """Tune a challenger, evaluate it and the champion recipe on the same split, register and gate.
+    Returns (ModelRun, the recipe to serve, the evaluation table)."""
+    import mlflow
+
+    from p13n.customers.pipeline import ModelRun, _registered, _write_model_run
+    from p13n.models.registry import GateRule, champion_version, load_champion, register_and_gate
+    from p13n.tracking import use_experiment
+
+    use_experiment(settings, "recommend")  # first: the champion is looked up in this store
+    cfg = settings.recommend
+    spark = lake.spark
+    split = time_split(data.events)
+    if split[1].empty:
+        raise LookupError(
+            "no customer has an order after earlier activity: nothing to evaluate recommendations on"
+        )
+    challenger = tune(data, settings, spark, split)
+    progress(f"recommend: challenger {challenger.engine} ALS {challenger.als}")
+    table, facts = evaluate_recipe(data, challenger, settings, spark, split)
+    metrics = gate_metrics(table, cfg.k)
+    name = _registered(settings, "recommend")
+    champ_metrics = None
+    if champion_version(name) is not None:
+        champ = Recipe(**load_champion(name, "pyfunc").recipe)
+        champ_table = (
+            table if champ == challenger else evaluate_recipe(data, champ, settings, spark, split)[0]
+        )
+        champ_metrics = gate_metrics(champ_table, cfg.k)
+    rules = {m: GateRule(**g.model_dump()) for m, g in cfg.gates.items()}
+    with mlflow.start_run(run_name=f"recommend {as_of}"):
+        mlflow.log_params({"as_of_date": as_of.isoformat(), "engine": challenger.engine,
+                           **{f"als.{k}": v for k, v in challenger.als.items()},
+                           **{f"blend.{k}": v for k, v in challenger.blend.items()}, **facts})  # fmt: skip
+        mlflow.log_params({f"input.{t}.version": v for t, v in data.versions.items()})
+        mlflow.log_metrics(
+            metrics | {f"{m}.{k.replace('@', '_at_')}": v for m, r in table.items() for k, v in r.items()}
+        )
+        mlflow.log_dict(table, "evaluation.json")
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=_recipe_model(challenger), pip_requirements=["pandas"]
+        )
+        decision = register_and_gate(name, info.model_uri, metrics, champ_metrics, rules, data.run_key(as_of))
+    progress(decision.summary())
+    if champion_version(name) is None:
+        raise RuntimeError(
+            f"no champion {name} recipe to serve: the first one failed its gate ({'; '.join(decision.reasons)})"
+        )
+    recipe = Recipe(**load_champion(name, "pyfunc").recipe)
+    out = ModelRun("recommend", as_of, metrics | {"test_customers": facts["test_customers"]}, decision)
+    _write_model_run(lake, out, run)
+    return out, recipe, table
+
+
+def _recipe_model(recipe: Recipe):
+    import mlflow.pyfunc
+
+    class RecipeModel(mlflow.pyfunc.PythonModel):
+        """The recommender recipe: `predict` returns its engine, ALS parameters and blend weights."""
+
+        def __init__(self, recipe: dict):
+            self.recipe = recipe
+
+        def predict(self, context, model_input, params=None):
+            return pd.DataFrame([{"recipe": json.dumps(self.recipe)}])
+
+    return RecipeModel(recipe.as_dict())
+
+
+def champion_recipe(settings: Settings) -> Recipe:
+    from p13n.customers.pipeline import _registered
+    from p13n.models.registry import champion_version, load_champion
+    from p13n.tracking import use_experiment
+
+    use_experiment(settings, "recommend")
+    name = _registered(settings, "recommend")
+    if champion_version(name) is None:
+        raise LookupError(f"no champion {name} recipe: run the train step first")
+    return Recipe(**load_champion(name, "pyfunc").recipe)
+
+
+def build_lists(lake: Lake, settings: Settings, data: Data, recipe: Recipe, as_of: dt.date,
+                run: RunContext | None = None) -> dict:  # fmt: skip
+    """Every list for every customer and item, with the served recipe, written to the gold tables."""
+    cfg = settings.recommend
+    sizes = cfg.list_sizes
+    users = np.arange(len(data.users))
+    lists = fit_lists(data, data.events, users, recipe, settings, lake.spark)
+    personalized = served(data, lists, users, data.events, recipe, settings)
+    exclude = _bought_not_repeatable(data, data.events)
+    cons = data.consented
+    per_type = {
+        "personalized": personalized,
+        "buy_again": _ruled(lists.components["buy_again"], sizes["buy_again"], data, cons),
+        "recently_viewed": _ruled(
+            L.recently_viewed(data.events[data.events["kind"] == "product_view"], data.purchases, data.end,
+                              cfg.recently_viewed_days, sizes["recently_viewed"]), sizes["recently_viewed"], data, cons),
+        "popular_in_segment": _ruled(lists.components["popular_in_segment"], sizes["popular_in_segment"], data, cons,
+                                     exclude),
+    }  # fmt: skip
+    rows = []
+    for list_type, df in per_type.items():
+        df = df.assign(source=df.get("source", list_type))
+        if "anchor" not in df:
+            df = df.assign(anchor=-1)
+        if list_type == "personalized":
+            sim_rows = (df["source"] == "item_similarity").to_numpy()
+            anchors = df["anchor"].to_numpy().copy()
+            anchors[sim_rows] = L.strongest_anchor(df[sim_rows], lists.seen, lists.similarity)
+            df = df.assign(anchor=anchors)
+        rows.append(df.assign(list_type=list_type))
+    recs = pd.concat(rows, ignore_index=True)
+    cadence = lists.components["buy_again"][["user", "item", "cadence_days"]]
+    recs = recs.merge(cadence, on=["user", "item"], how="left")
+    recs["reason"] = _reasons(recs, data)
+    table = pd.DataFrame({
+        "customer_id": data.users[recs["user"].to_numpy()], "as_of_date": as_of, "list_type": recs["list_type"],
+        "rank": recs["rank"].astype(int), "sku": data.items[recs["item"].to_numpy()],
+        "score": recs["score"].astype(float).round(6), "source": recs["source"], "reason": recs["reason"],
+    })  # fmt: skip
+    lake.replace_partition(RECOMMENDATIONS, lake.spark.createDataFrame(table), "as_of_date", as_of, run=run)
+    item_tables = _item_tables(data, lists, as_of, sizes["similar_items"])
+    for name, df in item_tables.items():
+        lake.replace_partition(name, lake.spark.createDataFrame(df), "as_of_date", as_of, run=run)
+    return _list_stats(table, item_tables, data)
+
+
+def _ruled(df: pd.DataFrame, k: int, data: Data, consented: np.ndarray, exclude: pd.DataFrame | None = None):
+    df = df[consented[df["user"].to_numpy()]]
+    if "score" not in df:
+        df = df.assign(score=1.0 / df["rank"])
+    return L.apply_rules(df, k, exclude, data.unavailable)
+
+
+def _reasons(recs: pd.DataFrame, data: Data) -> np.ndarray:
+    title = np.append(data.title, "")  # index -1 → ""
+    anchor = title[recs["anchor"].to_numpy().astype(int)]
+    seg = data.segment.reindex(recs["user"].to_numpy()).fillna("shoppers like you").to_numpy(str)
+    src = recs["source"].to_numpy()
+    out = np.full(len(recs), "Popular right now", dtype=object)
+    out[src == "als"] = "Picked for you from what you shop"
+    sim = src == "item_similarity"
+    out[sim] = np.where(
+        anchor[sim] != "", "Similar to " + anchor[sim].astype(object), "Similar to items you liked"
+    )
+    bt = src == "bought_together"
+    out[bt] = "Often bought with " + anchor[bt].astype(object)
+    ba = src == "buy_again"
+    days = recs["cadence_days"].to_numpy(float)[ba] if "cadence_days" in recs else np.full(ba.sum(), np.nan)
+    every = np.where(
+        np.isnan(days),
+        "regularly",
+        "about every " + np.nan_to_num(days).round().astype(int).astype(str) + " days",
+    )
+    out[ba] = "Time to restock? You buy this " + every.astype(object)
+    out[src == "recently_viewed"] = "You viewed this recently"
+    ps = src == "popular_in_segment"
+    out[ps] = "Popular with " + seg[ps].astype(object)
+    out[src == "trending"] = "Trending now"
+    return out
+
+
+def _item_tables(data: Data, lists: Lists, as_of: dt.date, k: int) -> dict[str, pd.DataFrame]:
+    sku = data.items
+    beh = lists.similar[~data.unavailable[lists.similar["other"].to_numpy()]].assign(basis="behaviour")
+    have = beh.groupby("item").size().reindex(np.arange(len(sku)), fill_value=0)
+    short = have[have < k].index.to_numpy()
+    content = L.content_similar(short, data.category, data.brand, data.price, 2 * k)
+    content = content[~data.unavailable[content["other"].to_numpy()]].assign(
+        score=lambda d: d["score"] / 10, basis="content"
+    )
+    both = pd.concat([beh, content], ignore_index=True).drop_duplicates(["item", "other"])
+    both = both.assign(order=(both["basis"] == "content").astype(int)).sort_values(["item", "order", "rank"])
+    both["rank"] = both.groupby("item").cumcount() + 1
+    both = both[both["rank"] <= k]
+    similar = pd.DataFrame({"sku": sku[both["item"].to_numpy()], "as_of_date": as_of,
+                            "similar_sku": sku[both["other"].to_numpy()], "rank": both["rank"].astype(int),
+                            "score": both["score"].astype(float).round(6), "basis": both["basis"]})  # fmt: skip
+    t = lists.together
+    together = pd.DataFrame({"sku": sku[t["item"].to_numpy()], "as_of_date": as_of, "other_sku": sku[t["other"].to_numpy()],
+                             "rank": t["rank"].astype(int), "support": t["support"].astype(int),
+                             "confidence": t["confidence"].astype(float), "lift": t["lift"].astype(float)})  # fmt: skip
+    tr = lists.trending
+    trending = pd.DataFrame({"scope": tr["scope"], "as_of_date": as_of, "rank": tr["rank"].astype(int),
+                             "sku": sku[tr["item"].to_numpy()], "score": tr["score"].astype(float).round(6),
+                             "recent_customers": tr["recent"].astype(int), "velocity": tr["velocity"].astype(float)})  # fmt: skip
+    p = lists.popular
+    popular = pd.DataFrame({"scope": p["scope"], "as_of_date": as_of, "rank": p["rank"].astype(int),
+                            "sku": sku[p["item"].to_numpy()], "buyers": p["score"].astype(int)})  # fmt: skip
+    return {SIMILAR: similar, TOGETHER: together, TRENDING: trending, POPULAR: popular}
+
+
+def _list_stats(table: pd.DataFrame, item_tables: dict, data: Data) -> dict:
+    pers = table[table["list_type"] == "personalized"]
+    personal = pers[pers["source"].isin(PERSONAL)].groupby("customer_id").size()
+    sizes = pers.groupby("customer_id").size()
+    k = int(sizes.max()) if len(sizes) else 0
+    sim = item_tables[SIMILAR]
+    return {
+        "customers": len(data.users),
+        "rows": len(table),
+        "personalized_full_share": round(float((sizes >= k).sum() / max(len(data.users), 1)), 4),
+        "personalized_share": round(len(personal) / max(len(data.users), 1), 4),
+        "personalized_share_active": round(len(personal) / max(data.events["user"].nunique(), 1), 4),
+        # of the customers who allow personalization and did anything we can learn from
+        "personalized_share_eligible": round(
+            len(personal) / max(int(data.consented[data.events["user"].unique()].sum()), 1), 4
+        ),
+        "lists": {t: int(n) for t, n in table.groupby("list_type")["customer_id"].nunique().items()},
+        "items_with_similar": int(sim["sku"].nunique()),
+        "items": len(data.items),
+        "bought_together_pairs": len(item_tables[TOGETHER]),
+        "trending_scopes": int(item_tables[TRENDING]["scope"].nunique()),
+        "excluded_out_of_stock_items": int(data.unavailable.sum()),
+        "personalization_objectors": int((~data.consented).sum()),
+        "sources": {s: int(n) for s, n in pers["source"].value_counts().items()},
+    }

@@ -1,0 +1,96 @@
+"""Task bodies of the recommendations DAG: a few lines each, calling the pipeline functions."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from p13n.config import get_settings
+from p13n.orchestration import progress
+from p13n.runctx import RunContext
+
+SUITES = (
+    "gold.interactions",
+    "gold.recommendations",
+    "gold.item_similarity",
+    "gold.bought_together",
+    "gold.trending",
+    "gold.popular_items",
+)
+METRICS = ("precision@{k}", "recall@{k}", "ndcg@{k}", "map@{k}", "coverage", "diversity")
+
+
+def _data(ds: str):
+    from p13n.recommend.pipeline import read_data
+    from p13n.session import lake
+
+    settings = get_settings()
+    return settings, lake(), read_data(lake(), settings, dt.date.fromisoformat(ds))
+
+
+def interactions_task(ds: str) -> dict:
+    from p13n.recommend.pipeline import build_interactions
+
+    settings, lk, data = _data(ds)
+    out = build_interactions(lk, data, settings, dt.date.fromisoformat(ds), run=RunContext.from_env())
+    progress(f"interactions as of {ds}: {out['pairs']:,} customer-item pairs, {out['customers']:,} customers, "
+             f"{out['items']:,} items")  # fmt: skip
+    return out
+
+
+def train_task(ds: str) -> dict:
+    """Tune, evaluate (every model and the popularity baseline), register and gate the recipe."""
+    from p13n.recommend.pipeline import train_recommender
+
+    settings, lk, data = _data(ds)
+    out, recipe, table = train_recommender(
+        lk, settings, data, dt.date.fromisoformat(ds), run=RunContext.from_env(), progress=progress
+    )
+    for line in evaluation_table(table, settings.recommend.k).splitlines():
+        progress(line)
+    progress(out.summary())
+    return {
+        "version": out.decision.version,
+        "promoted": out.decision.promoted,
+        "engine": recipe.engine,
+        **out.metrics,
+    }
+
+
+def lists_task(ds: str) -> dict:
+    """Every list for every customer and item with the champion recipe."""
+    from p13n.recommend.pipeline import build_lists, champion_recipe
+
+    settings, lk, data = _data(ds)
+    out = build_lists(
+        lk, settings, data, champion_recipe(settings), dt.date.fromisoformat(ds), run=RunContext.from_env()
+    )
+    progress(
+        f"recommendations as of {ds}: {out['rows']:,} rows for {out['customers']:,} customers; "
+        f"{out['personalized_share']:.1%} with a personal signal in their list "
+        f"({out['personalized_share_active']:.1%} of customers with any activity, "
+        f"{out['personalized_share_eligible']:.1%} of those who allow personalization), "
+        f"{out['personalized_full_share']:.1%} with a full list; similar items for {out['items_with_similar']:,} of "
+        f"{out['items']:,} items; {out['bought_together_pairs']:,} bought-together pairs; "
+        f"{out['excluded_out_of_stock_items']} items out of stock"
+    )
+    progress(f"personalized list sources: {out['sources']}")
+    return out
+
+
+def validate_task(ds: str) -> dict:
+    from p13n.orchestration import validate_outputs
+
+    where = [("as_of_date", "=", dt.date.fromisoformat(ds))]
+    return validate_outputs(dict.fromkeys(SUITES, where), "recommendation outputs")
+
+
+def evaluation_table(table: dict, k: int) -> str:
+    """The offline evaluation as an aligned text table, best NDCG first, the baseline marked."""
+    cols = [m.format(k=k) for m in METRICS]
+    width = max(len(n) for n in table) + 2
+    lines = [f"{'model':<{width}}" + "".join(f"{c:>13}" for c in cols)]
+    for name, row in sorted(table.items(), key=lambda kv: -kv[1][f"ndcg@{k}"]):
+        label = name + (" *" if name == "popularity" else "")
+        lines.append(f"{label:<{width}}" + "".join(f"{row[c]:>13.4f}" for c in cols))
+    lines.append("* the popularity baseline; personalized = the served list (blend + rules + fallbacks)")
+    return "\n".join(lines)
