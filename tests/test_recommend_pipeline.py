@@ -50,7 +50,7 @@ def _shop(n_users: int = 30, seed: int = 3) -> pd.DataFrame:
 
 
 @pytest.fixture
-def settings():
+def rec_settings():
     s = Settings()
     cfg = s.recommend.model_copy(
         update={"list_sizes": {**s.recommend.list_sizes, "personalized": 6}, "max_per_brand": 3}
@@ -89,7 +89,7 @@ def test_time_split_holds_out_each_customers_latest_order_and_everything_after_i
     assert len(train[train["user"] != 0]) == 3
 
 
-def test_served_list_applies_rules_and_falls_back_for_unknown_customers_and_objectors(settings):
+def test_served_list_applies_rules_and_falls_back_for_unknown_customers_and_objectors(rec_settings):
     events = _shop()
     n = 30
     consented = np.ones(n, bool)
@@ -98,8 +98,8 @@ def test_served_list_applies_rules_and_falls_back_for_unknown_customers_and_obje
     unavailable[4] = True  # out of stock
     data = _data(events, n, consented, unavailable)
     users = np.arange(n)
-    lists = fit_lists(data, events, users, RECIPE, settings, spark=None)
-    out = served(data, lists, users, events, RECIPE, settings)
+    lists = fit_lists(data, events, users, RECIPE, rec_settings, spark=None)
+    out = served(data, lists, users, events, RECIPE, rec_settings)
     sizes = out.groupby("user").size()
     assert set(out["user"]) == set(users) and (sizes.drop(5) == 6).all()
     # the objector's list is the overall popular one: six items were bought, one of them by them (a toy)
@@ -116,13 +116,25 @@ def test_served_list_applies_rules_and_falls_back_for_unknown_customers_and_obje
     assert out["rank"].between(1, 6).all()
 
 
-def test_evaluation_scores_every_list_and_the_served_blend_beats_popularity(settings):
+def test_evaluation_scores_every_list_and_the_served_blend_beats_popularity(rec_settings):
     events = _shop()
     data = _data(events, 30)
-    table, facts = evaluate_recipe(data, RECIPE, settings, spark=None)
+    table, facts = evaluate_recipe(data, RECIPE, rec_settings, spark=None)
     assert set(table) == {"popularity", "als", "item_similarity", "buy_again", "bought_together",
                           "popular_in_segment", "trending", "personalized"}  # fmt: skip
     assert facts["test_customers"] == 29
     # every held-out order is two of the customer's three staples: the served list finds them
     assert table["personalized"]["recall@10"] > 0.9
     assert table["personalized"]["ndcg@10"] > 1.5 * table["popularity"]["ndcg@10"]
+
+
+@pytest.mark.spark
+def test_the_spark_engine_serves_the_same_lists_contract(rec_settings, spark):
+    events = _shop()
+    data = _data(events, 30)
+    recipe = Recipe("spark", RECIPE.als, RECIPE.blend, RECIPE.half_life_days)
+    table, _ = evaluate_recipe(data, recipe, rec_settings, spark=spark)
+    # ALS never repeats what a customer has (here every held-out item is a staple they had): its
+    # lists are new items; the served blend finds the staples through buy-it-again, as with implicit
+    assert table["als"]["ndcg@10"] == 0.0 and table["als"]["coverage"] >= 0.5
+    assert table["personalized"]["recall@10"] > 0.9
