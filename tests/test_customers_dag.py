@@ -66,9 +66,17 @@ def test_score_customers_and_recommend_products_dags_write_every_table(spark, se
             again.sort_values(key).reset_index(drop=True).equals(rows.sort_values(key).reset_index(drop=True))
         ), table
 
+    # A customer with an erasure on record is never scored (#10 writes these; here by hand).
+    erased = sorted(r.customer_id for r in lake.read("gold.churn_scores").select("customer_id").collect())[0]
+    lake.write(
+        "ops.erasures",
+        lake.spark.createDataFrame([(erased, "test")], "customer_id string, request_id string"),
+    )
     ok, _ = run_dag("recommend_products", DAY.isoformat(), env, log, echo=lines.append)
     assert ok, log.read_text()[-4000:]
-    _check_recommendation_tables(lake, DAY, lines)
+    _check_recommendation_tables(lake, DAY, lines, erased)
+    for table in ("gold.recommendations", "gold.interactions"):
+        assert lake.read(table).filter(f"customer_id = '{erased}'").count() == 0, table
     first = lake.read("gold.recommendations", where=[("as_of_date", "=", DAY)]).toPandas()
     ok, _ = run_dag("recommend_products", DAY.isoformat(), env, log, echo=lines.append)
     assert ok, log.read_text()[-4000:]
@@ -119,11 +127,12 @@ def _check_customer_tables(lake, day, lines):
     assert any("customer outputs passed" in line for line in lines)
 
 
-def _check_recommendation_tables(lake, day, lines):
+def _check_recommendation_tables(lake, day, lines, erased):
     where = [("as_of_date", "=", day)]
     profiles = lake.read(
         "gold.customer_profiles", columns=["customer_id", "consent_personalization"]
     ).toPandas()
+    profiles = profiles[profiles["customer_id"] != erased]
     recs = lake.read("gold.recommendations", where=where).toPandas()
     pers = recs[recs["list_type"] == "personalized"]
     # every customer gets a full personalized list; objectors only the non-personal popular list

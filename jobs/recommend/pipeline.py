@@ -90,31 +90,20 @@ def _event_log(lake: Lake, activity, settings: Settings, as_of: dt.date):
     start = end - dt.timedelta(days=cfg.history_days)
     keys = lake.read("gold.identity_keys")
     wish = act.attribute(lake.read("silver.wishlists"), keys, [("shopify_customer_id", "customer_id")])
+
+    def as_events(df, at: str, kind, order=None):
+        kind = F.lit(kind) if isinstance(kind, str) else kind
+        order = F.col(order) if order else F.lit(None).cast("string")
+        return df.select(
+            "customer_id", "sku", F.col(at).alias("at"), kind.alias("kind"), order.alias("order_id")
+        )
+
+    behaviour = activity.events.filter(F.col("event_type").isin("product_view", "add_to_cart"))
     parts = [
-        activity.lines.select(
-            "customer_id", "sku", F.col("ordered_at").alias("at"), F.lit("purchase").alias("kind"), "order_id"
-        ),  # fmt: skip
-        activity.events.filter(F.col("event_type").isin("product_view", "add_to_cart")).select(
-            "customer_id",
-            "sku",
-            "at",
-            F.col("event_type").alias("kind"),
-            F.lit(None).cast("string").alias("order_id"),
-        ),
-        wish.filter(F.col("action") == "add").select(
-            "customer_id",
-            "sku",
-            F.col("occurred_at").alias("at"),
-            F.lit("wishlist").alias("kind"),
-            F.lit(None).cast("string").alias("order_id"),
-        ),  # fmt: skip
-        activity.returns.select(
-            "customer_id",
-            "sku",
-            F.col("returned_at").alias("at"),
-            F.lit("return").alias("kind"),
-            F.lit(None).cast("string").alias("order_id"),
-        ),  # fmt: skip
+        as_events(activity.lines, "ordered_at", "purchase", "order_id"),
+        as_events(behaviour, "at", F.col("event_type")),
+        as_events(wish.filter(F.col("action") == "add"), "occurred_at", "wishlist"),
+        as_events(activity.returns, "returned_at", "return"),
     ]
     log = parts[0]
     for p in parts[1:]:
