@@ -144,6 +144,8 @@ def _check_recommendation_tables(lake, day, lines, erased):
     assert {"als", "item_similarity", "buy_again"} <= set(pers["source"])
     assert set(recs["list_type"]) == {"personalized", "buy_again", "recently_viewed", "popular_in_segment"}
     assert recs["reason"].str.len().gt(0).all()
+    restock = recs.loc[recs["source"] == "buy_again", "reason"]
+    assert restock.str.match(r"Time to restock\? You buy this about every \d+ days").all()
     # non-repeatable items a customer bought are never recommended back to them
     products = lake.read("silver.products", columns=["sku", "repeatable"]).toPandas()
     inter = lake.read("gold.interactions", where=where).toPandas()

@@ -527,7 +527,9 @@ def build_lists(lake: Lake, settings: Settings, data: Data, recipe: Recipe, as_o
         rows.append(df.assign(list_type=list_type))
     recs = pd.concat(rows, ignore_index=True)
     cadence = lists.components["buy_again"][["user", "item", "cadence_days"]]
-    recs = recs.merge(cadence, on=["user", "item"], how="left")
+    recs = recs.drop(columns=["cadence_days"], errors="ignore").merge(
+        cadence, on=["user", "item"], how="left"
+    )
     recs["reason"] = _reasons(recs, data)
     table = pd.DataFrame({
         "customer_id": data.users[recs["user"].to_numpy()], "as_of_date": as_of, "list_type": recs["list_type"],
@@ -551,7 +553,6 @@ def _ruled(df: pd.DataFrame, k: int, data: Data, consented: np.ndarray, exclude:
 def _reasons(recs: pd.DataFrame, data: Data) -> np.ndarray:
     title = np.append(data.title, "")  # index -1 → ""
     anchor = title[recs["anchor"].to_numpy().astype(int)]
-    seg = data.segment.reindex(recs["user"].to_numpy()).fillna("shoppers like you").to_numpy(str)
     src = recs["source"].to_numpy()
     out = np.full(len(recs), "Popular right now", dtype=object)
     out[src == "als"] = "Picked for you from what you shop"
@@ -570,8 +571,8 @@ def _reasons(recs: pd.DataFrame, data: Data) -> np.ndarray:
     )
     out[ba] = "Time to restock? You buy this " + every.astype(object)
     out[src == "recently_viewed"] = "You viewed this recently"
-    ps = src == "popular_in_segment"
-    out[ps] = "Popular with " + seg[ps].astype(object)
+    # shown to shoppers: the segment's internal name ("Frequent returners, …") stays out of it
+    out[src == "popular_in_segment"] = "Popular with shoppers like you"
     out[src == "trending"] = "Trending now"
     return out
 
