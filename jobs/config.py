@@ -198,7 +198,7 @@ class RecommendSettings(_Section):
     trending_days: int = Field(7, gt=0)
     trending_baseline_days: int = Field(28, gt=0)
     popular_days: int = Field(90, gt=0)
-    bought_together_min_support: int = Field(2, gt=0)
+    bought_together_min_support: int = Field(5, gt=0)
     k: int = Field(10, gt=0)  # the cut-off of the offline metrics
     gates: dict[str, GateSettings] = Field(default_factory=dict)
     seed: int = 13

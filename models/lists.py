@@ -92,8 +92,10 @@ def buy_again(
 
 # ------------------------------------------------------------------------- bought together
 def bought_together(orders: pd.DataFrame, n_items: int, min_support: int, k: int) -> pd.DataFrame:
-    """orders: order, item. For each item, the items most often in the same orders, ranked by lift
-    (P(b | a) / P(b)) among pairs seen together in at least `min_support` orders.
+    """orders: order, item. For each item, the items bought in the same orders, ranked by confidence
+    P(b | a), among pairs seen together in at least `min_support` orders with lift P(b | a) / P(b)
+    above 1. (At 100k customers, confidence with a support of 5 scored NDCG@10 0.101 on the latest
+    orders where lift with a support of 2 — which favours rare pairs — scored 0.003.)
 
     Returns item, other, rank, support, confidence, lift."""
     o = orders[["order", "item"]].drop_duplicates()
@@ -111,9 +113,9 @@ def bought_together(orders: pd.DataFrame, n_items: int, min_support: int, k: int
     confidence = support / count[a]
     lift = confidence / (count[b] / n_orders)
     out = pd.DataFrame({"item": a, "other": b, "support": support.astype(int), "confidence": confidence,
-                        "lift": lift, "score": lift})  # fmt: skip
+                        "lift": lift, "score": confidence})  # fmt: skip
     out = out[out["lift"] > 1.0]
-    out = rank_within(out.assign(tiebreak=out["support"]), "item", k=k)
+    out = rank_within(out, "item", k=k)
     out["confidence"] = out["confidence"].round(4)
     out["lift"] = out["lift"].round(3)
     return out[["item", "other", "rank", "support", "confidence", "lift"]]

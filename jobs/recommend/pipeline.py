@@ -272,16 +272,17 @@ def fit_lists(data: Data, events: pd.DataFrame, users: np.ndarray, recipe: Recip
 def _with_last_order(
     purchases: pd.DataFrame, together: pd.DataFrame, users: np.ndarray, k: int
 ) -> pd.DataFrame:
-    """Per user: the items bought together with the items of their last order, by lift; anchor = that item."""
+    """Per user: the items bought together with the items of their last order, by confidence; anchor = that item."""
     p = purchases[purchases["user"].isin(users)]
     if p.empty or together.empty:
         return pd.DataFrame(columns=["user", "item", "rank", "score", "anchor"])
     last = p[p["at"] == p.groupby("user")["at"].transform("max")][["user", "item"]].drop_duplicates()
     pairs = last.rename(columns={"item": "anchor"}).merge(
-        together.rename(columns={"item": "anchor", "other": "item"})[["anchor", "item", "lift"]], on="anchor"
+        together.rename(columns={"item": "anchor", "other": "item"})[["anchor", "item", "confidence"]],
+        on="anchor",
     )
-    pairs = pairs.sort_values("lift", ascending=False).drop_duplicates(["user", "item"])
-    return L.rank_within(pairs.rename(columns={"lift": "score"}), "user", k=k)[
+    pairs = pairs.sort_values("confidence", ascending=False).drop_duplicates(["user", "item"])
+    return L.rank_within(pairs.rename(columns={"confidence": "score"}), "user", k=k)[
         ["user", "item", "rank", "score", "anchor"]
     ]
 
