@@ -171,8 +171,8 @@ class RecommendSettings(_Section):
         default_factory=lambda: {
             "als": 1.0,
             "item_similarity": 1.0,
-            "buy_again": 1.5,
-            "bought_together": 0.5,
+            "buy_again": 3.0,
+            "bought_together": 1.0,
             "popular_in_segment": 0.3,
             "trending": 0.2,
         }  # fmt: skip

@@ -23,6 +23,7 @@ split to compare. The lists are then computed with the champion recipe on all th
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -77,8 +78,6 @@ class Data:
         return self.events[self.events["kind"] == "purchase"]
 
     def run_key(self, as_of: dt.date) -> str:
-        import hashlib
-
         inputs = ",".join(f"{t}@{v}" for t, v in sorted(self.versions.items()))
         return f"{as_of}:{hashlib.sha256(inputs.encode()).hexdigest()[:16]}"
 
@@ -457,7 +456,11 @@ def train_recommender(lake: Lake, settings: Settings, data: Data, as_of: dt.date
         info = mlflow.pyfunc.log_model(
             name="model", python_model=_recipe_model(challenger), pip_requirements=["pandas"]
         )
-        decision = register_and_gate(name, info.model_uri, metrics, champ_metrics, rules, data.run_key(as_of))
+        # A rerun with the same inputs *and* the same recommend settings keeps its first decision; a
+        # changed setting (blend weights, grid…) is a new challenger.
+        settings_hash = hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:8]
+        run_key = f"{data.run_key(as_of)}:{settings_hash}"
+        decision = register_and_gate(name, info.model_uri, metrics, champ_metrics, rules, run_key)
     progress(decision.summary())
     if champion_version(name) is None:
         raise RuntimeError(
