@@ -248,8 +248,8 @@ def apply_rules(
 ) -> pd.DataFrame:
     """candidates: user, item, score, …. Drops (user, item) pairs in `exclude` (e.g. bought and not
     repeatable) and items flagged in `unavailable` (indexed by item), then walks each user's list in
-    score order keeping at most `max_per_brand` items of a brand and `max_per_category` of a category
-    among the items kept so far, and ranks the first k."""
+    score order keeping at most `max_per_brand` items of a brand, then — among those — at most
+    `max_per_category` of a category, and ranks the first k."""
     c = candidates
     if unavailable is not None and len(c):
         c = c[~unavailable[c["item"].to_numpy()]]
@@ -262,7 +262,7 @@ def apply_rules(
     for cap, attr in ((max_per_brand, brand), (max_per_category, category)):
         if cap is None or attr is None or not len(c):
             continue
-        # Greedy in score order: an item stays if fewer than `cap` earlier *kept* items share its value.
+        # In score order: an item stays if fewer than `cap` earlier items still kept share its value.
         g = attr[c["item"].to_numpy()]
         seen = pd.Series(keep.astype(int)).groupby([c["user"].to_numpy(), g]).cumsum().to_numpy()
         keep &= seen <= cap

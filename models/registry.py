@@ -113,6 +113,15 @@ def _version_for(name: str, run_key: str):
     return next((v for v in versions if v.tags.get("run_key") == run_key), None)
 
 
+def run_key(as_of, versions: dict[str, int], extra: str = "") -> str:
+    """What a rerun has in common with its first run: the date, the versions of every input table
+    (and `extra`, e.g. a hash of the settings that shape the model)."""
+    import hashlib
+
+    inputs = ",".join(f"{t}@{v}" for t, v in sorted(versions.items())) + (f"|{extra}" if extra else "")
+    return f"{as_of}:{hashlib.sha256(inputs.encode()).hexdigest()[:16]}"
+
+
 def register_and_gate(
     name: str,
     model_uri: str,

@@ -77,10 +77,9 @@ class Activity:
 
     def run_key(self, as_of: dt.date) -> str:
         """The date and the versions of every input: what a rerun has in common with its first run."""
-        import hashlib
+        from p13n.models.registry import run_key
 
-        inputs = ",".join(f"{t}@{v}" for t, v in sorted(self.versions.items()))
-        return f"{as_of}:{hashlib.sha256(inputs.encode()).hexdigest()[:16]}"
+        return run_key(as_of, self.versions)
 
     def features(self, as_of: dt.date) -> DataFrame:
         return build_features(

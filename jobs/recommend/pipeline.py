@@ -23,7 +23,6 @@ split to compare. The lists are then computed with the champion recipe on all th
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -76,10 +75,6 @@ class Data:
     @property
     def purchases(self) -> pd.DataFrame:
         return self.events[self.events["kind"] == "purchase"]
-
-    def run_key(self, as_of: dt.date) -> str:
-        inputs = ",".join(f"{t}@{v}" for t, v in sorted(self.versions.items()))
-        return f"{as_of}:{hashlib.sha256(inputs.encode()).hexdigest()[:16]}"
 
 
 def _event_log(lake: Lake, activity, settings: Settings, as_of: dt.date):
@@ -304,13 +299,12 @@ def served(data: Data, lists: Lists, users: np.ndarray, events: pd.DataFrame, re
     kept = L.apply_rules(fused, k, exclude, unavailable, data.brand, data.category, cfg.max_per_brand,
                          cfg.max_per_category)  # fmt: skip
     seg = lists.components["popular_in_segment"]
-    objectors = np.setdiff1d(users, consented)
     fallbacks = [
         ("popular_in_segment", seg[seg["user"].isin(consented)]),
         ("popular", lists.components["popular"]),
     ]
-    out = L.top_up(kept, users, fallbacks, k, exclude, unavailable)
-    return out[~out["user"].isin(objectors) | (out["source"] == "popular")].reset_index(drop=True)
+    # Objectors are in neither the fused list nor the segment list: the overall popular list is all they get.
+    return L.top_up(kept, users, fallbacks, k, exclude, unavailable)
 
 
 def _bought_not_repeatable(data: Data, events: pd.DataFrame) -> pd.DataFrame:
@@ -420,7 +414,7 @@ def train_recommender(lake: Lake, settings: Settings, data: Data, as_of: dt.date
     import mlflow
 
     from p13n.customers.pipeline import ModelRun, _registered, _write_model_run
-    from p13n.models.registry import GateRule, champion_version, load_champion, register_and_gate
+    from p13n.models.registry import GateRule, register_and_gate, run_key
     from p13n.tracking import use_experiment
 
     use_experiment(settings, "recommend")  # first: the champion is looked up in this store
@@ -437,8 +431,8 @@ def train_recommender(lake: Lake, settings: Settings, data: Data, as_of: dt.date
     metrics = gate_metrics(table, cfg.k)
     name = _registered(settings, "recommend")
     champ_metrics = None
-    if champion_version(name) is not None:
-        champ = Recipe(**load_champion(name, "pyfunc").recipe)
+    champ = _champion(name)
+    if champ is not None:
         champ_table = (
             table if champ == challenger else evaluate_recipe(data, champ, settings, spark, split)[0]
         )
@@ -458,15 +452,14 @@ def train_recommender(lake: Lake, settings: Settings, data: Data, as_of: dt.date
         )
         # A rerun with the same inputs *and* the same recommend settings keeps its first decision; a
         # changed setting (blend weights, grid…) is a new challenger.
-        settings_hash = hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:8]
-        run_key = f"{data.run_key(as_of)}:{settings_hash}"
-        decision = register_and_gate(name, info.model_uri, metrics, champ_metrics, rules, run_key)
+        key = run_key(as_of, data.versions, extra=cfg.model_dump_json())
+        decision = register_and_gate(name, info.model_uri, metrics, champ_metrics, rules, key)
     progress(decision.summary())
-    if champion_version(name) is None:
+    recipe = _champion(name)
+    if recipe is None:
         raise RuntimeError(
             f"no champion {name} recipe to serve: the first one failed its gate ({'; '.join(decision.reasons)})"
         )
-    recipe = Recipe(**load_champion(name, "pyfunc").recipe)
     out = ModelRun("recommend", as_of, metrics | {"test_customers": facts["test_customers"]}, decision)
     _write_model_run(lake, out, run)
     return out, recipe, table
@@ -487,16 +480,25 @@ def _recipe_model(recipe: Recipe):
     return RecipeModel(recipe.as_dict())
 
 
+def _champion(name: str) -> Recipe | None:
+    """The registered champion recipe of `name` (in the current MLflow store), or None."""
+    from p13n.models.registry import champion_version, load_champion
+
+    if champion_version(name) is None:
+        return None
+    return Recipe(**load_champion(name, "pyfunc").recipe)
+
+
 def champion_recipe(settings: Settings) -> Recipe:
     from p13n.customers.pipeline import _registered
-    from p13n.models.registry import champion_version, load_champion
     from p13n.tracking import use_experiment
 
     use_experiment(settings, "recommend")
     name = _registered(settings, "recommend")
-    if champion_version(name) is None:
+    recipe = _champion(name)
+    if recipe is None:
         raise LookupError(f"no champion {name} recipe: run the train step first")
-    return Recipe(**load_champion(name, "pyfunc").recipe)
+    return recipe
 
 
 def build_lists(lake: Lake, settings: Settings, data: Data, recipe: Recipe, as_of: dt.date,
