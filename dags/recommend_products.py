@@ -13,7 +13,8 @@ date's `as_of_date` partition, so reruns and backfills are idempotent.
 * **lists**: with the champion recipe — personalized (blend + business rules + fallback chain), buy
   it again, recently viewed, popular in segment → `gold.recommendations`; `gold.item_similarity`,
   `gold.bought_together`, `gold.trending`, `gold.popular_items`.
-* **validate**: Great Expectations suites on every output.
+* **validate**: Great Expectations suites on every output (recorded in `ops.validations`); then
+  `p13n://gold/recommendations` is announced, which triggers `publish_serving`.
 """
 
 from __future__ import annotations
@@ -49,13 +50,13 @@ def recommend_products():
 
         return train_task(ds)
 
-    @task(outlets=[RECOMMENDATIONS])
+    @task
     def lists(_train: dict, ds: str | None = None) -> dict:
         from p13n.recommend.tasks import lists_task
 
         return lists_task(ds)
 
-    @task
+    @task(outlets=[RECOMMENDATIONS])  # announced once validated: publishing follows it
     def validate(_lists: dict, ds: str | None = None) -> dict:
         from p13n.recommend.tasks import validate_task
 

@@ -21,6 +21,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
 
 
+def _cmd_serving(args: argparse.Namespace) -> int:
+    from p13n.serving.tasks import serving_command
+
+    return serving_command(
+        args.action,
+        date=getattr(args, "date", None),
+        force=getattr(args, "force", False),
+        to=getattr(args, "to", None),
+        as_json=getattr(args, "json", False),
+    )
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from p13n.serving.tasks import serve
+
+    return serve(host=args.host, port=args.port, workers=args.workers)
+
+
 def _cmd_sources(args: argparse.Namespace) -> int:
     from p13n.sources.catalog import catalog
 
@@ -335,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_airflow)
 
     p = sub.add_parser("bench", help="run a benchmark (or all) and print key=value figures")
-    p.add_argument("name", help="benchmark name, or 'all': lake, ingest, identity, customers, als")
+    p.add_argument("name", help="benchmark name, or 'all': lake, ingest, identity, customers, als, serving")
     p.add_argument(
         "--rows",
         type=int,
@@ -416,6 +434,30 @@ def build_parser() -> argparse.ArgumentParser:
         "--steps", default="features,churn,clv,segments,validate", help="comma-separated subset of the steps"
     )
     p.set_defaults(handler=_cmd_customers)
+
+    p = sub.add_parser("serving", help="publish to the serving store (Redis), roll back, show versions")
+    srv_sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    a = srv_sub.add_parser(
+        "publish",
+        help="publish a date's gold tables as a new version and make it live (what the publish DAG does)",
+        description="Refused when a table lacks the date, failed its expectations, or a gated model has no "
+        "champion, unless --force. The previous versions stay for rollback (serving.keep_versions).",
+    )
+    a.add_argument("--date", required=True, help="as-of date (YYYY-MM-DD)")
+    a.add_argument("--force", action="store_true", help="publish despite failed checks (they are logged)")
+    a = srv_sub.add_parser("rollback", help="make the previous (or a given) retained version live again")
+    a.add_argument(
+        "--to", default=None, help="the version to make live (default: the one before the live one)"
+    )
+    a = srv_sub.add_parser("status", help="the live version and every version kept, with their counts")
+    a.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_cmd_serving)
+
+    p = sub.add_parser("serve", help="start the recommendation API (OpenAPI document at /docs)")
+    p.add_argument("--host", default=None, help="default: serving.api.host")
+    p.add_argument("--port", type=int, default=None, help="default: serving.api.port")
+    p.add_argument("--workers", type=int, default=None, help="default: serving.api.workers")
+    p.set_defaults(handler=_cmd_serve)
 
     p = sub.add_parser("config", help="print the effective configuration (secrets masked)")
     p.set_defaults(handler=_cmd_config)

@@ -204,6 +204,68 @@ class RecommendSettings(_Section):
     seed: int = 13
 
 
+class ExperimentArm(_Section):
+    weight: float = Field(gt=0)  # share of the experiment's traffic (after the holdout), normalised
+    list_type: str  # the list the arm serves in place of the requested one (popular = the overall list)
+
+
+class ExperimentSettings(_Section):
+    """An A/B test on a list type: customers are split into arms by hashing (customer id, salt)."""
+
+    enabled: bool = True
+    applies_to: str = "personalized"  # the requested list type the experiment intercepts
+    salt: str = ""  # empty: the experiment's name; change it to reshuffle everyone
+    holdout: float = Field(0.0, ge=0, lt=1)  # share kept out of the experiment (served as requested)
+    arms: dict[str, ExperimentArm] = Field(default_factory=dict)
+
+
+class ApiSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, gt=0, lt=65536)
+    workers: int = Field(2, gt=0)
+    default_k: int = Field(10, gt=0)
+    max_k: int = Field(50, gt=0)
+    page_size: int = Field(100, gt=0)
+    max_page_size: int = Field(1000, gt=0)
+    # How long a worker trusts the live-version pointer it read (a rollback is seen within this).
+    pointer_cache_seconds: float = Field(1.0, ge=0)
+    # A Redis call slower than this is abandoned for the fallback: a shopper never waits on it.
+    redis_timeout_ms: int = Field(100, gt=0)
+    # After a failed Redis call the API serves fallbacks for this long before trying Redis again.
+    redis_retry_seconds: float = Field(2.0, ge=0)
+    log_exposures: bool = True
+
+
+class ServingSettings(_Section):
+    """Serving (`p13n.serving`): see the `serving:` section of conf/base.yaml."""
+
+    # Empty: the embedded Redis p13n starts itself (data kept under <data_dir>/redis).
+    redis_url: str = ""
+    namespace: str = Field("p13n", pattern=r"^[A-Za-z0-9_.-]+$")
+    keep_versions: int = Field(3, ge=2)
+    lock_ttl_seconds: int = Field(120, gt=0)
+    batch_commands: int = Field(5000, gt=0)
+    writers: int = Field(2, gt=0)
+    # Only these identity key types are published as lookups: source-system ids, never contact data.
+    lookup_key_types: list[str] = Field(
+        default_factory=lambda: ["shopify_customer_id", "crm_contact_id", "loyalty_id"]
+    )
+    # CLV tiers by percentile of the run's 12-month CLV: tier -> lowest percentile in it.
+    clv_tiers: dict[str, float] = Field(default_factory=lambda: {"top": 0.9, "high": 0.6, "medium": 0.3})
+    # Models whose gate must have a champion for the date before a publish (unless forced).
+    gated_models: list[str] = Field(default_factory=lambda: ["recommend", "churn", "clv", "segments"])
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    experiments: dict[str, ExperimentSettings] = Field(default_factory=dict)
+
+    @field_validator("lookup_key_types")
+    @classmethod
+    def _no_contact_data(cls, v: list[str]) -> list[str]:
+        bad = [k for k in v if re.search(r"email|phone|address|name", k, re.I)]
+        if bad:
+            raise ValueError(f"contact data never goes to the serving store: {bad}")
+        return v
+
+
 class Settings(_Section):
     env: str = "local"
     data_dir: Path = Path("data")
@@ -215,6 +277,7 @@ class Settings(_Section):
     identity: IdentitySettings = Field(default_factory=IdentitySettings)
     customers: CustomerSettings = Field(default_factory=CustomerSettings)
     recommend: RecommendSettings = Field(default_factory=RecommendSettings)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
 
     @field_validator("data_dir")
     @classmethod

@@ -37,12 +37,14 @@ def validate_outputs(tables: dict[str, list | None], what: str) -> dict:
     from p13n.sources.expectations import validator
 
     check = validator(get_settings())
-    failures, warnings, passed = [], [], 0
+    failures, warnings, passed, records = [], [], 0, []
     for table, where in tables.items():
         outcome = check(table, lake().read(table, where=where))
         passed += outcome.passed
         failures += [f"{table}: {f}" for f in outcome.critical_failures]
         warnings += [f"{table}: {w}" for w in outcome.warnings]
+        records.append((table, where, outcome))
+    record_validations(lake(), records)
     for w in warnings:
         progress(f"expectation warning: {w}")
     if failures:
@@ -51,6 +53,28 @@ def validate_outputs(tables: dict[str, list | None], what: str) -> dict:
         raise AirflowFailException(f"{what} failed their expectations: " + "; ".join(failures))
     progress(f"{what} passed {passed} expectations ({len(warnings)} warnings)")
     return {"passed": passed, "warnings": len(warnings)}
+
+
+VALIDATIONS = "ops.validations"
+VALIDATIONS_SCHEMA = (
+    "run_date date, table_name string, success boolean, passed long, failed long, failures string, "
+    "warnings string, validated_at timestamp"
+)
+
+
+def record_validations(lake, records: list) -> None:
+    """Append each table's outcome to `ops.validations` (the publish gate reads the latest per date)."""
+    import datetime as dt
+
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    rows = []
+    for table, where, outcome in records:
+        dates = [v for c, op, v in (where or []) if op == "=" and isinstance(v, dt.date)]
+        rows.append((dates[0] if dates else now.date(), table, not outcome.critical_failures, outcome.passed,
+                     outcome.failed, "; ".join(outcome.critical_failures), "; ".join(outcome.warnings), now))  # fmt: skip
+    if rows:
+        df = lake.spark.createDataFrame(rows, VALIDATIONS_SCHEMA)
+        lake.write(VALIDATIONS, df, mode="append", partition_by=["run_date"])
 
 
 def airflow_env(settings: Settings | None = None, base: dict | None = None) -> dict[str, str]:

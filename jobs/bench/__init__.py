@@ -11,6 +11,7 @@ from p13n.bench.customers import bench_customers
 from p13n.bench.identity import bench_identity
 from p13n.bench.ingest import bench_ingest
 from p13n.bench.lake import bench_lake
+from p13n.bench.serving import bench_serving
 
 BENCHMARKS: dict[str, Callable[..., dict]] = {
     "lake": bench_lake,
@@ -18,6 +19,7 @@ BENCHMARKS: dict[str, Callable[..., dict]] = {
     "identity": bench_identity,
     "customers": bench_customers,
     "als": bench_als,
+    "serving": bench_serving,
 }
 
 

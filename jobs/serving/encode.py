@@ -1,0 +1,183 @@
+"""Gold tables of one date -> Redis commands, built in DuckDB (no Python loop per customer).
+
+`commands()` returns one row per Redis command: its kind (c customers, i items, l lists, x lookups,
+s segments, m version tables), the key it writes, the command already framed in the Redis protocol
+(RESP), and for hash keys the md5 of their canonical content (`field=value` lines sorted by field), which
+the verifier recomputes from what Redis holds.
+
+No raw PII is read: profiles take segments, scores, consents and send times; lookups take only the
+configured source-system key types.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pyarrow as pa
+
+from p13n.config import Settings
+from p13n.serving.keys import CUSTOMER_LISTS
+
+# Tables a publish reads for its date (`as_of_date` partition) and what each feeds.
+DATED_TABLES = {
+    "gold.recommendations": "customer lists",
+    "gold.segments": "profiles and segments",
+    "gold.send_times": "profiles (best send time)",
+    "gold.item_similarity": "similar items",
+    "gold.bought_together": "bought together",
+    "gold.trending": "trending lists",
+    "gold.popular_items": "popular lists",
+}
+
+_MACROS = """
+CREATE OR REPLACE MACRO crlf() AS chr(13) || chr(10);
+CREATE OR REPLACE MACRO bulk(x) AS '$' || strlen(x) || crlf() || x || crlf();
+CREATE OR REPLACE MACRO milli(x) AS CAST(round(x * 1000) AS BIGINT)::VARCHAR;
+CREATE OR REPLACE MACRO slug(x) AS trim(regexp_replace(lower(x), '[^a-z0-9]+', '-', 'g'), '-');
+"""
+
+
+def _scan(settings: Settings, table: str) -> str:
+    layer, name = table.split(".")
+    return f"delta_scan('{settings.lake_root}/{layer}/{name}')"
+
+
+def _hash_commands(source: str, kind: str) -> str:
+    """HSET per key from rows (key, field, value) of `source`: one command and one digest per key."""
+    return f"""
+        SELECT '{kind}' AS kind, key,
+               '*' || (2 + 2 * count(*)) || crlf() || bulk('HSET') || bulk(key)
+                   || string_agg(bulk(field) || bulk(value), '' ORDER BY field) AS cmd,
+               md5(string_agg(field || '=' || value, chr(10) ORDER BY field)) AS digest,
+               count(*) AS fields
+        FROM {source} GROUP BY key
+    """
+
+
+def _chunked_commands(source: str, kind: str, verb: str, per_command: int, pairs: bool) -> str:
+    """Big hashes and lists in commands of `per_command` members: (key, field[, value]) rows."""
+    member = "bulk(field) || bulk(value)" if pairs else "bulk(field)"
+    width = 2 if pairs else 1
+    return f"""
+        SELECT '{kind}' AS kind, key,
+               '*' || (2 + {width} * count(*)) || crlf() || bulk('{verb}') || bulk(key)
+                   || string_agg({member}, '' ORDER BY n) AS cmd,
+               NULL AS digest, count(*) AS fields
+        FROM (SELECT *, (row_number() OVER (PARTITION BY key ORDER BY field) - 1) AS n FROM {source})
+        GROUP BY key, n // {per_command}
+    """
+
+
+def commands(con, settings: Settings, as_of: dt.date, version: str, erased: set[str]) -> pa.Table:
+    """Every command of one version, with kind, key, cmd and digest columns."""
+    s = settings.serving
+    prefix = f"{s.namespace}:v:{version}:"
+    day = f"DATE '{as_of.isoformat()}'"
+    con.execute(_MACROS)
+    con.execute("CREATE OR REPLACE TEMP TABLE erased (customer_id VARCHAR)")
+    if erased:
+        con.executemany("INSERT INTO erased VALUES (?)", [(c,) for c in sorted(erased)])
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE recs AS
+        SELECT r.* EXCLUDE (as_of_date, reason), coalesce(reason, '') AS reason FROM {_scan(settings, "gold.recommendations")} r
+        WHERE as_of_date = {day} AND customer_id NOT IN (SELECT customer_id FROM erased)
+    """)
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE item_rows AS
+        SELECT 'similar' AS field, sku, similar_sku AS item, rank, score, basis AS source, '' AS reason
+        FROM {_scan(settings, "gold.item_similarity")} WHERE as_of_date = {day}
+        UNION ALL
+        SELECT 'bought_together', sku, other_sku, rank, confidence, 'bought_together', ''
+        FROM {_scan(settings, "gold.bought_together")} WHERE as_of_date = {day}
+    """)
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE list_rows AS
+        SELECT 'trending' AS kind, scope, rank, sku, score, 'trending' AS source, '' AS reason
+        FROM {_scan(settings, "gold.trending")} WHERE as_of_date = {day}
+        UNION ALL
+        SELECT 'popular', CASE WHEN scope = 'all' THEN 'all' ELSE slug(scope) END, rank, sku, buyers,
+               'popular', ''
+        FROM {_scan(settings, "gold.popular_items")} WHERE as_of_date = {day}
+    """)
+    # Reason ids: one per distinct (source, reason) of the version.
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE reasons AS
+        SELECT (row_number() OVER (ORDER BY source, reason) - 1)::VARCHAR AS rid, source, reason
+        FROM (SELECT DISTINCT source, reason FROM recs
+              UNION SELECT DISTINCT source, reason FROM item_rows
+              UNION SELECT DISTINCT source, reason FROM list_rows)
+    """)
+    customer_lists = ", ".join(f"'{t}'" for t in CUSTOMER_LISTS)
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE customer_fields AS
+        SELECT '{prefix}c:' || customer_id AS key, list_type AS field,
+               string_agg(sku || ',' || milli(score) || ',' || rid, ';' ORDER BY rank) AS value
+        FROM recs JOIN reasons USING (source, reason)
+        WHERE list_type IN ({customer_lists})
+        GROUP BY customer_id, list_type
+    """)
+    tiers = sorted(s.clv_tiers.items(), key=lambda kv: -kv[1])
+    tier_case = " ".join(f"WHEN pct >= {p} THEN '{t}'" for t, p in tiers)
+    consents = ("email", "sms", "push", "personalization")
+    con.execute(f"""
+        INSERT INTO customer_fields
+        SELECT '{prefix}c:' || g.customer_id, 'profile', json_object(
+                   'segment', g.persona, 'rfm_segment', g.rfm_segment, 'lifecycle_stage', g.lifecycle_stage,
+                   'clv_tier', CASE {tier_case} ELSE 'low' END, 'churn_band', g.churn_risk_band,
+                   'consents', json_object({", ".join(f"'{c}', coalesce(p.consent_{c}, 'unknown')" for c in consents)}),
+                   'best_send_time', CASE WHEN t.best_hour IS NULL THEN NULL
+                                          ELSE json_object('hour', t.best_hour, 'weekday', t.best_weekday) END
+               )::VARCHAR
+        FROM (SELECT *, percent_rank() OVER (ORDER BY clv_12m) AS pct
+              FROM {_scan(settings, "gold.segments")} WHERE as_of_date = {day}) g
+        LEFT JOIN (SELECT * FROM {_scan(settings, "gold.send_times")} WHERE as_of_date = {day}) t
+            USING (customer_id)
+        LEFT JOIN {_scan(settings, "gold.customer_profiles")} p USING (customer_id)
+        WHERE g.customer_id NOT IN (SELECT customer_id FROM erased)
+    """)  # fmt: skip
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE item_fields AS
+        SELECT '{prefix}i:' || sku AS key, field,
+               string_agg(item || ',' || milli(score) || ',' || rid, ';' ORDER BY rank) AS value
+        FROM item_rows JOIN reasons USING (source, reason) GROUP BY sku, field
+    """)
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE list_fields AS
+        SELECT '{prefix}l:' || kind AS key, scope AS field,
+               string_agg(sku || ',' || milli(score) || ',' || rid, ';' ORDER BY rank) AS value
+        FROM list_rows JOIN reasons USING (source, reason) GROUP BY kind, scope
+    """)
+    # Segments: persona, RFM segment, lifecycle stage, churn band, each a paged list of customer ids.
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE segment_members AS
+        SELECT '{prefix}s:' || name AS key, customer_id AS field FROM (
+            SELECT customer_id, unnest([
+                'persona.' || slug(persona), 'rfm.' || slug(rfm_segment),
+                'lifecycle.' || slug(lifecycle_stage), 'churn.' || slug(churn_risk_band)]) AS name
+            FROM {_scan(settings, "gold.segments")}
+            WHERE as_of_date = {day} AND customer_id NOT IN (SELECT customer_id FROM erased))
+        WHERE name IS NOT NULL
+    """)
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE meta_fields AS
+        SELECT '{prefix}reasons' AS key, rid AS field, json_array(source, nullif(reason, ''))::VARCHAR AS value
+        FROM reasons
+        UNION ALL
+        SELECT '{prefix}segments', substr(key, {len(prefix) + 3}), count(*)::VARCHAR
+        FROM segment_members GROUP BY key
+    """)
+    key_types = ", ".join(f"'{k}'" for k in s.lookup_key_types) or "NULL"
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE lookup_fields AS
+        SELECT '{prefix}x:' || key_type AS key, key_value AS field, customer_id AS value
+        FROM {_scan(settings, "gold.identity_keys")}
+        WHERE key_type IN ({key_types}) AND customer_id NOT IN (SELECT customer_id FROM erased)
+    """)
+    return con.execute(f"""
+        {_hash_commands("customer_fields", "c")}
+        UNION ALL {_hash_commands("item_fields", "i")}
+        UNION ALL {_hash_commands("list_fields", "l")}
+        UNION ALL {_chunked_commands("lookup_fields", "x", "HSET", 1000, pairs=True)}
+        UNION ALL {_chunked_commands("segment_members", "s", "RPUSH", 1000, pairs=False)}
+        UNION ALL {_chunked_commands("meta_fields", "m", "HSET", 1000, pairs=True)}
+    """).fetch_arrow_table()

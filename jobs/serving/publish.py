@@ -1,0 +1,570 @@
+"""Atomic, versioned publishing of gold tables to Redis, with rollback.
+
+A publish (1) checks the run: every table it reads has the date's partition and passed its
+expectations, and every gated model has a champion (`--force` skips this); (2) takes the namespace's
+lock and cleans up what a crashed publish left; (3) writes the new version under its own prefix,
+pipelined by parallel writers; (4) verifies it: key counts per kind, and the content digest of a
+sample of keys, read back from Redis; (5) makes it live with one atomic pointer switch (a Lua
+script); (6) deletes versions beyond `serving.keep_versions`. Until (5), readers see the previous
+version; a publish killed anywhere before it leaves the previous version live.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from p13n.config import Settings
+from p13n.faults import checkpoint
+from p13n.serving.keys import Keys
+
+# Make `version` live if it is verified; the previous live version becomes `retained`.
+_SWITCH = """
+local status = redis.call('HGET', KEYS[2], 'status')
+if status ~= 'verified' and status ~= 'retained' then
+  return redis.error_reply('version ' .. ARGV[1] .. ' is ' .. tostring(status) .. ', not verified or retained')
+end
+local previous = redis.call('GET', KEYS[1])
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[2], 'status', 'live', 'live_at', ARGV[2])
+if previous and previous ~= ARGV[1] then
+  redis.call('HSET', ARGV[3] .. previous, 'status', 'retained')
+end
+return previous
+"""
+
+# Release the lock only if it is still ours.
+_UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+# Extend the lock only if it is still ours.
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+KIND_NAMES = {
+    "c": "customers",
+    "i": "items",
+    "l": "lists",
+    "x": "lookups",
+    "s": "segments",
+    "m": "version tables",
+}
+
+
+class PublishError(RuntimeError):
+    """A publish was refused or failed; the live version is unchanged. `retryable`: trying again
+    later may succeed (a lock held, Redis unreachable), as opposed to a refusal on the data."""
+
+    def __init__(self, message: str, retryable: bool = False):
+        super().__init__(message)
+        self.retryable = retryable
+
+
+@dataclass
+class PublishResult:
+    version: str
+    as_of: dt.date
+    previous: str | None
+    keys: dict[str, int]
+    commands: int
+    bytes: int
+    seconds: dict[str, float] = field(default_factory=dict)
+    verified_sample: int = 0
+    forced: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def total_keys(self) -> int:
+        return sum(self.keys.values())
+
+    def summary(self) -> str:
+        kinds = ", ".join(f"{n:,} {KIND_NAMES.get(k, k)}" for k, n in sorted(self.keys.items()))
+        rate = self.total_keys / max(self.seconds.get("write", 0), 1e-9)
+        return (
+            f"published version {self.version} (as of {self.as_of}): {kinds}; "
+            f"{self.bytes / 1e6:.1f} MB in {self.commands:,} commands, written at {rate:,.0f} keys/s; "
+            f"{self.verified_sample:,} keys verified by digest; live (previous: {self.previous or 'none'})"
+        )
+
+
+def client(url: str, **kwargs):
+    import redis
+
+    return redis.Redis.from_url(url, decode_responses=True, **kwargs)
+
+
+# --- preflight -------------------------------------------------------------------------------------
+
+
+def preflight(settings: Settings, as_of: dt.date, con) -> list[str]:
+    """Why this date must not be published: missing partitions, failed expectations, gates without a
+    champion. Empty when it may."""
+    from p13n.serving.encode import DATED_TABLES, _scan
+
+    root = settings.lake_root
+    problems = []
+    for table, feeds in DATED_TABLES.items():
+        layer, name = table.split(".")
+        if not os.path.exists(f"{root}/{layer}/{name}/_delta_log"):
+            problems.append(f"{table} does not exist (it feeds {feeds})")
+            continue
+        n = con.execute(
+            f"SELECT count(*) FROM {_scan(settings, table)} WHERE as_of_date = ?", [as_of]
+        ).fetchone()[0]
+        if n == 0:
+            problems.append(f"{table} has no rows for {as_of} (it feeds {feeds})")
+    latest = {}
+    if os.path.exists(f"{root}/ops/validations/_delta_log"):
+        latest = {
+            t: (ok, f)
+            for t, ok, f in con.execute(
+                f"""SELECT table_name, success, failures FROM (
+                        SELECT *, row_number() OVER (PARTITION BY table_name ORDER BY validated_at DESC) AS n
+                        FROM {_scan(settings, "ops.validations")} WHERE run_date = ?) WHERE n = 1""",
+                [as_of],
+            ).fetchall()
+        }
+    for table in DATED_TABLES:
+        if table not in latest:
+            problems.append(f"{table} has not been validated for {as_of} (no row in ops.validations)")
+        elif not latest[table][0]:
+            problems.append(f"{table} failed its expectations for {as_of}: {latest[table][1]}")
+    if settings.serving.gated_models:
+        if not os.path.exists(f"{root}/ops/model_runs/_delta_log"):
+            problems.append("ops.model_runs does not exist: no model was gated")
+        else:
+            rows = dict(
+                con.execute(
+                    f"""SELECT model, champion_version FROM (
+                        SELECT *, row_number() OVER (PARTITION BY model ORDER BY as_of_date DESC) AS n
+                        FROM {_scan(settings, "ops.model_runs")} WHERE as_of_date <= ?) WHERE n = 1""",
+                    [as_of],
+                ).fetchall()
+            )
+            for model in settings.serving.gated_models:
+                if model not in rows:
+                    problems.append(f"model {model!r} has no gated run on or before {as_of}")
+                elif rows[model] in (None, ""):
+                    problems.append(
+                        f"model {model!r} has no champion: its gate failed and nothing passed before"
+                    )
+    return problems
+
+
+def erased_customers(settings: Settings, con) -> set[str]:
+    from p13n.serving.encode import _scan
+
+    if not os.path.exists(f"{settings.lake_root}/ops/erasures/_delta_log"):
+        return set()
+    return {
+        r[0] for r in con.execute(f"SELECT customer_id FROM {_scan(settings, 'ops.erasures')}").fetchall()
+    }
+
+
+# --- the lock --------------------------------------------------------------------------------------
+
+
+class Lock:
+    """One publisher per namespace. A lock whose holder is a dead process on this host is broken."""
+
+    def __init__(self, r, keys: Keys, ttl_seconds: int):
+        self.r, self.keys, self.ttl_ms = r, keys, ttl_seconds * 1000
+        self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._last_renew = 0.0
+        self._guard = threading.Lock()
+
+    def acquire(self) -> None:
+        if self.r.set(self.keys.lock, self.token, nx=True, px=self.ttl_ms):
+            self._last_renew = time.monotonic()
+            return
+        holder = self.r.get(self.keys.lock) or ""
+        host, _, rest = holder.partition(":")
+        pid = rest.partition(":")[0]
+        if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+            # Compare-and-delete, so a lock taken meanwhile by a live publisher is left alone.
+            self.r.eval(_UNLOCK, 1, self.keys.lock, holder)
+            if self.r.set(self.keys.lock, self.token, nx=True, px=self.ttl_ms):
+                self._last_renew = time.monotonic()
+                return
+        ttl = self.r.pttl(self.keys.lock)
+        raise PublishError(
+            f"another publish holds the lock ({holder}, {max(ttl, 0) / 1000:.0f}s left); try again when it ends",
+            retryable=True,
+        )
+
+    def renew(self) -> None:
+        with self._guard:
+            if time.monotonic() - self._last_renew < self.ttl_ms / 4000:
+                return
+            if not self.r.eval(_RENEW, 1, self.keys.lock, self.token, self.ttl_ms):
+                raise PublishError(
+                    "the publish lost its lock (it expired or was broken); nothing was made live",
+                    retryable=True,
+                )
+            self._last_renew = time.monotonic()
+
+    def release(self) -> None:
+        self.r.eval(_UNLOCK, 1, self.keys.lock, self.token)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (killed, not yet reaped by its parent) is not a live publisher.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][:1] != "Z"
+    except OSError:
+        return True
+
+
+# --- writing ---------------------------------------------------------------------------------------
+
+
+def _connect(url: str) -> socket.socket:
+    from redis.connection import parse_url
+
+    opts = parse_url(url)
+    sock = socket.create_connection((opts.get("host", "127.0.0.1"), opts.get("port", 6379)), timeout=60)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    preamble = []
+    if opts.get("password"):
+        auth = [opts["username"], opts["password"]] if opts.get("username") else [opts["password"]]
+        preamble.append(_resp("AUTH", *auth))
+    if opts.get("db"):
+        preamble.append(_resp("SELECT", str(opts["db"])))
+    if preamble:
+        sock.sendall(b"".join(preamble))
+        _read_replies(sock, len(preamble), "connection setup")
+    return sock
+
+
+def _resp(*args: str) -> bytes:
+    out = [b"*%d\r\n" % len(args)]
+    for a in args:
+        b = a.encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(b), b))
+    return b"".join(out)
+
+
+def _read_replies(sock: socket.socket, n: int, what: str) -> None:
+    """Read n replies; the first error reply fails the publish with its message."""
+    import hiredis
+
+    reader = hiredis.Reader()
+    got = 0
+    while got < n:
+        data = sock.recv(1 << 20)
+        if not data:
+            raise PublishError(
+                f"Redis closed the connection after {got} of {n} replies ({what})", retryable=True
+            )
+        reader.feed(data)
+        while got < n:
+            reply = reader.gets()
+            if reply is False:
+                break
+            got += 1
+            if isinstance(reply, hiredis.ReplyError):
+                raise PublishError(f"Redis refused a command of {what}: {reply}")
+
+
+def write_commands(
+    url: str, batches: list[list[bytes]], lock: Lock | None, progress: Callable | None, writers: int
+):
+    """Send batches of framed commands with `writers` connections in parallel, pipelined."""
+    total = len(batches)
+    done = [0]
+    guard = threading.Lock()
+    half = total // 2
+
+    def work(my_batches: list[tuple[int, list[bytes]]]) -> None:
+        sock = _connect(url)
+        try:
+            for i, batch in my_batches:
+                sock.sendall(b"".join(batch))
+                _read_replies(sock, len(batch), f"batch {i + 1} of {total}")
+                with guard:
+                    done[0] += 1
+                    n = done[0]
+                if n == half:
+                    checkpoint("serving.mid_publish")
+                if lock:
+                    lock.renew()
+                if progress and (n % max(total // 10, 1) == 0 or n == total):
+                    progress(f"  wrote {n:,} of {total:,} batches")
+        finally:
+            sock.close()
+
+    shares = [[(i, b) for i, b in enumerate(batches) if i % writers == w] for w in range(writers)]
+    with ThreadPoolExecutor(max_workers=writers) as pool:
+        for f in [pool.submit(work, s) for s in shares if s]:
+            f.result()
+
+
+def _batches(cmds: pa.Table, per_batch: int) -> list[list[bytes]]:
+    column = cmds.column("cmd").to_pylist()
+    encoded = [c.encode() for c in column]
+    return [encoded[i : i + per_batch] for i in range(0, len(encoded), per_batch)]
+
+
+# --- verification ----------------------------------------------------------------------------------
+
+
+def verify(r, keys: Keys, version: str, cmds: pa.Table, sample_every: int = 16) -> tuple[dict[str, int], int]:
+    """Count the version's keys per kind in Redis and compare the digests of a sample of hash keys."""
+    import hashlib
+
+    expected = expected_keys(cmds)
+    prefix = keys.prefix(version)
+    found: dict[str, int] = {}
+    for key in r.scan_iter(match=prefix + "*", count=10_000):
+        kind = key[len(prefix) :].split(":", 1)[0]
+        kind = "m" if kind in ("reasons", "segments") else kind
+        found[kind] = found.get(kind, 0) + 1
+    if found != expected:
+        raise PublishError(
+            f"version {version} is incomplete in Redis: expected keys {expected}, found {found}"
+        )
+    digests = cmds.filter(pc.invert(pc.is_null(cmds.column("digest"))))
+    keys_col, digest_col = digests.column("key").to_pylist(), digests.column("digest").to_pylist()
+    sample = [(k, d) for k, d in zip(keys_col, digest_col, strict=True) if hash_bucket(k, sample_every)]
+    pipe = r.pipeline(transaction=False)
+    for k, _ in sample:
+        pipe.hgetall(k)
+    for (k, d), content in zip(sample, pipe.execute(), strict=True):
+        text = "\n".join(f"{f}={v}" for f, v in sorted(content.items()))
+        if hashlib.md5(text.encode()).hexdigest() != d:
+            raise PublishError(f"version {version}: the content of {k} in Redis differs from the gold tables")
+    # Lists (segments): their lengths.
+    seg_counts = r.hgetall(keys.segments(version))
+    pipe = r.pipeline(transaction=False)
+    for name in seg_counts:
+        pipe.llen(keys.segment(version, name))
+    for (name, n), length in zip(seg_counts.items(), pipe.execute(), strict=True):
+        if int(n) != length:
+            raise PublishError(f"version {version}: segment {name} holds {length} ids, expected {n}")
+    return found, len(sample)
+
+
+def expected_keys(cmds: pa.Table) -> dict[str, int]:
+    kinds, key_col = cmds.column("kind").to_pylist(), cmds.column("key").to_pylist()
+    out: dict[str, set] = {}
+    for k, key in zip(kinds, key_col, strict=True):
+        out.setdefault(k, set()).add(key)
+    return {k: len(v) for k, v in out.items()}
+
+
+def hash_bucket(key: str, every: int) -> bool:
+    import zlib
+
+    return zlib.crc32(key.encode()) % every == 0
+
+
+# --- the publish -----------------------------------------------------------------------------------
+
+
+def new_version(r, keys: Keys, as_of: dt.date) -> str:
+    return f"{as_of:%Y%m%d}.{r.incr(keys.seq)}"
+
+
+def publish(
+    settings: Settings,
+    url: str,
+    as_of: dt.date,
+    *,
+    force: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> PublishResult:
+    """Publish the gold tables of `as_of` as a new version and make it live."""
+    from p13n.lake.duck import duckdb_connection
+    from p13n.serving.encode import commands
+
+    say = progress or (lambda _m: None)
+    s = settings.serving
+    keys = Keys(s.namespace)
+    r = client(url)
+    con = duckdb_connection()
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    problems = preflight(settings, as_of, con)
+    warnings = []
+    if problems and not force:
+        raise PublishError(
+            f"refusing to publish {as_of}: " + "; ".join(problems) + " (use --force to override)"
+        )
+    if problems:
+        warnings = [f"forced past: {p}" for p in problems]
+        for w in warnings:
+            say(w)
+    lock = Lock(r, keys, s.lock_ttl_seconds)
+    lock.acquire()
+    try:
+        cleaned = cleanup_abandoned(r, keys)
+        if cleaned:
+            say(f"deleted {len(cleaned)} version(s) a crashed publish left: {', '.join(cleaned)}")
+        version = new_version(r, keys, as_of)
+        now = time.time()
+        r.zadd(keys.versions, {version: now})
+        r.hset(
+            keys.meta(version),
+            mapping={"status": "writing", "as_of_date": as_of.isoformat(), "created_at": _iso(now),
+                     "publisher": lock.token, "forced": int(bool(problems))},
+        )  # fmt: skip
+        cmds = commands(con, settings, as_of, version, erased_customers(settings, con))
+        seconds["encode"] = time.perf_counter() - t0
+        nbytes = int(pc.sum(pc.binary_length(cmds.column("cmd").cast(pa.binary()))).as_py() or 0)
+        _check_memory(r, nbytes)
+        say(f"version {version}: {len(cmds):,} commands ({nbytes / 1e6:.1f} MB) to write")
+        t1 = time.perf_counter()
+        write_commands(url, _batches(cmds, s.batch_commands), lock, say, s.writers)
+        seconds["write"] = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        found, sampled = verify(r, keys, version, cmds)
+        r.hset(
+            keys.meta(version),
+            mapping={"status": "verified", "keys": json.dumps(found, sort_keys=True), "bytes": nbytes},
+        )
+        seconds["verify"] = time.perf_counter() - t2
+        checkpoint("serving.before_switch")
+        lock.renew()
+        previous = r.eval(
+            _SWITCH, 2, keys.live, keys.meta(version), version, _iso(time.time()), f"{keys.ns}:meta:"
+        )
+        expired = enforce_retention(r, keys, s.keep_versions)
+        if expired:
+            say(f"deleted versions beyond the last {s.keep_versions}: {', '.join(expired)}")
+        seconds["total"] = time.perf_counter() - t0
+        r.hset(keys.meta(version), "seconds", json.dumps({k: round(v, 3) for k, v in seconds.items()}))
+    except Exception:
+        if "version" in locals() and r.hget(keys.meta(version), "status") in ("writing", "verified"):
+            delete_version(r, keys, version, status="failed")
+        raise
+    finally:
+        lock.release()
+    return PublishResult(
+        version, as_of, previous, found, len(cmds), nbytes, seconds, sampled, bool(problems), warnings
+    )
+
+
+def _iso(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="seconds")
+
+
+def _check_memory(r, nbytes: int) -> None:
+    """Refuse a version that would not fit under Redis' maxmemory next to what is there."""
+    info = r.info("memory")
+    limit = int(info.get("maxmemory", 0))
+    # Redis' overhead per key and field: about 1.5x the protocol bytes, measured on this keyspace.
+    need = int(nbytes * 1.5)
+    if limit and info["used_memory"] + need > limit:
+        raise PublishError(
+            f"the new version needs about {need / 1e6:.0f} MB and Redis has "
+            f"{(limit - info['used_memory']) / 1e6:.0f} MB left under maxmemory; lower serving.keep_versions "
+            f"or raise maxmemory"
+        )
+
+
+def delete_version(r, keys: Keys, version: str, status: str) -> int:
+    """Delete a version's keys (UNLINK: freed in the background) and mark it."""
+    n = 0
+    batch = []
+    for key in r.scan_iter(match=keys.prefix(version) + "*", count=10_000):
+        batch.append(key)
+        if len(batch) >= 5000:
+            n += r.unlink(*batch)
+            batch = []
+    if batch:
+        n += r.unlink(*batch)
+    r.hset(keys.meta(version), mapping={"status": status, "deleted_at": _iso(time.time())})
+    return n
+
+
+def cleanup_abandoned(r, keys: Keys) -> list[str]:
+    """Versions still `writing` or `verified` when no publish runs (we hold the lock): a crash's."""
+    out = []
+    for version in r.zrange(keys.versions, 0, -1):
+        if r.hget(keys.meta(version), "status") in ("writing", "verified") and r.get(keys.live) != version:
+            delete_version(r, keys, version, status="abandoned")
+            out.append(version)
+    return out
+
+
+def enforce_retention(r, keys: Keys, keep: int) -> list[str]:
+    """Keep the live version and the newest retained ones, `keep` in all; delete older ones."""
+    live = r.get(keys.live)
+    complete = [
+        v for v in r.zrevrange(keys.versions, 0, -1) if r.hget(keys.meta(v), "status") in ("live", "retained")
+    ]
+    kept = [live] + [v for v in complete if v != live][: keep - 1]
+    out = []
+    for version in complete:
+        if version not in kept:
+            delete_version(r, keys, version, status="expired")
+            out.append(version)
+    return out
+
+
+# --- operations ------------------------------------------------------------------------------------
+
+
+def rollback(url: str, settings: Settings, to: str | None = None) -> tuple[str, str]:
+    """Make `to` (default: the newest retained version older than the live one) live again."""
+    keys = Keys(settings.serving.namespace)
+    r = client(url)
+    live = r.get(keys.live)
+    if live is None:
+        raise PublishError("nothing is live: there is nothing to roll back")
+    if to is None:
+        created = r.zscore(keys.versions, live) or float("inf")
+        older = [
+            v
+            for v in r.zrevrangebyscore(keys.versions, f"({created}", "-inf")
+            if r.hget(keys.meta(v), "status") == "retained"
+        ]
+        if not older:
+            raise PublishError(f"no retained version older than the live {live} to roll back to")
+        to = older[0]
+    import redis
+
+    try:
+        previous = r.eval(_SWITCH, 2, keys.live, keys.meta(to), to, _iso(time.time()), f"{keys.ns}:meta:")
+    except redis.exceptions.ResponseError as exc:
+        raise PublishError(f"cannot roll back to {to}: {exc}") from None
+    r.hset(keys.meta(to), "rolled_back_from", previous or "")
+    return previous, to
+
+
+def status(url: str, settings: Settings) -> dict:
+    """The live version and every version Redis remembers, newest first."""
+    keys = Keys(settings.serving.namespace)
+    r = client(url)
+    versions = []
+    for v in r.zrevrange(keys.versions, 0, -1):
+        meta = r.hgetall(keys.meta(v))
+        versions.append({"version": v, **meta})
+    info = r.info("memory")
+    return {
+        "live": r.get(keys.live),
+        "versions": versions,
+        "used_memory": info.get("used_memory_human"),
+        "lock": r.get(keys.lock),
+    }
