@@ -115,7 +115,13 @@ def run_pipeline(customers: int = 2000, days: int = 2, seed: int = 42, history_d
         echo=echo,
         history_days=history_days,
     )
-    broker = None
+    broker = redis_server = None
+    if not settings.serving.redis_url:
+        from p13n.services.redis import RedisServer
+
+        redis_server = RedisServer(settings.data_dir / "redis").start()
+        env["P13N__SERVING__REDIS_URL"] = redis_server.url
+        console.print(f"embedded Redis on {redis_server.url} (kept in {settings.data_dir / 'redis'})")
     if not settings.sources.kafka_bootstrap:
         broker = EmbeddedBroker(log_path=settings.logs_dir / "kafka-broker.log").start()
         env["P13N_KAFKA_BOOTSTRAP"] = broker.bootstrap
@@ -130,6 +136,7 @@ def run_pipeline(customers: int = 2000, days: int = 2, seed: int = 42, history_d
         plan = [(dag, d) for d in dates for dag in ("ingest_sources", "resolve_identities")]
         plan.append(("score_customers", dates[-1]))
         plan.append(("recommend_products", dates[-1]))
+        plan.append(("publish_serving", dates[-1]))
         plan.append(("lake_maintenance", dates[-1]))
         for dag_id, day in plan:
             console.print(f"[cyan]DAG {dag_id}[/] {day}")
@@ -139,13 +146,19 @@ def run_pipeline(customers: int = 2000, days: int = 2, seed: int = 42, history_d
                 _print_tail(console, log)
                 return 1
             console.print(f"  [green]done[/] in {seconds:.0f}s")
+        serving = _serving_summary(
+            settings, env.get("P13N__SERVING__REDIS_URL") or settings.serving.redis_url
+        )
     finally:
         if broker:
             broker.stop()
+        if redis_server:
+            redis_server.stop()
     _print_ingest_summary(console, settings, dates)
     _print_identity_summary(console, settings)
     _print_customer_summary(console, settings, dates[-1])
     _print_recommendation_summary(console, settings, dates[-1])
+    console.print(serving, soft_wrap=True, highlight=False)
     _print_summary(console, settings, dates[-1], log)
     return 0
 
@@ -338,6 +351,39 @@ def _print_recommendation_summary(console, settings, day: str) -> None:
         for r in rows:
             example.add_row(*(str(v) for v in r))
         console.print(example)
+
+
+def _serving_summary(settings, url: str) -> str:
+    """The versions in the serving store, and one API call answered from the live one."""
+    import asyncio
+
+    from p13n.serving.api import Store
+    from p13n.serving.publish import status
+    from p13n.serving.tasks import format_status
+
+    st = status(url, settings)
+    lines = ["[bold]Serving store[/]", format_status(st)]
+    if not st["live"]:
+        return "\n".join(lines)
+
+    async def sample() -> dict:
+        store = Store(settings, url)
+        seg = await store.segment("lifecycle.active", 1, 1)
+        who = seg["customer_ids"][0] if seg and seg["customer_ids"] else "unknown"
+        out = await store.recommendations(who, "personalized", 3)
+        await store.r.aclose()
+        return out
+
+    body = asyncio.run(sample())
+    lines.append(
+        f"GET /v1/customers/{body['customer_id']}/recommendations?k=3 → version {body['version']}, "
+        f"arm {body['experiment']['arm'] if body['experiment'] else '-'}: "
+        + "; ".join(f"{i['sku']} ({i['reason'] or i['source']})" for i in body["items"])
+    )
+    lines.append(
+        "`p13n serve` starts the API on these data (embedded Redis, docs at http://127.0.0.1:8000/docs)"
+    )
+    return "\n".join(lines)
 
 
 def _print_summary(console, settings, logical_date: str, log: Path) -> None:

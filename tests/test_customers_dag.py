@@ -1,5 +1,5 @@
-"""Customer intelligence and recommendations end to end: `airflow dags test score_customers`, then
-`recommend_products`, on a lake built from generated data with a year of purchase history (ingested and resolved in-process; `test_ingest_dag` covers the
+"""Customer intelligence, recommendations and serving end to end: `airflow dags test score_customers`,
+then `recommend_products`, then `publish_serving` into a real Redis, on a lake built from generated data with a year of purchase history (ingested and resolved in-process; `test_ingest_dag` covers the
 ingestion DAG itself). Real Spark, Delta, the embedded Kafka broker, fakesnow, Great Expectations and
 MLflow on SQLite throughout."""
 
@@ -26,7 +26,7 @@ DAY = dt.date(2024, 3, 1)
 
 
 @pytest.mark.timeout(1800)
-def test_score_customers_and_recommend_products_dags_write_every_table(spark, settings, tmp_path):
+def test_score_customers_and_recommend_products_dags_write_every_table(spark, settings, tmp_path, redis_url):
     s = settings.model_copy(update={"data_dir": tmp_path})
     catalog = load_catalog()
     generate(catalog, tmp_path, customers=500, days=1, seed=4, start=DAY, bad_rate=0.005, history_days=400)
@@ -84,6 +84,10 @@ def test_score_customers_and_recommend_products_dags_write_every_table(spark, se
     key = ["customer_id", "list_type", "rank"]
     assert again.sort_values(key).reset_index(drop=True).equals(first.sort_values(key).reset_index(drop=True))
 
+    # Publishing: the date's real gold tables go to Redis through the publish DAG, which the DAGs above
+    # cleared (their validations in ops.validations, their gates in ops.model_runs).
+    _check_publish(lake, s, env, log, lines, redis_url, first, erased)
+
     # The next day's CLV model is judged against the champion the DAG promoted, in the same store.
     from p13n.customers.pipeline import read_activity, score_clv
 
@@ -91,6 +95,33 @@ def test_score_customers_and_recommend_products_dags_write_every_table(spark, se
     assert nxt.decision.champion_version == "1" and nxt.decision.version == "2"
     assert "champion's" in nxt.decision.reasons[0]
     assert (tmp_path / "mlflow" / "mlflow.db").exists()
+
+
+def _check_publish(lake, s, env, log, lines, redis_url, recs, erased):
+    import redis
+
+    from p13n.serving.keys import Keys, decode_list
+    from p13n.serving.publish import status
+
+    env = {**env, "P13N__SERVING__REDIS_URL": redis_url}
+    ok, _ = run_dag("publish_serving", DAY.isoformat(), env, log, echo=lines.append)
+    assert ok, log.read_text()[-4000:]
+    st = status(redis_url, s)
+    live = st["versions"][0]
+    assert live["status"] == "live" and st["live"] == live["version"] and live["as_of_date"] == DAY.isoformat()
+    segments = lake.read("gold.segments", where=[("as_of_date", "=", DAY)]).toPandas()
+    customers = (set(recs["customer_id"]) | set(segments["customer_id"])) - {erased}
+    assert json.loads(live["keys"])["c"] == len(customers)
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    keys = Keys(s.serving.namespace)
+    assert not r.exists(keys.customer(live["version"], erased))
+    reasons = {k: tuple(json.loads(v)) for k, v in r.hgetall(keys.reasons(live["version"])).items()}
+    who = recs[recs["list_type"] == "personalized"]["customer_id"].iloc[0]
+    want = recs[(recs["customer_id"] == who) & (recs["list_type"] == "personalized")].sort_values("rank")
+    got = decode_list(r.hget(keys.customer(live["version"], who), "personalized"), reasons, 50)
+    assert [i["sku"] for i in got] == list(want["sku"])
+    assert [i["reason"] for i in got] == [x or None for x in want["reason"]]
+    assert any("published version" in line for line in lines)
 
 
 def _check_customer_tables(lake, day, lines):

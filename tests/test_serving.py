@@ -333,3 +333,26 @@ def test_experiment_arms_are_deterministic_split_as_configured_and_logged(settin
     logged = redis.Redis.from_url(redis_url, decode_responses=True).xrange("p13n:exposures")
     assert [(e["experiment"], e["arm"], e["customer_id"], e["list_type"]) for _, e in logged] == [
         ("ppv", "control", control, "popular")]  # fmt: skip
+
+
+@pytest.mark.spark
+def test_spark_parts_publish_the_same_content_as_one_process(spark, srv, redis_url):
+    one = publish(srv, redis_url, AS_OF)
+    in_parts = srv.model_copy(
+        update={"serving": srv.serving.model_copy(update={"engine": "spark", "spark_parts": 3})}
+    )
+    parts = publish(in_parts, redis_url, AS_OF)
+    assert parts.keys == one.keys and parts.commands > one.commands  # lookups and segments chunked per part
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    keys = Keys("p13n")
+
+    def content(version):
+        out = {}
+        for key in r.scan_iter(match=keys.prefix(version) + "*", count=1000):
+            name = key[len(keys.prefix(version)) :]
+            kind = r.type(key)
+            out[name] = r.hgetall(key) if kind == "hash" else sorted(r.lrange(key, 0, -1))  # segment order may differ
+        return out
+
+    a, b = content(one.version), content(parts.version)
+    assert a == b and len(a) == sum(one.keys.values())

@@ -68,27 +68,45 @@ def _chunked_commands(source: str, kind: str, verb: str, per_command: int, pairs
     """
 
 
-def commands(con, settings: Settings, as_of: dt.date, version: str, erased: set[str]) -> pa.Table:
-    """Every command of one version, with kind, key, cmd and digest columns."""
+def commands(
+    con,
+    settings: Settings,
+    as_of: dt.date,
+    version: str,
+    erased: set[str],
+    part: tuple[int, int] | None = None,
+    reasons: list[tuple[str, str, str]] | None = None,
+    entities: bool = True,
+) -> pa.Table:
+    """The commands of one version, with kind, key, cmd and digest columns.
+
+    `part=(i, n)` keeps the customers and items whose id hashes to i of n (a Spark task's share) and
+    leaves out the small version-wide keys (lists, reasons, segment sizes), which the driver writes;
+    then `reasons` (rid, source, reason), computed once by the driver, keeps reason ids global.
+    `entities=False` builds only the version-wide keys (see `version_wide`)."""
     s = settings.serving
     prefix = f"{s.namespace}:v:{version}:"
     day = f"DATE '{as_of.isoformat()}'"
+    mine = (lambda col: f"hash({col}) % {part[1]} = {part[0]}") if part else (lambda col: "true")
     con.execute(_MACROS)
     con.execute("CREATE OR REPLACE TEMP TABLE erased (customer_id VARCHAR)")
     if erased:
         con.executemany("INSERT INTO erased VALUES (?)", [(c,) for c in sorted(erased)])
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE recs AS
-        SELECT r.* EXCLUDE (as_of_date, reason), coalesce(reason, '') AS reason FROM {_scan(settings, "gold.recommendations")} r
-        WHERE as_of_date = {day} AND customer_id NOT IN (SELECT customer_id FROM erased)
+        SELECT r.* EXCLUDE (as_of_date, reason), coalesce(reason, '') AS reason
+        FROM {_scan(settings, "gold.recommendations")} r
+        WHERE as_of_date = {day} AND customer_id NOT IN (SELECT customer_id FROM erased) AND {mine("customer_id")}
     """)
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE item_rows AS
-        SELECT 'similar' AS field, sku, similar_sku AS item, rank, score, basis AS source, '' AS reason
-        FROM {_scan(settings, "gold.item_similarity")} WHERE as_of_date = {day}
-        UNION ALL
-        SELECT 'bought_together', sku, other_sku, rank, confidence, 'bought_together', ''
-        FROM {_scan(settings, "gold.bought_together")} WHERE as_of_date = {day}
+        SELECT * FROM (
+            SELECT 'similar' AS field, sku, similar_sku AS item, rank, score, basis AS source, '' AS reason
+            FROM {_scan(settings, "gold.item_similarity")} WHERE as_of_date = {day}
+            UNION ALL
+            SELECT 'bought_together', sku, other_sku, rank, confidence, 'bought_together', ''
+            FROM {_scan(settings, "gold.bought_together")} WHERE as_of_date = {day})
+        WHERE {mine("sku")}
     """)
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE list_rows AS
@@ -100,47 +118,52 @@ def commands(con, settings: Settings, as_of: dt.date, version: str, erased: set[
         FROM {_scan(settings, "gold.popular_items")} WHERE as_of_date = {day}
     """)
     # Reason ids: one per distinct (source, reason) of the version.
-    con.execute("""
-        CREATE OR REPLACE TEMP TABLE reasons AS
-        SELECT (row_number() OVER (ORDER BY source, reason) - 1)::VARCHAR AS rid, source, reason
-        FROM (SELECT DISTINCT source, reason FROM recs
-              UNION SELECT DISTINCT source, reason FROM item_rows
-              UNION SELECT DISTINCT source, reason FROM list_rows)
-    """)
-    customer_lists = ", ".join(f"'{t}'" for t in CUSTOMER_LISTS)
-    con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE customer_fields AS
-        SELECT '{prefix}c:' || customer_id AS key, list_type AS field,
-               string_agg(sku || ',' || milli(score) || ',' || rid, ';' ORDER BY rank) AS value
-        FROM recs JOIN reasons USING (source, reason)
-        WHERE list_type IN ({customer_lists})
-        GROUP BY customer_id, list_type
-    """)
-    tiers = sorted(s.clv_tiers.items(), key=lambda kv: -kv[1])
-    tier_case = " ".join(f"WHEN pct >= {p} THEN '{t}'" for t, p in tiers)
-    consents = ("email", "sms", "push", "personalization")
-    con.execute(f"""
-        INSERT INTO customer_fields
-        SELECT '{prefix}c:' || g.customer_id, 'profile', json_object(
-                   'segment', g.persona, 'rfm_segment', g.rfm_segment, 'lifecycle_stage', g.lifecycle_stage,
-                   'clv_tier', CASE {tier_case} ELSE 'low' END, 'churn_band', g.churn_risk_band,
-                   'consents', json_object({", ".join(f"'{c}', coalesce(p.consent_{c}, 'unknown')" for c in consents)}),
-                   'best_send_time', CASE WHEN t.best_hour IS NULL THEN NULL
-                                          ELSE json_object('hour', t.best_hour, 'weekday', t.best_weekday) END
-               )::VARCHAR
-        FROM (SELECT *, percent_rank() OVER (ORDER BY clv_12m) AS pct
-              FROM {_scan(settings, "gold.segments")} WHERE as_of_date = {day}) g
-        LEFT JOIN (SELECT * FROM {_scan(settings, "gold.send_times")} WHERE as_of_date = {day}) t
-            USING (customer_id)
-        LEFT JOIN {_scan(settings, "gold.customer_profiles")} p USING (customer_id)
-        WHERE g.customer_id NOT IN (SELECT customer_id FROM erased)
-    """)  # fmt: skip
-    con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE item_fields AS
-        SELECT '{prefix}i:' || sku AS key, field,
-               string_agg(item || ',' || milli(score) || ',' || rid, ';' ORDER BY rank) AS value
-        FROM item_rows JOIN reasons USING (source, reason) GROUP BY sku, field
-    """)
+    if reasons is None:
+        con.execute("""
+            CREATE OR REPLACE TEMP TABLE reasons AS
+            SELECT (row_number() OVER (ORDER BY source, reason) - 1)::VARCHAR AS rid, source, reason
+            FROM (SELECT DISTINCT source, reason FROM recs
+                  UNION SELECT DISTINCT source, reason FROM item_rows
+                  UNION SELECT DISTINCT source, reason FROM list_rows)
+        """)
+    else:
+        con.execute("CREATE OR REPLACE TEMP TABLE reasons (rid VARCHAR, source VARCHAR, reason VARCHAR)")
+        con.executemany("INSERT INTO reasons VALUES (?, ?, ?)", reasons)
+    if entities:
+        customer_lists = ", ".join(f"'{t}'" for t in CUSTOMER_LISTS)
+        con.execute(f"""
+            CREATE OR REPLACE TEMP TABLE customer_fields AS
+            SELECT '{prefix}c:' || customer_id AS key, list_type AS field,
+                   string_agg(sku || ',' || milli(score) || ',' || rid, ';' ORDER BY rank) AS value
+            FROM recs JOIN reasons USING (source, reason)
+            WHERE list_type IN ({customer_lists})
+            GROUP BY customer_id, list_type
+        """)
+        tiers = sorted(s.clv_tiers.items(), key=lambda kv: -kv[1])
+        tier_case = " ".join(f"WHEN pct >= {p} THEN '{t}'" for t, p in tiers)
+        consents = ("email", "sms", "push", "personalization")
+        con.execute(f"""
+            INSERT INTO customer_fields
+            SELECT '{prefix}c:' || g.customer_id, 'profile', json_object(
+                       'segment', g.persona, 'rfm_segment', g.rfm_segment, 'lifecycle_stage', g.lifecycle_stage,
+                       'clv_tier', CASE {tier_case} ELSE 'low' END, 'churn_band', g.churn_risk_band,
+                       'consents', json_object({", ".join(f"'{c}', coalesce(p.consent_{c}, 'unknown')" for c in consents)}),
+                       'best_send_time', CASE WHEN t.best_hour IS NULL THEN NULL
+                                              ELSE json_object('hour', t.best_hour, 'weekday', t.best_weekday) END
+                   )::VARCHAR
+            FROM (SELECT *, percent_rank() OVER (ORDER BY clv_12m) AS pct
+                  FROM {_scan(settings, "gold.segments")} WHERE as_of_date = {day}) g
+            LEFT JOIN (SELECT * FROM {_scan(settings, "gold.send_times")} WHERE as_of_date = {day}) t
+                USING (customer_id)
+            LEFT JOIN {_scan(settings, "gold.customer_profiles")} p USING (customer_id)
+            WHERE g.customer_id NOT IN (SELECT customer_id FROM erased) AND {mine("g.customer_id")}
+        """)  # fmt: skip
+        con.execute(f"""
+            CREATE OR REPLACE TEMP TABLE item_fields AS
+            SELECT '{prefix}i:' || sku AS key, field,
+                   string_agg(item || ',' || milli(score) || ',' || rid, ';' ORDER BY rank) AS value
+            FROM item_rows JOIN reasons USING (source, reason) GROUP BY sku, field
+        """)
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE list_fields AS
         SELECT '{prefix}l:' || kind AS key, scope AS field,
@@ -155,7 +178,8 @@ def commands(con, settings: Settings, as_of: dt.date, version: str, erased: set[
                 'persona.' || slug(persona), 'rfm.' || slug(rfm_segment),
                 'lifecycle.' || slug(lifecycle_stage), 'churn.' || slug(churn_risk_band)]) AS name
             FROM {_scan(settings, "gold.segments")}
-            WHERE as_of_date = {day} AND customer_id NOT IN (SELECT customer_id FROM erased))
+            WHERE as_of_date = {day} AND customer_id NOT IN (SELECT customer_id FROM erased)
+              AND {mine("customer_id")})
         WHERE name IS NOT NULL
     """)
     con.execute(f"""
@@ -172,12 +196,28 @@ def commands(con, settings: Settings, as_of: dt.date, version: str, erased: set[
         SELECT '{prefix}x:' || key_type AS key, key_value AS field, customer_id AS value
         FROM {_scan(settings, "gold.identity_keys")}
         WHERE key_type IN ({key_types}) AND customer_id NOT IN (SELECT customer_id FROM erased)
+          AND {mine("customer_id")}
     """)
-    return con.execute(f"""
-        {_hash_commands("customer_fields", "c")}
-        UNION ALL {_hash_commands("item_fields", "i")}
-        UNION ALL {_hash_commands("list_fields", "l")}
-        UNION ALL {_chunked_commands("lookup_fields", "x", "HSET", 1000, pairs=True)}
-        UNION ALL {_chunked_commands("segment_members", "s", "RPUSH", 1000, pairs=False)}
-        UNION ALL {_chunked_commands("meta_fields", "m", "HSET", 1000, pairs=True)}
-    """).fetch_arrow_table()
+    parts = []
+    if entities:
+        parts += [
+            _hash_commands("customer_fields", "c"),
+            _hash_commands("item_fields", "i"),
+            _chunked_commands("lookup_fields", "x", "HSET", 1000, pairs=True),
+            _chunked_commands("segment_members", "s", "RPUSH", 1000, pairs=False),
+        ]
+    if part is None:
+        parts += [
+            _hash_commands("list_fields", "l"),
+            _chunked_commands("meta_fields", "m", "HSET", 1000, pairs=True),
+        ]
+    return con.execute(" UNION ALL ".join(parts)).fetch_arrow_table()
+
+
+def version_wide(
+    con, settings: Settings, as_of: dt.date, version: str, erased: set[str]
+) -> tuple[pa.Table, list]:
+    """For a publish in parts: the version-wide commands (lists, reasons, segment sizes) and the reason
+    table (rid, source, reason) every part is given, so reason ids are the same in all of them."""
+    cmds = commands(con, settings, as_of, version, erased, entities=False)
+    return cmds, con.execute("SELECT rid, source, reason FROM reasons ORDER BY rid").fetchall()

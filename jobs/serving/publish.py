@@ -55,6 +55,7 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[
 return 0
 """
 
+SHARED_KINDS = ("x", "s", "m")
 KIND_NAMES = {
     "c": "customers",
     "i": "items",
@@ -329,11 +330,13 @@ def _batches(cmds: pa.Table, per_batch: int) -> list[list[bytes]]:
 # --- verification ----------------------------------------------------------------------------------
 
 
-def verify(r, keys: Keys, version: str, cmds: pa.Table, sample_every: int = 16) -> tuple[dict[str, int], int]:
-    """Count the version's keys per kind in Redis and compare the digests of a sample of hash keys."""
+def verify(
+    r, keys: Keys, version: str, expected: dict[str, int], sample: list[tuple[str, str]]
+) -> dict[str, int]:
+    """Count the version's keys per kind in Redis, compare the digests of a sample of hash keys (see
+    `digest_sample`) and the length of every segment list."""
     import hashlib
 
-    expected = expected_keys(cmds)
     prefix = keys.prefix(version)
     found: dict[str, int] = {}
     for key in r.scan_iter(match=prefix + "*", count=10_000):
@@ -344,9 +347,6 @@ def verify(r, keys: Keys, version: str, cmds: pa.Table, sample_every: int = 16) 
         raise PublishError(
             f"version {version} is incomplete in Redis: expected keys {expected}, found {found}"
         )
-    digests = cmds.filter(pc.invert(pc.is_null(cmds.column("digest"))))
-    keys_col, digest_col = digests.column("key").to_pylist(), digests.column("digest").to_pylist()
-    sample = [(k, d) for k, d in zip(keys_col, digest_col, strict=True) if hash_bucket(k, sample_every)]
     pipe = r.pipeline(transaction=False)
     for k, _ in sample:
         pipe.hgetall(k)
@@ -362,15 +362,56 @@ def verify(r, keys: Keys, version: str, cmds: pa.Table, sample_every: int = 16) 
     for (name, n), length in zip(seg_counts.items(), pipe.execute(), strict=True):
         if int(n) != length:
             raise PublishError(f"version {version}: segment {name} holds {length} ids, expected {n}")
-    return found, len(sample)
+    return found
 
 
-def expected_keys(cmds: pa.Table) -> dict[str, int]:
+def expected_keys(cmds: pa.Table) -> dict[str, set[str] | int]:
+    """Keys per kind: the set of keys for the kinds several parts write to (lookups, segments, version
+    tables), the count for customers, items and lists (each key written by one part)."""
     kinds, key_col = cmds.column("kind").to_pylist(), cmds.column("key").to_pylist()
     out: dict[str, set] = {}
     for k, key in zip(kinds, key_col, strict=True):
         out.setdefault(k, set()).add(key)
-    return {k: len(v) for k, v in out.items()}
+    return {k: (v if k in SHARED_KINDS else len(v)) for k, v in out.items()}
+
+
+def merge_expected(parts: list[dict]) -> dict[str, int]:
+    total: dict[str, set | int] = {}
+    for part in parts:
+        for k, v in part.items():
+            if isinstance(v, int):
+                total[k] = total.get(k, 0) + v
+            else:
+                total[k] = total.get(k, set()) | set(v)
+    return {k: v if isinstance(v, int) else len(v) for k, v in total.items() if v}
+
+
+def digest_sample(cmds: pa.Table, every: int = 16) -> list[tuple[str, str]]:
+    """The (key, digest) of about one hash key in `every`, chosen by a hash of the key."""
+    digests = cmds.filter(pc.invert(pc.is_null(cmds.column("digest"))))
+    keys_col, digest_col = digests.column("key").to_pylist(), digests.column("digest").to_pylist()
+    return [(k, d) for k, d in zip(keys_col, digest_col, strict=True) if hash_bucket(k, every)]
+
+
+def _nbytes(cmds: pa.Table) -> int:
+    return int(pc.sum(pc.binary_length(cmds.column("cmd").cast(pa.binary()))).as_py() or 0)
+
+
+def publish_part(settings: Settings, url: str, as_of: dt.date, version: str, erased: set[str], reasons: list,
+                 part: tuple[int, int]) -> dict:  # fmt: skip
+    """One Spark task's share of a publish: its customers' and items' keys, encoded and written."""
+    from p13n.lake.duck import duckdb_connection
+    from p13n.serving.encode import commands
+
+    cmds = commands(duckdb_connection(), settings, as_of, version, erased, part=part, reasons=reasons)
+    write_commands(url, _batches(cmds, settings.serving.batch_commands), None, None, 1)
+    expected = {k: sorted(v) if isinstance(v, set) else v for k, v in expected_keys(cmds).items()}
+    return {
+        "expected": expected,
+        "sample": digest_sample(cmds),
+        "bytes": _nbytes(cmds),
+        "commands": len(cmds),
+    }
 
 
 def hash_bucket(key: str, every: int) -> bool:
@@ -429,16 +470,25 @@ def publish(
             mapping={"status": "writing", "as_of_date": as_of.isoformat(), "created_at": _iso(now),
                      "publisher": lock.token, "forced": int(bool(problems))},
         )  # fmt: skip
-        cmds = commands(con, settings, as_of, version, erased_customers(settings, con))
-        seconds["encode"] = time.perf_counter() - t0
-        nbytes = int(pc.sum(pc.binary_length(cmds.column("cmd").cast(pa.binary()))).as_py() or 0)
-        _check_memory(r, nbytes)
-        say(f"version {version}: {len(cmds):,} commands ({nbytes / 1e6:.1f} MB) to write")
-        t1 = time.perf_counter()
-        write_commands(url, _batches(cmds, s.batch_commands), lock, say, s.writers)
-        seconds["write"] = time.perf_counter() - t1
+        erased = erased_customers(settings, con)
+        if s.engine == "spark":
+            expected, sample, nbytes, ncommands = _publish_in_parts(
+                settings, url, as_of, version, erased, con, lock, say
+            )
+            seconds["encode"] = 0.0  # encoded and written together by the Spark tasks
+            seconds["write"] = time.perf_counter() - t0
+        else:
+            cmds = commands(con, settings, as_of, version, erased)
+            seconds["encode"] = time.perf_counter() - t0
+            nbytes, ncommands = _nbytes(cmds), len(cmds)
+            _check_memory(r, nbytes)
+            say(f"version {version}: {ncommands:,} commands ({nbytes / 1e6:.1f} MB) to write")
+            t1 = time.perf_counter()
+            write_commands(url, _batches(cmds, s.batch_commands), lock, say, s.writers)
+            seconds["write"] = time.perf_counter() - t1
+            expected, sample = merge_expected([expected_keys(cmds)]), digest_sample(cmds)
         t2 = time.perf_counter()
-        found, sampled = verify(r, keys, version, cmds)
+        found = verify(r, keys, version, expected, sample)
         r.hset(
             keys.meta(version),
             mapping={"status": "verified", "keys": json.dumps(found, sort_keys=True), "bytes": nbytes},
@@ -461,8 +511,40 @@ def publish(
     finally:
         lock.release()
     return PublishResult(
-        version, as_of, previous, found, len(cmds), nbytes, seconds, sampled, bool(problems), warnings
+        version, as_of, previous, found, ncommands, nbytes, seconds, len(sample), bool(problems), warnings
     )
+
+
+def _publish_in_parts(settings, url, as_of, version, erased, con, lock, say):
+    """Spark tasks encode and write the customers and items of their hash part in parallel (each with
+    DuckDB over the Delta tables); the driver writes the version-wide keys and keeps the lock alive."""
+    from p13n.serving.encode import version_wide
+    from p13n.session import spark
+
+    wide, reasons = version_wide(con, settings, as_of, version, erased)
+    write_commands(url, _batches(wide, settings.serving.batch_commands), lock, None, 1)
+    sc = spark().sparkContext
+    n = settings.serving.spark_parts or sc.defaultParallelism
+    say(f"version {version}: encoding and writing in {n} Spark tasks")
+    stop = threading.Event()
+
+    def keep_lock():
+        while not stop.wait(lock.ttl_ms / 4000):
+            lock.renew()
+
+    threading.Thread(target=keep_lock, daemon=True).start()
+    try:
+        args = (settings, url, as_of, version, erased, reasons)
+        results = (
+            sc.parallelize([(i, n) for i in range(n)], n).map(lambda p: publish_part(*args, p)).collect()
+        )
+    finally:
+        stop.set()
+    parts = [expected_keys(wide)]
+    parts += [{k: set(v) if isinstance(v, list) else v for k, v in x["expected"].items()} for x in results]
+    sample = digest_sample(wide) + [tuple(kd) for x in results for kd in x["sample"]]
+    nbytes = _nbytes(wide) + sum(x["bytes"] for x in results)
+    return merge_expected(parts), sample, nbytes, len(wide) + sum(x["commands"] for x in results)
 
 
 def _iso(ts: float) -> str:
