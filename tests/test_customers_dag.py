@@ -108,7 +108,9 @@ def _check_publish(lake, s, env, log, lines, redis_url, recs, erased):
     assert ok, log.read_text()[-4000:]
     st = status(redis_url, s)
     live = st["versions"][0]
-    assert live["status"] == "live" and st["live"] == live["version"] and live["as_of_date"] == DAY.isoformat()
+    assert (
+        live["status"] == "live" and st["live"] == live["version"] and live["as_of_date"] == DAY.isoformat()
+    )
     segments = lake.read("gold.segments", where=[("as_of_date", "=", DAY)]).toPandas()
     customers = (set(recs["customer_id"]) | set(segments["customer_id"])) - {erased}
     assert json.loads(live["keys"])["c"] == len(customers)

@@ -351,7 +351,9 @@ def test_spark_parts_publish_the_same_content_as_one_process(spark, srv, redis_u
         for key in r.scan_iter(match=keys.prefix(version) + "*", count=1000):
             name = key[len(keys.prefix(version)) :]
             kind = r.type(key)
-            out[name] = r.hgetall(key) if kind == "hash" else sorted(r.lrange(key, 0, -1))  # segment order may differ
+            out[name] = (
+                r.hgetall(key) if kind == "hash" else sorted(r.lrange(key, 0, -1))
+            )  # segment order may differ
         return out
 
     a, b = content(one.version), content(parts.version)
