@@ -145,7 +145,10 @@ class Store:
         self._live = (version, time.monotonic())
         if version not in self._reasons:
             raw = await self._call(self.r.hgetall(self.keys.reasons(version)))
-            self._reasons = {version: {k.decode(): tuple(json.loads(v)) for k, v in raw.items()}}
+            # Keep the previous versions' tables too: a request that read the old pointer just before
+            # a switch or rollback still decodes its list with that version's reasons.
+            recent = dict(list(self._reasons.items())[-2:])
+            self._reasons = {**recent, version: {k.decode(): tuple(json.loads(v)) for k, v in raw.items()}}
         return version
 
     def reasons(self, version: str) -> dict:
