@@ -377,10 +377,9 @@ def create_app(settings: Settings | None = None, url: str | None = None, fast_pa
     @app.get("/v1/customers/{customer_id}/profile", response_model=Profile, tags=["customers"])
     async def profile(customer_id: str = PathParam(max_length=128)):
         """Segment, lifecycle stage, CLV tier, churn band, channel consents and best send time."""
-        found = await _or_503(store.profile(customer_id))
-        if found is None:
-            raise HTTPException(404, f"no customer {customer_id} in the live version")
-        return found
+        return _found(
+            await _or_503(store.profile(customer_id)), f"no customer {customer_id} in the live version"
+        )
 
     @app.get("/v1/segments", tags=["segments"])
     async def segments():
@@ -394,10 +393,10 @@ def create_app(settings: Settings | None = None, url: str | None = None, fast_pa
         page_size: int = Query(api.page_size, ge=1, le=api.max_page_size),
     ):
         """The customer ids of a segment (`persona.*`, `rfm.*`, `lifecycle.*`, `churn.*`), a page at a time."""
-        found = await _or_503(store.segment(name, page, page_size))
-        if found is None:
-            raise HTTPException(404, f"no segment {name!r} in the live version (GET /v1/segments lists them)")
-        return found
+        return _found(
+            await _or_503(store.segment(name, page, page_size)),
+            f"no segment {name!r} in the live version (GET /v1/segments lists them)",
+        )
 
     @app.get("/v1/lists/{kind}", tags=["lists"])
     async def named_list(
@@ -406,10 +405,7 @@ def create_app(settings: Settings | None = None, url: str | None = None, fast_pa
         k: int = Query(api.default_k, ge=1, le=api.max_k),
     ):
         """Trending (overall or per category) and popular (overall or per persona) lists."""
-        found = await _or_503(store.named_list(kind, scope, k))
-        if found is None:
-            raise HTTPException(404, f"no {kind} list for scope {scope!r}")
-        return found
+        return _found(await _or_503(store.named_list(kind, scope, k)), f"no {kind} list for scope {scope!r}")
 
     @app.get("/v1/lookup/{key_type}/{source_id}", tags=["customers"])
     async def lookup(key_type: str, source_id: str):
@@ -418,10 +414,9 @@ def create_app(settings: Settings | None = None, url: str | None = None, fast_pa
             raise HTTPException(
                 404, f"unknown key type {key_type!r}; known: {settings.serving.lookup_key_types}"
             )
-        found = await _or_503(store.lookup(key_type, source_id))
-        if found is None:
-            raise HTTPException(404, f"no customer with {key_type} {source_id}")
-        return found
+        return _found(
+            await _or_503(store.lookup(key_type, source_id)), f"no customer with {key_type} {source_id}"
+        )
 
     @app.get("/health", tags=["ops"])
     async def health():
@@ -439,6 +434,13 @@ def create_app(settings: Settings | None = None, url: str | None = None, fast_pa
 def _json(body: dict) -> Response:
     """A pre-serialized response: the documented model describes it, orjson writes it."""
     return Response(orjson.dumps(body), media_type="application/json")
+
+
+def _found(value, missing: str):
+    """`value`, or a 404 saying what is missing."""
+    if value is None:
+        raise HTTPException(404, missing)
+    return value
 
 
 async def _or_503(coro):
