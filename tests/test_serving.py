@@ -358,3 +358,11 @@ def test_spark_parts_publish_the_same_content_as_one_process(spark, srv, redis_u
 
     a, b = content(one.version), content(parts.version)
     assert a == b and len(a) == sum(one.keys.values())
+
+
+def test_redis_passwords_are_masked_in_logs():
+    from p13n.serving.tasks import _masked
+
+    assert _masked("redis://app:s3cret@redis.internal:6379/0") == "redis://app:***@redis.internal:6379/0"
+    assert _masked("redis://:s3cret@h:6379/0") == "redis://:***@h:6379/0"
+    assert _masked("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"

@@ -91,7 +91,7 @@ def serve(settings: Settings | None = None, host: str | None = None, port: int |
         # Workers are separate processes: they read the URL from the environment.
         os.environ["P13N__SERVING__REDIS_URL"] = url
         print(
-            f"p13n API on http://{host or api.host}:{port or api.port} (docs at /docs), Redis at {url}",
+            f"p13n API on http://{host or api.host}:{port or api.port} (docs at /docs), Redis at {_masked(url)}",
             flush=True,
         )
         uvicorn.run(
@@ -104,3 +104,10 @@ def serve(settings: Settings | None = None, host: str | None = None, port: int |
             access_log=False,
         )
     return 0
+
+
+def _masked(url: str) -> str:
+    """A Redis URL without its password, for logs."""
+    import re
+
+    return re.sub(r"//([^:@/]*):[^@/]*@", r"//\1:***@", url)
