@@ -159,10 +159,11 @@ def test_publish_refuses_failed_expectations_and_gates_unless_forced(srv, redis_
         "validated_at": [dt.datetime(2030, 1, 1)],
     })  # fmt: skip
     write_deltalake(f"{srv.lake_root}/ops/validations", failed, mode="append")
+    # churn: its first version failed its gate (no champion); clv: its first version was promoted.
     no_champion = pa.table({
-        "model": ["churn"], "as_of_date": [AS_OF], "version": ["2"], "promoted": [False],
-        "champion_version": pa.array([None], pa.string()), "reasons": ["auc below the floor"], "metrics": ["{}"],
-        "rows": [0],
+        "model": ["churn", "clv"], "as_of_date": [AS_OF, AS_OF], "version": ["1", "1"], "promoted": [False, True],
+        "champion_version": pa.array([None, None], pa.string()), "reasons": ["auc below the floor", ""],
+        "metrics": ["{}", "{}"], "rows": [0, 0],
     })  # fmt: skip
     write_deltalake(f"{srv.lake_root}/ops/model_runs", no_champion, mode="overwrite")
     with pytest.raises(PublishError) as err:
@@ -172,6 +173,7 @@ def test_publish_refuses_failed_expectations_and_gates_unless_forced(srv, redis_
         "gold.trending failed its expectations for 2024-03-01: expect_column_values_to_be_unique(sku)" in msg
     )
     assert "model 'churn' has no champion" in msg and "model 'recommend' has no gated run" in msg
+    assert "'clv'" not in msg
     assert not err.value.retryable and status(redis_url, srv)["live"] == live
 
     with pytest.raises(PublishError, match="gold.trending has no rows for 2024-03-02"):

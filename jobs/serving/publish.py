@@ -150,7 +150,8 @@ def preflight(settings: Settings, as_of: dt.date, con) -> list[str]:
         else:
             rows = dict(
                 con.execute(
-                    f"""SELECT model, champion_version FROM (
+                    # A run's champion: its own version when promoted, else the champion it was judged against.
+                    f"""SELECT model, CASE WHEN promoted THEN version ELSE champion_version END FROM (
                         SELECT *, row_number() OVER (PARTITION BY model ORDER BY as_of_date DESC) AS n
                         FROM {_scan(settings, "ops.model_runs")} WHERE as_of_date <= ?) WHERE n = 1""",
                     [as_of],
