@@ -33,6 +33,18 @@ def _cmd_serving(args: argparse.Namespace) -> int:
     )
 
 
+def _cmd_stream(args: argparse.Namespace) -> int:
+    from p13n.streaming.tasks import consume
+
+    consume(
+        catch_up=args.catch_up,
+        batch_date=args.batch_date,
+        max_records=args.max_records,
+        max_seconds=args.max_seconds,
+    )
+    return 0
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from p13n.serving.tasks import serve
 
@@ -452,6 +464,22 @@ def build_parser() -> argparse.ArgumentParser:
     a = srv_sub.add_parser("status", help="the live version and every version kept, with their counts")
     a.add_argument("--json", action="store_true")
     p.set_defaults(handler=_cmd_serving)
+
+    p = sub.add_parser("stream", help="Kafka events into bronze, exactly once (see p13n.streaming)")
+    st_sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    a = st_sub.add_parser(
+        "consume",
+        help="consume the Kafka sources into their bronze tables until stopped (SIGTERM or Ctrl-C)",
+        description="Offsets are stored in the same Delta commit as the events; bad events are landed with "
+        "their error and sent to <topic>.dlq.",
+    )
+    a.add_argument(
+        "--catch-up", action="store_true", help="drain to the end offsets present at start, then stop"
+    )
+    a.add_argument("--batch-date", default=None, help="the _batch_date to land under (default: today, UTC)")
+    a.add_argument("--max-records", type=int, default=50_000, help="events per micro-batch at most")
+    a.add_argument("--max-seconds", type=float, default=5.0, help="seconds a micro-batch collects at most")
+    p.set_defaults(handler=_cmd_stream)
 
     p = sub.add_parser("serve", help="start the recommendation API (OpenAPI document at /docs)")
     p.add_argument("--host", default=None, help="default: serving.api.host")

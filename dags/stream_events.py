@@ -1,0 +1,40 @@
+"""
+### Stream events
+
+Every five minutes, drains the Kafka event topics of the source catalog (web clickstream, app events)
+into their bronze tables in catch-up mode: reads to the end offsets present when the task starts, commits
+micro-batches and stops, so streaming is scheduled, retried and observable like the batch. The offsets
+are stored in the same Delta commit as the events, so a retry or an overlapping `p13n stream consume`
+service never lands an event twice. Bad events are landed with their reason (the nightly promotion
+quarantines them) and sent to `<topic>.dlq`.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import dag, task
+
+from p13n.orchestration import dag_defaults
+
+
+@dag(
+    dag_id="stream_events",
+    schedule="*/5 * * * *",
+    start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    default_args=dag_defaults(),
+    tags=["p13n", "streaming", "kafka", "bronze"],
+    doc_md=__doc__,
+)
+def stream_events():
+    @task
+    def catch_up(ds: str | None = None) -> dict:
+        from p13n.streaming.tasks import consume
+
+        return consume(catch_up=True, batch_date=ds)
+
+    catch_up()
+
+
+stream_events()

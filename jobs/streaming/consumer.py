@@ -1,0 +1,311 @@
+"""Kafka events into bronze Delta tables exactly once, bad events to a dead-letter topic.
+
+Exactly once: a micro-batch's rows and the next offset of every topic-partition it read go into the
+same Delta commit (a transaction app id `kafka:<topic>:<partition>` per partition, the ids the batch
+ingestion of #3 uses too). On start the consumer seeks each partition to what the table says, so a
+crash anywhere (before the commit: nothing landed, the range is read again; after it: the table
+already says where to resume) neither loses nor duplicates an event.
+
+The consumer reads raw bytes and validates in the loop. A bad event (not UTF-8, invalid JSON, not an
+object, oversized, a required field missing, a mistyped field, an unknown event type) is landed in
+bronze with its `_parse_error` (the nightly promotion quarantines it with that reason, so nothing is
+lost), and produced to `<topic>.dlq` with the error and its origin in the headers, before the commit: the
+partition keeps moving. The dead-letter topic is at least once (a crash between the produce and the
+commit repeats it); bronze is exactly once.
+
+Two modes: `run()` as a long-lived service (`p13n stream consume`), and `catch_up()` (drain to the
+end offsets present at start, commit, stop) for the Airflow DAG that runs every few minutes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from p13n.faults import checkpoint
+from p13n.sources.catalog import Source
+from p13n.sources.readers import bronze_arrow_schema
+from p13n.sources.systems import _MAX_MESSAGE, _message_record, kafka_app_id
+
+_TIMESTAMP_FORMATS = ("%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S.%f%z", "%Y-%m-%d %H:%M:%S")
+
+
+def check_fields(source: Source, record: dict) -> str | None:
+    """Why a parsed record is unusable (missing, mistyped or unknown values), or None."""
+    for col in source.columns:
+        value = record.get(col.name)
+        if value is None or value == "":
+            if col.required:
+                return f"missing required field {col.name}"
+            continue
+        if col.type == "enum" and value not in col.values:
+            return f"unknown {col.name} {value!r} (expected one of {', '.join(col.values)})"
+        if col.type == "int":
+            try:
+                int(value)
+            except ValueError:
+                return f"{col.name} is not an integer: {value!r}"
+        if col.type in ("float", "decimal", "money"):
+            try:
+                float(value)
+            except ValueError:
+                return f"{col.name} is not a number: {value!r}"
+        if col.type == "timestamp" and not _is_timestamp(value):
+            return f"{col.name} is not a timestamp: {value!r}"
+    return None
+
+
+def _is_timestamp(value: str) -> bool:
+    try:
+        dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return True
+    except ValueError:
+        return any(_parses(value, f) for f in _TIMESTAMP_FORMATS)
+
+
+def _parses(value: str, fmt: str) -> bool:
+    try:
+        dt.datetime.strptime(value, fmt)
+        return True
+    except ValueError:
+        return False
+
+
+def event_record(source: Source, partition: int, offset: int, value: bytes | None) -> dict:
+    """One message as a bronze record; `_parse_error` says why it is bad, if it is."""
+    record = _message_record(source, partition, offset, value)
+    if record["_parse_error"] is None:
+        problem = check_fields(source, record)
+        if problem:
+            record["_parse_error"] = problem
+    return record
+
+
+@dataclass
+class BatchStats:
+    events: int = 0
+    bad: int = 0
+    commits: int = 0
+    dead_lettered: int = 0
+    seconds: float = 0.0
+    per_source: dict[str, int] = field(default_factory=dict)
+
+    def add(self, other: BatchStats) -> None:
+        self.events += other.events
+        self.bad += other.bad
+        self.commits += other.commits
+        self.dead_lettered += other.dead_lettered
+        for k, v in other.per_source.items():
+            self.per_source[k] = self.per_source.get(k, 0) + v
+
+
+class StreamConsumer:
+    """Consumes the topics of `sources` into their bronze tables (see the module docstring)."""
+
+    def __init__(
+        self,
+        lake_root: str,
+        sources: list[Source],
+        bootstrap: str,
+        *,
+        max_records: int = 50_000,
+        max_seconds: float = 5.0,
+        dead_letter: bool = True,
+        batch_date: dt.date | None = None,
+        on_commit: Callable[[Source, list[dict]], None] | None = None,
+    ):
+        from kafka import KafkaConsumer
+
+        self.lake_root = lake_root
+        self.by_topic = {s.location: s for s in sources}
+        self.bootstrap = bootstrap
+        self.max_records, self.max_seconds = max_records, max_seconds
+        self.dead_letter = dead_letter
+        self.batch_date = batch_date
+        self.on_commit = on_commit
+        self.consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap,
+            enable_auto_commit=False,
+            group_id=None,  # offsets live in the Delta tables, not in Kafka
+            max_partition_fetch_bytes=max(_MAX_MESSAGE * 2, 4 << 20),
+            fetch_max_bytes=32 << 20,
+        )
+        self._producer = None
+        self.assign()
+
+    # --- offsets ---
+    def _uri(self, source: Source) -> str:
+        layer, name = source.bronze_table.split(".")
+        return f"{self.lake_root}/{layer}/{name}"
+
+    def stored_offsets(self, source: Source) -> dict[int, int]:
+        from deltalake import DeltaTable
+
+        uri = self._uri(source)
+        partitions = self.consumer.partitions_for_topic(source.location) or set()
+        if not DeltaTable.is_deltatable(uri):
+            return dict.fromkeys(partitions, 0)
+        table = DeltaTable(uri)
+        return {p: table.transaction_version(kafka_app_id(source.location, p)) or 0 for p in partitions}
+
+    def assign(self) -> None:
+        """Assign every partition of every topic and seek each to the offset its table stores."""
+        from kafka import TopicPartition
+
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            parts = {t: self.consumer.partitions_for_topic(t) for t in self.by_topic}
+            if all(parts.values()):
+                break
+            self.consumer.topics()  # refresh metadata
+            time.sleep(0.2)
+        tps = []
+        for topic, source in self.by_topic.items():
+            for p, offset in sorted(self.stored_offsets(source).items()):
+                tp = TopicPartition(topic, p)
+                tps.append((tp, offset))
+        self.consumer.assign([tp for tp, _ in tps])
+        for tp, offset in tps:
+            self.consumer.seek(tp, offset)
+
+    # --- one micro-batch ---
+    def poll_batch(self) -> dict:
+        """Poll until `max_records` events or `max_seconds` have passed: {tp: [messages]}."""
+        batch: dict = {}
+        n = 0
+        deadline = time.monotonic() + self.max_seconds
+        while n < self.max_records and time.monotonic() < deadline:
+            polled = self.consumer.poll(timeout_ms=200, max_records=self.max_records - n)
+            for tp, messages in polled.items():
+                batch.setdefault(tp, []).extend(messages)
+                n += len(messages)
+            if not polled and n:
+                break  # caught up: land what we have rather than wait out the window
+        return batch
+
+    def commit(self, batch: dict) -> BatchStats:
+        """Land one polled batch: dead letters first, then one Delta commit per topic (rows + next offsets)."""
+        from deltalake import CommitProperties, Transaction, write_deltalake
+
+        stats = BatchStats()
+        t0 = time.perf_counter()
+        now = dt.datetime.now(dt.UTC)
+        day = self.batch_date or now.date()
+        by_topic: dict[str, list] = {}
+        for tp, messages in batch.items():
+            by_topic.setdefault(tp.topic, []).append((tp, messages))
+        for topic, parts in by_topic.items():
+            source = self.by_topic[topic]
+            rows, offsets = [], {}
+            for tp, messages in parts:
+                for m in messages:
+                    rows.append(event_record(source, tp.partition, m.offset, m.value))
+                offsets[tp.partition] = messages[-1].offset + 1
+            if not rows:
+                continue
+            bad = [r for r in rows if r["_parse_error"]]
+            if bad and self.dead_letter:  # before the commit: a crash repeats them, never drops them
+                stats.dead_lettered += self._dead_letter(topic, bad)
+            table = _bronze_rows(source, rows, day, now)
+            txns = [Transaction(kafka_app_id(topic, p), o) for p, o in sorted(offsets.items())]
+            write_deltalake(
+                self._uri(source),
+                table,
+                mode="append",
+                partition_by=["_batch_date"],
+                commit_properties=CommitProperties(
+                    app_transactions=txns,
+                    custom_metadata={"p13n.writer": "stream", "p13n.offsets": json.dumps(offsets)},
+                ),
+            )
+            checkpoint("stream.after_commit")
+            stats.events += len(rows)
+            stats.bad += len(bad)
+            stats.commits += 1
+            stats.per_source[source.name] = len(rows)
+            if self.on_commit:
+                self.on_commit(source, [r for r in rows if not r["_parse_error"]])
+        stats.seconds = time.perf_counter() - t0
+        return stats
+
+    def _dead_letter(self, topic: str, bad: list[dict]) -> int:
+        from kafka import KafkaProducer
+
+        if self._producer is None:
+            self._producer = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=5)
+        for r in bad:
+            partition = r["_file"].rsplit("/", 1)[1]
+            headers = [
+                ("p13n.error", r["_parse_error"].encode()),
+                ("p13n.origin", f"{topic}/{partition}@{r['_record']}".encode()),
+            ]
+            self._producer.send(f"{topic}.dlq", value=(r["_raw"] or "").encode(), headers=headers)
+        self._producer.flush()
+        return len(bad)
+
+    # --- modes ---
+    def end_offsets(self) -> dict:
+        from p13n.services.kafka import end_offsets
+
+        return {
+            (topic, p): e for topic in self.by_topic for p, e in end_offsets(self.bootstrap, topic).items()
+        }
+
+    def catch_up(self, progress: Callable[[str], None] | None = None) -> BatchStats:
+        """Drain to the end offsets present now, committing micro-batches, then stop."""
+        targets = self.end_offsets()
+        total = BatchStats()
+        while True:
+            positions = {
+                (tp.topic, tp.partition): self.consumer.position(tp) for tp in self.consumer.assignment()
+            }
+            if all(positions.get(k, 0) >= e for k, e in targets.items()):
+                break
+            batch = self.poll_batch()
+            if not batch:
+                continue
+            total.add(self.commit(batch))
+            if progress:
+                progress(f"landed {total.events:,} events ({total.bad:,} bad) in {total.commits} commits")
+        return total
+
+    def run(self, stop: Callable[[], bool] = lambda: False, progress: Callable[[str], None] | None = None):
+        """The long-lived service: micro-batches until `stop()` says so."""
+        total = BatchStats()
+        while not stop():
+            batch = self.poll_batch()
+            if batch:
+                stats = self.commit(batch)
+                total.add(stats)
+                if progress:
+                    progress(
+                        f"{stats.events:,} events ({stats.bad} bad) in {stats.seconds * 1000:.0f} ms; "
+                        f"{total.events:,} in all"
+                    )
+        return total
+
+    def close(self) -> None:
+        self.consumer.close()
+        if self._producer:
+            self._producer.close()
+
+
+def _bronze_rows(source: Source, rows: list[dict], day: dt.date, now: dt.datetime) -> pa.Table:
+    records = pa.Table.from_pylist(rows, schema=bronze_arrow_schema(source))
+    n = len(rows)
+    front = pa.table(
+        {
+            "_source": pa.array([source.name] * n, pa.string()),
+            "_batch_id": pa.array([f"{source.name}:{day.isoformat()}"] * n, pa.string()),
+            "_batch_date": pa.array([day] * n, pa.date32()),
+            "_ingested_at": pa.array([now] * n, pa.timestamp("us", tz="UTC")),
+        }
+    )
+    return pa.Table.from_arrays(
+        front.columns + records.columns, names=front.column_names + records.column_names
+    )
