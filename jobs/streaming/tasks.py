@@ -31,7 +31,8 @@ def consume(catch_up: bool = False, batch_date: str | None = None, max_records: 
         max_seconds=max_seconds,
     )
     stopping = []
-    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+    if not catch_up:  # the service stops cleanly on SIGTERM (a task leaves signals to Airflow)
+        signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
     try:
         if catch_up:
             stats = consumer.catch_up(progress=progress)
