@@ -270,6 +270,45 @@ class ServingSettings(_Section):
         return v
 
 
+class TriggerSettings(_Section):
+    """Behavioural triggers computed from the stream (`p13n.streaming.triggers`)."""
+
+    abandoned_cart_minutes: int = Field(60, gt=0)  # a cart with no purchase for this long
+    browse_min_views: int = Field(3, gt=0)  # product views in a session with no cart add...
+    browse_idle_minutes: int = Field(30, gt=0)  # ...and no event for this long
+    post_purchase_days: int = Field(3, gt=0)  # a follow-up this long after a purchase
+    winback_days: int = Field(120, gt=0)  # lapsed customers with no activity for this long
+    lookback_days: int = Field(7, gt=0)  # events read per evaluation
+    # Channel per trigger; the customer must have consented to it.
+    channels: dict[str, str] = Field(
+        default_factory=lambda: {
+            "abandoned_cart": "email",
+            "browse_abandonment": "email",
+            "post_purchase": "email",
+            "win_back": "email",
+        }
+    )
+    # Frequency cap: triggered messages per customer (all triggers together).
+    max_per_day: int = Field(1, ge=0)
+    max_per_week: int = Field(3, ge=0)
+
+
+class StreamSettings(_Section):
+    """Streaming (`p13n.streaming`): see the `stream:` section of conf/base.yaml."""
+
+    max_records: int = Field(50_000, gt=0)
+    max_seconds: float = Field(5.0, gt=0)
+    # The field of each event source that holds a customer's source-system id, and the id's key type.
+    customer_fields: dict[str, str] = Field(
+        default_factory=lambda: {"web_clickstream": "customer_id", "app_events": "app_user_id"}
+    )
+    customer_key_type: str = "shopify_customer_id"
+    recently_viewed: int = Field(20, gt=0)
+    session_gap_minutes: int = Field(30, gt=0)
+    profile_ttl_days: int = Field(30, gt=0)
+    triggers: TriggerSettings = Field(default_factory=TriggerSettings)
+
+
 class Settings(_Section):
     env: str = "local"
     data_dir: Path = Path("data")
@@ -282,6 +321,7 @@ class Settings(_Section):
     customers: CustomerSettings = Field(default_factory=CustomerSettings)
     recommend: RecommendSettings = Field(default_factory=RecommendSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
+    stream: StreamSettings = Field(default_factory=StreamSettings)
 
     @field_validator("data_dir")
     @classmethod

@@ -199,8 +199,11 @@ class Store:
             chain = (served, *FALLBACKS.get(served, ()))
             fields = [t for t in chain if t != "popular"]
             pipe = self.r.pipeline(transaction=False)
-            if fields:
-                pipe.hmget(self.keys.customer(version, customer_id), fields)
+            pipe.hmget(self.keys.customer(version, customer_id), fields or ["profile"])
+            # The real-time profile (p13n.streaming.realtime): the cart, and what was just viewed.
+            rt = f"{self.keys.ns}:rt:{customer_id}"
+            pipe.zrange(f"{rt}:cart", 0, -1)
+            pipe.zrevrange(f"{rt}:viewed", 0, -1)
             if assignment and self.api.log_exposures:
                 pipe.xadd(
                     self.keys.exposures,
@@ -208,14 +211,20 @@ class Store:
                      "list_type": served, "version": version, "ts": f"{time.time():.3f}"},
                     maxlen=1_000_000, approximate=True,
                 )  # fmt: skip
-            replies = await self._call(pipe.execute()) if len(pipe) else []
+            replies = await self._call(pipe.execute())
             values = dict(zip(fields, replies[0], strict=True)) if fields else {}
+            in_cart = {c.decode() for c in replies[1]}
+            viewed = [v.decode() for v in replies[2]]
             for i, t in enumerate(chain):
                 if t == "popular":
                     _, items = await self.popular(version)
-                    items = items[:k]
                 else:
-                    items = decode_list(values.get(t), self.reasons(version), k)
+                    items = decode_list(values.get(t), self.reasons(version), k + len(in_cart) + len(viewed))
+                if t == "recently_viewed" and viewed:
+                    items = [
+                        {"sku": v, "score": 1.0, "source": "recently_viewed", "reason": None} for v in viewed
+                    ] + [x for x in items if x["sku"] not in set(viewed)]
+                items = [x for x in items if x["sku"] not in in_cart][:k]  # never what is already in the cart
                 if items or not FALLBACKS.get(served):
                     out["items"] = items
                     if i:

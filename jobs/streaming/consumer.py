@@ -117,7 +117,7 @@ class StreamConsumer:
         max_seconds: float = 5.0,
         dead_letter: bool = True,
         batch_date: dt.date | None = None,
-        on_commit: Callable[[Source, list[dict]], None] | None = None,
+        on_batch: Callable[[Source, list[dict], list[int]], None] | None = None,
     ):
         from kafka import KafkaConsumer
 
@@ -127,7 +127,7 @@ class StreamConsumer:
         self.max_records, self.max_seconds = max_records, max_seconds
         self.dead_letter = dead_letter
         self.batch_date = batch_date
-        self.on_commit = on_commit
+        self.on_batch = on_batch  # before the commit: real-time profiles (idempotent updates)
         self.consumer = KafkaConsumer(
             bootstrap_servers=bootstrap,
             enable_auto_commit=False,
@@ -201,16 +201,20 @@ class StreamConsumer:
             by_topic.setdefault(tp.topic, []).append((tp, messages))
         for topic, parts in by_topic.items():
             source = self.by_topic[topic]
-            rows, offsets = [], {}
+            rows, offsets, produced = [], {}, []
             for tp, messages in parts:
                 for m in messages:
                     rows.append(event_record(source, tp.partition, m.offset, m.value))
+                    produced.append(m.timestamp)
                 offsets[tp.partition] = messages[-1].offset + 1
             if not rows:
                 continue
             bad = [r for r in rows if r["_parse_error"]]
             if bad and self.dead_letter:  # before the commit: a crash repeats them, never drops them
                 stats.dead_lettered += self._dead_letter(topic, bad)
+            if self.on_batch:
+                good = [i for i, r in enumerate(rows) if not r["_parse_error"]]
+                self.on_batch(source, [rows[i] for i in good], [produced[i] for i in good])
             table = _bronze_rows(source, rows, day, now)
             txns = [Transaction(kafka_app_id(topic, p), o) for p, o in sorted(offsets.items())]
             write_deltalake(
@@ -228,8 +232,6 @@ class StreamConsumer:
             stats.bad += len(bad)
             stats.commits += 1
             stats.per_source[source.name] = len(rows)
-            if self.on_commit:
-                self.on_commit(source, [r for r in rows if not r["_parse_error"]])
         stats.seconds = time.perf_counter() - t0
         return stats
 

@@ -22,6 +22,7 @@ def consume(catch_up: bool = False, batch_date: str | None = None, max_records: 
     from p13n.streaming.consumer import StreamConsumer
 
     settings = get_settings()
+    profiles = realtime_profiles(settings)
     consumer = StreamConsumer(
         settings.lake_root,
         kafka_sources(),
@@ -29,6 +30,7 @@ def consume(catch_up: bool = False, batch_date: str | None = None, max_records: 
         batch_date=dt.date.fromisoformat(batch_date) if batch_date else None,
         max_records=max_records,
         max_seconds=max_seconds,
+        on_batch=profiles.apply if profiles else None,
     )
     stopping = []
     if not catch_up:  # the service stops cleanly on SIGTERM (a task leaves signals to Airflow)
@@ -45,3 +47,13 @@ def consume(catch_up: bool = False, batch_date: str | None = None, max_records: 
     out = {"events": stats.events, "bad": stats.bad, "commits": stats.commits} if stats else {}
     progress(f"stream consumer stopped: {out}")
     return out
+
+
+def realtime_profiles(settings):
+    """The real-time profile updater when a serving Redis is configured (`serving.redis_url`), else None."""
+    if not settings.serving.redis_url:
+        progress("no serving.redis_url: events land in bronze, real-time profiles are not updated")
+        return None
+    from p13n.streaming.realtime import RealtimeProfiles
+
+    return RealtimeProfiles(settings, settings.serving.redis_url)
