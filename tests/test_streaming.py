@@ -109,3 +109,79 @@ def test_events_land_exactly_once_across_a_crash_and_bad_ones_are_dead_lettered(
     letters = {(m.value.decode(), dict(m.headers)["p13n.error"].decode()) for m in dlq}
     dlq.close()
     assert letters == {(raw, err) for raw, err in bad.items()}
+
+
+def test_stream_updates_realtime_profiles_the_api_and_fires_triggers(broker, redis_url, settings, tmp_path):
+    """Events → bronze + real-time profile → the API's answers → an abandoned-cart trigger."""
+    import datetime as dt
+
+    from fastapi.testclient import TestClient
+
+    from p13n.bench.serving import AS_OF, write_gold
+    from p13n.serving.api import create_app
+    from p13n.serving.publish import publish
+    from p13n.streaming.realtime import RealtimeProfiles, read_profile
+    from p13n.streaming.tasks import TRIGGERS, evaluate_triggers
+
+    srv = settings.serving.model_copy(
+        update={
+            "experiments": {},
+            "api": settings.serving.api.model_copy(update={"pointer_cache_seconds": 0.0}),
+        }
+    )
+    s = settings.model_copy(update={"data_dir": tmp_path, "serving": srv})
+    write_gold(s.lake_root, 50, 200)
+    publish(s, redis_url, AS_OF)
+    with TestClient(create_app(s, redis_url)) as api:
+        nightly = [i["sku"] for i in api.get("/v1/customers/C000000006/recommendations?k=5").json()["items"]]
+
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    at = lambda minutes: (now - dt.timedelta(minutes=minutes)).isoformat().replace("+00:00", "Z")  # noqa: E731
+    shopper = {"session_id": "S1", "anonymous_id": "A1", "customer_id": "700006"}  # C000000006, email consent
+    events = [
+        _event(1, **shopper, event_type="product_view", sku="SKU-000111", event_at=at(130)),
+        _event(2, **shopper, event_type="add_to_cart", sku=nightly[0], event_at=at(125)),
+        _event(3, **shopper, event_type="product_view", sku="SKU-000122", event_at=at(120)),
+        _event(
+            4, session_id="S9", anonymous_id="A9", customer_id=None, event_type="page_view", event_at=at(5)
+        ),
+    ]
+    ensure_topics(broker.bootstrap, [TOPIC], partitions=1)
+    produce_lines(broker.bootstrap, TOPIC, events)
+    profiles = RealtimeProfiles(s, redis_url)
+    consumer = StreamConsumer(
+        s.lake_root, [load_catalog()["web_clickstream"]], broker.bootstrap, on_batch=profiles.apply
+    )
+    try:
+        assert consumer.catch_up().events == 4
+    finally:
+        consumer.close()
+    assert profiles.unresolved == 1  # the anonymous page view
+    import redis
+
+    rt = read_profile(redis.Redis.from_url(redis_url, decode_responses=True), "p13n", "C000000006")
+    assert rt["recently_viewed"] == ["SKU-000122", "SKU-000111"] and rt["cart"] == [nightly[0]]
+    assert rt["session_events"] == 3 and rt["activity"]["last_event_type"] == "product_view"
+
+    with TestClient(create_app(s, redis_url)) as api:
+        served = [i["sku"] for i in api.get("/v1/customers/C000000006/recommendations?k=5").json()["items"]]
+        assert nightly[0] not in served and served[:4] == nightly[1:5]  # the cart item is not recommended
+        viewed = api.get("/v1/customers/C000000006/recommendations?type=recently_viewed&k=3").json()["items"]
+        assert [i["sku"] for i in viewed[:2]] == ["SKU-000122", "SKU-000111"]
+
+    from deltalake import write_deltalake
+
+    from p13n.lake.duck import duckdb_connection
+
+    new = evaluate_triggers(s, duckdb_connection(), now)
+    journeys = new[new["trigger"] != "win_back"]
+    assert list(zip(journeys["customer_id"], journeys["trigger"], journeys["anchor_sku"], journeys["status"],
+                    strict=True)) == [("C000000006", "abandoned_cart", nightly[0], "sent")]  # fmt: skip
+    # Win-back: the customers the nightly lifecycle calls lapsed (i % 4 == 1); no email consent: i % 5 == 0.
+    win = new[new["trigger"] == "win_back"].set_index("customer_id")["status"].to_dict()
+    assert win == {f"C{i:09d}": "suppressed" if i % 5 == 0 else "sent" for i in range(50) if i % 4 == 1}
+    write_deltalake(
+        f"{s.lake_root}/gold/triggered_audiences", new, mode="append", partition_by=["trigger_date"]
+    )
+    assert evaluate_triggers(s, duckdb_connection(), now).empty  # evaluated again: nothing new
+    assert TRIGGERS == "gold.triggered_audiences"

@@ -57,3 +57,85 @@ def realtime_profiles(settings):
     from p13n.streaming.realtime import RealtimeProfiles
 
     return RealtimeProfiles(settings, settings.serving.redis_url)
+
+
+TRIGGERS = "gold.triggered_audiences"
+
+
+def triggers_task(now=None) -> dict:
+    """Evaluate the behavioural triggers on the landed events and append the new ones."""
+    from p13n.lake.duck import duckdb_connection
+
+    settings = get_settings()
+    now = now or dt.datetime.now(dt.UTC)
+    con = duckdb_connection()
+    new = evaluate_triggers(settings, con, now)
+    if len(new):
+        from deltalake import write_deltalake
+
+        write_deltalake(_uri(settings, TRIGGERS), new, mode="append", partition_by=["trigger_date"])
+    counts = new.groupby(["trigger", "status"]).size().to_dict() if len(new) else {}
+    progress(
+        f"triggers at {now:%Y-%m-%d %H:%M}: "
+        + (", ".join(f"{t} {s} {n}" for (t, s), n in sorted(counts.items())) or "none")
+    )
+    return {
+        "triggered": int((new["status"] == "sent").sum()) if len(new) else 0,
+        "suppressed": int((new["status"] == "suppressed").sum()) if len(new) else 0,
+    }
+
+
+def _uri(settings, table: str) -> str:
+    layer, name = table.split(".")
+    return f"{settings.lake_root}/{layer}/{name}"
+
+
+def _exists(settings, table: str) -> bool:
+    from deltalake import DeltaTable
+
+    return DeltaTable.is_deltatable(_uri(settings, table))
+
+
+def evaluate_triggers(settings, con, now):
+    """Read the events of the lookback window (bronze, attributed through gold.identity_keys), consents,
+    lapsed customers and the trigger history, and evaluate (see `p13n.streaming.triggers`)."""
+    import pandas as pd
+
+    from p13n.sources.catalog import catalog
+    from p13n.streaming.triggers import COLUMNS, evaluate
+
+    st = settings.stream
+    by_name = {s.name: s for s in catalog()}
+    since = now - dt.timedelta(days=max(st.triggers.lookback_days, st.triggers.post_purchase_days + 1))
+    parts = []
+    for name, field in st.customer_fields.items():
+        table = by_name[name].bronze_table
+        if not _exists(settings, table):
+            continue
+        session = "session_id" if "session_id" in [c.name for c in by_name[name].columns] else "device_id"
+        parts.append(f"""
+            SELECT k.customer_id, e.event_id, e.event_type, e.sku, e.{session} AS session_id,
+                   CAST(e.event_at AS TIMESTAMPTZ) AS event_at
+            FROM delta_scan('{_uri(settings, table)}') e
+            JOIN delta_scan('{_uri(settings, "gold.identity_keys")}') k
+              ON k.key_type = '{st.customer_key_type}' AND k.key_value = e.{field}
+            WHERE e._parse_error IS NULL AND TRY_CAST(e.event_at AS TIMESTAMPTZ) >= ?""")
+    if not parts or not _exists(settings, "gold.identity_keys"):
+        return pd.DataFrame(columns=COLUMNS)
+    events = con.execute(" UNION ALL ".join(parts), [since] * len(parts)).df().drop_duplicates("event_id")
+    events["event_at"] = pd.to_datetime(events["event_at"], utc=True)
+    consents = con.execute(
+        f"SELECT customer_id, consent_email, consent_sms, consent_push FROM delta_scan('{_uri(settings, 'gold.customer_profiles')}')"
+    ).df()
+    lapsed = None
+    if _exists(settings, "gold.segments"):
+        lapsed = con.execute(f"""
+            SELECT customer_id FROM delta_scan('{_uri(settings, "gold.segments")}')
+            WHERE as_of_date = (SELECT max(as_of_date) FROM delta_scan('{_uri(settings, "gold.segments")}'))
+              AND lifecycle_stage = 'lapsed'""").df()
+    history = (
+        con.execute(f"SELECT * FROM delta_scan('{_uri(settings, TRIGGERS)}')").df()
+        if _exists(settings, TRIGGERS)
+        else pd.DataFrame(columns=COLUMNS)
+    )
+    return evaluate(events, now, st.triggers, consents, history, lapsed)

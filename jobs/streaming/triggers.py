@@ -132,7 +132,10 @@ def evaluate(
     found["priority"] = found["trigger"].map(PRIORITY.index)
     found = found.sort_values(["customer_id", "priority", "event_at"]).reset_index(drop=True)
     consent = consents.set_index("customer_id")
-    sent_before = history[history["status"] == "sent"]
+    sent_before = history[history["status"] == "sent"].copy()
+    sent_before["trigger_date"] = pd.to_datetime(
+        sent_before["trigger_date"]
+    ).dt.date  # read back as timestamps
     today, week_start = now.date(), now - dt.timedelta(days=7)
     statuses, reasons = [], []
     count_day: dict[str, int] = (
