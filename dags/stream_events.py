@@ -6,7 +6,13 @@ into their bronze tables in catch-up mode: reads to the end offsets present when
 micro-batches and stops, so streaming is scheduled, retried and observable like the batch. The offsets
 are stored in the same Delta commit as the events, so a retry or an overlapping `p13n stream consume`
 service never lands an event twice. Bad events are landed with their reason (the nightly promotion
-quarantines them) and sent to `<topic>.dlq`.
+quarantines them) and sent to `<topic>.dlq`. With a serving Redis, each micro-batch also updates the
+customers' real-time profiles (recently viewed, cart, last activity, session) before its commit.
+
+* **catch_up**: the topics into `bronze.web_clickstream` and `bronze.app_events`.
+* **triggers**: abandoned cart, browse abandonment, post-purchase and win-back on the landed events,
+  with channel consent and the frequency cap → `gold.triggered_audiences` (sent or suppressed, with
+  the reason), for the exports to Klaviyo and Mailchimp.
 """
 
 from __future__ import annotations
@@ -34,7 +40,13 @@ def stream_events():
 
         return consume(catch_up=True, batch_date=ds)
 
-    catch_up()
+    @task
+    def triggers(_landed: dict) -> dict:
+        from p13n.streaming.tasks import triggers_task
+
+        return triggers_task()
+
+    triggers(catch_up())
 
 
 stream_events()

@@ -365,7 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_airflow)
 
     p = sub.add_parser("bench", help="run a benchmark (or all) and print key=value figures")
-    p.add_argument("name", help="benchmark name, or 'all': lake, ingest, identity, customers, als, serving")
+    p.add_argument(
+        "name", help="benchmark name, or 'all': lake, ingest, identity, customers, als, serving, streaming"
+    )
     p.add_argument(
         "--rows",
         type=int,

@@ -297,7 +297,7 @@ class StreamSettings(_Section):
     """Streaming (`p13n.streaming`): see the `stream:` section of conf/base.yaml."""
 
     max_records: int = Field(50_000, gt=0)
-    max_seconds: float = Field(5.0, gt=0)
+    max_seconds: float = Field(1.0, gt=0)
     # The field of each event source that holds a customer's source-system id, and the id's key type.
     customer_fields: dict[str, str] = Field(
         default_factory=lambda: {"web_clickstream": "customer_id", "app_events": "app_user_id"}

@@ -12,6 +12,7 @@ from p13n.bench.identity import bench_identity
 from p13n.bench.ingest import bench_ingest
 from p13n.bench.lake import bench_lake
 from p13n.bench.serving import bench_serving
+from p13n.bench.streaming import bench_streaming
 
 BENCHMARKS: dict[str, Callable[..., dict]] = {
     "lake": bench_lake,
@@ -20,6 +21,7 @@ BENCHMARKS: dict[str, Callable[..., dict]] = {
     "customers": bench_customers,
     "als": bench_als,
     "serving": bench_serving,
+    "streaming": bench_streaming,
 }
 
 

@@ -64,9 +64,25 @@ def _dig(record: dict, path: str) -> Any:
     return node
 
 
+_PLANS: dict[int, tuple] = {}
+
+
+def _plan(source: Source) -> tuple[list[tuple[str, str, bool]], frozenset]:
+    """Per source, once: (column, field path, nested?) and the top-level fields it declares."""
+    plan = _PLANS.get(id(source))
+    if plan is None or plan[0] is not source:
+        columns = [(c.name, c.source, "." in c.source) for c in source.columns]
+        plan = (source, columns, frozenset(c.source.split(".", 1)[0] for c in source.columns))
+        _PLANS[id(source)] = plan
+    return plan[1], plan[2]
+
+
 def _from_mapping(source: Source, record: dict, file: str, index: int, raw: str) -> dict:
-    out = {c.name: to_text(_dig(record, c.source)) for c in source.columns}
-    known = {c.source.split(".", 1)[0] for c in source.columns}
+    columns, known = _plan(source)
+    out = {}
+    for name, path, nested in columns:
+        value = _dig(record, path) if nested else record.get(path)
+        out[name] = value if type(value) is str else to_text(value)
     extra = {k: v for k, v in record.items() if k not in known}
     out.update(
         _file=file,
