@@ -368,8 +368,14 @@ def _serving_summary(settings, url: str) -> str:
 
     async def sample() -> dict:
         store = Store(settings, url)
-        seg = await store.segment("lifecycle.active", 1, 1)
-        who = seg["customer_ids"][0] if seg and seg["customer_ids"] else "unknown"
+        from p13n.serving.experiments import assign_first
+
+        seg = await store.segment("lifecycle.active", 1, 50)
+        ids = seg["customer_ids"] if seg else []
+        # Show a customer who gets the personalized list (not an experiment's popular control arm).
+        personal = [c for c in ids if (a := assign_first(store.experiments, c, "personalized")) is None
+                    or a.list_type == "personalized"]  # fmt: skip
+        who = (personal or ids or ["unknown"])[0]
         out = await store.recommendations(who, "personalized", 3)
         await store.r.aclose()
         return out
