@@ -34,7 +34,11 @@ def _cmd_serving(args: argparse.Namespace) -> int:
 
 
 def _cmd_stream(args: argparse.Namespace) -> int:
-    from p13n.streaming.tasks import consume
+    from p13n.streaming.tasks import consume, produce
+
+    if args.action == "produce":
+        produce(args.rate, args.seconds, args.customers)
+        return 0
 
     consume(
         catch_up=args.catch_up,
@@ -481,6 +485,12 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--batch-date", default=None, help="the _batch_date to land under (default: today, UTC)")
     a.add_argument("--max-records", type=int, default=50_000, help="events per micro-batch at most")
     a.add_argument("--max-seconds", type=float, default=5.0, help="seconds a micro-batch collects at most")
+    a = st_sub.add_parser("produce", help="produce web events onto Kafka at a steady rate (demo and load)")
+    a.add_argument("--rate", type=float, default=100.0, help="events per second")
+    a.add_argument("--seconds", type=float, default=60.0)
+    a.add_argument(
+        "--customers", type=int, default=2000, help="shopify ids SH00000001.. of the generated data"
+    )
     p.set_defaults(handler=_cmd_stream)
 
     p = sub.add_parser("serve", help="start the recommendation API (OpenAPI document at /docs)")

@@ -139,3 +139,50 @@ def evaluate_triggers(settings, con, now):
         else pd.DataFrame(columns=COLUMNS)
     )
     return evaluate(events, now, st.triggers, consents, history, lapsed)
+
+
+def produce(rate: float, seconds: float, customers: int = 2000) -> int:
+    """Produce web events at `rate` per second for `seconds` (new event ids, now-stamped, customers'
+    shopify ids), for demos and load tests of the consumer: `p13n stream produce --rate R`."""
+    import json
+    import random
+    import time
+
+    from kafka import KafkaProducer
+
+    from p13n.services.kafka import ensure_topics
+    from p13n.sources.ingest import kafka_bootstrap
+
+    bootstrap = kafka_bootstrap(get_settings())
+    ensure_topics(bootstrap, ["web-events"])
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")
+    rng = random.Random()
+    types = ("product_view",) * 6 + ("add_to_cart", "remove_from_cart", "page_view", "search", "purchase")
+    sent, start = 0, time.monotonic()
+    prefix = f"P{int(time.time())}"
+    try:
+        while (elapsed := time.monotonic() - start) < seconds:
+            due = int(elapsed * rate) + 1
+            for _ in range(due - sent):
+                who = rng.randrange(customers) + 1
+                event = {
+                    "event_id": f"{prefix}-{sent}",
+                    "event_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+                    "event_type": rng.choice(types),
+                    "session_id": f"S{who}-{int(elapsed // 1800)}",
+                    "anonymous_id": f"A{who:08d}",
+                    "customer_id": f"SH{who:08d}",
+                    "sku": f"SKU-{rng.randrange(1, 200):06d}",
+                }
+                producer.send(
+                    "web-events", value=json.dumps(event).encode(), key=event["session_id"].encode()
+                )
+                sent += 1
+            time.sleep(min(0.01, max(0.0, (sent / rate) - (time.monotonic() - start))))
+        producer.flush()
+    finally:
+        producer.close()
+    progress(
+        f"produced {sent:,} events in {time.monotonic() - start:.1f}s ({sent / max(seconds, 1e-9):,.0f}/s)"
+    )
+    return sent
