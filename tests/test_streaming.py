@@ -185,3 +185,27 @@ def test_stream_updates_realtime_profiles_the_api_and_fires_triggers(broker, red
     )
     assert evaluate_triggers(s, duckdb_connection(), now).empty  # evaluated again: nothing new
     assert TRIGGERS == "gold.triggered_audiences"
+
+
+def test_the_fast_batch_path_gives_the_per_event_records():
+    import pyarrow as pa
+
+    from p13n.sources.readers import bronze_arrow_schema
+    from p13n.streaming.consumer import event_record, fast_records
+
+    source = load_catalog()["web_clickstream"]
+    values = [_event(i).encode() for i in range(20)] + [
+        _event(20, event_type="teleport").encode(),
+        json.dumps({"event_id": "X", "event_at": "2024-03-01T10:00:00Z"}).encode(),  # required fields missing
+        _event(22, event_at="not a time").encode(),
+        _event(23, event_at="2024-03-01 10:00:00", sku="").encode(),  # no zone: still a timestamp
+    ]
+    origins, offsets = [f"{TOPIC}/1"] * len(values), list(range(100, 100 + len(values)))
+    fast = fast_records(source, origins, offsets, values)
+    assert fast is not None
+    slow = [event_record(source, 1, o, v) for o, v in zip(offsets, values, strict=True)]
+    assert fast.to_pylist() == pa.Table.from_pylist(slow, schema=bronze_arrow_schema(source)).to_pylist()
+    assert [r["_parse_error"] is not None for r in slow] == [False] * 20 + [True, True, True, False]
+    # Anything the fast path cannot take goes to the per-event path.
+    assert fast_records(source, origins[:1], offsets[:1], [b"{not json"]) is None
+    assert fast_records(source, origins[:1], offsets[:1], [_event(1, extra_field=1).encode()]) is None

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from p13n.faults import checkpoint
 from p13n.sources.catalog import Source
@@ -91,6 +92,83 @@ def event_record(source: Source, partition: int, offset: int, value: bytes | Non
         if problem:
             record["_parse_error"] = problem
     return record
+
+
+def fast_records(source: Source, origins: list[str], offsets: list[int], values: list) -> pa.Table | None:
+    """The bronze records of a batch parsed in one pass by Arrow's JSON reader, checks vectorized; None
+    when the batch needs the per-event path (a message that is not one flat JSON object line of
+    declared string fields: invalid JSON, a number where text is declared, an undeclared field, a
+    newline inside a value, a nested column). The two paths give the same records."""
+    import io
+
+    import pyarrow.compute as pc
+    import pyarrow.json as pj
+
+    if any("." in c.source or c.source != c.name for c in source.columns):
+        return None
+    if any(v is None or len(v) > _MAX_MESSAGE or b"\n" in v for v in values):
+        return None
+    names = [c.name for c in source.columns]
+    try:
+        raw = pa.array(values, pa.binary()).cast(pa.string())  # fails on invalid UTF-8
+        parsed = pj.read_json(
+            io.BytesIO(b"\n".join(values)),
+            parse_options=pj.ParseOptions(
+                explicit_schema=pa.schema([(n, pa.string()) for n in names]),
+                unexpected_field_behavior="error",
+            ),
+        )
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return None
+    if parsed.num_rows != len(values):
+        return None
+    bad = pa.array([False] * len(values))
+    for col in source.columns:
+        column = parsed[col.name]
+        empty = pc.or_kleene(pc.is_null(column), pc.equal(column, ""))
+        if col.required:
+            bad = pc.or_(bad, pc.fill_null(empty, True))
+        if col.type == "enum":
+            bad = pc.or_(
+                bad,
+                pc.and_(
+                    pc.invert(pc.fill_null(empty, True)), pc.invert(pc.is_in(column, pa.array(col.values)))
+                ),
+            )
+        elif col.type == "timestamp":
+            bad = pc.or_(
+                bad, pc.and_(pc.invert(pc.fill_null(empty, True)), pc.invert(_timestamps_ok(column)))
+            )
+        elif col.type in _NUMBER_TYPES:
+            return None  # numbers: the per-event path checks them
+    errors: list = [None] * len(values)
+    rows = parsed.to_pylist() if pc.any(bad).as_py() else None
+    if rows is not None:
+        for i in pc.indices_nonzero(bad).to_pylist():
+            errors[i] = check_fields(source, rows[i])
+    n = len(values)
+    return pa.table(
+        {
+            **{name: parsed[name] for name in names},
+            "_file": pa.array(origins, pa.string()),
+            "_record": pa.array(offsets, pa.int64()),
+            "_raw": raw,
+            "_extra": pa.nulls(n, pa.string()),
+            "_parse_error": pa.array(errors, pa.string()),
+        }
+    )
+
+
+def _timestamps_ok(column) -> pa.Array:
+    import pyarrow.compute as pc
+
+    try:
+        return pc.is_valid(
+            pc.cast(pc.fill_null(column, "1970-01-01T00:00:00Z"), pa.timestamp("us", tz="UTC"))
+        )
+    except pa.ArrowInvalid:  # some without a zone, or not timestamps: decide each distinct value
+        seen = {v: _is_timestamp(v) for v in set(column.to_pylist()) if v}
+        return pa.array([True if not v else seen[v] for v in column.to_pylist()])
 
 
 @dataclass
@@ -208,21 +286,43 @@ class StreamConsumer:
             by_topic.setdefault(tp.topic, []).append((tp, messages))
         for topic, parts in by_topic.items():
             source = self.by_topic[topic]
-            rows, offsets, produced = [], {}, []
+            origins, numbers, values, offsets, produced = [], [], [], {}, []
             for tp, messages in parts:
+                origin = f"{topic}/{tp.partition}"
                 for m in messages:
-                    rows.append(event_record(source, tp.partition, m.offset, m.value))
+                    origins.append(origin)
+                    numbers.append(m.offset)
+                    values.append(m.value)
                     produced.append(m.timestamp)
                 offsets[tp.partition] = messages[-1].offset + 1
-            if not rows:
+            records = fast_records(source, origins, numbers, values)
+            if records is None:  # the per-event path: any message the fast one cannot take
+                rows = [
+                    event_record(source, int(o.rsplit("/", 1)[1]), n, v)
+                    for o, n, v in zip(origins, numbers, values, strict=True)
+                ]
+                schema = bronze_arrow_schema(source)
+                # Column by column: about 6x faster than Table.from_pylist on 50k events.
+                records = pa.table(
+                    {f.name: pa.array([r[f.name] for r in rows], f.type) for f in schema}, schema=schema
+                )
+            errors = records["_parse_error"]
+            bad_idx = pc.indices_nonzero(pc.is_valid(errors)).to_pylist()
+            bad = (
+                records.take(pa.array(bad_idx, pa.int64()))
+                .select(["_file", "_record", "_raw", "_parse_error"])
+                .to_pylist()
+            )
+            if not records.num_rows:
                 continue
-            bad = [r for r in rows if r["_parse_error"]]
             if bad and self.dead_letter:  # before the commit: a crash repeats them, never drops them
                 stats.dead_lettered += self._dead_letter(topic, bad)
             if self.on_batch:
-                good = [i for i, r in enumerate(rows) if not r["_parse_error"]]
-                self.on_batch(source, [rows[i] for i in good], [produced[i] for i in good])
-            table = _bronze_rows(source, rows, day, now)
+                good = pc.indices_nonzero(pc.is_null(errors)).to_pylist()
+                self.on_batch(
+                    source, records.take(pa.array(good, pa.int64())).to_pylist(), [produced[i] for i in good]
+                )
+            table = _bronze_rows(source, records, day, now)
             txns = [Transaction(kafka_app_id(topic, p), o) for p, o in sorted(offsets.items())]
             write_deltalake(
                 self._uri(source),
@@ -235,10 +335,10 @@ class StreamConsumer:
                 ),
             )
             checkpoint("stream.after_commit")
-            stats.events += len(rows)
+            stats.events += records.num_rows
             stats.bad += len(bad)
             stats.commits += 1
-            stats.per_source[source.name] = len(rows)
+            stats.per_source[source.name] = records.num_rows
         stats.seconds = time.perf_counter() - t0
         return stats
 
@@ -304,11 +404,8 @@ class StreamConsumer:
             self._producer.close()
 
 
-def _bronze_rows(source: Source, rows: list[dict], day: dt.date, now: dt.datetime) -> pa.Table:
-    schema = bronze_arrow_schema(source)
-    # Column by column: about 6x faster than Table.from_pylist on 50k events.
-    records = pa.table({f.name: pa.array([r[f.name] for r in rows], f.type) for f in schema}, schema=schema)
-    n = len(rows)
+def _bronze_rows(source: Source, records: pa.Table, day: dt.date, now: dt.datetime) -> pa.Table:
+    n = records.num_rows
     front = pa.table(
         {
             "_source": pa.array([source.name] * n, pa.string()),
