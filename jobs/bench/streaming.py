@@ -1,6 +1,6 @@
 """`p13n bench streaming`: the stream consumer against a bare kafka-python loop, and profile latency.
 
-* `stream_ratio` = events per second the consumer lands in bronze (raw bytes → validated records →
+* `stream_ratio` (best of 3 alternating runs each) = events per second the consumer lands in bronze (raw bytes → validated records →
   Delta commits with their offsets, dead letters included) ÷ events per second of a bare kafka-python
   loop that only polls the same topic, in the same run on the same embedded broker.
 * `latency_p99_ms`: from the producer's timestamp of an event to its customer's real-time profile
@@ -79,12 +79,15 @@ def bench_streaming(rows: int | None = None, reps: int = 1) -> dict:
         ensure_topics(broker.bootstrap, [TOPIC], partitions=3)
         print(f"bench streaming: producing {n:,} events", flush=True)
         produce_lines(broker.bootstrap, TOPIC, _events(n, customers), key_field="session_id")
-        bare = _bare_loop(broker.bootstrap, n)
-        consumer = StreamConsumer(str(work / "lake"), [source], broker.bootstrap, max_records=50_000)
-        t = time.perf_counter()
-        stats = consumer.catch_up()
-        landed = stats.events / (time.perf_counter() - t)
-        consumer.close()
+        # Alternating runs, the best of each (the broker and the machine are shared, so runs vary).
+        bare, landed = 0.0, 0.0
+        for rep in range(max(3, reps)):
+            bare = max(bare, _bare_loop(broker.bootstrap, n))
+            consumer = StreamConsumer(str(work / f"lake{rep}"), [source], broker.bootstrap, max_records=50_000)
+            t = time.perf_counter()
+            stats = consumer.catch_up()
+            landed = max(landed, stats.events / (time.perf_counter() - t))
+            consumer.close()
         out = {
             "stream_events": stats.events,
             "stream_commits": stats.commits,

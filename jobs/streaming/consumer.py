@@ -288,12 +288,10 @@ class StreamConsumer:
             source = self.by_topic[topic]
             origins, numbers, values, offsets, produced = [], [], [], {}, []
             for tp, messages in parts:
-                origin = f"{topic}/{tp.partition}"
-                for m in messages:
-                    origins.append(origin)
-                    numbers.append(m.offset)
-                    values.append(m.value)
-                    produced.append(m.timestamp)
+                origins += [f"{topic}/{tp.partition}"] * len(messages)
+                numbers += [m.offset for m in messages]
+                values += [m.value for m in messages]
+                produced += [m.timestamp for m in messages]
                 offsets[tp.partition] = messages[-1].offset + 1
             records = fast_records(source, origins, numbers, values)
             if records is None:  # the per-event path: any message the fast one cannot take
