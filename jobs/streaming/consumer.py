@@ -363,19 +363,32 @@ class StreamConsumer:
             (topic, p): e for topic in self.by_topic for p, e in end_offsets(self.bootstrap, topic).items()
         }
 
-    def catch_up(self, progress: Callable[[str], None] | None = None) -> BatchStats:
-        """Drain to the end offsets present now, committing micro-batches, then stop."""
+    def catch_up(
+        self, progress: Callable[[str], None] | None = None, idle_seconds: float = 60.0
+    ) -> BatchStats:
+        """Drain to the end offsets present now, committing micro-batches, then stop. Fails (naming the
+        partitions) when no message arrives for `idle_seconds` short of those offsets."""
         targets = self.end_offsets()
         total = BatchStats()
+        last_progress = time.monotonic()
         while True:
             positions = {
                 (tp.topic, tp.partition): self.consumer.position(tp) for tp in self.consumer.assignment()
             }
-            if all(positions.get(k, 0) >= e for k, e in targets.items()):
+            behind = {k: (positions.get(k, 0), e) for k, e in targets.items() if positions.get(k, 0) < e}
+            if not behind:
                 break
             batch = self.poll_batch()
             if not batch:
+                if time.monotonic() - last_progress > idle_seconds:
+                    where = ", ".join(
+                        f"{t}/{p} at {at} of {end}" for (t, p), (at, end) in sorted(behind.items())
+                    )
+                    raise RuntimeError(
+                        f"catch-up stalled for {idle_seconds:.0f}s short of the end offsets: {where}"
+                    )
                 continue
+            last_progress = time.monotonic()
             total.add(self.commit(batch))
             if progress:
                 progress(f"landed {total.events:,} events ({total.bad:,} bad) in {total.commits} commits")
