@@ -209,3 +209,18 @@ def test_the_fast_batch_path_gives_the_per_event_records():
     # Anything the fast path cannot take goes to the per-event path.
     assert fast_records(source, origins[:1], offsets[:1], [b"{not json"]) is None
     assert fast_records(source, origins[:1], offsets[:1], [_event(1, extra_field=1).encode()]) is None
+
+
+def test_a_consumer_that_sought_before_another_landed_the_range_skips_it(broker, tmp_path):
+    source = load_catalog()["web_clickstream"]
+    root = str(tmp_path / "lake")
+    ensure_topics(broker.bootstrap, [TOPIC], partitions=2)
+    produce_lines(broker.bootstrap, TOPIC, [_event(i) for i in range(40)], key_field="session_id")
+    first, late = (StreamConsumer(root, [source], broker.bootstrap) for _ in range(2))  # both seek to 0
+    try:
+        assert first.catch_up().events == 40
+        assert late.catch_up().events == 0  # it polls offsets 0.. again, and the table already holds them
+    finally:
+        first.close()
+        late.close()
+    assert sorted(r["event_id"] for r in _bronze(root)) == [f"E{i:06d}" for i in range(40)]

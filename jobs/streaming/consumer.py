@@ -287,12 +287,22 @@ class StreamConsumer:
         for topic, parts in by_topic.items():
             source = self.by_topic[topic]
             origins, numbers, values, offsets, produced = [], [], [], {}, []
-            for tp, messages in parts:
+            # Another writer (the batch ingestion, a second consumer) may have landed part of this
+            # range since we sought: keep only what the table does not hold yet. That narrows the
+            # window; delta-rs does not refuse a repeated app transaction (delta-rs#2580), so run
+            # one consumer per topic (the DAG or the service, not both).
+            stored = self.stored_offsets(source)
+            for tp, all_messages in parts:
+                messages = [m for m in all_messages if m.offset >= stored.get(tp.partition, 0)]
+                if not messages:
+                    continue
                 origins += [f"{topic}/{tp.partition}"] * len(messages)
                 numbers += [m.offset for m in messages]
                 values += [m.value for m in messages]
                 produced += [m.timestamp for m in messages]
                 offsets[tp.partition] = messages[-1].offset + 1
+            if not values:
+                continue
             records = fast_records(source, origins, numbers, values)
             if records is None:  # the per-event path: any message the fast one cannot take
                 rows = [
