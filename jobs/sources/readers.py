@@ -71,6 +71,8 @@ def _plan(source: Source) -> tuple[list[tuple[str, str, bool]], frozenset]:
     """Per source, once: (column, field path, nested?) and the top-level fields it declares."""
     plan = _PLANS.get(id(source))
     if plan is None or plan[0] is not source:
+        if len(_PLANS) > 256:  # executors unpickle a new Source per task: keep the cache bounded
+            _PLANS.clear()
         columns = [(c.name, c.source, "." in c.source) for c in source.columns]
         plan = (source, columns, frozenset(c.source.split(".", 1)[0] for c in source.columns))
         _PLANS[id(source)] = plan
