@@ -83,7 +83,9 @@ def bench_streaming(rows: int | None = None, reps: int = 1) -> dict:
         bare, landed = 0.0, 0.0
         for rep in range(max(3, reps)):
             bare = max(bare, _bare_loop(broker.bootstrap, n))
-            consumer = StreamConsumer(str(work / f"lake{rep}"), [source], broker.bootstrap, max_records=50_000)
+            consumer = StreamConsumer(
+                str(work / f"lake{rep}"), [source], broker.bootstrap, max_records=50_000
+            )
             t = time.perf_counter()
             stats = consumer.catch_up()
             landed = max(landed, stats.events / (time.perf_counter() - t))
