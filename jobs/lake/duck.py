@@ -20,3 +20,22 @@ def duckdb_connection(database: str = ":memory:"):
     con = duckdb.connect(database)
     con.execute(f"LOAD '{found[-1]}'")
     return con
+
+
+def table_uri(root: str, table: str) -> str:
+    """Where `layer.name` lives under the lake root (the Lake's own layout)."""
+    from p13n.lake.tables import TableName
+
+    return TableName.parse(table).uri(root)
+
+
+def scan(root: str, table: str) -> str:
+    """The DuckDB expression reading a lake table: `delta_scan('<uri>')`."""
+    return f"delta_scan('{table_uri(root, table)}')"
+
+
+def table_exists(root: str, table: str) -> bool:
+    """Whether the table has a Delta log (locally or on object storage), without Spark."""
+    from deltalake import DeltaTable
+
+    return DeltaTable.is_deltatable(table_uri(root, table))

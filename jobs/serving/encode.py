@@ -47,8 +47,9 @@ def _ordered_join(entry: str, order: str, sep: str) -> str:
 
 
 def _scan(settings: Settings, table: str) -> str:
-    layer, name = table.split(".")
-    return f"delta_scan('{settings.lake_root}/{layer}/{name}')"
+    from p13n.lake.duck import scan
+
+    return scan(settings.lake_root, table)
 
 
 def _hash_commands(source: str, kind: str) -> str:

@@ -114,13 +114,13 @@ def client(url: str, **kwargs):
 def preflight(settings: Settings, as_of: dt.date, con) -> list[str]:
     """Why this date must not be published: missing partitions, failed expectations, gates without a
     champion. Empty when it may."""
+    from p13n.lake.duck import table_exists
     from p13n.serving.encode import DATED_TABLES, _scan
 
     root = settings.lake_root
     problems = []
     for table, feeds in DATED_TABLES.items():
-        layer, name = table.split(".")
-        if not os.path.exists(f"{root}/{layer}/{name}/_delta_log"):
+        if not table_exists(root, table):
             problems.append(f"{table} does not exist (it feeds {feeds})")
             continue
         n = con.execute(
@@ -129,7 +129,7 @@ def preflight(settings: Settings, as_of: dt.date, con) -> list[str]:
         if n == 0:
             problems.append(f"{table} has no rows for {as_of} (it feeds {feeds})")
     latest = {}
-    if os.path.exists(f"{root}/ops/validations/_delta_log"):
+    if table_exists(root, "ops.validations"):
         latest = {
             t: (ok, f)
             for t, ok, f in con.execute(
@@ -145,7 +145,7 @@ def preflight(settings: Settings, as_of: dt.date, con) -> list[str]:
         elif not latest[table][0]:
             problems.append(f"{table} failed its expectations for {as_of}: {latest[table][1]}")
     if settings.serving.gated_models:
-        if not os.path.exists(f"{root}/ops/model_runs/_delta_log"):
+        if not table_exists(root, "ops.model_runs"):
             problems.append("ops.model_runs does not exist: no model was gated")
         else:
             rows = dict(
@@ -168,9 +168,10 @@ def preflight(settings: Settings, as_of: dt.date, con) -> list[str]:
 
 
 def erased_customers(settings: Settings, con) -> set[str]:
+    from p13n.lake.duck import table_exists
     from p13n.serving.encode import _scan
 
-    if not os.path.exists(f"{settings.lake_root}/ops/erasures/_delta_log"):
+    if not table_exists(settings.lake_root, "ops.erasures"):
         return set()
     return {
         r[0] for r in con.execute(f"SELECT customer_id FROM {_scan(settings, 'ops.erasures')}").fetchall()

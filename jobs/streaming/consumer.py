@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 
 from p13n.faults import checkpoint
 from p13n.sources.catalog import Source
+from p13n.sources.ingest import batch_id
 from p13n.sources.readers import bronze_arrow_schema
 from p13n.sources.systems import _MAX_MESSAGE, _message_record, kafka_app_id
 
@@ -225,8 +226,9 @@ class StreamConsumer:
 
     # --- offsets ---
     def _uri(self, source: Source) -> str:
-        layer, name = source.bronze_table.split(".")
-        return f"{self.lake_root}/{layer}/{name}"
+        from p13n.lake.duck import table_uri
+
+        return table_uri(self.lake_root, source.bronze_table)
 
     def stored_offsets(self, source: Source) -> dict[int, int]:
         from deltalake import DeltaTable
@@ -430,7 +432,7 @@ def _bronze_rows(source: Source, records: pa.Table, day: dt.date, now: dt.dateti
     front = pa.table(
         {
             "_source": pa.array([source.name] * n, pa.string()),
-            "_batch_id": pa.array([f"{source.name}:{day.isoformat()}"] * n, pa.string()),
+            "_batch_id": pa.array([batch_id(source, day)] * n, pa.string()),
             "_batch_date": pa.array([day] * n, pa.date32()),
             "_ingested_at": pa.array([now] * n, pa.timestamp("us", tz="UTC")),
         }

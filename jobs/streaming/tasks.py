@@ -86,14 +86,15 @@ def triggers_task(now=None) -> dict:
 
 
 def _uri(settings, table: str) -> str:
-    layer, name = table.split(".")
-    return f"{settings.lake_root}/{layer}/{name}"
+    from p13n.lake.duck import table_uri
+
+    return table_uri(settings.lake_root, table)
 
 
 def _exists(settings, table: str) -> bool:
-    from deltalake import DeltaTable
+    from p13n.lake.duck import table_exists
 
-    return DeltaTable.is_deltatable(_uri(settings, table))
+    return table_exists(settings.lake_root, table)
 
 
 def evaluate_triggers(settings, con, now):
