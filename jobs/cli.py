@@ -37,7 +37,24 @@ def _cmd_stream(args: argparse.Namespace) -> int:
     from p13n.streaming.tasks import consume, produce
 
     if args.action == "produce":
-        produce(args.rate, args.seconds, args.customers)
+        produce(args.rate, args.seconds, args.customers, args.seed)
+        return 0
+    if args.action == "reset-offsets":
+        from p13n.config import get_settings
+        from p13n.sources.ingest import kafka_bootstrap
+        from p13n.streaming.consumer import reset_offsets
+        from p13n.streaming.tasks import kafka_sources
+
+        settings = get_settings()
+        sources = [s for s in kafka_sources() if s.location == args.topic]
+        if not sources:
+            print(f"no catalog source reads topic {args.topic!r}", file=sys.stderr)
+            return 2
+        moves = reset_offsets(settings.lake_root, sources[0], kafka_bootstrap(settings), args.to)
+        for p, (old, new) in moves.items():
+            print(f"{args.topic}/{p}: {old:,} -> {new:,}")
+        if not moves:
+            print(f"{args.topic}: every stored offset is within the broker's log; nothing to reset")
         return 0
 
     consume(
@@ -491,6 +508,14 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument(
         "--customers", type=int, default=2000, help="shopify ids SH00000001.. of the generated data"
     )
+    a.add_argument("--seed", type=int, default=None, help="the same events every time (ids, partitions)")
+    a = st_sub.add_parser(
+        "reset-offsets",
+        help="after a topic was recreated: move the offsets a bronze table stores past the broker's end",
+    )
+    a.add_argument("--topic", required=True)
+    a.add_argument("--to", choices=["beginning", "end"], required=True,
+                   help="beginning: land what the broker holds now; end: skip it")  # fmt: skip
     p.set_defaults(handler=_cmd_stream)
 
     p = sub.add_parser("serve", help="start the recommendation API (OpenAPI document at /docs)")

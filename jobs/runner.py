@@ -137,8 +137,12 @@ def run_pipeline(customers: int = 2000, days: int = 2, seed: int = 42, history_d
         plan.append(("score_customers", dates[-1]))
         plan.append(("recommend_products", dates[-1]))
         plan.append(("publish_serving", dates[-1]))
+        plan.append(("stream_events", dates[-1]))
         plan.append(("lake_maintenance", dates[-1]))
         for dag_id, day in plan:
+            if dag_id == "stream_events":
+                live = _produce_live_events(env, customers)
+                console.print(f"produced {live:,} live web events (500/s) for the stream consumer")
             console.print(f"[cyan]DAG {dag_id}[/] {day}")
             ok, seconds = run_dag(dag_id, day, env, log, echo=echo)
             if not ok:
@@ -146,9 +150,9 @@ def run_pipeline(customers: int = 2000, days: int = 2, seed: int = 42, history_d
                 _print_tail(console, log)
                 return 1
             console.print(f"  [green]done[/] in {seconds:.0f}s")
-        serving = _serving_summary(
-            settings, env.get("P13N__SERVING__REDIS_URL") or settings.serving.redis_url
-        )
+        url = env.get("P13N__SERVING__REDIS_URL") or settings.serving.redis_url
+        serving = _serving_summary(settings, url)
+        streaming = _stream_summary(settings, url)
     finally:
         if broker:
             broker.stop()
@@ -159,6 +163,7 @@ def run_pipeline(customers: int = 2000, days: int = 2, seed: int = 42, history_d
     _print_customer_summary(console, settings, dates[-1])
     _print_recommendation_summary(console, settings, dates[-1])
     console.print(serving, soft_wrap=True, highlight=False)
+    console.print(streaming, soft_wrap=True, highlight=False)
     _print_summary(console, settings, dates[-1], log)
     return 0
 
@@ -351,6 +356,62 @@ def _print_recommendation_summary(console, settings, day: str) -> None:
         for r in rows:
             example.add_row(*(str(v) for v in r))
         console.print(example)
+
+
+def _produce_live_events(env: dict[str, str], customers: int) -> int:
+    """A few seconds of live clickstream for `stream_events` (what `p13n stream produce` sends). Seeded:
+    the embedded broker forgets its topics between runs and the replay refills them, so a rerun
+    produces the same events at the same offsets, which the lake already holds: nothing lands twice."""
+    import os
+
+    from p13n.streaming.tasks import produce
+
+    before = os.environ.get("P13N_KAFKA_BOOTSTRAP")
+    os.environ["P13N_KAFKA_BOOTSTRAP"] = env.get("P13N_KAFKA_BOOTSTRAP", before or "")
+    try:
+        return produce(rate=500, seconds=4, customers=customers, seed=7)
+    finally:
+        if before is None:
+            os.environ.pop("P13N_KAFKA_BOOTSTRAP", None)
+        else:
+            os.environ["P13N_KAFKA_BOOTSTRAP"] = before
+
+
+def _stream_summary(settings, url: str) -> str:
+    """What the streaming step did: events landed by the consumer, real-time profiles, triggers."""
+    import redis as redis_lib
+
+    from p13n.lake.duck import duckdb_connection, table_exists, table_uri
+
+    lines = ["[bold]Streaming[/]"]
+    con = duckdb_connection()
+    bronze = "bronze.web_clickstream"
+    if table_exists(settings.lake_root, bronze):
+        from deltalake import DeltaTable
+
+        commits = [
+            h
+            for h in DeltaTable(table_uri(settings.lake_root, bronze)).history()
+            if h.get("p13n.writer") == "stream"
+        ]
+        rows = sum(int((h.get("operationMetrics") or {}).get("num_added_rows", 0)) for h in commits)
+        lines.append(f"{bronze}: {rows:,} events landed by the stream consumer in {len(commits)} commits")
+    r = redis_lib.Redis.from_url(url)
+    try:
+        ns = settings.serving.namespace
+        rt = sum(1 for _ in r.scan_iter(f"{ns}:rt:*", count=10_000) if b":" not in _.split(b":rt:")[1])
+    finally:
+        r.close()
+    lines.append(f"real-time profiles in Redis ({ns}:rt:<customer_id>): {rt:,}")
+    if table_exists(settings.lake_root, "gold.triggered_audiences"):
+        rows = con.execute(
+            "SELECT trigger, status, count(*) FROM delta_scan("
+            f"'{table_uri(settings.lake_root, 'gold.triggered_audiences')}') GROUP BY ALL ORDER BY ALL"
+        ).fetchall()
+        lines.append(
+            "gold.triggered_audiences: " + (", ".join(f"{t} {s} {n:,}" for t, s, n in rows) or "none yet")
+        )
+    return "\n".join(lines)
 
 
 def _serving_summary(settings, url: str) -> str:

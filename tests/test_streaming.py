@@ -275,3 +275,30 @@ def test_a_broker_restart_is_survived(s3_endpoint, tmp_path):
             consumer.close()
         broker.stop()
     assert sorted(r["event_id"] for r in _bronze(root)) == [f"E{i:06d}" for i in range(300)]
+
+
+def test_a_recreated_topic_is_refused_until_its_offsets_are_reset(broker, tmp_path):
+    from p13n.streaming.consumer import StreamOffsetError, reset_offsets
+
+    source = load_catalog()["web_clickstream"]
+    root = str(tmp_path / "lake")
+    ensure_topics(broker.bootstrap, [TOPIC], partitions=1)
+    produce_lines(broker.bootstrap, TOPIC, [_event(i) for i in range(30)])
+    first = StreamConsumer(root, [source], broker.bootstrap)
+    assert first.catch_up().events == 30
+    first.close()
+
+    fresh = EmbeddedBroker().start()  # the same topic, recreated: its log starts again at 0
+    try:
+        ensure_topics(fresh.bootstrap, [TOPIC], partitions=1)
+        produce_lines(fresh.bootstrap, TOPIC, [_event(i) for i in range(100, 110)])
+        with pytest.raises(StreamOffsetError, match=r"web-events/0 stored 30, broker end 10"):
+            StreamConsumer(root, [source], fresh.bootstrap)
+        assert reset_offsets(root, source, fresh.bootstrap, "beginning") == {0: (30, 0)}
+        again = StreamConsumer(root, [source], fresh.bootstrap)
+        assert again.catch_up().events == 10
+        again.close()
+    finally:
+        fresh.stop()
+    ids = sorted(r["event_id"] for r in _bronze(root))
+    assert ids == [f"E{i:06d}" for i in range(30)] + [f"E{i:06d}" for i in range(100, 110)]

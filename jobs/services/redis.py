@@ -39,7 +39,7 @@ class RedisServer:
     """redis-server on 127.0.0.1:<port>, its RDB snapshot in `data_dir` (so data outlives a restart)."""
 
     def __init__(self, data_dir: Path, port: int | None = None, persist: bool = True):
-        self.data_dir = Path(data_dir)
+        self.data_dir = Path(data_dir).resolve()  # redis-server resolves --logfile against --dir
         self.port = port or free_port()
         self.persist = persist
         self.proc: subprocess.Popen | None = None

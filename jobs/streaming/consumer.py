@@ -255,12 +255,35 @@ class StreamConsumer:
             time.sleep(0.2)
         tps = []
         for topic, source in self.by_topic.items():
-            for p, offset in sorted(self.stored_offsets(source).items()):
+            stored = self.stored_offsets(source)
+            self._check_not_reset(source, stored)
+            for p, offset in sorted(stored.items()):
                 tp = TopicPartition(topic, p)
                 tps.append((tp, offset))
         self.consumer.assign([tp for tp, _ in tps])
         for tp, offset in tps:
             self.consumer.seek(tp, offset)
+
+    def _check_not_reset(self, source: Source, stored: dict[int, int]) -> None:
+        """Refuse to run when the table stores an offset past the broker's end: the topic was
+        recreated or the broker lost its log. Seeking there would skip (Kafka resets an out-of-range
+        position) every event until the new log reaches the old offset, silently."""
+        if not any(stored.values()):
+            return
+        from p13n.services.kafka import end_offsets
+
+        ends = end_offsets(self.bootstrap, source.location)
+        ahead = {p: (o, ends.get(p, 0)) for p, o in sorted(stored.items()) if o > ends.get(p, 0)}
+        if ahead:
+            where = ", ".join(
+                f"{source.location}/{p} stored {o:,}, broker end {e:,}" for p, (o, e) in ahead.items()
+            )
+            raise StreamOffsetError(
+                f"{source.bronze_table} has landed past the end of topic {source.location} ({where}): the "
+                "topic was recreated or the broker lost messages. Nothing was read. After checking what "
+                f"happened, `p13n stream reset-offsets --topic {source.location} --to beginning` lands what "
+                "the broker holds now (or `--to end` skips it)."
+            )
 
     # --- one micro-batch ---
     def poll_batch(self) -> dict:
@@ -436,6 +459,57 @@ class StreamConsumer:
         self.consumer.close()
         if self._producer:
             self._producer.close()
+
+
+class StreamOffsetError(RuntimeError):
+    """A bronze table's stored offsets do not fit the broker's topic."""
+
+
+def reset_offsets(lake_root: str, source: Source, bootstrap: str, to: str) -> dict[int, tuple[int, int]]:
+    """Move the stored offsets of `source`'s partitions that are past the broker's end to the
+    broker's beginning or end (one Delta commit without data, its transactions only). Returns
+    {partition: (old, new)}; partitions that are fine are left alone."""
+    from deltalake import CommitProperties, DeltaTable, Transaction
+    from kafka import KafkaConsumer, TopicPartition
+
+    from p13n.lake.duck import table_uri
+    from p13n.services.kafka import end_offsets
+
+    if to not in ("beginning", "end"):
+        raise ValueError(f"reset to 'beginning' or 'end', not {to!r}")
+    uri = table_uri(lake_root, source.bronze_table)
+    if not DeltaTable.is_deltatable(uri):
+        return {}
+    table = DeltaTable(uri)
+    ends = end_offsets(bootstrap, source.location)
+    if to == "beginning":
+        c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+        try:
+            tps = [TopicPartition(source.location, p) for p in sorted(ends)]
+            targets = {tp.partition: o for tp, o in c.beginning_offsets(tps).items()}
+        finally:
+            c.close()
+    else:
+        targets = ends
+    moves = {}
+    for p, end in sorted(ends.items()):
+        stored = table.transaction_version(kafka_app_id(source.location, p)) or 0
+        if stored > end:
+            moves[p] = (stored, targets[p])
+    if moves:
+        table.create_write_transaction(
+            [],
+            mode="append",
+            schema=table.schema(),
+            partition_by=table.metadata().partition_columns,
+            commit_properties=CommitProperties(
+                app_transactions=[
+                    Transaction(kafka_app_id(source.location, p), new) for p, (_, new) in moves.items()
+                ],
+                custom_metadata={"p13n.writer": "stream-reset-offsets", "p13n.offsets": json.dumps(moves)},
+            ),
+        )
+    return moves
 
 
 class _Pipeline:

@@ -142,9 +142,10 @@ def evaluate_triggers(settings, con, now):
     return evaluate(events, now, st.triggers, consents, history, lapsed)
 
 
-def produce(rate: float, seconds: float, customers: int = 2000) -> int:
-    """Produce web events at `rate` per second for `seconds` (new event ids, now-stamped, customers'
-    shopify ids), for demos and load tests of the consumer: `p13n stream produce --rate R`."""
+def produce(rate: float, seconds: float, customers: int = 2000, seed: int | None = None) -> int:
+    """Produce `rate` × `seconds` web events at `rate` per second (now-stamped, customers' shopify ids),
+    for demos and load tests of the consumer: `p13n stream produce --rate R`. With a `seed`, the same
+    events (ids, keys, so partitions and offsets) every time; without one, new event ids."""
     import json
     import random
     import time
@@ -157,13 +158,15 @@ def produce(rate: float, seconds: float, customers: int = 2000) -> int:
     bootstrap = kafka_bootstrap(get_settings())
     ensure_topics(bootstrap, ["web-events"])
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")
-    rng = random.Random()
+    rng = random.Random(seed)
     types = ("product_view",) * 6 + ("add_to_cart", "remove_from_cart", "page_view", "search", "purchase")
+    total = max(1, int(rate * seconds))
     sent, start = 0, time.monotonic()
-    prefix = f"P{int(time.time())}"
+    prefix = f"L{seed}" if seed is not None else f"P{int(time.time())}"
     try:
-        while (elapsed := time.monotonic() - start) < seconds:
-            due = int(elapsed * rate) + 1
+        while sent < total:
+            elapsed = time.monotonic() - start
+            due = min(total, int(elapsed * rate) + 1)
             for _ in range(due - sent):
                 who = rng.randrange(customers) + 1
                 event = {
