@@ -309,6 +309,72 @@ class StreamSettings(_Section):
     triggers: TriggerSettings = Field(default_factory=TriggerSettings)
 
 
+class AudienceSettings(_Section):
+    """One audience marketers declare (`activation.audiences.<name>`): who is in it and where it goes.
+
+    Every filter given must hold (lists: any of the values). `where` is an extra SQL condition on the
+    audience columns (see `p13n.activation.audiences.COLUMNS`)."""
+
+    description: str = ""
+    channel: Literal["email", "sms"] = "email"
+    segment: list[str] = Field(default_factory=list)  # personas (k-means segments)
+    rfm_segment: list[str] = Field(default_factory=list)
+    lifecycle_stage: list[str] = Field(default_factory=list)
+    churn_band: list[str] = Field(default_factory=list)
+    clv_tier: list[str] = Field(default_factory=list)
+    trigger: list[str] = Field(default_factory=list)  # members: customers with a `sent` trigger of these
+    trigger_days: int = Field(1, gt=0)  # ... on the as-of date and the days before it, this many in all
+    where: str = ""
+    # Destinations: klaviyo: {list_id}; mailchimp: {list_id, segment} (a static segment by name).
+    destinations: dict[str, dict[str, str]] = Field(default_factory=dict)
+    schedule: Literal["nightly", "triggered"] = "nightly"
+
+
+class DestinationSettings(_Section):
+    """A marketing platform's connection. The key is read from the environment variable named here,
+    never from a file; `host` points the SDK at another server (a test server, a proxy)."""
+
+    credential_env: str
+    host: str = ""
+    server: str = ""  # Mailchimp's data center (us1...); from the key's suffix when empty
+    timeout_seconds: float = Field(30.0, gt=0)
+    max_retries: int = Field(6, ge=0)
+    max_backoff_seconds: float = Field(60.0, gt=0)
+    batch_size: int = Field(0, ge=0)  # profiles a request; 0: the platform's maximum (10,000 / 500)
+    poll_seconds: float = Field(2.0, gt=0)  # Klaviyo import jobs: the wait between polls
+    job_timeout_seconds: float = Field(1800.0, gt=0)
+
+
+class SnowflakeTable(_Section):
+    keys: list[str]  # the business key the MERGE matches on
+    exclude: list[str] = Field(default_factory=list)  # columns never synced
+    dated: bool = True  # only the as-of date's rows (tables with as_of_date)
+
+
+class SnowflakeSettings(_Section):
+    """Gold tables synced to Snowflake (`p13n.activation.snowflake`), over the warehouse connection of
+    the sources (fakesnow locally, the Airflow connection `sources.snowflake_connection_id` in prod)."""
+
+    database: str = "P13N"
+    schema_name: str = Field("GOLD", alias="schema")
+    tables: dict[str, SnowflakeTable] = Field(default_factory=dict)
+
+
+class ActivationSettings(_Section):
+    """Audience exports and the warehouse sync: see the `activation:` section of conf/base.yaml."""
+
+    recommended_items: int = Field(3, ge=0, le=10)  # the top items on each exported profile
+    item_url: str = "https://shop.example.com/p/{sku}"
+    klaviyo: DestinationSettings = Field(
+        default_factory=lambda: DestinationSettings(credential_env="KLAVIYO_API_KEY")
+    )
+    mailchimp: DestinationSettings = Field(
+        default_factory=lambda: DestinationSettings(credential_env="MAILCHIMP_API_KEY")
+    )
+    audiences: dict[str, AudienceSettings] = Field(default_factory=dict)
+    snowflake: SnowflakeSettings = Field(default_factory=SnowflakeSettings)
+
+
 class Settings(_Section):
     env: str = "local"
     data_dir: Path = Path("data")
@@ -322,6 +388,7 @@ class Settings(_Section):
     recommend: RecommendSettings = Field(default_factory=RecommendSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
     stream: StreamSettings = Field(default_factory=StreamSettings)
+    activation: ActivationSettings = Field(default_factory=ActivationSettings)
 
     @field_validator("data_dir")
     @classmethod

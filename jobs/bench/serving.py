@@ -73,6 +73,18 @@ def write_gold(
                    'granted' AS consent_sms, 'revoked' AS consent_push,
                    CASE WHEN i % 7 = 0 THEN 'revoked' ELSE 'granted' END AS consent_personalization
             FROM range({customers}) t(i)""",
+        # The contact data exports read (and only they), beside the pseudonymized profile.
+        "restricted/customer_profiles": f"""
+            SELECT 'C' || lpad(i::VARCHAR, 9, '0') AS customer_id, 'First' || i AS first_name, 'Last' || i AS last_name,
+                   CASE WHEN i % 11 = 3 THEN NULL WHEN i % 13 = 5 THEN 'person' || i || '.example.com'
+                        ELSE 'person' || i || '@example.com' END AS email,
+                   '+1555' || lpad(i::VARCHAR, 7, '0') AS phone
+            FROM range({customers}) t(i)""",
+        "silver/products": f"""
+            SELECT 'SKU-' || lpad(s::VARCHAR, 6, '0') AS sku, 'Product ' || s AS title,
+                   round(5 + (s * 37 % 200) + 0.99, 2) AS price, 'https://cdn.example.com/' || s || '.jpg' AS image_url,
+                   TIMESTAMP '2024-01-01' AS updated_at
+            FROM range(1, {items} + 1) t(s)""",
         "gold/identity_keys": f"""
             SELECT key_type, key_value, 'C' || lpad(i::VARCHAR, 9, '0') AS customer_id FROM range({customers}) t(i)
             CROSS JOIN LATERAL (VALUES ('shopify_customer_id', (700000 + i)::VARCHAR),

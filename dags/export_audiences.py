@@ -1,0 +1,61 @@
+"""
+### Export audiences
+Runs when a date's recommendations are validated (`p13n://gold/recommendations`, after the customers
+were scored). Sends every nightly audience of `activation.audiences` to its destinations and syncs the
+gold tables to Snowflake.
+
+* **exports** (one mapped task per audience and destination): the customers who consented to the
+  audience's channel (erased customers never), with their personalization fields (top recommended
+  items, segment, lifecycle stage, CLV tier, loyalty points, preferred store, best send time).
+  Incremental against `ops.export_state`: only adds, updates and removes are sent, so a retry
+  resumes where the failed try stopped. Klaviyo: bulk import jobs into the audience's list, consent
+  through subscription jobs. Mailchimp: batch upserts into the list, the audience as a static segment.
+  Each run's summary (sent, skipped for lack of consent, errors) is in `ops.export_runs`.
+* **warehouse**: `activation.snowflake.tables` into Snowflake — a staging table, then MERGE on the
+  business key; a rerun changes nothing. No raw PII leaves the lake.
+
+Triggered audiences (abandoned cart...) are synced every 15 minutes by `sync_triggered_audiences`.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import Asset, dag, task
+
+from p13n.orchestration import dag_defaults
+
+
+@dag(
+    dag_id="export_audiences",
+    schedule=[Asset("p13n://gold/recommendations", group="gold")],
+    start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    default_args=dag_defaults(),
+    tags=["p13n", "activation", "klaviyo", "mailchimp", "snowflake"],
+    doc_md=__doc__,
+)
+def export_audiences():
+    @task
+    def audiences() -> list[dict]:
+        from p13n.activation.tasks import audiences_for
+
+        return [{"audience": a, "to": d} for a, d in audiences_for("nightly")]
+
+    @task(max_active_tis_per_dagrun=2)  # the platforms' rate limits are per account
+    def export(target: dict, ds: str | None = None) -> dict:
+        from p13n.activation.tasks import export_task
+
+        return export_task(target["audience"], target["to"], ds)
+
+    @task
+    def warehouse(ds: str | None = None) -> dict:
+        from p13n.activation.tasks import warehouse_sync
+
+        return warehouse_sync(ds)
+
+    export.expand(target=audiences())
+    warehouse()
+
+
+export_audiences()

@@ -1,0 +1,185 @@
+"""Audiences: who is in each marketer-declared audience on a date, with the fields email templates use.
+
+`candidates` reads the gold tables in DuckDB (no Spark) and returns one row per customer who matches
+the audience's filters, eligible or not: `exclude_reason` says why one may not be exported (no
+consent for the channel, an erasure on record, no contact address for the channel). Contact data
+comes from `restricted.customer_profiles`, the one place that holds it, and only for the customers
+an export sends; everything else is read from pseudonymized gold tables.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+
+import pandas as pd
+
+from p13n.config import AudienceSettings, Settings
+from p13n.lake.duck import scan, table_exists
+
+# What each exported profile carries (besides the contact address): the columns `where` may use.
+COLUMNS = [
+    "customer_id", "email", "phone", "first_name", "last_name", "segment", "rfm_segment", "lifecycle_stage",
+    "churn_band", "clv_tier", "clv_12m", "loyalty_tier", "loyalty_points", "preferred_store",
+    "best_send_hour", "best_send_weekday", "recommended_items",
+]  # fmt: skip
+PAYLOAD = [c for c in COLUMNS if c != "customer_id"]
+
+
+class AudienceError(ValueError):
+    """An audience cannot be computed: the message names the audience and the reason."""
+
+
+def candidates(con, settings: Settings, name: str, as_of: dt.date) -> pd.DataFrame:
+    """Everyone in audience `name` on `as_of`: COLUMNS + consent + `exclude_reason` (None: export)."""
+    audience = audience_settings(settings, name)
+    root = settings.lake_root
+    for table in ("gold.segments", "gold.customer_profiles"):
+        if not table_exists(root, table):
+            raise AudienceError(f"audience {name}: {table} does not exist yet (score the customers first)")
+    day = f"DATE '{as_of.isoformat()}'"
+    found = con.execute(
+        f"SELECT count(*) FROM {scan(root, 'gold.segments')} WHERE as_of_date = {day}"
+    ).fetchone()
+    if not found[0]:
+        raise AudienceError(f"audience {name}: gold.segments has no rows for {as_of} (score that date first)")
+    tiers = sorted(settings.serving.clv_tiers.items(), key=lambda kv: -kv[1])
+    tier_case = " ".join(f"WHEN pct >= {p} THEN '{t}'" for t, p in tiers)
+    optional = {t: table_exists(root, t) for t in (
+        "restricted.customer_profiles", "gold.customer_features", "gold.send_times", "gold.recommendations",
+        "silver.products", "silver.store_visits", "silver.stores", "gold.identity_graph", "ops.erasures",
+        "gold.triggered_audiences")}  # fmt: skip
+    joins, fields = [], []
+    if optional["restricted.customer_profiles"]:
+        joins.append(f"LEFT JOIN {scan(root, 'restricted.customer_profiles')} r USING (customer_id)")
+        fields.append("r.email, r.phone, r.first_name, r.last_name")
+    else:
+        fields.append("NULL AS email, NULL AS phone, NULL AS first_name, NULL AS last_name")
+    if optional["gold.customer_features"]:
+        joins.append(
+            f"LEFT JOIN (SELECT customer_id, loyalty_tier, loyalty_points FROM {scan(root, 'gold.customer_features')}"
+            f" WHERE as_of_date = {day}) f USING (customer_id)"
+        )
+        fields.append("f.loyalty_tier, f.loyalty_points::BIGINT AS loyalty_points")
+    else:
+        fields.append("NULL AS loyalty_tier, NULL::BIGINT AS loyalty_points")
+    if optional["gold.send_times"]:
+        joins.append(
+            f"LEFT JOIN (SELECT customer_id, best_hour, best_weekday FROM {scan(root, 'gold.send_times')}"
+            f" WHERE as_of_date = {day}) t USING (customer_id)"
+        )
+        fields.append("t.best_hour AS best_send_hour, t.best_weekday AS best_send_weekday")
+    else:
+        fields.append("NULL::INT AS best_send_hour, NULL AS best_send_weekday")
+    if all(optional[t] for t in ("silver.store_visits", "gold.identity_graph", "silver.stores")):
+        joins.append(f"""LEFT JOIN (
+            SELECT customer_id, arg_max(s.name, visits) AS preferred_store FROM (
+                SELECT g.customer_id, v.store_id, count(*) AS visits
+                FROM {scan(root, "silver.store_visits")} v
+                JOIN {scan(root, "gold.identity_graph")} g ON g.source = 'store_visits' AND g.record_id = v.visit_id
+                WHERE CAST(v.visited_at AS DATE) <= {day} GROUP BY ALL) x
+            JOIN (SELECT store_id, arg_max(name, updated_at) AS name FROM {scan(root, "silver.stores")} GROUP BY 1) s
+              USING (store_id)
+            GROUP BY customer_id) st USING (customer_id)""")
+        fields.append("st.preferred_store")
+    else:
+        fields.append("NULL AS preferred_store")
+    k = settings.activation.recommended_items
+    if optional["gold.recommendations"] and k:
+        products = (
+            f"(SELECT sku, arg_max(title, updated_at) AS name, arg_max(image_url, updated_at) AS image, "
+            f"arg_max(price, updated_at) AS price FROM {scan(root, 'silver.products')} GROUP BY sku)"
+            if optional["silver.products"]
+            else "(SELECT NULL AS sku, NULL AS name, NULL AS image, NULL AS price WHERE false)"
+        )
+        url = settings.activation.item_url.replace("'", "''")
+        joins.append(f"""LEFT JOIN (
+            SELECT customer_id, to_json(list(struct_pack(
+                       sku := r.sku, name := p.name, image := p.image, price := round(p.price::DOUBLE, 2),
+                       url := replace('{url}', '{{sku}}', r.sku)) ORDER BY r.rank))::VARCHAR AS recommended_items
+            FROM {scan(root, "gold.recommendations")} r LEFT JOIN {products} p USING (sku)
+            WHERE r.as_of_date = {day} AND r.list_type = 'personalized' AND r.rank <= {k}
+            GROUP BY customer_id) rec USING (customer_id)""")
+        fields.append("coalesce(rec.recommended_items, '[]') AS recommended_items")
+    else:
+        fields.append("'[]' AS recommended_items")
+    if optional["ops.erasures"]:
+        joins.append(f"LEFT JOIN (SELECT DISTINCT customer_id, true AS erased FROM {scan(root, 'ops.erasures')}) e "
+                     "USING (customer_id)")  # fmt: skip
+        fields.append("coalesce(e.erased, false) AS erased")
+    else:
+        fields.append("false AS erased")
+
+    where, params = _filters(audience, name)
+    if audience.trigger:
+        if not optional["gold.triggered_audiences"]:
+            raise AudienceError(
+                f"audience {name}: filters on triggers, and gold.triggered_audiences does not exist yet"
+            )
+        since = as_of - dt.timedelta(days=audience.trigger_days - 1)
+        where.append(f"""customer_id IN (SELECT customer_id FROM {scan(root, "gold.triggered_audiences")}
+                         WHERE status = 'sent' AND trigger IN (SELECT unnest(?::VARCHAR[]))
+                           AND trigger_date BETWEEN ? AND ?)""")
+        params += [audience.trigger, since, as_of]
+    channel = audience.channel
+    contact = "email" if channel == "email" else "phone"
+    sql = f"""
+        WITH base AS (
+            SELECT g.customer_id, g.persona AS segment, g.rfm_segment, g.lifecycle_stage,
+                   g.churn_risk_band AS churn_band, CASE {tier_case} ELSE 'low' END AS clv_tier,
+                   round(g.clv_12m, 2) AS clv_12m, p.consent_{channel} AS consent, {", ".join(fields)}
+            FROM (SELECT *, percent_rank() OVER (ORDER BY clv_12m) AS pct
+                  FROM {scan(root, "gold.segments")} WHERE as_of_date = {day}) g
+            LEFT JOIN {scan(root, "gold.customer_profiles")} p USING (customer_id)
+            {" ".join(joins)})
+        SELECT * EXCLUDE (erased),
+               CASE WHEN erased THEN 'erased'
+                    WHEN consent IS DISTINCT FROM 'granted' THEN 'no {channel} consent'
+                    WHEN {contact} IS NULL OR {contact} = '' THEN 'no {contact}'
+               END AS exclude_reason
+        FROM base
+        {("WHERE " + " AND ".join(f"({w})" for w in where)) if where else ""}
+        ORDER BY customer_id"""
+    try:
+        frame = con.execute(sql, params).df()
+    except Exception as e:  # a marketer's `where` that does not parse or names an unknown column
+        raise AudienceError(f"audience {name}: {type(e).__name__}: {str(e).splitlines()[0]}") from e
+    return frame
+
+
+def audience_settings(settings: Settings, name: str) -> AudienceSettings:
+    audiences = settings.activation.audiences
+    if name not in audiences:
+        known = ", ".join(sorted(audiences)) or "none"
+        raise AudienceError(f"no audience {name!r} in activation.audiences (declared: {known})")
+    return audiences[name]
+
+
+def _filters(a: AudienceSettings, name: str) -> tuple[list[str], list]:
+    where, params = [], []
+    for column, values in (("segment", a.segment), ("rfm_segment", a.rfm_segment),
+                           ("lifecycle_stage", a.lifecycle_stage), ("churn_band", a.churn_band),
+                           ("clv_tier", a.clv_tier)):  # fmt: skip
+        if values:
+            where.append(f"{column} IN (SELECT unnest(?::VARCHAR[]))")
+            params.append(list(values))
+    if a.where.strip():
+        if ";" in a.where:
+            raise AudienceError(f"audience {name}: `where` must be one SQL condition (no ';')")
+        where.append(a.where)
+    return where, params
+
+
+def fingerprint(row: dict) -> str:
+    """What was sent for a customer: a change of any payload field (consent aside) is an update."""
+    payload = {c: _plain(row.get(c)) for c in PAYLOAD}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def _plain(v):
+    if v is None or (isinstance(v, float) and pd.isna(v)) or v is pd.NA:
+        return None
+    if hasattr(v, "item"):
+        return v.item()
+    return v

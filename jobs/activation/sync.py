@@ -1,0 +1,325 @@
+"""Incremental, resumable audience syncs.
+
+Each (destination, audience) has a state in `ops.export_state`: per customer the status the platform
+last confirmed (`member`, `removed`, `rejected` with the platform's reason, `blocked`: the platform
+refuses to resubscribe them), the fingerprint of what was sent and when. A sync:
+
+1. computes the audience (`p13n.activation.audiences.candidates`): members, and those excluded with
+   the reason (no consent for the channel, erased, no address);
+2. plans against the state: adds (eligible, not a member: new, or back after a removal), updates
+   (a member whose exported fields changed), removes (a member no longer eligible: left the audience,
+   revoked consent, erased; the last two are also unsubscribed); `blocked` customers are never sent;
+   a `rejected` one is sent again only once what would be sent changes;
+3. sends the plan in the platform's batch sizes, removes first (a revocation must not wait behind a
+   long import), and merges each batch's outcome into the state right after the platform confirmed
+   it. A crash therefore loses nothing and a rerun sends only what is not confirmed yet (at most the
+   batch in flight again, which the platforms treat as an upsert).
+
+Each run appends a summary row to `ops.export_runs`. `p13n export` prints it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+
+import pandas as pd
+
+from p13n.faults import checkpoint
+
+STATE, RUNS = "ops.export_state", "ops.export_runs"
+STATE_COLUMNS = ["destination", "audience", "customer_id", "status", "fingerprint", "remote_id", "detail",
+                 "run_id", "synced_at"]  # fmt: skip
+
+
+class SyncError(RuntimeError):
+    def __init__(self, message: str, retryable: bool = True):
+        super().__init__(message)
+        self.retryable = retryable
+
+
+@dataclass
+class Outcome:
+    customer_id: str
+    status: str  # member | removed | rejected | blocked
+    remote_id: str | None = None
+    detail: str | None = None
+
+
+@dataclass
+class Plan:
+    adds: pd.DataFrame
+    updates: pd.DataFrame
+    removes: pd.DataFrame
+    unchanged: int
+    skipped: dict[str, int]
+
+
+@dataclass
+class RunSummary:
+    destination: str
+    audience: str
+    as_of: str
+    run_id: str
+    eligible: int = 0
+    added: int = 0
+    updated: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    rejected: int = 0
+    blocked: int = 0
+    skipped_no_consent: int = 0
+    skipped_erased: int = 0
+    skipped_no_address: int = 0
+    batches: int = 0
+    api_calls: int = 0
+    seconds: float = 0.0
+    status: str = "running"
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def profiles_per_second(self) -> float:
+        return (self.added + self.updated + self.removed) / self.seconds if self.seconds else 0.0
+
+    def row(self) -> dict:
+        d = asdict(self)
+        d["errors"] = "; ".join(self.errors[:20])
+        d["profiles_per_second"] = round(self.profiles_per_second, 1)
+        d["finished_at"] = dt.datetime.now(dt.UTC)
+        return d
+
+    def text(self) -> str:
+        skipped = self.skipped_no_consent + self.skipped_erased + self.skipped_no_address
+        return (
+            f"{self.destination} · {self.audience} · {self.as_of}: {self.status}; {self.eligible:,} eligible, "
+            f"sent {self.added:,} adds, {self.updated:,} updates, {self.removed:,} removes "
+            f"({self.unchanged:,} unchanged) in {self.batches} batches, {self.seconds:.1f}s "
+            f"({self.profiles_per_second:,.0f} profiles/s); skipped {skipped:,} (no consent "
+            f"{self.skipped_no_consent:,}, erased {self.skipped_erased:,}, no address {self.skipped_no_address:,}); "
+            f"rejected {self.rejected:,}, blocked {self.blocked:,}"
+            + (f"; errors: {'; '.join(self.errors[:3])}" if self.errors else "")
+        )
+
+
+def chunks(items: list, n: int) -> Iterable[list]:
+    for i in range(0, len(items), n):
+        yield items[i : i + n]
+
+
+def plan(candidates: pd.DataFrame, state: pd.DataFrame) -> Plan:
+    """Pure: the difference between the audience now and the destination's confirmed state."""
+    from p13n.activation.audiences import fingerprint
+
+    cand = candidates.copy()
+    cand["fingerprint"] = [fingerprint(r) for r in cand.to_dict("records")]
+    reasons = cand["exclude_reason"].fillna("")
+    kinds = reasons.map(_kind)
+    skipped = {k: int((kinds == k).sum()) for k in ("no consent", "erased", "no address")}
+    eligible = cand[reasons == ""]
+    st = (
+        state.set_index("customer_id")
+        if len(state)
+        else pd.DataFrame(columns=STATE_COLUMNS).set_index("customer_id")
+    )
+    status = eligible["customer_id"].map(st["status"]) if len(st) else pd.Series(None, index=eligible.index)
+    before = (
+        eligible["customer_id"].map(st["fingerprint"]) if len(st) else pd.Series(None, index=eligible.index)
+    )
+    is_member = status == "member"
+    changed = before != eligible["fingerprint"]
+    adds = eligible[(status.isna() | (status == "removed") | ((status == "rejected") & changed))].copy()
+    adds["is_new"] = True
+    updates = eligible[is_member & changed].copy()
+    updates["is_new"] = False
+    members = st[st["status"] == "member"].index if len(st) else pd.Index([])
+    gone = sorted(set(members) - set(eligible["customer_id"]))
+    why = cand.set_index("customer_id")["exclude_reason"]
+    removes = pd.DataFrame({"customer_id": gone})
+    removes["reason"] = [why.get(c) or "left the audience" for c in gone]
+    removes["unsubscribe"] = removes["reason"].map(_kind).isin(["no consent", "erased"]).astype(bool)
+    unchanged = int((is_member & ~changed).sum())
+    return Plan(adds, updates, removes, unchanged, skipped)
+
+
+def _kind(reason: str | None) -> str:
+    """An exclusion reason's kind: no consent (for the channel), erased, no address, or ''."""
+    if not reason or reason == "left the audience":
+        return ""
+    if reason == "erased":
+        return "erased"
+    if reason in ("no email", "no phone"):
+        return "no address"
+    return "no consent" if reason.endswith("consent") else ""
+
+
+# --- the state --------------------------------------------------------------------------------------
+
+
+def read_state(settings, destination: str, audience: str) -> pd.DataFrame:
+    from p13n.lake.duck import duckdb_connection, scan, table_exists
+
+    if not table_exists(settings.lake_root, STATE):
+        return pd.DataFrame(columns=STATE_COLUMNS)
+    return (
+        duckdb_connection()
+        .execute(
+            f"SELECT * FROM {scan(settings.lake_root, STATE)} WHERE destination = ? AND audience = ?",
+            [destination, audience],
+        )
+        .df()
+    )
+
+
+def record(settings, destination: str, audience: str, run_id: str, outcomes: list[Outcome],
+           fingerprints: dict[str, str]) -> None:  # fmt: skip
+    """Merge one confirmed batch into the state (keyed on destination, audience, customer)."""
+    import pyarrow as pa
+    from deltalake import DeltaTable, write_deltalake
+
+    from p13n.lake.duck import table_exists, table_uri
+
+    now = dt.datetime.now(dt.UTC)
+    rows = pa.table({
+        "destination": [destination] * len(outcomes), "audience": [audience] * len(outcomes),
+        "customer_id": [o.customer_id for o in outcomes], "status": [o.status for o in outcomes],
+        "fingerprint": [fingerprints.get(o.customer_id) if o.status != "removed" else None for o in outcomes],
+        "remote_id": [o.remote_id for o in outcomes], "detail": [o.detail for o in outcomes],
+        "run_id": [run_id] * len(outcomes), "synced_at": pa.array([now] * len(outcomes), pa.timestamp("us", tz="UTC")),
+    }, schema=pa.schema([(c, pa.string()) for c in STATE_COLUMNS[:-1]] + [("synced_at", pa.timestamp("us", tz="UTC"))]))  # fmt: skip
+    uri = table_uri(settings.lake_root, STATE)
+    if not table_exists(settings.lake_root, STATE):
+        write_deltalake(uri, rows, mode="append", partition_by=["destination"])
+        return
+    (
+        DeltaTable(uri)
+        .merge(
+            rows,
+            predicate="t.destination = s.destination AND t.audience = s.audience AND t.customer_id = s.customer_id",
+            source_alias="s",
+            target_alias="t",
+        )  # fmt: skip
+        .when_matched_update_all()
+        .when_not_matched_insert_all()
+        .execute()
+    )
+
+
+def _log_run(settings, summary: RunSummary) -> None:
+    from deltalake import write_deltalake
+
+    from p13n.lake.duck import table_uri
+
+    write_deltalake(table_uri(settings.lake_root, RUNS), pd.DataFrame([summary.row()]), mode="append")
+
+
+# --- one sync ---------------------------------------------------------------------------------------
+
+
+def destination_for(settings, name: str):
+    cfg = getattr(settings.activation, name, None)
+    if name not in ("klaviyo", "mailchimp"):
+        raise SyncError(
+            f"unknown destination {name!r} (klaviyo, mailchimp; or csv for files)", retryable=False
+        )
+    key = os.environ.get(cfg.credential_env, "")
+    if not key:
+        raise SyncError(
+            f"{name}: no API key; set the environment variable {cfg.credential_env}", retryable=False
+        )
+    if name == "klaviyo":
+        from p13n.activation.klaviyo import Klaviyo
+
+        return Klaviyo(settings, key)
+    from p13n.activation.mailchimp import Mailchimp
+
+    return Mailchimp(settings, key)
+
+
+def sync(settings, audience: str, destination: str, as_of: dt.date, client=None,
+         progress: Callable[[str], None] = print) -> RunSummary:  # fmt: skip
+    """Sync one audience to one destination (see the module docstring); returns the run's summary."""
+    from p13n.activation.audiences import audience_settings, candidates
+    from p13n.lake.duck import duckdb_connection
+
+    target = audience_settings(settings, audience).destinations.get(destination)
+    if target is None:
+        raise SyncError(
+            f"audience {audience} has no {destination} destination (activation.audiences.{audience}.destinations)",
+            retryable=False,
+        )
+    client = client or destination_for(settings, destination)
+    run_id = f"{as_of.isoformat()}-{uuid.uuid4().hex[:8]}"
+    summary = RunSummary(destination, audience, as_of.isoformat(), run_id)
+    t0 = time.perf_counter()
+    frame = candidates(duckdb_connection(), settings, audience, as_of)
+    p = plan(frame, read_state(settings, destination, audience))
+    summary.eligible = int(frame["exclude_reason"].isna().sum())
+    summary.unchanged = p.unchanged
+    summary.skipped_no_consent, summary.skipped_erased, summary.skipped_no_address = (
+        p.skipped["no consent"], p.skipped["erased"], p.skipped["no address"])  # fmt: skip
+    progress(f"{destination} · {audience}: {len(p.adds):,} to add, {len(p.updates):,} to update, "
+             f"{len(p.removes):,} to remove, {p.unchanged:,} unchanged")  # fmt: skip
+    # Removes need the address the customer had: from the audience if still there, else restricted.
+    removes = _with_contacts(settings, frame, p.removes)
+    try:
+        for batch in chunks(removes.to_dict("records"), 1000):
+            outcomes = client.remove(target, batch)
+            record(settings, destination, audience, run_id, outcomes, {})
+            summary.removed += len(outcomes)
+            summary.batches += 1
+            checkpoint("export.after_batch")
+        sends = pd.concat([p.adds, p.updates]).to_dict("records")
+        fingerprints = {r["customer_id"]: r["fingerprint"] for r in sends}
+        for batch in client.batches(sends):
+            outcomes = client.upsert(target, batch)
+            record(settings, destination, audience, run_id, outcomes, fingerprints)
+            new = {r["customer_id"] for r in batch if r.get("is_new")}
+            for o in outcomes:
+                if o.status == "member":
+                    if o.customer_id in new:
+                        summary.added += 1
+                    else:
+                        summary.updated += 1
+                elif o.status == "rejected":
+                    summary.rejected += 1
+                    if len(summary.errors) < 20:
+                        summary.errors.append(f"{o.customer_id}: {o.detail}")
+                elif o.status == "blocked":
+                    summary.blocked += 1
+            summary.batches += 1
+            progress(f"  batch {summary.batches}: {len(batch):,} profiles confirmed "
+                     f"({summary.added + summary.updated:,}/{len(sends):,})")  # fmt: skip
+            checkpoint("export.after_batch")
+        summary.status = "succeeded" if not summary.rejected else "succeeded with rejections"
+    except SyncError as e:
+        summary.status = "failed"
+        summary.errors.insert(0, str(e))
+        raise
+    finally:
+        summary.seconds = round(time.perf_counter() - t0, 3)
+        summary.api_calls = getattr(client, "calls", 0)
+        _log_run(settings, summary)
+        progress(summary.text())
+    return summary
+
+
+def _with_contacts(settings, frame: pd.DataFrame, removes: pd.DataFrame) -> pd.DataFrame:
+    if removes.empty:
+        return removes.assign(email=pd.Series(dtype=str))
+    known = frame.set_index("customer_id")["email"]
+    removes = removes.copy()
+    removes["email"] = removes["customer_id"].map(known)
+    missing = removes[removes["email"].isna()]["customer_id"].tolist()
+    if missing:
+        from p13n.lake.duck import duckdb_connection, scan, table_exists
+
+        if table_exists(settings.lake_root, "restricted.customer_profiles"):
+            got = duckdb_connection().execute(
+                f"SELECT customer_id, email FROM {scan(settings.lake_root, 'restricted.customer_profiles')} "
+                "WHERE customer_id IN (SELECT unnest(?::VARCHAR[]))", [missing]).df().set_index("customer_id")["email"]  # fmt: skip
+            removes["email"] = removes["email"].fillna(removes["customer_id"].map(got))
+    return removes
