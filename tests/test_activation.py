@@ -239,3 +239,22 @@ def test_gold_tables_sync_to_snowflake_and_a_rerun_changes_nothing(lake):
         names = {d[0] for d in cur.description}
         assert {"CUSTOMER_ID", "CONSENT_EMAIL"} <= names
         assert not names & {"EMAIL", "PHONE"}  # raw contact data never leaves the lake
+
+
+def test_the_state_is_the_latest_row_per_customer_and_compacts(tmp_path):
+    from p13n.activation.sync import STATE, Outcome, compact, record
+    from p13n.lake.duck import duckdb_connection, scan
+
+    settings = _settings(tmp_path)
+    for status in ("member", "removed", "member"):
+        record(settings, "klaviyo", "a", "r", [Outcome("C1", status), Outcome("C2", "member")], {"C1": "f"})
+    record(settings, "klaviyo", "b", "r", [Outcome("C1", "blocked")], {})
+    assert read_state(settings, "klaviyo", "a").set_index("customer_id")["status"].to_dict() == {
+        "C1": "member", "C2": "member"}  # fmt: skip
+    compact(settings, "klaviyo", "a")
+    rows = (
+        duckdb_connection()
+        .execute(f"SELECT audience, customer_id, status FROM {scan(settings.lake_root, STATE)} ORDER BY ALL")
+        .fetchall()
+    )
+    assert rows == [("a", "C1", "member"), ("a", "C2", "member"), ("b", "C1", "blocked")]

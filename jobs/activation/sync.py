@@ -167,7 +167,8 @@ def read_state(settings, destination: str, audience: str) -> pd.DataFrame:
     return (
         duckdb_connection()
         .execute(
-            f"SELECT * FROM {scan(settings.lake_root, STATE)} WHERE destination = ? AND audience = ?",
+            f"SELECT * FROM {scan(settings.lake_root, STATE)} WHERE destination = ? AND audience = ? "
+            "QUALIFY row_number() OVER (PARTITION BY customer_id ORDER BY synced_at DESC) = 1",
             [destination, audience],
         )
         .df()
@@ -176,11 +177,12 @@ def read_state(settings, destination: str, audience: str) -> pd.DataFrame:
 
 def record(settings, destination: str, audience: str, run_id: str, outcomes: list[Outcome],
            fingerprints: dict[str, str]) -> None:  # fmt: skip
-    """Merge one confirmed batch into the state (keyed on destination, audience, customer)."""
+    """Append one confirmed batch to the state: the latest row per (destination, audience, customer)
+    is the state (an append costs a fraction of a merge; `compact` rewrites it after the sync)."""
     import pyarrow as pa
-    from deltalake import DeltaTable, write_deltalake
+    from deltalake import write_deltalake
 
-    from p13n.lake.duck import table_exists, table_uri
+    from p13n.lake.duck import table_uri
 
     now = dt.datetime.now(dt.UTC)
     rows = pa.table({
@@ -190,22 +192,31 @@ def record(settings, destination: str, audience: str, run_id: str, outcomes: lis
         "remote_id": [o.remote_id for o in outcomes], "detail": [o.detail for o in outcomes],
         "run_id": [run_id] * len(outcomes), "synced_at": pa.array([now] * len(outcomes), pa.timestamp("us", tz="UTC")),
     }, schema=pa.schema([(c, pa.string()) for c in STATE_COLUMNS[:-1]] + [("synced_at", pa.timestamp("us", tz="UTC"))]))  # fmt: skip
-    uri = table_uri(settings.lake_root, STATE)
-    if not table_exists(settings.lake_root, STATE):
-        write_deltalake(uri, rows, mode="append", partition_by=["destination"])
+    write_deltalake(table_uri(settings.lake_root, STATE), rows, mode="append", partition_by=["destination"])
+
+
+def compact(settings, destination: str, audience: str) -> None:
+    """Keep one row per customer of (destination, audience) once the log holds twice as many."""
+    from deltalake import write_deltalake
+
+    from p13n.lake.duck import duckdb_connection, scan, table_uri
+
+    con = duckdb_connection()
+    where = "WHERE destination = ? AND audience = ?"
+    rows, customers = con.execute(
+        f"SELECT count(*), count(DISTINCT customer_id) FROM {scan(settings.lake_root, STATE)} {where}",
+        [destination, audience],
+    ).fetchone()
+    if rows <= 2 * customers:
         return
-    (
-        DeltaTable(uri)
-        .merge(
-            rows,
-            predicate="t.destination = s.destination AND t.audience = s.audience AND t.customer_id = s.customer_id",
-            source_alias="s",
-            target_alias="t",
-        )  # fmt: skip
-        .when_matched_update_all()
-        .when_not_matched_insert_all()
-        .execute()
-    )
+    latest = con.execute(
+        f"SELECT * FROM {scan(settings.lake_root, STATE)} {where} "
+        "QUALIFY row_number() OVER (PARTITION BY customer_id ORDER BY synced_at DESC) = 1",
+        [destination, audience],
+    ).fetch_arrow_table()
+    d, a = destination.replace("'", "''"), audience.replace("'", "''")
+    write_deltalake(table_uri(settings.lake_root, STATE), latest, mode="overwrite",
+                    predicate=f"destination = '{d}' AND audience = '{a}'")  # fmt: skip
 
 
 def _log_run(settings, summary: RunSummary) -> None:
@@ -295,6 +306,7 @@ def sync(settings, audience: str, destination: str, as_of: dt.date, client=None,
                      f"({summary.added + summary.updated:,}/{len(sends):,})")  # fmt: skip
             checkpoint("export.after_batch")
         summary.status = "succeeded" if not summary.rejected else "succeeded with rejections"
+        compact(settings, destination, audience)
     except SyncError as e:
         summary.status = "failed"
         summary.errors.insert(0, str(e))

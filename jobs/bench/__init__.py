@@ -6,6 +6,7 @@ import statistics
 import time
 from collections.abc import Callable
 
+from p13n.bench.activation import bench_activation
 from p13n.bench.als import bench_als
 from p13n.bench.customers import bench_customers
 from p13n.bench.identity import bench_identity
@@ -22,6 +23,7 @@ BENCHMARKS: dict[str, Callable[..., dict]] = {
     "als": bench_als,
     "serving": bench_serving,
     "streaming": bench_streaming,
+    "activation": bench_activation,
 }
 
 
