@@ -408,7 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="run a benchmark (or all) and print key=value figures")
     p.add_argument(
-        "name", help="benchmark name, or 'all': lake, ingest, identity, customers, als, serving, streaming, activation"
+        "name",
+        help="benchmark name, or 'all': lake, ingest, identity, customers, als, serving, streaming, activation",
     )
     p.add_argument(
         "--rows",

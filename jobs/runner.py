@@ -153,6 +153,7 @@ def run_pipeline(customers: int = 2000, days: int = 2, seed: int = 42, history_d
         url = env.get("P13N__SERVING__REDIS_URL") or settings.serving.redis_url
         serving = _serving_summary(settings, url)
         streaming = _stream_summary(settings, url)
+        activation = _activation_summary(settings, dates[-1])
     finally:
         if broker:
             broker.stop()
@@ -164,6 +165,7 @@ def run_pipeline(customers: int = 2000, days: int = 2, seed: int = 42, history_d
     _print_recommendation_summary(console, settings, dates[-1])
     console.print(serving, soft_wrap=True, highlight=False)
     console.print(streaming, soft_wrap=True, highlight=False)
+    console.print(activation, soft_wrap=True, highlight=False)
     _print_summary(console, settings, dates[-1], log)
     return 0
 
@@ -410,6 +412,29 @@ def _stream_summary(settings, url: str) -> str:
         ).fetchall()
         lines.append(
             "gold.triggered_audiences: " + (", ".join(f"{t} {s} {n:,}" for t, s, n in rows) or "none yet")
+        )
+    return "\n".join(lines)
+
+
+def _activation_summary(settings, day: str) -> str:
+    """Locally there are no Klaviyo or Mailchimp accounts: every audience goes to a CSV file in its
+    platform's import format, and the gold tables to the local Snowflake (what `export_audiences`
+    does with keys configured)."""
+    from p13n.activation.files import export_csv
+    from p13n.activation.snowflake import sync_tables
+    from p13n.activation.tasks import _csv_format
+
+    as_of = dt.date.fromisoformat(day)
+    lines = ["[bold]Activation[/] (no platform keys locally: CSV files in each platform's import format)"]
+    for name in sorted(settings.activation.audiences):
+        fmt = _csv_format(settings, name)
+        path, rows = export_csv(settings, name, as_of, fmt)
+        lines.append(f"{name}: {rows:,} consenting customers → {path.relative_to(settings.data_dir)} ({fmt})")
+    synced = sync_tables(settings, as_of, progress=lambda _: None)
+    for t, v in synced.items():
+        lines.append(
+            f"Snowflake (fakesnow) P13N.GOLD.{t.split('.')[1].upper()}: {v['rows']:,} rows, {v['inserted']:,} inserted, "
+            f"{v['updated']:,} updated, {v['deleted']:,} deleted"
         )
     return "\n".join(lines)
 

@@ -258,3 +258,23 @@ def test_the_state_is_the_latest_row_per_customer_and_compacts(tmp_path):
         .fetchall()
     )
     assert rows == [("a", "C1", "member"), ("a", "C2", "member"), ("b", "C1", "blocked")]
+
+
+def test_a_triggered_audience_takes_the_sent_triggers_of_its_window(lake):
+    from deltalake import write_deltalake
+
+    from p13n.activation.audiences import candidates
+    from p13n.lake.duck import duckdb_connection
+
+    def trig(cid, status, day):
+        return {"trigger_id": f"abandoned_cart:{cid}", "customer_id": cid, "trigger": "abandoned_cart",
+                "channel": "email", "status": status, "trigger_date": day}  # fmt: skip
+
+    write_deltalake(f"{lake}/lake/gold/triggered_audiences", pd.DataFrame([
+        trig("C000000001", "sent", AS_OF), trig("C000000002", "suppressed", AS_OF),
+        trig("C000000004", "sent", AS_OF - dt.timedelta(days=1)),  # outside a 1-day window
+        trig("C000000010", "sent", AS_OF),  # i % 5 == 0: no email consent
+    ]))  # fmt: skip
+    frame = candidates(duckdb_connection(), _settings(lake), "abandoned_cart", AS_OF)
+    assert frame[["customer_id", "exclude_reason"]].values.tolist() == [
+        ["C000000001", None], ["C000000010", "no email consent"]]  # fmt: skip

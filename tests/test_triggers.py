@@ -87,3 +87,29 @@ def test_consent_and_frequency_caps_suppress_with_the_reason():
     })  # fmt: skip
     capped = evaluate(events[events["customer_id"] == "C1"], NOW, S, consents, history)
     assert set(capped["reason"]) == {"frequency cap: 3 a week"}
+
+
+def test_a_batch_of_win_backs_writes_a_table_readers_accept(tmp_path):
+    """No anchor item and no event time in the batch: the columns keep their types (not Delta's void)."""
+    import datetime as dt
+
+    import pandas as pd
+    import pyarrow as pa
+    from deltalake import write_deltalake
+
+    from p13n.lake.duck import duckdb_connection
+    from p13n.streaming.triggers import COLUMNS, SCHEMA
+
+    now = dt.datetime(2024, 3, 1, 12, tzinfo=dt.UTC)
+    batch = pd.DataFrame([{"trigger_id": "win_back:C1:2024-03-01", "customer_id": "C1", "trigger": "win_back",
+                           "channel": "email", "anchor_sku": None, "event_at": None, "triggered_at": now,
+                           "trigger_date": now.date(), "status": "sent", "reason": None}])  # fmt: skip
+    write_deltalake(
+        str(tmp_path / "t"), pa.Table.from_pandas(batch[COLUMNS], schema=SCHEMA, preserve_index=False)
+    )
+    rows = (
+        duckdb_connection()
+        .execute(f"SELECT trigger, anchor_sku, event_at FROM delta_scan('{tmp_path / 't'}')")
+        .fetchall()
+    )
+    assert rows == [("win_back", None, None)]

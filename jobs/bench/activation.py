@@ -43,7 +43,11 @@ def bench_activation(rows: int | None = None, reps: int = 1) -> dict:
             env = {"P13N_DATA_DIR": str(work), f"P13N__ACTIVATION__{platform.upper()}__HOST": url,
                    "P13N__ACTIVATION__KLAVIYO__POLL_SECONDS": "0.05", "P13N__ACTIVATION__MAILCHIMP__SERVER": "us1"}  # fmt: skip
             settings = load_settings("local", environ=env)
-            target = {"list_id": "main", "segment": "everyone"} if platform == "mailchimp" else {"list_id": "Everyone"}
+            target = (
+                {"list_id": "main", "segment": "everyone"}
+                if platform == "mailchimp"
+                else {"list_id": "Everyone"}
+            )
             audiences = {"everyone": AudienceSettings(destinations={platform: target})}
             settings = settings.model_copy(
                 update={"activation": settings.activation.model_copy(update={"audiences": audiences})}
@@ -65,7 +69,9 @@ def bench_activation(rows: int | None = None, reps: int = 1) -> dict:
                 members = [Mailchimp._member(r) for r in eligible]
                 t = time.perf_counter()
                 for i in range(0, len(members), 500):
-                    client.client.lists.batch_list_members("bare", {"members": members[i : i + 500], "update_existing": True})
+                    client.client.lists.batch_list_members(
+                        "bare", {"members": members[i : i + 500], "update_existing": True}
+                    )
             bare = len(eligible) / (time.perf_counter() - t)
 
             summary = sync(settings, "everyone", platform, AS_OF, progress=lambda _: None)

@@ -71,9 +71,13 @@ def triggers_task(now=None) -> dict:
     con = duckdb_connection()
     new = evaluate_triggers(settings, con, now)
     if len(new):
+        import pyarrow as pa
         from deltalake import write_deltalake
 
-        write_deltalake(_uri(settings, TRIGGERS), new, mode="append", partition_by=["trigger_date"])
+        from p13n.streaming.triggers import COLUMNS, SCHEMA
+
+        table = pa.Table.from_pandas(new[COLUMNS], schema=SCHEMA, preserve_index=False)
+        write_deltalake(_uri(settings, TRIGGERS), table, mode="append", partition_by=["trigger_date"])
     counts = new.groupby(["trigger", "status"]).size().to_dict() if len(new) else {}
     progress(
         f"triggers at {now:%Y-%m-%d %H:%M}: "

@@ -21,12 +21,21 @@ from __future__ import annotations
 import datetime as dt
 
 import pandas as pd
+import pyarrow as pa
 
 from p13n.config import TriggerSettings
 
 PRIORITY = ("abandoned_cart", "browse_abandonment", "post_purchase", "win_back")
 COLUMNS = ["trigger_id", "customer_id", "trigger", "channel", "anchor_sku", "event_at", "triggered_at",
            "trigger_date", "status", "reason"]  # fmt: skip
+# The table's types, whatever a batch holds (a batch of win-backs has no anchor item and no event time:
+# left to inference, such a column would be written as Delta's `void`, which readers refuse).
+SCHEMA = pa.schema([
+    ("trigger_id", pa.string()), ("customer_id", pa.string()), ("trigger", pa.string()), ("channel", pa.string()),
+    ("anchor_sku", pa.string()), ("event_at", pa.timestamp("us", tz="UTC")),
+    ("triggered_at", pa.timestamp("us", tz="UTC")), ("trigger_date", pa.date32()), ("status", pa.string()),
+    ("reason", pa.string()),
+])  # fmt: skip
 
 
 def _rows(df: pd.DataFrame, kind: str, anchor: str, at: str, sku: str | None) -> pd.DataFrame:
