@@ -87,6 +87,23 @@ def _cmd_warehouse(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_privacy(args: argparse.Namespace) -> int:
+    from p13n.privacy.erasure import ErasureError
+    from p13n.privacy.tasks import process_requests, request, run_now
+
+    try:
+        if args.action == "request":
+            print(request(args.kind, args.customer, args.email))
+        elif args.action == "process":
+            process_requests()
+        else:
+            run_now("forget" if args.action == "forget" else "access", args.customer, args.email)
+    except (ErasureError, ValueError) as e:
+        print(f"p13n privacy: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from p13n.serving.tasks import serve
 
@@ -575,6 +592,22 @@ audience's channel are exported; erased customers never. Each run is logged in o
     a = wh_sub.add_parser("sync", help="the as-of date's rows of activation.snowflake.tables")
     a.add_argument("--date", required=True, help="as-of date (YYYY-MM-DD)")
     p.set_defaults(handler=_cmd_warehouse)
+
+    p = sub.add_parser("privacy", help="erasure and access requests (GDPR/CCPA)")
+    pv_sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, text in (("forget", "erase a person everywhere now (lake, Redis, platforms, Snowflake)"),
+                         ("export", "write everything held about a person to data/privacy/<request>.json")):  # fmt: skip
+        a = pv_sub.add_parser(action, help=text)
+        who = a.add_mutually_exclusive_group(required=True)
+        who.add_argument("--customer", default=None, help="the p13n customer id")
+        who.add_argument("--email", default=None, help="an email address of the person")
+    a = pv_sub.add_parser("request", help="queue a request for the privacy_requests DAG")
+    a.add_argument("kind", choices=["forget", "access"])
+    who = a.add_mutually_exclusive_group(required=True)
+    who.add_argument("--customer", default=None)
+    who.add_argument("--email", default=None)
+    pv_sub.add_parser("process", help="serve the pending requests now (what the DAG does)")
+    p.set_defaults(handler=_cmd_privacy)
 
     p = sub.add_parser("serve", help="start the recommendation API (OpenAPI document at /docs)")
     p.add_argument("--host", default=None, help="default: serving.api.host")

@@ -375,6 +375,14 @@ class ActivationSettings(_Section):
     snowflake: SnowflakeSettings = Field(default_factory=SnowflakeSettings)
 
 
+class PrivacySettings(_Section):
+    """Erasure and access requests (`p13n.privacy`): see the `privacy:` section of conf/base.yaml."""
+
+    vacuum_retention_hours: int = Field(0, ge=0)  # files an erasure replaced are deleted after this
+    truncate_history: bool = True  # cut each changed table's log at a checkpoint (older versions go)
+    requests_table: str = "ops.privacy_requests"
+
+
 class Settings(_Section):
     env: str = "local"
     data_dir: Path = Path("data")
@@ -389,6 +397,7 @@ class Settings(_Section):
     serving: ServingSettings = Field(default_factory=ServingSettings)
     stream: StreamSettings = Field(default_factory=StreamSettings)
     activation: ActivationSettings = Field(default_factory=ActivationSettings)
+    privacy: PrivacySettings = Field(default_factory=PrivacySettings)
 
     @field_validator("data_dir")
     @classmethod

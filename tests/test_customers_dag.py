@@ -88,6 +88,12 @@ def test_score_customers_and_recommend_products_dags_write_every_table(spark, se
     # cleared (their validations in ops.validations, their gates in ops.model_runs).
     _check_publish(lake, s, env, log, lines, redis_url, first, erased)
 
+    # Raw contact data only in the restricted zones, after every DAG above.
+    _check_no_pii_outside_restricted(s, redis_url, log)
+
+    # Erasure after the full run: a published, exported, warehoused customer, forgotten everywhere.
+    _check_forget(lake, s, catalog, redis_url, erased)
+
     # The next day's CLV model is judged against the champion the DAG promoted, in the same store.
     from p13n.customers.pipeline import read_activity, score_clv
 
@@ -95,6 +101,181 @@ def test_score_customers_and_recommend_products_dags_write_every_table(spark, se
     assert nxt.decision.champion_version == "1" and nxt.decision.version == "2"
     assert "champion's" in nxt.decision.reasons[0]
     assert (tmp_path / "mlflow" / "mlflow.db").exists()
+
+
+def _check_no_pii_outside_restricted(s, redis_url, log):
+    """Every email address and phone number the sources sent (all of them are in `restricted.*`) is
+    looked for in every other place the run wrote: silver, gold and ops tables, the logs, the Airflow
+    metadata database (XCom), MLflow's store and artifacts, and Redis. `bronze` and `quarantine` keep
+    the records as received: they are restricted zones like `restricted` (see SECURITY.md)."""
+    import re
+    from pathlib import Path
+
+    import redis
+
+    from p13n.lake.duck import duckdb_connection, scan
+    from p13n.privacy.erasure import lake_tables
+
+    con = duckdb_connection()
+    root = s.lake_root
+    parts = []
+    for table in lake_tables(root):
+        if table.startswith("restricted."):
+            cols = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {scan(root, table)}").fetchall()}
+            parts += [f"SELECT CAST({c} AS VARCHAR) AS v FROM {scan(root, table)}" for c in ("email", "phone") if c in cols]
+    con.execute(f"CREATE TEMP TABLE pii AS SELECT DISTINCT v FROM ({' UNION ALL '.join(parts)}) WHERE length(v) >= 6")
+    planted = {r[0] for r in con.execute("SELECT v FROM pii").fetchall()}
+    assert len(planted) > 500
+    for table in lake_tables(root):
+        if table.split(".")[0] in ("restricted", "bronze", "quarantine"):
+            continue
+        for name, kind, *_ in con.execute(f"DESCRIBE SELECT * FROM {scan(root, table)}").fetchall():
+            if kind == "VARCHAR":
+                hits = con.execute(f"SELECT count(*) FROM {scan(root, table)} WHERE {name} IN (SELECT v FROM pii)").fetchone()[0]
+                assert hits == 0, f"{table}.{name} holds {hits} raw contact values"
+    emails = re.compile(rb"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
+    phones = re.compile(rb"\+?[0-9][0-9 ().-]{8,}[0-9]")
+
+    def found(blob: bytes) -> set[str]:
+        return {m.decode(errors="ignore") for m in emails.findall(blob) + phones.findall(blob)} & planted
+
+    places = [log, s.airflow_home, s.data_dir / "mlflow", s.logs_dir]
+    for place in places:
+        for f in [place] if Path(place).is_file() else Path(place).rglob("*"):
+            if Path(f).is_file():
+                assert not found(Path(f).read_bytes()), f
+    r = redis.Redis.from_url(redis_url)
+    for key in r.scan_iter(count=1000):
+        kind = r.type(key)
+        blob = key + (b" ".join(k + b" " + v for k, v in r.hgetall(key).items()) if kind == b"hash" else
+                      b" ".join(r.lrange(key, 0, -1)) if kind == b"list" else
+                      (r.get(key) or b"") if kind == b"string" else b"")  # fmt: skip
+        assert not found(blob), key
+
+
+def _check_forget(lake, s, catalog, redis_url, erased):
+    import os
+    from pathlib import Path
+
+    import redis
+    from deltalake import DeltaTable
+    from fakes.marketing import FakeKlaviyo, serve
+
+    from p13n.activation.klaviyo import Klaviyo
+    from p13n.activation.snowflake import sync_tables
+    from p13n.activation.sync import sync
+    from p13n.config import AudienceSettings
+    from p13n.lake.duck import duckdb_connection, scan, table_uri
+    from p13n.privacy.access import export_person
+    from p13n.privacy.erasure import find_person, forget, lake_tables, person_predicate
+    from p13n.sources.systems import snowflake_connection
+    from p13n.streaming.consumer import StreamConsumer
+    from p13n.streaming.tasks import erased_filter
+
+    os.environ["P13N_PII_KEY"] = "k"  # the key the lake above was pseudonymized with
+    audiences = {"everyone": AudienceSettings(destinations={"klaviyo": {"list_id": "All"}})}
+    fake = FakeKlaviyo("pk_t", job_polls=1)
+    try:
+        with serve(fake) as url:
+            s = s.model_copy(update={"activation": s.activation.model_copy(update={
+                "audiences": audiences,
+                "klaviyo": s.activation.klaviyo.model_copy(update={"host": url, "poll_seconds": 0.05})})})  # fmt: skip
+            client = Klaviyo(s, "pk_t")
+            sync(s, "everyone", "klaviyo", DAY, client=client, progress=lambda _: None)
+            sync_tables(s, DAY, progress=lambda _: None)
+            con = duckdb_connection()
+            who, email = con.execute(
+                f"SELECT p.customer_id, r.email FROM {scan(s.lake_root, 'ops.export_state')} p "
+                f"JOIN {scan(s.lake_root, 'restricted.customer_profiles')} r USING (customer_id) "
+                f"WHERE p.status = 'member' AND p.customer_id != '{erased}' ORDER BY 1 LIMIT 1").fetchone()  # fmt: skip
+            assert email in fake.profiles
+            person = find_person(s, b"k", customer_id=who)
+            shopify = [i for i in person.identifiers if i.startswith("SH")]
+            path, found = export_person(s, "access-1", customer_id=who, redis_url=redis_url)
+            held = json.loads(path.read_text())
+            assert held["customer_id"] == who and found["gold.customer_profiles"] == 1
+            assert any(email in json.dumps(rows) for rows in held["tables"].values())
+
+            audit = forget(
+                s,
+                "req-1",
+                email=email,
+                redis_url=redis_url,
+                clients={"klaviyo": client},
+                progress=lambda _: None,
+            )
+    finally:
+        os.environ.pop("P13N_PII_KEY", None)
+    assert audit["status"] == "completed" and audit["customer_id"] == who
+    assert email not in json.dumps(audit, default=str)  # the audit names tables and counts, not the person
+    # No trace in any table, in any version that can still be read, nor in any file of the lake.
+    for table in lake_tables(s.lake_root):
+        if table in ("ops.erasures", "ops.suppressions", "ops.privacy_audit"):
+            continue
+        uri = table_uri(s.lake_root, table)
+        predicate = person_predicate(DeltaTable(uri).schema().to_arrow(), person)
+        if predicate:
+            assert (
+                con.execute(f"SELECT count(*) FROM {scan(s.lake_root, table)} WHERE {predicate}").fetchone()[
+                    0
+                ]
+                == 0
+            ), table
+    for table in json.loads(audit["lake"]):  # the tables changed: their older versions are gone
+        latest = DeltaTable(table_uri(s.lake_root, table)).version()
+        if latest > 0:
+            with pytest.raises(Exception):  # noqa: B017, PT011 - whichever error delta-rs raises
+                DeltaTable(table_uri(s.lake_root, table), version=latest - 1).to_pyarrow_table()
+    leaks = [p for p in Path(s.lake_root).rglob("*") if p.is_file() and email.encode() in p.read_bytes()]
+    assert not leaks, leaks[:5]
+    assert json.loads(audit["lake"])["restricted.customer_profiles"] == 1
+    # Redis: no key, field or value of the customer in any version.
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    for key in r.scan_iter(count=1000):
+        assert who not in key
+        kind = r.type(key)
+        if kind == "hash":
+            assert who not in json.dumps(r.hgetall(key)), key
+        elif kind == "list":
+            assert who not in r.lrange(key, 0, -1), key
+    # The platform deleted the profile; the warehouse has no row of the customer.
+    assert fake.deleted == [email] and email not in fake.profiles and email not in fake.list_emails("All")
+    with snowflake_connection(s, "P13N", "GOLD") as sf:
+        cur = sf.cursor()
+        for t in ("CUSTOMER_PROFILES", "SEGMENTS", "RECOMMENDATIONS"):
+            cur.execute(f"SELECT count(*) FROM P13N.GOLD.{t} WHERE CUSTOMER_ID = %s", (who,))
+            assert cur.fetchone()[0] == 0, t
+
+    # Kept out: a replayed event of theirs is dropped by the stream consumer...
+    os.environ["P13N_PII_KEY"] = "k"
+    broker = EmbeddedBroker().start()
+    try:
+        from p13n.services.kafka import ensure_topics, produce_lines
+
+        ensure_topics(broker.bootstrap, ["web-events"], partitions=1)
+        event = {"event_id": "LATE1", "event_at": "2024-03-01T10:00:00Z", "event_type": "product_view",
+                 "session_id": "S1", "anonymous_id": "A1", "customer_id": shopify[0], "sku": "SKU-000001"}  # fmt: skip
+        other = event | {"event_id": "LATE2", "customer_id": "SH99999999"}
+        produce_lines(broker.bootstrap, "web-events", [json.dumps(event), json.dumps(other)])
+        consumer = StreamConsumer(
+            s.lake_root, [catalog["web_clickstream"]], broker.bootstrap, keep=erased_filter(s)
+        )
+        stats = consumer.catch_up()
+        consumer.close()
+        # ...and a re-delivered batch of theirs is suppressed from silver and bronze alike.
+        ingest_batch(lake, s, catalog, catalog["shopify_customers"], DAY, b"k")
+    finally:
+        broker.stop()
+        os.environ.pop("P13N_PII_KEY", None)
+    assert (stats.events, stats.suppressed) == (1, 1)
+    ids = {r[0] for r in con.execute(f"SELECT event_id FROM {scan(s.lake_root, 'bronze.web_clickstream')} WHERE event_id LIKE 'LATE%'").fetchall()}  # fmt: skip
+    assert ids == {"LATE2"}
+    for table in ("bronze.shopify_customers", "silver.shopify_customers", "restricted.shopify_customers"):
+        predicate = person_predicate(DeltaTable(table_uri(s.lake_root, table)).schema().to_arrow(), person)
+        assert (
+            con.execute(f"SELECT count(*) FROM {scan(s.lake_root, table)} WHERE {predicate}").fetchone()[0]
+            == 0
+        ), table
 
 
 def _check_publish(lake, s, env, log, lines, redis_url, recs, erased):

@@ -152,6 +152,14 @@ class Klaviyo:
             )
         return [Outcome(r["customer_id"], "removed", detail=r.get("reason")) for r in rows]
 
+    def forget(self, emails: list[str], list_id: str | None = None) -> int:
+        """Klaviyo's data-privacy deletion (the profile and everything Klaviyo holds about it)."""
+        for email in emails:
+            body = {"data": {"type": "data-privacy-deletion-job", "attributes": {
+                "profile": {"data": {"type": "profile", "attributes": {"email": email}}}}}}  # fmt: skip
+            self._call(self.api.Data_Privacy.request_profile_deletion, body)
+        return len(emails)
+
     def _subscriptions(self, rows: list[dict], list_id: str, consent: str) -> dict:
         kind = (
             "profile-subscription-bulk-create-job"

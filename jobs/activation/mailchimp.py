@@ -135,6 +135,24 @@ class Mailchimp:
             )
         return [Outcome(r["customer_id"], "removed", detail=r.get("reason")) for r in rows]
 
+    def forget(self, emails: list[str], list_id: str | None = None) -> int:
+        """Mailchimp's permanent delete of the list member (it cannot be re-imported afterwards)."""
+        if not list_id:
+            return 0
+        from mailchimp_marketing.api_client import ApiClientError
+
+        n = 0
+        for email in emails:
+            try:
+                self.client.lists.delete_list_member_permanent(list_id, _subscriber_hash(email))
+                n += 1
+            except ApiClientError as e:
+                if getattr(e, "status_code", None) != 404:  # not a member: nothing to delete
+                    raise SyncError(
+                        f"mailchimp: permanent delete answered {e.status_code}: {_detail(e.text)}"
+                    ) from e
+        return n
+
     def _segment(self, list_id: str, name: str) -> int:
         key = (list_id, name)
         if key not in self._segments:

@@ -149,6 +149,7 @@ def promote(
         if source.kind == "entity" and lake.exists(source.silver_table):
             current = lake.read(source.silver_table, columns=[*source.primary_key, source.cursor])
         fresh, stale = stale_rows(kept, current, source)
+        fresh, suppressed = _suppress(lake, fresh, source, pii_key)
         fresh = fresh.cache()
         quarantine = invalid.unionByName(dupes).unionByName(stale).cache()
 
@@ -169,11 +170,15 @@ def promote(
             for part in row["reason"].split("; "):
                 reasons[_reason_kind(part)] += row["count"]
         result.top_reasons = reasons.most_common(5)
-        if result.bronze_rows != result.silver_rows + result.quarantined:
+        dropped = suppressed.count() if suppressed is not None else 0
+        if result.bronze_rows != result.silver_rows + result.quarantined + dropped:
             raise IngestError(
                 f"{source.name} batch {batch_date}: reconciliation failed: {result.bronze_rows} bronze rows but "
-                f"{result.silver_rows} promoted + {result.quarantined} quarantined"
+                f"{result.silver_rows} promoted + {result.quarantined} quarantined + {dropped} suppressed"
             )
+        if dropped:
+            result.warnings.append(f"{dropped} rows of erased customers suppressed (ops.suppressions)")
+            _erase_from_bronze(lake, source, suppressed, batch_date)
         if result.drifted_rows:
             result.warnings.append(
                 f"{result.drifted_rows} rows carry fields the catalog does not declare (schema drift)"
@@ -212,6 +217,49 @@ def promote(
         return result
     finally:
         typed.unpersist()
+
+
+def _suppress(lake: Lake, rows, source: Source, pii_key: bytes):
+    """(rows, None), or (rows kept, rows dropped) when some belong to erased customers: a row is
+    dropped when the keyed hash of its primary key or of an identifier column (`*_id`, `*_hmac`, or a
+    PII column) is in `ops.suppressions` (written by erasures; no raw value is stored there)."""
+    if not lake.exists("ops.suppressions"):
+        return rows, None
+    hashes = [r["hash"] for r in lake.read("ops.suppressions", columns=["hash"]).collect()]
+    if not hashes:
+        return rows, None
+    pii = set(source.pii_columns)
+    names = [c for c in rows.columns if not c.startswith("_")]
+    candidates = [c for c in names if c in source.primary_key or c.endswith(("_id", "_hmac")) or c in pii]
+    hit = None
+    for c in candidates:
+        cond = std.hmac_sha256(F.col(c).cast("string"), pii_key).isin(hashes)
+        hit = cond if hit is None else (hit | cond)
+    if hit is None:
+        return rows, None
+    flagged = rows.withColumn("_suppressed", F.coalesce(hit, F.lit(False)))
+    return flagged.filter(~F.col("_suppressed")).drop("_suppressed"), flagged.filter("_suppressed").drop(
+        "_suppressed"
+    )
+
+
+def _erase_from_bronze(lake: Lake, source: Source, suppressed, batch_date: dt.date) -> None:
+    """The replayed records of erased customers leave bronze too (matched on the primary key)."""
+    keys = [
+        tuple(str(r[k]) for k in source.primary_key) for r in suppressed.select(*source.primary_key).collect()
+    ]
+    if not keys:
+        return
+    conds = " OR ".join(
+        "("
+        + " AND ".join(
+            f"`{k}` = '{v.replace(chr(39), chr(39) * 2)}'"
+            for k, v in zip(source.primary_key, key, strict=True)
+        )
+        + ")"
+        for key in keys
+    )
+    lake.delete(source.bronze_table, f"_batch_date = '{batch_date.isoformat()}' AND ({conds})")
 
 
 def _freshness_warning(

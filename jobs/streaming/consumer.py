@@ -178,11 +178,13 @@ class BatchStats:
     bad: int = 0
     commits: int = 0
     dead_lettered: int = 0
+    suppressed: int = 0  # events of erased customers, dropped (their offsets still advance)
     seconds: float = 0.0
     per_source: dict[str, int] = field(default_factory=dict)
 
     def add(self, other: BatchStats) -> None:
         self.events += other.events
+        self.suppressed += other.suppressed
         self.bad += other.bad
         self.commits += other.commits
         self.dead_lettered += other.dead_lettered
@@ -204,6 +206,7 @@ class StreamConsumer:
         dead_letter: bool = True,
         batch_date: dt.date | None = None,
         on_batch: Callable[[Source, list[dict], list[int]], None] | None = None,
+        keep: Callable[[Source, pa.Table], pa.Array | None] | None = None,
     ):
         from kafka import KafkaConsumer
 
@@ -214,6 +217,7 @@ class StreamConsumer:
         self.dead_letter = dead_letter
         self.batch_date = batch_date
         self.on_batch = on_batch  # before the commit: real-time profiles (idempotent updates)
+        self.keep = keep  # which events may land (False: an erased customer's; see p13n.privacy)
         self.consumer = KafkaConsumer(
             bootstrap_servers=bootstrap,
             enable_auto_commit=False,
@@ -341,6 +345,12 @@ class StreamConsumer:
                 records = pa.table(
                     {f.name: pa.array([r[f.name] for r in rows], f.type) for f in schema}, schema=schema
                 )
+            mask = self.keep(source, records) if self.keep else None
+            if mask is not None:
+                kept = pc.indices_nonzero(mask)
+                stats.suppressed += records.num_rows - len(kept)
+                produced = [produced[i] for i in kept.to_pylist()]
+                records = records.take(kept)
             errors = records["_parse_error"]
             bad_idx = pc.indices_nonzero(pc.is_valid(errors)).to_pylist()
             bad = (

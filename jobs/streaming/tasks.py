@@ -31,6 +31,7 @@ def consume(catch_up: bool = False, batch_date: str | None = None, max_records: 
         max_records=max_records,
         max_seconds=max_seconds,
         on_batch=profiles.apply if profiles else None,
+        keep=erased_filter(settings),
     )
     stopping = []
     if not catch_up:  # the service stops cleanly on SIGTERM (a task leaves signals to Airflow)
@@ -44,9 +45,40 @@ def consume(catch_up: bool = False, batch_date: str | None = None, max_records: 
         stats = None
     finally:
         consumer.close()
-    out = {"events": stats.events, "bad": stats.bad, "commits": stats.commits} if stats else {}
+    out = (
+        {"events": stats.events, "bad": stats.bad, "commits": stats.commits, "suppressed": stats.suppressed}
+        if stats
+        else {}
+    )
     progress(f"stream consumer stopped: {out}")
     return out
+
+
+def erased_filter(settings, reload_seconds: float = 60.0):
+    """The consumer's `keep`: False for events whose customer field is an erased customer's identifier
+    (its keyed hash is in `ops.suppressions`), so a replayed event does not bring them back. The list
+    is re-read every `reload_seconds` while the service runs."""
+    import time
+
+    import pyarrow as pa
+
+    from p13n.privacy.erasure import keyed_hash, suppressed_hashes
+    from p13n.secrets import pii_key
+
+    key = pii_key(settings)
+    state = {"hashes": suppressed_hashes(settings), "at": time.monotonic()}
+
+    def keep(source, records):
+        if time.monotonic() - state["at"] > reload_seconds:
+            state["hashes"], state["at"] = suppressed_hashes(settings), time.monotonic()
+        column = settings.stream.customer_fields.get(source.name)
+        if not state["hashes"] or not column or column not in records.column_names:
+            return None
+        values = records[column].to_pylist()
+        gone = {v for v in set(values) if v and keyed_hash(v, key) in state["hashes"]}
+        return pa.array([v not in gone for v in values]) if gone else None
+
+    return keep
 
 
 def realtime_profiles(settings):

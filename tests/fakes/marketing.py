@@ -79,6 +79,7 @@ class FakeKlaviyo(_Limits):
         self.subscribed: dict[str, str] = {}  # email -> SUBSCRIBED / UNSUBSCRIBED
         self.jobs: dict[str, dict] = {}
         self.imported: list[str] = []  # every email imported, in order (a resend shows twice)
+        self.deleted: list[str] = []  # data-privacy deletions
         self._ids = itertools.count(1)
 
     def error(self, status: int, code: str, detail: str) -> dict:
@@ -170,6 +171,17 @@ class FakeKlaviyo(_Limits):
                 self.subscribed[p["attributes"]["email"]] = consent
             return Response(status_code=202)
 
+        @app.post("/api/data-privacy-deletion-jobs")
+        async def privacy_delete(request: Request):
+            attrs = (await request.json())["data"]["attributes"]["profile"]["data"]["attributes"]
+            profile = self.profiles.pop(attrs.get("email"), None)
+            if profile:
+                for members in self.lists.values():
+                    members.discard(profile["id"])
+            self.subscribed.pop(attrs.get("email"), None)
+            self.deleted.append(attrs.get("email"))
+            return Response(status_code=202)
+
         @app.post("/api/profile-subscription-bulk-delete-jobs")
         async def unsubscribe(request: Request):
             profiles = (await request.json())["data"]["attributes"]["profiles"]["data"]
@@ -231,6 +243,7 @@ class FakeMailchimp(_Limits):
         self.members: dict[str, dict[str, dict]] = defaultdict(dict)  # list -> email -> member
         self.segments: dict[str, dict[int, dict]] = defaultdict(dict)  # list -> id -> {name, emails}
         self.upserted: list[str] = []
+        self.deleted: list[str] = []
         self._ids = itertools.count(1)
 
     def error(self, status: int, code: str, detail: str) -> dict:
@@ -293,6 +306,21 @@ class FakeMailchimp(_Limits):
                 )
             return {"new_members": new, "updated_members": updated, "errors": errors, "total_created": len(new),
                     "total_updated": len(updated), "error_count": len(errors)}  # fmt: skip
+
+        @app.post("/3.0/lists/{list_id}/members/{subscriber_hash}/actions/delete-permanent")
+        def delete_permanent(list_id: str, subscriber_hash: str):
+            book = self.members[list_id]
+            email = next((e for e, m in book.items() if m["id"] == subscriber_hash), None)
+            if email is None:
+                return JSONResponse(
+                    self.error(404, "Resource Not Found", "The requested resource could not be found."),
+                    status_code=404,
+                )
+            del book[email]
+            for seg in self.segments[list_id].values():
+                seg["emails"].discard(email)
+            self.deleted.append(email)
+            return Response(status_code=204)
 
         @app.get("/3.0/lists/{list_id}/segments")
         def list_segments(list_id: str):
