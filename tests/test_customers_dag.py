@@ -122,8 +122,14 @@ def _check_no_pii_outside_restricted(s, redis_url, log):
     for table in lake_tables(root):
         if table.startswith("restricted."):
             cols = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {scan(root, table)}").fetchall()}
-            parts += [f"SELECT CAST({c} AS VARCHAR) AS v FROM {scan(root, table)}" for c in ("email", "phone") if c in cols]
-    con.execute(f"CREATE TEMP TABLE pii AS SELECT DISTINCT v FROM ({' UNION ALL '.join(parts)}) WHERE length(v) >= 6")
+            parts += [
+                f"SELECT CAST({c} AS VARCHAR) AS v FROM {scan(root, table)}"
+                for c in ("email", "phone")
+                if c in cols
+            ]
+    con.execute(
+        f"CREATE TEMP TABLE pii AS SELECT DISTINCT v FROM ({' UNION ALL '.join(parts)}) WHERE length(v) >= 6"
+    )
     planted = {r[0] for r in con.execute("SELECT v FROM pii").fetchall()}
     assert len(planted) > 500
     for table in lake_tables(root):
@@ -131,7 +137,9 @@ def _check_no_pii_outside_restricted(s, redis_url, log):
             continue
         for name, kind, *_ in con.execute(f"DESCRIBE SELECT * FROM {scan(root, table)}").fetchall():
             if kind == "VARCHAR":
-                hits = con.execute(f"SELECT count(*) FROM {scan(root, table)} WHERE {name} IN (SELECT v FROM pii)").fetchone()[0]
+                hits = con.execute(
+                    f"SELECT count(*) FROM {scan(root, table)} WHERE {name} IN (SELECT v FROM pii)"
+                ).fetchone()[0]
                 assert hits == 0, f"{table}.{name} holds {hits} raw contact values"
     emails = re.compile(rb"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
     phones = re.compile(rb"\+?[0-9][0-9 ().-]{8,}[0-9]")
