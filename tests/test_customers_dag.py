@@ -265,6 +265,10 @@ def _check_forget(lake, s, catalog, redis_url, erased):
                  "session_id": "S1", "anonymous_id": "A1", "customer_id": shopify[0], "sku": "SKU-000001"}  # fmt: skip
         other = event | {"event_id": "LATE2", "customer_id": "SH99999999"}
         produce_lines(broker.bootstrap, "web-events", [json.dumps(event), json.dumps(other)])
+        from p13n.streaming.consumer import reset_offsets
+
+        # A new broker: the lake's stored offsets are past its end (the consumer refuses until reset).
+        reset_offsets(s.lake_root, catalog["web_clickstream"], broker.bootstrap, "beginning")
         consumer = StreamConsumer(
             s.lake_root, [catalog["web_clickstream"]], broker.bootstrap, keep=erased_filter(s)
         )
