@@ -104,6 +104,41 @@ def _cmd_privacy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sql(args: argparse.Namespace) -> int:
+    from p13n.analytics.sql import SqlError, files, run_duckdb, run_spark, source
+    from p13n.config import get_settings
+
+    if args.file is None:
+        print("\n".join(f"{name:30s} sql/{name}.sql" for name in files()))
+        return 0
+    settings = get_settings()
+    try:
+        name, text = source(args.file)
+        if args.engine == "spark":
+            from p13n.lake import Lake
+            from p13n.spark import get_spark
+
+            frame = run_spark(Lake.from_settings(get_spark(settings), settings), text).toPandas()
+        else:
+            frame = run_duckdb(settings, text)
+    except SqlError as e:
+        print(f"p13n sql: {e}", file=sys.stderr)
+        return 1
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_parquet(out, index=False) if out.suffix == ".parquet" else frame.to_csv(out, index=False)
+        print(f"{name}: {len(frame):,} rows written to {out}")
+    else:
+        import pandas as pd
+
+        with pd.option_context("display.max_columns", 50, "display.width", 200):
+            print(frame.head(args.limit).to_string(index=False))
+        if len(frame) > args.limit:
+            print(f"... {len(frame):,} rows in all (--limit, or --out FILE.csv|.parquet for all)")
+    return 0
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from p13n.serving.tasks import serve
 
@@ -608,6 +643,18 @@ audience's channel are exported; erased customers never. Each run is logged in o
     who.add_argument("--email", default=None)
     pv_sub.add_parser("process", help="serve the pending requests now (what the DAG does)")
     p.set_defaults(handler=_cmd_privacy)
+
+    p = sub.add_parser(
+        "sql",
+        help="run an analysts' view or mart of sql/ (or any file, or - for stdin) over the Delta tables",
+        description="Files refer to lake tables as {{ layer.name }} and to other files of sql/ as {{ name }}. "
+        "Without FILE, lists the files of sql/.",
+    )
+    p.add_argument("file", nargs="?", default=None, help="a name in sql/, a path, or - for standard input")
+    p.add_argument("--engine", choices=["duckdb", "spark"], default="duckdb")
+    p.add_argument("--out", default=None, help="write every row to FILE.csv or FILE.parquet")
+    p.add_argument("--limit", type=int, default=20, help="rows to print (default 20)")
+    p.set_defaults(handler=_cmd_sql)
 
     p = sub.add_parser("serve", help="start the recommendation API (OpenAPI document at /docs)")
     p.add_argument("--host", default=None, help="default: serving.api.host")
