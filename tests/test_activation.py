@@ -278,3 +278,12 @@ def test_a_triggered_audience_takes_the_sent_triggers_of_its_window(lake):
     frame = candidates(duckdb_connection(), _settings(lake), "abandoned_cart", AS_OF)
     assert frame[["customer_id", "exclude_reason"]].values.tolist() == [
         ["C000000001", None], ["C000000010", "no email consent"]]  # fmt: skip
+
+
+def test_a_remove_without_an_address_left_carries_none(tmp_path):
+    from p13n.activation.sync import _with_contacts
+
+    frame = pd.DataFrame([_row("A")])
+    removes = pd.DataFrame({"customer_id": ["A", "Z"], "reason": ["left the audience", "erased"]})
+    out = _with_contacts(_settings(tmp_path), frame, removes)
+    assert out["email"].tolist() == ["A@x.com", None]

@@ -334,4 +334,6 @@ def _with_contacts(settings, frame: pd.DataFrame, removes: pd.DataFrame) -> pd.D
                 f"SELECT customer_id, email FROM {scan(settings.lake_root, 'restricted.customer_profiles')} "
                 "WHERE customer_id IN (SELECT unnest(?::VARCHAR[]))", [missing]).df().set_index("customer_id")["email"]  # fmt: skip
             removes["email"] = removes["email"].fillna(removes["customer_id"].map(got))
+    # No address left (an erased customer's is gone): None, so the platforms skip the address calls.
+    removes["email"] = removes["email"].astype(object).where(removes["email"].notna(), None)
     return removes
