@@ -96,6 +96,7 @@ def test_forget_removes_the_person_everywhere_and_records_an_audit_without_pii(w
         assert cur.fetchone()[0] == 0
     registry = con.execute(f"SELECT customer_id, request_id FROM {scan(root, 'ops.erasures')}").fetchall()
     assert registry == [(WHO, "req-1")]
+    assert not path.exists()  # the access file about them went too
 
 
 def test_requests_are_queued_served_and_lose_their_email(world, monkeypatch):

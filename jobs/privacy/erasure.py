@@ -299,7 +299,8 @@ def erase_warehouse(settings, person: Person) -> dict[str, int]:
 
 
 def erase_files(settings, person: Person) -> int:
-    """CSV exports under the data directory: drop the lines that hold the person's contact values."""
+    """Files under the data directory: the CSV exports lose the lines that hold the person's contact
+    values; access-request files about them are deleted. Returns lines and files removed."""
     n = 0
     base = settings.data_dir / "exports"
     for path in base.rglob("*.csv") if base.exists() else []:
@@ -308,6 +309,14 @@ def erase_files(settings, person: Person) -> int:
         if len(kept) != len(lines):
             n += len(lines) - len(kept)
             path.write_text("".join(kept))
+    # Access-request files about the person (delivered to them already) go whole.
+    for path in (
+        (settings.data_dir / "privacy").glob("*.json") if (settings.data_dir / "privacy").exists() else []
+    ):
+        text = path.read_text()
+        if any(c in text for c in person.contacts | {person.customer_id}):
+            path.unlink()
+            n += 1
     return n
 
 
