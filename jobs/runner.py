@@ -364,19 +364,11 @@ def _produce_live_events(env: dict[str, str], customers: int) -> int:
     """A few seconds of live clickstream for `stream_events` (what `p13n stream produce` sends). Seeded:
     the embedded broker forgets its topics between runs and the replay refills them, so a rerun
     produces the same events at the same offsets, which the lake already holds: nothing lands twice."""
-    import os
-
     from p13n.streaming.tasks import produce
 
-    before = os.environ.get("P13N_KAFKA_BOOTSTRAP")
-    os.environ["P13N_KAFKA_BOOTSTRAP"] = env.get("P13N_KAFKA_BOOTSTRAP", before or "")
-    try:
-        return produce(rate=500, seconds=4, customers=customers, seed=7)
-    finally:
-        if before is None:
-            os.environ.pop("P13N_KAFKA_BOOTSTRAP", None)
-        else:
-            os.environ["P13N_KAFKA_BOOTSTRAP"] = before
+    return produce(
+        rate=500, seconds=4, customers=customers, seed=7, bootstrap=env.get("P13N_KAFKA_BOOTSTRAP")
+    )
 
 
 def _stream_summary(settings, url: str) -> str:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import time
 
-from p13n.activation.sync import Outcome, SyncError, chunks
+from p13n.activation.sync import Outcome, SyncError, chunks, required
 
 IMPORT_MAX, IMPORT_BYTES, LIST_MAX, SUBSCRIBE_MAX, UNSUBSCRIBE_MAX, LOOKUP_MAX = (
     10_000, 5 * 1024 * 1024 - 64 * 1024, 1000, 1000, 100, 100)  # fmt: skip
@@ -67,7 +67,7 @@ class Klaviyo:
         return out
 
     def upsert(self, target: dict, rows: list[dict]) -> list[Outcome]:
-        list_id = _required(target, "list_id")
+        list_id = required(target, "list_id")
         body = {"data": {"type": "profile-bulk-import-job",
                          "attributes": {"profiles": {"data": [self._profile(r) for r in rows]}},
                          "relationships": {"lists": {"data": [{"type": "list", "id": list_id}]}}}}  # fmt: skip
@@ -132,7 +132,7 @@ class Klaviyo:
 
     # --- removes ---
     def remove(self, target: dict, rows: list[dict]) -> list[Outcome]:
-        list_id = _required(target, "list_id")
+        list_id = required(target, "list_id")
         ids = {}
         for part in chunks([r["email"] for r in rows if r.get("email")], LOOKUP_MAX):
             quoted = ",".join(json.dumps(e) for e in part)
@@ -171,14 +171,6 @@ class Klaviyo:
                                                        "subscriptions": {"email": {"marketing": {"consent": consent}}}}}
                     for r in rows]}},
                 "relationships": {"list": {"data": {"type": "list", "id": list_id}}}}}  # fmt: skip
-
-
-def _required(target: dict, key: str) -> str:
-    if not target.get(key):
-        raise SyncError(
-            f"the destination needs `{key}` (activation.audiences.<name>.destinations)", retryable=False
-        )
-    return target[key]
 
 
 def _clean(d: dict) -> dict:

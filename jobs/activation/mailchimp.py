@@ -20,7 +20,7 @@ import json
 import random
 import time
 
-from p13n.activation.sync import Outcome, SyncError, chunks
+from p13n.activation.sync import Outcome, SyncError, chunks, required
 
 BATCH_MAX = 500
 _RETRY = {429, 500, 502, 503, 504}
@@ -96,8 +96,8 @@ class Mailchimp:
         return list(chunks(rows, self.max_members))
 
     def upsert(self, target: dict, rows: list[dict]) -> list[Outcome]:
-        list_id = _required(target, "list_id")
-        segment = self._segment(list_id, _required(target, "segment"))
+        list_id = required(target, "list_id")
+        segment = self._segment(list_id, required(target, "segment"))
         body = {"members": [self._member(r) for r in rows], "update_existing": True}
         answer = self._call(self.client.lists.batch_list_members, list_id, body)
         failed = {}
@@ -118,8 +118,8 @@ class Mailchimp:
         return out
 
     def remove(self, target: dict, rows: list[dict]) -> list[Outcome]:
-        list_id = _required(target, "list_id")
-        segment = self._segment(list_id, _required(target, "segment"))
+        list_id = required(target, "list_id")
+        segment = self._segment(list_id, required(target, "segment"))
         emails = [r["email"] for r in rows if r.get("email")]
         for part in chunks(emails, self.max_members):
             self._call(self.client.lists.batch_segment_members,
@@ -180,14 +180,6 @@ class Mailchimp:
 
 def _subscriber_hash(email: str) -> str:
     return hashlib.md5(email.lower().encode()).hexdigest()  # Mailchimp's member id, not a security use
-
-
-def _required(target: dict, key: str) -> str:
-    if not target.get(key):
-        raise SyncError(
-            f"the destination needs `{key}` (activation.audiences.<name>.destinations)", retryable=False
-        )
-    return target[key]
 
 
 def _detail(text) -> str:

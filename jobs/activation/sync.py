@@ -105,6 +105,15 @@ class RunSummary:
         )
 
 
+def required(target: dict, key: str) -> str:
+    """A destination setting of an audience (`activation.audiences.<name>.destinations.<platform>`)."""
+    if not target.get(key):
+        raise SyncError(
+            f"the destination needs `{key}` (activation.audiences.<name>.destinations)", retryable=False
+        )
+    return target[key]
+
+
 def chunks(items: list, n: int) -> Iterable[list]:
     for i in range(0, len(items), n):
         yield items[i : i + n]

@@ -36,7 +36,8 @@ def export(audience: str, to: str, as_of: str | dt.date, out: str | None = None)
     from p13n.activation.sync import sync
 
     summary = sync(settings, audience, to, day, progress=progress)
-    return summary.row() | {"finished_at": summary.row()["finished_at"].isoformat()}
+    row = summary.row()
+    return row | {"finished_at": row["finished_at"].isoformat()}
 
 
 def export_all(schedule: str, as_of: str) -> list[dict]:

@@ -178,7 +178,8 @@ def evaluate_triggers(settings, con, now):
     return evaluate(events, now, st.triggers, consents, history, lapsed)
 
 
-def produce(rate: float, seconds: float, customers: int = 2000, seed: int | None = None) -> int:
+def produce(rate: float, seconds: float, customers: int = 2000, seed: int | None = None,
+            bootstrap: str | None = None) -> int:  # fmt: skip
     """Produce `rate` × `seconds` web events at `rate` per second (now-stamped, customers' shopify ids),
     for demos and load tests of the consumer: `p13n stream produce --rate R`. With a `seed`, the same
     events (ids, keys, so partitions and offsets) every time; without one, new event ids."""
@@ -191,7 +192,7 @@ def produce(rate: float, seconds: float, customers: int = 2000, seed: int | None
     from p13n.services.kafka import ensure_topics
     from p13n.sources.ingest import kafka_bootstrap
 
-    bootstrap = kafka_bootstrap(get_settings())
+    bootstrap = bootstrap or kafka_bootstrap(get_settings())
     ensure_topics(bootstrap, ["web-events"])
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")
     rng = random.Random(seed)
