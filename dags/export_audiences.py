@@ -13,6 +13,8 @@ gold tables to Snowflake.
   Each run's summary (sent, skipped for lack of consent, errors) is in `ops.export_runs`.
 * **warehouse**: `activation.snowflake.tables` into Snowflake — a staging table, then MERGE on the
   business key; a rerun changes nothing. No raw PII leaves the lake.
+* **announce** (once every export was tried, failed or not): the `p13n://activation/exports` Asset,
+  which the run report waits for; **watcher** fails the DAG run when anything failed.
 
 Triggered audiences (abandoned cart...) are synced every 15 minutes by `sync_triggered_audiences`.
 """
@@ -22,7 +24,10 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import Asset, dag, task
 
+from p13n.alerts import deadline
 from p13n.orchestration import dag_defaults
+
+EXPORTS = Asset("p13n://activation/exports", group="activation")
 
 
 @dag(
@@ -32,6 +37,7 @@ from p13n.orchestration import dag_defaults
     catchup=False,
     max_active_runs=1,
     default_args=dag_defaults(),
+    deadline=deadline("export_audiences"),
     tags=["p13n", "activation", "klaviyo", "mailchimp", "snowflake"],
     doc_md=__doc__,
 )
@@ -54,8 +60,18 @@ def export_audiences():
 
         return warehouse_sync(ds)
 
-    export.expand(target=audiences())
-    warehouse()
+    @task(outlets=[EXPORTS], trigger_rule="all_done")
+    def announce() -> None:
+        """Every export was tried: the run report may follow (and shows any that failed)."""
+
+    @task(trigger_rule="one_failed", retries=0, on_failure_callback=None)  # the failed task alerted
+    def watcher() -> None:
+        """A leaf that fails the run when any task failed (`announce` succeeds either way)."""
+        raise RuntimeError("an export or the warehouse sync failed: see their task logs")
+
+    done = [export.expand(target=audiences()), warehouse()]
+    done >> announce()
+    done >> watcher()
 
 
 export_audiences()

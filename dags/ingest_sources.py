@@ -22,6 +22,7 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import Asset, dag, task
 
+from p13n.alerts import deadline
 from p13n.orchestration import dag_defaults
 from p13n.sources.catalog import catalog
 
@@ -37,6 +38,7 @@ def silver_asset(source_name: str) -> Asset:
     catchup=False,
     max_active_runs=1,
     default_args=dag_defaults(),
+    deadline=deadline("ingest_sources"),
     tags=["p13n", "ingestion", "bronze", "silver"],
     doc_md=__doc__,
 )

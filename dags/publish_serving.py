@@ -18,6 +18,7 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import Asset, dag, task
 
+from p13n.alerts import deadline
 from p13n.orchestration import dag_defaults
 
 SERVING = Asset("p13n://serving/live", group="serving")
@@ -30,6 +31,7 @@ SERVING = Asset("p13n://serving/live", group="serving")
     catchup=False,
     max_active_runs=1,
     default_args=dag_defaults(),
+    deadline=deadline("publish_serving"),
     tags=["p13n", "serving", "redis"],
     doc_md=__doc__,
 )

@@ -22,6 +22,7 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import Asset, dag, task
 
+from p13n.alerts import deadline
 from p13n.orchestration import dag_defaults
 
 RECOMMENDATIONS = Asset("p13n://gold/recommendations", group="gold")
@@ -34,6 +35,7 @@ RECOMMENDATIONS = Asset("p13n://gold/recommendations", group="gold")
     catchup=False,
     max_active_runs=1,
     default_args=dag_defaults(),
+    deadline=deadline("recommend_products"),
     tags=["p13n", "recommendations", "ml", "gold"],
     doc_md=__doc__,
 )

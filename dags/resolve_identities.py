@@ -22,6 +22,7 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import Asset, dag, task
 
+from p13n.alerts import deadline
 from p13n.config import get_settings
 from p13n.orchestration import dag_defaults
 
@@ -35,6 +36,7 @@ CUSTOMER_PROFILES = Asset("p13n://gold/customer_profiles", group="gold")
     catchup=False,
     max_active_runs=1,
     default_args=dag_defaults(),
+    deadline=deadline("resolve_identities"),
     tags=["p13n", "identity", "gold"],
     doc_md=__doc__,
 )

@@ -21,6 +21,7 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import Asset, dag, task
 
+from p13n.alerts import deadline
 from p13n.orchestration import dag_defaults
 
 SEGMENTS = Asset("p13n://gold/segments", group="gold")
@@ -33,6 +34,7 @@ SEGMENTS = Asset("p13n://gold/segments", group="gold")
     catchup=False,
     max_active_runs=1,
     default_args=dag_defaults(),
+    deadline=deadline("score_customers"),
     tags=["p13n", "customers", "ml", "gold"],
     doc_md=__doc__,
 )

@@ -22,6 +22,42 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
 
 
+def _cmd_backfill(args: argparse.Namespace) -> int:
+    from p13n.runner import NIGHTLY, backfill
+
+    return backfill(args.start, args.end, tuple(args.dag or NIGHTLY[:4]))
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from p13n.report.render import build
+
+    day = args.date or _latest_scored_date()
+    if day is None:
+        print("p13n report: nothing scored yet; give --date", file=sys.stderr)
+        return 2
+    path = build(None, dt.date.fromisoformat(day), progress=print)
+    if args.open:
+        import webbrowser
+
+        webbrowser.open(path.as_uri())
+    return 0
+
+
+def _latest_scored_date() -> str | None:
+    from p13n.config import get_settings
+    from p13n.lake.duck import duckdb_connection, scan, table_exists
+
+    root = get_settings().lake_root
+    for table, col in (("gold.recommendations", "as_of_date"), ("ops.ingest_runs", "batch_date")):
+        if table_exists(root, table):
+            value = duckdb_connection().execute(f"SELECT max({col}) FROM {scan(root, table)}").fetchone()[0]
+            if value:
+                return value.isoformat()
+    return None
+
+
 def _cmd_serving(args: argparse.Namespace) -> int:
     from p13n.serving.tasks import serving_command
 
@@ -424,6 +460,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=42)
     p.set_defaults(handler=_cmd_run)
+
+    p = sub.add_parser(
+        "backfill",
+        help="run the nightly's DAGs for every date of a range through Airflow (no scheduler needed)",
+        description="Runs each date's DAG runs in order with `airflow dags test`, starting the embedded "
+        "services when none are configured; stops at the first failure and prints how to resume. Against "
+        "a running Airflow deployment use `p13n airflow backfill create --dag-id D --from-date A --to-date B` "
+        "instead (the scheduler runs it).",
+    )
+    p.add_argument("--from", dest="start", required=True, metavar="YYYY-MM-DD", help="first date")
+    p.add_argument("--to", dest="end", required=True, metavar="YYYY-MM-DD", help="last date (inclusive)")
+    p.add_argument(
+        "--dag",
+        action="append",
+        help="a DAG to run for each date (repeat; default: ingest_sources, resolve_identities, "
+        "score_customers, recommend_products)",
+    )
+    p.set_defaults(handler=_cmd_backfill)
+
+    p = sub.add_parser("report", help="write the HTML run report of a date (what the run_report DAG does)")
+    p.add_argument("--date", help="the run date (default: the latest scored date)")
+    p.add_argument("--open", action="store_true", help="open it in a browser")
+    p.set_defaults(handler=_cmd_report)
 
     p = sub.add_parser("sources", help="the source catalog (conf/sources.yaml)")
     p.add_argument("action", choices=["list"], help="list: one source per line, name then format")

@@ -76,6 +76,12 @@ class AirflowSettings(_Section):
     owner: str = "data-platform"
     retries: int = Field(2, ge=0)
     retry_delay_minutes: int = Field(5, ge=0)
+    max_retry_delay_minutes: int = Field(60, ge=0)
+    # Where failure and missed-deadline alerts go (`p13n.alerts`): "log" and/or "webhook".
+    alerts: list[Literal["log", "webhook"]] = Field(default_factory=lambda: ["log"])
+    alert_webhook_env: str = "P13N_ALERT_WEBHOOK_URL"  # the variable holding the webhook URL (a secret)
+    # DAG id -> minutes a run may take after it is queued before a deadline alert goes out.
+    deadlines_minutes: dict[str, int] = Field(default_factory=dict)
 
 
 class SourcesSettings(_Section):
@@ -372,6 +378,9 @@ class ActivationSettings(_Section):
         default_factory=lambda: DestinationSettings(credential_env="MAILCHIMP_API_KEY")
     )
     audiences: dict[str, AudienceSettings] = Field(default_factory=dict)
+    # A platform destination whose key is not set: "fail" (the task fails, naming the variable) or
+    # "csv" (the platform's import file is written instead: local runs have no accounts).
+    without_key: Literal["fail", "csv"] = "fail"
     snowflake: SnowflakeSettings = Field(default_factory=SnowflakeSettings)
 
 

@@ -16,3 +16,15 @@ def checkpoint(name: str) -> None:
     armed = os.environ.get("P13N_FAULTS", "")
     if armed and name in armed.split(","):
         os._exit(KILLED_EXIT_CODE)
+
+
+class FaultInjected(RuntimeError):
+    """Raised at a checkpoint armed as `name:raise` (an ordinary task failure, not a crash)."""
+
+
+def fail_point(name: str) -> None:
+    """Raise `FaultInjected` here when `name:raise` is armed in $P13N_FAULTS; die when `name` is."""
+    armed = os.environ.get("P13N_FAULTS", "").split(",")
+    if f"{name}:raise" in armed:
+        raise FaultInjected(f"fault injected at {name} (P13N_FAULTS)")
+    checkpoint(name)

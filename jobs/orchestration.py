@@ -14,14 +14,18 @@ PROGRESS_MARK = "▶ p13n |"
 
 
 def dag_defaults(settings: Settings | None = None) -> dict:
-    """default_args every p13n DAG uses: owner, retries with exponential backoff."""
+    """default_args every p13n DAG uses: owner, retries with exponential backoff, and a failure alert
+    through the configured channels (`p13n.alerts`) once a task has no retry left."""
+    from p13n.alerts import failure_notifier
+
     s = (settings or get_settings()).airflow
     return {
         "owner": s.owner,
         "retries": s.retries,
         "retry_delay": timedelta(minutes=s.retry_delay_minutes),
         "retry_exponential_backoff": True,
-        "max_retry_delay": timedelta(hours=1),
+        "max_retry_delay": timedelta(minutes=s.max_retry_delay_minutes),
+        "on_failure_callback": failure_notifier(),
     }
 
 

@@ -6,6 +6,7 @@ import datetime as dt
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from p13n.config import get_settings
@@ -89,12 +90,54 @@ def ensure_dataset(
     return [(start + dt.timedelta(days=d)).isoformat() for d in range(info["days"])]
 
 
-def run_pipeline(customers: int = 2000, days: int = 2, seed: int = 42, history_days: int = 365) -> int:
-    from rich.console import Console
+# The nightly, in the order its Assets chain it: each night's ingestion and identity resolution;
+# then scoring, recommendations, the publish and the exports of the last night (a DAG run for each
+# night would be the same: `make run` shows one, to stay short); the live stream, maintenance and the
+# run report at the end.
+NIGHTLY = ("ingest_sources", "resolve_identities", "score_customers", "recommend_products",
+           "publish_serving", "export_audiences")  # fmt: skip
+EVERY_NIGHT = ("ingest_sources", "resolve_identities")
+AFTER = ("stream_events", "lake_maintenance", "run_report")
 
+
+def nightly_plan(dates: list[str], dags: tuple[str, ...] = NIGHTLY, every_night: tuple[str, ...] = EVERY_NIGHT,
+                 after: tuple[str, ...] = ()) -> list[tuple[str, str]]:  # fmt: skip
+    """(dag, date) in run order: `every_night` DAGs for each date, the others for the last date only."""
+    plan = [(dag, d) for d in dates for dag in dags if dag in every_night]
+    plan += [(dag, dates[-1]) for dag in dags if dag not in every_night]
+    return plan + [(dag, dates[-1]) for dag in after]
+
+
+@contextmanager
+def local_services(settings, env: dict[str, str], say, replay: bool = True):
+    """The embedded Redis and Kafka broker the DAGs use when none is configured (their addresses go
+    into `env`); the broker is refilled with the landing zone's topics. Stopped on exit."""
     from p13n.services.kafka import EmbeddedBroker
+    from p13n.services.redis import RedisServer
     from p13n.sources.catalog import catalog
     from p13n.sources.simulate import replay_topics
+
+    broker = redis_server = None
+    try:
+        if not settings.serving.redis_url:
+            redis_server = RedisServer(settings.data_dir / "redis").start()
+            env["P13N__SERVING__REDIS_URL"] = redis_server.url
+            say(f"embedded Redis on {redis_server.url} (kept in {settings.data_dir / 'redis'})")
+        if not settings.sources.kafka_bootstrap:
+            broker = EmbeddedBroker(log_path=settings.logs_dir / "kafka-broker.log").start()
+            env["P13N_KAFKA_BOOTSTRAP"] = broker.bootstrap
+            sent = replay_topics(settings, catalog(), broker.bootstrap) if replay else 0
+            say(f"embedded Kafka broker on {broker.bootstrap}: replayed {sent:,} events")
+        yield env
+    finally:
+        if broker:
+            broker.stop()
+        if redis_server:
+            redis_server.stop()
+
+
+def _console():
+    from rich.console import Console
 
     # Piped into a log or CI, rich would assume 80 columns and fold the summary tables.
     console = Console(width=None if sys.stdout.isatty() else 160)
@@ -102,72 +145,103 @@ def run_pipeline(customers: int = 2000, days: int = 2, seed: int = 42, history_d
     def echo(line: str) -> None:  # progress lines wrap softly, whatever the terminal's width
         console.print(line, soft_wrap=True, highlight=False)
 
-    settings = get_settings()
+    return console, echo
+
+
+def run_plan(plan: list[tuple[str, str]], env: dict[str, str], log: Path, console, echo,
+             before=None) -> tuple[str, str] | None:  # fmt: skip
+    """Run each (dag, date) through Airflow in order; stop at the first failure and return it."""
+    with console.status("preparing Airflow (metadata database)…"):
+        ensure_airflow_db(env, log)
+    for i, (dag_id, day) in enumerate(plan, 1):
+        if before:
+            before(dag_id, day)
+        console.print(f"[cyan]DAG {dag_id}[/] {day}  [dim]({i}/{len(plan)})[/]")
+        ok, seconds = run_dag(dag_id, day, env, log, echo=echo)
+        if not ok:
+            console.print(f"[red]DAG {dag_id} {day} failed after {seconds:.0f}s[/]; full log: {log}")
+            _print_tail(console, log)
+            return dag_id, day
+        console.print(f"  [green]done[/] in {seconds:.0f}s")
+    return None
+
+
+def _run_log(settings, what: str) -> Path:
     settings.logs_dir.mkdir(parents=True, exist_ok=True)
-    log = settings.logs_dir / f"run-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}.log"
+    return settings.logs_dir / f"{what}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}.log"
+
+
+def run_pipeline(customers: int = 2000, days: int = 2, seed: int = 42, history_days: int = 365) -> int:
+    console, echo = _console()
+    settings = get_settings()
+    log = _run_log(settings, "run")
     env = airflow_env(settings)
     console.print(f"[bold]p13n run[/]  env={settings.env}  data={settings.data_dir}")
-    dates = ensure_dataset(
-        settings,
-        customers,
-        days,
-        seed,
-        echo=echo,
-        history_days=history_days,
-    )
-    broker = redis_server = None
-    if not settings.serving.redis_url:
-        from p13n.services.redis import RedisServer
+    dates = ensure_dataset(settings, customers, days, seed, echo=echo, history_days=history_days)
+    started = dt.datetime.now(dt.UTC)
 
-        redis_server = RedisServer(settings.data_dir / "redis").start()
-        env["P13N__SERVING__REDIS_URL"] = redis_server.url
-        console.print(f"embedded Redis on {redis_server.url} (kept in {settings.data_dir / 'redis'})")
-    if not settings.sources.kafka_bootstrap:
-        broker = EmbeddedBroker(log_path=settings.logs_dir / "kafka-broker.log").start()
-        env["P13N_KAFKA_BOOTSTRAP"] = broker.bootstrap
-        sent = replay_topics(settings, catalog(), broker.bootstrap)
-        console.print(f"embedded Kafka broker on {broker.bootstrap}: replayed {sent:,} events")
-    try:
-        with console.status("preparing Airflow (metadata database)…"):
-            ensure_airflow_db(env, log)
-        # Each night: ingestion, then identity resolution on what it landed; the customers are scored
-        # and recommendations computed as of the last night (each night's is the same DAG run for
-        # that date: `make run` shows one, to stay short); maintenance at the end.
-        plan = [(dag, d) for d in dates for dag in ("ingest_sources", "resolve_identities")]
-        plan.append(("score_customers", dates[-1]))
-        plan.append(("recommend_products", dates[-1]))
-        plan.append(("publish_serving", dates[-1]))
-        plan.append(("stream_events", dates[-1]))
-        plan.append(("lake_maintenance", dates[-1]))
-        for dag_id, day in plan:
-            if dag_id == "stream_events":
-                live = _produce_live_events(env, customers)
-                console.print(f"produced {live:,} live web events (500/s) for the stream consumer")
-            console.print(f"[cyan]DAG {dag_id}[/] {day}")
-            ok, seconds = run_dag(dag_id, day, env, log, echo=echo)
-            if not ok:
-                console.print(f"[red]DAG {dag_id} {day} failed after {seconds:.0f}s[/]; full log: {log}")
-                _print_tail(console, log)
-                return 1
-            console.print(f"  [green]done[/] in {seconds:.0f}s")
+    def before(dag_id: str, _day: str) -> None:
+        if dag_id == "stream_events":
+            live = _produce_live_events(env, customers)
+            console.print(f"produced {live:,} live web events (500/s) for the stream consumer")
+
+    with local_services(settings, env, console.print):
+        failed = run_plan(nightly_plan(dates, after=AFTER), env, log, console, echo, before=before)
+        if failed:
+            _print_alerts(console, settings, started)
+            return 1
         url = env.get("P13N__SERVING__REDIS_URL") or settings.serving.redis_url
         serving = _serving_summary(settings, url)
         streaming = _stream_summary(settings, url)
-        activation = _activation_summary(settings, dates[-1])
-    finally:
-        if broker:
-            broker.stop()
-        if redis_server:
-            redis_server.stop()
     _print_ingest_summary(console, settings, dates)
     _print_identity_summary(console, settings)
     _print_customer_summary(console, settings, dates[-1])
     _print_recommendation_summary(console, settings, dates[-1])
     console.print(serving, soft_wrap=True, highlight=False)
     console.print(streaming, soft_wrap=True, highlight=False)
-    console.print(activation, soft_wrap=True, highlight=False)
+    console.print(_activation_summary(settings, dates[-1]), soft_wrap=True, highlight=False)
     _print_summary(console, settings, dates[-1], log)
+    _print_alerts(console, settings, started)
     return 0
+
+
+def backfill(
+    start: str, end: str, dags: tuple[str, ...] = NIGHTLY[:4], every_night: tuple[str, ...] | None = None
+) -> int:
+    """Run the nightly's DAGs for every date from `start` to `end` (inclusive) through Airflow, in
+    order, without a scheduler; stop at the first failure and say how to resume. By default each date
+    gets ingestion, identity, scoring and recommendations (each writes its date's partitions, so a
+    rerun replaces them); publish and exports are left to the live nightly."""
+    console, echo = _console()
+    settings = get_settings()
+    first, last = dt.date.fromisoformat(start), dt.date.fromisoformat(end)
+    if last < first:
+        console.print(f"[red]p13n backfill: --to {end} is before --from {start}[/]")
+        return 2
+    dates = [(first + dt.timedelta(days=i)).isoformat() for i in range((last - first).days + 1)]
+    plan = nightly_plan(dates, dags, every_night=dags if every_night is None else every_night)
+    log = _run_log(settings, "backfill")
+    env = airflow_env(settings)
+    console.print(f"[bold]p13n backfill[/] {start} … {end}: {len(plan)} DAG runs ({', '.join(dags)})")
+    started = dt.datetime.now(dt.UTC)
+    with local_services(settings, env, console.print):
+        failed = run_plan(plan, env, log, console, echo)
+    _print_alerts(console, settings, started)
+    if failed:
+        console.print(
+            f"resume with: p13n backfill --from {failed[1]} --to {end} --dag {' --dag '.join(dags)}"
+        )
+        return 1
+    console.print(f"[green]backfilled {len(dates)} dates[/]; log: {log}")
+    return 0
+
+
+def _print_alerts(console, settings, since: dt.datetime) -> None:
+    from p13n.alerts import read_alerts
+
+    alerts = read_alerts(settings, since)
+    for a in alerts:
+        console.print(f"[red]alert[/] {a['text']}", soft_wrap=True, highlight=False, markup=False)
 
 
 def _print_ingest_summary(console, settings, dates: list[str]) -> None:
@@ -409,25 +483,39 @@ def _stream_summary(settings, url: str) -> str:
 
 
 def _activation_summary(settings, day: str) -> str:
-    """Locally there are no Klaviyo or Mailchimp accounts: every audience goes to a CSV file in its
-    platform's import format, and the gold tables to the local Snowflake (what `export_audiences`
-    does with keys configured)."""
-    from p13n.activation.files import export_csv
-    from p13n.activation.snowflake import sync_tables
-    from p13n.activation.tasks import _csv_format
+    """What `export_audiences` did for the date: each audience's export (locally, with no platform
+    keys, each platform's import file: `activation.without_key: csv`) and the Snowflake sync."""
+    from p13n.lake.duck import duckdb_connection, scan, table_exists
 
-    as_of = dt.date.fromisoformat(day)
-    lines = ["[bold]Activation[/] (no platform keys locally: CSV files in each platform's import format)"]
-    for name in sorted(settings.activation.audiences):
-        fmt = _csv_format(settings, name)
-        path, rows = export_csv(settings, name, as_of, fmt)
-        lines.append(f"{name}: {rows:,} consenting customers → {path.relative_to(settings.data_dir)} ({fmt})")
-    synced = sync_tables(settings, as_of, progress=lambda _: None)
-    for t, v in synced.items():
-        lines.append(
-            f"Snowflake (fakesnow) P13N.GOLD.{t.split('.')[1].upper()}: {v['rows']:,} rows, {v['inserted']:,} inserted, "
-            f"{v['updated']:,} updated, {v['deleted']:,} deleted"
-        )
+    con, root = duckdb_connection(), settings.lake_root
+    lines = ["[bold]Activation[/] (export_audiences)"]
+    if table_exists(root, "ops.export_runs"):
+        rows = con.execute(
+            f"""SELECT audience, destination, added, updated, removed, unchanged, eligible
+                FROM {scan(root, "ops.export_runs")} WHERE as_of = ?
+                QUALIFY row_number() OVER (PARTITION BY audience, destination ORDER BY finished_at DESC) = 1
+                ORDER BY audience, destination""",
+            [day],
+        ).fetchall()
+        for audience, dest, added, updated, removed, unchanged, eligible in rows:
+            if dest.startswith("csv-"):
+                path = settings.data_dir / "exports" / audience / f"{day}-{dest[4:]}.csv"
+                where = path.relative_to(settings.data_dir) if path.exists() else "(file gone)"
+                lines.append(f"{audience} → {dest}: {added:,} consenting customers in {where}")
+            else:
+                lines.append(f"{audience} → {dest}: {eligible:,} eligible; {added:,} added, {updated:,} "
+                             f"updated, {removed:,} removed, {unchanged:,} unchanged")  # fmt: skip
+    if table_exists(root, "ops.warehouse_syncs"):
+        rows = con.execute(
+            f"""SELECT table_name, "rows", inserted, updated, deleted FROM {scan(root, "ops.warehouse_syncs")}
+                WHERE as_of_date = ? QUALIFY row_number() OVER (PARTITION BY table_name
+                ORDER BY synced_at DESC) = 1 ORDER BY table_name""",
+            [dt.date.fromisoformat(day)],
+        ).fetchall()
+        sf = settings.activation.snowflake
+        for t, n, ins, upd, dele in rows:
+            lines.append(f"Snowflake {sf.database}.{sf.schema_name}.{t.split('.')[1].upper()}: {n:,} rows, "
+                         f"{ins:,} inserted, {upd:,} updated, {dele:,} deleted")  # fmt: skip
     return "\n".join(lines)
 
 

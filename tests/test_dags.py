@@ -37,7 +37,28 @@ def test_every_dag_has_tags_owner_retries_and_docs(dagbag):
         assert dag.doc_md and len(dag.doc_md.strip()) > 40, f"{dag_id} has no doc_md"
         for task in dag.tasks:
             assert task.owner and task.owner != "airflow", f"{dag_id}.{task.task_id} has no owner"
-            assert task.retries is not None and task.retries >= 1, f"{dag_id}.{task.task_id} has no retries"
+            if task.trigger_rule != "one_failed":  # a watcher fails the run on purpose: no retry
+                assert task.retries is not None and task.retries >= 1, (
+                    f"{dag_id}.{task.task_id} has no retries"
+                )
+                assert task.retry_exponential_backoff, f"{dag_id}.{task.task_id} retries without backoff"
+                assert task.on_failure_callback, f"{dag_id}.{task.task_id} sends no failure alert"
+
+
+def test_the_nightly_chain_has_deadlines_and_ends_with_the_report(dagbag):
+    """Each nightly DAG has a deadline alert from `airflow.deadlines_minutes`, and the Assets chain them
+    from ingestion to the run report."""
+    nightly = ["ingest_sources", "resolve_identities", "score_customers", "recommend_products",
+               "publish_serving", "export_audiences"]  # fmt: skip
+    for dag_id in nightly:
+        (alert,) = dagbag.dags[dag_id].deadline
+        assert alert.interval.total_seconds() > 0 and "deadline_missed" in alert.callback.path
+    produced = {a.uri: dag_id for dag_id, dag in dagbag.dags.items() for t in dag.tasks for a in t.outlets}
+    report = dagbag.dags["run_report"]
+    condition = report.timetable.asset_condition  # AssetAll: both must have an event
+    assert type(condition).__name__ == "AssetAll"
+    waits = {a.uri for a in condition.objects}
+    assert {produced[u] for u in waits} == {"publish_serving", "export_audiences"}
 
 
 @pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)

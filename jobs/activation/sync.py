@@ -228,7 +228,7 @@ def compact(settings, destination: str, audience: str) -> None:
                     predicate=f"destination = '{d}' AND audience = '{a}'")  # fmt: skip
 
 
-def _log_run(settings, summary: RunSummary) -> None:
+def record_run(settings, summary: RunSummary) -> None:
     from deltalake import write_deltalake
 
     from p13n.lake.duck import table_uri
@@ -323,7 +323,7 @@ def sync(settings, audience: str, destination: str, as_of: dt.date, client=None,
     finally:
         summary.seconds = round(time.perf_counter() - t0, 3)
         summary.api_calls = getattr(client, "calls", 0)
-        _log_run(settings, summary)
+        record_run(settings, summary)
         progress(summary.text())
     return summary
 

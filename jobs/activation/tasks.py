@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 
 from p13n.config import get_settings
 from p13n.orchestration import progress
@@ -22,16 +23,24 @@ def audiences_for(schedule: str | None = None) -> list[tuple[str, str]]:
 def export(audience: str, to: str, as_of: str | dt.date, out: str | None = None) -> dict:
     """One audience to one destination (klaviyo, mailchimp) or to a CSV file (csv, csv-klaviyo,
     csv-mailchimp); returns the run summary as a dict."""
+    import os
     from pathlib import Path
 
     settings = get_settings()
     day = as_of if isinstance(as_of, dt.date) else dt.date.fromisoformat(as_of)
+    platform = getattr(settings.activation, to, None) if to in ("klaviyo", "mailchimp") else None
+    if platform and not os.environ.get(platform.credential_env) and settings.activation.without_key == "csv":
+        progress(f"{audience}: no ${platform.credential_env}, so {to}'s import file instead "
+                 "(activation.without_key: csv)")  # fmt: skip
+        to = f"csv-{to}"
     if to.startswith("csv"):
         from p13n.activation.files import export_csv
 
         fmt = to.split("-", 1)[1] if "-" in to else _csv_format(settings, audience)
+        t0 = time.perf_counter()
         path, rows = export_csv(settings, audience, day, fmt, Path(out) if out else None)
         progress(f"{audience}: {rows:,} customers written to {path} ({fmt}'s import format)")
+        record_file_export(settings, audience, f"csv-{fmt}", day, rows, time.perf_counter() - t0)
         return {"audience": audience, "destination": f"csv-{fmt}", "rows": rows, "path": str(path)}
     from p13n.activation.sync import sync
 
@@ -65,10 +74,33 @@ def _csv_format(settings, audience: str) -> str:
     return "mailchimp" if "mailchimp" in dests and "klaviyo" not in dests else "klaviyo"
 
 
-def warehouse_sync(as_of: str) -> dict:
-    from p13n.activation.snowflake import sync_tables
+def record_file_export(settings, audience: str, destination: str, as_of: dt.date, rows: int,
+                       seconds: float) -> None:  # fmt: skip
+    """A file export's row in `ops.export_runs`, shaped like a platform sync's (all rows are adds)."""
+    import uuid
 
-    return sync_tables(get_settings(), dt.date.fromisoformat(as_of), progress=progress)
+    from p13n.activation.sync import RunSummary, record_run
+
+    summary = RunSummary(destination, audience, as_of.isoformat(), uuid.uuid4().hex[:12], eligible=rows,
+                         added=rows, seconds=round(seconds, 2), status="succeeded")  # fmt: skip
+    record_run(settings, summary)
+
+
+WAREHOUSE_SYNCS = "ops.warehouse_syncs"
+
+
+def warehouse_sync(as_of: str) -> dict:
+    """Sync the gold tables to Snowflake and record each table's counts in `ops.warehouse_syncs`."""
+    from p13n.activation.snowflake import sync_tables
+    from p13n.lake.duck import append_rows
+
+    settings = get_settings()
+    day = dt.date.fromisoformat(as_of)
+    out = sync_tables(settings, day, progress=progress)
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    append_rows(settings, WAREHOUSE_SYNCS, [{"as_of_date": day, "table_name": t, **v, "synced_at": now}
+                                            for t, v in out.items()])  # fmt: skip
+    return out
 
 
 def export_task(audience: str, to: str, ds: str) -> dict:

@@ -39,3 +39,20 @@ def table_exists(root: str, table: str) -> bool:
     from deltalake import DeltaTable
 
     return DeltaTable.is_deltatable(table_uri(root, table))
+
+
+def append_rows(settings, table: str, rows: list[dict], schema=None) -> int:
+    """Append a few run records to a small `ops.*` table through delta-rs (no Spark needed)."""
+    import pyarrow as pa
+    from deltalake import write_deltalake
+
+    if not rows:
+        return 0
+    data = pa.Table.from_pylist(rows, schema=schema)
+    write_deltalake(
+        table_uri(settings.lake_root, table),
+        data,
+        mode="append",
+        storage_options=settings.lake.storage_options or None,
+    )
+    return len(rows)

@@ -34,8 +34,30 @@ def publish_date(ds: str, force: bool = False) -> dict:
     with redis_for(settings) as url:
         out = publish(settings, url, dt.date.fromisoformat(ds), force=force, progress=progress)
     progress(out.summary())
+    record_publish(settings, out)
     return {"version": out.version, "previous": out.previous, "keys": out.total_keys, "bytes": out.bytes,
             "seconds": {k: round(v, 2) for k, v in out.seconds.items()}}  # fmt: skip
+
+
+PUBLISH_RUNS = "ops.publish_runs"
+
+
+def record_publish(settings: Settings, out) -> None:
+    """One row per publish in `ops.publish_runs` (the run report's publish section reads it)."""
+    import pyarrow as pa
+
+    from p13n.lake.duck import append_rows
+
+    schema = pa.schema([("as_of_date", pa.date32()), ("version", pa.string()), ("previous", pa.string()),
+                        ("keys", pa.int64()), ("keys_by_kind", pa.string()), ("bytes", pa.int64()),
+                        ("seconds", pa.float64()), ("forced", pa.bool_()),
+                        ("published_at", pa.timestamp("us"))])  # fmt: skip
+    append_rows(settings, PUBLISH_RUNS, [{
+        "as_of_date": out.as_of, "version": out.version, "previous": out.previous, "keys": out.total_keys,
+        "keys_by_kind": json.dumps(out.keys, sort_keys=True), "bytes": out.bytes,
+        "seconds": round(sum(out.seconds.values()), 2), "forced": out.forced,
+        "published_at": dt.datetime.now(dt.UTC).replace(tzinfo=None),
+    }], schema)  # fmt: skip
 
 
 def serving_command(action: str, *, date: str | None = None, force: bool = False, to: str | None = None,

@@ -1,0 +1,102 @@
+"""The run report's plots: matplotlib figures rendered to inline SVG (no files, no JavaScript)."""
+
+from __future__ import annotations
+
+import io
+
+import pandas as pd
+
+BLUE, RED, GREY, GREEN = "#3b6ea5", "#c0392b", "#9aa5b1", "#2e8b57"
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"svg.fonttype": "none", "font.size": 9, "axes.spines.top": False,
+                         "axes.spines.right": False, "figure.dpi": 96})  # fmt: skip
+    return plt
+
+
+def _svg(fig) -> str:
+    out = io.StringIO()
+    fig.savefig(out, format="svg", bbox_inches="tight")
+    _plt().close(fig)
+    text = out.getvalue()
+    return text[text.index("<svg") :]  # drop the XML prologue: the SVG goes inline in the HTML
+
+
+def ingestion(df: pd.DataFrame) -> str:
+    """Rows per source, promoted vs quarantined (log scale: sources differ by orders of magnitude)."""
+    plt = _plt()
+    df = df.sort_values("read")
+    fig, ax = plt.subplots(figsize=(7.5, 0.22 * len(df) + 0.8))
+    ax.barh(df["source"], df["silver"].clip(lower=0.9), color=BLUE, label="promoted to silver")
+    ax.barh(df["source"], df["quarantined"].where(df["quarantined"] > 0), left=df["silver"].clip(lower=0.9),
+            color=RED, label="quarantined")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xlabel("rows in the day's batch (log scale)")
+    ax.legend(loc="lower right", frameon=False)
+    return _svg(fig)
+
+
+def bars(df: pd.DataFrame, label: str, value: str, title: str, color: str = BLUE, log: bool = False) -> str:
+    plt = _plt()
+    df = df.sort_values(value)
+    fig, ax = plt.subplots(figsize=(3.6, 0.24 * len(df) + 0.9))
+    ax.barh(df[label].astype(str), df[value], color=color)
+    for y, v in enumerate(df[value]):
+        ax.text(v, y, f" {v:,.0f}", va="center", fontsize=8)
+    if log:
+        ax.set_xscale("log")
+    ax.set_title(title, loc="left", fontsize=10)
+    ax.margins(x=0.25)
+    return _svg(fig)
+
+
+def cluster_sizes(df: pd.DataFrame) -> str:
+    """How many customers have 1, 2, 3… identity records (log scale)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 2.6))
+    ax.bar(df["records"].astype(int), df["customers"], color=BLUE)
+    ax.set_yscale("log")
+    ax.set_xlabel("identity records per customer")
+    ax.set_ylabel("customers (log)")
+    return _svg(fig)
+
+
+def movements(moves: pd.DataFrame) -> str:
+    """Lifecycle stage before → after as a heatmap with counts."""
+    plt = _plt()
+    grid = moves.pivot_table(index="before", columns="after", values="customers", aggfunc="sum", fill_value=0)
+    fig, ax = plt.subplots(figsize=(0.9 * len(grid.columns) + 2, 0.45 * len(grid) + 1))
+    ax.imshow(grid.to_numpy(), cmap="Blues", aspect="auto")
+    ax.set_xticks(range(len(grid.columns)), grid.columns, rotation=30, ha="right")
+    ax.set_yticks(range(len(grid.index)), grid.index)
+    ax.set_xlabel("stage now")
+    ax.set_ylabel("stage at the previous scoring")
+    peak = grid.to_numpy().max() or 1
+    for i, row in enumerate(grid.to_numpy()):
+        for j, v in enumerate(row):
+            if v:
+                ax.text(j, i, f"{v:,}", ha="center", va="center", fontsize=8,
+                        color="white" if v > peak / 2 else "black")  # fmt: skip
+    ax.spines[:].set_visible(False)
+    return _svg(fig)
+
+
+def item_concentration(per_item: pd.Series, catalog: int | None) -> str:
+    """How often each item is recommended, most recommended first (a long tail is healthy)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 2.6))
+    ax.plot(range(1, len(per_item) + 1), per_item.to_numpy(), color=BLUE)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("items, by how often they are recommended (log)")
+    ax.set_ylabel("personalized slots (log)")
+    if catalog:
+        ax.axvline(catalog, color=GREY, linestyle="--", linewidth=1)
+        ax.text(catalog, ax.get_ylim()[1], " catalog", va="top", fontsize=8, color=GREY)
+    return _svg(fig)

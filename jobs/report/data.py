@@ -1,0 +1,204 @@
+"""What the run report shows, read from the lake's run records (`ops.*`) and gold tables with DuckDB.
+
+Each function takes a DuckDB connection, the lake root and the run's date, and returns plain frames
+or dicts; a table that does not exist yet gives None (the report says that stage has not run).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pandas as pd
+
+from p13n.lake.duck import scan, table_exists
+
+
+def _frame(con, root: str, table: str, sql: str, params: list | None = None) -> pd.DataFrame | None:
+    if not table_exists(root, table):
+        return None
+    return con.execute(sql.replace("{t}", scan(root, table)), params or []).df()
+
+
+def ingestion(con, root: str, day: dt.date) -> pd.DataFrame | None:
+    """Per source for the day's batch: rows read, promoted, quarantined, top reasons, expectations."""
+    df = _frame(
+        con, root, "ops.ingest_runs",
+        """SELECT source, bronze_rows AS "read", silver_rows AS silver, quarantined, top_reasons,
+                  expectations_passed, expectations_failed
+           FROM {t} WHERE batch_date = ?
+           QUALIFY row_number() OVER (PARTITION BY source ORDER BY source) = 1 ORDER BY source""",
+        [day],
+    )  # fmt: skip
+    if df is not None:
+        df["top_reasons"] = [
+            "; ".join(f"{r} ×{n}" for r, n in json.loads(v or "[]")[:3]) for v in df["top_reasons"]
+        ]
+        df["quarantine_share"] = (df["quarantined"] / df["read"].where(df["read"] > 0)).fillna(0.0)
+    return df
+
+
+def validations(con, root: str, day: dt.date) -> pd.DataFrame | None:
+    """The latest Great Expectations outcome of every table validated for the day."""
+    return _frame(
+        con, root, "ops.validations",
+        """SELECT table_name, success, passed, failed, failures, warnings FROM {t} WHERE run_date = ?
+           QUALIFY row_number() OVER (PARTITION BY table_name ORDER BY validated_at DESC) = 1
+           ORDER BY success, table_name""",
+        [day],
+    )  # fmt: skip
+
+
+def identity(con, root: str, day: dt.date) -> dict | None:
+    """The identity runs up to the day (counts, merges and splits) and the day's cluster sizes."""
+    runs = _frame(
+        con, root, "ops.identity_runs",
+        "SELECT run_date, counts, changes, precision, recall, f1 FROM {t} WHERE run_date <= ? ORDER BY run_date",
+        [day],
+    )  # fmt: skip
+    if runs is None or runs.empty:
+        return None
+    rows = []
+    for r in runs.itertuples():
+        counts, changes = json.loads(r.counts or "{}"), json.loads(r.changes or "{}")
+        rows.append({"run_date": r.run_date, "records": counts.get("records"), "customers": counts.get("customers"),
+                     **{f"changes: {k}": v for k, v in sorted(changes.items())},
+                     "precision": r.precision, "recall": r.recall, "f1": r.f1})  # fmt: skip
+    sizes = _frame(
+        con, root, "gold.identity_graph",
+        """SELECT records, count(*) AS customers FROM (SELECT customer_id, count(*) AS records FROM {t}
+           WHERE run_date = (SELECT max(run_date) FROM {t} WHERE run_date <= ?) GROUP BY customer_id)
+           GROUP BY records ORDER BY records""",
+        [day],
+    )  # fmt: skip
+    return {"runs": pd.DataFrame(rows), "cluster_sizes": sizes}
+
+
+def segments(con, root: str, day: dt.date) -> dict | None:
+    """Segment sizes on the day, and lifecycle-stage movements since the previous scoring."""
+    if not table_exists(root, "gold.segments"):
+        return None
+    t = scan(root, "gold.segments")
+    sizes = {
+        col: con.execute(
+            f"SELECT {col} AS value, count(*) AS customers FROM {t} WHERE as_of_date = ? GROUP BY 1 ORDER BY 2 DESC",
+            [day],
+        ).df()
+        for col in ("lifecycle_stage", "rfm_segment", "persona", "churn_risk_band")
+    }
+    previous = con.execute(f"SELECT max(as_of_date) FROM {t} WHERE as_of_date < ?", [day]).fetchone()[0]
+    moves = None
+    if previous is not None:
+        moves = con.execute(
+            f"""SELECT coalesce(p.lifecycle_stage, '(new)') AS before, coalesce(n.lifecycle_stage, '(gone)') AS after,
+                       count(*) AS customers
+                FROM (SELECT * FROM {t} WHERE as_of_date = ?) n
+                FULL JOIN (SELECT * FROM {t} WHERE as_of_date = ?) p USING (customer_id) GROUP BY ALL""",
+            [day, previous],
+        ).df()  # fmt: skip
+    return {"sizes": sizes, "previous": previous, "moves": moves}
+
+
+def models(con, root: str, day: dt.date) -> pd.DataFrame | None:
+    """Each model's numeric metrics on the day next to its previous run's, and the gate decision."""
+    df = _frame(
+        con, root, "ops.model_runs",
+        """SELECT model, as_of_date, version, promoted, reasons, metrics FROM {t} WHERE as_of_date <= ?
+           QUALIFY row_number() OVER (PARTITION BY model, as_of_date ORDER BY version DESC) = 1""",
+        [day],
+    )  # fmt: skip
+    if df is None or df.empty:
+        return None
+    out = []
+    for model, runs in df.sort_values("as_of_date").groupby("model"):
+        now = runs[runs["as_of_date"] == pd.Timestamp(day).date()]
+        if now.empty:
+            continue
+        cur = now.iloc[-1]
+        before = runs[runs["as_of_date"] < pd.Timestamp(day).date()]
+        prev = json.loads(before.iloc[-1]["metrics"]) if len(before) else {}
+        prev_date = before.iloc[-1]["as_of_date"] if len(before) else None
+        for name, value in _numeric(json.loads(cur["metrics"] or "{}")).items():
+            old = _numeric(prev).get(name)
+            out.append({"model": model, "version": cur["version"], "promoted": bool(cur["promoted"]),
+                        "metric": name, "value": value, "previous": old, "previous_date": prev_date,
+                        "change": None if old is None else value - old})  # fmt: skip
+    return pd.DataFrame(out) if out else None
+
+
+def _numeric(metrics: dict, prefix: str = "") -> dict[str, float]:
+    """Flatten one level of nested metrics and keep the numbers."""
+    flat = {}
+    for k, v in metrics.items():
+        if isinstance(v, bool):
+            continue
+        if isinstance(v, int | float):
+            flat[prefix + k] = float(v)
+        elif isinstance(v, dict) and not prefix:
+            flat |= _numeric(v, f"{k}.")
+    return flat
+
+
+def recommendations(con, root: str, day: dt.date) -> dict | None:
+    """Coverage of the day's lists: customers per list type, sources of the personalized list, and how
+    often each item is recommended (catalog coverage and concentration)."""
+    if not table_exists(root, "gold.recommendations"):
+        return None
+    t = scan(root, "gold.recommendations")
+    lists = con.execute(
+        f"""SELECT list_type, count(DISTINCT customer_id) AS customers, count(*) AS "rows",
+                   count(DISTINCT sku) AS items FROM {t} WHERE as_of_date = ? GROUP BY 1 ORDER BY 1""",
+        [day],
+    ).df()
+    sources = con.execute(
+        f"""SELECT source, count(*) AS "rows" FROM {t} WHERE as_of_date = ? AND list_type = 'personalized'
+            GROUP BY 1 ORDER BY 2 DESC""",
+        [day],
+    ).df()
+    per_item = con.execute(
+        f"""SELECT count(*) AS times FROM {t} WHERE as_of_date = ? AND list_type = 'personalized'
+            GROUP BY sku ORDER BY 1 DESC""",
+        [day],
+    ).df()["times"]
+    customers = None
+    if table_exists(root, "gold.customer_profiles"):
+        customers = con.execute(f"SELECT count(*) FROM {scan(root, 'gold.customer_profiles')}").fetchone()[0]
+    catalog = None
+    if table_exists(root, "silver.products"):
+        catalog = con.execute(f"SELECT count(DISTINCT sku) FROM {scan(root, 'silver.products')}").fetchone()[
+            0
+        ]
+    return {
+        "lists": lists,
+        "sources": sources,
+        "per_item": per_item,
+        "customers": customers,
+        "catalog": catalog,
+    }
+
+
+def publish_and_exports(con, root: str, day: dt.date) -> dict:
+    """The day's publishes to the serving store, audience exports and warehouse syncs."""
+    return {
+        "publish": _frame(
+            con, root, "ops.publish_runs",
+            """SELECT version, previous, keys, keys_by_kind, bytes, seconds, forced, published_at
+               FROM {t} WHERE as_of_date = ? ORDER BY published_at""",
+            [day],
+        ),
+        "exports": _frame(
+            con, root, "ops.export_runs",
+            """SELECT audience, destination, status, eligible, added, updated, removed, unchanged, rejected,
+                      skipped_no_consent + skipped_erased + skipped_no_address AS skipped, seconds
+               FROM {t} WHERE as_of = ? QUALIFY row_number() OVER (PARTITION BY audience, destination
+               ORDER BY finished_at DESC) = 1 ORDER BY audience, destination""",
+            [day.isoformat()],
+        ),
+        "warehouse": _frame(
+            con, root, "ops.warehouse_syncs",
+            """SELECT table_name, "rows", inserted, updated, deleted, seconds FROM {t} WHERE as_of_date = ?
+               QUALIFY row_number() OVER (PARTITION BY table_name ORDER BY synced_at DESC) = 1
+               ORDER BY table_name""",
+            [day],
+        ),
+    }  # fmt: skip
