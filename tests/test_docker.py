@@ -1,0 +1,49 @@
+"""The production compose stack: `docker-compose config` accepts it, and the environment it gives each
+p13n container loads as valid `prod` settings pointing at the stack's services."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from p13n.config import REPO_ROOT, load_settings
+
+COMPOSE = ["docker-compose", "--env-file", "docker/.env.example", "-f", "docker/compose.yaml", "config"]
+
+
+@pytest.fixture(scope="module")
+def stack() -> dict:
+    if not shutil.which("docker-compose"):
+        pytest.fail("docker-compose is missing: `make services` installs it from Debian")
+    out = subprocess.run(COMPOSE, cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    return yaml.safe_load(out.stdout)
+
+
+def test_the_stack_has_every_service(stack):
+    assert set(stack["services"]) == {
+        "postgres", "airflow-init", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
+        "airflow-triggerer", "spark-master", "spark-worker-1", "spark-worker-2", "kafka", "redis",
+        "mlflow", "minio", "minio-init",
+    }  # fmt: skip
+    scheduler = stack["services"]["airflow-scheduler"]["environment"]
+    assert scheduler["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+    assert scheduler["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://airflow:")
+
+
+@pytest.mark.parametrize("service", ["airflow-scheduler", "spark-worker-1", "mlflow"])
+def test_each_p13n_container_loads_the_prod_settings(stack, service):
+    env = {k: str(v) for k, v in stack["services"][service]["environment"].items()}
+    s = load_settings(environ=env)
+    assert (s.env, s.lake_root, s.spark.master) == (
+        "prod",
+        "s3://p13n-lake/lake",
+        "spark://spark-master:7077",
+    )
+    assert (s.sources.kafka_bootstrap, s.serving.redis_url, s.mlflow_uri) == (
+        "kafka:9092", "redis://redis:6379/0", "http://mlflow:5000",
+    )  # fmt: skip
+    assert s.spark.conf["spark.hadoop.fs.s3a.endpoint"] == "http://minio:9000"
+    assert s.spark.conf["spark.hadoop.fs.s3.impl"] == "org.apache.hadoop.fs.s3a.S3AFileSystem"
