@@ -12,7 +12,7 @@ export P13N_ENV ?= local
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup services compose-check run test test-slow test-all lint format bench airflow lock clean
+.PHONY: help setup services compose-check run test bench-scale test-slow test-all lint format bench airflow lock clean
 
 help: ## List the make targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-11s\033[0m %s\n", $$1, $$2}'
@@ -63,6 +63,9 @@ format: setup ## Format the code with ruff
 
 bench: setup services ## Run every benchmark and print key=value figures
 	$(VENV)/bin/p13n bench all
+
+bench-scale: setup services ## The whole nightly at 100k and 1M customers (hours; not in CI): docs/scale.md
+	$(VENV)/bin/p13n bench scale --sizes $(or $(SIZES),100000,1000000)
 
 airflow: setup ## Start a local Airflow (standalone, SQLite) with the project's DAGs
 	$(VENV)/bin/p13n airflow standalone

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import subprocess
 import sys
 import time
@@ -60,7 +61,6 @@ def ensure_dataset(
     settings, customers: int, days: int, seed: int, echo=print, history_days: int = 365
 ) -> list[str]:
     """Generate a dataset when the landing zone is empty; return the days it holds."""
-    import json
 
     from p13n.generate.retail import generate
     from p13n.sources.catalog import catalog
@@ -149,8 +149,9 @@ def _console():
 
 
 def run_plan(plan: list[tuple[str, str]], env: dict[str, str], log: Path, console, echo,
-             before=None) -> tuple[str, str] | None:  # fmt: skip
-    """Run each (dag, date) through Airflow in order; stop at the first failure and return it."""
+             before=None, timings: list | None = None) -> tuple[str, str] | None:  # fmt: skip
+    """Run each (dag, date) through Airflow in order; stop at the first failure and return it.
+    Each run's (dag, date, seconds, succeeded) is appended to `timings` when given."""
     with console.status("preparing Airflow (metadata database)…"):
         ensure_airflow_db(env, log)
     for i, (dag_id, day) in enumerate(plan, 1):
@@ -158,6 +159,8 @@ def run_plan(plan: list[tuple[str, str]], env: dict[str, str], log: Path, consol
             before(dag_id, day)
         console.print(f"[cyan]DAG {dag_id}[/] {day}  [dim]({i}/{len(plan)})[/]")
         ok, seconds = run_dag(dag_id, day, env, log, echo=echo)
+        if timings is not None:
+            timings.append({"dag": dag_id, "date": day, "seconds": round(seconds, 1), "succeeded": ok})
         if not ok:
             console.print(f"[red]DAG {dag_id} {day} failed after {seconds:.0f}s[/]; full log: {log}")
             _print_tail(console, log)
@@ -177,7 +180,10 @@ def run_pipeline(customers: int = 2000, days: int = 2, seed: int = 42, history_d
     log = _run_log(settings, "run")
     env = airflow_env(settings)
     console.print(f"[bold]p13n run[/]  env={settings.env}  data={settings.data_dir}")
+    t0 = time.monotonic()
     dates = ensure_dataset(settings, customers, days, seed, echo=echo, history_days=history_days)
+    record = {"customers": customers, "days": days, "dates": dates, "generate_seconds": round(time.monotonic() - t0, 1),
+              "stages": [], "log": str(log)}  # fmt: skip
     started = dt.datetime.now(dt.UTC)
 
     def before(dag_id: str, _day: str) -> None:
@@ -186,7 +192,10 @@ def run_pipeline(customers: int = 2000, days: int = 2, seed: int = 42, history_d
             console.print(f"produced {live:,} live web events (500/s) for the stream consumer")
 
     with local_services(settings, env, console.print):
-        failed = run_plan(nightly_plan(dates, after=AFTER), env, log, console, echo, before=before)
+        failed = run_plan(nightly_plan(dates, after=AFTER), env, log, console, echo, before=before,
+                          timings=record["stages"])  # fmt: skip
+        record["succeeded"] = failed is None
+        log.with_suffix(".json").write_text(json.dumps(record, indent=2))
         if failed:
             _print_alerts(console, settings, started)
             return 1
@@ -201,8 +210,25 @@ def run_pipeline(customers: int = 2000, days: int = 2, seed: int = 42, history_d
     console.print(streaming, soft_wrap=True, highlight=False)
     console.print(_activation_summary(settings, dates[-1]), soft_wrap=True, highlight=False)
     _print_summary(console, settings, dates[-1], log)
+    _print_stage_times(console, record)
     _print_alerts(console, settings, started)
     return 0
+
+
+def _print_stage_times(console, record: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title="Stage times")
+    for col in ("DAG", "date", "seconds"):
+        table.add_column(col, justify="right" if col == "seconds" else "left")
+    if record.get("generate_seconds", 0) >= 1:
+        table.add_row("(generate the dataset)", "", f"{record['generate_seconds']:,.0f}")
+    for st in record["stages"]:
+        table.add_row(st["dag"], st["date"], f"{st['seconds']:,.0f}")
+    total = sum(st["seconds"] for st in record["stages"])
+    table.add_section()
+    table.add_row("total through Airflow", "", f"{total:,.0f}")
+    console.print(table)
 
 
 def backfill(
@@ -245,7 +271,6 @@ def _print_alerts(console, settings, since: dt.datetime) -> None:
 
 
 def _print_ingest_summary(console, settings, dates: list[str]) -> None:
-    import json
 
     from deltalake import DeltaTable
     from rich.table import Table
@@ -317,7 +342,6 @@ def _fmt_share(v) -> str:
 
 def _print_identity_summary(console, settings) -> None:
     """One line per identity run: records, customers, changes and, on generated data, F1."""
-    import json
 
     import pyarrow as pa
     from deltalake import DeltaTable
@@ -349,7 +373,6 @@ def _print_identity_summary(console, settings) -> None:
 
 def _print_customer_summary(console, settings, day: str) -> None:
     """The models' gate decisions and metrics, the segment sizes and the cluster personas of `day`."""
-    import json
 
     from rich.table import Table
 
@@ -584,6 +607,18 @@ def _print_summary(console, settings, logical_date: str, log: Path) -> None:
             )
     console.print(table)
     docs = settings.data_dir / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
+    report = settings.data_dir / "reports" / logical_date / "index.html"
     console.print(
-        f"Lake: {root}\nRun log: {log}\nData Docs: {docs}\nAirflow UI: make airflow (http://localhost:8080)"
+        "[bold]Where to look[/]\n"
+        f"  Run report:  {report}"
+        + ("" if report.exists() else " (not written: run_report did not run)")
+        + "\n"
+        f"  Data Docs:   {docs}\n"
+        "  Airflow UI:  make airflow → http://localhost:8080 (DAG runs, task logs, 'p13n run reports' in the menu)\n"
+        f"  MLflow UI:   {sys.executable.rsplit('/', 1)[0]}/mlflow ui --backend-store-uri {settings.mlflow_uri}\n"
+        f"  SQL:         p13n sql customer_360 --limit 10  (sql/ holds the analysts' views)\n"
+        f"  Lake:        {root}\n"
+        f"  Run log:     {log}",
+        soft_wrap=True,
+        highlight=False,
     )

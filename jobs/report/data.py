@@ -109,13 +109,14 @@ def models(con, root: str, day: dt.date) -> pd.DataFrame | None:
     )  # fmt: skip
     if df is None or df.empty:
         return None
+    df["as_of_date"] = pd.to_datetime(df["as_of_date"]).dt.date
     out = []
     for model, runs in df.sort_values("as_of_date").groupby("model"):
-        now = runs[runs["as_of_date"] == pd.Timestamp(day).date()]
+        now = runs[runs["as_of_date"] == day]
         if now.empty:
             continue
         cur = now.iloc[-1]
-        before = runs[runs["as_of_date"] < pd.Timestamp(day).date()]
+        before = runs[runs["as_of_date"] < day]
         prev = json.loads(before.iloc[-1]["metrics"]) if len(before) else {}
         prev_date = before.iloc[-1]["as_of_date"] if len(before) else None
         for name, value in _numeric(json.loads(cur["metrics"] or "{}")).items():

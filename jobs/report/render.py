@@ -128,7 +128,7 @@ def _identity(d) -> Section:
     runs = d["runs"]
     last = runs.iloc[-1]
     summary = f"{int(last['records'] or 0):,} identity records resolved into {int(last['customers'] or 0):,} customers."
-    change_cols = [c for c in runs.columns if c.startswith("changes: ")]
+    change_cols = sorted(c for c in runs.columns if c.startswith("changes: "))
     if change_cols:
         summary += (
             " Changes on the day: "
@@ -144,7 +144,7 @@ def _identity(d) -> Section:
 
 
 def _segments(d) -> Section:
-    if not d:
+    if not d or d["sizes"]["lifecycle_stage"].empty:
         return _missing("Segments", "segments", "Scoring")
     sizes = d["sizes"]
     names = {"lifecycle_stage": "Lifecycle stage", "rfm_segment": "RFM segment", "persona": "Cluster persona",
@@ -177,7 +177,7 @@ def _models(df) -> Section:
 
 
 def _recommendations(d) -> Section:
-    if not d:
+    if not d or d["lists"].empty:
         return _missing("Recommendations", "recommendations", "Recommendation")
     lists, per_item = d["lists"], d["per_item"]
     pers = lists[lists["list_type"] == "personalized"]
