@@ -90,13 +90,14 @@ def ensure_dataset(
     return [(start + dt.timedelta(days=d)).isoformat() for d in range(info["days"])]
 
 
-# The nightly, in the order its Assets chain it: each night's ingestion and identity resolution;
-# then scoring, recommendations, the publish and the exports of the last night (a DAG run for each
+# The nightly, in the order its Assets chain it: each night's ingestion, identity resolution and
+# scoring (so the run report can show segment movements and model metrics against the previous
+# night); then recommendations, the publish and the exports of the last night (a DAG run for each
 # night would be the same: `make run` shows one, to stay short); the live stream, maintenance and the
 # run report at the end.
 NIGHTLY = ("ingest_sources", "resolve_identities", "score_customers", "recommend_products",
            "publish_serving", "export_audiences")  # fmt: skip
-EVERY_NIGHT = ("ingest_sources", "resolve_identities")
+EVERY_NIGHT = ("ingest_sources", "resolve_identities", "score_customers")
 AFTER = ("stream_events", "lake_maintenance", "run_report")
 
 

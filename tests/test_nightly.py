@@ -137,6 +137,7 @@ def test_backfill_plan_runs_each_night_then_the_rest_on_the_last_date():
     assert nightly_plan(dates) == [
         ("ingest_sources", "2024-03-01"),
         ("resolve_identities", "2024-03-01"),
+        ("score_customers", "2024-03-01"),
         ("ingest_sources", "2024-03-02"),
         ("resolve_identities", "2024-03-02"),
         ("score_customers", "2024-03-02"),

@@ -38,6 +38,9 @@ def run_size(customers: int, days: int = 2, keep: bool = False, log=print) -> di
     if base.exists() and not keep:
         shutil.rmtree(base)
     env = {**os.environ, "P13N_DATA_DIR": str(base), "P13N_ENV": os.environ.get("P13N_ENV", "local")}
+    # The Spark driver holds a whole table's partition when it writes the profiles: 4 GB (make run's
+    # default) runs out of memory from about 100k customers. This machine has 24 GB.
+    env.setdefault("P13N__SPARK__DRIVER_MEMORY", driver_memory(customers))
     out_log = base.parent / f"{customers}.out"
     base.parent.mkdir(parents=True, exist_ok=True)
     log(f"scale {customers:,} customers × {days} days: output in {out_log}")
@@ -79,6 +82,10 @@ def run_size(customers: int, days: int = 2, keep: bool = False, log=print) -> di
     if not keep and code == 0:
         shutil.rmtree(base / "landing", ignore_errors=True)  # the bulk of the disk; the lake stays for a look
     return figures
+
+
+def driver_memory(customers: int) -> str:
+    return "4g" if customers < 50_000 else ("10g" if customers < 500_000 else "16g")
 
 
 def _outputs(lake: Path, day: str | None) -> dict:

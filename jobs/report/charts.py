@@ -29,16 +29,22 @@ def _svg(fig) -> str:
 
 
 def ingestion(df: pd.DataFrame) -> str:
-    """Rows per source, promoted vs quarantined (log scale: sources differ by orders of magnitude)."""
+    """Per source: rows in the day's batch (log scale: sources differ by orders of magnitude) and the
+    share of them quarantined, side by side."""
     plt = _plt()
     df = df.sort_values("read")
-    fig, ax = plt.subplots(figsize=(7.5, 0.22 * len(df) + 0.8))
-    ax.barh(df["source"], df["silver"].clip(lower=0.9), color=BLUE, label="promoted to silver")
-    ax.barh(df["source"], df["quarantined"].where(df["quarantined"] > 0), left=df["silver"].clip(lower=0.9),
-            color=RED, label="quarantined")  # fmt: skip
-    ax.set_xscale("log")
-    ax.set_xlabel("rows in the day's batch (log scale)")
-    ax.legend(loc="lower right", frameon=False)
+    fig, (rows, share) = plt.subplots(1, 2, sharey=True, figsize=(8, 0.22 * len(df) + 0.9),
+                                      gridspec_kw={"width_ratios": [3, 2]})  # fmt: skip
+    rows.barh(df["source"], df["read"].where(df["read"] > 0), color=BLUE)  # no bar for an empty batch
+    rows.set_xscale("log")
+    rows.set_xlabel("rows read (log scale)")
+    pct = 100 * df["quarantine_share"]
+    share.barh(df["source"], pct, color=RED)
+    for y, (v, q) in enumerate(zip(pct, df["quarantined"], strict=True)):
+        if q:
+            share.text(v, y, f" {q:,}", va="center", fontsize=7)
+    share.set_xlabel("quarantined (% of rows; labels: rows)")
+    share.margins(x=0.2)
     return _svg(fig)
 
 
