@@ -8,7 +8,8 @@ splits, cluster sizes), segment sizes and movements, model metrics against the p
 recommendation coverage, publish and export counts, and the day's alerts.
 
 It is written to `<data_dir>/reports/<date>/index.html`; the Airflow UI links to it (the
-**p13n run reports** entry of the navigation, served by the p13n plugin at `/p13n/reports/`).
+**p13n run reports** entry of the navigation, served by the p13n plugin at `/p13n/reports/`):
+[the latest report](/p13n/reports/latest) · [every report](/p13n/reports/).
 `p13n report --date D` writes it by hand.
 """
 
