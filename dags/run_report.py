@@ -18,6 +18,7 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import Asset, dag, task
 
+from p13n.alerts import deadline
 from p13n.orchestration import dag_defaults
 
 
@@ -30,6 +31,7 @@ from p13n.orchestration import dag_defaults
     catchup=False,
     max_active_runs=1,
     default_args=dag_defaults(),
+    deadline=deadline("run_report"),
     tags=["p13n", "report"],
     doc_md=__doc__,
 )

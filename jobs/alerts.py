@@ -166,7 +166,7 @@ def deadline(dag_id: str, settings: Settings | None = None):
     minutes of being queued, or None when it has no budget."""
     settings = settings or get_settings()
     minutes = settings.airflow.deadlines_minutes.get(dag_id)
-    if not minutes:
+    if not minutes or not settings.airflow.deadline_alerts:
         return None
     from airflow.sdk import AsyncCallback, DeadlineAlert, DeadlineReference
 

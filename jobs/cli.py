@@ -231,9 +231,11 @@ def _cmd_expectations(args: argparse.Namespace) -> int:
 def _cmd_airflow(args: argparse.Namespace) -> int:
     import os
 
-    from p13n.orchestration import airflow_env
+    from p13n.orchestration import airflow_env, dags_test_env
 
     env = airflow_env()
+    if args.airflow_args[:2] == ["dags", "test"]:
+        env = dags_test_env(env)
     airflow = os.path.join(os.path.dirname(sys.executable), "airflow")
     os.execve(airflow, [airflow, *args.airflow_args], env)
     return 0  # not reached

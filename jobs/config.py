@@ -82,6 +82,7 @@ class AirflowSettings(_Section):
     alert_webhook_env: str = "P13N_ALERT_WEBHOOK_URL"  # the variable holding the webhook URL (a secret)
     # DAG id -> minutes a run may take after it is queued before a deadline alert goes out.
     deadlines_minutes: dict[str, int] = Field(default_factory=dict)
+    deadline_alerts: bool = True  # off: DAGs are parsed without their deadlines (`airflow dags test`)
 
 
 class SourcesSettings(_Section):

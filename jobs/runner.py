@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from p13n.config import get_settings
-from p13n.orchestration import PROGRESS_MARK, airflow_env
+from p13n.orchestration import PROGRESS_MARK, airflow_env, dags_test_env
 
 
 def _airflow_bin() -> str:
@@ -40,7 +40,7 @@ def run_dag(dag_id: str, logical_date: str, env: dict[str, str], log: Path, echo
         out.write(f"\n===== airflow dags test {dag_id} {logical_date}\n")
         proc = subprocess.Popen(
             [_airflow_bin(), "dags", "test", dag_id, logical_date],
-            env=env,
+            env=dags_test_env(env),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

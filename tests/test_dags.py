@@ -49,7 +49,7 @@ def test_the_nightly_chain_has_deadlines_and_ends_with_the_report(dagbag):
     """Each nightly DAG has a deadline alert from `airflow.deadlines_minutes`, and the Assets chain them
     from ingestion to the run report."""
     nightly = ["ingest_sources", "resolve_identities", "score_customers", "recommend_products",
-               "publish_serving", "export_audiences"]  # fmt: skip
+               "publish_serving", "export_audiences", "run_report"]  # fmt: skip
     for dag_id in nightly:
         (alert,) = dagbag.dags[dag_id].deadline
         assert alert.interval.total_seconds() > 0 and "deadline_missed" in alert.callback.path

@@ -80,7 +80,9 @@ def test_a_failed_task_alerts_through_the_log_and_the_webhook(settings, hook, tm
     assert logged == sent
     assert hook.url not in log.read_text()  # the webhook URL is a secret: never in a log
 
-    # Without the fault the same DAG writes the report (on an empty lake: every section "not run yet").
+    # Without the fault the same DAG writes the report (on an empty lake: every section "not run yet");
+    # run_report has a deadline, which `airflow dags test` of Airflow 3.3 cannot take (apache/airflow#73428):
+    # the run succeeding here shows the runner parses DAGs without them.
     env.pop("P13N_FAULTS")
     ok, _ = run_dag("run_report", "2024-03-02", env, log, echo=lambda _l: None)
     assert ok, log.read_text()[-3000:]
