@@ -44,7 +44,9 @@ def table_exists(root: str, table: str) -> bool:
 def append_rows(settings, table: str, rows: list[dict], schema=None) -> int:
     """Append a few run records to a small `ops.*` table through delta-rs (no Spark needed)."""
     import pyarrow as pa
-    from deltalake import write_deltalake
+    from deltalake import CommitProperties, write_deltalake
+
+    from p13n.runctx import RunContext
 
     if not rows:
         return 0
@@ -54,5 +56,6 @@ def append_rows(settings, table: str, rows: list[dict], schema=None) -> int:
         data,
         mode="append",
         storage_options=settings.lake.storage_options or None,
+        commit_properties=CommitProperties(custom_metadata=RunContext.from_env().commit_metadata()),
     )
     return len(rows)
