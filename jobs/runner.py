@@ -61,7 +61,6 @@ def ensure_dataset(
     settings, customers: int, days: int, seed: int, echo=print, history_days: int = 365
 ) -> list[str]:
     """Generate a dataset when the landing zone is empty; return the days it holds."""
-
     from p13n.generate.retail import generate
     from p13n.sources.catalog import catalog
     from p13n.sources.simulate import load_warehouse
@@ -110,7 +109,7 @@ def nightly_plan(dates: list[str], dags: tuple[str, ...] = NIGHTLY, every_night:
 
 
 @contextmanager
-def local_services(settings, env: dict[str, str], say, replay: bool = True):
+def local_services(settings, env: dict[str, str], say):
     """The embedded Redis and Kafka broker the DAGs use when none is configured (their addresses go
     into `env`); the broker is refilled with the landing zone's topics. Stopped on exit."""
     from p13n.services.kafka import EmbeddedBroker
@@ -127,7 +126,7 @@ def local_services(settings, env: dict[str, str], say, replay: bool = True):
         if not settings.sources.kafka_bootstrap:
             broker = EmbeddedBroker(log_path=settings.logs_dir / "kafka-broker.log").start()
             env["P13N_KAFKA_BOOTSTRAP"] = broker.bootstrap
-            sent = replay_topics(settings, catalog(), broker.bootstrap) if replay else 0
+            sent = replay_topics(settings, catalog(), broker.bootstrap)
             say(f"embedded Kafka broker on {broker.bootstrap}: replayed {sent:,} events")
         yield env
     finally:
@@ -272,7 +271,6 @@ def _print_alerts(console, settings, since: dt.datetime) -> None:
 
 
 def _print_ingest_summary(console, settings, dates: list[str]) -> None:
-
     from deltalake import DeltaTable
     from rich.table import Table
 
@@ -343,7 +341,6 @@ def _fmt_share(v) -> str:
 
 def _print_identity_summary(console, settings) -> None:
     """One line per identity run: records, customers, changes and, on generated data, F1."""
-
     import pyarrow as pa
     from deltalake import DeltaTable
     from rich.table import Table
@@ -374,7 +371,6 @@ def _print_identity_summary(console, settings) -> None:
 
 def _print_customer_summary(console, settings, day: str) -> None:
     """The models' gate decisions and metrics, the segment sizes and the cluster personas of `day`."""
-
     from rich.table import Table
 
     from p13n.lake.duck import duckdb_connection
