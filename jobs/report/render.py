@@ -214,7 +214,7 @@ def _delivery(d: dict) -> Section:
         status = "warn"
     exp = d["exports"]
     if exp is not None and len(exp):
-        failed = exp[exp["status"] != "succeeded"]
+        failed = exp[~exp["status"].str.startswith("succeeded")]  # "succeeded with rejections" counts
         parts.append(f"{len(exp)} audience exports, {int(exp['added'].sum() + exp['updated'].sum()):,} profiles sent"
                      + (f", {len(failed)} not succeeded" if len(failed) else ""))  # fmt: skip
         status = "fail" if len(failed) else status
