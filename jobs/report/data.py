@@ -26,8 +26,7 @@ def ingestion(con, root: str, day: dt.date) -> pd.DataFrame | None:
         con, root, "ops.ingest_runs",
         """SELECT source, bronze_rows AS "read", silver_rows AS silver, quarantined, top_reasons,
                   expectations_passed, expectations_failed
-           FROM {t} WHERE batch_date = ?
-           QUALIFY row_number() OVER (PARTITION BY source ORDER BY source) = 1 ORDER BY source""",
+           FROM {t} WHERE batch_date = ? ORDER BY source""",  # one row per source: a rerun replaces the date
         [day],
     )  # fmt: skip
     if df is not None:
