@@ -461,7 +461,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Generates a dataset when the landing zone is empty, then runs the DAGs through Airflow "
         "for each day of it.",
     )
-    p.add_argument("--customers", type=int, default=2000, help="customers to generate when there is no data")
+    p.add_argument(
+        "--customers", type=int, default=20_000, help="customers to generate when there is no data"
+    )
     p.add_argument("--days", type=int, default=2, help="days to generate when there is no data")
     p.add_argument(
         "--history-days", type=int, default=365, help="days of purchase history before the first day"

@@ -174,7 +174,7 @@ def _run_log(settings, what: str) -> Path:
     return settings.logs_dir / f"{what}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}.log"
 
 
-def run_pipeline(customers: int = 2000, days: int = 2, seed: int = 42, history_days: int = 365) -> int:
+def run_pipeline(customers: int = 20_000, days: int = 2, seed: int = 42, history_days: int = 365) -> int:
     console, echo = _console()
     settings = get_settings()
     log = _run_log(settings, "run")

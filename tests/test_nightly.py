@@ -92,6 +92,34 @@ def test_a_failed_task_alerts_through_the_log_and_the_webhook(settings, hook, tm
     assert len(hook.bodies) == 1
 
 
+@pytest.mark.airflow
+def test_a_failed_export_fails_the_run_but_still_announces_the_exports(settings, tmp_path):
+    """No platform key (the test overlay fails without one): every export task fails and alerts once;
+    the warehouse sync still runs, `announce` still updates the Asset the run report waits for, and
+    the watcher fails the DAG run without a second alert."""
+    import subprocess
+
+    from p13n.runner import _airflow_bin
+
+    env = airflow_env(settings)
+    own = settings.model_copy(update={"data_dir": tmp_path / "data"})
+    env |= {"P13N_DATA_DIR": str(own.data_dir), "P13N__AIRFLOW__RETRIES": "0"}
+    log = tmp_path / "airflow.log"
+    ensure_airflow_db(env, log)
+    ok, _ = run_dag("export_audiences", "2024-03-02", env, log, echo=lambda _l: None)
+    assert not ok
+    sent = alerts.read_alerts(own)
+    assert [a["task_id"] for a in sent] == ["export"] * 4  # vip_win_back ×2, high_churn_risk, new_customers
+    (run_id,) = {a["run_id"] for a in sent}
+    out = subprocess.run([_airflow_bin(), "tasks", "states-for-dag-run", "export_audiences", run_id, "-o", "json"],
+                         env=env, capture_output=True, text=True, check=True)  # fmt: skip
+    states: dict[str, set] = {}
+    for ti in json.loads(out.stdout[out.stdout.index("[") :]):
+        states.setdefault(ti["task_id"], set()).add(ti["state"])
+    assert states == {"audiences": {"success"}, "export": {"failed"}, "warehouse": {"success"},
+                      "announce": {"success"}, "watcher": {"failed"}}  # fmt: skip
+
+
 def test_deadline_alerts_are_configured_and_sent(settings, hook, monkeypatch):
     monkeypatch.setenv("P13N_ALERT_WEBHOOK_URL", hook.url)
     monkeypatch.setattr(alerts, "get_settings", lambda: _with_alerts(settings, "webhook"))
