@@ -229,11 +229,10 @@ def compact(settings, destination: str, audience: str) -> None:
 
 
 def record_run(settings, summary: RunSummary) -> None:
-    from deltalake import write_deltalake
+    """The run's summary row in `ops.export_runs` (with the run's commit metadata, as every ops record)."""
+    from p13n.lake.duck import append_rows
 
-    from p13n.lake.duck import table_uri
-
-    write_deltalake(table_uri(settings.lake_root, RUNS), pd.DataFrame([summary.row()]), mode="append")
+    append_rows(settings, RUNS, [summary.row()])
 
 
 # --- one sync ---------------------------------------------------------------------------------------
