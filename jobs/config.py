@@ -173,6 +173,8 @@ class RecommendSettings(_Section):
         default_factory=lambda: {"factors": [32, 64], "regularization": [0.01, 0.1], "alpha": [5.0, 20.0]}
     )
     als_iterations: int = Field(15, gt=0)
+    # The grid search fits and scores on a seeded sample of at most this many customers (null: all).
+    tune_max_users: int | None = Field(20_000, gt=0)
     # Blend of the personalized list: reciprocal-rank fusion weight per component.
     blend: dict[str, float] = Field(
         default_factory=lambda: {

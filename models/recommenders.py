@@ -49,8 +49,20 @@ class Interactions:
         return recs.assign(user=self.users[recs["user"].to_numpy()], item=self.items[recs["item"].to_numpy()])
 
 
+def _frame(users: np.ndarray, items: np.ndarray, rank: np.ndarray, score: np.ndarray) -> pd.DataFrame:
+    out = pd.DataFrame(
+        {
+            "user": users.astype(np.int64, copy=False),
+            "item": items.astype(np.int64, copy=False),
+            "rank": rank.astype(np.int64, copy=False),
+            "score": score.astype(np.float64, copy=False),
+        }
+    )
+    return out[np.isfinite(out["score"]) & (out["score"] > 0)].reset_index(drop=True)
+
+
 def _top_k(scores: np.ndarray, users: np.ndarray, k: int, seen: sparse.csr_matrix | None) -> pd.DataFrame:
-    """The k best-scoring items per row of `scores` (users × items), skipping `seen` items."""
+    """The k best-scoring items per row of a dense `scores` (users × items), skipping `seen` items."""
     scores = np.array(scores, dtype=np.float64, copy=True)
     if seen is not None:
         rows = seen[users]
@@ -61,25 +73,73 @@ def _top_k(scores: np.ndarray, users: np.ndarray, k: int, seen: sparse.csr_matri
     order = np.argsort(-part_scores, axis=1, kind="stable")
     items = np.take_along_axis(part, order, axis=1)
     best = np.take_along_axis(part_scores, order, axis=1)
-    out = pd.DataFrame(
-        {
-            "user": np.repeat(users, k),
-            "item": items.ravel(),
-            "rank": np.tile(np.arange(1, k + 1), len(users)),
-            "score": best.ravel(),
-        }
+    return _frame(np.repeat(users, k), items.ravel(), np.tile(np.arange(1, k + 1), len(users)), best.ravel())
+
+
+def _top_k_sparse(
+    scores: sparse.spmatrix, users: np.ndarray, k: int, seen: sparse.csr_matrix | None
+) -> pd.DataFrame:
+    """The k best positive scores per row of a sparse `scores`, ties to the lower item index, `seen`
+    items skipped. Only the stored entries are sorted: a user with a few interactions costs a few
+    entries, not a row of the whole catalog."""
+    coo = sparse.coo_matrix(scores)
+    row, col, val = coo.row, coo.col, coo.data.astype(np.float64)
+    keep = np.isfinite(val) & (val > 0)
+    if seen is not None:
+        seen_rows = sparse.csr_matrix(seen[users])
+        keep &= np.asarray(seen_rows[row, col]).ravel() == 0
+    row, col, val, rank = _ranked_within_rows(row[keep], col[keep], val[keep])
+    top = rank <= k
+    return _frame(users[row[top]], col[top], rank[top], val[top])
+
+
+def _ranked_within_rows(row: np.ndarray, col: np.ndarray, val: np.ndarray):
+    """The entries sorted by row, value descending, column; with each one's rank (1…) in its row."""
+    order = np.lexsort((col, -val, row))
+    row, col, val = row[order], col[order], val[order]
+    starts = np.flatnonzero(np.r_[True, row[1:] != row[:-1]]) if len(row) else np.array([], dtype=np.int64)
+    rank = np.arange(len(row)) - np.repeat(starts, np.diff(np.r_[starts, len(row)])) + 1
+    return row, col, val, rank
+
+
+def _top_k_factors(
+    query: np.ndarray, item_factors: np.ndarray, users: np.ndarray, k: int, seen: sparse.csr_matrix | None
+) -> pd.DataFrame:
+    """The k best `query @ item_factors.T` per user, `seen` items skipped: `implicit`'s multithreaded
+    top-k, which never materializes the users × items score matrix."""
+    from implicit.cpu.topk import topk
+
+    k = min(k, item_factors.shape[0])
+    filt = sparse.csr_matrix(seen[users], dtype=np.float32) if seen is not None else None
+    ids, best = topk(
+        np.ascontiguousarray(item_factors, dtype=np.float32),
+        np.ascontiguousarray(query, dtype=np.float32),
+        k,
+        filter_query_items=filt,
+        num_threads=0,
     )
-    return out[np.isfinite(out["score"]) & (out["score"] > 0)].reset_index(drop=True)
+    return _frame(np.repeat(users, k), ids.ravel(), np.tile(np.arange(1, k + 1), len(users)), best.ravel())
 
 
 def _batched(users: np.ndarray, k: int, score_fn, seen, batch: int | None = None) -> pd.DataFrame:
+    """`score_fn(users)` per batch of users → the top k of each: dense scores (users × items) or
+    sparse ones (only the stored entries are candidates)."""
     if batch is None:  # a dense users × items block of at most ~16M scores (128 MB) at a time
         n_items = seen.shape[1] if seen is not None else 50_000
         batch = int(np.clip(16_000_000 // max(n_items, 1), 32, 2048))
-    parts = [
-        _top_k(score_fn(users[i : i + batch]), users[i : i + batch], k, seen)
-        for i in range(0, len(users), batch)
-    ]
+    parts = []
+    for chunk in _chunks(users, batch):
+        scores = score_fn(chunk)
+        top = _top_k_sparse if sparse.issparse(scores) else _top_k
+        parts.append(top(scores, chunk, k, seen))
+    return _concat(parts)
+
+
+def _chunks(users: np.ndarray, size: int):
+    return (users[i : i + size] for i in range(0, len(users), size))
+
+
+def _concat(parts: list[pd.DataFrame]) -> pd.DataFrame:
     return (
         pd.concat(parts, ignore_index=True)
         if parts
@@ -98,9 +158,22 @@ class Popularity:
         return self
 
     def recommend(self, users: np.ndarray, k: int, exclude_seen: bool = True) -> pd.DataFrame:
-        return _batched(
-            users, k, lambda u: np.tile(self.scores, (len(u), 1)), self.seen if exclude_seen else None
-        )
+        """The most popular items each user has not seen, ties to the lower item index. One global
+        ranking; a user's list is its first k items they have not seen."""
+        ranked = np.lexsort((np.arange(len(self.scores)), -self.scores))
+        ranked = ranked[self.scores[ranked] > 0]
+        parts = []
+        for chunk in _chunks(users, 8192):
+            if not exclude_seen:
+                cand, ok = ranked[:k], np.ones((len(chunk), min(k, len(ranked))), dtype=bool)
+            else:
+                rows = self.seen[chunk]
+                cand = ranked[: k + int(np.diff(rows.indptr).max(initial=0))]
+                ok = rows[:, cand].toarray() == 0
+            pos = np.cumsum(ok, axis=1)
+            r, c = np.nonzero(ok & (pos <= k))
+            parts.append(_frame(chunk[r], cand[c], pos[r, c], self.scores[cand[c]]))
+        return _concat(parts)
 
 
 class ImplicitALS:
@@ -133,7 +206,8 @@ class ImplicitALS:
 
     def recommend(self, users: np.ndarray, k: int, exclude_seen: bool = True) -> pd.DataFrame:
         uf, itf = self.model.user_factors, self.model.item_factors
-        return _batched(users, k, lambda u: uf[u] @ itf.T, self.seen if exclude_seen else None)
+        seen = self.seen if exclude_seen else None
+        return _concat([_top_k_factors(uf[u], itf, u, k, seen) for u in _chunks(users, 65_536)])
 
 
 class ItemSimilarity:
@@ -160,7 +234,7 @@ class ItemSimilarity:
     def similar_items(self, k: int) -> pd.DataFrame:
         """item, similar item, rank, score: the precomputed neighbours of every item."""
         rows = np.arange(self.similarity.shape[0])
-        return _batched(rows, k, lambda r: self.similarity[r].toarray(), None).rename(
+        return _batched(rows, k, lambda r: self.similarity[r], None).rename(
             columns={"user": "item_a", "item": "item_b"}
         )
 
@@ -168,27 +242,17 @@ class ItemSimilarity:
         return _batched(
             users,
             k,
-            lambda u: (self.seen[u] @ self.similarity).toarray(),
+            lambda u: self.seen[u] @ self.similarity,
             self.seen if exclude_seen else None,
         )
 
 
 def _keep_top_per_row(m: sparse.csr_matrix, n: int) -> sparse.csr_matrix:
-    m = m.tocsr()
-    data, indices, indptr = [], [], [0]
-    for i in range(m.shape[0]):
-        lo, hi = m.indptr[i], m.indptr[i + 1]
-        vals, cols = m.data[lo:hi], m.indices[lo:hi]
-        if len(vals) > n:
-            keep = np.argpartition(-vals, n - 1)[:n]
-            vals, cols = vals[keep], cols[keep]
-        data.append(vals)
-        indices.append(cols)
-        indptr.append(indptr[-1] + len(vals))
-    return sparse.csr_matrix(
-        (np.concatenate(data) if data else [], np.concatenate(indices) if indices else [], indptr),
-        shape=m.shape,
-    )
+    """Each row's n largest entries (ties to the lower column), the rest dropped."""
+    coo = m.tocoo()
+    row, col, val, rank = _ranked_within_rows(coo.row, coo.col, coo.data)
+    top = rank <= n
+    return sparse.csr_matrix((val[top], (row[top], col[top])), shape=m.shape)
 
 
 class BuyAgain:
@@ -213,7 +277,7 @@ class BuyAgain:
         return self
 
     def recommend(self, users: np.ndarray, k: int, exclude_seen: bool = False) -> pd.DataFrame:
-        return _batched(users, k, lambda u: self.m[u].multiply(self.rate).toarray(), None)
+        return _batched(users, k, lambda u: sparse.csr_matrix(self.m[u].multiply(self.rate)), None)
 
 
 class Blend:

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from p13n.models.evaluation import catalog_coverage, diversity, leave_last_out, ranking_metrics
-from p13n.models.recommenders import BuyAgain, Interactions, ItemSimilarity, Popularity
+from p13n.models.recommenders import BuyAgain, ImplicitALS, Interactions, ItemSimilarity, Popularity
 
 
 def test_ranking_metrics_by_hand():
@@ -62,6 +62,68 @@ def test_models_recommend_what_they_should():
     again = BuyAgain().fit(inter.matrix)
     got = inter.to_ids(again.recommend(inter.users.get_indexer(["u0", "u3"]), 3))
     assert list(zip(got["user"], got["item"], strict=True)) == [("u0", "i2")]  # the only item anyone repeats
+
+
+def test_sparse_and_factor_top_k_agree_with_the_dense_top_k():
+    from scipy import sparse
+
+    from p13n.models.recommenders import _top_k, _top_k_factors, _top_k_sparse
+
+    rng = np.random.default_rng(3)
+    users = np.arange(40)
+    # Distinct scores (no ties), a third of them zero, some items seen.
+    dense = rng.permutation(40 * 30).reshape(40, 30).astype(float) + 1.0
+    dense[rng.random(dense.shape) < 0.33] = 0.0
+    seen = sparse.csr_matrix((rng.random((40, 30)) < 0.2).astype(float))
+    want = _top_k(dense, users, 7, seen)
+    got = _top_k_sparse(sparse.csr_matrix(dense), users, 7, seen)
+    pd.testing.assert_frame_equal(got, want)
+    assert not set(zip(got["user"], got["item"], strict=True)) & set(zip(*seen.nonzero(), strict=True))
+    # Ties go to the lower item index; only positive scores are listed.
+    tied = sparse.csr_matrix(np.array([[0.0, 2.0, 2.0, -1.0, 2.0]]))
+    got = _top_k_sparse(tied, np.array([5]), 2, None)
+    assert got[["user", "item", "rank"]].values.tolist() == [[5, 1, 1], [5, 2, 2]]
+    # Factor form: query @ items.T, the same lists as the dense scores of the same product.
+    q, items = rng.normal(size=(40, 4)), rng.normal(size=(30, 4))
+    got = _top_k_factors(q, items, users, 5, seen)
+    want = _top_k((q @ items.T).astype(np.float32), users, 5, seen)
+    assert got[["user", "item", "rank"]].values.tolist() == want[["user", "item", "rank"]].values.tolist()
+    np.testing.assert_allclose(got["score"], want["score"], rtol=1e-5)
+
+
+def test_popularity_lists_skip_what_each_user_has_seen_ties_to_the_lower_item():
+    # Item popularity: i0 3 users, i1 3, i2 1, i3 2, i4 0.
+    df = pd.DataFrame({"user": ["a", "b", "c", "a", "b", "c", "a", "b", "c"],
+                       "item": ["i0", "i0", "i0", "i1", "i1", "i1", "i2", "i3", "i3"]})  # fmt: skip
+    inter = Interactions.from_frame(df, items=pd.Index(["i0", "i1", "i2", "i3", "i4"]))
+    pop = Popularity().fit(inter.matrix)
+    got = inter.to_ids(pop.recommend(inter.users.get_indexer(["a", "c"]), 3))
+    assert got[["user", "item", "rank", "score"]].values.tolist() == [
+        ["a", "i3", 1, 2.0],
+        ["c", "i2", 1, 1.0],
+    ]
+    got = inter.to_ids(pop.recommend(inter.users.get_indexer(["a"]), 3, exclude_seen=False))
+    assert got["item"].tolist() == ["i0", "i1", "i3"]
+
+
+def test_the_als_grid_search_fits_on_the_user_sample_only():
+    from p13n.recommend.files import tune_als
+
+    df = _interactions(n_users=300)
+    df = df.rename(columns={"customer": "user", "sku": "item", "at": "time", "qty": "weight"})
+    df["time"] = pd.to_datetime(df["time"], utc=True)
+    fitted = []
+
+    class Spy(ImplicitALS):
+        def fit(self, m):
+            fitted.append(int((m.getnnz(axis=1) > 0).sum()))
+            return super().fit(m)
+
+    grid = {"factors": [4], "regularization": [0.1], "alpha": [5.0, 10.0]}
+    tune_als(df, 5, grid=grid, make=Spy, iterations=2, max_users=50)
+    assert fitted == [50, 50]
+    tune_als(df, 5, grid=grid, make=Spy, iterations=2)
+    assert fitted[2:] == [300, 300]
 
 
 def _interactions(n_users=300, n_items=120, seed=7):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from p13n.inputs import InputError, read_csv, set_aside
@@ -52,9 +53,15 @@ def tune_als(
     grid: dict | None = None,
     make=ImplicitALS,
     iterations: int = 15,
+    max_users: int | None = None,
 ) -> dict:
     """The ALS parameters with the best NDCG@k on the training set's own latest interactions. `make`
-    builds the model (ImplicitALS or a SparkALS factory); `grid` maps parameter → values to try."""
+    builds the model (ImplicitALS or a SparkALS factory); `grid` maps parameter → values to try.
+    With `max_users`, the search runs on a seeded sample of that many users' whole histories."""
+    users = train["user"].unique()
+    if max_users is not None and len(users) > max_users:
+        sample = np.random.default_rng(seed).choice(np.sort(users), max_users, replace=False)
+        train = train[train["user"].isin(sample)]
     fit_part, valid = ev.leave_last_out(train, "user", "item", "time")
     if valid.empty:
         return {"factors": 32, "regularization": 0.1, "alpha": 5.0}

@@ -373,7 +373,8 @@ def tune(data: Data, settings: Settings, spark, split) -> Recipe:
         def make(**kw):
             return SparkALS(spark, **kw)
 
-    params = tune_als(frame, cfg.k, cfg.seed, grid=cfg.als_grid, make=make, iterations=cfg.als_iterations)
+    params = tune_als(frame, cfg.k, cfg.seed, grid=cfg.als_grid, make=make, iterations=cfg.als_iterations,
+                      max_users=cfg.tune_max_users)  # fmt: skip
     params["iterations"] = cfg.als_iterations
     return Recipe(cfg.engine, params, dict(cfg.blend), cfg.half_life_days)
 
