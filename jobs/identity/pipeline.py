@@ -166,20 +166,18 @@ def _evidence_finder(res: Resolution, previous: pd.DataFrame | None):
     """A function explaining, from the links kept today, why two previous ids are now one customer."""
     if previous is None or previous.empty or res.edges.empty:
         return None
-    owners = res.records.merge(previous, on="record_key")[["profile_id", "customer_id"]].drop_duplicates()
-    by_profile = owners.groupby("profile_id")["customer_id"].agg(set).to_dict()
-    edges = res.edges.assign(
-        l_ids=res.edges["profile_l"].map(by_profile), r_ids=res.edges["profile_r"].map(by_profile)
-    ).dropna(subset=["l_ids", "r_ids"])
+    owners = res.records[["record_key", "profile_id"]].merge(previous, on="record_key")
+    owners = owners[["profile_id", "customer_id"]].drop_duplicates()
+    edges = res.edges[["profile_l", "profile_r", "match_probability", "rule"]]
 
     def explain(_cluster, ids: list[str]) -> str:
-        a, b = ids
-        hits = edges[
-            edges.apply(lambda e: (a in e.l_ids and b in e.r_ids) or (b in e.l_ids and a in e.r_ids), axis=1)
-        ]
+        a, b = (owners.loc[owners["customer_id"] == i, "profile_id"] for i in ids)
+        left_a, left_b = edges["profile_l"].isin(a), edges["profile_l"].isin(b)
+        right_a, right_b = edges["profile_r"].isin(a), edges["profile_r"].isin(b)
+        hits = edges[(left_a & right_b) | (left_b & right_a)]
         if hits.empty:
             return "linked through other records of the customer"
-        best = hits.sort_values("match_probability", ascending=False).iloc[0]
+        best = hits.sort_values("match_probability", ascending=False, kind="stable").iloc[0]
         if best["rule"] == "model":
             return f"probabilistic match (p={best['match_probability']:.3f})"
         return f"same {best['rule']}"
