@@ -1,4 +1,5 @@
-"""`p13n run`: the pipeline's DAGs run through Airflow (`airflow dags test`), with progress and a summary."""
+"""`p13n run`: the pipeline's DAGs run through Airflow (`airflow dags test`, one long-lived process for
+the whole plan), with progress and a summary."""
 
 from __future__ import annotations
 
@@ -32,29 +33,83 @@ def ensure_airflow_db(env: dict[str, str], log: Path) -> None:
     stamp.touch()
 
 
+class DagSession:
+    """Runs DAGs through `airflow dags test` in one long-lived process (`p13n.dagbatch`): Airflow's
+    start-up, the DAG bag and the Spark driver are paid once, not once per DAG. Use as a context
+    manager; a process that dies is replaced on the next run."""
+
+    def __init__(self, env: dict[str, str], log: Path):
+        self.env, self.log = {**dags_test_env(env), "PYTHONUNBUFFERED": "1"}, log
+        self.proc: subprocess.Popen | None = None
+        self.last: dict | None = None  # the last run's result from the DAG process
+
+    def __enter__(self) -> DagSession:
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.close()
+
+    def _start(self) -> subprocess.Popen:
+        if self.proc is None or self.proc.poll() is not None:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "p13n.dagbatch"],
+                env=self.env,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                bufsize=1,
+            )
+        return self.proc
+
+    def run(
+        self, dag_id: str, logical_date: str, echo=print, env: dict[str, str] | None = None
+    ) -> tuple[bool, float]:
+        """Run one DAG for one date, echoing p13n progress lines; returns (succeeded, seconds).
+        `env`: variables set for this run only."""
+        from p13n.dagbatch import DONE_MARK
+
+        start = time.monotonic()
+        proc = self._start()
+        assert proc.stdin is not None and proc.stdout is not None
+        failed_task, result = False, None
+        with self.log.open("a") as out:
+            out.write(f"\n===== airflow dags test {dag_id} {logical_date} (process {proc.pid})\n")
+            proc.stdin.write(json.dumps({"dag": dag_id, "date": logical_date, "env": env or {}}) + "\n")
+            proc.stdin.flush()
+            for line in proc.stdout:
+                if line.startswith(DONE_MARK):
+                    result = json.loads(line[len(DONE_MARK) :])
+                    break
+                out.write(line)
+                if PROGRESS_MARK in line:
+                    echo("  " + line.split(PROGRESS_MARK, 1)[1].strip())
+                if "new_state=failed" in line or "Marking task as FAILED" in line:
+                    failed_task = True
+            if result is None:
+                out.write(f"===== the DAG process exited (code {proc.wait()}) before finishing {dag_id}\n")
+            elif result.get("error"):
+                out.write(f"===== {dag_id} {logical_date}: {result['error']}\n")
+        self.last = result
+        ok = result is not None and result["ok"] and not failed_task
+        return ok, time.monotonic() - start
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
 def run_dag(dag_id: str, logical_date: str, env: dict[str, str], log: Path, echo=print) -> tuple[bool, float]:
-    """Run one DAG with `airflow dags test`, echoing p13n progress lines; returns (succeeded, seconds)."""
-    start = time.monotonic()
-    failed_task = False
-    with log.open("a") as out:
-        out.write(f"\n===== airflow dags test {dag_id} {logical_date}\n")
-        proc = subprocess.Popen(
-            [_airflow_bin(), "dags", "test", dag_id, logical_date],
-            env=dags_test_env(env),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            bufsize=1,
-        )
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            out.write(line)
-            if PROGRESS_MARK in line:
-                echo("  " + line.split(PROGRESS_MARK, 1)[1].strip())
-            if "new_state=failed" in line or "Marking task as FAILED" in line:
-                failed_task = True
-        code = proc.wait()
-    return code == 0 and not failed_task, time.monotonic() - start
+    """Run one DAG with `airflow dags test` in a process of its own; returns (succeeded, seconds)."""
+    with DagSession(env, log) as dags:
+        return dags.run(dag_id, logical_date, echo=echo)
 
 
 def ensure_dataset(
@@ -154,11 +209,16 @@ def run_plan(plan: list[tuple[str, str]], env: dict[str, str], log: Path, consol
     Each run's (dag, date, seconds, succeeded) is appended to `timings` when given."""
     with console.status("preparing Airflow (metadata database)…"):
         ensure_airflow_db(env, log)
+    with DagSession(env, log) as dags:
+        return _run_in(dags, plan, log, console, echo, before, timings)
+
+
+def _run_in(dags: DagSession, plan, log, console, echo, before, timings) -> tuple[str, str] | None:
     for i, (dag_id, day) in enumerate(plan, 1):
         if before:
             before(dag_id, day)
         console.print(f"[cyan]DAG {dag_id}[/] {day}  [dim]({i}/{len(plan)})[/]")
-        ok, seconds = run_dag(dag_id, day, env, log, echo=echo)
+        ok, seconds = dags.run(dag_id, day, echo=echo)
         if timings is not None:
             timings.append({"dag": dag_id, "date": day, "seconds": round(seconds, 1), "succeeded": ok})
         if not ok:

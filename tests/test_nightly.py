@@ -13,7 +13,7 @@ import pytest
 
 from p13n import alerts
 from p13n.orchestration import airflow_env
-from p13n.runner import NIGHTLY, ensure_airflow_db, nightly_plan, run_dag
+from p13n.runner import NIGHTLY, DagSession, ensure_airflow_db, nightly_plan, run_dag
 
 
 class Hook:
@@ -63,15 +63,18 @@ def test_a_failed_task_alerts_through_the_log_and_the_webhook(settings, hook, tm
     own = settings.model_copy(update={"data_dir": tmp_path / "data"})  # an empty lake of its own
     env |= {
         "P13N_DATA_DIR": str(own.data_dir),
-        "P13N_FAULTS": "report.build:raise",
         "P13N__AIRFLOW__RETRIES": "0",
         "P13N__AIRFLOW__ALERTS": "[log, webhook]",
         "P13N_ALERT_WEBHOOK_URL": hook.url,
     }
     log = tmp_path / "airflow.log"
     ensure_airflow_db(env, log)
-    ok, _ = run_dag("run_report", "2024-03-02", env, log, echo=lambda _l: None)
+    dags = DagSession(env, log)  # both runs below in one DAG process, as `p13n run` runs its plan
+    ok, _ = dags.run(
+        "run_report", "2024-03-02", echo=lambda _l: None, env={"P13N_FAULTS": "report.build:raise"}
+    )
     assert not ok
+    assert dags.last["error"] == "DagRun failed"
     (sent,) = hook.bodies
     assert (sent["kind"], sent["dag_id"], sent["task_id"]) == ("task_failed", "run_report", "report")
     assert sent["error"].startswith("FaultInjected: fault injected at report.build")
@@ -83,9 +86,12 @@ def test_a_failed_task_alerts_through_the_log_and_the_webhook(settings, hook, tm
     # Without the fault the same DAG writes the report (on an empty lake: every section "not run yet");
     # run_report has a deadline, which `airflow dags test` of Airflow 3.3 cannot take (apache/airflow#73428):
     # the run succeeding here shows the runner parses DAGs without them.
-    env.pop("P13N_FAULTS")
-    ok, _ = run_dag("run_report", "2024-03-02", env, log, echo=lambda _l: None)
+    # The fault was armed for the first run only; the second runs in the same process.
+    first = dags.last["pid"]
+    with dags:
+        ok, _ = dags.run("run_report", "2024-03-02", echo=lambda _l: None)
     assert ok, log.read_text()[-3000:]
+    assert dags.last["pid"] == first
     page = (own.data_dir / "reports" / "2024-03-02" / "index.html").read_text()
     assert page.count("has not run for this date yet") == 6
     assert "run_report.report failed" in page  # the day's alert is on the page
