@@ -387,6 +387,13 @@ class ActivationSettings(_Section):
     snowflake: SnowflakeSettings = Field(default_factory=SnowflakeSettings)
 
 
+class QualitySettings(_Section):
+    """Great Expectations validation (`p13n.sources.expectations`): see `quality:` in conf/base.yaml."""
+
+    # Batches of at most this many rows are validated with GX's pandas engine; larger ones on Spark.
+    pandas_max_rows: int = Field(200_000, ge=0)
+
+
 class PrivacySettings(_Section):
     """Erasure and access requests (`p13n.privacy`): see the `privacy:` section of conf/base.yaml."""
 
@@ -409,6 +416,7 @@ class Settings(_Section):
     serving: ServingSettings = Field(default_factory=ServingSettings)
     stream: StreamSettings = Field(default_factory=StreamSettings)
     activation: ActivationSettings = Field(default_factory=ActivationSettings)
+    quality: QualitySettings = Field(default_factory=QualitySettings)
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)
 
     @field_validator("data_dir")

@@ -163,3 +163,40 @@ def test_a_failing_critical_expectation_blocks_promotion(world, tmp_path):
     # the shipped suites pass on the same batch, with their warnings recorded
     ok = ingest_batch(lake, s, catalog, catalog["shopify_orders"], DAY, KEY, validate=Validator(s))
     assert ok.expectations_failed == 0 and ok.expectations_passed >= 6
+
+
+def test_the_pandas_and_spark_engines_of_gx_give_the_same_outcome(world, tmp_path):
+    """Small batches are validated with GX's pandas engine, large ones on Spark: same suite, same verdict."""
+    from p13n.config import QualitySettings
+
+    lake, s = world["lake"], world["settings"]
+    suites = tmp_path / "expectations"
+    shutil.copytree(EXPECTATIONS_DIR, suites)
+    path = suites / "silver.shopify_orders.json"
+    suite = json.loads(path.read_text())
+    suite["expectations"] += [
+        {"type": "expect_column_values_to_be_between", "meta": {"severity": "critical"},
+         "kwargs": {"column": "total", "min_value": 0, "max_value": 100}},
+        {"type": "expect_column_values_to_be_in_set", "meta": {"severity": "warning"},
+         "kwargs": {"column": "currency", "value_set": ["USD"]}},
+        {"type": "expect_column_values_to_match_regex", "meta": {"severity": "warning"},
+         "kwargs": {"column": "order_id", "regex": "^[0-9]+$"}},
+    ]  # fmt: skip
+    path.write_text(json.dumps(suite))
+    rows = lake.read("silver.shopify_orders")
+    n = rows.count()
+    outcomes = {}
+    for limit in (0, n):
+        check = Validator(s.model_copy(update={"quality": QualitySettings(pandas_max_rows=limit)}), suites)
+        outcome = check(catalog_source(world, "shopify_orders"), rows)
+        outcomes[check.last_engine] = outcome
+    assert set(outcomes) == {"spark", "pandas"}
+    spark, pandas = outcomes["spark"], outcomes["pandas"]
+    assert (pandas.passed, pandas.failed) == (spark.passed, spark.failed)
+    assert pandas.critical_failures == spark.critical_failures
+    assert pandas.warnings == spark.warnings
+    assert len(spark.critical_failures) == 1 and spark.failed >= 2  # the added checks do fail
+
+
+def catalog_source(world, name):
+    return world["catalog"][name]

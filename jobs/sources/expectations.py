@@ -100,7 +100,12 @@ class Validator:
         self.gx = gx
         self.context = gx.get_context(mode="file", project_root_dir=str(settings.data_dir))
         self.context.variables.progress_bars = {"globally": False}
-        self.datasource = self.context.data_sources.add_or_update_spark(name="p13n_silver")
+        self.pandas_max_rows = settings.quality.pandas_max_rows
+        self.last_engine: str | None = None  # the engine of the latest validation
+        self.datasources = {
+            "spark": self.context.data_sources.add_or_update_spark(name="p13n_silver"),
+            "pandas": self.context.data_sources.add_or_update_pandas(name="p13n_silver_pandas"),
+        }
 
     @property
     def docs_index(self) -> Path:
@@ -111,12 +116,26 @@ class Validator:
         self.context.build_data_docs()
         return self.docs_index
 
-    def __call__(self, source: Source | str, df) -> Outcome:
-        """Validate `df` against the suite of `source` (a catalog source, or a table name such as
-        "gold.customer_profiles"); expectations on columns `df` lacks are skipped."""
+    def engine_for(self, df, rows: int | None = None) -> tuple[object, str]:
+        """(the frame to validate, "pandas" or "spark"): a Spark DataFrame of at most
+        `quality.pandas_max_rows` rows (`rows`, when the caller has counted them) is collected to
+        pandas; GX's Spark engine pays Spark jobs per metric, whatever the batch's size."""
+        if not hasattr(df, "sparkSession"):
+            return df, "pandas"
+        if self.pandas_max_rows <= 0:
+            return df, "spark"
+        n = rows if rows is not None else df.limit(self.pandas_max_rows + 1).count()
+        return (df.toPandas(), "pandas") if n <= self.pandas_max_rows else (df, "spark")
+
+    def __call__(self, source: Source | str, df, rows: int | None = None) -> Outcome:
+        """Validate `df` (Spark or pandas) against the suite of `source` (a catalog source, or a table
+        name such as "gold.customer_profiles"); expectations on columns `df` lacks are skipped.
+        `rows`: the frame's row count when the caller knows it (it picks the engine)."""
         from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
 
         gx = self.gx
+        df, engine = self.engine_for(df, rows)
+        self.last_engine = engine
         spec = load_suite(source, self.suites_dir)
         suite = gx.ExpectationSuite(name=spec["name"])
         for e in spec["expectations"]:
@@ -126,20 +145,22 @@ class Validator:
                 )
         suite = self.context.suites.add_or_update(suite)
         asset_name = source if isinstance(source, str) else source.silver_table
+        datasource = self.datasources[engine]
+        run_name = asset_name if engine == "spark" else f"{asset_name} (pandas)"
         try:
-            asset = self.datasource.get_asset(asset_name)
+            asset = datasource.get_asset(asset_name)
         except LookupError:
-            asset = self.datasource.add_dataframe_asset(name=asset_name)
+            asset = datasource.add_dataframe_asset(name=asset_name)
         try:
             batch = asset.get_batch_definition("batch")
         except (KeyError, LookupError):
             batch = asset.add_batch_definition_whole_dataframe("batch")
         definition = self.context.validation_definitions.add_or_update(
-            gx.ValidationDefinition(name=asset_name, data=batch, suite=suite)
+            gx.ValidationDefinition(name=run_name, data=batch, suite=suite)
         )
         checkpoint = self.context.checkpoints.add_or_update(
             gx.Checkpoint(
-                name=asset_name,
+                name=run_name,
                 validation_definitions=[definition],
                 actions=[],
             )

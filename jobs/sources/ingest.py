@@ -193,7 +193,7 @@ def promote(
         silver_rows, restricted = std.pseudonymize(fresh, source, pii_key)
         silver_rows = std.silver_columns(silver_rows)
         if validate is not None:
-            outcome = validate(source, silver_rows)
+            outcome = validate(source, silver_rows, rows=result.silver_rows)
             result.expectations_passed, result.expectations_failed = outcome.passed, outcome.failed
             failures += outcome.critical_failures
             result.warnings += outcome.warnings
