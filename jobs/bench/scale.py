@@ -71,6 +71,7 @@ def run_size(customers: int, days: int = 2, keep: bool = False, log=print) -> di
         "days": days,
         "measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "cores": os.cpu_count(),
+        "commit": _commit(),
         "succeeded": code == 0,
         "wall_seconds": round(wall, 1),
         "generate_seconds": record.get("generate_seconds"),
@@ -82,6 +83,17 @@ def run_size(customers: int, days: int = 2, keep: bool = False, log=print) -> di
     if not keep and code == 0:
         shutil.rmtree(base / "landing", ignore_errors=True)  # the bulk of the disk; the lake stays for a look
     return figures
+
+
+def _commit() -> str | None:
+    """The short commit the measurement ran on (None outside a git checkout)."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True
+        )
+    except OSError:
+        return None
+    return out.stdout.strip() or None
 
 
 def driver_memory(customers: int) -> str:
@@ -135,7 +147,10 @@ def bench_scale(sizes: list[int], days: int = 2, log=print) -> list[dict]:
 def write_report(results: list[dict]) -> None:
     """Rewrite the generated table of docs/scale.md (between its markers) from the results file."""
     latest: dict[int, dict] = {}
+    earlier: dict[int, list[dict]] = {}
     for r in results:
+        if r["customers"] in latest and latest[r["customers"]]["succeeded"]:
+            earlier.setdefault(r["customers"], []).append(latest[r["customers"]])
         latest[r["customers"]] = r  # the newest measurement of each size
     dags = []
     for r in latest.values():
@@ -164,6 +179,19 @@ def write_report(results: list[dict]) -> None:
             *(f"**{_num(latest[n]['nightly_seconds'])}**" for n in sorted(latest)),
         ]
     )
+    if earlier:
+        rows.append(
+            [
+                "the nightly, earlier measurements (s)",
+                *(
+                    "; ".join(
+                        f"{_num(r['nightly_seconds'])} ({r.get('commit') or r['measured_at'][:10]})"
+                        for r in earlier.get(n, [])
+                    )
+                    for n in sorted(latest)
+                ),
+            ]
+        )
     rows.append(
         ["wall time of the whole run (s)", *(_num(latest[n]["wall_seconds"]) for n in sorted(latest))]
     )
