@@ -36,10 +36,12 @@ def ensure_airflow_db(env: dict[str, str], log: Path) -> None:
 class DagSession:
     """Runs DAGs through `airflow dags test` in one long-lived process (`p13n.dagbatch`): Airflow's
     start-up, the DAG bag and the Spark driver are paid once, not once per DAG. Use as a context
-    manager; a process that dies is replaced on the next run."""
+    manager; a process that dies is replaced on the next run, and a process that has run
+    `recycle_after` DAGs is replaced too (a long backfill must not grow one process for ever)."""
 
-    def __init__(self, env: dict[str, str], log: Path):
+    def __init__(self, env: dict[str, str], log: Path, recycle_after: int = 24):
         self.env, self.log = {**dags_test_env(env), "PYTHONUNBUFFERED": "1"}, log
+        self.recycle_after, self.runs_in_process = recycle_after, 0
         self.proc: subprocess.Popen | None = None
         self.last: dict | None = None  # the last run's result from the DAG process
 
@@ -50,7 +52,10 @@ class DagSession:
         self.close()
 
     def _start(self) -> subprocess.Popen:
+        if self.proc is not None and self.runs_in_process >= self.recycle_after:
+            self.close()
         if self.proc is None or self.proc.poll() is not None:
+            self.runs_in_process = 0
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "p13n.dagbatch"],
                 env=self.env,
@@ -71,6 +76,7 @@ class DagSession:
 
         start = time.monotonic()
         proc = self._start()
+        self.runs_in_process += 1
         assert proc.stdin is not None and proc.stdout is not None
         failed_task, result = False, None
         with self.log.open("a") as out:

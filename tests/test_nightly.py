@@ -69,7 +69,7 @@ def test_a_failed_task_alerts_through_the_log_and_the_webhook(settings, hook, tm
     }
     log = tmp_path / "airflow.log"
     ensure_airflow_db(env, log)
-    dags = DagSession(env, log)  # both runs below in one DAG process, as `p13n run` runs its plan
+    dags = DagSession(env, log, recycle_after=2)  # two runs per DAG process, as `p13n run` runs its plan
     ok, _ = dags.run(
         "run_report", "2024-03-02", echo=lambda _l: None, env={"P13N_FAULTS": "report.build:raise"}
     )
@@ -90,8 +90,10 @@ def test_a_failed_task_alerts_through_the_log_and_the_webhook(settings, hook, tm
     first = dags.last["pid"]
     with dags:
         ok, _ = dags.run("run_report", "2024-03-02", echo=lambda _l: None)
-    assert ok, log.read_text()[-3000:]
-    assert dags.last["pid"] == first
+        assert ok, log.read_text()[-3000:]
+        assert dags.last["pid"] == first
+        ok, _ = dags.run("run_report", "2024-03-02", echo=lambda _l: None)  # a third: a new process
+        assert ok and dags.last["pid"] != first
     page = (own.data_dir / "reports" / "2024-03-02" / "index.html").read_text()
     assert page.count("has not run for this date yet") == 6
     assert "run_report.report failed" in page  # the day's alert is on the page
