@@ -71,9 +71,17 @@ def _top_k(scores: np.ndarray, users: np.ndarray, k: int, seen: sparse.csr_matri
     part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
     part_scores = np.take_along_axis(scores, part, axis=1)
     order = np.argsort(-part_scores, axis=1, kind="stable")
-    items = np.take_along_axis(part, order, axis=1)
-    best = np.take_along_axis(part_scores, order, axis=1)
-    return _frame(np.repeat(users, k), items.ravel(), np.tile(np.arange(1, k + 1), len(users)), best.ravel())
+    return _ranked_frame(
+        users, np.take_along_axis(part, order, axis=1), np.take_along_axis(part_scores, order, axis=1)
+    )
+
+
+def _ranked_frame(users: np.ndarray, items: np.ndarray, scores: np.ndarray) -> pd.DataFrame:
+    """Row i of `items`/`scores` (users × k, best first) is user i's list: one row per (user, rank)."""
+    k = items.shape[1]
+    return _frame(
+        np.repeat(users, k), items.ravel(), np.tile(np.arange(1, k + 1), len(users)), scores.ravel()
+    )
 
 
 def _top_k_sparse(
@@ -118,7 +126,7 @@ def _top_k_factors(
         filter_query_items=filt,
         num_threads=0,
     )
-    return _frame(np.repeat(users, k), ids.ravel(), np.tile(np.arange(1, k + 1), len(users)), best.ravel())
+    return _ranked_frame(users, ids, best)
 
 
 def _batched(users: np.ndarray, k: int, score_fn, seen, batch: int | None = None) -> pd.DataFrame:
@@ -205,9 +213,15 @@ class ImplicitALS:
         return self
 
     def recommend(self, users: np.ndarray, k: int, exclude_seen: bool = True) -> pd.DataFrame:
-        uf, itf = self.model.user_factors, self.model.item_factors
-        seen = self.seen if exclude_seen else None
-        return _concat([_top_k_factors(uf[u], itf, u, k, seen) for u in _chunks(users, 65_536)])
+        return factor_recommend(self.model.user_factors, self.model.item_factors, users, k,
+                                self.seen if exclude_seen else None)  # fmt: skip
+
+
+def factor_recommend(user_factors, item_factors, users: np.ndarray, k: int, seen) -> pd.DataFrame:
+    """Top k of `user_factors[u] @ item_factors.T` per user (any factorization: implicit, Spark ML)."""
+    return _concat(
+        [_top_k_factors(user_factors[u], item_factors, u, k, seen) for u in _chunks(users, 65_536)]
+    )
 
 
 class ItemSimilarity:

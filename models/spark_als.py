@@ -49,10 +49,11 @@ class SparkALS:
         return self
 
     def recommend(self, users: np.ndarray, k: int, exclude_seen: bool = True) -> pd.DataFrame:
-        from p13n.models.recommenders import _batched
+        from p13n.models.recommenders import factor_recommend
 
-        uf, itf = self.user_factors, self.item_factors
-        return _batched(users, k, lambda u: uf[u] @ itf.T, self.seen if exclude_seen else None)
+        return factor_recommend(
+            self.user_factors, self.item_factors, users, k, self.seen if exclude_seen else None
+        )
 
 
 def _factors(df, n: int, rank: int) -> np.ndarray:
