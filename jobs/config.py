@@ -83,6 +83,9 @@ class AirflowSettings(_Section):
     # DAG id -> minutes a run may take after it is queued before a deadline alert goes out.
     deadlines_minutes: dict[str, int] = Field(default_factory=dict)
     deadline_alerts: bool = True  # off: DAGs are parsed without their deadlines (`airflow dags test`)
+    # `p13n run` and `p13n backfill` run their DAGs in one long-lived process (`runner.DagSession`); it is
+    # replaced after a DAG that leaves it (with its Spark driver) holding more memory than this.
+    dag_process_max_rss_gb: float = Field(12.0, gt=0)
 
 
 class SourcesSettings(_Section):

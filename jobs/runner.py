@@ -37,11 +37,16 @@ class DagSession:
     """Runs DAGs through `airflow dags test` in one long-lived process (`p13n.dagbatch`): Airflow's
     start-up, the DAG bag and the Spark driver are paid once, not once per DAG. Use as a context
     manager; a process that dies is replaced on the next run, and a process that has run
-    `recycle_after` DAGs is replaced too (a long backfill must not grow one process for ever)."""
+    `recycle_after` DAGs, or is left holding more than `max_rss_gb` after a DAG, is replaced too (a long
+    backfill must not grow one process for ever; pandas and the JVM seldom give memory back)."""
 
-    def __init__(self, env: dict[str, str], log: Path, recycle_after: int = 24):
+    def __init__(
+        self, env: dict[str, str], log: Path, recycle_after: int = 24, max_rss_gb: float | None = None
+    ):
         self.env, self.log = {**dags_test_env(env), "PYTHONUNBUFFERED": "1"}, log
         self.recycle_after, self.runs_in_process = recycle_after, 0
+        # replaced after a DAG that leaves the process and its children (the Spark JVM) above this
+        self.max_rss_gb = max_rss_gb
         self.proc: subprocess.Popen | None = None
         self.last: dict | None = None  # the last run's result from the DAG process
 
@@ -72,6 +77,7 @@ class DagSession:
     ) -> tuple[bool, float]:
         """Run one DAG for one date, echoing p13n progress lines; returns (succeeded, seconds).
         `env`: variables set for this run only."""
+        from p13n.bench.memory import tree_rss_bytes
         from p13n.dagbatch import DONE_MARK
 
         start = time.monotonic()
@@ -96,6 +102,12 @@ class DagSession:
                 out.write(f"===== the DAG process exited (code {proc.wait()}) before finishing {dag_id}\n")
             elif result.get("error"):
                 out.write(f"===== {dag_id} {logical_date}: {result['error']}\n")
+            held = tree_rss_bytes(proc.pid) / 1e9 if self.max_rss_gb is not None else 0.0
+            too_big = self.max_rss_gb is not None and held > self.max_rss_gb
+            if too_big:
+                out.write(f"===== the DAG process holds {held:.1f} GB after {dag_id}: replaced\n")
+        if too_big:
+            self.close()
         self.last = result
         ok = result is not None and result["ok"] and not failed_task
         return ok, time.monotonic() - start
@@ -215,7 +227,7 @@ def run_plan(plan: list[tuple[str, str]], env: dict[str, str], log: Path, consol
     Each run's (dag, date, seconds, succeeded) is appended to `timings` when given."""
     with console.status("preparing Airflow (metadata database)…"):
         ensure_airflow_db(env, log)
-    with DagSession(env, log) as dags:
+    with DagSession(env, log, max_rss_gb=get_settings().airflow.dag_process_max_rss_gb) as dags:
         return _run_in(dags, plan, log, console, echo, before, timings)
 
 

@@ -94,6 +94,10 @@ def test_a_failed_task_alerts_through_the_log_and_the_webhook(settings, hook, tm
         assert dags.last["pid"] == first
         ok, _ = dags.run("run_report", "2024-03-02", echo=lambda _l: None)  # a third: a new process
         assert ok and dags.last["pid"] != first
+        second, dags.max_rss_gb = dags.last["pid"], 0.01  # a process left above its memory limit goes too
+        ok, _ = dags.run("run_report", "2024-03-02", echo=lambda _l: None)
+        assert ok and dags.last["pid"] == second and dags.proc is None
+        assert "===== the DAG process holds " in log.read_text()
     page = (own.data_dir / "reports" / "2024-03-02" / "index.html").read_text()
     assert page.count("has not run for this date yet") == 6
     assert "run_report.report failed" in page  # the day's alert is on the page

@@ -8,6 +8,20 @@ import threading
 import psutil
 
 
+def tree_rss_bytes(pid: int | None = None) -> int:
+    """Summed RSS of a process (this one by default) and its descendants; 0 when it is gone."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    total = 0
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            total += proc.memory_info().rss
+    return total
+
+
 class PeakMemory:
     """Samples the process tree's summed RSS in a background thread; use as a context manager."""
 
@@ -18,12 +32,7 @@ class PeakMemory:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self) -> int:
-        me = psutil.Process()
-        total = 0
-        for proc in [me, *me.children(recursive=True)]:
-            with contextlib.suppress(psutil.Error):
-                total += proc.memory_info().rss
-        return total
+        return tree_rss_bytes()
 
     def _run(self) -> None:
         while not self._stop.is_set():
