@@ -97,7 +97,9 @@ def _commit() -> str | None:
 
 
 def driver_memory(customers: int) -> str:
-    return "4g" if customers < 50_000 else ("10g" if customers < 500_000 else "16g")
+    # Not more at 1M: the JVM keeps the heap it grew, and identity resolution (pandas, DuckDB) needs
+    # the rest of the 24 GB in the same DAG process.
+    return "4g" if customers < 50_000 else ("10g" if customers < 500_000 else "12g")
 
 
 def _outputs(lake: Path, day: str | None) -> dict:
