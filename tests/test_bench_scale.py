@@ -33,7 +33,9 @@ def test_the_scale_table_shows_the_newest_figures_and_the_earlier_nightlies(tmp_
     )
     assert text.endswith("<!-- scale-table:end -->\n\nfindings\n") and "old" not in text
     rows = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines() if line.startswith("|")}
-    assert rows["**the nightly (night 2) (s)**"] == "| **the nightly (night 2) (s)** | **266** | **1,111** |"
+    nightly = "**the nightly: the last night, ingestion to exports (s)**"
+    assert rows[nightly] == f"| {nightly} | **266** | **1,111** |"
+    assert rows["nights run (the last one is the nightly measured)"].endswith(" | 2 | 2 |")
     assert rows["the nightly, earlier measurements (s)"] == (
         "| the nightly, earlier measurements (s) | 603 (5bcb257) |  |"
     )
