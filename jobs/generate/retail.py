@@ -5,7 +5,8 @@ purchase cadence, seasonality and promotions; they browse, open emails, return i
 write reviews and change consents. Each system records them in its own way (nicknames, email case,
 phone formats, moved addresses, missing fields). The ground truth is kept apart under `truth/`:
 who each source record really is, each person's latent traits, and every planted bad record.
-Deterministic by seed; memory stays bounded because days are written as they are generated.
+Deterministic by seed; memory stays bounded because days are written as they are generated and a
+day's records wait packed (`writers.Spool`) until then.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from p13n.generate.people import (
     vary_phone,
     vary_street,
 )
-from p13n.generate.writers import write_day
+from p13n.generate.writers import Spool, write_day
 from p13n.sources.catalog import Catalog, Source
 
 UTC = dt.UTC
@@ -164,8 +165,8 @@ class RetailGenerator:
         for d in range(self.days):
             day = self.start + dt.timedelta(days=d)
             batches = self._day(d, day)
-            for name, records in batches.items():
-                records_total += self._emit(self.catalog[name], day, records)
+            for name in list(batches):  # in the order generated (bad records draw from one generator)
+                records_total += self._emit(self.catalog[name], day, batches.pop(name))
             self.truth.flush_identity()
             self.progress(f"generated {day} ({d + 1}/{self.days}): {records_total:,} records so far")
         self._write_truth()
@@ -177,16 +178,19 @@ class RetailGenerator:
             "bad_records": len(self.truth.bad),
         }
 
-    def _emit(self, source: Source, day: dt.date, records: list[dict]) -> int:
+    def _emit(self, source: Source, day: dt.date, records: Spool) -> int:
         if not records:
             return 0
-        records = self._plant_bad(source, day, records)
+        self._plant_bad(source, records)
         header = None
         if source.name == "square_transactions" and (day - self.start).days >= self.days // 2:
             # Schema drift: Square adds a tip column and reorders the export half way through.
             header = list(reversed([c.source for c in source.columns]))
+            drifted = Spool()
             for r in records:
                 r.setdefault("__extra__", {"tip_money": f"{self.r.choice([0, 1, 2, 5]):.2f}"})
+                drifted.append(r)
+            records = drifted
         if source.format == "kafka":
             folder = self.out / "landing" / KAFKA_DUMP_DIR / source.location
             folder.mkdir(parents=True, exist_ok=True)
@@ -201,10 +205,11 @@ class RetailGenerator:
         if source.format == "snowflake":
             folder = self.out / "landing" / SNOWFLAKE_DUMP_DIR / source.location
             folder.mkdir(parents=True, exist_ok=True)
-            clean = [{k: v for k, v in r.items() if not k.startswith("__")} for r in records]
-            (folder / f"{day}.json").write_text(json.dumps(clean))
+            clean = []
             for i, r in enumerate(records, start=1):
+                clean.append({k: v for k, v in r.items() if not k.startswith("__")})
                 self._locate(source, day, r, source.location, i)
+            (folder / f"{day}.json").write_text(json.dumps(clean))
             return len(records)
         folder = self.out / "landing" / source.location / day.isoformat()
         located = write_day(source, folder, records, header=header)
@@ -225,30 +230,31 @@ class RetailGenerator:
             )
 
     # ------------------------------------------------------------------ bad records
-    def _plant_bad(self, source: Source, day: dt.date, records: list[dict]) -> list[dict]:
+    def _plant_bad(self, source: Source, records: Spool) -> None:
+        """Append corrupted copies of random records (kinds as in BAD_KINDS), marked `__bad__`.
+        Every draw is made first, then the victims are fetched in one pass over the spool."""
         if self.bad_rate <= 0:
-            return records
+            return
         n_bad = int(self.rng.binomial(len(records), min(self.bad_rate, 0.5)))
-        if n_bad == 0:
-            return records
-        out = list(records)
+        typed = [c for c in source.columns if c.type in ("int", "money", "timestamp", "date")]
+        draws = []
         for _ in range(n_bad):
             kind = BAD_KINDS[int(self.rng.integers(0, len(BAD_KINDS)))]
-            victim = dict(out[int(self.rng.integers(0, len(records)))])
-            if "__bad__" in victim:
-                continue
-            planted = self._corrupt(source, victim, kind)
+            victim = int(self.rng.integers(0, len(records)))
+            drawn_column = kind == "wrong_type" and typed and source.format != "snowflake"
+            draws.append((kind, victim, int(self.rng.integers(0, len(typed))) if drawn_column else 0))
+        victims = records.take(v for _, v, _ in draws)
+        for kind, victim, column in draws:
+            planted = self._corrupt(source, dict(victims[victim]), kind, typed, column)
             if planted is not None:
                 planted["__bad__"] = kind
-                out.append(planted)
-                if kind == "duplicate":
-                    out[-1]["__bad__"] = "duplicate"
-        return out
+                records.append(planted)
 
-    def _corrupt(self, source: Source, record: dict, kind: str) -> dict | None:
+    def _corrupt(self, source: Source, record: dict, kind: str, typed: list, column: int) -> dict | None:
+        """`record` made bad in the way `kind` says (None: this source cannot carry that kind);
+        `column`: which of the `typed` columns a wrong_type corrupts."""
         if source.format == "snowflake" and kind in ("malformed", "wrong_type"):
             return None  # a typed warehouse table cannot hold these
-        typed = [c for c in source.columns if c.type in ("int", "money", "timestamp", "date")]
         if kind == "malformed":
             if source.format in ("csv", "jsonl", "fixed_width", "kafka"):
                 return {
@@ -260,7 +266,7 @@ class RetailGenerator:
                 return None  # a broken XML element would cut the file: planted separately, once
             return None
         if kind == "wrong_type" and typed:
-            col = typed[int(self.rng.integers(0, len(typed)))]
+            col = typed[column]
             record[col.source] = "N/A" if source.format != "parquet" else None
             return record if source.format != "parquet" else None
         if kind == "impossible":
@@ -289,9 +295,9 @@ class RetailGenerator:
         return None
 
     # ------------------------------------------------------------------ one day
-    def _day(self, d: int, day: dt.date) -> dict[str, list[dict]]:
+    def _day(self, d: int, day: dt.date) -> dict[str, Spool]:
         P = self.people
-        out: dict[str, list[dict]] = defaultdict(list)
+        out: dict[str, Spool] = defaultdict(Spool)
         if d == 0:
             self._reference_data(day, out)
             self._initial_identities(day, out)

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import csv
 import json
+import pickle
+import zlib
+from itertools import islice
 from pathlib import Path
 from xml.sax.saxutils import escape
 
@@ -19,6 +22,60 @@ import pyarrow.parquet as pq
 from p13n.sources.catalog import Source
 
 PAGE_SIZE = 500
+
+
+class Spool:
+    """An append-only list of records that keeps all but its newest ones pickled and compressed.
+
+    A day's batch of a source is collected before it is written (bad records are planted among
+    them); day 0 also carries a year of purchase history, which for a million customers is tens of
+    millions of records: about 40 GB as dicts, a tenth of that packed. Records are packed once
+    `chunk` newer ones follow them, so a record still being filled in is never packed. Iterating
+    yields copies of packed records: a change to one is not kept.
+    """
+
+    def __init__(self, chunk: int = 20_000):
+        self.chunk = chunk
+        self._packed: list[tuple[int, bytes]] = []  # (records, zlib(pickle(records)))
+        self._n_packed = 0
+        self._tail: list[dict] = []
+
+    def append(self, record: dict) -> None:
+        self._tail.append(record)
+        if len(self._tail) >= 2 * self.chunk:
+            head, self._tail = self._tail[: self.chunk], self._tail[self.chunk :]
+            self._packed.append((len(head), zlib.compress(pickle.dumps(head, protocol=5), 1)))
+            self._n_packed += len(head)
+
+    def extend(self, records) -> None:
+        for r in records:
+            self.append(r)
+
+    def __len__(self) -> int:
+        return self._n_packed + len(self._tail)
+
+    def __iter__(self):
+        for _, blob in self._packed:
+            yield from pickle.loads(zlib.decompress(blob))
+        yield from self._tail
+
+    def take(self, positions) -> dict[int, dict]:
+        """The records at `positions`, unpacking each chunk at most once."""
+        wanted, out, start = sorted(set(positions)), {}, 0
+        chunks = [*((n, blob) for n, blob in self._packed), (len(self._tail), None)]
+        i = 0
+        for n, blob in chunks:
+            end = start + n
+            if i < len(wanted) and wanted[i] < end:
+                records = self._tail if blob is None else pickle.loads(zlib.decompress(blob))
+                while i < len(wanted) and wanted[i] < end:
+                    out[wanted[i]] = records[wanted[i] - start]
+                    i += 1
+            start = end
+        return out
+
+
+Records = list[dict] | Spool  # what a writer takes: a day's records of one source, iterated in order
 
 
 def _raw_name(source: Source, column: str) -> str:
@@ -38,7 +95,7 @@ def _nest(record: dict) -> dict:
 
 
 def write_day(
-    source: Source, folder: Path, records: list[dict], *, header: list[str] | None = None
+    source: Source, folder: Path, records: Records, *, header: list[str] | None = None
 ) -> list[tuple[str, int]]:
     """Write one day's records (keyed by raw field names); return (file name, record number) per record.
 
@@ -64,9 +121,7 @@ def write_day(
     raise ValueError(f"{source.name}: no landing writer for format {fmt!r}")
 
 
-def _csv(
-    source: Source, folder: Path, records: list[dict], header: list[str] | None
-) -> list[tuple[str, int]]:
+def _csv(source: Source, folder: Path, records: Records, header: list[str] | None) -> list[tuple[str, int]]:
     cols = header or [c.source for c in source.columns]
     extra = sorted({k for r in records for k in (r.get("__extra__") or {})})
     cols = cols + [e for e in extra if e not in cols]
@@ -85,7 +140,7 @@ def _csv(
     return out
 
 
-def _jsonl(folder: Path, records: list[dict]) -> list[tuple[str, int]]:
+def _jsonl(folder: Path, records: Records) -> list[tuple[str, int]]:
     name = "events.jsonl"
     out = []
     with open(folder / name, "w", encoding="utf-8") as handle:
@@ -100,11 +155,13 @@ def _jsonl(folder: Path, records: list[dict]) -> list[tuple[str, int]]:
     return out
 
 
-def _api(source: Source, folder: Path, records: list[dict]) -> list[tuple[str, int]]:
+def _api(source: Source, folder: Path, records: Records) -> list[tuple[str, int]]:
     key = source.options.get("records_key", "data")
     out = []
-    pages = [records[i : i + PAGE_SIZE] for i in range(0, len(records), PAGE_SIZE)]
-    for number, page in enumerate(pages, start=1):
+    n_pages = -(-len(records) // PAGE_SIZE)
+    rows = iter(records)
+    for number in range(1, n_pages + 1):
+        page = list(islice(rows, PAGE_SIZE))
         name = f"page-{number:04d}.json"
         items = []
         for index, record in enumerate(page, start=1):
@@ -115,13 +172,13 @@ def _api(source: Source, folder: Path, records: list[dict]) -> list[tuple[str, i
         doc = {
             key: items,
             "page": number,
-            "next_page": f"page-{number + 1:04d}.json" if number < len(pages) else None,
+            "next_page": f"page-{number + 1:04d}.json" if number < n_pages else None,
         }
         (folder / name).write_text(json.dumps(doc, default=str))
     return out
 
 
-def _parquet(source: Source, folder: Path, records: list[dict]) -> list[tuple[str, int]]:
+def _parquet(source: Source, folder: Path, records: Records) -> list[tuple[str, int]]:
     name = "export.parquet"
     cols = [c.source for c in source.columns]
     table = pa.Table.from_pylist([{c: r.get(c) for c in cols} for r in records])
@@ -129,7 +186,7 @@ def _parquet(source: Source, folder: Path, records: list[dict]) -> list[tuple[st
     return [(name, i) for i in range(1, len(records) + 1)]
 
 
-def _fixed(source: Source, folder: Path, records: list[dict]) -> list[tuple[str, int]]:
+def _fixed(source: Source, folder: Path, records: Records) -> list[tuple[str, int]]:
     name = "SALES.DAT"
     out = []
     with open(folder / name, "w", encoding="latin-1") as handle:
@@ -147,7 +204,7 @@ def _fixed(source: Source, folder: Path, records: list[dict]) -> list[tuple[str,
     return out
 
 
-def _xml(source: Source, folder: Path, records: list[dict]) -> list[tuple[str, int]]:
+def _xml(source: Source, folder: Path, records: Records) -> list[tuple[str, int]]:
     tag = source.options.get("record_tag", "record")
     name = "returns.xml"
     out = []
