@@ -37,7 +37,8 @@ def run_size(customers: int, days: int = 2, keep: bool = False, log=print) -> di
     base = get_settings().data_dir / "scale" / str(customers)
     if base.exists() and not keep:
         shutil.rmtree(base)
-    env = {**os.environ, "P13N_DATA_DIR": str(base), "P13N_ENV": os.environ.get("P13N_ENV", "local")}
+    env = {**os.environ, "P13N_DATA_DIR": str(base), "P13N_ENV": os.environ.get("P13N_ENV", "local"),
+           "PYTHONUNBUFFERED": "1"}  # progress (generation's too) reaches the log as it happens  # fmt: skip
     # The Spark driver holds a whole table's partition when it writes the profiles: 4 GB (make run's
     # default) runs out of memory from about 100k customers. This machine has 24 GB.
     env.setdefault("P13N__SPARK__DRIVER_MEMORY", driver_memory(customers))
