@@ -180,3 +180,43 @@ def test_resolve_command_names_what_is_wrong_with_the_file(tmp_path, capsys):
         == 2
     )
     assert "bad.csv: needs a record_id column (columns: id, first_name)" in capsys.readouterr().out
+
+
+def test_an_em_block_that_underflows_is_skipped_and_the_others_train_the_model(
+    tmp_path, spark, monkeypatch, caplog
+):
+    """At 1M customers one EM block drove an m probability below 1e-300 and Splink raised: that block's
+    estimates are dropped (Splink keeps them on a copy until the session ends), the others train."""
+    from splink.internals.linker_components.training import LinkerTraining
+
+    from p13n.cli import main
+    from p13n.identity.evaluation import evaluate_clusters
+
+    real, calls = LinkerTraining.estimate_parameters_using_expectation_maximisation, []
+
+    def first_underflows(self, rule, *args, **kwargs):
+        calls.append(rule)
+        if len(calls) == 1:
+            raise ValueError(
+                "m_probability value 2.6e-312 is below the minimum allowed value of 1e-300. Values"
+            )
+        return real(self, rule, *args, **kwargs)
+
+    monkeypatch.setattr(
+        LinkerTraining, "estimate_parameters_using_expectation_maximisation", first_underflows
+    )
+    truth = _person_file(tmp_path / "records.csv")
+    args = [
+        "identity",
+        "resolve",
+        "--input",
+        str(tmp_path / "records.csv"),
+        "--output",
+        str(tmp_path / "out.csv"),
+    ]
+    with caplog.at_level("WARNING", logger="p13n.identity.matching"):
+        assert main(args) == 0
+    assert len(calls) >= 2 and "EM on block" in caplog.text and "skipped" in caplog.text
+    out = pd.read_csv(tmp_path / "out.csv", dtype=str).rename(columns={"record_id": "record_key"})
+    m = evaluate_clusters(out, truth.rename(columns={"record_id": "record_key"}))
+    assert m["precision"] >= 0.95 and m["recall"] >= 0.95, m

@@ -23,6 +23,7 @@ from pyspark.sql import functions as F
 
 from p13n.identity.records import KEY_TYPES, NORMALIZED
 
+log = logging.getLogger(__name__)
 STRONG = ("email_n", "phone_n", *KEY_TYPES)  # equal values mean the same person
 _RULE_NAMES = {"email_n": "email", "phone_n": "phone"}
 
@@ -184,7 +185,7 @@ def train(
     )
     from splink.internals.exceptions import EMTrainingException
 
-    trained = []
+    trained, skipped = [], []
     for block in em_blocks:
         try:
             linker.training.estimate_parameters_using_expectation_maximisation(
@@ -194,10 +195,19 @@ def train(
         except EMTrainingException:
             # no pairs agree on this block (a small file, say): the other blocks estimate the m values
             continue
+        except ValueError as exc:
+            # EM drove an m probability below 1e-300, which Splink refuses (seen at 1M customers: a
+            # level that one block's pairs never reach). The session's estimates are dropped, not
+            # the model's; the other blocks estimate the m values.
+            if "probability value" not in str(exc):
+                raise
+            skipped.append("+".join(block))
+            log.warning("identity: EM on block %s skipped: %s", "+".join(block), str(exc).split(". ")[0])
     if not trained:
-        raise ValueError(f"too little to learn from: no training block found pairs ({em_blocks})")
+        raise ValueError(f"too little to learn from: no training block found pairs ({em_blocks}; {skipped=})")
     model = MatchModel(linker.misc.save_model_to_json(), threshold, _compared(present))
     model.metrics["em_blocks"] = len(trained)
+    model.metrics["em_blocks_skipped"] = len(skipped)
     return linker, model
 
 
