@@ -36,6 +36,9 @@ def test_the_scale_table_shows_the_newest_figures_and_the_earlier_nightlies(tmp_
     nightly = "**the nightly: the last night, ingestion to exports (s)**"
     assert rows[nightly] == f"| {nightly} | **266** | **1,111** |"
     assert rows["nights run (the last one is the nightly measured)"].endswith(" | 2 | 2 |")
+    assert "how it was measured" not in rows  # only when a result carries a note
+    scale.write_report([{**_result(20_000, 266.0, "2026-11-23", "abc1234"), "note": "resumed after a fix"}])
+    assert "| how it was measured | resumed after a fix |" in report.read_text()
     assert rows["the nightly, earlier measurements (s)"] == (
         "| the nightly, earlier measurements (s) | 603 (5bcb257) |  |"
     )

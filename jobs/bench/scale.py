@@ -205,6 +205,8 @@ def write_report(results: list[dict]) -> None:
     rows.append(
         ["peak memory, whole process tree (GB)", *(str(latest[n]["peak_memory_gb"]) for n in sorted(latest))]
     )
+    if any(r.get("note") for r in latest.values()):  # how a size was measured, when not in one plain run
+        rows.append(["how it was measured", *(latest[n].get("note", "") for n in sorted(latest))])
     keys = []
     for r in latest.values():
         keys += [k for k in r["outputs"] if k not in keys]
