@@ -122,6 +122,9 @@ class IdentitySettings(_Section):
     match_probability: float = Field(0.95, gt=0, lt=1)
     # Where Splink scores pairs: "duckdb" (in the driver, on the compact profile table) or "spark".
     backend: Literal["duckdb", "spark"] = "duckdb"
+    # DuckDB's memory for Splink; past it, it spills to disk. Empty: 35% of the machine's memory
+    # (DuckDB's own default, 80%, leaves nothing for the Spark driver in the same process tree).
+    duckdb_memory_gb: float | None = Field(None, gt=0)
     max_cluster_records: int = Field(5000, gt=1)
     # Pairs the model scores at most; EM trains on a sample of this size.
     em_max_pairs: int = Field(2_000_000, gt=0)

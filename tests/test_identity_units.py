@@ -226,3 +226,20 @@ def test_consents_latest_per_identifier_and_most_restrictive_across_them(spark):
     )
     assert got["C2"]["consent_push"] == "revoked"
     assert got["C1"]["consent_updated_at"] == ts(2024, 3, 1)
+
+
+def test_splinks_duckdb_is_capped_and_spills_to_disk():
+    """DuckDB's own default (80% of the machine) left nothing for the Spark driver: at 1M customers
+    the DAG process was killed by the kernel. The connection Splink gets is capped and can spill."""
+    import psutil
+
+    from p13n.identity.matching import _duckdb_connection
+
+    limit, temp = (
+        _duckdb_connection(1.5)
+        .execute("SELECT current_setting('memory_limit'), current_setting('temp_directory')")
+        .fetchone()
+    )
+    assert limit == "1.5 GiB" and temp.endswith("p13n-duckdb")
+    (default,) = _duckdb_connection(None).execute("SELECT current_setting('memory_limit')").fetchone()
+    assert abs(float(default.split()[0]) - psutil.virtual_memory().total * 0.35 / 2**30) < 0.2

@@ -62,6 +62,7 @@ def resolve_file(
         u_max_pairs=cfg.u_max_pairs,
         seed=cfg.seed,
         backend=cfg.backend,
+        duckdb_memory_gb=cfg.duckdb_memory_gb,
         progress=progress,
     )
     first = res.records.groupby("cluster")["record_key"].transform("min")

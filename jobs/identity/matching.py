@@ -153,6 +153,7 @@ def train(
     u_max_pairs: int,
     seed: int,
     backend: str = "duckdb",
+    duckdb_memory_gb: float | None = None,
 ):
     """Learn the Fellegi-Sunter model from the profiles themselves; return (linker, MatchModel).
 
@@ -172,7 +173,7 @@ def train(
     elif backend == "duckdb":
         from splink import DuckDBAPI
 
-        db_api = DuckDBAPI()
+        db_api = DuckDBAPI(connection=_duckdb_connection(duckdb_memory_gb))
         table = db_api.register(data.toArrow())
     else:
         raise ValueError(f"identity backend {backend!r}: expected 'duckdb' or 'spark'")
@@ -209,6 +210,20 @@ def train(
     model.metrics["em_blocks"] = len(trained)
     model.metrics["em_blocks_skipped"] = len(skipped)
     return linker, model
+
+
+def _duckdb_connection(memory_gb: float | None):
+    """An in-memory DuckDB that spills past `memory_gb` GiB (default: 35% of this machine's memory)."""
+    import tempfile
+
+    import duckdb
+    import psutil
+
+    limit = memory_gb or psutil.virtual_memory().total * 0.35 / 2**30
+    con = duckdb.connect(":memory:")
+    con.execute(f"SET memory_limit = '{limit:.1f}GiB'")
+    con.execute(f"SET temp_directory = '{tempfile.gettempdir()}/p13n-duckdb'")
+    return con
 
 
 def probabilistic_edges(linker, threshold: float) -> DataFrame:

@@ -119,6 +119,7 @@ def resolve_identities(
         u_max_pairs=cfg.u_max_pairs,
         seed=cfg.seed,
         backend=cfg.backend,
+        duckdb_memory_gb=cfg.duckdb_memory_gb,
         progress=say,
     )
     t0 = time.perf_counter()

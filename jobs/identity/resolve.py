@@ -34,6 +34,7 @@ def resolve_records(
     u_max_pairs: int = 5_000_000,
     seed: int = 13,
     backend: str = "duckdb",
+    duckdb_memory_gb: float | None = None,
     progress=None,
 ) -> Resolution:
     """Match `records` (record_key, source, record_id and any person attributes) into clusters."""
@@ -57,6 +58,7 @@ def resolve_records(
         u_max_pairs=u_max_pairs,
         seed=seed,
         backend=backend,
+        duckdb_memory_gb=duckdb_memory_gb,
     )
     timings["train_s"] = time.perf_counter() - t0
     say(f"identity: model trained on {', '.join(model.columns)}")
