@@ -37,6 +37,8 @@ def test_the_scale_table_shows_the_newest_figures_and_the_earlier_nightlies(tmp_
     assert rows[nightly] == f"| {nightly} | **266** | **1,111** |"
     assert rows["nights run (the last one is the nightly measured)"].endswith(" | 2 | 2 |")
     assert "how it was measured" not in rows  # only when a result carries a note
+    scale.write_report([_result(20_000, 300.0, "2026-11-23", "abc1234", ok=False)])
+    assert f"| {nightly} | failed after 300 |" in report.read_text()  # a failed run is no nightly figure
     scale.write_report([{**_result(20_000, 266.0, "2026-11-23", "abc1234"), "note": "resumed after a fix"}])
     assert "| how it was measured | resumed after a fix |" in report.read_text()
     assert rows["the nightly, earlier measurements (s)"] == (

@@ -183,7 +183,12 @@ def write_report(results: list[dict]) -> None:
     rows.append(
         [
             "**the nightly: the last night, ingestion to exports (s)**",
-            *(f"**{_num(latest[n]['nightly_seconds'])}**" for n in sorted(latest)),
+            *(
+                f"**{_num(latest[n]['nightly_seconds'])}**"
+                if latest[n]["succeeded"]
+                else f"failed after {_num(latest[n]['nightly_seconds'])}"
+                for n in sorted(latest)
+            ),
         ]
     )
     if earlier:
