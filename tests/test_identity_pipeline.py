@@ -141,30 +141,32 @@ def _person_file(path, n=300, seed=11):
     return frame[["record_id", "person_id"]]
 
 
-def test_resolve_command_on_a_csv_without_email_or_phone(tmp_path, spark, capsys):
+def _resolve_csv(tmp_path):
+    """`p13n identity resolve` on a person file: (exit code, its output, the truth, precision/recall)."""
     from p13n.cli import main
     from p13n.identity.evaluation import evaluate_clusters
 
     truth = _person_file(tmp_path / "records.csv")
-    assert (
-        main(
-            [
-                "identity",
-                "resolve",
-                "--input",
-                str(tmp_path / "records.csv"),
-                "--output",
-                str(tmp_path / "out.csv"),
-            ]
-        )
-        == 0
+    code = main(
+        [
+            "identity",
+            "resolve",
+            "--input",
+            str(tmp_path / "records.csv"),
+            "--output",
+            str(tmp_path / "out.csv"),
+        ]
     )
     out = pd.read_csv(tmp_path / "out.csv", dtype=str)
+    key = {"record_id": "record_key"}
+    return code, out, truth, evaluate_clusters(out.rename(columns=key), truth.rename(columns=key))
+
+
+def test_resolve_command_on_a_csv_without_email_or_phone(tmp_path, spark, capsys):
+    code, out, truth, m = _resolve_csv(tmp_path)
+    assert code == 0
     assert list(out.columns) == ["record_id", "customer_id"]
     assert sorted(out["record_id"]) == sorted(truth["record_id"])
-    m = evaluate_clusters(
-        out.rename(columns={"record_id": "record_key"}), truth.rename(columns={"record_id": "record_key"})
-    )
     assert m["precision"] >= 0.97 and m["recall"] >= 0.97, m
     assert "email_n" not in capsys.readouterr().out
 
@@ -189,9 +191,6 @@ def test_an_em_block_that_underflows_is_skipped_and_the_others_train_the_model(
     estimates are dropped (Splink keeps them on a copy until the session ends), the others train."""
     from splink.internals.linker_components.training import LinkerTraining
 
-    from p13n.cli import main
-    from p13n.identity.evaluation import evaluate_clusters
-
     real, calls = LinkerTraining.estimate_parameters_using_expectation_maximisation, []
 
     def first_underflows(self, rule, *args, **kwargs):
@@ -205,18 +204,8 @@ def test_an_em_block_that_underflows_is_skipped_and_the_others_train_the_model(
     monkeypatch.setattr(
         LinkerTraining, "estimate_parameters_using_expectation_maximisation", first_underflows
     )
-    truth = _person_file(tmp_path / "records.csv")
-    args = [
-        "identity",
-        "resolve",
-        "--input",
-        str(tmp_path / "records.csv"),
-        "--output",
-        str(tmp_path / "out.csv"),
-    ]
     with caplog.at_level("WARNING", logger="p13n.identity.matching"):
-        assert main(args) == 0
+        code, _out, _truth, m = _resolve_csv(tmp_path)
+    assert code == 0
     assert len(calls) >= 2 and "EM on block" in caplog.text and "skipped" in caplog.text
-    out = pd.read_csv(tmp_path / "out.csv", dtype=str).rename(columns={"record_id": "record_key"})
-    m = evaluate_clusters(out, truth.rename(columns={"record_id": "record_key"}))
     assert m["precision"] >= 0.95 and m["recall"] >= 0.95, m

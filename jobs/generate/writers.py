@@ -28,8 +28,9 @@ class Spool:
     """An append-only list of records that keeps all but its newest ones pickled and compressed.
 
     A day's batch of a source is collected before it is written (bad records are planted among
-    them); day 0 also carries a year of purchase history, which for a million customers is tens of
-    millions of records: about 40 GB as dicts, a tenth of that packed. Records are packed once
+    them); day 0 also carries a year of purchase history, which for a million customers is 33M
+    records: as dicts they passed 6 GB in the first 6 of the 37 minutes; packed, 2.4 GB after 26
+    (with all the generator's other state). Records are packed once
     `chunk` newer ones follow them, so a record still being filled in is never packed. Iterating
     yields copies of packed records: a change to one is not kept.
     """
@@ -47,10 +48,6 @@ class Spool:
             self._packed.append((len(head), zlib.compress(pickle.dumps(head, protocol=5), 1)))
             self._n_packed += len(head)
 
-    def extend(self, records) -> None:
-        for r in records:
-            self.append(r)
-
     def __len__(self) -> int:
         return self._n_packed + len(self._tail)
 
@@ -62,9 +59,8 @@ class Spool:
     def take(self, positions) -> dict[int, dict]:
         """The records at `positions`, unpacking each chunk at most once."""
         wanted, out, start = sorted(set(positions)), {}, 0
-        chunks = [*((n, blob) for n, blob in self._packed), (len(self._tail), None)]
         i = 0
-        for n, blob in chunks:
+        for n, blob in [*self._packed, (len(self._tail), None)]:
             end = start + n
             if i < len(wanted) and wanted[i] < end:
                 records = self._tail if blob is None else pickle.loads(zlib.decompress(blob))
