@@ -44,9 +44,7 @@ class DagSession:
         self, env: dict[str, str], log: Path, recycle_after: int = 24, max_rss_gb: float | None = None
     ):
         self.env, self.log = {**dags_test_env(env), "PYTHONUNBUFFERED": "1"}, log
-        self.recycle_after, self.runs_in_process = recycle_after, 0
-        # replaced after a DAG that leaves the process and its children (the Spark JVM) above this
-        self.max_rss_gb = max_rss_gb
+        self.recycle_after, self.runs_in_process, self.max_rss_gb = recycle_after, 0, max_rss_gb
         self.proc: subprocess.Popen | None = None
         self.last: dict | None = None  # the last run's result from the DAG process
 
@@ -102,7 +100,8 @@ class DagSession:
                 out.write(f"===== the DAG process exited (code {proc.wait()}) before finishing {dag_id}\n")
             elif result.get("error"):
                 out.write(f"===== {dag_id} {logical_date}: {result['error']}\n")
-            held = tree_rss_bytes(proc.pid) / 1e9 if self.max_rss_gb is not None else 0.0
+            # GiB, as the bench's peak memory and DuckDB's limit count it
+            held = tree_rss_bytes(proc.pid) / 2**30 if self.max_rss_gb is not None else 0.0
             too_big = self.max_rss_gb is not None and held > self.max_rss_gb
             if too_big:
                 out.write(f"===== the DAG process holds {held:.1f} GB after {dag_id}: replaced\n")
