@@ -228,18 +228,30 @@ def test_consents_latest_per_identifier_and_most_restrictive_across_them(spark):
     assert got["C1"]["consent_updated_at"] == ts(2024, 3, 1)
 
 
-def test_splinks_duckdb_is_capped_and_spills_to_disk():
+def test_splinks_duckdb_is_capped_spills_to_its_own_directory_and_is_released():
     """DuckDB's own default (80% of the machine) left nothing for the Spark driver: at 1M customers
-    the DAG process was killed by the kernel. The connection Splink gets is capped and can spill."""
+    the DAG process was killed by the kernel. The connection Splink gets is capped, spills into a
+    directory of its own, and `release` closes it and removes that directory."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
     import psutil
 
-    from p13n.identity.matching import _duckdb_connection
+    from p13n.identity.matching import _duckdb_connection, release
 
-    limit, temp = (
-        _duckdb_connection(1.5)
-        .execute("SELECT current_setting('memory_limit'), current_setting('temp_directory')")
-        .fetchone()
-    )
-    assert limit == "1.5 GiB" and temp.endswith("p13n-duckdb")
-    (default,) = _duckdb_connection(None).execute("SELECT current_setting('memory_limit')").fetchone()
+    con = _duckdb_connection(1.5)
+    limit, temp = con.execute(
+        "SELECT current_setting('memory_limit'), current_setting('temp_directory')"
+    ).fetchone()
+    assert limit == "1.5 GiB" and Path(temp).name.startswith("p13n-duckdb-") and Path(temp).is_dir()
+    other = _duckdb_connection(None)
+    default, other_temp = other.execute(
+        "SELECT current_setting('memory_limit'), current_setting('temp_directory')"
+    ).fetchone()
     assert abs(float(default.split()[0]) - psutil.virtual_memory().total * 0.35 / 2**30) < 0.2
+    assert other_temp != temp  # two identity runs on one host do not share spill files
+    release(SimpleNamespace(_db_api=SimpleNamespace(_con=con)))
+    assert not Path(temp).exists()
+    with pytest.raises(Exception, match="(?i)closed"):
+        con.execute("SELECT 1")
+    release(SimpleNamespace(_db_api=SimpleNamespace(_con=other)))

@@ -49,8 +49,11 @@ def cluster_profiles(
     n = len(ids)
     parent = list(range(n))
     size = profiles["records"].astype(int).tolist()
-    guard = [{s: i} if isinstance(s, str) else {} for i, s in enumerate(profiles["guard_source"].tolist())]
-    dobs = [{d} if isinstance(d, str) else set() for d in profiles["dob"].tolist()]
+    # Only the profiles that have them hold a guard source or birth dates: empty dicts and sets for
+    # millions of profiles cost more memory than the edge list.
+    guard = {i: {s: i} for i, s in enumerate(profiles["guard_source"].tolist()) if isinstance(s, str)}
+    dobs = {i: {d} for i, d in enumerate(profiles["dob"].tolist()) if isinstance(d, str)}
+    none: dict = {}
 
     def find(i: int) -> int:
         while parent[i] != i:
@@ -79,20 +82,23 @@ def cluster_profiles(
         if size[a] + size[b] > max_records:
             refused[f"cluster would exceed {max_records} records"] += 1
             continue
-        clash = next((s for s in guard[b] if s in guard[a]), None)
+        guard_a, guard_b = guard.get(a, none), guard.get(b, none)
+        clash = next((s for s in guard_b if s in guard_a), None)
         if clash:
             refused[f"two {clash} records"] += 1
             continue
-        if dobs[a] and dobs[b] and not (dobs[a] & dobs[b]):
+        dobs_a, dobs_b = dobs.get(a), dobs.get(b)
+        if dobs_a and dobs_b and not (dobs_a & dobs_b):
             refused["different birth dates"] += 1
             continue
         if size[a] < size[b]:
             a, b = b, a
         parent[b] = a
         size[a] += size[b]
-        guard[a].update(guard[b])
-        dobs[a] |= dobs[b]
-        guard[b], dobs[b] = {}, set()
+        if b in guard:
+            guard.setdefault(a, {}).update(guard.pop(b))
+        if b in dobs:
+            dobs.setdefault(a, set()).update(dobs.pop(b))
         accepted[k] = True
     roots = np.fromiter((find(i) for i in range(n)), dtype=np.int64, count=n)
     assignment = pd.DataFrame({"profile_id": ids, "root": roots})

@@ -213,7 +213,8 @@ def train(
 
 
 def _duckdb_connection(memory_gb: float | None):
-    """An in-memory DuckDB that spills past `memory_gb` GiB (default: 35% of this machine's memory)."""
+    """An in-memory DuckDB that spills past `memory_gb` GiB (default: 35% of this machine's memory)
+    into a temp directory of its own (`release` removes it)."""
     import tempfile
 
     import duckdb
@@ -222,14 +223,36 @@ def _duckdb_connection(memory_gb: float | None):
     limit = memory_gb or psutil.virtual_memory().total * 0.35 / 2**30
     con = duckdb.connect(":memory:")
     con.execute(f"SET memory_limit = '{limit:.1f}GiB'")
-    con.execute(f"SET temp_directory = '{tempfile.gettempdir()}/p13n-duckdb'")
+    con.execute(f"SET temp_directory = '{tempfile.mkdtemp(prefix='p13n-duckdb-')}'")
     return con
 
 
-def probabilistic_edges(linker, threshold: float) -> DataFrame:
-    """Scored pairs at or above `threshold` as pandas (they are few: a handful per profile):
-    profile_l, profile_r, match_probability, match_weight and each comparison's level (gamma_*)."""
-    scored = linker.inference.predict(threshold_match_probability=threshold).as_pandas_dataframe()
-    gammas = [c for c in scored.columns if c.startswith("gamma_")]
-    out = scored[["profile_id_l", "profile_id_r", "match_probability", "match_weight", *gammas]]
-    return out.rename(columns={"profile_id_l": "profile_l", "profile_id_r": "profile_r"})
+def release(linker) -> None:
+    """Close the linker's DuckDB (its memory and spill files go with it); a no-op on Spark."""
+    import shutil
+
+    con = getattr(linker._db_api, "_con", None)
+    if con is None or not hasattr(con, "close"):
+        return
+    spill = con.execute("SELECT current_setting('temp_directory')").fetchone()[0]
+    con.close()
+    if spill and "p13n-duckdb-" in spill:
+        shutil.rmtree(spill, ignore_errors=True)
+
+
+def probabilistic_edges(linker, threshold: float, gamma_columns: list[str]):
+    """Scored pairs at or above `threshold` as pandas (a few per profile): profile_l, profile_r,
+    match_probability, match_weight and the comparison levels `gamma_columns` (int8).
+
+    Only these columns leave the backend: Splink's predictions also hold both sides' attributes,
+    which at 1M customers is gigabytes the clustering never reads.
+    """
+    scored = linker.inference.predict(threshold_match_probability=threshold)
+    gammas = "".join(f", CAST({c} AS TINYINT) AS {c}" for c in gamma_columns)
+    out = linker.misc.query_sql(
+        "SELECT profile_id_l AS profile_l, profile_id_r AS profile_r, match_probability, match_weight"
+        f"{gammas} FROM {scored.physical_name}",
+        output_type="pandas",
+    )
+    scored.drop_table_from_database_and_remove_from_cache()
+    return out

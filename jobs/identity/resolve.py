@@ -64,21 +64,24 @@ def resolve_records(
     say(f"identity: model trained on {', '.join(model.columns)}")
 
     t0 = time.perf_counter()
-    scored = matching.probabilistic_edges(linker, threshold)
-    gamma_cols = [c for c in scored.columns if c.startswith("gamma_")]
+    exact_levels = _exact_levels(model.settings)
+    scored = matching.probabilistic_edges(linker, threshold, list(exact_levels))
+    matching.release(linker)
+    del linker
     frames = [scored.assign(rule="model")]
     if det is not None:
         frames.append(det.toPandas().assign(match_probability=1.0))
     edges = pd.concat(frames, ignore_index=True)
-    for c in gamma_cols:
-        edges[c] = edges[c].fillna(-1).astype(int)
+    del frames, scored
+    for c in exact_levels:
+        edges[c] = edges[c].fillna(-1).astype("int8")
     timings["score_s"] = time.perf_counter() - t0
-    say(f"identity: {len(edges):,} candidate links ({len(frames[0]):,} from the model)")
+    say(f"identity: {len(edges):,} candidate links ({int((edges['rule'] == 'model').sum()):,} from the model)")
 
     t0 = time.perf_counter()
     prof_pd = prof.select("profile_id", "records", "guard_source", "dob").toPandas()
     result = clustering.cluster_profiles(
-        prof_pd, edges, max_records=max_cluster_records, exact_levels=_exact_levels(model.settings)
+        prof_pd, edges, max_records=max_cluster_records, exact_levels=exact_levels
     )
     recs = record_map.toPandas().merge(result.assignment, on="profile_id", how="left", validate="many_to_one")
     timings["cluster_s"] = time.perf_counter() - t0
