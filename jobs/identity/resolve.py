@@ -76,7 +76,9 @@ def resolve_records(
     for c in exact_levels:
         edges[c] = edges[c].fillna(-1).astype("int8")
     timings["score_s"] = time.perf_counter() - t0
-    say(f"identity: {len(edges):,} candidate links ({int((edges['rule'] == 'model').sum()):,} from the model)")
+    say(
+        f"identity: {len(edges):,} candidate links ({int((edges['rule'] == 'model').sum()):,} from the model)"
+    )
 
     t0 = time.perf_counter()
     prof_pd = prof.select("profile_id", "records", "guard_source", "dob").toPandas()
