@@ -181,6 +181,10 @@ class RecommendSettings(_Section):
     als_iterations: int = Field(15, gt=0)
     # The grid search fits and scores on a seeded sample of at most this many customers (null: all).
     tune_max_users: int | None = Field(20_000, gt=0)
+    # The evaluation (and gate) scores a seeded sample of at most this many test customers (null: all).
+    eval_max_users: int | None = Field(100_000, gt=0)
+    # The customers' lists are drawn this many customers at a time (bounds the driver's memory).
+    list_batch_customers: int = Field(200_000, gt=0)
     # Blend of the personalized list: reciprocal-rank fusion weight per component.
     blend: dict[str, float] = Field(
         default_factory=lambda: {

@@ -8,7 +8,17 @@ import pandas as pd
 import pytest
 
 from p13n.config import Settings
-from p13n.recommend.pipeline import Data, Recipe, evaluate_recipe, fit_lists, served, time_split
+from p13n.recommend.pipeline import (
+    Data,
+    Recipe,
+    customer_lists,
+    evaluate_recipe,
+    fit_lists,
+    fit_models,
+    lists_for,
+    served,
+    time_split,
+)
 
 END = pd.Timestamp("2024-03-02", tz="UTC")
 N_ITEMS = 12
@@ -138,3 +148,45 @@ def test_the_spark_engine_serves_the_same_lists_contract(rec_settings, spark):
     # lists are new items; the served blend finds the staples through buy-it-again, as with implicit
     assert table["als"]["ndcg@10"] == 0.0 and table["als"]["coverage"] >= 0.5
     assert table["personalized"]["recall@10"] > 0.9
+
+
+def test_time_split_samples_at_most_max_users_test_customers_and_keeps_the_others_history():
+    events = _shop()
+    full_train, full_test, full_cut = time_split(events)
+    train, test, cut = time_split(events, max_users=10, seed=5)
+    assert len(cut) == 10 and set(cut.index) < set(full_cut.index)
+    assert set(test["user"]) == set(cut.index)
+    assert cut.equals(full_cut[cut.index])  # a sampled customer's cut-off is unchanged
+    # the customers left out of the test keep their whole history for training
+    others = events[~events["user"].isin(cut.index)]
+    assert len(train[~train["user"].isin(cut.index)]) == len(others)
+    assert time_split(events, max_users=10, seed=5)[2].index.equals(cut.index)  # seeded
+    assert time_split(events, max_users=1000)[2].equals(full_cut)
+
+
+def test_lists_drawn_in_batches_of_customers_are_the_lists_drawn_at_once(rec_settings):
+    """build_lists draws the customers' lists a batch at a time: the rows must not depend on it."""
+    import datetime as dt
+
+    events = _shop()
+    n = 30
+    consented = np.ones(n, bool)
+    consented[5] = False
+    data = _data(events, n, consented)
+    users = np.arange(n)
+    fitted = fit_models(data, events, users, RECIPE, rec_settings, None, data.end)
+    day = dt.date(2024, 3, 2)
+
+    def rows(chunk):
+        return customer_lists(
+            data, lists_for(fitted, data, chunk, rec_settings), chunk, RECIPE, rec_settings, day
+        )
+
+    whole = rows(users)
+    batched = pd.concat([rows(users[i : i + 7]) for i in range(0, n, 7)], ignore_index=True)
+    key = ["customer_id", "list_type", "rank"]
+    assert len(whole) > 10 * n and set(whole["list_type"]) == {"personalized", "buy_again", "recently_viewed",
+                                                                 "popular_in_segment"}  # fmt: skip
+    pd.testing.assert_frame_equal(
+        batched.sort_values(key).reset_index(drop=True), whole.sort_values(key).reset_index(drop=True)
+    )

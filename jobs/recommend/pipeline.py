@@ -226,41 +226,74 @@ class Lists:
     similarity: object
 
 
-def fit_lists(data: Data, events: pd.DataFrame, users: np.ndarray, recipe: Recipe, settings: Settings, spark,
-              end: pd.Timestamp | pd.Series | None = None) -> Lists:  # fmt: skip
-    """Fit every model on `events` and produce each list for `users`. `end` is when the lists are for:
-    the run's end, or per user their own cut-off (evaluation)."""
+@dataclass
+class Fitted:
+    """Every model of a recipe fitted on some events, before any user's list is drawn from it."""
+
+    als: object
+    sim: ItemSimilarity
+    seen: object  # the user × item weight matrix
+    purchases: pd.DataFrame
+    buy_again: pd.DataFrame  # for every user asked for (its cadences are learned across users)
+    together: pd.DataFrame
+    popular: pd.DataFrame
+    trending: pd.DataFrame
+    similar: pd.DataFrame  # item, other, rank, score
+    depth: int
+
+
+def fit_models(data: Data, events: pd.DataFrame, users: np.ndarray, recipe: Recipe, settings: Settings, spark,
+               end: pd.Timestamp | pd.Series) -> Fitted:  # fmt: skip
+    """Fit every model of `recipe` on `events`; `users` are those whose buy-again lists are wanted."""
     cfg = settings.recommend
     sizes = cfg.list_sizes
-    end = data.end if end is None else end
     global_end = data.end if isinstance(end, pd.Series) else end
-    depth = 2 * sizes["personalized"]
     weights = L.decayed_weights(events, global_end, recipe.half_life_days)
     shape = (len(data.users), len(data.items))
     m = Interactions.from_frame(
         weights, weight="weight", users=pd.RangeIndex(shape[0]), items=pd.RangeIndex(shape[1])
     ).matrix
     purchases = events[events["kind"] == "purchase"]
-    als = _als(recipe, spark, cfg.seed).fit(m)
-    sim = ItemSimilarity().fit(m)
-    comps = {
-        "als": als.recommend(users, depth),
-        "item_similarity": sim.recommend(users, depth),
-        "buy_again": L.buy_again(purchases, data.repeatable, end, sizes["buy_again"]),
-    }
-    comps["buy_again"] = comps["buy_again"][comps["buy_again"]["user"].isin(users)]
+    buy_again = L.buy_again(purchases, data.repeatable, end, sizes["buy_again"])
     together = L.bought_together(purchases, shape[1], cfg.bought_together_min_support,
                                  sizes["bought_together"])  # fmt: skip
-    comps["bought_together"] = _with_last_order(purchases, together, users, depth)
+    depth = 2 * sizes["personalized"]
     pop = L.popular(purchases, data.segment, global_end, cfg.popular_days, max(sizes["popular"], depth))
-    seg_lists = pop[pop["scope"] != "all"]
-    comps["popular_in_segment"] = L.expand_shared(seg_lists, data.segment.reindex(users))
     trend = L.trending(events[events["kind"] != "return"], data.category, global_end, cfg.trending_days,
                        cfg.trending_baseline_days, sizes["trending"])  # fmt: skip
+    sim = ItemSimilarity().fit(m)
+    return Fitted(
+        als=_als(recipe, spark, cfg.seed).fit(m), sim=sim, seen=m, purchases=purchases,
+        buy_again=buy_again[buy_again["user"].isin(users)], together=together, popular=pop, trending=trend,
+        similar=sim.similar_items(sizes["similar_items"]).rename(columns={"item_a": "item", "item_b": "other"}),
+        depth=depth,
+    )  # fmt: skip
+
+
+def lists_for(fitted: Fitted, data: Data, users: np.ndarray, settings: Settings) -> Lists:
+    """Each list for `users` (any subset of the users `fitted` was asked for) from the fitted models."""
+    f = fitted
+    comps = {
+        "als": f.als.recommend(users, f.depth),
+        "item_similarity": f.sim.recommend(users, f.depth),
+        "buy_again": f.buy_again[f.buy_again["user"].isin(users)],
+        "bought_together": _with_last_order(f.purchases, f.together, users, f.depth),
+    }
+    seg_lists = f.popular[f.popular["scope"] != "all"]
+    comps["popular_in_segment"] = L.expand_shared(seg_lists, data.segment.reindex(users))
+    trend = f.trending
     comps["trending"] = L.expand_shared(trend[trend["scope"] == "all"], pd.Series("all", index=users))
-    comps["popular"] = L.expand_shared(pop[pop["scope"] == "all"], pd.Series("all", index=users))
-    similar = sim.similar_items(sizes["similar_items"]).rename(columns={"item_a": "item", "item_b": "other"})
-    return Lists(comps, similar, together, trend, pop, m, sim.similarity)
+    comps["popular"] = L.expand_shared(f.popular[f.popular["scope"] == "all"], pd.Series("all", index=users))
+    return Lists(comps, f.similar, f.together, trend, f.popular, f.seen, f.sim.similarity)
+
+
+def fit_lists(data: Data, events: pd.DataFrame, users: np.ndarray, recipe: Recipe, settings: Settings, spark,
+              end: pd.Timestamp | pd.Series | None = None) -> Lists:  # fmt: skip
+    """Fit every model on `events` and produce each list for `users`. `end` is when the lists are for:
+    the run's end, or per user their own cut-off (evaluation)."""
+    end = data.end if end is None else end
+    fitted = fit_models(data, events, users, recipe, settings, spark, end)
+    return lists_for(fitted, data, users, settings)
 
 
 def _with_last_order(
@@ -313,14 +346,19 @@ def _bought_not_repeatable(data: Data, events: pd.DataFrame) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------------------ evaluation
-def time_split(events: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.Series]:
-    """Each customer's latest order is the test set, for customers with activity before it; the
-    training set is everything before each such customer's cut-off (and all of everyone else's).
+def time_split(
+    events: pd.DataFrame, max_users: int | None = None, seed: int = 13
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.Series]:
+    """Each customer's latest order is the test set, for customers with activity before it (a seeded
+    sample of at most `max_users` of them); the training set is everything before each test
+    customer's cut-off (and all of everyone else's).
     Returns train events, test (user, item) and the cut-off per test user."""
     p = events[events["kind"] == "purchase"]
     latest = p.groupby("user")["at"].max()
     first = events.groupby("user")["at"].min()
     cut = latest[latest > first.reindex(latest.index)]
+    if max_users is not None and len(cut) > max_users:
+        cut = cut.sample(n=max_users, random_state=seed).sort_index()
     test = p[p["at"] == p["user"].map(cut)][["user", "item"]].drop_duplicates()
     cutoff = events["user"].map(cut)
     train = events[cutoff.isna() | (events["at"] < cutoff)]
@@ -421,7 +459,7 @@ def train_recommender(lake: Lake, settings: Settings, data: Data, as_of: dt.date
     use_experiment(settings, "recommend")  # first: the champion is looked up in this store
     cfg = settings.recommend
     spark = lake.spark
-    split = time_split(data.events)
+    split = time_split(data.events, cfg.eval_max_users, cfg.seed)
     if split[1].empty:
         raise LookupError(
             "no customer has an order after earlier activity: nothing to evaluate recommendations on"
@@ -504,19 +542,51 @@ def champion_recipe(settings: Settings) -> Recipe:
 
 def build_lists(lake: Lake, settings: Settings, data: Data, recipe: Recipe, as_of: dt.date,
                 run: RunContext | None = None) -> dict:  # fmt: skip
-    """Every list for every customer and item, with the served recipe, written to the gold tables."""
+    """Every list for every customer and item, with the served recipe, written to the gold tables.
+
+    The models are fitted once; the customers' lists are drawn in batches of
+    `recommend.list_batch_customers` (at 1M customers one pass held tens of millions of candidate
+    rows per list in pandas) and gathered as Arrow before the one write.
+    """
+    import pyarrow as pa
+
+    users = np.arange(len(data.users))
+    fitted = fit_models(data, data.events, users, recipe, settings, lake.spark, data.end)
+    batch = max(1, settings.recommend.list_batch_customers)
+    parts, counts, lists = [], [], None
+    for start in range(0, max(len(users), 1), batch):
+        chunk = users[start : start + batch]
+        lists = lists_for(fitted, data, chunk, settings)
+        table = customer_lists(data, lists, chunk, recipe, settings, as_of)
+        counts.append(_list_counts(table))
+        parts.append(pa.Table.from_pandas(table, preserve_index=False))
+        del table
+    table = pa.concat_tables(parts)
+    del parts
+    lake.replace_partition(RECOMMENDATIONS, lake.spark.createDataFrame(table), "as_of_date", as_of, run=run)
+    rows = table.num_rows
+    del table
+    item_tables = _item_tables(data, lists, as_of, settings.recommend.list_sizes["similar_items"])
+    for name, df in item_tables.items():
+        lake.replace_partition(name, lake.spark.createDataFrame(df), "as_of_date", as_of, run=run)
+    return _list_stats(rows, counts, item_tables, data)
+
+
+def customer_lists(data: Data, lists: Lists, users: np.ndarray, recipe: Recipe, settings: Settings,
+                   as_of: dt.date) -> pd.DataFrame:  # fmt: skip
+    """The rows of `gold.recommendations` for `users` (their lists drawn in `lists`)."""
     cfg = settings.recommend
     sizes = cfg.list_sizes
-    users = np.arange(len(data.users))
-    lists = fit_lists(data, data.events, users, recipe, settings, lake.spark)
-    personalized = served(data, lists, users, data.events, recipe, settings)
-    exclude = _bought_not_repeatable(data, data.events)
+    events = data.events[data.events["user"].isin(users)] if len(users) < len(data.users) else data.events
+    personalized = served(data, lists, users, events, recipe, settings)
+    exclude = _bought_not_repeatable(data, events)
     cons = data.consented
+    purchases = events[events["kind"] == "purchase"]
     per_type = {
         "personalized": personalized,
         "buy_again": _ruled(lists.components["buy_again"], sizes["buy_again"], data, cons),
         "recently_viewed": _ruled(
-            L.recently_viewed(data.events[data.events["kind"] == "product_view"], data.purchases, data.end,
+            L.recently_viewed(events[events["kind"] == "product_view"], purchases, data.end,
                               cfg.recently_viewed_days, sizes["recently_viewed"]), sizes["recently_viewed"], data, cons),
         "popular_in_segment": _ruled(lists.components["popular_in_segment"], sizes["popular_in_segment"], data, cons,
                                      exclude),
@@ -538,16 +608,11 @@ def build_lists(lake: Lake, settings: Settings, data: Data, recipe: Recipe, as_o
         cadence, on=["user", "item"], how="left"
     )
     recs["reason"] = _reasons(recs, data)
-    table = pd.DataFrame({
+    return pd.DataFrame({
         "customer_id": data.users[recs["user"].to_numpy()], "as_of_date": as_of, "list_type": recs["list_type"],
         "rank": recs["rank"].astype(int), "sku": data.items[recs["item"].to_numpy()],
         "score": recs["score"].astype(float).round(6), "source": recs["source"], "reason": recs["reason"],
     })  # fmt: skip
-    lake.replace_partition(RECOMMENDATIONS, lake.spark.createDataFrame(table), "as_of_date", as_of, run=run)
-    item_tables = _item_tables(data, lists, as_of, sizes["similar_items"])
-    for name, df in item_tables.items():
-        lake.replace_partition(name, lake.spark.createDataFrame(df), "as_of_date", as_of, run=run)
-    return _list_stats(table, item_tables, data)
 
 
 def _ruled(df: pd.DataFrame, k: int, data: Data, consented: np.ndarray, exclude: pd.DataFrame | None = None):
@@ -614,28 +679,43 @@ def _item_tables(data: Data, lists: Lists, as_of: dt.date, k: int) -> dict[str, 
     return {SIMILAR: similar, TOGETHER: together, TRENDING: trending, POPULAR: popular}
 
 
-def _list_stats(table: pd.DataFrame, item_tables: dict, data: Data) -> dict:
+def _list_counts(table: pd.DataFrame) -> dict:
+    """A batch's share of the run's list statistics (batches hold disjoint customers, so they add up)."""
     pers = table[table["list_type"] == "personalized"]
-    personal = pers[pers["source"].isin(PERSONAL)].groupby("customer_id").size()
-    sizes = pers.groupby("customer_id").size()
+    return {
+        "sizes": pers.groupby("customer_id").size(),
+        "personal": int(pers.loc[pers["source"].isin(PERSONAL), "customer_id"].nunique()),
+        "lists": table.groupby("list_type")["customer_id"].nunique(),
+        "sources": pers["source"].value_counts(),
+    }
+
+
+def _list_stats(rows: int, counts: list[dict], item_tables: dict, data: Data) -> dict:
+    sizes = pd.concat([c["sizes"] for c in counts]) if counts else pd.Series(dtype=int)
+    personal = sum(c["personal"] for c in counts)
+    lists = pd.concat([c["lists"] for c in counts]).groupby(level=0).sum() if counts else pd.Series(dtype=int)
+    sources = (
+        pd.concat([c["sources"] for c in counts]).groupby(level=0).sum() if counts else pd.Series(dtype=int)
+    )
+    sources = sources.sort_values(ascending=False, kind="stable")
     k = int(sizes.max()) if len(sizes) else 0
     sim = item_tables[SIMILAR]
     return {
         "customers": len(data.users),
-        "rows": len(table),
+        "rows": rows,
         "personalized_full_share": round(float((sizes >= k).sum() / max(len(data.users), 1)), 4),
-        "personalized_share": round(len(personal) / max(len(data.users), 1), 4),
-        "personalized_share_active": round(len(personal) / max(data.events["user"].nunique(), 1), 4),
+        "personalized_share": round(personal / max(len(data.users), 1), 4),
+        "personalized_share_active": round(personal / max(data.events["user"].nunique(), 1), 4),
         # of the customers who allow personalization and did anything we can learn from
         "personalized_share_eligible": round(
-            len(personal) / max(int(data.consented[data.events["user"].unique()].sum()), 1), 4
+            personal / max(int(data.consented[data.events["user"].unique()].sum()), 1), 4
         ),
-        "lists": {t: int(n) for t, n in table.groupby("list_type")["customer_id"].nunique().items()},
+        "lists": {t: int(n) for t, n in lists.items()},
         "items_with_similar": int(sim["sku"].nunique()),
         "items": len(data.items),
         "bought_together_pairs": len(item_tables[TOGETHER]),
         "trending_scopes": int(item_tables[TRENDING]["scope"].nunique()),
         "excluded_out_of_stock_items": int(data.unavailable.sum()),
         "personalization_objectors": int((~data.consented).sum()),
-        "sources": {s: int(n) for s, n in pers["source"].value_counts().items()},
+        "sources": {s: int(n) for s, n in sources.items()},
     }
