@@ -36,6 +36,7 @@ class MatchModel:
     threshold: float
     columns: list[str]
     metrics: dict[str, float] = field(default_factory=dict)
+    block_pairs: dict[str, int] = field(default_factory=dict)  # blocking rule → pairs it makes
 
 
 def profiles(normalized: DataFrame, one_per_customer: list[str]) -> tuple[DataFrame, DataFrame]:
@@ -94,6 +95,26 @@ def _compared(present: list[str]) -> list[str]:
     return [c for c in used if c in present]
 
 
+def blocking_rules(present: list[str]) -> list[list[str]]:
+    """The blocking rules of the predictions: the attributes two profiles must share to be scored."""
+    candidates = [
+        ["email_n"], ["phone_n"], ["first_c", "last_n"], ["last_n", "postal_n"], ["first_c", "dob"],
+        ["last_n", "dob"], ["street_n", "postal_n"], ["first_c", "street_n"],
+    ]  # fmt: skip
+    return [b for b in candidates if all(c in present for c in b)]
+
+
+def block_pairs(prof: DataFrame, rules: list[list[str]]) -> dict[str, int]:
+    """Per blocking rule, the pairs of profiles it makes (n·(n−1)/2 per block of n profiles), before
+    Splink drops the pairs an earlier rule already made: what predicting will have to score."""
+    out = {}
+    for rule in rules:
+        blocks = prof.dropna(subset=rule).groupBy(*rule).count()
+        pairs = blocks.select(F.sum(F.col("count") * (F.col("count") - 1) / 2)).first()[0]
+        out["+".join(rule)] = int(pairs or 0)
+    return out
+
+
 def _splink_settings(present: list[str]) -> tuple[dict, list[list[str]], list[list[str]]]:
     """(Splink settings, EM training blocks, deterministic rules) for the attributes present."""
     import splink.comparison_library as cl
@@ -117,11 +138,7 @@ def _splink_settings(present: list[str]) -> tuple[dict, list[list[str]], list[li
     if "dob" in present:
         comparisons.append(cl.LevenshteinAtThresholds("dob", [1]))
 
-    candidates = [
-        ["email_n"], ["phone_n"], ["first_c", "last_n"], ["last_n", "postal_n"], ["first_c", "dob"],
-        ["last_n", "dob"], ["street_n", "postal_n"], ["first_c", "street_n"],
-    ]  # fmt: skip
-    blocks = [b for b in candidates if all(c in present for c in b)]
+    blocks = blocking_rules(present)
     if not blocks:
         raise ValueError(
             "too little to match on: the records need an email, a phone, or names with a postal code "
@@ -178,35 +195,42 @@ def train(
     else:
         raise ValueError(f"identity backend {backend!r}: expected 'duckdb' or 'spark'")
     linker = Linker(table, settings, log_level=logging.WARNING)
-    linker.training.estimate_probability_two_random_records_match(
-        [block_on(*r) for r in deterministic], recall=0.8
-    )
-    linker.training.estimate_u_using_random_sampling(
-        max_pairs=u_max_pairs, seed=seed, min_count_per_level=None, num_chunks=1
-    )
-    from splink.internals.exceptions import EMTrainingException
+    try:
+        linker.training.estimate_probability_two_random_records_match(
+            [block_on(*r) for r in deterministic], recall=0.8
+        )
+        linker.training.estimate_u_using_random_sampling(
+            max_pairs=u_max_pairs, seed=seed, min_count_per_level=None, num_chunks=1
+        )
+        from splink.internals.exceptions import EMTrainingException
 
-    trained, skipped = [], []
-    for block in em_blocks:
-        try:
-            linker.training.estimate_parameters_using_expectation_maximisation(
-                block_on(*block), max_pairs=em_max_pairs
+        trained, skipped = [], []
+        for block in em_blocks:
+            try:
+                linker.training.estimate_parameters_using_expectation_maximisation(
+                    block_on(*block), max_pairs=em_max_pairs
+                )
+                trained.append("+".join(block))
+            except EMTrainingException:
+                # no pairs agree on this block (a small file, say): the other blocks estimate the m values
+                continue
+            except ValueError as exc:
+                # EM drove an m probability below 1e-300, which Splink refuses (seen at 1M customers: a
+                # level that one block's pairs never reach). The session's estimates are dropped, not
+                # the model's; the other blocks estimate the m values.
+                if "probability value" not in str(exc):
+                    raise
+                skipped.append("+".join(block))
+                log.warning("identity: EM on block %s skipped: %s", "+".join(block), str(exc).split(". ")[0])
+        if not trained:
+            raise ValueError(
+                f"too little to learn from: no training block found pairs ({em_blocks}; {skipped=})"
             )
-            trained.append("+".join(block))
-        except EMTrainingException:
-            # no pairs agree on this block (a small file, say): the other blocks estimate the m values
-            continue
-        except ValueError as exc:
-            # EM drove an m probability below 1e-300, which Splink refuses (seen at 1M customers: a
-            # level that one block's pairs never reach). The session's estimates are dropped, not
-            # the model's; the other blocks estimate the m values.
-            if "probability value" not in str(exc):
-                raise
-            skipped.append("+".join(block))
-            log.warning("identity: EM on block %s skipped: %s", "+".join(block), str(exc).split(". ")[0])
-    if not trained:
-        raise ValueError(f"too little to learn from: no training block found pairs ({em_blocks}; {skipped=})")
+    except BaseException:  # a failed (or retried) run leaves no DuckDB spill files behind
+        release(linker)
+        raise
     model = MatchModel(linker.misc.save_model_to_json(), threshold, _compared(present))
+    model.block_pairs = block_pairs(prof, blocking_rules(present))
     model.metrics["em_blocks"] = len(trained)
     model.metrics["em_blocks_skipped"] = len(skipped)
     return linker, model
@@ -233,6 +257,10 @@ def release(linker) -> None:
 
     con = getattr(linker._db_api, "_con", None)
     if con is None or not hasattr(con, "close"):
+        return
+    try:
+        con.execute("SELECT 1")
+    except Exception:  # already closed
         return
     spill = con.execute("SELECT current_setting('temp_directory')").fetchone()[0]
     con.close()

@@ -62,11 +62,18 @@ def resolve_records(
     )
     timings["train_s"] = time.perf_counter() - t0
     say(f"identity: model trained on {', '.join(model.columns)}")
+    say(
+        f"identity: scoring up to {sum(model.block_pairs.values()):,} pairs ("
+        + ", ".join(f"{rule} {n:,}" for rule, n in model.block_pairs.items())
+        + ")"
+    )
 
     t0 = time.perf_counter()
     exact_levels = _exact_levels(model.settings)
-    scored = matching.probabilistic_edges(linker, threshold, list(exact_levels))
-    matching.release(linker)
+    try:
+        scored = matching.probabilistic_edges(linker, threshold, list(exact_levels))
+    finally:
+        matching.release(linker)
     del linker
     frames = [scored.assign(rule="model")]
     if det is not None:
@@ -99,6 +106,7 @@ def resolve_records(
         counts={
             "records": n_records,
             "profiles": n_profiles,
+            "blocked_pairs": sum(model.block_pairs.values()),
             "candidate_edges": len(edges),
             "accepted_edges": len(result.accepted),
             "clusters": int(result.assignment["cluster"].nunique()),
