@@ -129,6 +129,9 @@ class IdentitySettings(_Section):
     # Pairs the model scores at most; EM trains on a sample of this size.
     em_max_pairs: int = Field(2_000_000, gt=0)
     u_max_pairs: int = Field(5_000_000, gt=0)
+    # A blocking rule making more pairs than this many a profile is tightened with the city (else left
+    # out): names alone make 53 pairs a profile at 1M customers, 5 at 100k.
+    max_pairs_per_profile: float = Field(20.0, gt=0)
     seed: int = 13
 
 

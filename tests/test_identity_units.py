@@ -271,3 +271,27 @@ def test_block_pairs_counts_the_pairs_each_blocking_rule_makes(spark):
         "last_n+postal_n": 1,
         "first_c": 10,
     }
+
+
+def test_a_blocking_rule_over_the_pair_budget_is_tightened_with_the_city_or_left_out(spark):
+    """Names alone blow up quadratically with the customers: over budget, the city is added."""
+    from p13n.identity.matching import budget_rules
+
+    rows = [("ann", "xu", f"a{i}@x", "paris" if i < 3 else "lyon") for i in range(6)]
+    prof = spark.createDataFrame(rows, "first_c string, last_n string, email_n string, city_n string")
+    present = ["first_c", "last_n", "email_n", "city_n"]
+    # 6 alike names: 15 pairs; within the cities 3 + 3
+    assert budget_rules(prof, present, 15) == (
+        [["email_n"], ["first_c", "last_n"]],
+        {"email_n": 0, "first_c+last_n": 15},
+        [],
+    )
+    rules, pairs, changed = budget_rules(prof, present, 10)
+    assert rules == [["email_n"], ["first_c", "last_n", "city_n"]]
+    assert pairs == {"email_n": 0, "first_c+last_n+city_n": 6}
+    assert changed == ["first_c+last_n (15 pairs) tightened to first_c+last_n+city_n (6)"]
+    rules, pairs, changed = budget_rules(prof, present, 5)
+    assert (
+        rules == [["email_n"]]
+        and changed[-1] == "first_c+last_n+city_n left out (6 pairs over the budget of 5)"
+    )

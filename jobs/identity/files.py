@@ -63,6 +63,7 @@ def resolve_file(
         seed=cfg.seed,
         backend=cfg.backend,
         duckdb_memory_gb=cfg.duckdb_memory_gb,
+        max_pairs_per_profile=cfg.max_pairs_per_profile,
         progress=progress,
     )
     first = res.records.groupby("cluster")["record_key"].transform("min")

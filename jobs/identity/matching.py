@@ -37,6 +37,7 @@ class MatchModel:
     columns: list[str]
     metrics: dict[str, float] = field(default_factory=dict)
     block_pairs: dict[str, int] = field(default_factory=dict)  # blocking rule → pairs it makes
+    blocking_changes: list[str] = field(default_factory=list)  # rules tightened or left out (budget)
 
 
 def profiles(normalized: DataFrame, one_per_customer: list[str]) -> tuple[DataFrame, DataFrame]:
@@ -104,19 +105,50 @@ def blocking_rules(present: list[str]) -> list[list[str]]:
     return [b for b in candidates if all(c in present for c in b)]
 
 
+def _rule_pairs(prof: DataFrame, rule: list[str]) -> int:
+    """The pairs of profiles `rule` makes: n·(n−1)/2 per block of n profiles sharing its values."""
+    blocks = prof.dropna(subset=rule).groupBy(*rule).count()
+    return int(blocks.select(F.sum(F.col("count") * (F.col("count") - 1) / 2)).first()[0] or 0)
+
+
 def block_pairs(prof: DataFrame, rules: list[list[str]]) -> dict[str, int]:
-    """Per blocking rule, the pairs of profiles it makes (n·(n−1)/2 per block of n profiles), before
-    Splink drops the pairs an earlier rule already made: what predicting will have to score."""
-    out = {}
-    for rule in rules:
-        blocks = prof.dropna(subset=rule).groupBy(*rule).count()
-        pairs = blocks.select(F.sum(F.col("count") * (F.col("count") - 1) / 2)).first()[0]
-        out["+".join(rule)] = int(pairs or 0)
-    return out
+    """Per blocking rule, the pairs of profiles it makes, before Splink drops the pairs an earlier
+    rule already made: what predicting will have to score."""
+    return {"+".join(rule): _rule_pairs(prof, rule) for rule in rules}
 
 
-def _splink_settings(present: list[str]) -> tuple[dict, list[list[str]], list[list[str]]]:
-    """(Splink settings, EM training blocks, deterministic rules) for the attributes present."""
+def budget_rules(
+    prof: DataFrame, present: list[str], max_pairs: int
+) -> tuple[list[list[str]], dict[str, int], list[str]]:
+    """(blocking rules, the pairs each makes, what was changed) within a budget of `max_pairs` a rule.
+
+    A rule's pairs grow with the square of its blocks: names alone make 2.5M pairs at 100k customers
+    and 246M at 1M (common names in one block). A rule over the budget is tightened with the city
+    (two people named alike in one town are still compared); one still over it is left out, and said.
+    """
+    rules, pairs, changed = [], {}, []
+    for rule in blocking_rules(present):
+        n = _rule_pairs(prof, rule)
+        if n > max_pairs and "city_n" in present and "city_n" not in rule:
+            tighter = [*rule, "city_n"]
+            m = _rule_pairs(prof, tighter)
+            changed.append(f"{'+'.join(rule)} ({n:,} pairs) tightened to {'+'.join(tighter)} ({m:,})")
+            rule, n = tighter, m
+        if n > max_pairs:
+            changed.append(f"{'+'.join(rule)} left out ({n:,} pairs over the budget of {max_pairs:,})")
+            continue
+        rules.append(rule)
+        pairs["+".join(rule)] = n
+    for note in changed:
+        log.warning("identity: blocking rule %s", note)
+    return rules, pairs, changed
+
+
+def _splink_settings(
+    present: list[str], blocks: list[list[str]]
+) -> tuple[dict, list[list[str]], list[list[str]]]:
+    """(Splink settings, EM training blocks, deterministic rules) for the attributes present and the
+    blocking rules of the predictions."""
     import splink.comparison_library as cl
     from splink import SettingsCreator, block_on
 
@@ -138,7 +170,6 @@ def _splink_settings(present: list[str]) -> tuple[dict, list[list[str]], list[li
     if "dob" in present:
         comparisons.append(cl.LevenshteinAtThresholds("dob", [1]))
 
-    blocks = blocking_rules(present)
     if not blocks:
         raise ValueError(
             "too little to match on: the records need an email, a phone, or names with a postal code "
@@ -157,7 +188,7 @@ def _splink_settings(present: list[str]) -> tuple[dict, list[list[str]], list[li
         comparisons=comparisons,
         blocking_rules_to_generate_predictions=[block_on(*b) for b in blocks],
         retain_intermediate_calculation_columns=False,
-        retain_matching_columns=True,
+        retain_matching_columns=True,  # Splink keeps the comparison levels (gamma_) only with them
     )
     return settings, em, deterministic
 
@@ -171,6 +202,7 @@ def train(
     seed: int,
     backend: str = "duckdb",
     duckdb_memory_gb: float | None = None,
+    max_pairs_per_profile: float = 20.0,
 ):
     """Learn the Fellegi-Sunter model from the profiles themselves; return (linker, MatchModel).
 
@@ -180,7 +212,14 @@ def train(
     from splink import Linker, block_on
 
     present = _present(prof, NORMALIZED)
-    settings, em_blocks, deterministic = _splink_settings(present)
+    n_profiles = prof.count()
+    blocks, pairs, changed = budget_rules(prof, present, int(max_pairs_per_profile * max(n_profiles, 1)))
+    if not blocks and changed:
+        raise ValueError(
+            f"identity: every blocking rule is over the budget of {max_pairs_per_profile:g} pairs a profile "
+            f"({'; '.join(changed)}): raise identity.max_pairs_per_profile"
+        )
+    settings, em_blocks, deterministic = _splink_settings(present, blocks)
     data = prof.select("profile_id", *present)
     if backend == "spark":
         from splink.backends.spark import SparkAPI
@@ -230,7 +269,8 @@ def train(
         release(linker)
         raise
     model = MatchModel(linker.misc.save_model_to_json(), threshold, _compared(present))
-    model.block_pairs = block_pairs(prof, blocking_rules(present))
+    model.block_pairs = pairs
+    model.blocking_changes = changed
     model.metrics["em_blocks"] = len(trained)
     model.metrics["em_blocks_skipped"] = len(skipped)
     return linker, model

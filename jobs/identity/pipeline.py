@@ -120,6 +120,7 @@ def resolve_identities(
         seed=cfg.seed,
         backend=cfg.backend,
         duckdb_memory_gb=cfg.duckdb_memory_gb,
+        max_pairs_per_profile=cfg.max_pairs_per_profile,
         progress=say,
     )
     t0 = time.perf_counter()

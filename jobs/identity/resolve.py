@@ -35,6 +35,7 @@ def resolve_records(
     seed: int = 13,
     backend: str = "duckdb",
     duckdb_memory_gb: float | None = None,
+    max_pairs_per_profile: float = 20.0,
     progress=None,
 ) -> Resolution:
     """Match `records` (record_key, source, record_id and any person attributes) into clusters."""
@@ -59,9 +60,12 @@ def resolve_records(
         seed=seed,
         backend=backend,
         duckdb_memory_gb=duckdb_memory_gb,
+        max_pairs_per_profile=max_pairs_per_profile,
     )
     timings["train_s"] = time.perf_counter() - t0
     say(f"identity: model trained on {', '.join(model.columns)}")
+    for note in model.blocking_changes:
+        say(f"identity: blocking rule {note}")
     say(
         f"identity: scoring up to {sum(model.block_pairs.values()):,} pairs ("
         + ", ".join(f"{rule} {n:,}" for rule, n in model.block_pairs.items())
