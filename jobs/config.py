@@ -267,8 +267,10 @@ class ServingSettings(_Section):
     keep_versions: int = Field(3, ge=2)
     lock_ttl_seconds: int = Field(120, gt=0)
     # duckdb: encode in the driver (DuckDB) and write with `writers` connections; spark: Spark tasks
-    # encode and write a hash part of the customers and items each (`spark_parts`, 0: the default parallelism).
-    engine: Literal["duckdb", "spark"] = "duckdb"
+    # encode and write a hash part of the customers and items each (`spark_parts`, 0: the default parallelism);
+    # auto: duckdb up to `duckdb_max_customers` customers, spark past them.
+    engine: Literal["auto", "duckdb", "spark"] = "auto"
+    duckdb_max_customers: int = Field(300_000, gt=0)
     spark_parts: int = Field(0, ge=0)
     batch_commands: int = Field(5000, gt=0)
     writers: int = Field(2, gt=0)

@@ -362,6 +362,23 @@ def test_spark_parts_publish_the_same_content_as_one_process(spark, srv, redis_u
     assert a == b and len(a) == sum(one.keys.values())
 
 
+def test_the_auto_engine_encodes_in_duckdb_up_to_its_customer_limit_and_in_spark_parts_past_it(srv):
+    from p13n.lake.duck import duckdb_connection
+    from p13n.serving.publish import choose_engine
+
+    def engine(**serving):
+        return choose_engine(
+            srv.model_copy(update={"serving": srv.serving.model_copy(update=serving)}),
+            AS_OF,
+            duckdb_connection(),
+        )
+
+    assert srv.serving.engine == "auto"
+    assert engine(duckdb_max_customers=CUSTOMERS) == "duckdb"  # the day's segments hold 300 customers
+    assert engine(duckdb_max_customers=CUSTOMERS - 1) == "spark"
+    assert engine(engine="duckdb", duckdb_max_customers=1) == "duckdb"  # a set engine is kept
+
+
 def test_redis_passwords_are_masked_in_logs():
     from p13n.serving.tasks import _masked
 

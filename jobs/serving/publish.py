@@ -473,7 +473,10 @@ def publish(
                      "publisher": lock.token, "forced": int(bool(problems))},
         )  # fmt: skip
         erased = erased_customers(settings, con)
-        if s.engine == "spark":
+        engine = choose_engine(settings, as_of, con)
+        if engine != s.engine:
+            say(f"serving.engine auto: {engine}")
+        if engine == "spark":
             expected, sample, nbytes, ncommands = _publish_in_parts(
                 settings, url, as_of, version, erased, con, lock, say
             )
@@ -515,6 +518,20 @@ def publish(
     return PublishResult(
         version, as_of, previous, found, ncommands, nbytes, seconds, len(sample), bool(problems), warnings
     )
+
+
+def choose_engine(settings: Settings, as_of: dt.date, con) -> str:
+    """The configured engine, or for `auto` duckdb up to `serving.duckdb_max_customers` customers in the
+    day's segments and spark past them."""
+    s = settings.serving
+    if s.engine != "auto":
+        return s.engine
+    from p13n.lake.duck import scan
+
+    customers = con.execute(
+        f"SELECT count(*) FROM {scan(settings.lake_root, 'gold.segments')} WHERE as_of_date = ?", [as_of]
+    ).fetchone()[0]
+    return "duckdb" if customers <= s.duckdb_max_customers else "spark"
 
 
 def _publish_in_parts(settings, url, as_of, version, erased, con, lock, say):
