@@ -105,16 +105,11 @@ def blocking_rules(present: list[str]) -> list[list[str]]:
     return [b for b in candidates if all(c in present for c in b)]
 
 
-def _rule_pairs(prof: DataFrame, rule: list[str]) -> int:
-    """The pairs of profiles `rule` makes: n·(n−1)/2 per block of n profiles sharing its values."""
+def rule_pairs(prof: DataFrame, rule: list[str]) -> int:
+    """The pairs of profiles `rule` makes: n·(n−1)/2 per block of n profiles sharing its values (nulls
+    in no block), before Splink drops the pairs an earlier rule already made."""
     blocks = prof.dropna(subset=rule).groupBy(*rule).count()
     return int(blocks.select(F.sum(F.col("count") * (F.col("count") - 1) / 2)).first()[0] or 0)
-
-
-def block_pairs(prof: DataFrame, rules: list[list[str]]) -> dict[str, int]:
-    """Per blocking rule, the pairs of profiles it makes, before Splink drops the pairs an earlier
-    rule already made: what predicting will have to score."""
-    return {"+".join(rule): _rule_pairs(prof, rule) for rule in rules}
 
 
 def budget_rules(
@@ -128,10 +123,10 @@ def budget_rules(
     """
     rules, pairs, changed = [], {}, []
     for rule in blocking_rules(present):
-        n = _rule_pairs(prof, rule)
+        n = rule_pairs(prof, rule)
         if n > max_pairs and "city_n" in present and "city_n" not in rule:
             tighter = [*rule, "city_n"]
-            m = _rule_pairs(prof, tighter)
+            m = rule_pairs(prof, tighter)
             changed.append(f"{'+'.join(rule)} ({n:,} pairs) tightened to {'+'.join(tighter)} ({m:,})")
             rule, n = tighter, m
         if n > max_pairs:

@@ -111,6 +111,7 @@ def resolve_records(
             "records": n_records,
             "profiles": n_profiles,
             "blocked_pairs": sum(model.block_pairs.values()),
+            "blocking_rules_changed": len(model.blocking_changes),
             "candidate_edges": len(edges),
             "accepted_edges": len(result.accepted),
             "clusters": int(result.assignment["cluster"].nunique()),
