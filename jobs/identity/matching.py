@@ -119,7 +119,8 @@ def budget_rules(
 
     A rule's pairs grow with the square of its blocks: names alone make 2.5M pairs at 100k customers
     and 246M at 1M (common names in one block). A rule over the budget is tightened with the city
-    (two people named alike in one town are still compared); one still over it is left out, and said.
+    (two people named alike in one town are still compared); one still over it is left out. The caller
+    reports `changed` (`resolve_records` says each line).
     """
     rules, pairs, changed = [], {}, []
     for rule in blocking_rules(present):
@@ -134,8 +135,6 @@ def budget_rules(
             continue
         rules.append(rule)
         pairs["+".join(rule)] = n
-    for note in changed:
-        log.warning("identity: blocking rule %s", note)
     return rules, pairs, changed
 
 

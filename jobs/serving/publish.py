@@ -526,10 +526,10 @@ def choose_engine(settings: Settings, as_of: dt.date, con) -> str:
     s = settings.serving
     if s.engine != "auto":
         return s.engine
-    from p13n.lake.duck import scan
+    from p13n.serving.encode import _scan
 
     customers = con.execute(
-        f"SELECT count(*) FROM {scan(settings.lake_root, 'gold.segments')} WHERE as_of_date = ?", [as_of]
+        f"SELECT count(*) FROM {_scan(settings, 'gold.segments')} WHERE as_of_date = ?", [as_of]
     ).fetchone()[0]
     return "duckdb" if customers <= s.duckdb_max_customers else "spark"
 
