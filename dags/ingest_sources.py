@@ -19,11 +19,10 @@ tables end up the same. Backfill with `p13n airflow dags backfill ingest_sources
 
 from __future__ import annotations
 
-import pendulum
 from airflow.sdk import Asset, dag, task
 
 from p13n.alerts import deadline
-from p13n.orchestration import dag_defaults
+from p13n.orchestration import dag_defaults, nightly_schedule
 from p13n.sources.catalog import catalog
 
 
@@ -33,8 +32,7 @@ def silver_asset(source_name: str) -> Asset:
 
 @dag(
     dag_id="ingest_sources",
-    schedule="0 1 * * *",
-    start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
+    schedule=nightly_schedule("0 1 * * *"),  # runs partitioned by date: the key flows down the assets
     catchup=False,
     max_active_runs=1,
     default_args=dag_defaults(),
@@ -47,20 +45,36 @@ def ingest_sources():
     for name in catalog().names():
 
         @task(task_id=f"ingest_{name}", outlets=[silver_asset(name)])
-        def ingest(source_name: str = name, ds: str | None = None) -> dict:
+        def ingest(source_name: str = name) -> dict:
+            from p13n.orchestration import announce, run_date
             from p13n.sources.tasks import ingest_task
 
-            return ingest_task(source_name, ds)
+            day = run_date()
+            result = ingest_task(source_name, day)
+            announce(day)
+            return result
 
         results.append(ingest())
 
     @task(trigger_rule="all_done")
-    def summarize(results: list, ds: str | None = None) -> int:
-        from p13n.sources.tasks import summarize_task
+    def summarize(results: list) -> int:
+        """Every source's outcome, failures included, to `ops.ingest_runs`."""
+        from p13n.orchestration import run_date
+        from p13n.sources.catalog import catalog
+        from p13n.sources.tasks import failed_sources, summarize_task, task_errors
 
-        return summarize_task([r for r in results if r], ds)
+        done = [r for r in results if r]
+        names = catalog().names()
+        missing = [n for n in names if n not in {r["source"] for r in done}]
+        return summarize_task(done, run_date(), failed_sources(done, names, task_errors(missing)))
+
+    @task(trigger_rule="one_failed", retries=0, on_failure_callback=None)  # the failed task alerted
+    def watcher() -> None:
+        """A leaf that fails the run when a source failed (`summarize` records it and succeeds)."""
+        raise RuntimeError("a source failed: see ops.ingest_runs and its task log")
 
     summarize(results)
+    results >> watcher()
 
 
 ingest_sources()

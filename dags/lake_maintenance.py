@@ -56,15 +56,16 @@ def lake_maintenance():
 
     # Runs on an empty lake too (no mapped maintain tasks), so every run leaves its health record.
     @task(trigger_rule="none_failed")
-    def record_health(results: list[dict], ds: str | None = None) -> int:
+    def record_health(results: list[dict]) -> int:
         import datetime as dt
 
         from p13n.maintenance import HEALTH_TABLE, record_table_health
-        from p13n.orchestration import progress
+        from p13n.orchestration import progress, run_date
         from p13n.session import lake
 
-        rows = record_table_health(lake(), list(results), dt.date.fromisoformat(ds))
-        progress(f"{HEALTH_TABLE}: {rows} rows for {ds}")
+        day = run_date()
+        rows = record_table_health(lake(), list(results), dt.date.fromisoformat(day))
+        progress(f"{HEALTH_TABLE}: {rows} rows for {day}")
         return rows
 
     record_health(maintain.expand(table=list_tables()))

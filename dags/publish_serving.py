@@ -19,14 +19,14 @@ import pendulum
 from airflow.sdk import Asset, dag, task
 
 from p13n.alerts import deadline
-from p13n.orchestration import dag_defaults
+from p13n.orchestration import after_assets, dag_defaults
 
 SERVING = Asset("p13n://serving/live", group="serving")
 
 
 @dag(
     dag_id="publish_serving",
-    schedule=[Asset("p13n://gold/recommendations", group="gold")],
+    schedule=after_assets(Asset("p13n://gold/recommendations", group="gold")),
     start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
@@ -37,10 +37,14 @@ SERVING = Asset("p13n://serving/live", group="serving")
 )
 def publish_serving():
     @task(outlets=[SERVING])
-    def publish(ds: str | None = None) -> dict:
+    def publish() -> dict:
+        from p13n.orchestration import announce, run_date
         from p13n.serving.tasks import publish_task
 
-        return publish_task(ds)
+        day = run_date()
+        result = publish_task(day)
+        announce(day)
+        return result
 
     publish()
 

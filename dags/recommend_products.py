@@ -23,14 +23,14 @@ import pendulum
 from airflow.sdk import Asset, dag, task
 
 from p13n.alerts import deadline
-from p13n.orchestration import dag_defaults
+from p13n.orchestration import after_assets, dag_defaults
 
 RECOMMENDATIONS = Asset("p13n://gold/recommendations", group="gold")
 
 
 @dag(
     dag_id="recommend_products",
-    schedule=[Asset("p13n://gold/segments", group="gold")],
+    schedule=after_assets(Asset("p13n://gold/segments", group="gold")),
     start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
@@ -41,28 +41,35 @@ RECOMMENDATIONS = Asset("p13n://gold/recommendations", group="gold")
 )
 def recommend_products():
     @task
-    def interactions(ds: str | None = None) -> dict:
+    def interactions() -> dict:
+        from p13n.orchestration import run_date
         from p13n.recommend.tasks import interactions_task
 
-        return interactions_task(ds)
+        return interactions_task(run_date())
 
     @task
-    def train(_interactions: dict, ds: str | None = None) -> dict:
+    def train(_interactions: dict) -> dict:
+        from p13n.orchestration import run_date
         from p13n.recommend.tasks import train_task
 
-        return train_task(ds)
+        return train_task(run_date())
 
     @task
-    def lists(_train: dict, ds: str | None = None) -> dict:
+    def lists(_train: dict) -> dict:
+        from p13n.orchestration import run_date
         from p13n.recommend.tasks import lists_task
 
-        return lists_task(ds)
+        return lists_task(run_date())
 
     @task(outlets=[RECOMMENDATIONS])  # announced once validated: publishing follows it
-    def validate(_lists: dict, ds: str | None = None) -> dict:
+    def validate(_lists: dict) -> dict:
+        from p13n.orchestration import announce, run_date
         from p13n.recommend.tasks import validate_task
 
-        return validate_task(ds)
+        day = run_date()
+        result = validate_task(day)
+        announce(day)
+        return result
 
     validate(lists(train(interactions())))
 

@@ -24,14 +24,16 @@ from airflow.sdk import Asset, dag, task
 
 from p13n.alerts import deadline
 from p13n.config import get_settings
-from p13n.orchestration import dag_defaults
+from p13n.orchestration import after_assets, dag_defaults
 
 CUSTOMER_PROFILES = Asset("p13n://gold/customer_profiles", group="gold")
 
 
 @dag(
     dag_id="resolve_identities",
-    schedule=[Asset(f"p13n://silver/{name}", group="silver") for name in get_settings().identity.sources],
+    schedule=after_assets(
+        *(Asset(f"p13n://silver/{name}", group="silver") for name in get_settings().identity.sources)
+    ),
     start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
@@ -42,16 +44,21 @@ CUSTOMER_PROFILES = Asset("p13n://gold/customer_profiles", group="gold")
 )
 def resolve_identities():
     @task(outlets=[CUSTOMER_PROFILES])
-    def resolve(ds: str | None = None) -> dict:
+    def resolve() -> dict:
         from p13n.identity.tasks import resolve_task
+        from p13n.orchestration import announce, run_date
 
-        return resolve_task(ds)
+        day = run_date()
+        result = resolve_task(day)
+        announce(day)
+        return result
 
     @task
-    def validate(resolved: dict, ds: str | None = None) -> dict:
+    def validate(resolved: dict) -> dict:
         from p13n.identity.tasks import validate_task
+        from p13n.orchestration import run_date
 
-        return validate_task(ds)
+        return validate_task(run_date())
 
     validate(resolve())
 

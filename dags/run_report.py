@@ -19,13 +19,13 @@ import pendulum
 from airflow.sdk import Asset, dag, task
 
 from p13n.alerts import deadline
-from p13n.orchestration import dag_defaults
+from p13n.orchestration import after_assets, dag_defaults
 
 
 @dag(
     dag_id="run_report",
-    schedule=(
-        Asset("p13n://serving/live", group="serving") & Asset("p13n://activation/exports", group="activation")
+    schedule=after_assets(
+        Asset("p13n://serving/live", group="serving"), Asset("p13n://activation/exports", group="activation")
     ),
     start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
     catchup=False,
@@ -37,10 +37,11 @@ from p13n.orchestration import dag_defaults
 )
 def run_report():
     @task
-    def report(ds: str | None = None) -> str:
+    def report() -> str:
+        from p13n.orchestration import run_date
         from p13n.report.render import report_task
 
-        return report_task(ds)
+        return report_task(run_date())
 
     report()
 

@@ -22,14 +22,14 @@ import pendulum
 from airflow.sdk import Asset, dag, task
 
 from p13n.alerts import deadline
-from p13n.orchestration import dag_defaults
+from p13n.orchestration import after_assets, dag_defaults
 
 SEGMENTS = Asset("p13n://gold/segments", group="gold")
 
 
 @dag(
     dag_id="score_customers",
-    schedule=[Asset("p13n://gold/customer_profiles", group="gold")],
+    schedule=after_assets(Asset("p13n://gold/customer_profiles", group="gold")),
     start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
@@ -40,34 +40,42 @@ SEGMENTS = Asset("p13n://gold/segments", group="gold")
 )
 def score_customers():
     @task
-    def features(ds: str | None = None) -> dict:
+    def features() -> dict:
         from p13n.customers.tasks import features_task
+        from p13n.orchestration import run_date
 
-        return features_task(ds)
-
-    @task
-    def churn(_features: dict, ds: str | None = None) -> dict:
-        from p13n.customers.tasks import model_task
-
-        return model_task("churn", ds)
+        return features_task(run_date())
 
     @task
-    def clv(_features: dict, ds: str | None = None) -> dict:
+    def churn(_features: dict) -> dict:
         from p13n.customers.tasks import model_task
+        from p13n.orchestration import run_date
 
-        return model_task("clv", ds)
+        return model_task("churn", run_date())
+
+    @task
+    def clv(_features: dict) -> dict:
+        from p13n.customers.tasks import model_task
+        from p13n.orchestration import run_date
+
+        return model_task("clv", run_date())
 
     @task(outlets=[SEGMENTS])
-    def segments(_churn: dict, _clv: dict, ds: str | None = None) -> dict:
+    def segments(_churn: dict, _clv: dict) -> dict:
         from p13n.customers.tasks import model_task
+        from p13n.orchestration import announce, run_date
 
-        return model_task("segments", ds)
+        day = run_date()
+        result = model_task("segments", day)
+        announce(day)
+        return result
 
     @task
-    def validate(_segments: dict, ds: str | None = None) -> dict:
+    def validate(_segments: dict) -> dict:
         from p13n.customers.tasks import validate_task
+        from p13n.orchestration import run_date
 
-        return validate_task(ds)
+        return validate_task(run_date())
 
     built = features()
     validate(segments(churn(built), clv(built)))

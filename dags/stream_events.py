@@ -36,16 +36,18 @@ from p13n.orchestration import dag_defaults
 )
 def stream_events():
     @task
-    def catch_up(ds: str | None = None) -> dict:
+    def catch_up() -> dict:
+        from p13n.orchestration import run_date
         from p13n.streaming.tasks import consume
 
-        return consume(catch_up=True, batch_date=ds)
+        return consume(catch_up=True, batch_date=run_date())
 
     @task
     def triggers(_landed: dict) -> dict:
+        from p13n.orchestration import run_date
         from p13n.streaming.tasks import triggers_task
 
-        return triggers_task()
+        return triggers_task(day=run_date())
 
     triggers(catch_up())
 

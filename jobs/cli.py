@@ -18,7 +18,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from p13n.runner import run_pipeline
 
     return run_pipeline(
-        customers=args.customers, days=args.days, seed=args.seed, history_days=args.history_days
+        customers=args.customers,
+        days=args.days,
+        seed=args.seed,
+        history_days=args.history_days,
+        in_process=args.in_process,
     )
 
 
@@ -230,15 +234,54 @@ def _cmd_expectations(args: argparse.Namespace) -> int:
 
 def _cmd_airflow(args: argparse.Namespace) -> int:
     import os
+    import subprocess
 
     from p13n.orchestration import airflow_env, dags_test_env
+    from p13n.scheduler import is_duplicate_run_error
 
     env = airflow_env()
     if args.airflow_args[:2] == ["dags", "test"]:
         env = dags_test_env(env)
     airflow = os.path.join(os.path.dirname(sys.executable), "airflow")
-    os.execve(airflow, [airflow, *args.airflow_args], env)
-    return 0  # not reached
+    if args.airflow_args[:2] != ["dags", "trigger"]:
+        os.execve(airflow, [airflow, *args.airflow_args], env)
+    # `dags trigger --logical-date D` for a date that already has a run fails with a raw database
+    # error: say what happened and how to run that date again.
+    done = subprocess.run([airflow, *args.airflow_args], env=env, stderr=subprocess.PIPE, text=True)
+    if done.returncode and is_duplicate_run_error(done.stderr):
+        dag_id = next((a for a in args.airflow_args[2:] if not a.startswith("-")), "DAG")
+        print(f"p13n airflow: {dag_id} already has a run for that logical date; to run the date again: "
+              f"p13n trigger {dag_id} --date YYYY-MM-DD (a new run of that date, with `make airflow` running)",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    sys.stderr.write(done.stderr)
+    return done.returncode
+
+
+def _cmd_trigger(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from p13n.scheduler import CHAIN, AirflowError, client, trigger_date, watch_chain
+
+    api = client()
+    since = dt.datetime.now(dt.UTC)
+    try:
+        run = trigger_date(api, args.dag, args.date, unpause=not args.no_unpause)
+        print(f"triggered {args.dag} for {args.date}: run {run['dag_run_id']} ({run['state']})")
+        if not args.wait:
+            return 0
+        dags = CHAIN[CHAIN.index(args.dag) :] if args.dag in CHAIN else (args.dag,)
+        runs = watch_chain(api, args.date, since - dt.timedelta(seconds=5), dags=dags)
+    except AirflowError as exc:
+        print(f"p13n trigger: {exc}", file=sys.stderr)
+        return 2
+    return 0 if len(runs) == len(dags) and all(r.state == "success" for r in runs) else 1
+
+
+def _cmd_scheduler(_args: argparse.Namespace) -> int:
+    from p13n.scheduler import serve_forever
+
+    return serve_forever()
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -469,6 +512,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--history-days", type=int, default=365, help="days of purchase history before the first day"
     )
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument(
+        "--in-process",
+        action="store_true",
+        help="debugging: run the DAGs with `airflow dags test` in one process, no scheduler",
+    )
     p.set_defaults(handler=_cmd_run)
 
     p = sub.add_parser(
@@ -488,6 +536,28 @@ def build_parser() -> argparse.ArgumentParser:
         "score_customers, recommend_products)",
     )
     p.set_defaults(handler=_cmd_backfill)
+
+    p = sub.add_parser(
+        "trigger",
+        help="start a DAG for a date through the running Airflow (make airflow): a new run every time",
+        description="Creates a DAG run whose partition key is the date; the asset chain carries the date "
+        "to every downstream DAG (identity, scoring, recommendations, publish, exports, run report). A date "
+        "that ran before simply runs again. Unpauses the nightly's DAGs unless --no-unpause.",
+    )
+    p.add_argument("dag", help="DAG id, e.g. ingest_sources")
+    p.add_argument("--date", required=True, metavar="YYYY-MM-DD", help="the date to process")
+    p.add_argument("--wait", action="store_true", help="follow the runs down the chain until each one ends")
+    p.add_argument("--no-unpause", action="store_true", help="leave paused DAGs paused")
+    p.set_defaults(handler=_cmd_trigger)
+
+    p = sub.add_parser(
+        "scheduler",
+        help="run Airflow as production does (API server, scheduler, DAG processor, triggerer) until Ctrl-C",
+        description="What `make airflow` runs: the UI and REST API on http://127.0.0.1:8080 (user admin, "
+        "password admin, loopback only), a LocalExecutor running each task in its own process. Ctrl-C or "
+        "SIGTERM stops every process it started.",
+    )
+    p.set_defaults(handler=_cmd_scheduler)
 
     p = sub.add_parser("report", help="write the HTML run report of a date (what the run_report DAG does)")
     p.add_argument("--date", help="the run date (default: the latest scored date)")

@@ -42,6 +42,9 @@ class LakeSettings(_Section):
 
 class SparkSettings(_Section):
     master: str = "local[*]"
+    # A Spark Connect server (sc://host:port) the jobs talk to instead of starting a driver of their
+    # own: an Airflow task is then a thin client (no JVM per task). Empty: an in-process driver.
+    remote: str = ""
     app_name: str = "p13n"
     driver_memory: str = "4g"
     shuffle_partitions: int = Field(8, gt=0)
@@ -86,6 +89,10 @@ class AirflowSettings(_Section):
     # `p13n run` and `p13n backfill` run their DAGs in one long-lived process (`runner.DagSession`); it is
     # replaced after a DAG that leaves it (with its Spark driver) holding more memory than this.
     dag_process_max_rss_gb: float = Field(12.0, gt=0)
+    # The components `make airflow` and `p13n run` start (`p13n.scheduler`): each task in its own process.
+    executor: str = "LocalExecutor"
+    parallelism: int = Field(0, ge=0)  # tasks at once; 0: one per core
+    api_port: int = Field(8080, gt=0, lt=65536)
 
 
 class SourcesSettings(_Section):

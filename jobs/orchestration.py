@@ -29,9 +29,106 @@ def dag_defaults(settings: Settings | None = None) -> dict:
     }
 
 
+def nightly_schedule(cron: str):
+    """A cron schedule whose runs are partitioned by the day before the run (the night's data):
+    the run at 01:00 on the 3rd processes partition "2024-03-02", as `ds` did for interval runs.
+
+    The DAG has no start_date, and `run_immediately=timedelta(0)`: unpausing it waits for the next
+    01:00 instead of running the night that passed at once (run a past date with `p13n trigger`)."""
+    from airflow.sdk import CronPartitionTimetable
+
+    return CronPartitionTimetable(cron, timezone="UTC", run_offset=-1, key_format="%Y-%m-%d",
+                                  run_immediately=timedelta(0))  # fmt: skip
+
+
+def after_assets(*assets):
+    """Run once every one of `assets` has an event for the same partition (date): each downstream
+    DAG of the nightly runs for the date its inputs were made for, never for "whatever is new"."""
+    from airflow.sdk import AssetAll, PartitionedAssetTimetable
+
+    return PartitionedAssetTimetable(assets=assets[0] if len(assets) == 1 else AssetAll(*assets))
+
+
 def progress(message: str) -> None:
     """One line of progress, shown by `p13n run` while a DAG runs (and kept in the task log)."""
     print(f"{PROGRESS_MARK} {message}", flush=True)
+
+
+class RunDateError(ValueError):
+    """A DAG run that cannot tell which date it processes."""
+
+
+def _as_date(value, where: str) -> str:
+    import datetime as dt
+
+    text = str(value).strip()
+    try:
+        return dt.date.fromisoformat(text[:10]).isoformat()
+    except ValueError:
+        raise RunDateError(f"{where} is {value!r}, not a date (YYYY-MM-DD)") from None
+
+
+def resolve_run_date(context) -> str:
+    """The date (YYYY-MM-DD) a DAG run processes, from the first of these its context has:
+
+    1. the run's partition key: scheduled nights (`CronPartitionTimetable`), runs the asset chain
+       creates (`PartitionedAssetTimetable`: the key of the upstream events) and `p13n trigger`;
+    2. `{"date": ...}` in the run's conf;
+    3. the partition keys or `extra["date"]` of the asset events that triggered it (all one date);
+    4. the logical date, for runs that have one (`airflow dags test`, cron-scheduled DAGs).
+
+    Asset-triggered runs have no logical date (`ds` is None in them), so no task reads `ds`.
+    """
+    key = context.get("partition_key")
+    if key:
+        return _as_date(key, "the run's partition key")
+    dag_run = context.get("dag_run")
+    conf = getattr(dag_run, "conf", None) or {}
+    if conf.get("date"):
+        return _as_date(conf["date"], "the run's conf 'date'")
+    dates = set()
+    for events in (context.get("triggering_asset_events") or {}).values():
+        for event in events:
+            value = getattr(event, "partition_key", None) or (getattr(event, "extra", None) or {}).get("date")
+            if value:
+                dates.add(_as_date(value, f"an asset event of {getattr(event, 'source_dag_id', '?')}"))
+    if len(dates) > 1:
+        raise RunDateError(f"the asset events that triggered this run carry several dates: {sorted(dates)}")
+    if dates:
+        return dates.pop()
+    logical = context.get("logical_date")
+    if logical is not None:
+        return logical.date().isoformat()
+    raise RunDateError(
+        "this run has no date: no partition key, no conf 'date', no dated asset event and no logical "
+        "date. Trigger it for a date: p13n trigger DAG --date YYYY-MM-DD"
+    )
+
+
+def run_date() -> str:
+    """The date the current task's DAG run processes (`resolve_run_date`); fails the task at once,
+    without retries, when the run has none. Also exported as P13N_RUN_DATE for the run metadata."""
+    from airflow.sdk import get_current_context
+    from airflow.sdk.exceptions import AirflowFailException
+
+    try:
+        day = resolve_run_date(get_current_context())
+    except RunDateError as exc:
+        raise AirflowFailException(f"cannot tell which date to process: {exc}") from None
+    os.environ["P13N_RUN_DATE"] = day
+    return day
+
+
+def announce(day: str) -> None:
+    """Stamp the current task's outlet asset events with `day`: as their partition key (what starts
+    the partitioned DAGs downstream, even for a run that had only a logical date) and as extra."""
+    from airflow.sdk import get_current_context
+
+    context = get_current_context()
+    for outlet in context["task"].outlets:
+        event = context["outlet_events"][outlet]
+        event.extra = {**(event.extra or {}), "date": day}
+        event.add_partitions(day)
 
 
 def validate_outputs(tables: dict[str, list | None], what: str) -> dict:

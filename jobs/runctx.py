@@ -35,6 +35,9 @@ class RunContext:
     run_id: str = "manual"
     task_id: str = ""
     logical_date: str = ""
+    run_date: str = (
+        ""  # the date the run processes (its partition key; asset-triggered runs have no logical date)
+    )
     code_version: str = field(default_factory=code_version)
 
     @classmethod
@@ -46,6 +49,7 @@ class RunContext:
             run_id=env.get("AIRFLOW_CTX_DAG_RUN_ID", "manual"),
             task_id=env.get("AIRFLOW_CTX_TASK_ID", ""),
             logical_date=env.get("AIRFLOW_CTX_LOGICAL_DATE", ""),
+            run_date=env.get("P13N_RUN_DATE", ""),
         )
 
     def commit_metadata(self) -> dict[str, str]:

@@ -1,5 +1,8 @@
-"""`p13n run`: the pipeline's DAGs run through Airflow (`airflow dags test`, one long-lived process for
-the whole plan), with progress and a summary."""
+"""`p13n run`: the pipeline's DAGs run through Airflow as production runs them (its scheduler, DAG
+processor, triggerer and API server, a LocalExecutor running each task in its own process, tasks as
+clients of a Spark Connect server), each generated date triggered and followed down the asset chain,
+with progress and a summary. `p13n run --in-process` keeps the debugging path: `airflow dags test` in
+one long-lived process for the whole plan, no scheduler."""
 
 from __future__ import annotations
 
@@ -251,29 +254,102 @@ def _run_log(settings, what: str) -> Path:
     return settings.logs_dir / f"{what}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}.log"
 
 
-def run_pipeline(customers: int = 20_000, days: int = 2, seed: int = 42, history_days: int = 365) -> int:
+@contextmanager
+def scheduled_airflow(settings, env: dict[str, str], say, log_dir: Path):
+    """A Spark Connect server (unless `spark.remote` names one) and Airflow's components, for the length
+    of a run; yields the REST client. Everything they started is stopped on exit."""
+    from p13n.scheduler import CHAIN, AirflowServices, client, services_env, wait_for_dags
+    from p13n.services.spark_connect import SparkConnectServer
+
+    connect = None
+    try:
+        if not settings.spark.remote:
+            connect = SparkConnectServer(settings).start()
+            env["P13N__SPARK__REMOTE"] = connect.url
+            say(
+                f"Spark Connect server on {connect.url} in front of {settings.spark.master} (tasks are its clients)"
+            )
+        services = AirflowServices(services_env(settings, base=env), log_dir)
+        with services:
+            services.start(say=say)
+            api = client(env=services.env)
+            wait_for_dags(api, CHAIN)
+            yield api
+    finally:
+        if connect:
+            connect.stop()
+
+
+def _run_scheduled(
+    api, dates: list[str], env, console, echo, timings: list, before=None
+) -> tuple[str, str] | None:
+    """Each date: trigger ingestion, follow the chain to the run report; then the last date's stream
+    catch-up and maintenance, and its report again (it then shows them)."""
+    from p13n.scheduler import trigger_date, wait_for_run, watch_chain
+
+    log_root = Path(env["AIRFLOW__LOGGING__BASE_LOG_FOLDER"])
+    for day in dates:
+        since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=2)
+        run = trigger_date(api, "ingest_sources", day)
+        console.print(
+            f"[cyan]triggered ingest_sources for {day}[/] (run {run['dag_run_id']}); following the assets"
+        )
+        runs = watch_chain(api, day, since, echo=echo, log_root=log_root)
+        timings += [
+            {"dag": r.dag_id, "date": day, "seconds": r.seconds, "succeeded": r.state == "success"}
+            for r in runs
+        ]
+        if not runs or runs[-1].state != "success" or runs[-1].dag_id != "run_report":
+            return (runs[-1].dag_id if runs else "ingest_sources"), day
+    for dag_id in AFTER:
+        if before:
+            before(dag_id, dates[-1])
+        run = trigger_date(api, dag_id, dates[-1])
+        done = wait_for_run(api, dag_id, run["dag_run_id"], echo=echo, log_root=log_root)
+        console.print(f"DAG {dag_id} {dates[-1]}: {done.state} in {done.seconds:.0f}s")
+        timings.append(
+            {"dag": dag_id, "date": dates[-1], "seconds": done.seconds, "succeeded": done.state == "success"}
+        )
+        if done.state != "success":
+            return dag_id, dates[-1]
+    return None
+
+
+def run_pipeline(customers: int = 20_000, days: int = 2, seed: int = 42, history_days: int = 365,
+                 in_process: bool = False) -> int:  # fmt: skip
     console, echo = _console()
     settings = get_settings()
     log = _run_log(settings, "run")
     env = airflow_env(settings)
-    console.print(f"[bold]p13n run[/]  env={settings.env}  data={settings.data_dir}")
+    how = "in-process (airflow dags test)" if in_process else "Airflow's scheduler"
+    console.print(f"[bold]p13n run[/]  env={settings.env}  data={settings.data_dir}  through {how}")
     t0 = time.monotonic()
     dates = ensure_dataset(settings, customers, days, seed, echo=echo, history_days=history_days)
     record = {"customers": customers, "days": days, "dates": dates, "generate_seconds": round(time.monotonic() - t0, 1),
               "stages": [], "log": str(log)}  # fmt: skip
     started = dt.datetime.now(dt.UTC)
 
-    def before(dag_id: str, _day: str) -> None:
+    def before(dag_id: str, day: str) -> None:
         if dag_id == "stream_events":
-            live = _produce_live_events(env, customers)
+            live = _produce_live_events(env, customers, day)
             console.print(f"produced {live:,} live web events (500/s) for the stream consumer")
 
     with local_services(settings, env, console.print):
-        failed = run_plan(nightly_plan(dates, after=AFTER), env, log, console, echo, before=before,
-                          timings=record["stages"])  # fmt: skip
+        if in_process:
+            failed = run_plan(nightly_plan(dates, after=AFTER), env, log, console, echo, before=before,
+                              timings=record["stages"])  # fmt: skip
+        else:
+            with console.status(
+                "starting Spark Connect and Airflow (scheduler, DAG processor, triggerer, API)…"
+            ):
+                ensure_airflow_db(env, log)
+            with scheduled_airflow(settings, env, console.print, settings.logs_dir) as api:
+                failed = _run_scheduled(api, dates, env, console, echo, record["stages"], before=before)
         record["succeeded"] = failed is None
         log.with_suffix(".json").write_text(json.dumps(record, indent=2))
         if failed:
+            console.print(f"[red]DAG {failed[0]} {failed[1]} did not succeed[/]; task logs under "
+                          f"{settings.logs_dir / 'airflow'}, run log: {log}")  # fmt: skip
             _print_alerts(console, settings, started)
             return 1
         url = env.get("P13N__SERVING__REDIS_URL") or settings.serving.redis_url
@@ -531,15 +607,16 @@ def _print_recommendation_summary(console, settings, day: str) -> None:
         console.print(example)
 
 
-def _produce_live_events(env: dict[str, str], customers: int) -> int:
-    """A few seconds of live clickstream for `stream_events` (what `p13n stream produce` sends). Seeded:
-    the embedded broker forgets its topics between runs and the replay refills them, so a rerun
-    produces the same events at the same offsets, which the lake already holds: nothing lands twice."""
+def _produce_live_events(env: dict[str, str], customers: int, day: str) -> int:
+    """A few seconds of live clickstream for `stream_events` (what `p13n stream produce` sends), stamped
+    in the evening of `day`, the night being replayed, so they belong to that date's batch (a rerun of
+    the date's ingestion finds no event "in the future"). Seeded: the embedded broker forgets its
+    topics between runs and the replay refills them, so a rerun produces the same events at the same
+    offsets, which the lake already holds: nothing lands twice."""
     from p13n.streaming.tasks import produce
 
-    return produce(
-        rate=500, seconds=4, customers=customers, seed=7, bootstrap=env.get("P13N_KAFKA_BOOTSTRAP")
-    )
+    return produce(rate=500, seconds=4, customers=customers, seed=7, bootstrap=env.get("P13N_KAFKA_BOOTSTRAP"),
+                   day=dt.date.fromisoformat(day))  # fmt: skip
 
 
 def _stream_summary(settings, url: str) -> str:

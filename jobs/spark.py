@@ -74,6 +74,15 @@ def spark_conf(settings: Settings) -> dict[str, str]:
     return conf
 
 
+def default_parallelism(spark) -> int:
+    """Spark's default parallelism, from a classic session's context or a Connect session's conf."""
+    context = getattr(spark, "_sc", None)
+    if context is not None:
+        return context.defaultParallelism
+    value = spark.conf.get("spark.default.parallelism", None)
+    return int(value) if value else max(1, os.cpu_count() or 1)
+
+
 def splink_jar() -> str | None:
     """The similarity-UDF jar inside the installed Splink wheel (for Spark 4), if Splink is installed."""
     spec = importlib.util.find_spec("splink")
@@ -83,11 +92,24 @@ def splink_jar() -> str | None:
     return str(jars[-1]) if jars else None
 
 
+# Settings a Spark Connect client may set on its own session (the rest belong to the server's start).
+SESSION_CONF = ("spark.sql.shuffle.partitions", "spark.sql.session.timeZone", "spark.sql.adaptive.enabled",
+                "spark.sql.execution.arrow.pyspark.enabled", "spark.sql.sources.parallelPartitionDiscovery.threshold")  # fmt: skip
+
+
 def get_spark(settings: Settings | None = None):
-    """Create (or return the running) SparkSession configured from `settings`."""
+    """Create (or return the running) SparkSession configured from `settings`: a Spark Connect client
+    of `spark.remote` when set, else an in-process driver on `spark.master`."""
     from pyspark.sql import SparkSession
 
     settings = settings or get_settings()
+    if settings.spark.remote:
+        spark = SparkSession.builder.remote(settings.spark.remote).getOrCreate()
+        conf = spark_conf(settings)
+        for key in SESSION_CONF:
+            if key in conf:
+                spark.conf.set(key, conf[key])
+        return spark
     ensure_java()
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)

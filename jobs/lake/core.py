@@ -54,6 +54,7 @@ from p13n.lake.errors import (
 from p13n.lake.files import collect_staged_files, partition_values_from_path
 from p13n.lake.tables import LAYERS, TableName
 from p13n.runctx import RunContext
+from p13n.spark import default_parallelism
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -219,7 +220,7 @@ class Lake:
         adds = {a["path"]: a["partition_values"] for a in _add_rows(dt)}
         rows = [(u, json.dumps(adds.get(_relative(dt, u), {}))) for u in uris]
         files = self.spark.createDataFrame(rows, "uri string, partition_values string")
-        files = files.repartition(min(len(rows), self.spark.sparkContext.defaultParallelism * 2))
+        files = files.repartition(min(len(rows), default_parallelism(self.spark) * 2))
         read = functools.partial(
             _read_arrow_files,
             arrow_schema=pa.schema(dt.schema().to_arrow()),
@@ -503,7 +504,7 @@ class Lake:
         fs, table_dir = self._fs(table)
         staging = f"{table_dir}/{STAGING_DIR}/{write_id}"
         # Co-locate each partition's rows in few tasks, so a partition gets few files.
-        writer = (df.repartition(*partition_by) if partition_by else df).write.mode("errorifexists")
+        writer = (df.repartition(*partition_by) if partition_by else df).write.mode("error")
         writer = writer.option("compression", "snappy").option(
             "maxRecordsPerFile", self.settings.max_rows_per_file
         )

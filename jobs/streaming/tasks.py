@@ -94,12 +94,15 @@ def realtime_profiles(settings):
 TRIGGERS = "gold.triggered_audiences"
 
 
-def triggers_task(now=None) -> dict:
-    """Evaluate the behavioural triggers on the landed events and append the new ones."""
+def triggers_task(now=None, day: str | None = None) -> dict:
+    """Evaluate the behavioural triggers on the landed events and append the new ones: at `now`, by
+    default the clock, or for a run of a past `day` (a backfill, a replayed night) at that day's end."""
     from p13n.lake.duck import duckdb_connection
 
     settings = get_settings()
     now = now or dt.datetime.now(dt.UTC)
+    if day and dt.date.fromisoformat(day) < now.date():
+        now = dt.datetime.combine(dt.date.fromisoformat(day), dt.time(23, 59, 59), dt.UTC)
     con = duckdb_connection()
     new = evaluate_triggers(settings, con, now)
     if len(new):
@@ -179,10 +182,11 @@ def evaluate_triggers(settings, con, now):
 
 
 def produce(rate: float, seconds: float, customers: int = 2000, seed: int | None = None,
-            bootstrap: str | None = None) -> int:  # fmt: skip
-    """Produce `rate` × `seconds` web events at `rate` per second (now-stamped, customers' shopify ids),
-    for demos and load tests of the consumer: `p13n stream produce --rate R`. With a `seed`, the same
-    events (ids, keys, so partitions and offsets) every time; without one, new event ids."""
+            bootstrap: str | None = None, day: dt.date | None = None) -> int:  # fmt: skip
+    """Produce `rate` × `seconds` web events at `rate` per second (customers' shopify ids), for demos
+    and load tests of the consumer: `p13n stream produce --rate R`. Stamped now, or, with `day`, from
+    22:00 UTC of that day at `rate` a second (a replayed day's events belong to that day's batch).
+    With a `seed`, the same events (ids, keys, times, so partitions and offsets) every time."""
     import json
     import random
     import time
@@ -200,6 +204,7 @@ def produce(rate: float, seconds: float, customers: int = 2000, seed: int | None
     total = max(1, int(rate * seconds))
     sent, start = 0, time.monotonic()
     prefix = f"L{seed}" if seed is not None else f"P{int(time.time())}"
+    first = dt.datetime.combine(day, dt.time(22), dt.UTC) if day else None
     try:
         while sent < total:
             elapsed = time.monotonic() - start
@@ -208,7 +213,11 @@ def produce(rate: float, seconds: float, customers: int = 2000, seed: int | None
                 who = rng.randrange(customers) + 1
                 event = {
                     "event_id": f"{prefix}-{sent}",
-                    "event_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+                    "event_at": (
+                        first + dt.timedelta(seconds=sent / rate) if first else dt.datetime.now(dt.UTC)
+                    )
+                    .isoformat(timespec="seconds")
+                    .replace("+00:00", "Z"),
                     "event_type": rng.choice(types),
                     "session_id": f"S{who}-{int(elapsed // 1800)}",
                     "anonymous_id": f"A{who:08d}",

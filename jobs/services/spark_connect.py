@@ -1,0 +1,125 @@
+"""Spark as a service: a Spark Connect server started from the pyspark wheel (its jar and launcher ship
+in it), in front of `spark.master` (local threads here, a standalone or Kubernetes cluster elsewhere).
+
+Under Airflow's scheduler every task is a process of its own; each starting a Spark driver JVM cost
+about 7 s a task and oversubscribed the machine. With the server running, a task is a thin client
+(`spark.remote`, about a second to connect) and the one driver keeps its JVM, caches and Python
+workers warm across tasks. Production runs the same server (docker/compose.yaml) in front of its cluster.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from p13n.config import Settings
+from p13n.services.kafka import free_port
+
+# Settings of the server's own JVM and session defaults: everything `p13n.spark.spark_conf` sets for an
+# in-process driver applies to the server's driver, plus its port and loopback binding.
+
+
+def spark_home() -> Path:
+    import pyspark
+
+    return Path(pyspark.__file__).parent
+
+
+class SparkConnectServer:
+    """`start-connect-server.sh --wait` in the foreground of a process p13n owns (stopped with it)."""
+
+    def __init__(self, settings: Settings, port: int | None = None, log_path: Path | None = None):
+        self.settings = settings
+        self.port = port or free_port()
+        self.log_path = log_path or settings.logs_dir / "spark-connect.log"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"sc://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        from p13n.spark import spark_conf
+
+        conf = spark_conf(self.settings)
+        conf.update(
+            {
+                "spark.connect.grpc.binding.address": "127.0.0.1",
+                "spark.connect.grpc.binding.port": str(self.port),
+                "spark.driver.host": "127.0.0.1",
+                "spark.driver.bindAddress": "127.0.0.1",
+                # Tasks of several Airflow task processes share this driver: FAIR lets a short task's
+                # jobs run beside a long one's instead of queueing behind it.
+                "spark.scheduler.mode": "FAIR",
+                "spark.default.parallelism": str(max(2, os.cpu_count() or 2)),
+            }
+        )
+        args = [str(spark_home() / "sbin" / "start-connect-server.sh"), "--wait", "--master", self.settings.spark.master,
+                "--name", "p13n Spark Connect", "--driver-memory", self.settings.spark.driver_memory]  # fmt: skip
+        for key, value in conf.items():
+            if key in ("spark.driver.memory",):
+                continue
+            args += ["--conf", f"{key}={value}"]
+        return args
+
+    def env(self) -> dict[str, str]:
+        from p13n.spark import ensure_java
+
+        env = dict(os.environ)
+        env.update(
+            {
+                "JAVA_HOME": ensure_java(),
+                "SPARK_HOME": str(spark_home()),
+                "SPARK_LOCAL_IP": "127.0.0.1",
+                "PYSPARK_PYTHON": sys.executable,
+                "PYSPARK_DRIVER_PYTHON": sys.executable,
+                "SPARK_LOG_DIR": str(self.log_path.parent),
+                "SPARK_PID_DIR": str(self.log_path.parent),
+                "SPARK_NO_DAEMONIZE": "1",
+            }
+        )
+        return env
+
+    def start(self, timeout: float = 90.0) -> SparkConnectServer:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as out:
+            self.proc = subprocess.Popen(self.command(), env=self.env(), stdout=out, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                tail = self.log_path.read_text(errors="replace")[-2000:]
+                raise RuntimeError(
+                    f"the Spark Connect server exited with code {self.proc.returncode}:\n{tail}"
+                )
+            with socket.socket() as s:
+                s.settimeout(0.5)
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return self
+            time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"the Spark Connect server did not listen on {self.port} within {timeout:.0f}s")
+
+    def stop(self) -> None:
+        import signal
+
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        except ProcessLookupError:
+            pass
+
+    def __enter__(self) -> SparkConnectServer:
+        return self.start()
+
+    def __exit__(self, *_exc) -> None:
+        self.stop()

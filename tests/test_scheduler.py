@@ -1,0 +1,127 @@
+"""The nightly as production runs it: Airflow's scheduler, DAG processor, triggerer and API server on
+PostgreSQL, a LocalExecutor running every task in a process of its own, tasks as thin clients of a Spark
+Connect server; one date triggered through the REST API and followed down the asset chain to the report.
+
+Slow (minutes) but the one test of the path production takes: asset-triggered runs have no logical
+date, so every downstream DAG must get its date from the partition key the chain carries.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+
+from p13n.generate.retail import generate
+from p13n.services.kafka import EmbeddedBroker
+from p13n.services.postgres import PostgresServer, postgres_bin_dir
+from p13n.services.redis import RedisServer
+from p13n.services.spark_connect import SparkConnectServer
+from p13n.sources.catalog import load_catalog
+from p13n.sources.simulate import load_warehouse, replay_topics
+
+pytestmark = [pytest.mark.airflow, pytest.mark.spark, pytest.mark.kafka]
+DAY = "2024-03-01"
+
+
+def _has_postgres() -> bool:
+    try:
+        postgres_bin_dir()
+        return True
+    except RuntimeError:
+        return False
+
+
+@pytest.mark.skipif(not _has_postgres(), reason="PostgreSQL is not installed (make services installs it)")
+def test_one_date_runs_down_the_asset_chain_under_the_scheduler(settings, tmp_path):
+    from p13n.alerts import read_alerts
+    from p13n.lake.duck import duckdb_connection, scan
+    from p13n.scheduler import (
+        CHAIN,
+        AirflowServices,
+        client,
+        services_env,
+        trigger_date,
+        wait_for_dags,
+        watch_chain,
+    )
+
+    s = settings.model_copy(update={"data_dir": tmp_path / "data"})
+    catalog = load_catalog()
+    generate(catalog, s.data_dir, customers=300, days=1, seed=5, start=dt.date.fromisoformat(DAY),
+             history_days=60, bad_rate=0.005)  # fmt: skip
+    load_warehouse(s, catalog)
+    with (
+        PostgresServer(tmp_path / "pg") as pg,
+        SparkConnectServer(s, log_path=tmp_path / "spark-connect.log") as connect,
+    ):
+        broker = EmbeddedBroker().start()
+        redis = RedisServer(tmp_path / "redis").start()
+        replay_topics(s, catalog, broker.bootstrap)
+        env = services_env(s, port=None)
+        env.update(
+            {
+                "P13N_DATA_DIR": str(s.data_dir),
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": pg.url,
+                "P13N__SPARK__REMOTE": connect.url,
+                "P13N_KAFKA_BOOTSTRAP": broker.bootstrap,
+                "P13N__SERVING__REDIS_URL": redis.url,
+                # A source failing for good: the run records and alerts it once, the chain goes on
+                # (stores is no identity source); and a deadline ingestion cannot meet.
+                "P13N_FAULTS": "ingest.stores:raise",
+                "P13N__AIRFLOW__DEADLINES_MINUTES__INGEST_SOURCES": "1",
+            }
+        )
+        services = AirflowServices(env, tmp_path / "logs")
+        try:
+            services.start()
+            api = client(env=env)
+            wait_for_dags(api, CHAIN)
+            since = dt.datetime.now(dt.UTC)
+            trigger_date(api, "ingest_sources", DAY)
+            lines: list[str] = []
+            runs = watch_chain(api, DAY, since, timeout=1500, echo=lines.append, stop_on_failure=False,
+                               log_root=s.logs_dir / "airflow")  # fmt: skip
+            # The same date again: a new run, never a duplicate-key error.
+            again = trigger_date(api, "ingest_sources", DAY, unpause=False)
+            tree = services.processes()
+        finally:
+            services.stop()
+            redis.stop()
+            broker.stop()
+            pg.remove()
+        leftovers = [p for p in tree if p.is_running() and p.status() != "zombie"]
+
+    states = {r.dag_id: r.state for r in runs}
+    assert states == {**dict.fromkeys(CHAIN, "success"), "ingest_sources": "failed"}, "\n".join(lines[-60:])
+    assert again["partition_key"] == DAY and again["dag_run_id"] != runs[0].run_id
+    assert not leftovers, [p.cmdline() for p in leftovers]
+
+    root = s.lake_root
+    con = duckdb_connection()
+    ingest = dict(con.execute(f"SELECT source, status FROM {scan(root, 'ops.ingest_runs')} WHERE batch_date = ?",
+                              [dt.date.fromisoformat(DAY)]).fetchall())  # fmt: skip
+    assert (
+        ingest["stores"] == "failed" and sum(v == "ok" for v in ingest.values()) == len(catalog.sources) - 1
+    )
+    for table, column in (("gold.customer_profiles", None), ("gold.segments", "as_of_date"),
+                          ("gold.recommendations", "as_of_date")):  # fmt: skip
+        where = f" WHERE {column} = DATE '{DAY}'" if column else ""
+        assert con.execute(f"SELECT count(*) FROM {scan(root, table)}{where}").fetchone()[0] > 0, table
+    assert (s.data_dir / "reports" / DAY / "index.html").exists()
+    commits = [json.loads(json.dumps(h)) for h in _history(root, "gold.segments")]
+    assert commits[0]["p13n.dag_id"] == "score_customers" and commits[0]["p13n.run_date"] == DAY
+
+    alerts = read_alerts(s)
+    failed = [a for a in alerts if a["kind"] == "task_failed"]
+    assert [(a["dag_id"], a["task_id"]) for a in failed] == [("ingest_sources", "ingest_stores")]
+    assert any(a["kind"] == "deadline_missed" and a["dag_id"] == "ingest_sources" for a in alerts), alerts
+
+
+def _history(root: str, table: str) -> list[dict]:
+    from deltalake import DeltaTable
+
+    from p13n.lake.duck import table_uri
+
+    return DeltaTable(table_uri(root, table)).history()
