@@ -23,6 +23,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         seed=args.seed,
         history_days=args.history_days,
         in_process=args.in_process,
+        dates=args.date,
+        dags=tuple(args.dag) if args.dag else None,
     )
 
 
@@ -293,7 +295,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         sizes = [int(x.replace("_", "")) for x in args.sizes.split(",")]
         results = bench_scale(sizes, days=args.days)
         return 0 if all(r["succeeded"] for r in results) else 1
-    names = list(BENCHMARKS) if args.name == "all" else [args.name]
+    from p13n.bench import OPT_IN
+
+    names = [n for n in BENCHMARKS if n not in OPT_IN] if args.name == "all" else [args.name]
     for name in names:
         run_benchmark(name, rows=args.rows, reps=args.reps)
     return 0
@@ -513,6 +517,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=42)
     p.add_argument(
+        "--date",
+        action="append",
+        metavar="YYYY-MM-DD",
+        help="run these dates (repeat) instead of the generated ones; the lake must exist",
+    )
+    p.add_argument("--dag", action="append", help="only these DAGs of the nightly (repeat; default: all)")
+    p.add_argument(
         "--in-process",
         action="store_true",
         help="debugging: run the DAGs with `airflow dags test` in one process, no scheduler",
@@ -574,6 +585,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--customers", type=int, default=2000)
     p.add_argument("--days", type=int, default=7)
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument(
+        "--date",
+        action="append",
+        metavar="YYYY-MM-DD",
+        help="run these dates (repeat) instead of the generated ones; the lake must exist",
+    )
+    p.add_argument("--dag", action="append", help="only these DAGs of the nightly (repeat; default: all)")
     p.add_argument("--start", default="2024-03-01", help="first day (YYYY-MM-DD)")
     p.add_argument(
         "--history-days",
@@ -601,7 +619,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "name",
         help="benchmark name, or 'all': lake, ingest, identity, customers, als, serving, streaming, activation; "
-        "or 'scale' (the whole nightly at --sizes customers, recorded in docs/scale.md; not in 'all')",
+        "or 'orchestration' (the nightly through the scheduler against in-process, --rows customers; not in "
+        "'all'); or 'scale' (the whole nightly at --sizes customers, recorded in docs/scale.md; not in 'all')",
     )
     p.add_argument("--sizes", default="100000,1000000", help="scale: customer counts, comma-separated")
     p.add_argument(

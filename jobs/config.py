@@ -93,6 +93,9 @@ class AirflowSettings(_Section):
     executor: str = "LocalExecutor"
     parallelism: int = Field(0, ge=0)  # tasks at once; 0: one per core
     api_port: int = Field(8080, gt=0, lt=65536)
+    # Modules the scheduler imports before it forks the LocalExecutor's workers, so each task (a fork of
+    # a worker) starts with them (conf/airflow/airflow_local_settings.py).
+    preload_modules: list[str] = Field(default_factory=list)
 
 
 class SourcesSettings(_Section):

@@ -188,6 +188,22 @@ def dags_test_env(env: dict[str, str]) -> dict[str, str]:
     return {**env, "P13N__AIRFLOW__DEADLINE_ALERTS": "false"}
 
 
+def preload_task_modules(settings: Settings | None = None) -> list[str]:
+    """Import `airflow.preload_modules` (in the scheduler, before it forks its workers: see
+    conf/airflow/airflow_local_settings.py); a module that fails to import is skipped, with a warning."""
+    import importlib
+    import logging
+
+    done = []
+    for name in (settings or get_settings()).airflow.preload_modules:
+        try:
+            importlib.import_module(name)
+            done.append(name)
+        except Exception as exc:  # a task importing it itself will say why
+            logging.getLogger("p13n").warning("p13n: could not preload %s: %s", name, exc)
+    return done
+
+
 def airflow_env(settings: Settings | None = None, base: dict | None = None) -> dict[str, str]:
     """The environment Airflow runs in for this project: its home, DAGs, SQLite locally, no examples."""
     settings = settings or get_settings()
@@ -204,6 +220,10 @@ def airflow_env(settings: Settings | None = None, base: dict | None = None) -> d
             "P13N_ENV": settings.env,
             "P13N_DATA_DIR": str(settings.data_dir),
             "PYSPARK_PYTHON": sys.executable,
+            # airflow_local_settings.py: the scheduler preloads the tasks' modules before forking
+            "PYTHONPATH": os.pathsep.join(
+                p for p in (str(REPO_ROOT / "conf" / "airflow"), env.get("PYTHONPATH")) if p
+            ),
             # `airflow standalone` starts its components as `airflow` from PATH: this environment's.
             "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
         }

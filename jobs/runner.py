@@ -24,9 +24,11 @@ def _airflow_bin() -> str:
 
 def ensure_airflow_db(env: dict[str, str], log: Path) -> None:
     """Create or upgrade Airflow's metadata database once per Airflow version (SQLite locally)."""
+    import hashlib
     import importlib.metadata
 
-    stamp = Path(env["AIRFLOW_HOME"]) / f".p13n-db-{importlib.metadata.version('apache-airflow')}"
+    db = hashlib.sha1(env.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "").encode()).hexdigest()[:8]
+    stamp = Path(env["AIRFLOW_HOME"]) / f".p13n-db-{importlib.metadata.version('apache-airflow')}-{db}"
     if stamp.exists():
         return
     with log.open("a") as out:
@@ -280,28 +282,29 @@ def scheduled_airflow(settings, env: dict[str, str], say, log_dir: Path):
             connect.stop()
 
 
-def _run_scheduled(
-    api, dates: list[str], env, console, echo, timings: list, before=None
-) -> tuple[str, str] | None:
-    """Each date: trigger ingestion, follow the chain to the run report; then the last date's stream
-    catch-up and maintenance, and its report again (it then shows them)."""
-    from p13n.scheduler import trigger_date, wait_for_run, watch_chain
+def _run_scheduled(api, dates: list[str], env, console, echo, timings: list, before=None,
+                   dags: tuple[str, ...] | None = None) -> tuple[str, str] | None:  # fmt: skip
+    """Each date: trigger ingestion and follow the asset chain to the run report; then the last date's
+    stream catch-up, maintenance and report (which then shows them). `dags`: only these DAGs of the
+    chain run, the others stay paused (their runs wait in Airflow's queue for an unpause)."""
+    from p13n.scheduler import CHAIN, trigger_date, wait_for_run, watch_chain
 
     log_root = Path(env["AIRFLOW__LOGGING__BASE_LOG_FOLDER"])
+    chain = tuple(d for d in CHAIN if d in (dags or CHAIN))
+    for dag_id in chain:
+        api.unpause(dag_id)
     for day in dates:
         since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=2)
-        run = trigger_date(api, "ingest_sources", day)
+        run = trigger_date(api, "ingest_sources", day, unpause=False)
         console.print(
             f"[cyan]triggered ingest_sources for {day}[/] (run {run['dag_run_id']}); following the assets"
         )
-        runs = watch_chain(api, day, since, echo=echo, log_root=log_root)
-        timings += [
-            {"dag": r.dag_id, "date": day, "seconds": r.seconds, "succeeded": r.state == "success"}
-            for r in runs
-        ]
-        if not runs or runs[-1].state != "success" or runs[-1].dag_id != "run_report":
+        runs = watch_chain(api, day, since, dags=chain, echo=echo, log_root=log_root)
+        timings += [{"dag": r.dag_id, "date": day, "seconds": r.seconds, "succeeded": r.state == "success"}
+                    for r in runs]  # fmt: skip
+        if len(runs) < len(chain) or runs[-1].state != "success":
             return (runs[-1].dag_id if runs else "ingest_sources"), day
-    for dag_id in AFTER:
+    for dag_id in AFTER if chain == CHAIN else ():
         if before:
             before(dag_id, dates[-1])
         run = trigger_date(api, dag_id, dates[-1])
@@ -316,7 +319,10 @@ def _run_scheduled(
 
 
 def run_pipeline(customers: int = 20_000, days: int = 2, seed: int = 42, history_days: int = 365,
-                 in_process: bool = False) -> int:  # fmt: skip
+                 in_process: bool = False, dates: list[str] | None = None,
+                 dags: tuple[str, ...] | None = None) -> int:  # fmt: skip
+    """The nightly for each generated date (generating a dataset when there is none), or for `dates`;
+    `dags` limits the DAGs (the chain's order is kept). Prints progress, then the summary."""
     console, echo = _console()
     settings = get_settings()
     log = _run_log(settings, "run")
@@ -324,7 +330,8 @@ def run_pipeline(customers: int = 20_000, days: int = 2, seed: int = 42, history
     how = "in-process (airflow dags test)" if in_process else "Airflow's scheduler"
     console.print(f"[bold]p13n run[/]  env={settings.env}  data={settings.data_dir}  through {how}")
     t0 = time.monotonic()
-    dates = ensure_dataset(settings, customers, days, seed, echo=echo, history_days=history_days)
+    if not dates:
+        dates = ensure_dataset(settings, customers, days, seed, echo=echo, history_days=history_days)
     record = {"customers": customers, "days": days, "dates": dates, "generate_seconds": round(time.monotonic() - t0, 1),
               "stages": [], "log": str(log)}  # fmt: skip
     started = dt.datetime.now(dt.UTC)
@@ -336,15 +343,19 @@ def run_pipeline(customers: int = 20_000, days: int = 2, seed: int = 42, history
 
     with local_services(settings, env, console.print):
         if in_process:
-            failed = run_plan(nightly_plan(dates, after=AFTER), env, log, console, echo, before=before,
-                              timings=record["stages"])  # fmt: skip
+            plan = (
+                nightly_plan(dates, after=AFTER) if not dags else nightly_plan(dates, dags, every_night=dags)
+            )
+            failed = run_plan(plan, env, log, console, echo, before=before, timings=record["stages"])
         else:
             with console.status(
                 "starting Spark Connect and Airflow (scheduler, DAG processor, triggerer, API)…"
             ):
                 ensure_airflow_db(env, log)
             with scheduled_airflow(settings, env, console.print, settings.logs_dir) as api:
-                failed = _run_scheduled(api, dates, env, console, echo, record["stages"], before=before)
+                failed = _run_scheduled(
+                    api, dates, env, console, echo, record["stages"], before=before, dags=dags
+                )
         record["succeeded"] = failed is None
         log.with_suffix(".json").write_text(json.dumps(record, indent=2))
         if failed:

@@ -18,4 +18,4 @@ def spark():
 def lake():
     from p13n.lake import Lake
 
-    return Lake.from_settings(spark(), get_settings())
+    return Lake.from_settings(spark, get_settings())  # the session is made on the lake's first Spark use

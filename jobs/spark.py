@@ -74,6 +74,14 @@ def spark_conf(settings: Settings) -> dict[str, str]:
     return conf
 
 
+def use_remote(settings: Settings) -> None:
+    """Point every `SparkSession.builder.getOrCreate()` of this process at `spark.remote`, libraries'
+    included (Great Expectations' Spark datasource makes its own): a classic session would start a
+    driver JVM in the task, and a process cannot hold both kinds."""
+    if settings.spark.remote:
+        os.environ["SPARK_REMOTE"] = settings.spark.remote
+
+
 def default_parallelism(spark) -> int:
     """Spark's default parallelism, from a classic session's context or a Connect session's conf."""
     context = getattr(spark, "_sc", None)
@@ -104,6 +112,7 @@ def get_spark(settings: Settings | None = None):
 
     settings = settings or get_settings()
     if settings.spark.remote:
+        use_remote(settings)
         spark = SparkSession.builder.remote(settings.spark.remote).getOrCreate()
         conf = spark_conf(settings)
         for key in SESSION_CONF:

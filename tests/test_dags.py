@@ -61,6 +61,16 @@ def test_the_nightly_chain_has_deadlines_and_ends_with_the_report(dagbag):
     assert {produced[u] for u in waits} == {"publish_serving", "export_audiences"}
 
 
+def test_the_nightly_chain_is_partitioned_by_date(dagbag):
+    """Ingestion runs are partitioned by the night's date, and every DAG downstream of it is started by
+    the partition key of its input assets' events, never by "whatever is new" (no logical date there)."""
+    ingest = dagbag.dags["ingest_sources"].timetable
+    assert type(ingest).__name__ == "CronPartitionTimetable" and ingest.key_format == "%Y-%m-%d"
+    for dag_id in ("resolve_identities", "score_customers", "recommend_products", "publish_serving",
+                   "export_audiences", "run_report"):  # fmt: skip
+        assert type(dagbag.dags[dag_id].timetable).__name__ == "PartitionedAssetTimetable", dag_id
+
+
 @pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
 def test_dag_file_imports_fast(path):
     """A DAG file does no work at parse time: importing it costs little beyond Airflow itself."""

@@ -49,8 +49,8 @@ def test_one_date_runs_down_the_asset_chain_under_the_scheduler(settings, tmp_pa
 
     s = settings.model_copy(update={"data_dir": tmp_path / "data"})
     catalog = load_catalog()
-    generate(catalog, s.data_dir, customers=300, days=1, seed=5, start=dt.date.fromisoformat(DAY),
-             history_days=60, bad_rate=0.005)  # fmt: skip
+    generate(catalog, s.data_dir, customers=500, days=1, seed=4, start=dt.date.fromisoformat(DAY),
+             history_days=400, bad_rate=0.005)  # fmt: skip
     load_warehouse(s, catalog)
     with (
         PostgresServer(tmp_path / "pg") as pg,

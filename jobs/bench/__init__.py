@@ -12,6 +12,7 @@ from p13n.bench.customers import bench_customers
 from p13n.bench.identity import bench_identity
 from p13n.bench.ingest import bench_ingest
 from p13n.bench.lake import bench_lake
+from p13n.bench.orchestration import bench_orchestration
 from p13n.bench.serving import bench_serving
 from p13n.bench.streaming import bench_streaming
 
@@ -24,7 +25,10 @@ BENCHMARKS: dict[str, Callable[..., dict]] = {
     "serving": bench_serving,
     "streaming": bench_streaming,
     "activation": bench_activation,
+    "orchestration": bench_orchestration,
 }
+# Not in `p13n bench all`: each runs the whole nightly twice (about 40 minutes at 20k customers).
+OPT_IN = {"orchestration"}
 
 
 def run_benchmark(name: str, rows: int | None = None, reps: int = 3) -> dict:

@@ -23,7 +23,7 @@ import functools
 import json
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any, Literal
@@ -97,14 +97,22 @@ class TableInfo:
 class Lake:
     """The IO layer for `bronze.*`, `silver.*`, `gold.*`, `quarantine.*` and `ops.*` tables."""
 
-    def __init__(self, spark: SparkSession, settings: LakeSettings, root: str):
-        self.spark = spark
+    def __init__(self, spark: SparkSession | Callable[[], SparkSession], settings: LakeSettings, root: str):
+        """`spark`: a session, or a function making one on first use (a task with nothing to write
+        then never connects to Spark)."""
+        self._spark = spark
         self.settings = settings
         self.root = root.rstrip("/")
         self.storage_options = dict(settings.storage_options) or None
 
+    @property
+    def spark(self) -> SparkSession:
+        if callable(self._spark):
+            self._spark = self._spark()
+        return self._spark
+
     @classmethod
-    def from_settings(cls, spark: SparkSession, settings=None) -> Lake:
+    def from_settings(cls, spark: SparkSession | Callable[[], SparkSession], settings=None) -> Lake:
         from p13n.config import get_settings
 
         settings = settings or get_settings()

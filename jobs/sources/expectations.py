@@ -95,6 +95,9 @@ class Validator:
     def __init__(self, settings: Settings, suites_dir: Path = EXPECTATIONS_DIR):
         import great_expectations as gx
 
+        from p13n.spark import use_remote
+
+        use_remote(settings)  # GX's Spark datasource makes a session of its own: the same service's
         self.suites_dir = suites_dir
         logging.getLogger("great_expectations").setLevel(logging.WARNING)
         self.gx = gx

@@ -1,0 +1,61 @@
+"""Which date a DAG run processes: asset-triggered runs have no logical date, so the date comes from
+the partition key the chain carries (or the events, the conf, the logical date), or the run fails."""
+
+from __future__ import annotations
+
+import datetime as dt
+from types import SimpleNamespace
+
+import pendulum
+import pytest
+
+from p13n.orchestration import RunDateError, resolve_run_date
+from p13n.scheduler import is_duplicate_run_error
+
+
+def _event(partition_key=None, extra=None, dag="ingest_sources"):
+    return SimpleNamespace(partition_key=partition_key, extra=extra or {}, source_dag_id=dag)
+
+
+def test_the_partition_key_of_the_run_is_its_date():
+    context = {"partition_key": "2024-03-03", "logical_date": None, "dag_run": SimpleNamespace(conf={})}
+    assert resolve_run_date(context) == "2024-03-03"
+
+
+def test_an_asset_triggered_run_without_a_key_takes_the_date_its_events_carry():
+    events = {"silver/a": [_event("2024-03-04")], "silver/b": [_event(extra={"date": "2024-03-04"})]}
+    context = {"partition_key": None, "logical_date": None, "triggering_asset_events": events}
+    assert resolve_run_date(context) == "2024-03-04"
+
+
+def test_events_of_two_dates_are_refused():
+    events = {"silver/a": [_event("2024-03-04")], "silver/b": [_event("2024-03-05")]}
+    with pytest.raises(RunDateError, match=r"several dates: \['2024-03-04', '2024-03-05'\]"):
+        resolve_run_date({"triggering_asset_events": events})
+
+
+def test_conf_date_then_logical_date():
+    assert resolve_run_date({"dag_run": SimpleNamespace(conf={"date": "2024-03-06"})}) == "2024-03-06"
+    logical = pendulum.datetime(2024, 3, 7, 1, tz="UTC")
+    assert resolve_run_date({"dag_run": SimpleNamespace(conf=None), "logical_date": logical}) == "2024-03-07"
+
+
+def test_a_run_with_no_date_fails_with_a_message_saying_how_to_give_one():
+    context = {"partition_key": None, "logical_date": None, "dag_run": SimpleNamespace(conf={}),
+               "triggering_asset_events": {}}  # fmt: skip
+    with pytest.raises(RunDateError, match=r"this run has no date.*p13n trigger DAG --date YYYY-MM-DD"):
+        resolve_run_date(context)
+
+
+def test_a_partition_key_that_is_not_a_date_is_named():
+    with pytest.raises(RunDateError, match=r"the run's partition key is 'night-3', not a date"):
+        resolve_run_date({"partition_key": "night-3"})
+    # A key with a time (CronPartitionTimetable's default format) is the date of that time.
+    assert resolve_run_date({"partition_key": "2024-03-03T01:00:00"}) == dt.date(2024, 3, 3).isoformat()
+
+
+def test_the_raw_duplicate_run_errors_are_recognised():
+    sqlite = "sqlite3.IntegrityError: UNIQUE constraint failed: dag_run.dag_id, dag_run.logical_date"
+    postgres = 'duplicate key value violates unique constraint "dag_run_dag_id_logical_date_key"'
+    assert is_duplicate_run_error(sqlite) and is_duplicate_run_error(postgres)
+    assert not is_duplicate_run_error("DAG 'x' not found")
