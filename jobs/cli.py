@@ -280,6 +280,13 @@ def _cmd_trigger(args: argparse.Namespace) -> int:
     return 0 if len(runs) == len(dags) and all(r.state == "success" for r in runs) else 1
 
 
+def _cmd_spark_connect(args: argparse.Namespace) -> int:
+    from p13n.config import get_settings
+    from p13n.services.spark_connect import SparkConnectServer
+
+    return SparkConnectServer(get_settings(), port=args.port, host=args.host).serve()
+
+
 def _cmd_scheduler(_args: argparse.Namespace) -> int:
     from p13n.scheduler import serve_forever
 
@@ -569,6 +576,15 @@ def build_parser() -> argparse.ArgumentParser:
         "SIGTERM stops every process it started.",
     )
     p.set_defaults(handler=_cmd_scheduler)
+
+    p = sub.add_parser(
+        "spark-connect",
+        help="run a Spark Connect server in front of spark.master until Ctrl-C (the jobs' Spark service)",
+        description="Jobs whose spark.remote is sc://HOST:PORT are its clients: no driver JVM per Airflow task.",
+    )
+    p.add_argument("--port", type=int, default=15002)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 in a container)")
+    p.set_defaults(handler=_cmd_spark_connect)
 
     p = sub.add_parser("report", help="write the HTML run report of a date (what the run_report DAG does)")
     p.add_argument("--date", help="the run date (default: the latest scored date)")

@@ -124,6 +124,8 @@ class AirflowServices:
         except BaseException:
             self.stop()
             raise
+        if passwords_file(self.env).exists():  # Airflow writes it world-readable
+            os.chmod(passwords_file(self.env), 0o600)
         say(f"Airflow on {self.url}: {', '.join(COMPONENTS)}; {self.env['AIRFLOW__CORE__EXECUTOR']} "
             f"({self.env['AIRFLOW__CORE__PARALLELISM']} tasks at once); logs in {self.log_dir}")  # fmt: skip
         return self
@@ -193,9 +195,12 @@ class AirflowServices:
 
 
 def serve_forever(settings: Settings | None = None) -> int:
-    """`make airflow`: the components until Ctrl-C or SIGTERM, which stop every process they started."""
+    """`make airflow`: Airflow's components with the services the DAGs use locally (a Spark Connect
+    server, the embedded Redis and Kafka broker, as `p13n run` starts them) until Ctrl-C or SIGTERM,
+    which stop every process they started."""
+    from p13n.runner import ensure_airflow_db, local_services, scheduled_airflow
+
     settings = settings or get_settings()
-    services = AirflowServices(services_env(settings), settings.logs_dir)
     stopping: list[int] = []
 
     def _stop(signum, _frame):
@@ -203,22 +208,19 @@ def serve_forever(settings: Settings | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    services.start()
-    print(f"Airflow UI: {services.url} (user {ADMIN}, password in {passwords_file(services.env)}); "
-          "Ctrl-C stops every Airflow process", flush=True)  # fmt: skip
-    try:
+    env = airflow_env(settings)
+    ensure_airflow_db(env, settings.logs_dir / "airflow-db.log")
+    with (
+        local_services(settings, env, print),
+        scheduled_airflow(settings, env, print, settings.logs_dir) as api,
+    ):
+        print(f"Airflow UI: {api.url} (user {api.username}, password in {passwords_file(env)}); "
+              "trigger a date: p13n trigger ingest_sources --date YYYY-MM-DD; Ctrl-C stops everything", flush=True)  # fmt: skip
         while not stopping:
-            for name, proc in services.procs.items():
-                if proc.poll() is not None:
-                    print(f"airflow {name} exited with code {proc.returncode}: stopping", flush=True)
-                    stopping.append(0)
-                    break
             time.sleep(1)
-    finally:
-        print("stopping Airflow…", flush=True)
-        services.stop()
-        print("every Airflow process stopped", flush=True)
-    return 0 if stopping and stopping[0] != 0 else 1
+        print("stopping Airflow and the services…", flush=True)
+    print("every process stopped", flush=True)
+    return 0
 
 
 class AirflowClient:

@@ -25,12 +25,14 @@ def stack() -> dict:
 def test_the_stack_has_every_service(stack):
     assert set(stack["services"]) == {
         "postgres", "airflow-init", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
-        "airflow-triggerer", "spark-master", "spark-worker-1", "spark-worker-2", "kafka", "redis",
+        "airflow-triggerer", "spark-connect", "spark-master", "spark-worker-1", "spark-worker-2", "kafka", "redis",
         "mlflow", "minio", "minio-init",
     }  # fmt: skip
     scheduler = stack["services"]["airflow-scheduler"]["environment"]
     assert scheduler["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
     assert scheduler["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://airflow:")
+    assert scheduler["P13N__SPARK__REMOTE"] == "sc://spark-connect:15002"
+    assert stack["services"]["spark-connect"]["command"][:2] == ["p13n", "spark-connect"]
 
 
 @pytest.mark.parametrize("service", ["airflow-scheduler", "spark-worker-1", "mlflow"])

@@ -14,7 +14,7 @@ import json
 import pytest
 
 from p13n.generate.retail import generate
-from p13n.services.kafka import EmbeddedBroker
+from p13n.services.kafka import EmbeddedBroker, free_port
 from p13n.services.postgres import PostgresServer, postgres_bin_dir
 from p13n.services.redis import RedisServer
 from p13n.services.spark_connect import SparkConnectServer
@@ -59,7 +59,7 @@ def test_one_date_runs_down_the_asset_chain_under_the_scheduler(settings, tmp_pa
         broker = EmbeddedBroker().start()
         redis = RedisServer(tmp_path / "redis").start()
         replay_topics(s, catalog, broker.bootstrap)
-        env = services_env(s, port=None)
+        env = services_env(s, port=free_port())
         env.update(
             {
                 "P13N_DATA_DIR": str(s.data_dir),
@@ -67,6 +67,7 @@ def test_one_date_runs_down_the_asset_chain_under_the_scheduler(settings, tmp_pa
                 "P13N__SPARK__REMOTE": connect.url,
                 "P13N_KAFKA_BOOTSTRAP": broker.bootstrap,
                 "P13N__SERVING__REDIS_URL": redis.url,
+                "P13N__ACTIVATION__WITHOUT_KEY": "csv",  # no platform keys here: their import files
                 # A source failing for good: the run records and alerts it once, the chain goes on
                 # (stores is no identity source); and a deadline ingestion cannot meet.
                 "P13N_FAULTS": "ingest.stores:raise",

@@ -32,8 +32,11 @@ def spark_home() -> Path:
 class SparkConnectServer:
     """`start-connect-server.sh --wait` in the foreground of a process p13n owns (stopped with it)."""
 
-    def __init__(self, settings: Settings, port: int | None = None, log_path: Path | None = None):
+    def __init__(self, settings: Settings, port: int | None = None, log_path: Path | None = None,
+                 host: str = "127.0.0.1"):  # fmt: skip
+        """`host`: the address clients reach it on (loopback here; 0.0.0.0 in a container)."""
         self.settings = settings
+        self.host = host
         self.port = port or free_port()
         self.log_path = log_path or settings.logs_dir / "spark-connect.log"
         self.proc: subprocess.Popen | None = None
@@ -48,10 +51,8 @@ class SparkConnectServer:
         conf = spark_conf(self.settings)
         conf.update(
             {
-                "spark.connect.grpc.binding.address": "127.0.0.1",
+                "spark.connect.grpc.binding.address": self.host,
                 "spark.connect.grpc.binding.port": str(self.port),
-                "spark.driver.host": "127.0.0.1",
-                "spark.driver.bindAddress": "127.0.0.1",
                 # Tasks of several Airflow task processes share this driver: FAIR lets a short task's
                 # jobs run beside a long one's instead of queueing behind it.
                 "spark.scheduler.mode": "FAIR",
@@ -70,11 +71,12 @@ class SparkConnectServer:
         from p13n.spark import ensure_java
 
         env = dict(os.environ)
+        if self.settings.spark.master.startswith("local"):
+            env["SPARK_LOCAL_IP"] = "127.0.0.1"  # every port on loopback (spark_conf binds the driver there)
         env.update(
             {
                 "JAVA_HOME": ensure_java(),
                 "SPARK_HOME": str(spark_home()),
-                "SPARK_LOCAL_IP": "127.0.0.1",
                 "PYSPARK_PYTHON": sys.executable,
                 "PYSPARK_DRIVER_PYTHON": sys.executable,
                 "SPARK_LOG_DIR": str(self.log_path.parent),
@@ -83,6 +85,24 @@ class SparkConnectServer:
             }
         )
         return env
+
+    def serve(self) -> int:
+        """Run in the foreground until SIGTERM or Ctrl-C (`p13n spark-connect`, a container's command)."""
+        import signal
+
+        stopping: list[int] = []
+        signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+        signal.signal(signal.SIGINT, lambda *_: stopping.append(1))
+        self.start()
+        print(
+            f"Spark Connect on {self.url} in front of {self.settings.spark.master}; log {self.log_path}",
+            flush=True,
+        )
+        while not stopping and self.proc is not None and self.proc.poll() is None:
+            time.sleep(1)
+        code = self.proc.poll() if self.proc is not None else 0
+        self.stop()
+        return 0 if stopping else (code or 1)
 
     def start(self, timeout: float = 90.0) -> SparkConnectServer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -98,7 +118,7 @@ class SparkConnectServer:
                 )
             with socket.socket() as s:
                 s.settimeout(0.5)
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                if s.connect_ex(("127.0.0.1" if self.host in ("0.0.0.0", "") else self.host, self.port)) == 0:
                     return self
             time.sleep(0.5)
         self.stop()
