@@ -200,3 +200,19 @@ def test_the_pandas_and_spark_engines_of_gx_give_the_same_outcome(world, tmp_pat
 
 def catalog_source(world, name):
     return world["catalog"][name]
+
+
+def test_a_date_with_nothing_landed_touches_neither_spark_nor_great_expectations(settings, tmp_path):
+    """A task with nothing to do must cost little under the scheduler: no Spark session, no GX context."""
+
+    def no_spark():
+        raise AssertionError("a Spark session was made for an empty batch")
+
+    def no_validation(*_args, **_kwargs):
+        raise AssertionError("an empty batch was validated")
+
+    s = settings.model_copy(update={"data_dir": tmp_path})
+    catalog = load_catalog()
+    lake = Lake(no_spark, s.lake, str(tmp_path / "lake"))
+    result = ingest_batch(lake, s, catalog, catalog["stores"], dt.date(2024, 3, 9), b"k", validate=no_validation)
+    assert (result.source, result.status, result.files, result.bronze_rows) == ("stores", "no data", 0, 0)

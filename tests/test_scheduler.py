@@ -103,9 +103,14 @@ def test_one_date_runs_down_the_asset_chain_under_the_scheduler(settings, tmp_pa
     con = duckdb_connection()
     ingest = dict(con.execute(f"SELECT source, status FROM {scan(root, 'ops.ingest_runs')} WHERE batch_date = ?",
                               [dt.date.fromisoformat(DAY)]).fetchall())  # fmt: skip
-    assert (
-        ingest["stores"] == "failed" and sum(v == "ok" for v in ingest.values()) == len(catalog.sources) - 1
-    )
+    assert ingest["stores"] == "failed"
+    assert sum(v == "ok" for v in ingest.values()) == len(catalog.sources) - 1
+    (error,) = con.execute(
+        f"SELECT error FROM {scan(root, 'ops.ingest_runs')} WHERE source = 'stores'"
+    ).fetchone()
+    assert error == "FaultInjected: fault injected at ingest.stores (P13N_FAULTS)"
+    assert any(line.endswith("stores: FAILED: FaultInjected: fault injected at ingest.stores (P13N_FAULTS)")
+               for line in lines), lines  # fmt: skip
     for table, column in (("gold.customer_profiles", None), ("gold.segments", "as_of_date"),
                           ("gold.recommendations", "as_of_date")):  # fmt: skip
         where = f" WHERE {column} = DATE '{DAY}'" if column else ""

@@ -307,7 +307,6 @@ def ingest_batch(
     """Land and promote one batch of one source, whatever its format."""
     from p13n.sources import systems
 
-    spark = lake.spark
     now = now or dt.datetime.combine(batch_date + dt.timedelta(days=1), dt.time())
     if source.format == "kafka":
         bootstrap = kafka_bootstrap(settings)
@@ -322,7 +321,7 @@ def ingest_batch(
         fresh = {p: e for p, e in ends.items() if e > starts.get(p, 0)}
         files = len(fresh)
         if fresh:
-            records = systems.kafka_batch(spark, source, bootstrap, starts, fresh)
+            records = systems.kafka_batch(lake.spark, source, bootstrap, starts, fresh)
             bronze = _with_batch(records, source, batch_date)
             txns = [(systems.kafka_app_id(source.location, p), e) for p, e in fresh.items()]
             lake.write(
@@ -330,14 +329,14 @@ def ingest_batch(
             )
     else:
         if source.format == "snowflake":
-            records = systems.warehouse_batch(spark, source, settings, batch_date)
+            records = systems.warehouse_batch(lake.spark, source, settings, batch_date)
             files = 1
         else:
             paths = [str(p) for p in landing_files(settings, source, batch_date)]
             files = len(paths)
             if not paths:
                 return IngestResult(source.name, batch_date.isoformat(), status="no data")
-            records = read_landing_records(spark, source, paths, str(settings.landing_dir))
+            records = read_landing_records(lake.spark, source, paths, str(settings.landing_dir))
         land(lake, source, _with_batch(records, source, batch_date), batch_date, run)
     if not lake.exists(source.bronze_table):
         return IngestResult(source.name, batch_date.isoformat(), files=files, status="no data")
