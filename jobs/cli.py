@@ -265,9 +265,9 @@ def _cmd_trigger(args: argparse.Namespace) -> int:
 
     from p13n.scheduler import CHAIN, AirflowError, client, trigger_date, watch_chain
 
-    api = client()
     since = dt.datetime.now(dt.UTC)
     try:
+        api = client()
         run = trigger_date(api, args.dag, args.date, unpause=not args.no_unpause)
         print(f"triggered {args.dag} for {args.date}: run {run['dag_run_id']} ({run['state']})")
         if not args.wait:

@@ -307,8 +307,11 @@ def _run_scheduled(api, dates: list[str], env, console, echo, timings: list, bef
     for dag_id in AFTER if chain == CHAIN else ():
         if before:
             before(dag_id, dates[-1])
+        paused = api.is_paused(dag_id)  # cron DAGs (stream, maintenance) stay as they were
         run = trigger_date(api, dag_id, dates[-1])
         done = wait_for_run(api, dag_id, run["dag_run_id"], echo=echo, log_root=log_root)
+        if paused and dag_id not in CHAIN:
+            api.pause(dag_id)
         console.print(f"DAG {dag_id} {dates[-1]}: {done.state} in {done.seconds:.0f}s")
         timings.append(
             {"dag": dag_id, "date": dates[-1], "seconds": done.seconds, "succeeded": done.state == "success"}

@@ -261,10 +261,23 @@ class AirflowClient:
     def unpause(self, dag_id: str) -> None:
         self._request("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
 
-    def trigger(self, dag_id: str, partition_key: str | None, run_id: str, conf: dict | None = None) -> dict:
-        return self._request("POST", f"/api/v2/dags/{dag_id}/dagRuns",
-                             {"dag_run_id": run_id, "logical_date": None, "partition_key": partition_key,
-                              "conf": conf or {}})  # fmt: skip
+    def pause(self, dag_id: str) -> None:
+        self._request("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": True})
+
+    def is_paused(self, dag_id: str) -> bool:
+        return bool(self._request("GET", f"/api/v2/dags/{dag_id}")["is_paused"])
+
+    def trigger(self, dag_id: str, partition_key: str | None, run_id: str, conf: dict | None = None,
+                run_after: str | None = None) -> dict:  # fmt: skip
+        body = {
+            "dag_run_id": run_id,
+            "logical_date": None,
+            "partition_key": partition_key,
+            "conf": conf or {},
+        }
+        if run_after:
+            body["run_after"] = run_after
+        return self._request("POST", f"/api/v2/dags/{dag_id}/dagRuns", body)
 
     def runs(self, dag_id: str, limit: int = 100) -> list[dict]:
         return self._request("GET", f"/api/v2/dags/{dag_id}/dagRuns?order_by=-run_after&limit={limit}")[
@@ -314,13 +327,17 @@ def trigger_date(api: AirflowClient, dag_id: str, day: str, unpause: bool = True
     day = _check_date(day)
     if dag_id not in (known := api.dag_ids()):
         raise AirflowError(f"no DAG {dag_id!r} in Airflow (it has: {', '.join(sorted(known)) or 'none yet'})")
+    run_id = f"manual__{day}__{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S%f}"
+    if dag_id in CHAIN:
+        run = api.trigger(dag_id, day, run_id)
+    else:
+        # A cron DAG's unpause queues its latest scheduled run too; queued runs start in `run_after`
+        # order, so this one, "after" the end of its date, goes first.
+        run = api.trigger(dag_id, None, run_id, conf={"date": day}, run_after=f"{day}T23:59:59Z")
     if unpause:
         for dag in CHAIN if dag_id in CHAIN else (dag_id,):
             api.unpause(dag)
-    run_id = f"manual__{day}__{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S%f}"
-    if dag_id in CHAIN:
-        return api.trigger(dag_id, day, run_id)
-    return api.trigger(dag_id, None, run_id, conf={"date": day})
+    return run
 
 
 def wait_for_dags(api: AirflowClient, dag_ids, timeout: float = 180.0) -> None:

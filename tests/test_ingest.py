@@ -214,5 +214,7 @@ def test_a_date_with_nothing_landed_touches_neither_spark_nor_great_expectations
     s = settings.model_copy(update={"data_dir": tmp_path})
     catalog = load_catalog()
     lake = Lake(no_spark, s.lake, str(tmp_path / "lake"))
-    result = ingest_batch(lake, s, catalog, catalog["stores"], dt.date(2024, 3, 9), b"k", validate=no_validation)
+    result = ingest_batch(
+        lake, s, catalog, catalog["stores"], dt.date(2024, 3, 9), b"k", validate=no_validation
+    )
     assert (result.source, result.status, result.files, result.bronze_rows) == ("stores", "no data", 0, 0)

@@ -18,7 +18,9 @@ from p13n.services.kafka import EmbeddedBroker
 from p13n.sources.catalog import load_catalog
 from p13n.sources.simulate import load_warehouse, replay_topics
 
-pytestmark = [pytest.mark.airflow, pytest.mark.spark]
+# In `make test-slow`: test_scheduler ingests every source through Airflow's scheduler in the default
+# suite, with the same checks; this is the in-process (`airflow dags test`) path of `p13n run --in-process`.
+pytestmark = [pytest.mark.airflow, pytest.mark.spark, pytest.mark.slow]
 DAY = "2024-03-01"
 
 
