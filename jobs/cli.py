@@ -871,6 +871,12 @@ def main(argv: list[str] | None = None) -> int:
     from p13n.lake import LakeError
 
     args = build_parser().parse_args(argv)
+    import signal
+
+    # SIGTERM (a service manager, `timeout`, a scheduler killing the command) unwinds like Ctrl-C: every
+    # `with` block stops what it started (Airflow, Spark, Redis, the broker) instead of orphaning it.
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     try:
         return args.handler(args)
     except (ConfigError, LakeError) as exc:

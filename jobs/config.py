@@ -45,13 +45,15 @@ class SparkSettings(_Section):
     # A Spark Connect server (sc://host:port) the jobs talk to instead of starting a driver of their
     # own: an Airflow task is then a thin client (no JVM per task). Empty: an in-process driver.
     remote: str = ""
+    # Driver memory of the Spark Connect server p13n starts (one driver serves every task's session).
+    server_memory: str = "8g"
     app_name: str = "p13n"
     driver_memory: str = "4g"
     shuffle_partitions: int = Field(8, gt=0)
     ui_enabled: bool = True
     conf: dict[str, str] = Field(default_factory=dict)
 
-    @field_validator("driver_memory")
+    @field_validator("driver_memory", "server_memory")
     @classmethod
     def _memory_size(cls, v: str) -> str:
         if not re.fullmatch(r"\d+[kmgt]?", v.lower()):

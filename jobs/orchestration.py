@@ -20,6 +20,7 @@ def dag_defaults(settings: Settings | None = None) -> dict:
 
     s = (settings or get_settings()).airflow
     return {
+        "on_success_callback": release_spark,
         "owner": s.owner,
         "retries": s.retries,
         "retry_delay": timedelta(minutes=s.retry_delay_minutes),
@@ -47,6 +48,20 @@ def after_assets(*assets):
     from airflow.sdk import AssetAll, PartitionedAssetTimetable
 
     return PartitionedAssetTimetable(assets=assets[0] if len(assets) == 1 else AssetAll(*assets))
+
+
+def release_spark(_context=None) -> None:
+    """A task's success callback: close this process's Spark Connect session, so the server frees what
+    the task cached at once (an in-process driver is kept: `p13n run --in-process` reuses it)."""
+    from p13n.session import spark
+
+    if not get_settings().spark.remote or not spark.cache_info().currsize:
+        return
+    import contextlib
+
+    with contextlib.suppress(Exception):  # the task succeeded; the server's session timeout frees it anyway
+        spark().stop()
+    spark.cache_clear()
 
 
 def progress(message: str) -> None:

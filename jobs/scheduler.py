@@ -418,7 +418,7 @@ def watch_chain(api: AirflowClient, day: str, since: dt.datetime, dags=CHAIN, ti
                 run = next((r for r in api.runs(dag_id) if r["dag_run_id"] == run["dag_run_id"]), run)
             if run is not None:
                 if run["state"] != shown:
-                    echo(f"DAG {dag_id} {day}: {run['state']}  [{run['dag_run_id']}]")
+                    echo(f"DAG {dag_id} {day}: {run['state']}  (run {run['dag_run_id']})")
                     shown = run["state"]
                 if log_root is not None:
                     for line in _progress_lines(log_root, dag_id, run["dag_run_id"], seen):

@@ -56,11 +56,14 @@ class SparkConnectServer:
                 # Tasks of several Airflow task processes share this driver: FAIR lets a short task's
                 # jobs run beside a long one's instead of queueing behind it.
                 "spark.scheduler.mode": "FAIR",
+                # A finished task's session (its caches) is released within minutes, not the default hour:
+                # task processes end with os._exit and cannot always say goodbye.
+                "spark.connect.session.manager.defaultSessionTimeout": "5min",
                 "spark.default.parallelism": str(max(2, os.cpu_count() or 2)),
             }
         )
         args = [str(spark_home() / "sbin" / "start-connect-server.sh"), "--wait", "--master", self.settings.spark.master,
-                "--name", "p13n Spark Connect", "--driver-memory", self.settings.spark.driver_memory]  # fmt: skip
+                "--name", "p13n Spark Connect", "--driver-memory", self.settings.spark.server_memory]  # fmt: skip
         for key, value in conf.items():
             if key in ("spark.driver.memory",):
                 continue
