@@ -22,7 +22,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         days=args.days,
         seed=args.seed,
         history_days=args.history_days,
-        in_process=args.in_process,
+        in_process=not args.scheduler,
         dates=args.date,
         dags=tuple(args.dag) if args.dag else None,
     )
@@ -530,10 +530,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="run these dates (repeat) instead of the generated ones; the lake must exist",
     )
     p.add_argument("--dag", action="append", help="only these DAGs of the nightly (repeat; default: all)")
-    p.add_argument(
+    how = p.add_mutually_exclusive_group()
+    how.add_argument(
+        "--scheduler",
+        action="store_true",
+        help="as production runs it: Airflow's scheduler (LocalExecutor), DAG processor, triggerer and API "
+        "server, tasks as Spark Connect clients, each date triggered and followed down the assets",
+    )
+    how.add_argument(
         "--in-process",
         action="store_true",
-        help="debugging: run the DAGs with `airflow dags test` in one process, no scheduler",
+        help="the default for now: every DAG through `airflow dags test` in one process, no scheduler",
     )
     p.set_defaults(handler=_cmd_run)
 

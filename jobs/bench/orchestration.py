@@ -2,7 +2,7 @@
 the same generated data, side by side in one run.
 
 One dataset (default 20,000 customers, 2 days) is generated once and copied into two data directories.
-Each arm runs `p13n run` there (the scheduler arm: scheduler, DAG processor, triggerer and API server,
+Each arm runs `p13n run` there (the scheduler arm, `--scheduler`: scheduler, DAG processor, triggerer and API server,
 a LocalExecutor, tasks as Spark Connect clients; the in-process arm: `p13n run --in-process`, every DAG
 through `airflow dags test` in one process), then ingestion alone for a date with no landed files.
 Figures: the median duration of an ingestion task on that empty date (a task's fixed cost), each arm's
@@ -106,7 +106,7 @@ def bench_orchestration(rows: int | None = None, reps: int = 1) -> dict:
         t0 = time.monotonic()
         dates = ensure_dataset(settings, customers, 2, 42, echo=lambda m: print(m, flush=True))
         figures["generate_s"] = round(time.monotonic() - t0, 1)
-        for arm, flag in (("scheduler", []), ("in_process", ["--in-process"])):
+        for arm, flag in (("scheduler", ["--scheduler"]), ("in_process", ["--in-process"])):
             data = work / arm
             shutil.copytree(seed_dir, data, ignore=shutil.ignore_patterns("lake", "airflow", "logs"))
             log = work / f"{arm}.log"
