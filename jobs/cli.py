@@ -578,9 +578,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "scheduler",
         help="run Airflow as production does (API server, scheduler, DAG processor, triggerer) until Ctrl-C",
-        description="What `make airflow` runs: the UI and REST API on http://127.0.0.1:8080 (user admin, "
-        "password admin, loopback only), a LocalExecutor running each task in its own process. Ctrl-C or "
-        "SIGTERM stops every process it started.",
+        description="What `make airflow` runs: the UI and REST API on http://127.0.0.1:8080 (user admin, the "
+        "password Airflow generates into <data>/airflow/simple_auth_manager_passwords.json.generated; loopback "
+        "only), a LocalExecutor running each task in its own process, and the services the tasks use locally "
+        "(a Spark Connect server, the embedded Redis and Kafka broker). Ctrl-C or SIGTERM stops every process "
+        "it started.",
     )
     p.set_defaults(handler=_cmd_scheduler)
 
@@ -608,13 +610,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--customers", type=int, default=2000)
     p.add_argument("--days", type=int, default=7)
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument(
-        "--date",
-        action="append",
-        metavar="YYYY-MM-DD",
-        help="run these dates (repeat) instead of the generated ones; the lake must exist",
-    )
-    p.add_argument("--dag", action="append", help="only these DAGs of the nightly (repeat; default: all)")
     p.add_argument("--start", default="2024-03-01", help="first day (YYYY-MM-DD)")
     p.add_argument(
         "--history-days",

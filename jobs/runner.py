@@ -31,6 +31,7 @@ def ensure_airflow_db(env: dict[str, str], log: Path) -> None:
     stamp = Path(env["AIRFLOW_HOME"]) / f".p13n-db-{importlib.metadata.version('apache-airflow')}-{db}"
     if stamp.exists():
         return
+    log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("a") as out:
         subprocess.run(
             [_airflow_bin(), "db", "migrate"], env=env, stdout=out, stderr=subprocess.STDOUT, check=True
