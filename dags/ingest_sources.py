@@ -1,7 +1,10 @@
 """
 ### Ingest sources
 
-Lands every source of the catalog (`conf/sources.yaml`) for the run's logical date and promotes it:
+Lands every source of the catalog (`conf/sources.yaml`) for the run's date and promotes it. Runs are
+partitioned by date: the 01:00 run processes the night before (partition key `YYYY-MM-DD`), and the
+key travels with every Asset event to the DAGs downstream (`p13n trigger ingest_sources --date D`
+runs any date again):
 
 * **ingest_&lt;source&gt;**, one task per source, independent of the others (one failing source does
   not block the rest; each retries on its own): landing → `bronze.<source>` (every record received,
@@ -9,12 +12,14 @@ Lands every source of the catalog (`conf/sources.yaml`) for the run's logical da
   pseudonymized), rejected rows → `quarantine.<source>` with their reasons, raw PII →
   `restricted.<source>`. The batch must reconcile (bronze = silver + quarantine) and pass its
   critical expectations, or it is not promoted and the task fails without retrying.
-  Each task updates the Asset of its silver table, so downstream DAGs can be scheduled on data.
-* **summarize**: writes `ops.ingest_runs` (rows read, promoted, quarantined and why, expectations)
-  and prints the per-source summary.
+  Each task updates the Asset of its silver table, for this date's partition.
+* **summarize**: writes `ops.ingest_runs` (rows read, promoted, quarantined and why, expectations;
+  a source that failed for good as `failed` with its error) and prints the per-source summary.
+* **watcher**: fails the run when a source failed (that source's task already alerted).
 
 Reruns of a date replace that date's bronze and quarantine partitions and re-merge silver: the
-tables end up the same. Backfill with `p13n airflow dags backfill ingest_sources -s START -e END`.
+tables end up the same. Backfill with `p13n airflow backfill create --dag-id ingest_sources
+--from-date A --to-date B` (a range of partition dates), or `p13n backfill` without a scheduler.
 """
 
 from __future__ import annotations
