@@ -238,13 +238,13 @@ def _cmd_airflow(args: argparse.Namespace) -> int:
     import os
     import subprocess
 
-    from p13n.orchestration import airflow_env, dags_test_env
+    from p13n.orchestration import airflow_bin, airflow_env, dags_test_env
     from p13n.scheduler import is_duplicate_run_error
 
     env = airflow_env()
     if args.airflow_args[:2] == ["dags", "test"]:
         env = dags_test_env(env)
-    airflow = os.path.join(os.path.dirname(sys.executable), "airflow")
+    airflow = airflow_bin()
     if args.airflow_args[:2] != ["dags", "trigger"]:
         os.execve(airflow, [airflow, *args.airflow_args], env)
     # `dags trigger --logical-date D` for a date that already has a run fails with a raw database
@@ -252,9 +252,11 @@ def _cmd_airflow(args: argparse.Namespace) -> int:
     done = subprocess.run([airflow, *args.airflow_args], env=env, stderr=subprocess.PIPE, text=True)
     if done.returncode and is_duplicate_run_error(done.stderr):
         dag_id = next((a for a in args.airflow_args[2:] if not a.startswith("-")), "DAG")
-        print(f"p13n airflow: {dag_id} already has a run for that logical date; to run the date again: "
-              f"p13n trigger {dag_id} --date YYYY-MM-DD (a new run of that date, with `make airflow` running)",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"p13n airflow: {dag_id} already has a run for that logical date; to run the date again: "
+            f"p13n trigger {dag_id} --date YYYY-MM-DD (a new run of that date, with `make airflow` running)",
+            file=sys.stderr,
+        )
         return 2
     sys.stderr.write(done.stderr)
     return done.returncode

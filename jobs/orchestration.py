@@ -38,8 +38,9 @@ def nightly_schedule(cron: str):
     01:00 instead of running the night that passed at once (run a past date with `p13n trigger`)."""
     from airflow.sdk import CronPartitionTimetable
 
-    return CronPartitionTimetable(cron, timezone="UTC", run_offset=-1, key_format="%Y-%m-%d",
-                                  run_immediately=timedelta(0))  # fmt: skip
+    return CronPartitionTimetable(
+        cron, timezone="UTC", run_offset=-1, key_format="%Y-%m-%d", run_immediately=timedelta(0)
+    )
 
 
 def after_assets(*assets):
@@ -217,6 +218,11 @@ def preload_task_modules(settings: Settings | None = None) -> list[str]:
         except Exception as exc:  # a task importing it itself will say why
             logging.getLogger("p13n").warning("p13n: could not preload %s: %s", name, exc)
     return done
+
+
+def airflow_bin() -> str:
+    """The `airflow` command of this environment."""
+    return str(Path(sys.executable).parent / "airflow")
 
 
 def airflow_env(settings: Settings | None = None, base: dict | None = None) -> dict[str, str]:

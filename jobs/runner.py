@@ -15,11 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from p13n.config import get_settings
-from p13n.orchestration import PROGRESS_MARK, airflow_env, dags_test_env
-
-
-def _airflow_bin() -> str:
-    return str(Path(sys.executable).parent / "airflow")
+from p13n.orchestration import PROGRESS_MARK, airflow_bin, airflow_env, dags_test_env
 
 
 def ensure_airflow_db(env: dict[str, str], log: Path) -> None:
@@ -34,7 +30,7 @@ def ensure_airflow_db(env: dict[str, str], log: Path) -> None:
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("a") as out:
         subprocess.run(
-            [_airflow_bin(), "db", "migrate"], env=env, stdout=out, stderr=subprocess.STDOUT, check=True
+            [airflow_bin(), "db", "migrate"], env=env, stdout=out, stderr=subprocess.STDOUT, check=True
         )
     stamp.touch()
 
@@ -283,8 +279,9 @@ def scheduled_airflow(settings, env: dict[str, str], say, log_dir: Path):
             connect.stop()
 
 
-def _run_scheduled(api, dates: list[str], env, console, echo, timings: list, before=None,
-                   dags: tuple[str, ...] | None = None) -> tuple[str, str] | None:  # fmt: skip
+def _run_scheduled(
+    api, dates: list[str], env, console, echo, timings: list, before=None, dags: tuple[str, ...] | None = None
+) -> tuple[str, str] | None:
     """Each date: trigger ingestion and follow the asset chain to the run report; then the last date's
     stream catch-up, maintenance and report (which then shows them). `dags`: only these DAGs of the
     chain run, the others stay paused (their runs wait in Airflow's queue for an unpause)."""
@@ -301,8 +298,10 @@ def _run_scheduled(api, dates: list[str], env, console, echo, timings: list, bef
             f"[cyan]triggered ingest_sources for {day}[/] (run {run['dag_run_id']}); following the assets"
         )
         runs = watch_chain(api, day, since, dags=chain, echo=echo, log_root=log_root)
-        timings += [{"dag": r.dag_id, "date": day, "seconds": r.seconds, "succeeded": r.state == "success"}
-                    for r in runs]  # fmt: skip
+        timings += [
+            {"dag": r.dag_id, "date": day, "seconds": r.seconds, "succeeded": r.state == "success"}
+            for r in runs
+        ]
         if len(runs) < len(chain) or runs[-1].state != "success":
             return (runs[-1].dag_id if runs else "ingest_sources"), day
     for dag_id in AFTER if chain == CHAIN else ():
@@ -322,9 +321,15 @@ def _run_scheduled(api, dates: list[str], env, console, echo, timings: list, bef
     return None
 
 
-def run_pipeline(customers: int = 20_000, days: int = 2, seed: int = 42, history_days: int = 365,
-                 in_process: bool = False, dates: list[str] | None = None,
-                 dags: tuple[str, ...] | None = None) -> int:  # fmt: skip
+def run_pipeline(
+    customers: int = 20_000,
+    days: int = 2,
+    seed: int = 42,
+    history_days: int = 365,
+    in_process: bool = False,
+    dates: list[str] | None = None,
+    dags: tuple[str, ...] | None = None,
+) -> int:
     """The nightly for each generated date (generating a dataset when there is none), or for `dates`;
     `dags` limits the DAGs (the chain's order is kept). Prints progress, then the summary."""
     console, echo = _console()
@@ -363,8 +368,10 @@ def run_pipeline(customers: int = 20_000, days: int = 2, seed: int = 42, history
         record["succeeded"] = failed is None
         log.with_suffix(".json").write_text(json.dumps(record, indent=2))
         if failed:
-            console.print(f"[red]DAG {failed[0]} {failed[1]} did not succeed[/]; task logs under "
-                          f"{settings.logs_dir / 'airflow'}, run log: {log}")  # fmt: skip
+            console.print(
+                f"[red]DAG {failed[0]} {failed[1]} did not succeed[/]; task logs under "
+                f"{settings.logs_dir / 'airflow'}, run log: {log}"
+            )
             _print_alerts(console, settings, started)
             return 1
         url = env.get("P13N__SERVING__REDIS_URL") or settings.serving.redis_url
@@ -630,8 +637,14 @@ def _produce_live_events(env: dict[str, str], customers: int, day: str) -> int:
     offsets, which the lake already holds: nothing lands twice."""
     from p13n.streaming.tasks import produce
 
-    return produce(rate=500, seconds=4, customers=customers, seed=7, bootstrap=env.get("P13N_KAFKA_BOOTSTRAP"),
-                   day=dt.date.fromisoformat(day))  # fmt: skip
+    return produce(
+        rate=500,
+        seconds=4,
+        customers=customers,
+        seed=7,
+        bootstrap=env.get("P13N_KAFKA_BOOTSTRAP"),
+        day=dt.date.fromisoformat(day),
+    )
 
 
 def _stream_summary(settings, url: str) -> str:

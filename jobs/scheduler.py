@@ -20,7 +20,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -28,30 +27,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from p13n.config import Settings, get_settings
-from p13n.orchestration import PROGRESS_MARK, airflow_env
+from p13n.orchestration import PROGRESS_MARK, airflow_bin, airflow_env
+from p13n.secrets import local_secret
 
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 # The nightly's DAGs in the order the assets chain them, from a date's ingestion to its run report.
-CHAIN = ("ingest_sources", "resolve_identities", "score_customers", "recommend_products", "publish_serving",
-         "export_audiences", "run_report")  # fmt: skip
+CHAIN = (
+    "ingest_sources",
+    "resolve_identities",
+    "score_customers",
+    "recommend_products",
+    "publish_serving",
+    "export_audiences",
+    "run_report",
+)
 ADMIN = "admin"
 
 
 class AirflowError(RuntimeError):
     """Airflow is not reachable, or refused a request (the message says which and why)."""
-
-
-def _secret(settings: Settings, name: str) -> str:
-    """A local secret made once and kept owner-only under <data_dir>/secrets (never in conf/ or code)."""
-    import secrets
-
-    path = settings.data_dir / "secrets" / name
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secrets.token_urlsafe(32))
-    return path.read_text().strip()
 
 
 def services_env(settings: Settings | None = None, port: int | None = None, base: dict | None = None) -> dict:
@@ -77,13 +71,9 @@ def services_env(settings: Settings | None = None, port: int | None = None, base
             "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "True",
         }
     )
-    env.setdefault("AIRFLOW__API_AUTH__JWT_SECRET", _secret(settings, "airflow-jwt.key"))
-    env.setdefault("AIRFLOW__API__SECRET_KEY", _secret(settings, "airflow-api.key"))
+    env.setdefault("AIRFLOW__API_AUTH__JWT_SECRET", local_secret(settings, "airflow-jwt.key"))
+    env.setdefault("AIRFLOW__API__SECRET_KEY", local_secret(settings, "airflow-api.key"))
     return env
-
-
-def _airflow_bin() -> str:
-    return str(Path(sys.executable).parent / "airflow")
 
 
 @dataclass
@@ -107,7 +97,7 @@ class AirflowServices:
         for name in COMPONENTS:
             out = open(self.log_dir / f"airflow-{name}.log", "ab")  # noqa: SIM115 (the child keeps it)
             proc = subprocess.Popen(
-                [_airflow_bin(), name],
+                [airflow_bin(), name],
                 env=self.env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -126,8 +116,10 @@ class AirflowServices:
             raise
         if passwords_file(self.env).exists():  # Airflow writes it world-readable
             os.chmod(passwords_file(self.env), 0o600)
-        say(f"Airflow on {self.url}: {', '.join(COMPONENTS)}; {self.env['AIRFLOW__CORE__EXECUTOR']} "
-            f"({self.env['AIRFLOW__CORE__PARALLELISM']} tasks at once); logs in {self.log_dir}")  # fmt: skip
+        say(
+            f"Airflow on {self.url}: {', '.join(COMPONENTS)}; {self.env['AIRFLOW__CORE__EXECUTOR']} "
+            f"({self.env['AIRFLOW__CORE__PARALLELISM']} tasks at once); logs in {self.log_dir}"
+        )
         return self
 
     def wait_healthy(self, timeout: float) -> None:
@@ -141,8 +133,11 @@ class AirflowServices:
                 with urllib.request.urlopen(f"{self.url}/api/v2/monitor/health", timeout=2) as resp:
                     health = json.loads(resp.read())
                 states = {k: (v or {}).get("status") for k, v in health.items()}
-                if all(s == "healthy" for k, s in states.items() if k in ("metadatabase", "scheduler",
-                                                                              "triggerer", "dag_processor")):  # fmt: skip
+                if all(
+                    s == "healthy"
+                    for k, s in states.items()
+                    if k in ("metadatabase", "scheduler", "triggerer", "dag_processor")
+                ):
                     return
                 last = str(states)
             except (OSError, ValueError) as exc:
@@ -214,8 +209,11 @@ def serve_forever(settings: Settings | None = None) -> int:
         local_services(settings, env, print),
         scheduled_airflow(settings, env, print, settings.logs_dir) as api,
     ):
-        print(f"Airflow UI: {api.url} (user {api.username}, password in {passwords_file(env)}); "
-              "trigger a date: p13n trigger ingest_sources --date YYYY-MM-DD; Ctrl-C stops everything", flush=True)  # fmt: skip
+        print(
+            f"Airflow UI: {api.url} (user {api.username}, password in {passwords_file(env)}); "
+            "trigger a date: p13n trigger ingest_sources --date YYYY-MM-DD; Ctrl-C stops everything",
+            flush=True,
+        )
         while not stopping:
             time.sleep(1)
         print("stopping Airflow and the services…", flush=True)
@@ -250,8 +248,9 @@ class AirflowClient:
 
     def token(self) -> str:
         if self._token is None:
-            answer = self._request("POST", "/auth/token", {"username": self.username, "password": self.password},
-                                   auth=False)  # fmt: skip
+            answer = self._request(
+                "POST", "/auth/token", {"username": self.username, "password": self.password}, auth=False
+            )
             self._token = answer["access_token"]
         return self._token
 
@@ -267,8 +266,14 @@ class AirflowClient:
     def is_paused(self, dag_id: str) -> bool:
         return bool(self._request("GET", f"/api/v2/dags/{dag_id}")["is_paused"])
 
-    def trigger(self, dag_id: str, partition_key: str | None, run_id: str, conf: dict | None = None,
-                run_after: str | None = None) -> dict:  # fmt: skip
+    def trigger(
+        self,
+        dag_id: str,
+        partition_key: str | None,
+        run_id: str,
+        conf: dict | None = None,
+        run_after: str | None = None,
+    ) -> dict:
         body = {
             "dag_run_id": run_id,
             "logical_date": None,
@@ -292,8 +297,10 @@ class AirflowClient:
 
 def passwords_file(env: dict) -> Path:
     """Where Airflow's simple auth manager keeps the generated password of each user (owner-only)."""
-    return Path(env.get("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE")
-                or Path(env["AIRFLOW_HOME"]) / "simple_auth_manager_passwords.json.generated")  # fmt: skip
+    return Path(
+        env.get("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE")
+        or Path(env["AIRFLOW_HOME"]) / "simple_auth_manager_passwords.json.generated"
+    )
 
 
 def client(settings: Settings | None = None, env: dict | None = None) -> AirflowClient:
@@ -381,8 +388,14 @@ def _progress_lines(log_root: Path, dag_id: str, run_id: str, seen: dict) -> lis
     return out
 
 
-def wait_for_run(api: AirflowClient, dag_id: str, run_id: str, timeout: float = 1800.0, echo=print,
-                 log_root: Path | None = None) -> ChainRun:  # fmt: skip
+def wait_for_run(
+    api: AirflowClient,
+    dag_id: str,
+    run_id: str,
+    timeout: float = 1800.0,
+    echo=print,
+    log_root: Path | None = None,
+) -> ChainRun:
     """Follow one run until it ends, echoing its tasks' progress lines."""
     seen: dict = {}
     deadline, started = time.monotonic() + timeout, time.monotonic()
@@ -398,8 +411,16 @@ def wait_for_run(api: AirflowClient, dag_id: str, run_id: str, timeout: float = 
     raise AirflowError(f"{dag_id} run {run_id} did not finish within {timeout:.0f}s")
 
 
-def watch_chain(api: AirflowClient, day: str, since: dt.datetime, dags=CHAIN, timeout: float = 3600.0,
-                echo=print, log_root: Path | None = None, stop_on_failure: bool = True) -> list[ChainRun]:  # fmt: skip
+def watch_chain(
+    api: AirflowClient,
+    day: str,
+    since: dt.datetime,
+    dags=CHAIN,
+    timeout: float = 3600.0,
+    echo=print,
+    log_root: Path | None = None,
+    stop_on_failure: bool = True,
+) -> list[ChainRun]:
     """Follow the runs of `dags` for the date `day` (its partition key) created after `since`, in chain
     order, until each one ends; stop at the first that fails (unless `stop_on_failure` is False: a DAG
     whose run failed may still have announced the assets the next one waits for). Returns the runs."""
@@ -446,12 +467,17 @@ def _run_seconds(run: dict) -> float | None:
 
 
 def failed_tasks(api: AirflowClient, dag_id: str, run_id: str) -> list[str]:
-    return sorted(t["task_id"] + (f"[{t['map_index']}]" if t.get("map_index", -1) >= 0 else "")
-                  for t in api.task_instances(dag_id, run_id) if t["state"] in ("failed", "upstream_failed"))  # fmt: skip
+    return sorted(
+        t["task_id"] + (f"[{t['map_index']}]" if t.get("map_index", -1) >= 0 else "")
+        for t in api.task_instances(dag_id, run_id)
+        if t["state"] in ("failed", "upstream_failed")
+    )
 
 
-_DUPLICATE = re.compile(r"UNIQUE constraint failed: dag_run\.dag_id, dag_run\.logical_date|DagRunAlreadyExists|"
-                        r"duplicate key value violates unique constraint \"dag_run_dag_id_logical_date")  # fmt: skip
+_DUPLICATE = re.compile(
+    r"UNIQUE constraint failed: dag_run\.dag_id, dag_run\.logical_date|DagRunAlreadyExists|"
+    r"duplicate key value violates unique constraint \"dag_run_dag_id_logical_date"
+)
 
 
 def is_duplicate_run_error(text: str) -> bool:

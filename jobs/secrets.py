@@ -21,10 +21,15 @@ def pii_key(settings: Settings) -> bytes:
         return value.encode()
     if settings.env == "prod":
         raise RuntimeError(f"{PII_KEY_VAR} is not set: production needs the PII pseudonymization key")
-    path = settings.data_dir / "secrets" / "pii.key"
+    return local_secret(settings, "pii.key").encode()
+
+
+def local_secret(settings: Settings, name: str) -> str:
+    """A random secret made once and kept owner-only in <data_dir>/secrets/<name> (never in conf/ or code)."""
+    path = settings.data_dir / "secrets" / name
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(secrets.token_hex(32))
-    return path.read_text().strip().encode()
+    return path.read_text().strip()

@@ -101,8 +101,13 @@ def splink_jar() -> str | None:
 
 
 # Settings a Spark Connect client may set on its own session (the rest belong to the server's start).
-SESSION_CONF = ("spark.sql.shuffle.partitions", "spark.sql.session.timeZone", "spark.sql.adaptive.enabled",
-                "spark.sql.execution.arrow.pyspark.enabled", "spark.sql.sources.parallelPartitionDiscovery.threshold")  # fmt: skip
+SESSION_CONF = (
+    "spark.sql.shuffle.partitions",
+    "spark.sql.session.timeZone",
+    "spark.sql.adaptive.enabled",
+    "spark.sql.execution.arrow.pyspark.enabled",
+    "spark.sql.sources.parallelPartitionDiscovery.threshold",
+)
 
 
 def get_spark(settings: Settings | None = None):

@@ -41,8 +41,12 @@ def test_conf_date_then_logical_date():
 
 
 def test_a_run_with_no_date_fails_with_a_message_saying_how_to_give_one():
-    context = {"partition_key": None, "logical_date": None, "dag_run": SimpleNamespace(conf={}),
-               "triggering_asset_events": {}}  # fmt: skip
+    context = {
+        "partition_key": None,
+        "logical_date": None,
+        "dag_run": SimpleNamespace(conf={}),
+        "triggering_asset_events": {},
+    }
     with pytest.raises(RunDateError, match=r"this run has no date.*p13n trigger DAG --date YYYY-MM-DD"):
         resolve_run_date(context)
 

@@ -9,7 +9,6 @@ date, so every downstream DAG must get its date from the partition key the chain
 from __future__ import annotations
 
 import datetime as dt
-import json
 
 import pytest
 
@@ -41,8 +40,16 @@ def test_one_date_runs_down_the_asset_chain_under_the_scheduler(settings, tmp_pa
 
     s = settings.model_copy(update={"data_dir": tmp_path / "data"})
     catalog = load_catalog()
-    generate(catalog, s.data_dir, customers=500, days=1, seed=4, start=dt.date.fromisoformat(DAY),
-             history_days=400, bad_rate=0.005)  # fmt: skip
+    generate(
+        catalog,
+        s.data_dir,
+        customers=500,
+        days=1,
+        seed=4,
+        start=dt.date.fromisoformat(DAY),
+        history_days=400,
+        bad_rate=0.005,
+    )
     load_warehouse(s, catalog)
     with (
         PostgresServer(tmp_path / "pg") as pg,
@@ -77,8 +84,15 @@ def test_one_date_runs_down_the_asset_chain_under_the_scheduler(settings, tmp_pa
             since = dt.datetime.now(dt.UTC)
             trigger_date(api, "ingest_sources", DAY)
             lines: list[str] = []
-            runs = watch_chain(api, DAY, since, timeout=1500, echo=lines.append, stop_on_failure=False,
-                               log_root=s.logs_dir / "airflow")  # fmt: skip
+            runs = watch_chain(
+                api,
+                DAY,
+                since,
+                timeout=1500,
+                echo=lines.append,
+                stop_on_failure=False,
+                log_root=s.logs_dir / "airflow",
+            )
             # The same date again: a new run, never a duplicate-key error.
             again = trigger_date(api, "ingest_sources", DAY, unpause=False)
             tree = services.processes()
@@ -96,8 +110,12 @@ def test_one_date_runs_down_the_asset_chain_under_the_scheduler(settings, tmp_pa
 
     root = s.lake_root
     con = duckdb_connection()
-    ingest = dict(con.execute(f"SELECT source, status FROM {scan(root, 'ops.ingest_runs')} WHERE batch_date = ?",
-                              [dt.date.fromisoformat(DAY)]).fetchall())  # fmt: skip
+    ingest = dict(
+        con.execute(
+            f"SELECT source, status FROM {scan(root, 'ops.ingest_runs')} WHERE batch_date = ?",
+            [dt.date.fromisoformat(DAY)],
+        ).fetchall()
+    )
     assert ingest["stores"] == "failed"
     assert sum(v == "ok" for v in ingest.values()) == len(catalog.sources) - 1
     # Every other source landed and reconciles (bronze = silver + quarantine), with its progress line.
@@ -112,18 +130,26 @@ def test_one_date_runs_down_the_asset_chain_under_the_scheduler(settings, tmp_pa
         f"SELECT error FROM {scan(root, 'ops.ingest_runs')} WHERE source = 'stores'"
     ).fetchone()
     assert error == "FaultInjected: fault injected at ingest.stores (P13N_FAULTS)"
-    assert any(line.endswith("stores: FAILED: FaultInjected: fault injected at ingest.stores (P13N_FAULTS)")
-               for line in lines), lines  # fmt: skip
-    for table, column in (("gold.customer_profiles", None), ("gold.segments", "as_of_date"),
-                          ("gold.recommendations", "as_of_date")):  # fmt: skip
+    assert any(
+        line.endswith("stores: FAILED: FaultInjected: fault injected at ingest.stores (P13N_FAULTS)")
+        for line in lines
+    ), lines
+    for table, column in (
+        ("gold.customer_profiles", None),
+        ("gold.segments", "as_of_date"),
+        ("gold.recommendations", "as_of_date"),
+    ):
         where = f" WHERE {column} = DATE '{DAY}'" if column else ""
         assert con.execute(f"SELECT count(*) FROM {scan(root, table)}{where}").fetchone()[0] > 0, table
     assert (s.data_dir / "reports" / DAY / "index.html").exists()
-    commits = [json.loads(json.dumps(h)) for h in _history(root, "gold.segments")]
+    commits = _history(root, "gold.segments")
     assert commits[0]["p13n.dag_id"] == "score_customers" and commits[0]["p13n.run_date"] == DAY
     (orders,) = _history(root, "silver.shopify_orders")[:1]
     assert (orders["p13n.dag_id"], orders["p13n.task_id"], orders["p13n.run_date"]) == (
-        "ingest_sources", "ingest_shopify_orders", DAY)  # fmt: skip
+        "ingest_sources",
+        "ingest_shopify_orders",
+        DAY,
+    )
 
     alerts = read_alerts(s)
     failed = [a for a in alerts if a["kind"] == "task_failed"]

@@ -63,8 +63,9 @@ def _p13n(args: list[str], data_dir: Path, log: Path) -> tuple[int, float]:
     env = {**os.environ, "P13N_DATA_DIR": str(data_dir), "P13N_ENV": os.environ.get("P13N_ENV", "local")}
     start = time.monotonic()
     with log.open("a") as out:
-        code = subprocess.call([str(Path(sys.executable).parent / "p13n"), *args], env=env, stdout=out,
-                               stderr=subprocess.STDOUT)  # fmt: skip
+        code = subprocess.call(
+            [str(Path(sys.executable).parent / "p13n"), *args], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
     return code, time.monotonic() - start
 
 
@@ -118,8 +119,11 @@ def bench_orchestration(rows: int | None = None, reps: int = 1) -> dict:
                     ["run", *flag, "--date", EMPTY_DATE, "--dag", "ingest_sources"], data, log
                 )
             stages = record.get("stages", [])
-            night = [s for s in stages if s["date"] == dates[-1] and s["dag"] != "stream_events"
-                     and s["dag"] != "lake_maintenance"]  # fmt: skip
+            night = [
+                s
+                for s in stages
+                if s["date"] == dates[-1] and s["dag"] != "stream_events" and s["dag"] != "lake_maintenance"
+            ]
             empty = _task_seconds(data, "ingest_sources", EMPTY_DATE)
             figures.update(
                 {

@@ -78,7 +78,7 @@ class PostgresServer:
                         "--encoding=UTF8",
                         "--no-instructions",
                     ]
-                ),  # fmt: skip
+                ),
                 check=True,
                 capture_output=True,
                 text=True,
@@ -102,7 +102,7 @@ class PostgresServer:
                         "-c",
                         "fsync=off",
                     ]
-                ),  # fmt: skip
+                ),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

@@ -32,8 +32,13 @@ def spark_home() -> Path:
 class SparkConnectServer:
     """`start-connect-server.sh --wait` in the foreground of a process p13n owns (stopped with it)."""
 
-    def __init__(self, settings: Settings, port: int | None = None, log_path: Path | None = None,
-                 host: str = "127.0.0.1"):  # fmt: skip
+    def __init__(
+        self,
+        settings: Settings,
+        port: int | None = None,
+        log_path: Path | None = None,
+        host: str = "127.0.0.1",
+    ):
         """`host`: the address clients reach it on (loopback here; 0.0.0.0 in a container)."""
         self.settings = settings
         self.host = host
@@ -62,8 +67,16 @@ class SparkConnectServer:
                 "spark.default.parallelism": str(max(2, os.cpu_count() or 2)),
             }
         )
-        args = [str(spark_home() / "sbin" / "start-connect-server.sh"), "--wait", "--master", self.settings.spark.master,
-                "--name", "p13n Spark Connect", "--driver-memory", self.settings.spark.server_memory]  # fmt: skip
+        args = [
+            str(spark_home() / "sbin" / "start-connect-server.sh"),
+            "--wait",
+            "--master",
+            self.settings.spark.master,
+            "--name",
+            "p13n Spark Connect",
+            "--driver-memory",
+            self.settings.spark.server_memory,
+        ]
         for key, value in conf.items():
             if key in ("spark.driver.memory",):
                 continue
@@ -110,8 +123,14 @@ class SparkConnectServer:
     def start(self, timeout: float = 90.0) -> SparkConnectServer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as out:
-            self.proc = subprocess.Popen(self.command(), env=self.env(), stdout=out, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+            self.proc = subprocess.Popen(
+                self.command(),
+                env=self.env(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -75,10 +75,24 @@ def failed_sources(results: list[dict], names: list[str], errors: dict[str, str]
     """A result row for every source of `names` that returned nothing: its task failed (the error it
     left) or never ran (an upstream failure, a killed worker)."""
     done = {r["source"] for r in results}
-    return [{"source": n, "status": "failed", "files": 0, "bronze_rows": 0, "silver_rows": 0, "quarantined": 0,
-             "top_reasons": [], "drifted_rows": 0, "expectations_passed": 0, "expectations_failed": 0,
-             "warnings": [], "error": errors.get(n) or "the task did not finish (see its log)"}
-            for n in names if n not in done]  # fmt: skip
+    return [
+        {
+            "source": n,
+            "status": "failed",
+            "files": 0,
+            "bronze_rows": 0,
+            "silver_rows": 0,
+            "quarantined": 0,
+            "top_reasons": [],
+            "drifted_rows": 0,
+            "expectations_passed": 0,
+            "expectations_failed": 0,
+            "warnings": [],
+            "error": errors.get(n) or "the task did not finish (see its log)",
+        }
+        for n in names
+        if n not in done
+    ]
 
 
 def task_errors(names: list[str]) -> dict[str, str]:
@@ -124,8 +138,15 @@ def summarize_task(results: list[dict], ds: str, failed: list[dict] | None = Non
     spark = lake().spark
     df = spark.createDataFrame(rows, RUNS_SCHEMA)
     # add_columns: lakes from before `error` existed gain the column
-    lake().write(RUNS_TABLE, df, mode="overwrite", partition_by=["batch_date"], replace_where={"batch_date": batch_date},
-                 run=RunContext.from_env(), schema_mode="add_columns")  # fmt: skip
+    lake().write(
+        RUNS_TABLE,
+        df,
+        mode="overwrite",
+        partition_by=["batch_date"],
+        replace_where={"batch_date": batch_date},
+        run=RunContext.from_env(),
+        schema_mode="add_columns",
+    )
     from p13n.sources.expectations import validator
 
     docs = validator(get_settings()).build_docs()

@@ -181,8 +181,14 @@ def evaluate_triggers(settings, con, now):
     return evaluate(events, now, st.triggers, consents, history, lapsed)
 
 
-def produce(rate: float, seconds: float, customers: int = 2000, seed: int | None = None,
-            bootstrap: str | None = None, day: dt.date | None = None) -> int:  # fmt: skip
+def produce(
+    rate: float,
+    seconds: float,
+    customers: int = 2000,
+    seed: int | None = None,
+    bootstrap: str | None = None,
+    day: dt.date | None = None,
+) -> int:
     """Produce `rate` × `seconds` web events at `rate` per second (customers' shopify ids), for demos
     and load tests of the consumer: `p13n stream produce --rate R`. Stamped now, or, with `day`, from
     22:00 UTC of that day at `rate` a second (a replayed day's events belong to that day's batch).
