@@ -111,7 +111,7 @@ def test_a_failed_export_fails_the_run_but_still_announces_the_exports(settings,
     the watcher fails the DAG run without a second alert."""
     import subprocess
 
-    from p13n.runner import _airflow_bin
+    from p13n.orchestration import airflow_bin
 
     env = airflow_env(settings)
     own = settings.model_copy(update={"data_dir": tmp_path / "data"})
@@ -123,7 +123,7 @@ def test_a_failed_export_fails_the_run_but_still_announces_the_exports(settings,
     sent = alerts.read_alerts(own)
     assert [a["task_id"] for a in sent] == ["export"] * 4  # vip_win_back ×2, high_churn_risk, new_customers
     (run_id,) = {a["run_id"] for a in sent}
-    out = subprocess.run([_airflow_bin(), "tasks", "states-for-dag-run", "export_audiences", run_id, "-o", "json"],
+    out = subprocess.run([airflow_bin(), "tasks", "states-for-dag-run", "export_audiences", run_id, "-o", "json"],
                          env=env, capture_output=True, text=True, check=True)  # fmt: skip
     states: dict[str, set] = {}
     for ti in json.loads(out.stdout[out.stdout.index("[") :]):
