@@ -137,10 +137,14 @@ def _cmd_privacy(args: argparse.Namespace) -> int:
         if args.action == "request":
             print(request(args.kind, args.customer, args.email))
         elif args.action == "process":
-            process_requests()
+            process_requests(dry_run=args.dry_run)
         else:
-            run_now("forget" if args.action == "forget" else "access", args.customer, args.email)
+            run_now("forget" if args.action == "forget" else "access", args.customer, args.email,
+                    dry_run=getattr(args, "dry_run", False))  # fmt: skip
     except (ErasureError, ValueError) as e:
+        print(f"p13n privacy: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:  # a queued request failed: recorded on it, the others were served
         print(f"p13n privacy: {e}", file=sys.stderr)
         return 1
     return 0
@@ -819,12 +823,16 @@ audience's channel are exported; erased customers never. Each run is logged in o
         who = a.add_mutually_exclusive_group(required=True)
         who.add_argument("--customer", default=None, help="the p13n customer id")
         who.add_argument("--email", default=None, help="an email address of the person")
+        if action == "forget":
+            a.add_argument("--dry-run", action="store_true",
+                           help="print who the request resolves to and the rows each table would lose; change nothing")  # fmt: skip
     a = pv_sub.add_parser("request", help="queue a request for the privacy_requests DAG")
     a.add_argument("kind", choices=["forget", "access"])
     who = a.add_mutually_exclusive_group(required=True)
     who.add_argument("--customer", default=None)
     who.add_argument("--email", default=None)
-    pv_sub.add_parser("process", help="serve the pending requests now (what the DAG does)")
+    a = pv_sub.add_parser("process", help="serve the pending requests now (what the DAG does)")
+    a.add_argument("--dry-run", action="store_true", help="print what each pending request would do; change nothing")
     p.set_defaults(handler=_cmd_privacy)
 
     p = sub.add_parser(

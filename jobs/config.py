@@ -427,6 +427,8 @@ class PrivacySettings(_Section):
     vacuum_retention_hours: int = Field(0, ge=0)  # files an erasure replaced are deleted after this
     truncate_history: bool = True  # cut each changed table's log at a checkpoint (older versions go)
     requests_table: str = "ops.privacy_requests"
+    # An erasure that would delete more rows than this refuses before deleting anything.
+    max_rows_per_request: int = Field(200_000, gt=0)
 
 
 class Settings(_Section):

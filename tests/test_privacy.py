@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 from deltalake import DeltaTable
@@ -99,17 +100,127 @@ def test_forget_removes_the_person_everywhere_and_records_an_audit_without_pii(w
     assert not path.exists()  # the access file about them went too
 
 
-def test_requests_are_queued_served_and_lose_their_email(world, monkeypatch):
-    from p13n.privacy import tasks
+def test_requests_are_queued_served_and_keep_no_address_outside_restricted(world, monkeypatch):
+    from p13n.privacy import erasure, tasks
 
     settings, _ = world
+    root = settings.lake_root
     monkeypatch.setattr(tasks, "get_settings", lambda: settings)
     monkeypatch.setenv("P13N__SERVING__REDIS_URL", "")
-    rid = tasks.request("access", email=EMAIL)
-    bad = tasks.request("forget", email="nobody@nowhere.example")
+    with pytest.raises(erasure.ErasureError, match="matches 0 customers"):  # refused when queued
+        tasks.request("forget", email="nobody@nowhere.example")
+    with pytest.raises(erasure.ErasureError, match="unknown customer id 'granted'"):
+        tasks.request("forget", customer_id="granted")
+    rid = tasks.request("access", email=EMAIL.upper())
+    bad = tasks.request("forget", customer_id="C000000002")
+    waiting = (
+        duckdb_connection()
+        .execute(f"SELECT request_id, email FROM {scan(root, 'restricted.privacy_requests')}")
+        .fetchall()
+    )
+    assert waiting == [(rid, EMAIL)]
+    monkeypatch.setattr(
+        erasure, "erase_warehouse", lambda *_: (_ for _ in ()).throw(OSError("warehouse down"))
+    )
     with pytest.raises(RuntimeError, match="1 of 2 privacy requests failed"):
         tasks.process_requests()
     rows = {r[0]: r[1:] for r in duckdb_connection().execute(
-        f"SELECT request_id, status, email, detail FROM {scan(settings.lake_root, 'ops.privacy_requests')}").fetchall()}  # fmt: skip
-    assert rows[rid][:2] == ("done", None) and rows[rid][2].endswith(f"{rid}.json")
-    assert rows[bad][:2] == ("failed", None) and "matches 0 customers" in rows[bad][2]
+        f"SELECT request_id, status, customer_id, detail FROM {scan(root, 'ops.privacy_requests')}").fetchall()}  # fmt: skip
+    assert rows[rid][:2] == ("done", WHO) and rows[rid][2].endswith(f"{rid}.json")
+    assert rows[bad] == ("failed", "C000000002", "OSError: warehouse down")
+    # The address is gone from restricted with its history; no ops file or log statistic ever held it.
+    assert (
+        not duckdb_connection()
+        .execute(f"SELECT * FROM {scan(root, 'restricted.privacy_requests')}")
+        .fetchall()
+    )
+    for folder in ("ops", "restricted/privacy_requests"):
+        held = [
+            p for p in (Path(root) / folder).rglob("*") if p.is_file() and EMAIL.encode() in p.read_bytes()
+        ]
+        assert not held, held
+    # A failed erasure is not recorded as one: the customer is not in ops.erasures, and a retry (the
+    # graph already partly gone) finds the identifiers it kept in restricted.privacy_pending.
+    erased = duckdb_connection().execute(f"SELECT customer_id FROM {scan(root, 'ops.erasures')}").fetchall() \
+        if (Path(root) / "ops/erasures").exists() else []  # fmt: skip
+    assert ("C000000002",) not in erased
+    monkeypatch.undo()
+    monkeypatch.setattr(tasks, "get_settings", lambda: settings)
+    monkeypatch.setenv("P13N__SERVING__REDIS_URL", "")
+    audit = erasure.forget(
+        settings, "retry", customer_id="C000000002", platforms=False, progress=lambda _: None
+    )
+    assert audit["status"] == "completed" and json.loads(audit["lake"])["gold.recommendations"] == 40
+    con = duckdb_connection()
+    assert con.execute(f"SELECT customer_id FROM {scan(root, 'ops.erasures')}").fetchall() == [
+        ("C000000002",)
+    ]
+    assert not con.execute(f"SELECT * FROM {scan(root, 'restricted.privacy_pending')}").fetchall()
+
+
+def _versions(root: str) -> dict[str, int]:
+    from p13n.privacy.erasure import lake_tables
+
+    return {t: DeltaTable(table_uri(root, t)).version() for t in lake_tables(root)}
+
+
+def test_an_erasure_that_names_no_customer_changes_nothing(world):
+    """Values that fill whole columns (a consent, a list type, a segment), an id no one has, a blank."""
+    from p13n.privacy.erasure import ErasureError, forget
+
+    settings, _ = world
+    before = _versions(settings.lake_root)
+    for who in ("granted", "personalized", "Champions", "C999999999", "  ", "SKU-000001"):
+        with pytest.raises(ErasureError, match="unknown customer id|name the person"):
+            forget(settings, "r", customer_id=who, platforms=False, progress=lambda _: None)
+    assert _versions(settings.lake_root) == before
+
+
+@pytest.fixture
+def raw_rows(world):
+    """A bronze table whose rows name the person in other spellings, beside rows that only look alike:
+    an address that contains theirs, a number that contains theirs."""
+    import pandas as pd
+    from deltalake import write_deltalake
+
+    settings, _ = world
+    rows = pd.DataFrame({
+        "transaction_id": ["T1", "T2", "T3", "T4", "T5"],
+        "customer_email": [" Person1@Example.com ", "aperson1@example.com", None, None, "person10@example.com"],
+        "customer_phone": [None, None, "555.000.0001", None, "+15550000011"],
+        "_raw": ["card,1.00, Person1@Example.com ,,", "card,2.00,aperson1@example.com,,",
+                 "cash,3.00,,555.000.0001,", "cash,4.00,,(555) 000-0001,", "card,5.00,,155500000011,"],
+    })  # fmt: skip
+    write_deltalake(table_uri(settings.lake_root, "bronze.square_transactions"), rows)
+    return settings
+
+
+def test_an_erasure_matches_parsed_values_in_any_spelling_and_only_the_persons(raw_rows):
+    from p13n.privacy.erasure import forget, preview
+
+    settings = raw_rows
+    person, plans = preview(settings, customer_id=WHO)
+    planned = {p.table: p.rows for p in plans}
+    assert planned["bronze.square_transactions"] == 3 and planned["gold.recommendations"] == 40
+    audit = forget(settings, "r", customer_id=WHO, platforms=False, progress=lambda _: None)
+    assert json.loads(audit["lake"]) == planned  # the preview is what happened
+    left = duckdb_connection().execute(
+        f"SELECT transaction_id FROM {scan(settings.lake_root, 'bronze.square_transactions')} ORDER BY 1").fetchall()  # fmt: skip
+    assert left == [("T2",), ("T5",)]  # someone else's address and number, though they contain the person's
+    others = duckdb_connection().execute(
+        f"SELECT count(DISTINCT customer_id) FROM {scan(settings.lake_root, 'gold.recommendations')}").fetchone()[0]  # fmt: skip
+    assert others == 39
+
+
+def test_an_erasure_above_the_row_limit_refuses_before_deleting(raw_rows):
+    from p13n.privacy.erasure import ErasureError, forget
+
+    settings = raw_rows.model_copy(
+        update={"privacy": raw_rows.privacy.model_copy(update={"max_rows_per_request": 20})}
+    )
+    before = _versions(settings.lake_root)
+    with pytest.raises(
+        ErasureError, match=r"would delete 50 rows, more than privacy.max_rows_per_request \(20\)"
+    ):
+        forget(settings, "r", customer_id=WHO, platforms=False, progress=lambda _: None)
+    assert _versions(settings.lake_root) == before

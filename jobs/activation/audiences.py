@@ -128,7 +128,8 @@ def candidates(con, settings: Settings, name: str, as_of: dt.date) -> pd.DataFra
         WITH base AS (
             SELECT g.customer_id, g.persona AS segment, g.rfm_segment, g.lifecycle_stage,
                    g.churn_risk_band AS churn_band, CASE {tier_case} ELSE 'low' END AS clv_tier,
-                   round(g.clv_12m, 2) AS clv_12m, p.consent_{channel} AS consent, {", ".join(fields)}
+                   round(g.clv_12m, 2) AS clv_12m, p.consent_{channel} AS consent,
+                   p.consent_email AS consent_email_column, p.consent_sms AS consent_sms_column, {", ".join(fields)}
             FROM (SELECT *, percent_rank() OVER (ORDER BY clv_12m) AS pct
                   FROM {scan(root, "gold.segments")} WHERE as_of_date = {day}) g
             LEFT JOIN {scan(root, "gold.customer_profiles")} p USING (customer_id)

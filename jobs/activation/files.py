@@ -5,8 +5,12 @@
 * `mailchimp`: Mailchimp's audience import columns (Email Address, First Name, Last Name, Tags) and
   one column per merge tag p13n's API sync fills (SEGMENT, STAGE, ... REC1NAME ...).
 
-Only eligible customers (consent for the channel, not erased, an address) are written. The file holds
-contact data: it is written with owner-only permissions under `<data_dir>/exports/`.
+Only eligible customers (consent for the channel, not erased, an address) are written, and each
+contact column only where its own channel is consented: no phone number without SMS consent, no
+address without email consent, whatever the audience's channel. A text cell that a spreadsheet would
+run as a formula (`=`, `+`, `-`, `@`, tab, CR first) is written with a leading `'` (OWASP's CSV
+injection rule); phone numbers in E.164 and numbers stay as they are. The file holds contact data:
+it is written with owner-only permissions under `<data_dir>/exports/`.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -21,9 +26,32 @@ import pandas as pd
 FORMATS = ("klaviyo", "mailchimp")
 
 
+_FORMULA = re.compile(r"^[=+\-@\t\r]")
+_NUMBER = re.compile(r"^[+-]?[0-9][0-9.]*$")
+
+
+def defuse(value):
+    """A cell a spreadsheet will not evaluate: `=HYPERLINK(...)` -> `'=HYPERLINK(...)`."""
+    if isinstance(value, str) and _FORMULA.match(value) and not _NUMBER.match(value):
+        return "'" + value
+    return value
+
+
+def _consented(rows: pd.DataFrame, column: str, consent: str) -> pd.Series:
+    if consent not in rows:
+        return rows[column]
+    return rows[column].where(rows[consent] == "granted")
+
+
 def to_csv(frame: pd.DataFrame, fmt: str, audience: str, recommended: int) -> pd.DataFrame:
     """Pure: the eligible rows of an audience frame in a platform's import columns."""
     rows = frame[frame["exclude_reason"].isna()].reset_index(drop=True)
+    rows["email"] = _consented(rows, "email", "consent_email_column")
+    rows["phone"] = _consented(rows, "phone", "consent_sms_column")
+    return _to_csv(rows, fmt, audience, recommended).map(defuse)
+
+
+def _to_csv(rows: pd.DataFrame, fmt: str, audience: str, recommended: int) -> pd.DataFrame:
     items = [json.loads(x or "[]") for x in rows["recommended_items"]]
 
     def item(i: int, key: str) -> list:

@@ -1,7 +1,7 @@
 """The right of access: everything p13n holds about one person, in one readable file.
 
-`export_person` gathers the person's rows from every lake table (the same matching as erasure:
-their identifiers in any text column, their contact values in raw records), their serving profile
+`export_person` gathers the person's rows from every lake table (the rows an erasure would delete:
+`erasure.plan_lake`), their serving profile
 and real-time profile from Redis, and where they were exported; and writes them as one JSON document
 (tables by layer, rows as objects) with owner-only permissions under `<data_dir>/privacy/`. The file
 holds the person's raw data: it is for the person, delivered through the request's channel.
@@ -14,29 +14,23 @@ import json
 import os
 from pathlib import Path
 
-from p13n.lake.duck import duckdb_connection, scan, table_uri
-from p13n.privacy.erasure import KEEP, find_person, lake_tables, person_predicate
+from p13n.lake.duck import scan
+from p13n.privacy.erasure import matching_connection, find_person, plan_lake
 
 
 def export_person(settings, request_id: str, customer_id: str | None = None, email: str | None = None,
                   redis_url: str | None = None, out: Path | None = None) -> tuple[Path, dict]:  # fmt: skip
-    from deltalake import DeltaTable
-
     from p13n.secrets import pii_key
 
     person = find_person(settings, pii_key(settings), customer_id, email)
     root = settings.lake_root
-    con = duckdb_connection()
+    con = matching_connection()
     tables: dict[str, list[dict]] = {}
-    for table in lake_tables(root):
-        if table in KEEP:
-            continue
-        predicate = person_predicate(DeltaTable(table_uri(root, table)).schema().to_arrow(), person)
-        if not predicate:
-            continue
-        rows = con.execute(f"SELECT * FROM {scan(root, table)} WHERE {predicate}").df()
-        if len(rows):
-            tables[table] = json.loads(rows.to_json(orient="records", date_format="iso", default_handler=str))
+    for plan in plan_lake(settings, person):  # the rows an erasure would delete: the same matching
+        rows = con.execute(f"SELECT * FROM {scan(root, plan.table)} WHERE {plan.predicate}").df()
+        tables[plan.table] = json.loads(
+            rows.to_json(orient="records", date_format="iso", default_handler=str)
+        )
     doc = {
         "request_id": request_id,
         "generated_at": dt.datetime.now(dt.UTC).isoformat(),

@@ -28,6 +28,7 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,10 +37,16 @@ from pathlib import Path
 from p13n.lake.duck import duckdb_connection, scan, table_exists, table_uri
 
 ERASURES, SUPPRESSIONS, AUDIT = "ops.erasures", "ops.suppressions", "ops.privacy_audit"
-KEEP = {ERASURES, SUPPRESSIONS, AUDIT}  # the registries: they must outlive the erasure
+PENDING = "restricted.privacy_pending"  # a running erasure's identifiers, so a retry finds them again
+KEEP = {ERASURES, SUPPRESSIONS, AUDIT, PENDING}  # the registries: they must outlive the erasure
 RAW_COLUMNS = ("_raw", "raw", "_extra")
 CONTACT_FIELDS = ("email", "phone")
 LAYERS = ("bronze", "silver", "quarantine", "restricted", "gold", "ops")
+PERSON_ID_COLUMNS = ("customer_id", "alias_id")  # where a p13n customer id (or an old one) is written
+# Tokens of a raw record: an email address, and a run of digits with phone separators (any spelling).
+EMAIL_TOKEN = r"[a-z0-9._%+-]+@[a-z0-9-]+(?:\.[a-z0-9-]+)*\.[a-z]{2,}"
+PHONE_TOKEN = r"\+?\(?[0-9][0-9 ().-]{6,}[0-9]"
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
 class ErasureError(RuntimeError):
@@ -48,10 +55,43 @@ class ErasureError(RuntimeError):
 
 @dataclass
 class Person:
+    """Who a request names, as the values that identify them and nobody else.
+
+    Each kind of value is matched only where that kind is written: customer ids in customer-id
+    columns, a source's record ids in that source's record-id column, source account ids (Shopify,
+    CRM, loyalty) in the columns of those names, keyed hashes (64 hex digits) anywhere, emails and
+    phones after normalizing the spelling, and inside raw records only as whole parsed tokens."""
+
     customer_id: str
-    identifiers: set[str] = field(default_factory=set)  # matched by equality in any text column
-    contacts: set[str] = field(default_factory=set)  # raw contact values: also searched in raw records
-    emails: set[str] = field(default_factory=set)
+    ids: set[str] = field(default_factory=set)  # the customer id and its aliases
+    records: dict[str, set[str]] = field(default_factory=dict)  # identity source -> record ids
+    keys: dict[str, set[str]] = field(default_factory=dict)  # account-id column -> values
+    hashes: set[str] = field(default_factory=set)
+    emails: set[str] = field(default_factory=set)  # trimmed, lower-case
+    phones: set[str] = field(default_factory=set)  # E.164
+
+    @property
+    def contacts(self) -> set[str]:
+        return self.emails | self.phones
+
+    @property
+    def identifiers(self) -> set[str]:
+        """Every value above (Redis lookups and suppression hashes are keyed on them)."""
+        out = self.ids | self.hashes | self.contacts
+        for values in (*self.records.values(), *self.keys.values()):
+            out |= values
+        out |= {f"{s}:{r}" for s, rs in self.records.items() for r in rs}
+        return {v for v in out if v}
+
+    def to_json(self) -> str:
+        return json.dumps({k: sorted(v) if isinstance(v, set) else {a: sorted(b) for a, b in v.items()}
+                           if isinstance(v, dict) else v for k, v in vars(self).items()})  # fmt: skip
+
+    @classmethod
+    def from_json(cls, text: str) -> Person:
+        d = json.loads(text)
+        return cls(d["customer_id"], set(d["ids"]), {k: set(v) for k, v in d["records"].items()},
+                   {k: set(v) for k, v in d["keys"].items()}, set(d["hashes"]), set(d["emails"]), set(d["phones"]))  # fmt: skip
 
 
 def keyed_hash(value: str, key: bytes) -> str:
@@ -59,81 +99,115 @@ def keyed_hash(value: str, key: bytes) -> str:
     return hmac.new(key, value.encode(), hashlib.sha256).hexdigest()
 
 
-def find_person(settings, key: bytes, customer_id: str | None = None, email: str | None = None) -> Person:
+def normalize_email(value: str | None) -> str | None:
+    v = (value or "").strip().lower()
+    return v if re.fullmatch(EMAIL_TOKEN, v) else None
+
+
+def normalize_phone(value: str | None) -> str | None:
+    """E.164, by the rule silver uses (`standardize._phone_e164`): `809.973.1390` -> `+18099731390`."""
+    raw = (value or "").strip()
+    digits = re.sub(r"[^0-9]", "", raw)
+    if raw.startswith("+") and 8 <= len(digits) <= 15:
+        return "+" + digits
+    if len(digits) == 10 and digits[0] not in "01":
+        return "+1" + digits
+    if len(digits) == 11 and digits.startswith("1"):
+        return "+" + digits
+    return None
+
+
+_MACROS = (
+    "CREATE OR REPLACE MACRO p13n_digits(x) AS regexp_replace(x, '[^0-9]', '', 'g')",
+    "CREATE OR REPLACE MACRO p13n_phone(x) AS CASE "
+    "WHEN starts_with(trim(x), '+') AND length(p13n_digits(x)) BETWEEN 8 AND 15 THEN '+' || p13n_digits(x) "
+    "WHEN length(p13n_digits(x)) = 10 AND NOT regexp_matches(p13n_digits(x), '^[01]') THEN '+1' || p13n_digits(x) "
+    "WHEN length(p13n_digits(x)) = 11 AND starts_with(p13n_digits(x), '1') THEN '+' || p13n_digits(x) END",
+)
+
+
+def matching_connection():
     con = duckdb_connection()
+    for m in _MACROS:
+        con.execute(m)
+    return con
+
+
+def _rows(con, root: str, table: str, where: str, params: list, columns: str = "*") -> list[tuple]:
+    if not table_exists(root, table):
+        return []
+    return con.execute(f"SELECT {columns} FROM {scan(root, table)} WHERE {where}", params).fetchall()
+
+
+def find_person(settings, key: bytes, customer_id: str | None = None, email: str | None = None) -> Person:
+    """Resolve a request to exactly one known customer, or refuse (`ErasureError`) before anything
+    is touched: an id no customer has, an address of no one or of several people."""
+    con = matching_connection()
     root = settings.lake_root
+    customer_id = (customer_id or "").strip() or None
     if not customer_id:
-        if not email:
-            raise ErasureError("name the person: a customer id or an email address")
-        found = []
-        if table_exists(root, "restricted.customer_profiles"):
-            found = con.execute(
-                f"SELECT DISTINCT customer_id FROM {scan(root, 'restricted.customer_profiles')} "
-                "WHERE lower(trim(email)) = lower(trim(?))", [email]).fetchall()  # fmt: skip
-        if not found and table_exists(root, "gold.identity_keys"):
-            hashes = [keyed_hash(email, key), keyed_hash(email.strip().lower(), key)]
-            found = con.execute(
-                f"SELECT DISTINCT customer_id FROM {scan(root, 'gold.identity_keys')} "
-                "WHERE key_type = 'email_hmac' AND key_value IN (SELECT unnest(?::VARCHAR[]))", [hashes]).fetchall()  # fmt: skip
+        address = normalize_email(email)
+        if not address:
+            raise ErasureError(f"{email!r} is not an email address" if email else
+                               "name the person: a customer id or an email address")  # fmt: skip
+        found = _rows(con, root, "restricted.customer_profiles", "lower(trim(email)) = ?", [address],
+                      "DISTINCT customer_id")  # fmt: skip
+        if not found:
+            found = _rows(con, root, "gold.identity_keys", "key_type = 'email_hmac' AND key_value = ?",
+                          [keyed_hash(address, key)], "DISTINCT customer_id")  # fmt: skip
         if len(found) != 1:
-            raise ErasureError(
-                f"the email address matches {len(found)} customers"
-                + ("" if found else " (nothing to erase?)")
-            )
+            raise ErasureError(f"the email address matches {len(found)} customers"
+                               + ("" if found else " (nothing to erase?)"))  # fmt: skip
         customer_id = found[0][0]
+    current = _rows(con, root, "gold.customer_aliases", "alias_id = ?", [customer_id], "DISTINCT customer_id")
+    if len(current) == 1:  # an id the customer had before a merge: the request is for today's customer
+        customer_id = current[0][0]
+    graph = _rows(
+        con, root, "gold.identity_graph", "customer_id = ?", [customer_id], "DISTINCT source, record_id"
+    )
+    if not graph and not _rows(con, root, "gold.customer_profiles", "customer_id = ?", [customer_id], "1"):
+        pending = _rows(con, root, PENDING, "customer_id = ?", [customer_id], "person")
+        if pending:  # a failed erasure, retried: its identifiers were kept for it
+            return Person.from_json(pending[-1][0])
+        raise ErasureError(
+            f"unknown customer id {customer_id!r}: not in gold.identity_graph or gold.customer_profiles "
+            "(nothing was deleted)"
+        )
     person = Person(customer_id, {customer_id})
-    records: list[tuple[str, str]] = []
-    if table_exists(root, "gold.identity_graph"):
-        records = con.execute(
-            f"SELECT DISTINCT source, record_id FROM {scan(root, 'gold.identity_graph')} WHERE customer_id = ?",
-            [customer_id]).fetchall()  # fmt: skip
-        person.identifiers |= {r for _, r in records}
-        person.identifiers |= {
-            r[0] for r in con.execute(
-                f"SELECT DISTINCT record_key FROM {scan(root, 'gold.identity_graph')} WHERE customer_id = ?",
-                [customer_id]).fetchall()}  # fmt: skip
-    if table_exists(root, "gold.identity_keys"):
-        person.identifiers |= {
-            r[0] for r in con.execute(
-                f"SELECT key_value FROM {scan(root, 'gold.identity_keys')} WHERE customer_id = ?", [customer_id]
-            ).fetchall()}  # fmt: skip
-    if table_exists(root, "gold.customer_aliases"):
-        person.identifiers |= {
-            r[0] for r in con.execute(
-                f"SELECT alias_id FROM {scan(root, 'gold.customer_aliases')} WHERE customer_id = ?", [customer_id]
-            ).fetchall()}  # fmt: skip
+    person.ids |= {
+        r[0] for r in _rows(con, root, "gold.customer_aliases", "customer_id = ?", [customer_id], "alias_id")
+    }
+    for source, record_id in graph:
+        person.records.setdefault(source, set()).add(str(record_id))
+    columns = {t: c for spec in settings.identity.sources.values() for t, c in spec.keys.items()}
+    for key_type, value in _rows(con, root, "gold.identity_keys", "customer_id = ?", [customer_id],
+                                 "key_type, key_value"):  # fmt: skip
+        if _HEX64.match(value or ""):
+            person.hashes.add(value)
+        elif value:
+            for column in {key_type, columns.get(key_type, key_type)}:
+                person.keys.setdefault(column, set()).add(value)
     # Raw contact values: the golden record's, and every identity record's in restricted.
-    contacts: set[str] = set()
-    if table_exists(root, "restricted.customer_profiles"):
-        for row in con.execute(
-            f"SELECT email, phone FROM {scan(root, 'restricted.customer_profiles')} WHERE customer_id = ?", [customer_id]
-        ).fetchall():  # fmt: skip
-            contacts |= {v for v in row if v}
-            person.emails |= {row[0]} if row[0] else set()
-    by_source: dict[str, list[str]] = {}
-    for source, record_id in records:
-        by_source.setdefault(source, []).append(record_id)
+    contacts = _rows(
+        con, root, "restricted.customer_profiles", "customer_id = ?", [customer_id], "email, phone"
+    )
     spec = settings.identity.sources
-    for source, ids in by_source.items():
+    for source, ids in person.records.items():
         table = f"restricted.{source}"
         if source not in spec or not table_exists(root, table):
             continue
         cols = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {scan(root, table)}").fetchall()}
-        wanted = [c for c in CONTACT_FIELDS if c in cols]
         pk = spec[source].record_id
-        if not wanted or pk not in cols:
-            continue
-        for row in con.execute(
-            f"SELECT {', '.join(wanted)} FROM {scan(root, table)} WHERE CAST({pk} AS VARCHAR) IN (SELECT unnest(?::VARCHAR[]))",
-            [ids]).fetchall():  # fmt: skip
-            contacts |= {v for v in row if v}
-            if "email" in wanted and row[wanted.index("email")]:
-                person.emails.add(row[wanted.index("email")])
-    person.contacts = {c for c in contacts if len(c) >= 6}
-    person.identifiers |= person.contacts
-    person.identifiers |= {keyed_hash(c, key) for c in contacts}
-    person.identifiers |= {keyed_hash(c.strip().lower(), key) for c in contacts}
-    person.identifiers = {i for i in person.identifiers if i and len(i) >= 6}
+        if pk in cols:
+            picked = [f"{c}" if c in cols else "NULL" for c in CONTACT_FIELDS]
+            contacts += _rows(con, root, table, f"CAST({pk} AS VARCHAR) IN (SELECT unnest(?::VARCHAR[]))",
+                              [sorted(ids)], ", ".join(picked))  # fmt: skip
+    for mail, phone in contacts:
+        person.emails |= {normalize_email(mail)} - {None}
+        person.phones |= {normalize_phone(phone)} - {None}
+    person.hashes |= {keyed_hash(c, key) for c in person.contacts | person.ids}
+    for values in (*person.records.values(), *person.keys.values()):
+        person.hashes |= {keyed_hash(v, key) for v in values}
     return person
 
 
@@ -150,61 +224,120 @@ def lake_tables(root: str) -> list[str]:
     return out
 
 
-def _sql_list(values) -> str:
-    return ", ".join("'" + v.replace("'", "''") + "'" for v in sorted(values))
+def _lit(values) -> str:
+    return ", ".join("'" + str(v).replace("'", "''") + "'" for v in sorted(values))
 
 
-def person_predicate(schema, person: Person) -> str | None:
-    """SQL (DuckDB and delta-rs alike) matching a table's rows that hold one of the person's
-    identifiers in a text column, or one of their contact values inside a raw-record column."""
-    import pyarrow as pa
+def _conditions(settings, table: str, schema: list[tuple[str, str]], person: Person) -> dict[str, str]:
+    """Per column of the table, the DuckDB condition on that column alone that names the person."""
+    source = table.split(".", 1)[1]
+    spec = settings.identity.sources.get(source)
+    out: dict[str, str] = {}
+    for name, kind in schema:
+        col = f'"{name}"'
+        text = kind.upper() in ("VARCHAR", "STRING") or kind.upper().startswith("VARCHAR")
+        conds = []
+        if spec is not None and name == spec.record_id and person.records.get(source):
+            conds.append(f"CAST({col} AS VARCHAR) IN ({_lit(person.records[source])})")
+        if not text:
+            if conds:
+                out[name] = " OR ".join(conds)
+            continue
+        if name in RAW_COLUMNS:
+            if person.emails:
+                conds.append(
+                    f"list_has_any(regexp_extract_all(lower({col}), '{EMAIL_TOKEN}'), [{_lit(person.emails)}])"
+                )
+            if person.phones:
+                conds.append(f"list_has_any(list_transform(regexp_extract_all({col}, '{PHONE_TOKEN}'), "
+                             f"x -> p13n_phone(x)), [{_lit(person.phones)}])")  # fmt: skip
+            if conds:
+                out[name] = " OR ".join(conds)
+            continue
+        if person.hashes:
+            conds.append(f"{col} IN ({_lit(person.hashes)})")
+        if name in PERSON_ID_COLUMNS or name.endswith("customer_id"):
+            conds.append(f"{col} IN ({_lit(person.ids)})")
+        if person.keys.get(name):
+            conds.append(f"{col} IN ({_lit(person.keys[name])})")
+        if name == "record_key" and person.records:
+            conds.append(f"{col} IN ({_lit(f'{s}:{r}' for s, rs in person.records.items() for r in rs)})")
+        if "email" in name and not name.endswith("_hmac") and person.emails:
+            conds.append(f"lower(trim({col})) IN ({_lit(person.emails)})")
+        if "phone" in name and not name.endswith("_hmac") and person.phones:
+            conds.append(f"p13n_phone({col}) IN ({_lit(person.phones)})")
+        if conds:
+            out[name] = " OR ".join(conds)
+    return out
 
-    schema = pa.schema(schema)  # delta-rs hands an Arrow schema over the C data interface
-    text = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
-            or str(f.type) in ("string", "large_string", "string_view")]  # fmt: skip
-    idents = _sql_list(person.identifiers)
-    conds = [f'"{c}" IN ({idents})' for c in text if c not in RAW_COLUMNS]
-    for c in (c for c in text if c in RAW_COLUMNS):
-        conds += [
-            f"strpos(\"{c}\", '{v.replace(chr(39), chr(39) * 2)}') > 0" for v in sorted(person.contacts)
-        ]
-    return " OR ".join(conds) or None
+
+@dataclass
+class TablePlan:
+    table: str
+    rows: int
+    predicate: str  # exact values of the rows to delete, for delta-rs and DuckDB alike
 
 
-def erase_lake(settings, person: Person, progress: Callable[[str], None] = print) -> dict[str, int]:
+def plan_lake(settings, person: Person, tables: list[str] | None = None) -> list[TablePlan]:
+    """What an erasure would delete: per table, the rows that name the person and the predicate that
+    deletes exactly those (`column IN (the values found)`), without changing anything."""
+    con = matching_connection()
+    root = settings.lake_root
+    plans = []
+    for table in tables or lake_tables(root):
+        if table in KEEP or table == settings.privacy.requests_table:
+            continue
+        schema = [(r[0], r[1]) for r in con.execute(f"DESCRIBE SELECT * FROM {scan(root, table)}").fetchall()]
+        conds = _conditions(settings, table, schema, person)
+        if not conds:
+            continue
+        picks = ", ".join(f'list(DISTINCT "{c}") FILTER (WHERE {w})' for c, w in conds.items())
+        found = con.execute(
+            f"SELECT count(*), {picks} FROM {scan(root, table)} WHERE {' OR '.join(f'({w})' for w in conds.values())}"
+        ).fetchone()
+        if not found[0]:
+            continue
+        kinds = dict(schema)
+        parts = []
+        for (name, _), values in zip(conds.items(), found[1:], strict=True):
+            if values:
+                text = kinds[name].upper().startswith("VARCHAR")
+                target = f'"{name}"' if text else f'CAST("{name}" AS VARCHAR)'
+                parts.append(f"{target} IN ({_lit(values)})")
+        plans.append(TablePlan(table, int(found[0]), " OR ".join(parts)))
+    return plans
+
+
+def match_sql(settings, table: str, person: Person) -> str | None:
+    """A DuckDB condition for the table's rows that name the person (tests and the access export)."""
+    plans = plan_lake(settings, person, [table])
+    return plans[0].predicate if plans else None
+
+
+def erase_lake(settings, person: Person, progress: Callable[[str], None] = print,
+               plans: list[TablePlan] | None = None) -> dict[str, int]:  # fmt: skip
     """Delete the person's rows from every table; vacuum and cut the history of those changed."""
     from deltalake import DeltaTable
 
     root = settings.lake_root
     deleted: dict[str, int] = {}
-    for table in lake_tables(root):
-        if table in KEEP:
-            continue
-        dt_ = DeltaTable(table_uri(root, table))
-        predicate = person_predicate(dt_.schema().to_arrow(), person)
-        if not predicate:
-            continue
-        n = (
-            duckdb_connection()
-            .execute(f"SELECT count(*) FROM {scan(root, table)} WHERE {predicate}")
-            .fetchone()[0]
-        )
-        if not n:
-            continue
-        dt_.delete(predicate)
-        deleted[table] = int(n)
-        _erase_history(settings, dt_)
-        progress(f"  {table}: {n:,} rows deleted")
+    for plan in plans if plans is not None else plan_lake(settings, person):
+        dt_ = DeltaTable(table_uri(root, plan.table))
+        metrics = dt_.delete(plan.predicate)
+        deleted[plan.table] = int(metrics.get("num_deleted_rows", plan.rows))
+        erase_history(settings, dt_)
+        progress(f"  {plan.table}: {deleted[plan.table]:,} rows deleted")
     return deleted
 
 
-def _erase_history(settings, table) -> None:
+def erase_history(settings, table) -> None:
     """Vacuum the files the delete replaced; with `privacy.truncate_history`, checkpoint and drop the
-    older log entries (their file statistics may hold the person's values)."""
+    older log entries (their file statistics may hold the person's values). `settings`: the Settings
+    or their `privacy` section; `table`: a DeltaTable or its URI."""
     from deltalake import DeltaTable
 
-    cfg = settings.privacy
-    table = DeltaTable(table.table_uri)
+    cfg = getattr(settings, "privacy", settings)
+    table = DeltaTable(table if isinstance(table, str) else table.table_uri)
     table.vacuum(retention_hours=cfg.vacuum_retention_hours, enforce_retention_duration=False, dry_run=False)
     if not cfg.truncate_history:
         return
@@ -298,23 +431,40 @@ def erase_warehouse(settings, person: Person) -> dict[str, int]:
     return out
 
 
+def _names_person(cell: str, person: Person) -> bool:
+    v = cell.strip()
+    return bool(v) and (v in person.ids or v in person.hashes or normalize_email(v) in person.emails
+                        or normalize_phone(v) in person.phones)  # fmt: skip
+
+
 def erase_files(settings, person: Person) -> int:
-    """Files under the data directory: the CSV exports lose the lines that hold the person's contact
-    values; access-request files about them are deleted. Returns lines and files removed."""
+    """Files under the data directory: the CSV exports lose the lines with a cell that names the
+    person (parsed, normalized: never a substring of someone else's value); access-request files about
+    them are deleted. Returns lines and files removed."""
+    import csv
+    import io
+
     n = 0
     base = settings.data_dir / "exports"
-    for path in base.rglob("*.csv") if base.exists() else []:
-        lines = path.read_text().splitlines(keepends=True)
-        kept = [ln for ln in lines if not any(c in ln for c in person.contacts | {person.customer_id})]
-        if len(kept) != len(lines):
-            n += len(lines) - len(kept)
-            path.write_text("".join(kept))
-    # Access-request files about the person (delivered to them already) go whole.
-    for path in (
-        (settings.data_dir / "privacy").glob("*.json") if (settings.data_dir / "privacy").exists() else []
-    ):
+    for path in sorted(base.rglob("*.csv")) if base.exists() else []:
         text = path.read_text()
-        if any(c in text for c in person.contacts | {person.customer_id}):
+        rows = list(csv.reader(io.StringIO(text)))
+        kept = [r for i, r in enumerate(rows) if i == 0 or not any(_names_person(c, person) for c in r)]
+        if len(kept) != len(rows):
+            n += len(rows) - len(kept)
+            out = io.StringIO()
+            csv.writer(out, lineterminator="\n").writerows(kept)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(out.getvalue())
+            tmp.replace(path)
+    # Access-request files about the person (delivered to them already) go whole.
+    folder = settings.data_dir / "privacy"
+    for path in sorted(folder.glob("*.json")) if folder.exists() else []:
+        try:
+            about = json.loads(path.read_text()).get("customer_id")
+        except (ValueError, AttributeError):
+            continue
+        if about in person.ids:
             path.unlink()
             n += 1
     return n
@@ -323,10 +473,25 @@ def erase_files(settings, person: Person) -> int:
 # --- the whole request --------------------------------------------------------------------------
 
 
+def preview(
+    settings, customer_id: str | None = None, email: str | None = None
+) -> tuple[Person, list[TablePlan]]:
+    """Who the request resolves to and what the lake would lose (`--dry-run`): nothing is changed."""
+    from p13n.secrets import pii_key
+
+    person = find_person(settings, pii_key(settings), customer_id, email)
+    return person, plan_lake(settings, person)
+
+
 def forget(settings, request_id: str, customer_id: str | None = None, email: str | None = None,
            redis_url: str | None = None, platforms: bool = True, clients: dict | None = None,
            progress: Callable[[str], None] = print) -> dict:  # fmt: skip
-    """Erase one person everywhere (see the module docstring); returns the audit row."""
+    """Erase one person everywhere (see the module docstring); returns the audit row.
+
+    Refuses before touching anything when the request does not resolve to one known customer or
+    when the lake would lose more than `privacy.max_rows_per_request` rows. The customer is recorded
+    in `ops.erasures` only once everything succeeded; a failed erasure keeps its identifiers in
+    `restricted.privacy_pending` so that a retry finds what is left."""
     import pandas as pd
     from deltalake import write_deltalake
 
@@ -335,16 +500,24 @@ def forget(settings, request_id: str, customer_id: str | None = None, email: str
     key = pii_key(settings)
     t0 = time.perf_counter()
     person = find_person(settings, key, customer_id, email)
-    progress(f"erasure {request_id}: customer {person.customer_id}, {len(person.identifiers)} identifiers")
+    plans = plan_lake(settings, person)
+    total, cap = sum(p.rows for p in plans), settings.privacy.max_rows_per_request
+    if total > cap:
+        raise ErasureError(
+            f"customer {person.customer_id}: the erasure would delete {total:,} rows, more than "
+            f"privacy.max_rows_per_request ({cap:,}); nothing was deleted (see --dry-run)"
+        )
+    progress(f"erasure {request_id}: customer {person.customer_id}, {total:,} rows in {len(plans)} tables")
     root = settings.lake_root
     now = dt.datetime.now(dt.UTC)
-    # Registries first: from here on every job skips the customer and the stream drops their events.
-    write_deltalake(table_uri(root, ERASURES), pd.DataFrame(
-        {"customer_id": [person.customer_id], "request_id": [request_id], "erased_at": [now]}), mode="append",
-        schema_mode="merge")  # fmt: skip
+    restricted_dir(settings, "restricted")
+    write_deltalake(table_uri(root, PENDING), pd.DataFrame(
+        {"request_id": [request_id], "customer_id": [person.customer_id], "person": [person.to_json()],
+         "added_at": [now]}), mode="append")  # fmt: skip
+    # Suppressions first: from here on the stream and ingestion drop the person's records.
     write_deltalake(table_uri(root, SUPPRESSIONS), pd.DataFrame(
-        {"hash": sorted(keyed_hash(i, key) for i in person.identifiers), "request_id": request_id, "added_at": now}),
-        mode="append")  # fmt: skip
+        {"hash": sorted({keyed_hash(i, key) for i in person.identifiers} | person.hashes),
+         "request_id": request_id, "added_at": now}), mode="append")  # fmt: skip
     audit = {
         "request_id": request_id,
         "customer_id": person.customer_id,
@@ -356,8 +529,16 @@ def forget(settings, request_id: str, customer_id: str | None = None, email: str
         sent = erase_platforms(settings, person, clients) if platforms else {}
         redis_keys = erase_redis(settings, redis_url, person) if redis_url else 0
         warehouse = erase_warehouse(settings, person)
-        lake = erase_lake(settings, person, progress)
+        lake = erase_lake(settings, person, progress, plans)
         files = erase_files(settings, person)
+        write_deltalake(table_uri(root, ERASURES), pd.DataFrame(
+            {"customer_id": [person.customer_id], "request_id": [request_id], "erased_at": [now]}),
+            mode="append", schema_mode="merge")  # fmt: skip
+        from deltalake import DeltaTable
+
+        pending = DeltaTable(table_uri(root, PENDING))
+        pending.delete(f"customer_id = '{person.customer_id}'")
+        erase_history(settings, pending)
         audit |= {"status": "completed", "lake": json.dumps(lake), "redis_keys": redis_keys,
                   "platforms": json.dumps(sent), "warehouse": json.dumps(warehouse), "export_lines": files}  # fmt: skip
     except Exception as e:
@@ -374,6 +555,15 @@ def forget(settings, request_id: str, customer_id: str | None = None, email: str
         write_deltalake(table_uri(root, AUDIT), frame, mode="append")
     progress(f"erasure {request_id}: {audit['status']} in {audit['seconds']}s")
     return audit
+
+
+def restricted_dir(settings, layer: str) -> None:
+    """A restricted zone's folder, owner-only (the files inside are then unreadable to others)."""
+    root = settings.lake_root
+    if "://" not in root or root.startswith("file://"):
+        path = Path(root.removeprefix("file://")) / layer
+        path.mkdir(parents=True, exist_ok=True)
+        path.chmod(0o700)
 
 
 def suppressed_hashes(settings) -> set[str]:

@@ -1,13 +1,15 @@
 """Privacy requests: the CLI (`p13n privacy ...`) and the `privacy_requests` DAG.
 
-Requests wait in `privacy.requests_table` (request_id, kind forget|access, customer_id or email,
-requested_at, status pending|done|failed). Processing a request fills in `completed_at`, the
-`status` and the `detail` (for access: the file written), and blanks the email it named: the
-request log keeps no contact data once served.
+The queue is `privacy.requests_table` (request_id, kind forget|access, customer_id, requested_at,
+status pending|done|failed, completed_at, detail): no contact data, ever. A request made by email
+address keeps the address in `restricted.privacy_requests` (owner-only) until it is served; then
+that row goes, with the table's history, and the queue's row records the outcome and the customer
+it resolved to. A request that fails stays on record as failed with the reason.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import uuid
@@ -16,40 +18,69 @@ from p13n.config import get_settings
 from p13n.lake.duck import duckdb_connection, scan, table_exists, table_uri
 from p13n.orchestration import progress
 
-COLUMNS = ["request_id", "kind", "customer_id", "email", "requested_at", "status", "completed_at", "detail"]
+ADDRESSES = "restricted.privacy_requests"
+KINDS = ("forget", "access")
+
+
+def _queue_schema():
+    import pyarrow as pa
+
+    return pa.schema([("request_id", pa.string()), ("kind", pa.string()), ("customer_id", pa.string()),
+                      ("requested_at", pa.timestamp("us", tz="UTC")), ("status", pa.string()),
+                      ("completed_at", pa.timestamp("us", tz="UTC")), ("detail", pa.string())])  # fmt: skip
 
 
 def request(kind: str, customer_id: str | None = None, email: str | None = None) -> str:
-    """Queue a request for the DAG; returns its id."""
+    """Queue a request for the DAG; returns its id. The person is checked now: an unknown customer
+    id or an address of no one is refused here, not discovered at night."""
+    import pyarrow as pa
     from deltalake import write_deltalake
 
-    if kind not in ("forget", "access"):
+    from p13n.privacy.erasure import ErasureError, find_person, normalize_email, restricted_dir
+    from p13n.secrets import pii_key
+
+    if kind not in KINDS:
         raise ValueError(f"a privacy request is 'forget' or 'access', not {kind!r}")
     if not (customer_id or email):
         raise ValueError("name the person: --customer or --email")
+    if email and not normalize_email(email):
+        raise ErasureError(f"{email!r} is not an email address")
     settings = get_settings()
+    find_person(settings, pii_key(settings), customer_id, email)
     rid = f"{kind}-{uuid.uuid4().hex[:12]}"
-    import pyarrow as pa
-
-    schema = pa.schema([("request_id", pa.string()), ("kind", pa.string()), ("customer_id", pa.string()),
-                        ("email", pa.string()), ("requested_at", pa.timestamp("us", tz="UTC")),
-                        ("status", pa.string()), ("completed_at", pa.timestamp("us", tz="UTC")),
-                        ("detail", pa.string())])  # fmt: skip
-    row = pa.Table.from_pylist([{"request_id": rid, "kind": kind, "customer_id": customer_id, "email": email,
+    if email:
+        restricted_dir(settings, "restricted")
+        write_deltalake(table_uri(settings.lake_root, ADDRESSES), pa.Table.from_pylist(
+            [{"request_id": rid, "email": normalize_email(email)}]), mode="append")  # fmt: skip
+    row = pa.Table.from_pylist([{"request_id": rid, "kind": kind, "customer_id": customer_id,
                                  "requested_at": dt.datetime.now(dt.UTC), "status": "pending",
-                                 "completed_at": None, "detail": None}], schema=schema)  # fmt: skip
-    write_deltalake(table_uri(settings.lake_root, settings.privacy.requests_table), row, mode="append")
+                                 "completed_at": None, "detail": None}], schema=_queue_schema())  # fmt: skip
+    write_deltalake(table_uri(settings.lake_root, settings.privacy.requests_table), row, mode="append",
+                    schema_mode="merge")  # fmt: skip
     return rid
 
 
-def run_now(kind: str, customer_id: str | None, email: str | None, request_id: str | None = None) -> dict:
-    """Serve one request at once (what the DAG does for each pending one)."""
+def run_now(kind: str, customer_id: str | None, email: str | None, request_id: str | None = None,
+            dry_run: bool = False) -> dict:  # fmt: skip
+    """Serve one request at once (what the DAG does for each pending one); `dry_run` only says what an
+    erasure would delete."""
     from p13n.privacy.access import export_person
-    from p13n.privacy.erasure import forget
+    from p13n.privacy.erasure import forget, preview
     from p13n.services.redis import redis_for
 
     settings = get_settings()
     rid = request_id or f"{kind}-{uuid.uuid4().hex[:12]}"
+    if dry_run:
+        person, plans = preview(settings, customer_id, email)
+        progress(f"{kind} {rid}: customer {person.customer_id}; an erasure would delete "
+                 f"{sum(p.rows for p in plans):,} rows (limit {settings.privacy.max_rows_per_request:,}):")  # fmt: skip
+        for p in plans:
+            progress(f"  {p.table}: {p.rows:,}")
+        return {
+            "request_id": rid,
+            "customer_id": person.customer_id,
+            "tables": {p.table: p.rows for p in plans},
+        }
     with redis_for(settings) as url:
         if kind == "forget":
             keys = (getattr(settings.activation, p).credential_env for p in ("klaviyo", "mailchimp"))
@@ -61,33 +92,64 @@ def run_now(kind: str, customer_id: str | None, email: str | None, request_id: s
         return {"request_id": rid, "path": str(path), "tables": summary}
 
 
-def process_requests() -> dict:
-    """Serve every pending request, oldest first; one failing does not stop the others."""
+def pending_requests(settings) -> list[tuple[str, str, str | None, str | None]]:
+    """(request_id, kind, customer_id, email) of every pending request, oldest first."""
+    name = settings.privacy.requests_table
+    if not table_exists(settings.lake_root, name):
+        return []
+    con = duckdb_connection()
+    rows = con.execute(f"SELECT request_id, kind, customer_id FROM {scan(settings.lake_root, name)} "
+                       "WHERE status = 'pending' ORDER BY requested_at").fetchall()  # fmt: skip
+    emails = {}
+    if rows and table_exists(settings.lake_root, ADDRESSES):
+        emails = dict(
+            con.execute(f"SELECT request_id, email FROM {scan(settings.lake_root, ADDRESSES)}").fetchall()
+        )
+    return [(rid, kind, cid, emails.get(rid)) for rid, kind, cid in rows]
+
+
+def process_requests(dry_run: bool = False) -> dict:
+    """Serve every pending request, oldest first; one failing does not stop the others. `dry_run`
+    prints what each would do and changes nothing."""
     from deltalake import DeltaTable
+
+    from p13n.privacy.erasure import ErasureError, erase_history, find_person
+    from p13n.secrets import pii_key
 
     settings = get_settings()
     name = settings.privacy.requests_table
-    if not table_exists(settings.lake_root, name):
-        progress("no privacy requests table yet: nothing to do")
+    pending = pending_requests(settings)
+    if not pending:
+        progress("no pending privacy requests: nothing to do")
         return {"done": 0, "failed": 0}
-    pending = duckdb_connection().execute(
-        f"SELECT request_id, kind, customer_id, email FROM {scan(settings.lake_root, name)} "
-        "WHERE status = 'pending' ORDER BY requested_at").fetchall()  # fmt: skip
     done = failed = 0
     for rid, kind, customer_id, email in pending:
+        resolved = customer_id
         try:
-            out = run_now(kind, customer_id, email, rid)
+            with contextlib.suppress(ErasureError):  # an unknown person fails in run_now, with the reason
+                resolved = find_person(settings, pii_key(settings), customer_id, email).customer_id
+            out = run_now(kind, customer_id, email, rid, dry_run=dry_run)
+            if dry_run:
+                continue
             status, detail = "done", out.get("path") or out.get("status")
             done += 1
         except Exception as e:  # noqa: BLE001 - recorded on the request, raised at the end
             status, detail = "failed", f"{type(e).__name__}: {str(e)[:300]}"
             failed += 1
+            if dry_run:
+                progress(f"{kind} {rid}: would fail: {detail}")
+                continue
         DeltaTable(table_uri(settings.lake_root, name)).update(
             predicate=f"request_id = '{rid}'",
-            updates={"status": f"'{status}'", "completed_at": "now()", "email": "NULL",
+            updates={"status": f"'{status}'", "completed_at": "now()",
+                     "customer_id": "NULL" if resolved is None else "'" + resolved.replace("'", "''") + "'",
                      "detail": "'" + str(detail).replace("'", "''") + "'"},
         )  # fmt: skip
+        if email and table_exists(settings.lake_root, ADDRESSES):  # served or failed: the address goes
+            table = DeltaTable(table_uri(settings.lake_root, ADDRESSES))
+            table.delete(f"request_id = '{rid}'")
+            erase_history(settings, table)
         progress(f"privacy request {rid} ({kind}): {status}")
-    if failed:
+    if failed and not dry_run:
         raise RuntimeError(f"{failed} of {len(pending)} privacy requests failed (see {name}.detail)")
     return {"done": done, "failed": failed}

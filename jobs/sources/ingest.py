@@ -138,24 +138,29 @@ def promote(
     share_min_rows: int = 0,
     run: RunContext | None = None,
     validate=None,
+    privacy=None,
 ) -> IngestResult:
-    """Bronze partition of `batch_date` → silver (+ restricted), quarantine; returns the batch's figures."""
+    """Bronze partition of `batch_date` → silver (+ restricted), quarantine; returns the batch's figures.
+
+    Records of erased customers (`ops.suppressions`) are dropped before anything else, so they reach
+    neither silver nor quarantine; they leave bronze too, with its history (`privacy`: the
+    PrivacySettings saying how)."""
     result = IngestResult(source.name, batch_date.isoformat())
     bronze = lake.read(source.bronze_table, where=[("_batch_date", "=", batch_date)])
-    typed = std.standardize(bronze, source, catalog.fx_to_usd, now).cache()
+    landed = std.standardize(bronze, source, catalog.fx_to_usd, now).cache()
     try:
+        typed, suppressed = _suppress(lake, landed, source, pii_key)
         good, invalid = std.split_rejects(typed, source)
         kept, dupes = std.deduplicate(good, source)
         current = None
         if source.kind == "entity" and lake.exists(source.silver_table):
             current = lake.read(source.silver_table, columns=[*source.primary_key, source.cursor])
         fresh, stale = stale_rows(kept, current, source)
-        fresh, suppressed = _suppress(lake, fresh, source, pii_key)
         fresh = fresh.cache()
         quarantine = invalid.unionByName(dupes).unionByName(stale).cache()
 
         clock = source.event_time or source.cursor
-        totals = typed.agg(
+        totals = landed.agg(
             F.count(F.lit(1)).alias("rows"),
             F.sum(F.col("_drift").cast("int")).alias("drift"),
             (F.max(F.col(clock).cast("timestamp")) if clock else F.lit(None)).alias("newest"),
@@ -179,7 +184,6 @@ def promote(
             )
         if dropped:
             result.warnings.append(f"{dropped} rows of erased customers suppressed (ops.suppressions)")
-            _erase_from_bronze(lake, source, suppressed, batch_date)
         if result.drifted_rows:
             result.warnings.append(
                 f"{result.drifted_rows} rows carry fields the catalog does not declare (schema drift)"
@@ -215,9 +219,11 @@ def promote(
             targets.append((source.restricted_table, restricted))
         for table, rows in targets:
             lake.merge(table, rows, run=run, check_unique=False, **how)  # unique: deduplicated above
+        if dropped:  # last: the batch's reads above are done with bronze's files
+            _erase_from_bronze(lake, source, suppressed, batch_date, privacy)
         return result
     finally:
-        typed.unpersist()
+        landed.unpersist()
 
 
 def _suppress(lake: Lake, rows, source: Source, pii_key: bytes):
@@ -244,8 +250,9 @@ def _suppress(lake: Lake, rows, source: Source, pii_key: bytes):
     )
 
 
-def _erase_from_bronze(lake: Lake, source: Source, suppressed, batch_date: dt.date) -> None:
-    """The replayed records of erased customers leave bronze too (matched on the primary key)."""
+def _erase_from_bronze(lake: Lake, source: Source, suppressed, batch_date: dt.date, privacy=None) -> None:
+    """The replayed records of erased customers leave bronze too (matched on the primary key), and
+    with `privacy` the bronze table's history with them (vacuum, log cut: `erasure.erase_history`)."""
     keys = [
         tuple(str(r[k]) for k in source.primary_key) for r in suppressed.select(*source.primary_key).collect()
     ]
@@ -261,6 +268,10 @@ def _erase_from_bronze(lake: Lake, source: Source, suppressed, batch_date: dt.da
         for key in keys
     )
     lake.delete(source.bronze_table, f"_batch_date = '{batch_date.isoformat()}' AND ({conds})")
+    if privacy is not None:
+        from p13n.privacy.erasure import erase_history
+
+        erase_history(privacy, lake.uri(source.bronze_table))
 
 
 def _freshness_warning(
@@ -351,6 +362,7 @@ def ingest_batch(
         share_min_rows=settings.sources.quarantine_share_min_rows,
         run=run,
         validate=validate,
+        privacy=settings.privacy,
     )
     result.files = files
     return result
