@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 from p13n.lake.duck import scan
-from p13n.privacy.erasure import matching_connection, find_person, plan_lake
+from p13n.privacy.erasure import find_person, matching_connection, plan_lake
 
 
 def export_person(settings, request_id: str, customer_id: str | None = None, email: str | None = None,
