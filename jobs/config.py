@@ -253,6 +253,17 @@ class ExperimentSettings(_Section):
     arms: dict[str, ExperimentArm] = Field(default_factory=dict)
 
 
+class ApiClientSettings(_Section):
+    """One client of the read API: its key comes from the environment variable `key_env`."""
+
+    key_env: str = Field(pattern=r"^[A-Z][A-Z0-9_]*$")
+    # shopper: lists a storefront shows (recommendations, item lists, trending/popular);
+    # internal: what names customers (profiles, segment members, source-id lookup).
+    scopes: list[Literal["shopper", "internal"]] = Field(min_length=1)
+    rate_per_second: float = Field(200.0, gt=0)  # per worker: a token bucket
+    burst: int = Field(400, gt=0)
+
+
 class ApiSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, gt=0, lt=65536)
@@ -268,6 +279,14 @@ class ApiSettings(_Section):
     # After a failed Redis call the API serves fallbacks for this long before trying Redis again.
     redis_retry_seconds: float = Field(2.0, ge=0)
     log_exposures: bool = True
+    max_page: int = Field(100_000, gt=0)
+    # Every /v1 endpoint needs a client's key (`X-API-Key` or `Authorization: Bearer`); off only for a
+    # closed network. Locally, a client whose variable is unset gets a key made once in <data_dir>/secrets.
+    auth: bool = True
+    clients: dict[str, ApiClientSettings] = Field(default_factory=lambda: {
+        "storefront": ApiClientSettings(key_env="P13N_API_KEY_STOREFRONT", scopes=["shopper"]),
+        "internal": ApiClientSettings(key_env="P13N_API_KEY_INTERNAL", scopes=["shopper", "internal"],
+                                      rate_per_second=20, burst=40)})  # fmt: skip
 
 
 class ServingSettings(_Section):

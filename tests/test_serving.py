@@ -57,6 +57,7 @@ def test_publish_serve_second_version_rollback_and_a_killed_publish(srv, redis_u
 
     from p13n.lake.duck import duckdb_connection
     from p13n.serving.api import create_app
+    from p13n.serving.auth import headers_for
 
     con = duckdb_connection()
     who = "C000000005"
@@ -65,7 +66,7 @@ def test_publish_serve_second_version_rollback_and_a_killed_publish(srv, redis_u
     assert first.previous is None and first.keys["c"] == CUSTOMERS - 1  # the erased customer is not there
     assert first.keys["i"] == ITEMS and first.verified_sample > 0
 
-    with TestClient(create_app(srv, redis_url)) as api:
+    with TestClient(create_app(srv, redis_url), headers=headers_for(srv)) as api:
         body = api.get(f"/v1/customers/{who}/recommendations", params={"k": 20}).json()
         assert body["version"] == first.version and body["fallback"] is None
         assert _served(body) == v1_expected and len(v1_expected) == 20
@@ -225,13 +226,14 @@ def test_api_endpoints_and_fallbacks_never_fail_a_shopper(srv, redis_url, tmp_pa
     from p13n.lake.duck import duckdb_connection
     from p13n.services.kafka import free_port
     from p13n.serving.api import create_app
+    from p13n.serving.auth import headers_for
 
     con = duckdb_connection()
     popular = [r[0] for r in con.execute(
         f"SELECT sku FROM delta_scan('{srv.lake_root}/gold/popular_items') WHERE scope = 'all' ORDER BY rank"
     ).fetchall()]  # fmt: skip
     publish(srv, redis_url, AS_OF)
-    with TestClient(create_app(srv, redis_url)) as api:
+    with TestClient(create_app(srv, redis_url), headers=headers_for(srv)) as api:
         body = api.get("/v1/customers/C000000006/profile").json()
         assert body["lifecycle_stage"] == "at_risk" and body["churn_band"] == "low"  # i=6: [6%4], [6%3]
         assert body["consents"] == {
@@ -275,7 +277,7 @@ def test_api_endpoints_and_fallbacks_never_fail_a_shopper(srv, redis_url, tmp_pa
 
     # Redis down: a fresh worker starts from the popular list cached on disk and keeps answering.
     dead = f"redis://127.0.0.1:{free_port()}/0"
-    with TestClient(create_app(srv, dead)) as api:
+    with TestClient(create_app(srv, dead), headers=headers_for(srv)) as api:
         body = api.get("/v1/customers/C000000005/recommendations?k=4").json()
         assert body["fallback"] == "redis_unavailable" and [i["sku"] for i in body["items"]] == popular[:4]
         assert api.get("/v1/items/SKU-000010/bought-together").json()["fallback"] == "redis_unavailable"
@@ -287,6 +289,7 @@ def test_fast_path_answers_exactly_what_fastapi_answers(srv, redis_url):
     from fastapi.testclient import TestClient
 
     from p13n.serving.api import create_app
+    from p13n.serving.auth import headers_for
 
     publish(srv, redis_url, AS_OF)
     urls = ["/v1/customers/C000000003/recommendations", "/v1/customers/C000000003/recommendations?type=buy_again&k=2",
@@ -294,8 +297,8 @@ def test_fast_path_answers_exactly_what_fastapi_answers(srv, redis_url):
             "/v1/items/SKU-000004/bought-together", "/v1/customers/C000000003/recommendations?k=51",
             "/v1/customers/C000000003/recommendations?k=x", "/v1/customers/C000000003/recommendations?other=1"]  # fmt: skip
     with (
-        TestClient(create_app(srv, redis_url)) as fast,
-        TestClient(create_app(srv, redis_url, fast_path=False)) as slow,
+        TestClient(create_app(srv, redis_url), headers=headers_for(srv)) as fast,
+        TestClient(create_app(srv, redis_url, fast_path=False), headers=headers_for(srv)) as slow,
     ):
         for url in urls:
             a, b = fast.get(url), slow.get(url)
@@ -307,6 +310,7 @@ def test_experiment_arms_are_deterministic_split_as_configured_and_logged(settin
 
     from p13n.config import ExperimentArm, ExperimentSettings
     from p13n.serving.api import create_app
+    from p13n.serving.auth import headers_for
     from p13n.serving.experiments import assign
 
     exp = ExperimentSettings(
@@ -327,7 +331,7 @@ def test_experiment_arms_are_deterministic_split_as_configured_and_logged(settin
     write_gold(s.lake_root, CUSTOMERS, ITEMS)
     publish(s, redis_url, AS_OF)
     control = next(f"C{i:09d}" for i in range(CUSTOMERS) if arms[i] == "control")
-    with TestClient(create_app(s, redis_url)) as api:
+    with TestClient(create_app(s, redis_url), headers=headers_for(s)) as api:
         body = api.get(f"/v1/customers/{control}/recommendations?k=5").json()
         assert body["experiment"] == {"name": "ppv", "arm": "control"} and body["served_type"] == "popular"
         popular = api.get("/v1/lists/popular?k=5").json()["items"]

@@ -120,6 +120,7 @@ def test_stream_updates_realtime_profiles_the_api_and_fires_triggers(broker, red
 
     from p13n.bench.serving import AS_OF, write_gold
     from p13n.serving.api import create_app
+    from p13n.serving.auth import headers_for
     from p13n.serving.publish import publish
     from p13n.streaming.realtime import RealtimeProfiles, read_profile
     from p13n.streaming.tasks import TRIGGERS, evaluate_triggers
@@ -133,7 +134,7 @@ def test_stream_updates_realtime_profiles_the_api_and_fires_triggers(broker, red
     s = settings.model_copy(update={"data_dir": tmp_path, "serving": srv})
     write_gold(s.lake_root, 50, 200)
     publish(s, redis_url, AS_OF)
-    with TestClient(create_app(s, redis_url)) as api:
+    with TestClient(create_app(s, redis_url), headers=headers_for(s)) as api:
         nightly = [i["sku"] for i in api.get("/v1/customers/C000000006/recommendations?k=5").json()["items"]]
 
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
@@ -164,7 +165,7 @@ def test_stream_updates_realtime_profiles_the_api_and_fires_triggers(broker, red
     assert rt["recently_viewed"] == ["SKU-000122", "SKU-000111"] and rt["cart"] == [nightly[0]]
     assert rt["session_events"] == 3 and rt["activity"]["last_event_type"] == "product_view"
 
-    with TestClient(create_app(s, redis_url)) as api:
+    with TestClient(create_app(s, redis_url), headers=headers_for(s)) as api:
         served = [i["sku"] for i in api.get("/v1/customers/C000000006/recommendations?k=5").json()["items"]]
         assert nightly[0] not in served and served[:4] == nightly[1:5]  # the cart item is not recommended
         viewed = api.get("/v1/customers/C000000006/recommendations?type=recently_viewed&k=3").json()["items"]

@@ -22,12 +22,14 @@ from pathlib import Path
 from urllib.parse import parse_qsl
 
 import orjson
-from fastapi import FastAPI, HTTPException, Query
+from fastapi import Depends, FastAPI, HTTPException, Query, Security
 from fastapi import Path as PathParam
 from fastapi.responses import Response
+from fastapi.security import APIKeyHeader, HTTPBearer
 from pydantic import BaseModel
 
 from p13n.config import Settings, get_settings
+from p13n.serving.auth import Auth, Denied
 from p13n.serving.experiments import assign_first
 from p13n.serving.keys import CUSTOMER_LISTS, ITEM_LISTS, Keys, decode_list
 
@@ -95,8 +97,60 @@ class SegmentPage(BaseModel):
     next_page: int | None
 
 
+class NamedList(BaseModel):
+    type: str
+    scope: str
+    version: str | None
+    fallback: str | None = None
+    items: list[Item]
+
+
+class SegmentSizes(BaseModel):
+    version: str
+    segments: dict[str, int]
+
+
+class Lookup(BaseModel):
+    key_type: str
+    source_id: str
+    customer_id: str
+
+
+class Health(BaseModel):
+    status: str
+    redis: bool
+    version: str | None
+    as_of_date: str | None
+    live_at: str | None
+
+
+class VersionInfo(Health):
+    api_version: str
+
+
+class Problem(BaseModel):
+    detail: str
+
+
+ERRORS = {401: {"model": Problem}, 403: {"model": Problem}, 404: {"model": Problem},
+          429: {"model": Problem}, 503: {"model": Problem}}  # fmt: skip
+
+
 class RedisDown(Exception):
-    pass
+    """Redis is unreachable or too slow: the worker serves fallbacks for `redis_retry_seconds`."""
+
+
+class RedisRefused(Exception):
+    """Redis answered this one request with an error: that request fails (503), nothing else does."""
+
+
+# An exposure is logged only for a customer of the live version: erased and made-up ids leave no trace.
+_EXPOSE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 2))
+end
+return false
+"""
 
 
 class Store:
@@ -117,6 +171,7 @@ class Store:
         self._reasons: dict[str, dict] = {}
         self._popular: tuple[str | None, list[dict]] = (None, [])
         self._down_until = 0.0
+        self._lists: dict[tuple[str, str], dict] = {}  # the last good named lists, for Redis outages
         self.experiments = settings.serving.experiments
 
     # --- plumbing ---
@@ -124,11 +179,15 @@ class Store:
         if time.monotonic() < self._down_until:
             coro.close()
             raise RedisDown
+        import redis
+
         try:
             return await coro
+        except (
+            redis.exceptions.ResponseError
+        ) as exc:  # this request's error (e.g. an argument), not an outage
+            raise RedisRefused(str(exc)) from exc
         except Exception as exc:  # timeouts, refused connections, a server going away
-            import redis
-
             if isinstance(exc, redis.exceptions.RedisError | OSError | asyncio.TimeoutError):
                 self._down_until = time.monotonic() + self.api.redis_retry_seconds
                 raise RedisDown from exc
@@ -199,18 +258,18 @@ class Store:
             chain = (served, *FALLBACKS.get(served, ()))
             fields = [t for t in chain if t != "popular"]
             pipe = self.r.pipeline(transaction=False)
-            pipe.hmget(self.keys.customer(version, customer_id), fields or ["profile"])
+            customer_key = self.keys.customer(version, customer_id)
+            pipe.hmget(customer_key, fields or ["profile"])
             # The real-time profile (p13n.streaming.realtime): the cart, and what was just viewed.
             rt = f"{self.keys.ns}:rt:{customer_id}"
             pipe.zrange(f"{rt}:cart", 0, -1)
             pipe.zrevrange(f"{rt}:viewed", 0, -1)
             if assignment and self.api.log_exposures:
-                pipe.xadd(
-                    self.keys.exposures,
-                    {"experiment": assignment.experiment, "arm": assignment.arm, "customer_id": customer_id,
-                     "list_type": served, "version": version, "ts": f"{time.time():.3f}"},
-                    maxlen=1_000_000, approximate=True,
-                )  # fmt: skip
+                fields_ = {"experiment": assignment.experiment, "arm": assignment.arm, "customer_id": customer_id,
+                           "list_type": served, "version": version, "ts": f"{time.time():.3f}"}  # fmt: skip
+                # EVAL, not EVALSHA: a pipeline holding a Script checks SCRIPT EXISTS on every execute.
+                pipe.eval(_EXPOSE, 2, customer_key, self.keys.exposures, 1_000_000,
+                          *(x for kv in fields_.items() for x in kv))  # fmt: skip
             replies = await self._call(pipe.execute())
             values = dict(zip(fields, replies[0], strict=True)) if fields else {}
             in_cart = {c.decode() for c in replies[1]}
@@ -232,7 +291,7 @@ class Store:
                             "unknown_customer" if not any(values.values()) else f"no_{served}_list"
                         )
                     break
-        except RedisDown:
+        except (RedisDown, RedisRefused):
             out["version"], items = self._popular
             out["fallback"] = "redis_unavailable"
             out["items"] = items[:k] if FALLBACKS.get(served) or served == "popular" else []
@@ -248,7 +307,7 @@ class Store:
             if not out["items"]:
                 _, items = await self.popular(version)
                 out["items"], out["fallback"] = [i for i in items if i["sku"] != sku][:k], "popular"
-        except RedisDown:
+        except (RedisDown, RedisRefused):
             out["version"], items = self._popular
             out["items"], out["fallback"] = [i for i in items if i["sku"] != sku][:k], "redis_unavailable"
         return out
@@ -291,16 +350,26 @@ class Store:
         )
 
     async def named_list(self, kind: str, scope: str, k: int) -> dict | None:
-        version = await self.live()
-        raw = await self._call(self.r.hget(self.keys.lists(version, kind), scope))
+        """A trending or popular list; while Redis is down, the last one this worker served (the
+        overall popular list always: it is kept on disk too), marked `fallback: redis_unavailable`."""
+        try:
+            version = await self.live()
+            raw = await self._call(self.r.hget(self.keys.lists(version, kind), scope))
+        except RedisDown:
+            if (kind, scope) == ("popular", "all") and self._popular[1]:
+                version, items = self._popular
+                return {"type": kind, "scope": scope, "version": version, "fallback": "redis_unavailable",
+                        "items": items[:k]}  # fmt: skip
+            cached = self._lists.get((kind, scope))
+            if cached is None:
+                raise
+            return cached | {"items": cached["items"][:k], "fallback": "redis_unavailable"}
         if raw is None:
             return None
-        return {
-            "type": kind,
-            "scope": scope,
-            "version": version,
-            "items": decode_list(raw, self.reasons(version), k),
-        }
+        full = decode_list(raw, self.reasons(version), self.api.max_k)
+        if len(self._lists) < 1000 or (kind, scope) in self._lists:
+            self._lists[(kind, scope)] = {"type": kind, "scope": scope, "version": version, "items": full}
+        return {"type": kind, "scope": scope, "version": version, "fallback": None, "items": full[:k]}
 
     async def health(self) -> dict:
         try:
@@ -337,6 +406,21 @@ def create_app(settings: Settings | None = None, url: str | None = None, fast_pa
         raise RuntimeError("serving.redis_url is empty: `p13n serve` starts the embedded Redis and sets it")
     api = settings.serving.api
     store = Store(settings, url)
+    auth = Auth(settings)
+    key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="a client's API key")
+    bearer = HTTPBearer(auto_error=False, description="the same key as a bearer token")
+
+    def scope(name: str):
+        async def check(key: str | None = Security(key_header), token=Security(bearer)):
+            try:
+                auth.check(key, f"Bearer {token.credentials}" if token else None, name)
+            except Denied as e:
+                raise HTTPException(e.status, e.detail, headers=e.headers) from None
+
+        return Depends(check)
+
+    shopper, internal = [scope("shopper")], [scope("internal")]
+    ident = {"min_length": 1, "max_length": 128, "pattern": ID_PATTERN}
 
     @asynccontextmanager
     async def lifespan(_app):
@@ -358,47 +442,53 @@ def create_app(settings: Settings | None = None, url: str | None = None, fast_pa
     )
     app.state.store = store
 
-    @app.get(
-        "/v1/customers/{customer_id}/recommendations", response_model=Recommendations, tags=["customers"]
-    )
+    @app.get("/v1/customers/{customer_id}/recommendations", response_model=Recommendations, tags=["customers"],
+             dependencies=shopper, responses=ERRORS)  # fmt: skip
     async def recommendations(
-        customer_id: str = PathParam(max_length=128),
+        customer_id: str = PathParam(examples=["C000000001"], **ident),
         type: str = Query("personalized", pattern="^(" + "|".join(LIST_TYPES) + ")$"),
         k: int = Query(api.default_k, ge=1, le=api.max_k),
     ):
         """A customer's list. An experiment may serve another list type (see `served_type`, `experiment`)."""
         return _json(await store.recommendations(customer_id, type, k))
 
-    @app.get("/v1/items/{sku}/similar", response_model=ItemList, tags=["items"])
+    @app.get("/v1/items/{sku}/similar", response_model=ItemList, tags=["items"], dependencies=shopper,
+             responses=ERRORS)  # fmt: skip
     async def similar(
-        sku: str = PathParam(max_length=128), k: int = Query(api.default_k, ge=1, le=api.max_k)
+        sku: str = PathParam(examples=["SKU-000001"], **ident),
+        k: int = Query(api.default_k, ge=1, le=api.max_k),
     ):
         """Items similar to `sku`: by co-interaction, then content for new or sparse items."""
         return _json(await store.item_list(sku, "similar", k))
 
-    @app.get("/v1/items/{sku}/bought-together", response_model=ItemList, tags=["items"])
+    @app.get("/v1/items/{sku}/bought-together", response_model=ItemList, tags=["items"], dependencies=shopper,
+             responses=ERRORS)  # fmt: skip
     async def bought_together(
-        sku: str = PathParam(max_length=128), k: int = Query(api.default_k, ge=1, le=api.max_k)
+        sku: str = PathParam(examples=["SKU-000001"], **ident),
+        k: int = Query(api.default_k, ge=1, le=api.max_k),
     ):
         """Items often in the same order as `sku` (by confidence, lift > 1)."""
         return _json(await store.item_list(sku, "bought-together", k))
 
-    @app.get("/v1/customers/{customer_id}/profile", response_model=Profile, tags=["customers"])
-    async def profile(customer_id: str = PathParam(max_length=128)):
+    @app.get("/v1/customers/{customer_id}/profile", response_model=Profile, tags=["customers"],
+             dependencies=internal, responses=ERRORS)  # fmt: skip
+    async def profile(customer_id: str = PathParam(examples=["C000000001"], **ident)):
         """Segment, lifecycle stage, CLV tier, churn band, channel consents and best send time."""
         return _found(
             await _or_503(store.profile(customer_id)), f"no customer {customer_id} in the live version"
         )
 
-    @app.get("/v1/segments", tags=["segments"])
+    @app.get("/v1/segments", response_model=SegmentSizes, tags=["segments"], dependencies=internal,
+             responses=ERRORS)  # fmt: skip
     async def segments():
         """Every segment of the live version with its size."""
         return await _or_503(store.segments())
 
-    @app.get("/v1/segments/{name}", response_model=SegmentPage, tags=["segments"])
+    @app.get("/v1/segments/{name}", response_model=SegmentPage, tags=["segments"], dependencies=internal,
+             responses=ERRORS)  # fmt: skip
     async def segment(
-        name: str,
-        page: int = Query(1, ge=1),
+        name: str = PathParam(examples=["lifecycle.active"], **ident),
+        page: int = Query(1, ge=1, le=api.max_page),
         page_size: int = Query(api.page_size, ge=1, le=api.max_page_size),
     ):
         """The customer ids of a segment (`persona.*`, `rfm.*`, `lifecycle.*`, `churn.*`), a page at a time."""
@@ -407,17 +497,20 @@ def create_app(settings: Settings | None = None, url: str | None = None, fast_pa
             f"no segment {name!r} in the live version (GET /v1/segments lists them)",
         )
 
-    @app.get("/v1/lists/{kind}", tags=["lists"])
+    @app.get("/v1/lists/{kind}", response_model=NamedList, tags=["lists"], dependencies=shopper,
+             responses=ERRORS)  # fmt: skip
     async def named_list(
         kind: str = PathParam(pattern="^(trending|popular)$"),
-        scope: str = "all",
+        scope: str = Query("all", **ident),
         k: int = Query(api.default_k, ge=1, le=api.max_k),
     ):
         """Trending (overall or per category) and popular (overall or per persona) lists."""
         return _found(await _or_503(store.named_list(kind, scope, k)), f"no {kind} list for scope {scope!r}")
 
-    @app.get("/v1/lookup/{key_type}/{source_id}", tags=["customers"])
-    async def lookup(key_type: str, source_id: str):
+    @app.get("/v1/lookup/{key_type}/{source_id}", response_model=Lookup, tags=["customers"],
+             dependencies=internal, responses=ERRORS)  # fmt: skip
+    async def lookup(key_type: str = PathParam(examples=["shopify_customer_id"], **ident),
+                     source_id: str = PathParam(examples=["700001"], **ident)):  # fmt: skip
         """The p13n customer id of a source-system id (e.g. `shopify_customer_id`)."""
         if key_type not in settings.serving.lookup_key_types:
             raise HTTPException(
@@ -427,17 +520,17 @@ def create_app(settings: Settings | None = None, url: str | None = None, fast_pa
             await _or_503(store.lookup(key_type, source_id)), f"no customer with {key_type} {source_id}"
         )
 
-    @app.get("/health", tags=["ops"])
+    @app.get("/health", response_model=Health, tags=["ops"])
     async def health():
         """`ok`, or `degraded` while Redis is unreachable (lists are then served from the cached popular list)."""
         return await store.health()
 
-    @app.get("/version", tags=["ops"])
+    @app.get("/version", response_model=VersionInfo, tags=["ops"])
     async def version():
         """The API version and the live data version."""
         return {"api_version": API_VERSION, **(await store.health())}
 
-    return FastPath(app, store, api) if fast_path else app
+    return FastPath(app, store, api, auth) if fast_path else app
 
 
 def _json(body: dict) -> Response:
@@ -455,22 +548,23 @@ def _found(value, missing: str):
 async def _or_503(coro):
     try:
         return await coro
-    except RedisDown:
+    except (RedisDown, RedisRefused):
         raise HTTPException(
             503, "the serving store is unavailable; retry shortly", headers={"Retry-After": "2"}
         ) from None
 
 
-_CUSTOMER = re.compile(r"^/v1/customers/([^/]{1,128})/recommendations$")
-_ITEM = re.compile(r"^/v1/items/([^/]{1,128})/(similar|bought-together)$")
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}$"  # ids, SKUs, segment and scope names
+_CUSTOMER = re.compile(r"^/v1/customers/([A-Za-z0-9][A-Za-z0-9._:@+-]{0,127})/recommendations$")
+_ITEM = re.compile(r"^/v1/items/([A-Za-z0-9][A-Za-z0-9._:@+-]{0,127})/(similar|bought-together)$")
 _JSON = [(b"content-type", b"application/json")]
 
 
 class FastPath:
     """ASGI layer answering well-formed hot reads directly; everything else goes to FastAPI."""
 
-    def __init__(self, app, store: Store, api):
-        self.app, self.store, self.api = app, store, api
+    def __init__(self, app, store: Store, api, auth: Auth):
+        self.app, self.store, self.api, self.auth = app, store, api, auth
         self.openapi = app.openapi  # for clients of the wrapped app (tests, `p13n serve --openapi`)
         self.state = app.state
 
@@ -478,14 +572,30 @@ class FastPath:
         raw = query.get("k")
         if raw is None:
             return self.api.default_k
-        return int(raw) if raw.isdigit() and 1 <= int(raw) <= self.api.max_k else None
+        ok = raw.isascii() and raw.isdigit() and len(raw) <= 6  # not `²`, not 5,000 digits
+        return int(raw) if ok and 1 <= int(raw) <= self.api.max_k else None
+
+    def _allowed(self, scope) -> bool:
+        """Whether the request's key may read shopper lists; anything else goes to FastAPI's answer."""
+        if not self.auth.enabled:
+            return True
+        headers = dict(scope["headers"])
+        try:
+            key = headers.get(b"x-api-key", b"").decode("latin-1") or None
+            self.auth.check(key, headers.get(b"authorization", b"").decode("latin-1") or None, "shopper")
+        except Denied:
+            return False
+        return True
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and scope["method"] == "GET":
             path = scope["path"]
-            query = dict(parse_qsl(scope["query_string"].decode()))
+            query = dict(parse_qsl(scope["query_string"].decode(), keep_blank_values=True))
             body = None
             m = _CUSTOMER.match(path)
+            if (m or _ITEM.match(path)) and not self._allowed(scope):
+                m = None  # FastAPI answers 401/403/429 with the reason
+                path = ""
             if m and set(query) <= {"type", "k"}:
                 list_type, k = query.get("type", "personalized"), self._k(query)
                 if k is not None and list_type in LIST_TYPES:

@@ -116,6 +116,19 @@ def serve(settings: Settings | None = None, host: str | None = None, port: int |
             f"p13n API on http://{host or api.host}:{port or api.port} (docs at /docs), Redis at {_masked(url)}",
             flush=True,
         )
+        if api.auth:
+            from p13n.serving.auth import client_keys
+
+            for name in client_keys(settings):
+                c = api.clients[name]
+                where = (
+                    "from $" + c.key_env
+                    if os.environ.get(c.key_env)
+                    else f"in {settings.data_dir / 'secrets'}/api-{name}.key"
+                )
+                print(
+                    f"  client {name} ({', '.join(c.scopes)}): key {where}; send it as X-API-Key", flush=True
+                )
         uvicorn.run(
             "p13n.serving.api:create_app",
             factory=True,
