@@ -25,7 +25,7 @@ import orjson
 from fastapi import Depends, FastAPI, HTTPException, Query, Security
 from fastapi import Path as PathParam
 from fastapi.responses import Response
-from fastapi.security import APIKeyHeader, HTTPBearer
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 
 from p13n.config import Settings, get_settings
@@ -411,7 +411,8 @@ def create_app(settings: Settings | None = None, url: str | None = None, fast_pa
     bearer = HTTPBearer(auto_error=False, description="the same key as a bearer token")
 
     def scope(name: str):
-        async def check(key: str | None = Security(key_header), token=Security(bearer)):
+        async def check(key: str | None = Security(key_header),
+                        token: HTTPAuthorizationCredentials | None = Security(bearer)):  # fmt: skip
             try:
                 auth.check(key, f"Bearer {token.credentials}" if token else None, name)
             except Denied as e:
