@@ -19,6 +19,7 @@ import re
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Annotated
 from urllib.parse import parse_qsl
 
 import orjson
@@ -411,8 +412,8 @@ def create_app(settings: Settings | None = None, url: str | None = None, fast_pa
     bearer = HTTPBearer(auto_error=False, description="the same key as a bearer token")
 
     def scope(name: str):
-        async def check(key: str | None = Security(key_header),
-                        token: HTTPAuthorizationCredentials | None = Security(bearer)):  # fmt: skip
+        async def check(key: Annotated[str | None, Security(key_header)] = None,
+                        token: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)] = None):  # fmt: skip
             try:
                 auth.check(key, f"Bearer {token.credentials}" if token else None, name)
             except Denied as e:
