@@ -137,6 +137,11 @@ ERRORS = {401: {"model": Problem}, 403: {"model": Problem}, 404: {"model": Probl
           429: {"model": Problem}, 503: {"model": Problem}}  # fmt: skip
 
 
+# Module level: the dependencies' annotations are evaluated in this module's namespace.
+KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False, description="a client's API key")
+BEARER = HTTPBearer(auto_error=False, description="the same key as a bearer token")
+
+
 class RedisDown(Exception):
     """Redis is unreachable or too slow: the worker serves fallbacks for `redis_retry_seconds`."""
 
@@ -408,12 +413,10 @@ def create_app(settings: Settings | None = None, url: str | None = None, fast_pa
     api = settings.serving.api
     store = Store(settings, url)
     auth = Auth(settings)
-    key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="a client's API key")
-    bearer = HTTPBearer(auto_error=False, description="the same key as a bearer token")
 
     def scope(name: str):
-        async def check(key: Annotated[str | None, Security(key_header)] = None,
-                        token: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)] = None):  # fmt: skip
+        async def check(key: Annotated[str | None, Security(KEY_HEADER)] = None,
+                        token: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)] = None):  # fmt: skip
             try:
                 auth.check(key, f"Bearer {token.credentials}" if token else None, name)
             except Denied as e:
