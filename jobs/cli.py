@@ -449,17 +449,18 @@ def _cmd_customers(args: argparse.Namespace) -> int:
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
-    from p13n.config import get_settings
+    from p13n.config import get_settings, masked
 
     settings = get_settings()
     data = settings.model_dump(mode="json")
     data["lake"]["storage_options"] = {k: "***" for k in data["lake"]["storage_options"]}
+    data = masked(data)
     data["resolved"] = {
         "lake_root": settings.lake_root,
         "airflow_home": str(settings.airflow_home),
         "mlflow_uri": settings.mlflow_uri,
     }
-    print(json.dumps(data, indent=2))
+    print(json.dumps(masked(data), indent=2))
     return 0
 
 

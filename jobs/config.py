@@ -21,7 +21,31 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ENV_PREFIX = "P13N__"
 NOT_OVERLAYS = {"base", "sources"}  # conf/ files that are not environment overlays
-_SECRET_KEY = re.compile(r"(password|secret|token|api_key|apikey|private_key|access_key)", re.I)
+_SECRET_KEY = re.compile(r"(password|passwd|secret|token|api_key|apikey|private_key|access_key)", re.I)
+# Values that are credentials whatever their key is called: a password inside a URL, a private key,
+# and the shapes of common cloud and platform keys.
+_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^/\s:@]*:)(?P<password>[^@\s/]+)(?=@)", re.I)
+_SECRET_VALUE = re.compile(
+    r"-----BEGIN [A-Z ]*PRIVATE KEY-----|\bAKIA[0-9A-Z]{16}\b|\b(sk|rk)_(live|test)_[0-9A-Za-z]{10,}|"
+    r"\bpk_[0-9a-f]{20,}\b|\bxox[abpr]-[0-9A-Za-z-]{10,}|\bgh[pousr]_[0-9A-Za-z]{20,}"
+)
+
+
+def mask(value: str) -> str:
+    """A string safe to print: URL passwords and credential-shaped values replaced by `***`."""
+    return _SECRET_VALUE.sub("***", _URL_PASSWORD.sub(r"\g<head>***", value))
+
+
+def masked(data, key: str = ""):
+    """A settings dump (nested dicts, lists, strings) with every credential masked: values under
+    secret-looking keys, URL passwords, credential-shaped strings."""
+    if isinstance(data, Mapping):
+        return {k: masked(v, str(k)) for k, v in data.items()}
+    if isinstance(data, list):
+        return [masked(v, key) for v in data]
+    if isinstance(data, str):
+        return "***" if data and _SECRET_KEY.search(key) and not key.endswith("_env") else mask(data)
+    return data
 
 
 class ConfigError(ValueError):
@@ -540,9 +564,15 @@ def _refuse_secrets(data: Mapping, path: Path, prefix: str = "") -> None:
         dotted = f"{prefix}{key}"
         if isinstance(value, Mapping):
             _refuse_secrets(value, path, dotted + ".")
-        elif _SECRET_KEY.search(str(key)) and value not in (None, ""):
+        elif isinstance(value, list):
+            for item in value:
+                _refuse_secrets({key: item}, path, prefix)
+        elif (_SECRET_KEY.search(str(key)) and not str(key).endswith("_env") and value not in (None, "")) or (
+            isinstance(value, str) and mask(value) != value
+        ):
             raise ConfigError(
-                f"{path}: key {dotted!r} looks like a secret; secrets may only come from the environment "
+                f"{path}: {dotted!r} holds a credential (a secret-looking key, a password in a URL or a "
+                f"key-shaped value); credentials may only come from the environment "
                 f"(set {ENV_PREFIX}{dotted.upper().replace('.', '__')}) or an Airflow connection"
             )
 
@@ -606,6 +636,15 @@ def load_settings(
         raise ConfigError(_explain(exc, sources, env)) from None
 
 
+def _shown(value, key: str) -> str:
+    """A rejected value as an error may show it: numbers and short plain strings; else its kind."""
+    if isinstance(value, bool | int | float) or value is None:
+        return repr(value)
+    if isinstance(value, str) and len(value) <= 60 and not _SECRET_KEY.search(key) and mask(value) == value:
+        return repr(value)
+    return f"a {type(value).__name__}" + (f" of {len(value)} characters" if isinstance(value, str) else "")
+
+
 def _explain(exc: ValidationError, sources: dict[tuple, str], env: str) -> str:
     lines = [f"invalid configuration for P13N_ENV={env}:"]
     for err in exc.errors():
@@ -615,7 +654,7 @@ def _explain(exc: ValidationError, sources: dict[tuple, str], env: str) -> str:
         if err["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key (set in {origin})")
         else:
-            lines.append(f"  {key}: {err['msg']}; got {err.get('input')!r} (set in {origin})")
+            lines.append(f"  {key}: {err['msg']}; got {_shown(err.get('input'), key)} (set in {origin})")
     return "\n".join(lines)
 
 

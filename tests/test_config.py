@@ -60,8 +60,34 @@ def test_unknown_key_is_reported(conf):
 
 def test_secrets_are_refused_in_files(conf):
     (conf / "local.yaml").write_text("lake:\n  storage_options:\n    AWS_SECRET_ACCESS_KEY: hunter2\n")
-    with pytest.raises(ConfigError, match="looks like a secret; secrets may only come from the environment"):
+    with pytest.raises(ConfigError, match="holds a credential .*; credentials may only come from the environment"):
         load_settings("local", conf, environ={})
+
+
+@pytest.mark.parametrize("text", ["serving:\n  redis_url: redis://:hunter2@cache:6379/0\n",
+                                  "lake:\n  root: s3://AKIAABCDEFGHIJKLMNOP@bucket/lake\n",
+                                  "sources:\n  kafka_bootstrap: 'https://u:pw@k:9092'\n"])  # fmt: skip
+def test_credentials_in_values_are_refused_whatever_the_key(conf, text):
+    (conf / "local.yaml").write_text(text)
+    with pytest.raises(ConfigError, match="holds a credential") as err:
+        load_settings("local", conf, environ={})
+    assert "hunter2" not in str(err.value) and "pw@" not in str(err.value)
+
+
+def test_config_output_and_validation_errors_never_show_a_credential(conf):
+    import json
+    import subprocess
+    import sys
+
+    env = {"P13N_CONF_DIR": str(conf), "P13N__SERVING__REDIS_URL": "redis://app:hunter2@cache:6379/0",
+           "PATH": "/usr/bin:/bin"}  # fmt: skip
+    out = subprocess.run([sys.executable, "-m", "p13n.cli", "config"], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "hunter2" not in out.stdout and json.loads(out.stdout)["serving"]["redis_url"] == "redis://app:***@cache:6379/0"
+    bad = {"P13N__SERVING__API__PORT": "redis://app:hunter2@x/0"}  # a credential where a number goes
+    with pytest.raises(ConfigError) as err:
+        load_settings("local", conf, environ=bad)
+    assert "hunter2" not in str(err.value) and "a str of 23 characters" in str(err.value)
 
 
 def test_storage_options_come_from_the_environment_verbatim(conf):

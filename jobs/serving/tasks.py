@@ -143,6 +143,6 @@ def serve(settings: Settings | None = None, host: str | None = None, port: int |
 
 def _masked(url: str) -> str:
     """A Redis URL without its password, for logs."""
-    import re
+    from p13n.config import mask
 
-    return re.sub(r"//([^:@/]*):[^@/]*@", r"//\1:***@", url)
+    return mask(url)
