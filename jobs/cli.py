@@ -169,7 +169,7 @@ def _cmd_sql(args: argparse.Namespace) -> int:
             frame = run_duckdb(settings, text)
     except SqlError as e:
         print(f"p13n sql: {e}", file=sys.stderr)
-        return 1
+        return 2
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -472,6 +472,8 @@ class PrivacySettings(_Section):
     requests_table: str = "ops.privacy_requests"
     # An erasure that would delete more rows than this refuses before deleting anything.
     max_rows_per_request: int = Field(200_000, gt=0)
+    # `p13n sql` reads the restricted zones (restricted, bronze, quarantine) only when this is on.
+    sql_restricted_zones: bool = False
 
 
 class Settings(_Section):

@@ -4,6 +4,7 @@ few inline rows whose answers are worked out by hand."""
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -205,3 +206,25 @@ def test_references_are_checked():
         render("SELECT * FROM {{ nope }}", str)
     with pytest.raises(SqlError, match="no SQL file 'missing'"):
         source("missing")
+
+
+def test_analysts_sql_reads_only_the_lake_tables_it_names(lake_root, tmp_path):
+    settings = _settings(lake_root, tmp_path)
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "pii.key").write_text("k")
+    assert len(run_duckdb(settings, "SELECT * FROM {{ gold.segments }}")) > 0
+    for query in ("SELECT * FROM read_text('/etc/passwd')", f"SELECT * FROM read_text('{tmp_path}/secrets/pii.key')",
+                  "COPY (SELECT 1) TO '/tmp/p13n-sql-out.csv'", f"ATTACH '{tmp_path}/w.db'",
+                  f"SELECT * FROM {{{{ gold.segments }}}}, delta_scan('{lake_root}/silver/shopify_orders')",
+                  "SELECT 1; SET enable_external_access = true", "INSTALL httpfs"):  # fmt: skip
+        with pytest.raises(SqlError, match="not allowed|Error"):
+            run_duckdb(settings, query)
+    assert not Path("/tmp/p13n-sql-out.csv").exists()
+    write_deltalake(f"{lake_root}/restricted/customer_profiles", pd.DataFrame({"customer_id": ["A"], "email": ["a@x.io"]}),
+                    mode="overwrite")  # fmt: skip
+    with pytest.raises(SqlError, match=r"restricted.customer_profiles: restricted zone .*privacy.sql_restricted_zones"):
+        run_duckdb(settings, "SELECT email FROM {{ restricted.customer_profiles }}")
+    with pytest.raises(SqlError, match="ParserException"):
+        run_duckdb(settings, "SELEC 1")
+    granted = settings.model_copy(update={"privacy": settings.privacy.model_copy(update={"sql_restricted_zones": True})})
+    assert run_duckdb(granted, "SELECT email FROM {{ restricted.customer_profiles }}")["email"].tolist() == ["a@x.io"]

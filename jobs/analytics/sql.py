@@ -69,14 +69,44 @@ def tables_of(text: str) -> set[str]:
     return seen
 
 
-def run_duckdb(settings, text: str):
-    """The result as a pandas DataFrame, read with DuckDB over the Delta tables."""
-    from p13n.lake.duck import duckdb_connection, scan, table_exists
+RESTRICTED_ZONES = ("restricted", "bronze", "quarantine")
 
-    missing = sorted(t for t in tables_of(text) if not table_exists(settings.lake_root, t))
+
+def sandbox(settings, tables: set[str]):
+    """A DuckDB connection that can read these lake tables and nothing else: external access off
+    (no other file, no network, no COPY/ATTACH/INSTALL), locked so the query cannot turn it back on."""
+    from p13n.lake.duck import duckdb_connection, table_uri
+
+    con = duckdb_connection()
+    allowed = [table_uri(settings.lake_root, t).rstrip("/") + "/" for t in sorted(tables)]
+    con.execute("SET allowed_directories = ?", [allowed])
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+    return con
+
+
+def run_duckdb(settings, text: str):
+    """The result as a pandas DataFrame, read with DuckDB over the Delta tables, sandboxed."""
+    import duckdb
+
+    from p13n.lake.duck import scan, table_exists
+
+    tables = tables_of(text)
+    zones = sorted({t for t in tables if t.split(".", 1)[0] in RESTRICTED_ZONES})
+    if zones and not settings.privacy.sql_restricted_zones:
+        raise SqlError(f"{', '.join(zones)}: restricted zone (raw contact data); an analyst reads it only when "
+                       "granted (privacy.sql_restricted_zones)")  # fmt: skip
+    missing = sorted(t for t in tables if not table_exists(settings.lake_root, t))
     if missing:
         raise SqlError(f"these tables do not exist yet: {', '.join(missing)}")
-    return duckdb_connection().execute(render(text, lambda t: scan(settings.lake_root, t))).df()
+    query = render(text, lambda t: scan(settings.lake_root, t))
+    try:
+        return sandbox(settings, tables).execute(query).df()
+    except duckdb.PermissionException as e:
+        raise SqlError(f"not allowed: the query may read only the lake tables it names as {{{{ layer.name }}}} "
+                       f"({str(e).splitlines()[0][:160]})") from None  # fmt: skip
+    except duckdb.Error as e:
+        raise SqlError(f"{type(e).__name__}: {str(e).splitlines()[0][:300]}") from None
 
 
 def run_spark(lake, text: str):
