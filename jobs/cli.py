@@ -891,6 +891,11 @@ def main(argv: list[str] | None = None) -> int:
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     try:
+        if args.handler not in (_cmd_config,):
+            from p13n.config import get_settings
+            from p13n.secrets import secure_zones
+
+            secure_zones(get_settings())
         return args.handler(args)
     except (ConfigError, LakeError) as exc:
         print(f"p13n: {exc}", file=sys.stderr)

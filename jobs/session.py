@@ -17,5 +17,7 @@ def spark():
 @lru_cache(maxsize=1)
 def lake():
     from p13n.lake import Lake
+    from p13n.secrets import secure_zones
 
+    secure_zones(get_settings())
     return Lake.from_settings(spark, get_settings())  # the session is made on the lake's first Spark use

@@ -224,3 +224,16 @@ def test_an_erasure_above_the_row_limit_refuses_before_deleting(raw_rows):
     ):
         forget(settings, "r", customer_id=WHO, platforms=False, progress=lambda _: None)
     assert _versions(settings.lake_root) == before
+
+
+def test_restricted_zones_are_owner_only(tmp_path):
+    from p13n.config import load_settings
+    from p13n.secrets import restricted_paths, secure_zones
+
+    settings = load_settings("test", environ={"P13N_DATA_DIR": str(tmp_path)})
+    (tmp_path / "lake" / "bronze").mkdir(parents=True, mode=0o755)
+    (tmp_path / "lake" / "bronze").chmod(0o755)  # as an older run left it
+    secure_zones(settings)
+    paths = restricted_paths(settings)
+    assert {p.name for p in paths} >= {"restricted", "bronze", "quarantine", "landing", "truth", "secrets", "airflow"}
+    assert {oct(p.stat().st_mode & 0o777) for p in paths} == {"0o700"}

@@ -383,9 +383,24 @@ def erase_redis(settings, url: str, person: Person) -> int:
             ]
             if ids:
                 touched += r.xdel(stream, *ids)
+        _rewrite_persistence(r)
     finally:
         r.close()
     return touched
+
+
+def _rewrite_persistence(r) -> None:
+    """Redis's files on disk without the person: an append-only file is rewritten (it would keep their
+    writes until then), a snapshot taken (it replaces the previous one whole)."""
+    import redis
+
+    try:
+        if r.info("persistence").get("aof_enabled"):
+            r.bgrewriteaof()
+        elif (r.config_get("save") or {}).get("save"):
+            r.bgsave()
+    except redis.exceptions.ResponseError:
+        pass  # one already running: it started after the deletes above, so it holds none of them
 
 
 def erase_platforms(settings, person: Person, clients: dict | None = None) -> dict[str, int]:

@@ -54,11 +54,13 @@ class Denied(Exception):
 
 def client_keys(settings: Settings) -> dict[str, str]:
     """Client name -> key, from the environment (locally: made once when unset)."""
-    from p13n.secrets import local_secret
+    from p13n.secrets import check_production_secret, local_secret
 
     out = {}
     for name, client in settings.serving.api.clients.items():
         key = os.environ.get(client.key_env, "").strip()
+        if key and settings.env == "prod":
+            check_production_secret(client.key_env, key)
         if not key and settings.env != "prod":
             key = local_secret(settings, f"api-{name}.key")
         if key:
