@@ -400,7 +400,7 @@ def _rewrite_persistence(r) -> None:
         elif (r.config_get("save") or {}).get("save"):
             r.bgsave()
     except redis.exceptions.ResponseError:
-        pass  # one already running: it started after the deletes above, so it holds none of them
+        pass  # one already running (it may predate the deletes): the next one, due by `save`, drops them
 
 
 def erase_platforms(settings, person: Person, clients: dict | None = None) -> dict[str, int]:
