@@ -114,6 +114,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from p13n.activation.sync import SyncError
     from p13n.activation.tasks import export
 
+    if args.out and (not args.to.startswith("csv") or Path(args.out).suffix.lower() != ".csv"):
+        print(f"p13n export: --out {args.out}: only a CSV export (--to csv*) writes a file, and it must end in .csv",
+              file=sys.stderr)  # fmt: skip
+        return 2
     try:
         export(args.audience, args.to, args.date or dt.date.today().isoformat(), args.out)
     except (AudienceError, SyncError) as e:
@@ -167,7 +171,7 @@ def _cmd_sql(args: argparse.Namespace) -> int:
             frame = run_spark(Lake.from_settings(get_spark(settings), settings), text).toPandas()
         else:
             frame = run_duckdb(settings, text)
-    except SqlError as e:
+    except (SqlError, ValueError) as e:  # ValueError: a table name that is not layer.name
         print(f"p13n sql: {e}", file=sys.stderr)
         return 2
     if args.out:
@@ -326,10 +330,14 @@ def _cmd_identity(args: argparse.Namespace) -> int:
     settings = get_settings()
     if args.action == "resolve":
         from p13n.identity.evaluation import evaluate_clusters, format_metrics
-        from p13n.identity.files import InputError, resolve_file
+        from p13n.identity.files import resolve_file
+        from p13n.inputs import InputError
         from p13n.session import spark
 
         try:
+            from p13n.inputs import check_file
+
+            check_file(Path(args.input))  # before Spark starts
             out = resolve_file(
                 spark(),
                 Path(args.input),
@@ -339,7 +347,7 @@ def _cmd_identity(args: argparse.Namespace) -> int:
                 progress=progress,
             )
         except InputError as exc:
-            console.print(f"[red]error:[/red] {exc}")
+            print(f"p13n identity resolve: {exc}", file=sys.stderr)
             return 2
         console.print(
             f"{out['records']:,} records → {out['customers']:,} customers in {out['seconds']} s "
@@ -507,6 +515,21 @@ def _cmd_lake(args: argparse.Namespace) -> int:
     return 0
 
 
+def iso_date(text: str) -> str:
+    """An argparse type: a real calendar date as YYYY-MM-DD (kept as the string)."""
+    try:
+        return dt.date.fromisoformat(text.strip()).isoformat()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a date as YYYY-MM-DD, got {text[:40]!r}") from None
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: 1..1000."""
+    if not (text.isascii() and text.isdigit() and len(text) <= 4 and 1 <= int(text) <= 1000):
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1 to 1000, got {text[:40]!r}")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="p13n",
@@ -533,6 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--date",
         action="append",
+        type=iso_date,
         metavar="YYYY-MM-DD",
         help="run these dates (repeat) instead of the generated ones; the lake must exist",
     )
@@ -577,7 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
         "that ran before simply runs again. Unpauses the nightly's DAGs unless --no-unpause.",
     )
     p.add_argument("dag", help="DAG id, e.g. ingest_sources")
-    p.add_argument("--date", required=True, metavar="YYYY-MM-DD", help="the date to process")
+    p.add_argument("--date", type=iso_date, required=True, metavar="YYYY-MM-DD", help="the date to process")
     p.add_argument("--wait", action="store_true", help="follow the runs down the chain until each one ends")
     p.add_argument("--no-unpause", action="store_true", help="leave paused DAGs paused")
     p.set_defaults(handler=_cmd_trigger)
@@ -603,7 +627,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_spark_connect)
 
     p = sub.add_parser("report", help="write the HTML run report of a date (what the run_report DAG does)")
-    p.add_argument("--date", help="the run date (default: the latest scored date)")
+    p.add_argument("--date", type=iso_date, help="the run date (default: the latest scored date)")
     p.add_argument("--open", action="store_true", help="open it in a browser")
     p.set_defaults(handler=_cmd_report)
 
@@ -617,7 +641,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--customers", type=int, default=2000)
     p.add_argument("--days", type=int, default=7)
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--start", default="2024-03-01", help="first day (YYYY-MM-DD)")
+    p.add_argument("--start", type=iso_date, default="2024-03-01", help="first day (YYYY-MM-DD)")
     p.add_argument(
         "--history-days",
         type=int,
@@ -675,7 +699,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a.add_argument("--truth", help="optional CSV record_id,person_id: print precision, recall and F1")
     a = id_sub.add_parser("run", help="resolve the lake's identity sources for a date (what the DAG does)")
-    a.add_argument("--date", required=True, help="run date, YYYY-MM-DD")
+    a.add_argument("--date", type=iso_date, required=True, help="run date, YYYY-MM-DD")
     p.set_defaults(handler=_cmd_identity)
 
     p = sub.add_parser("clv", help="customer lifetime value models (BG/NBD + Gamma-Gamma)")
@@ -691,7 +715,12 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--customer-column", required=True)
     a.add_argument("--date-column", required=True, help="dates in ISO 8601 (2024-03-01 or 20240301)")
     a.add_argument("--amount-column", required=True)
-    a.add_argument("--calibration-end", default=None, help="last day of the calibration period (YYYY-MM-DD)")
+    a.add_argument(
+        "--calibration-end",
+        type=iso_date,
+        default=None,
+        help="last day of the calibration period (YYYY-MM-DD)",
+    )
     a.add_argument("--time-unit", default="D", choices=["D", "W", "M"], help="days, weeks or months")
     p.set_defaults(handler=_cmd_clv)
 
@@ -709,14 +738,16 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--item-column", required=True)
     a.add_argument("--time-column", required=True)
     a.add_argument("--weight-column", default=None, help="positive weights (default: every interaction 1)")
-    a.add_argument("--k", type=int, default=10)
+    a.add_argument("--k", type=positive_int, default=10, help="list length (1-1000)")
     a = rec_sub.add_parser(
         "run",
         help="recommendations on the lake for a date (what the recommend_products DAG does)",
         description="Builds gold.interactions, tunes, evaluates and gates the recipe in MLflow, writes every list "
         "(gold.recommendations, item_similarity, bought_together, trending, popular_items) and validates them.",
     )
-    a.add_argument("--date", required=True, help="as-of date (YYYY-MM-DD); gold.segments must have it")
+    a.add_argument(
+        "--date", type=iso_date, required=True, help="as-of date (YYYY-MM-DD); gold.segments must have it"
+    )
     a.add_argument(
         "--steps", default="interactions,train,lists,validate", help="comma-separated subset of the steps"
     )
@@ -726,7 +757,7 @@ def build_parser() -> argparse.ArgumentParser:
         "customers", help="customer intelligence on the lake for a date (what the score_customers DAG does)"
     )
     p.add_argument("action", choices=["run"])
-    p.add_argument("--date", required=True, help="as-of date (YYYY-MM-DD)")
+    p.add_argument("--date", type=iso_date, required=True, help="as-of date (YYYY-MM-DD)")
     p.add_argument(
         "--steps", default="features,churn,clv,segments,validate", help="comma-separated subset of the steps"
     )
@@ -740,7 +771,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Refused when a table lacks the date, failed its expectations, or a gated model has no "
         "champion, unless --force. The previous versions stay for rollback (serving.keep_versions).",
     )
-    a.add_argument("--date", required=True, help="as-of date (YYYY-MM-DD)")
+    a.add_argument("--date", type=iso_date, required=True, help="as-of date (YYYY-MM-DD)")
     a.add_argument("--force", action="store_true", help="publish despite failed checks (they are logged)")
     a = srv_sub.add_parser("rollback", help="make the previous (or a given) retained version live again")
     a.add_argument(
@@ -806,14 +837,16 @@ audience's channel are exported; erased customers never. Each run is logged in o
     p.add_argument(
         "--to", required=True, choices=["klaviyo", "mailchimp", "csv", "csv-klaviyo", "csv-mailchimp"]
     )
-    p.add_argument("--date", default=None, help="as-of date of the gold tables (default: today)")
+    p.add_argument(
+        "--date", type=iso_date, default=None, help="as-of date of the gold tables (default: today)"
+    )
     p.add_argument("--out", default=None, help="CSV only: the file to write")
     p.set_defaults(handler=_cmd_export)
 
     p = sub.add_parser("warehouse", help="sync gold tables to Snowflake (staging table, then MERGE)")
     wh_sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     a = wh_sub.add_parser("sync", help="the as-of date's rows of activation.snowflake.tables")
-    a.add_argument("--date", required=True, help="as-of date (YYYY-MM-DD)")
+    a.add_argument("--date", type=iso_date, required=True, help="as-of date (YYYY-MM-DD)")
     p.set_defaults(handler=_cmd_warehouse)
 
     p = sub.add_parser("privacy", help="erasure and access requests (GDPR/CCPA)")
@@ -833,7 +866,9 @@ audience's channel are exported; erased customers never. Each run is logged in o
     who.add_argument("--customer", default=None)
     who.add_argument("--email", default=None)
     a = pv_sub.add_parser("process", help="serve the pending requests now (what the DAG does)")
-    a.add_argument("--dry-run", action="store_true", help="print what each pending request would do; change nothing")
+    a.add_argument(
+        "--dry-run", action="store_true", help="print what each pending request would do; change nothing"
+    )
     p.set_defaults(handler=_cmd_privacy)
 
     p = sub.add_parser(
@@ -881,6 +916,7 @@ audience's channel are exported; erased customers never. Each run is logged in o
 
 def main(argv: list[str] | None = None) -> int:
     from p13n.config import ConfigError
+    from p13n.inputs import InputError
     from p13n.lake import LakeError
 
     args = build_parser().parse_args(argv)
@@ -897,7 +933,7 @@ def main(argv: list[str] | None = None) -> int:
 
             secure_zones(get_settings())
         return args.handler(args)
-    except (ConfigError, LakeError) as exc:
+    except (ConfigError, LakeError, InputError) as exc:
         print(f"p13n: {exc}", file=sys.stderr)
         return 2
 

@@ -12,10 +12,31 @@ class InputError(ValueError):
     """A file that cannot be used, with the file and the reason."""
 
 
-def read_csv(path: Path, columns: list[str]) -> pd.DataFrame:
-    """All cells as (stripped) strings; the named columns must exist."""
+def check_file(path: Path) -> Path:
+    """A CSV the user named: it exists, is a file, is not empty and is text (UTF-8), else `InputError`."""
+    path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file")
+    if not path.is_file():
+        raise InputError(f"{path}: is a {'directory' if path.is_dir() else 'special file'}, not a CSV file")
+    head = path.open("rb").read(65536)
+    if not head.strip():
+        raise InputError(f"{path}: the file is empty")
+    try:
+        if b"\0" in head:
+            raise UnicodeDecodeError("utf-8", head, head.index(b"\0"), head.index(b"\0") + 1, "NUL byte")
+        head.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        if exc.reason != "unexpected end of data":  # a character cut at the 64 KiB boundary is fine
+            raise InputError(
+                f"{path}: not a UTF-8 text file (byte {exc.start}: {exc.reason}); is it binary?"
+            ) from None
+    return path
+
+
+def read_csv(path: Path, columns: list[str]) -> pd.DataFrame:
+    """All cells as (stripped) strings; the named columns must exist."""
+    check_file(path)
     try:
         raw = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:

@@ -93,7 +93,7 @@ def _top_k_sparse(
     coo = sparse.coo_matrix(scores)
     row, col, val = coo.row, coo.col, coo.data.astype(np.float64)
     keep = np.isfinite(val) & (val > 0)
-    if seen is not None:
+    if seen is not None and len(row):  # (no entry: scipy answers an empty sparse matrix, not an array)
         seen_rows = sparse.csr_matrix(seen[users])
         keep &= np.asarray(seen_rows[row, col]).ravel() == 0
     row, col, val, rank = _ranked_within_rows(row[keep], col[keep], val[keep])

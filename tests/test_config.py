@@ -60,7 +60,9 @@ def test_unknown_key_is_reported(conf):
 
 def test_secrets_are_refused_in_files(conf):
     (conf / "local.yaml").write_text("lake:\n  storage_options:\n    AWS_SECRET_ACCESS_KEY: hunter2\n")
-    with pytest.raises(ConfigError, match="holds a credential .*; credentials may only come from the environment"):
+    with pytest.raises(
+        ConfigError, match="holds a credential .*; credentials may only come from the environment"
+    ):
         load_settings("local", conf, environ={})
 
 
@@ -81,9 +83,14 @@ def test_config_output_and_validation_errors_never_show_a_credential(conf):
 
     env = {"P13N_CONF_DIR": str(conf), "P13N__SERVING__REDIS_URL": "redis://app:hunter2@cache:6379/0",
            "PATH": "/usr/bin:/bin"}  # fmt: skip
-    out = subprocess.run([sys.executable, "-m", "p13n.cli", "config"], env=env, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "p13n.cli", "config"], env=env, capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stderr
-    assert "hunter2" not in out.stdout and json.loads(out.stdout)["serving"]["redis_url"] == "redis://app:***@cache:6379/0"
+    assert (
+        "hunter2" not in out.stdout
+        and json.loads(out.stdout)["serving"]["redis_url"] == "redis://app:***@cache:6379/0"
+    )
     bad = {"P13N__SERVING__API__PORT": "redis://app:hunter2@x/0"}  # a credential where a number goes
     with pytest.raises(ConfigError) as err:
         load_settings("local", conf, environ=bad)

@@ -39,7 +39,10 @@ def test_nothing_unauthenticated_is_published_on_the_host(stack):
     for name in ("redis", "mlflow", "postgres", "kafka"):
         assert not stack["services"][name].get("ports"), name
     redis = stack["services"]["redis"]["command"]
-    assert redis[redis.index("--requirepass") + 1] == "change-me-redis" and redis[redis.index("--appendonly") + 1] == "no"
+    assert (
+        redis[redis.index("--requirepass") + 1] == "change-me-redis"
+        and redis[redis.index("--appendonly") + 1] == "no"
+    )
 
 
 def test_the_example_secrets_fail_the_production_check(stack):

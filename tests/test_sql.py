@@ -222,9 +222,15 @@ def test_analysts_sql_reads_only_the_lake_tables_it_names(lake_root, tmp_path):
     assert not Path("/tmp/p13n-sql-out.csv").exists()
     write_deltalake(f"{lake_root}/restricted/customer_profiles", pd.DataFrame({"customer_id": ["A"], "email": ["a@x.io"]}),
                     mode="overwrite")  # fmt: skip
-    with pytest.raises(SqlError, match=r"restricted.customer_profiles: restricted zone .*privacy.sql_restricted_zones"):
+    with pytest.raises(
+        SqlError, match=r"restricted.customer_profiles: restricted zone .*privacy.sql_restricted_zones"
+    ):
         run_duckdb(settings, "SELECT email FROM {{ restricted.customer_profiles }}")
     with pytest.raises(SqlError, match="ParserException"):
         run_duckdb(settings, "SELEC 1")
-    granted = settings.model_copy(update={"privacy": settings.privacy.model_copy(update={"sql_restricted_zones": True})})
-    assert run_duckdb(granted, "SELECT email FROM {{ restricted.customer_profiles }}")["email"].tolist() == ["a@x.io"]
+    granted = settings.model_copy(
+        update={"privacy": settings.privacy.model_copy(update={"sql_restricted_zones": True})}
+    )
+    assert run_duckdb(granted, "SELECT email FROM {{ restricted.customer_profiles }}")["email"].tolist() == [
+        "a@x.io"
+    ]

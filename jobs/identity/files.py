@@ -10,10 +10,7 @@ import pandas as pd
 from p13n.identity.ids import mint_id
 from p13n.identity.records import ATTRIBUTES
 from p13n.identity.resolve import resolve_records
-
-
-class InputError(ValueError):
-    pass
+from p13n.inputs import InputError, check_file
 
 
 def resolve_file(
@@ -25,9 +22,11 @@ def resolve_file(
     """
     from pyspark.sql import functions as F
 
-    if not input_path.exists():
-        raise InputError(f"{input_path}: no such file")
-    header = pd.read_csv(input_path, nrows=0, dtype=str).columns.str.strip().tolist()
+    check_file(input_path)
+    try:
+        header = pd.read_csv(input_path, nrows=0, dtype=str).columns.str.strip().tolist()
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise InputError(f"{input_path}: not a readable CSV file ({str(exc).splitlines()[0]})") from None
     if "record_id" not in header:
         raise InputError(f"{input_path}: needs a record_id column (columns: {', '.join(header)})")
     usable = [c for c in header if c in ATTRIBUTES]
@@ -35,8 +34,13 @@ def resolve_file(
         raise InputError(
             f"{input_path}: no person attribute among its columns; expected some of {', '.join(ATTRIBUTES)}"
         )
-    frame = pd.read_csv(input_path, dtype=str, keep_default_na=False, na_values=[""])
+    try:
+        frame = pd.read_csv(input_path, dtype=str, keep_default_na=False, na_values=[""])
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise InputError(f"{input_path}: not a readable CSV file ({str(exc).splitlines()[0]})") from None
     frame.columns = frame.columns.str.strip()
+    if len(frame) < 2:
+        raise InputError(f"{input_path}: {len(frame)} record(s); resolving needs at least 2 to compare")
     dupes = frame["record_id"][frame["record_id"].duplicated()].unique()
     if len(dupes):
         raise InputError(

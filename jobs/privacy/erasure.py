@@ -171,7 +171,7 @@ def find_person(settings, key: bytes, customer_id: str | None = None, email: str
             return Person.from_json(pending[-1][0])
         raise ErasureError(
             f"unknown customer id {customer_id!r}: not in gold.identity_graph or gold.customer_profiles "
-            "(nothing was deleted)"
+            "(nothing was changed)"
         )
     person = Person(customer_id, {customer_id})
     person.ids |= {
