@@ -302,6 +302,8 @@ class ApiSettings(_Section):
     redis_timeout_ms: int = Field(100, gt=0)
     # After a failed Redis call the API serves fallbacks for this long before trying Redis again.
     redis_retry_seconds: float = Field(2.0, ge=0)
+    # ...after this many Redis calls in a row failed (one slow call is that request's fallback only).
+    breaker_failures: int = Field(3, ge=1)
     log_exposures: bool = True
     max_page: int = Field(100_000, gt=0)
     # Every /v1 endpoint needs a client's key (`X-API-Key` or `Authorization: Bearer`); off only for a

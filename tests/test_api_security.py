@@ -188,3 +188,34 @@ def _status_codes(node) -> list[int]:
     if isinstance(node, list):
         return [c for v in node for c in _status_codes(v)]
     return []
+
+
+def test_a_load_of_shopper_requests_never_trips_the_breaker(live_api):
+    """2,000 requests, 64 at a time, with the odd requests an attacker mixes in: every shopper answer
+    is a 200 from Redis (no fallback), and the worker never gave Redis up."""
+    import asyncio
+
+    import httpx
+
+    url, headers = live_api
+
+    async def load() -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=64)
+        async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=30) as client:
+            gate = asyncio.Semaphore(64)
+
+            async def one(i: int):
+                path = (f"/v1/segments/churn.low?page={10**17}&page_size=1000" if i % 50 == 0
+                        else f"/v1/customers/C{i % 200:09d}/recommendations?k=10")  # fmt: skip
+                async with gate:
+                    return await client.get(path)
+
+            return await asyncio.gather(*(one(i) for i in range(2000)))
+
+    replies = asyncio.run(load())
+    shopper = [r for r in replies if "/recommendations" in str(r.url)]
+    assert {r.status_code for r in shopper} == {200}
+    assert {r.json()["fallback"] for r in shopper} <= {None, "unknown_customer"}
+    assert {r.status_code for r in replies if "/segments/" in str(r.url)} == {422}
+    health = httpx.get(f"{url}/health").json()
+    assert health["status"] == "ok" and health["breaker_trips"] == 0

@@ -123,6 +123,7 @@ class Health(BaseModel):
     version: str | None
     as_of_date: str | None
     live_at: str | None
+    breaker_trips: int = 0  # this worker's: times Redis was given up on for redis_retry_seconds
 
 
 class VersionInfo(Health):
@@ -177,6 +178,8 @@ class Store:
         self._reasons: dict[str, dict] = {}
         self._popular: tuple[str | None, list[dict]] = (None, [])
         self._down_until = 0.0
+        self._failures = 0  # consecutive outage-like failures; the breaker opens at api.breaker_failures
+        self.trips = 0  # how often it opened (in /health)
         self._lists: dict[tuple[str, str], dict] = {}  # the last good named lists, for Redis outages
         self.experiments = settings.serving.experiments
 
@@ -195,7 +198,13 @@ class Store:
             raise RedisRefused(str(exc)) from exc
         except Exception as exc:  # timeouts, refused connections, a server going away
             if isinstance(exc, redis.exceptions.RedisError | OSError | asyncio.TimeoutError):
-                self._down_until = time.monotonic() + self.api.redis_retry_seconds
+                # One slow call under load is that request's fallback; only consecutive failures
+                # (a server that is gone answers each at once) open the breaker for everyone.
+                self._failures += 1
+                if self._failures >= self.api.breaker_failures:
+                    self._down_until = time.monotonic() + self.api.redis_retry_seconds
+                    self._failures = 0
+                    self.trips += 1
                 raise RedisDown from exc
             raise
 
@@ -384,7 +393,7 @@ class Store:
             meta = await self._call(self.r.hgetall(self.keys.meta(version)))
             meta = {k.decode(): v.decode() for k, v in meta.items()}
             return {"status": "ok", "redis": True, "version": version, "as_of_date": meta.get("as_of_date"),
-                    "live_at": meta.get("live_at")}  # fmt: skip
+                    "live_at": meta.get("live_at"), "breaker_trips": self.trips}  # fmt: skip
         except RedisDown:
             cached = self._popular[0]
             return {
@@ -393,6 +402,7 @@ class Store:
                 "version": cached,
                 "as_of_date": None,
                 "live_at": None,
+                "breaker_trips": self.trips,
             }
 
 
