@@ -228,6 +228,11 @@ def _lit(values) -> str:
     return ", ".join("'" + str(v).replace("'", "''") + "'" for v in sorted(values))
 
 
+def _is_text(kind: str) -> bool:
+    """A DuckDB column type that is one string (not a list or struct of them)."""
+    return re.fullmatch(r"(VARCHAR|STRING|TEXT)(\(\d+\))?", kind.strip(), re.I) is not None
+
+
 def _conditions(settings, table: str, schema: list[tuple[str, str]], person: Person) -> dict[str, str]:
     """Per column of the table, the DuckDB condition on that column alone that names the person."""
     source = table.split(".", 1)[1]
@@ -235,7 +240,7 @@ def _conditions(settings, table: str, schema: list[tuple[str, str]], person: Per
     out: dict[str, str] = {}
     for name, kind in schema:
         col = f'"{name}"'
-        text = kind.upper() in ("VARCHAR", "STRING") or kind.upper().startswith("VARCHAR")
+        text = _is_text(kind)
         conds = []
         if spec is not None and name == spec.record_id and person.records.get(source):
             conds.append(f"CAST({col} AS VARCHAR) IN ({_lit(person.records[source])})")
@@ -301,7 +306,7 @@ def plan_lake(settings, person: Person, tables: list[str] | None = None) -> list
         parts = []
         for (name, _), values in zip(conds.items(), found[1:], strict=True):
             if values:
-                text = kinds[name].upper().startswith("VARCHAR")
+                text = _is_text(kinds[name])
                 target = f'"{name}"' if text else f'CAST("{name}" AS VARCHAR)'
                 parts.append(f"{target} IN ({_lit(values)})")
         plans.append(TablePlan(table, int(found[0]), " OR ".join(parts)))
