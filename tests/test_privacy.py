@@ -156,6 +156,10 @@ def test_requests_are_queued_served_and_keep_no_address_outside_restricted(world
         ("C000000002",)
     ]
     assert not con.execute(f"SELECT * FROM {scan(root, 'restricted.privacy_pending')}").fetchall()
+    again = erasure.forget(
+        settings, "again", customer_id="C000000002", platforms=False, progress=lambda _: None
+    )
+    assert again["status"] == "already erased"  # a rerun is a no-op, not an "unknown customer" error
 
 
 def _versions(root: str) -> dict[str, int]:
@@ -235,5 +239,13 @@ def test_restricted_zones_are_owner_only(tmp_path):
     (tmp_path / "lake" / "bronze").chmod(0o755)  # as an older run left it
     secure_zones(settings)
     paths = restricted_paths(settings)
-    assert {p.name for p in paths} >= {"restricted", "bronze", "quarantine", "landing", "truth", "secrets", "airflow"}
+    assert {p.name for p in paths} >= {
+        "restricted",
+        "bronze",
+        "quarantine",
+        "landing",
+        "truth",
+        "secrets",
+        "airflow",
+    }
     assert {oct(p.stat().st_mode & 0o777) for p in paths} == {"0o700"}

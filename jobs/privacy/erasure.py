@@ -53,6 +53,10 @@ class ErasureError(RuntimeError):
     pass
 
 
+class AlreadyErased(ErasureError):
+    """The customer was erased before: a rerun of the request has nothing left to do."""
+
+
 @dataclass
 class Person:
     """Who a request names, as the values that identify them and nobody else.
@@ -169,6 +173,11 @@ def find_person(settings, key: bytes, customer_id: str | None = None, email: str
         pending = _rows(con, root, PENDING, "customer_id = ?", [customer_id], "person")
         if pending:  # a failed erasure, retried: its identifiers were kept for it
             return Person.from_json(pending[-1][0])
+        done = _rows(con, root, ERASURES, "customer_id = ?", [customer_id], "request_id, erased_at")
+        if done:
+            raise AlreadyErased(
+                f"customer {customer_id} was erased by request {done[-1][0]} at {done[-1][1]:%Y-%m-%d %H:%M} UTC"
+            )
         raise ErasureError(
             f"unknown customer id {customer_id!r}: not in gold.identity_graph or gold.customer_profiles "
             "(nothing was changed)"
@@ -519,7 +528,11 @@ def forget(settings, request_id: str, customer_id: str | None = None, email: str
 
     key = pii_key(settings)
     t0 = time.perf_counter()
-    person = find_person(settings, key, customer_id, email)
+    try:
+        person = find_person(settings, key, customer_id, email)
+    except AlreadyErased as e:  # a rerun: nothing left, nothing to record again
+        progress(f"erasure {request_id}: {e}; nothing left to do")
+        return {"request_id": request_id, "customer_id": customer_id, "status": "already erased"}
     plans = plan_lake(settings, person)
     total, cap = sum(p.rows for p in plans), settings.privacy.max_rows_per_request
     if total > cap:

@@ -81,12 +81,16 @@ def run_now(kind: str, customer_id: str | None, email: str | None, request_id: s
             "customer_id": person.customer_id,
             "tables": {p.table: p.rows for p in plans},
         }
-    from p13n.privacy.erasure import find_person
+    from p13n.privacy.erasure import AlreadyErased, find_person
     from p13n.secrets import pii_key
 
-    find_person(
-        settings, pii_key(settings), customer_id, email
-    )  # an unknown person: refused before Redis starts
+    try:  # an unknown person is refused before Redis starts
+        find_person(settings, pii_key(settings), customer_id, email)
+    except AlreadyErased as e:
+        if kind != "forget":
+            raise
+        progress(f"forget {rid}: {e}; nothing left to do")
+        return {"request_id": rid, "status": "already erased"}
     with redis_for(settings) as url:
         if kind == "forget":
             keys = (getattr(settings.activation, p).credential_env for p in ("klaviyo", "mailchimp"))
