@@ -181,7 +181,7 @@ def test_resolve_command_names_what_is_wrong_with_the_file(tmp_path, capsys):
         )
         == 2
     )
-    assert "bad.csv: needs a record_id column (columns: id, first_name)" in capsys.readouterr().out
+    assert "bad.csv: needs a record_id column (columns: id, first_name)" in capsys.readouterr().err
 
 
 def test_an_em_block_that_underflows_is_skipped_and_the_others_train_the_model(
