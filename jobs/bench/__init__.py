@@ -10,6 +10,7 @@ from p13n.bench.activation import bench_activation
 from p13n.bench.als import bench_als
 from p13n.bench.customers import bench_customers
 from p13n.bench.identity import bench_identity
+from p13n.bench.identity_real import bench_identity_real
 from p13n.bench.ingest import bench_ingest
 from p13n.bench.lake import bench_lake
 from p13n.bench.orchestration import bench_orchestration
@@ -20,6 +21,7 @@ BENCHMARKS: dict[str, Callable[..., dict]] = {
     "lake": bench_lake,
     "ingest": bench_ingest,
     "identity": bench_identity,
+    "identity-real": bench_identity_real,
     "customers": bench_customers,
     "als": bench_als,
     "serving": bench_serving,

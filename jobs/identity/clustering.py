@@ -5,10 +5,11 @@ Here edges are taken in order of strength (deterministic rules first, then by ma
 and a merge is refused when the two clusters would
 
 * hold two records of a one-per-customer source (two loyalty memberships, two Shopify accounts),
-* hold different birth dates and no date in common,
+* hold different birth dates, none in common and none a typing slip from the other,
 * exceed `max_records`, or
 * for a probabilistic edge: rest on a shared address and surname while the first names clearly
-  differ and neither email nor phone agrees (household members at one address are kept apart).
+  differ and neither email, phone nor birth date agrees (household members at one address are kept
+  apart).
 
 The edge list is compact (a few edges per profile), so this runs on the driver in a single pass;
 the quadratic work (blocking and scoring pairs) is done by Spark before it.
@@ -36,6 +37,7 @@ def cluster_profiles(
     *,
     max_records: int,
     exact_levels: dict[str, int] | None = None,
+    birth_date_guard: str = "typo",
 ) -> Clusters:
     """Cluster `profiles` (profile_id, records, guard_source, dob) along `edges`.
 
@@ -88,7 +90,8 @@ def cluster_profiles(
             refused[f"two {clash} records"] += 1
             continue
         dobs_a, dobs_b = dobs.get(a), dobs.get(b)
-        if dobs_a and dobs_b and not (dobs_a & dobs_b):
+        if (birth_date_guard != "off" and dobs_a and dobs_b and not (dobs_a & dobs_b)
+                and not (birth_date_guard == "typo" and _typo_apart(dobs_a, dobs_b))):  # fmt: skip
             refused["different birth dates"] += 1
             continue
         if size[a] < size[b]:
@@ -107,14 +110,30 @@ def cluster_profiles(
     return Clusters(assignment[["profile_id", "cluster"]], kept.reset_index(drop=True), refused)
 
 
+def _typo_apart(a: set[str], b: set[str]) -> bool:
+    """Two birth dates (yyyy-MM-dd) a typing slip apart: only one of year, month and day differs, or
+    day and month are swapped. Different people (a parent and a child of one name) differ in the day
+    and month as well as the year; the same person's date is mistyped in one part."""
+    for x in a:
+        for y in b:
+            if len(x) == len(y) == 10:
+                parts_x, parts_y = (x[:4], x[5:7], x[8:10]), (y[:4], y[5:7], y[8:10])
+                if sum(p != q for p, q in zip(parts_x, parts_y, strict=True)) <= 1:
+                    return True
+                if parts_x[0] == parts_y[0] and parts_x[1:] == parts_y[:0:-1]:
+                    return True
+    return False
+
+
 def _household_conflicts(edges: pd.DataFrame, exact: dict[str, int]) -> np.ndarray:
-    """Model edges whose first names clearly differ (lowest level) with no exact email or phone."""
+    """Model edges whose first names clearly differ (lowest level) with no exact email, phone or birth
+    date in common (household members at one address have their own dates of birth)."""
     if "gamma_first_c" not in edges:
         return np.zeros(len(edges), dtype=bool)
     model = (edges["rule"] == "model").to_numpy()
     names_differ = (edges["gamma_first_c"] == 0).to_numpy()
     contact = np.zeros(len(edges), dtype=bool)
-    for col in ("gamma_email_n", "gamma_phone_n"):
+    for col in ("gamma_email_n", "gamma_phone_n", "gamma_dob"):
         if col in edges and col in exact:
             contact |= (edges[col] == exact[col]).to_numpy()
     return model & names_differ & ~contact

@@ -62,6 +62,7 @@ def resolve_file(
         one_per_customer=[],
         threshold=threshold or cfg.match_probability,
         max_cluster_records=cfg.max_cluster_records,
+        birth_date_guard=cfg.birth_date_guard,
         em_max_pairs=cfg.em_max_pairs,
         u_max_pairs=cfg.u_max_pairs,
         seed=cfg.seed,

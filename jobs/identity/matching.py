@@ -81,14 +81,14 @@ def deterministic_edges(prof: DataFrame, columns: list[str]) -> DataFrame:
     return edges
 
 
-def _present(prof: DataFrame, columns) -> list[str]:
+def present_attributes(prof: DataFrame, columns) -> list[str]:
     """The attributes at least 1% of profiles carry (a column all null says nothing)."""
     counts = prof.select([F.count(F.col(c)).alias(c) for c in columns]).first().asDict()
     total = max(prof.count(), 1)
     return [c for c in columns if counts[c] >= max(1, 0.01 * total)]
 
 
-def _compared(present: list[str]) -> list[str]:
+def compared_attributes(present: list[str]) -> list[str]:
     """The attributes the model compares (city only stands in for a missing postal code)."""
     used = ["first_c", "last_n", "email_n", "phone_n", "street_n", "postal_n", "dob"]
     if "postal_n" not in present:
@@ -173,9 +173,22 @@ def _splink_settings(
     # names, so every comparison is estimated at least once.
     em = [b for b in (["first_c", "last_n"], ["email_n"], ["postal_n", "dob"], ["phone_n"], ["last_n", "dob"])
           if all(c in present for c in b)][:3]  # fmt: skip
+    # Every compared attribute must vary in at least one EM block: with few attributes (an address
+    # only, names and a postal code) add single-attribute blocks until each is left free once.
+    compared = compared_attributes(present)
+    for block in (["postal_n"], ["dob"], ["street_n"], ["last_n"], ["city_n"], ["first_c"]):
+        free = {c for b in em for c in compared if c not in b}
+        if set(compared) <= free:
+            break
+        if all(c in present for c in block) and block not in em and set(compared) - set(block) - free:
+            em.append(block)
     deterministic = [
         b for b in (["email_n"], ["phone_n"], ["first_c", "last_n", "dob"]) if all(c in present for c in b)
     ]
+    if not deterministic:  # no email, phone or birth date: the strictest combination the file has
+        fallback = (["first_c", "last_n", "street_n"], ["first_c", "last_n", "postal_n"],
+                    ["last_n", "street_n", "postal_n"], ["first_c", "last_n", "city_n"], *blocks)  # fmt: skip
+        deterministic = [next(b for b in fallback if all(c in present for c in b))]
     settings = SettingsCreator(
         link_type="dedupe_only",
         unique_id_column_name="profile_id",
@@ -205,7 +218,7 @@ def train(
     """
     from splink import Linker, block_on
 
-    present = _present(prof, NORMALIZED)
+    present = present_attributes(prof, NORMALIZED)
     n_profiles = prof.count()
     blocks, pairs, changed = budget_rules(prof, present, int(max_pairs_per_profile * max(n_profiles, 1)))
     if not blocks and changed:
@@ -232,6 +245,10 @@ def train(
         linker.training.estimate_probability_two_random_records_match(
             [block_on(*r) for r in deterministic], recall=0.8
         )
+        # Identical records are one profile, so a rule on every attribute the file has finds no pair
+        # (names and a birth date only): then about one duplicate per profile is the prior.
+        if not linker._settings_obj._probability_two_random_records_match > 1e-9:
+            linker._settings_obj._probability_two_random_records_match = 1.0 / max(n_profiles, 2)
         linker.training.estimate_u_using_random_sampling(
             max_pairs=u_max_pairs, seed=seed, min_count_per_level=None, num_chunks=1
         )
@@ -251,8 +268,8 @@ def train(
                 # EM drove an m probability below 1e-300, which Splink refuses (seen at 1M customers: a
                 # level that one block's pairs never reach). The session's estimates are dropped, not
                 # the model's; the other blocks estimate the m values.
-                if "probability value" not in str(exc):
-                    raise
+                if "probability value" not in str(exc) and "math domain" not in str(exc):
+                    raise  # (math domain: EM drove the block's match share to 0, seen on FEBRL names + dates)
                 skipped.append("+".join(block))
                 log.warning("identity: EM on block %s skipped: %s", "+".join(block), str(exc).split(". ")[0])
         if not trained:
@@ -262,7 +279,7 @@ def train(
     except BaseException:  # a failed (or retried) run leaves no DuckDB spill files behind
         release(linker)
         raise
-    model = MatchModel(linker.misc.save_model_to_json(), threshold, _compared(present))
+    model = MatchModel(linker.misc.save_model_to_json(), threshold, compared_attributes(present))
     model.block_pairs = pairs
     model.blocking_changes = changed
     model.metrics["em_blocks"] = len(trained)

@@ -150,15 +150,23 @@ def normalize_street(col: Column) -> Column:
 
 
 def normalize_postal(col: Column) -> Column:
-    up = F.upper(F.regexp_replace(col, r"[\s-]", ""))
-    return F.when(up.rlike(r"^[0-9]{5}([0-9]{4})?$"), F.substring(up, 1, 5)).when(
-        up.rlike(r"^[A-Z][0-9][A-Z][0-9][A-Z][0-9]$"), up
+    """US ZIP (ZIP+4 cut to 5), and any other country's code as its letters and digits (Canada A1A1A1,
+    Australia 4011, UK SW1A1AA, Germany 10115): 3 to 10 of them, at least one digit."""
+    up = F.upper(F.regexp_replace(col.cast("string"), r"[\s-]", ""))
+    return F.when(up.rlike(r"^[0-9]{9}$"), F.substring(up, 1, 5)).when(
+        up.rlike(r"^[A-Z0-9]{3,10}$") & up.rlike(r"[0-9]"), up
     )
 
 
 def normalize_date(col: Column) -> Column:
+    text = F.trim(col.cast("string"))
     value = F.coalesce(
-        F.try_to_date(col.cast("string"), "yyyy-MM-dd"), F.try_to_date(col.cast("string"), "MM/dd/yyyy")
+        F.try_to_date(text, "yyyy-MM-dd"),
+        F.try_to_date(text, "MM/dd/yyyy"),
+        F.try_to_date(text, "yyyy/MM/dd"),
+        F.when(
+            text.rlike(r"^(19|20)\d{6}$"), F.try_to_date(text, "yyyyMMdd")
+        ),  # 19560909 (FEBRL, many exports)
     )
     return F.date_format(value, "yyyy-MM-dd")
 

@@ -36,6 +36,7 @@ def resolve_records(
     backend: str = "duckdb",
     duckdb_memory_gb: float | None = None,
     max_pairs_per_profile: float = 20.0,
+    birth_date_guard: str = "typo",
     progress=None,
 ) -> Resolution:
     """Match `records` (record_key, source, record_id and any person attributes) into clusters."""
@@ -48,6 +49,10 @@ def resolve_records(
     n_records, n_profiles = record_map.count(), prof.count()
     timings["profiles_s"] = time.perf_counter() - t0
     say(f"identity: {n_records:,} records → {n_profiles:,} distinct profiles")
+
+    compared = matching.compared_attributes(matching.present_attributes(prof, matching.NORMALIZED))
+    if len(compared) < 2:
+        return _exact_only(prof, record_map, compared, threshold, timings, n_records, n_profiles, say)
 
     t0 = time.perf_counter()
     strong = [c for c in matching.STRONG if prof.filter(F.col(c).isNotNull()).limit(1).count()]
@@ -94,8 +99,9 @@ def resolve_records(
     t0 = time.perf_counter()
     prof_pd = prof.select("profile_id", "records", "guard_source", "dob").toPandas()
     result = clustering.cluster_profiles(
-        prof_pd, edges, max_records=max_cluster_records, exact_levels=exact_levels
-    )
+        prof_pd, edges, max_records=max_cluster_records, exact_levels=exact_levels,
+        birth_date_guard=birth_date_guard,
+    )  # fmt: skip
     recs = record_map.toPandas().merge(result.assignment, on="profile_id", how="left", validate="many_to_one")
     timings["cluster_s"] = time.perf_counter() - t0
     prof.unpersist()
@@ -117,6 +123,28 @@ def resolve_records(
             "clusters": int(result.assignment["cluster"].nunique()),
         },
     )
+
+
+def _exact_only(prof, record_map, compared, threshold, timings, n_records, n_profiles, say) -> Resolution:
+    """One attribute (or none) to compare: no model can weigh it, so records match exactly on what is
+    there (records with the same normalized values are one customer; a profile is one cluster)."""
+    say(
+        f"identity: only {', '.join(compared) or 'no attribute'} to compare; a model needs two: records are "
+        "matched exactly on it"
+    )
+    prof_pd = prof.select("profile_id", "records", "guard_source", "dob").toPandas()
+    assignment = pd.DataFrame({"profile_id": prof_pd["profile_id"], "cluster": prof_pd["profile_id"]})
+    recs = record_map.toPandas().merge(assignment, on="profile_id", how="left", validate="many_to_one")
+    prof.unpersist()
+    record_map.unpersist()
+    empty = pd.DataFrame(columns=["profile_l", "profile_r", "rule", "match_probability"])
+    return Resolution(
+        records=recs, profiles=prof_pd, edges=empty,
+        model=matching.MatchModel({}, threshold, compared, metrics={"exact_only": 1}),
+        timings={k: round(v, 2) for k, v in timings.items()},
+        counts={"records": n_records, "profiles": n_profiles, "blocked_pairs": 0, "blocking_rules_changed": 0,
+                "candidate_edges": 0, "accepted_edges": 0, "clusters": len(prof_pd)},
+    )  # fmt: skip
 
 
 def _exact_levels(settings: dict) -> dict[str, int]:
