@@ -133,7 +133,15 @@ def test_rerunning_the_batch_leaves_every_table_unchanged(world):
     lake, catalog, s = world["lake"], world["catalog"], world["settings"]
     tables = [t for t in lake.tables() if t.split(".")[0] in ("bronze", "silver", "quarantine", "restricted")]
     before = _snapshot(lake, tables)
+    # One source of each format and kind (the code paths a rerun can take), the one with the most
+    # PII columns (so restricted is rerun too): 11 of the 32, every table still compared.
+    picked: dict = {}
     for src in catalog:
+        key = (src.format, src.kind)
+        if key not in picked or len(src.pii_columns) > len(picked[key].pii_columns):
+            picked[key] = src
+    assert len(picked) >= 10
+    for src in picked.values():
         ingest_batch(lake, s, catalog, src, DAY, KEY)
     assert _snapshot(lake, tables) == before
 
