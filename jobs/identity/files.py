@@ -13,15 +13,8 @@ from p13n.identity.resolve import resolve_records
 from p13n.inputs import InputError, check_file
 
 
-def resolve_file(
-    spark, input_path: Path, output_path: Path, settings, *, threshold: float | None = None, progress=None
-) -> dict:
-    """Cluster the records of `input_path` (record_id + any of ATTRIBUTES); write record_id,customer_id.
-
-    The model is learned from the file itself; columns the file lacks are simply not compared.
-    """
-    from pyspark.sql import functions as F
-
+def read_records(input_path: Path) -> pd.DataFrame:
+    """One user file of person records, checked: record_id (unique, never empty) and the attributes."""
     check_file(input_path)
     try:
         header = pd.read_csv(input_path, nrows=0, dtype=str).columns.str.strip().tolist()
@@ -39,8 +32,6 @@ def resolve_file(
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise InputError(f"{input_path}: not a readable CSV file ({str(exc).splitlines()[0]})") from None
     frame.columns = frame.columns.str.strip()
-    if len(frame) < 2:
-        raise InputError(f"{input_path}: {len(frame)} record(s); resolving needs at least 2 to compare")
     dupes = frame["record_id"][frame["record_id"].duplicated()].unique()
     if len(dupes):
         raise InputError(
@@ -49,17 +40,50 @@ def resolve_file(
     if frame["record_id"].isna().any():
         row = int(frame.index[frame["record_id"].isna()][0]) + 2
         raise InputError(f"{input_path}: line {row}: record_id is empty")
+    return frame[["record_id", *usable]]
+
+
+def resolve_file(
+    spark, input_path: Path | list[Path], output_path: Path, settings, *, threshold: float | None = None,
+    link_only: bool = False, progress=None,
+) -> dict:  # fmt: skip
+    """Cluster the records of one file, or link several; write record_id,customer_id (with several
+    files: record_id,file,customer_id, each record keeping its file of origin).
+
+    The model is learned from the records themselves; columns a file lacks are simply not compared.
+    Several files are linked and deduplicated together; with `link_only` each file is taken as already
+    deduplicated: two records of one file never end up in one customer.
+    """
+    from pyspark.sql import functions as F
+
+    paths = [Path(p) for p in (input_path if isinstance(input_path, list | tuple) else [input_path])]
+    names = [p.stem for p in paths] if len(paths) > 1 else ["input"]  # one file: the ids of earlier versions
+    if len(set(names)) != len(names):
+        raise InputError(
+            f"the input files need different names (they label the records): {', '.join(map(str, paths))}"
+        )
+    frames = []
+    for path, name in zip(paths, names, strict=True):
+        f = read_records(path)
+        frames.append(f.assign(source=name))
+    frame = pd.concat(frames, ignore_index=True)
+    usable = [c for c in frame.columns if c in ATTRIBUTES]
+    if len(frame) < 2:
+        raise InputError(f"{paths[0]}: {len(frame)} record(s); resolving needs at least 2 to compare")
+    if link_only and len(paths) < 2:
+        raise InputError("--link-only links two or more files: give --input twice")
     t0 = time.perf_counter()
-    df = spark.createDataFrame(frame[["record_id", *usable]].astype(object).where(frame.notna(), None))
+    cols = ["record_id", "source", *usable]
+    df = spark.createDataFrame(frame[cols].astype(object).where(frame[cols].notna(), None))
     df = df.select(
-        F.concat(F.lit("input:"), F.col("record_id")).alias("record_key"),
-        F.lit("input").alias("source"),
+        F.concat(F.col("source"), F.lit(":"), F.col("record_id")).alias("record_key"),
+        "source",
         *[F.col(c).cast("string") for c in ["record_id", *usable]],
     )
     cfg = settings.identity
     res = resolve_records(
         df,
-        one_per_customer=[],
+        one_per_customer=names if link_only else [],
         threshold=threshold or cfg.match_probability,
         max_cluster_records=cfg.max_cluster_records,
         birth_date_guard=cfg.birth_date_guard,
@@ -72,9 +96,10 @@ def resolve_file(
         progress=progress,
     )
     first = res.records.groupby("cluster")["record_key"].transform("min")
-    out = pd.DataFrame(
-        {"record_id": res.records["record_id"], "customer_id": [mint_id(k, "") for k in first]}
-    ).sort_values("record_id")
+    out = pd.DataFrame({"record_id": res.records["record_id"], "file": res.records["source"],
+                        "customer_id": [mint_id(k, "") for k in first]}).sort_values(["file", "record_id"])  # fmt: skip
+    if len(paths) == 1:
+        out = out.drop(columns="file")
     output_path.parent.mkdir(parents=True, exist_ok=True)
     out.to_csv(output_path, index=False)
     return {
