@@ -82,3 +82,11 @@ def test_two_files_are_linked_and_each_record_keeps_its_file(link_only, spark, s
     m = evaluate_clusters(truth[["record_key", "customer_id"]], truth[["record_key", "person_id"]])
     print("febrl4", link_only, {k: m[k] for k in ("precision", "recall", "f1")})
     assert m["f1"] >= 0.85, m
+
+
+def test_unreadable_birth_dates_are_counted_and_taken_as_missing():
+    from p13n.identity.files import unreadable_dates
+
+    frame = pd.DataFrame({"birth_date": ["1956-09-09", "19560909", "09/09/1956", "1956/09/09", "9 Sept 56",
+                                         None, "", "20241399"]})  # fmt: skip
+    assert unreadable_dates(frame) == (2, [6, 9])

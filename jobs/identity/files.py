@@ -43,6 +43,22 @@ def read_records(input_path: Path) -> pd.DataFrame:
     return frame[["record_id", *usable]]
 
 
+DATE_FORMATS = ("%Y-%m-%d", "%m/%d/%Y", "%Y/%m/%d", "%Y%m%d")  # what `records.normalize_date` reads
+
+
+def unreadable_dates(frame: pd.DataFrame) -> tuple[int, list[int]]:
+    """(birth dates that are given but read in no known format, their first CSV lines): kept as missing."""
+    if "birth_date" not in frame:
+        return 0, []
+    given = frame["birth_date"].dropna().astype(str).str.strip()
+    given = given[given != ""]
+    ok = pd.Series(False, index=given.index)
+    for fmt in DATE_FORMATS:
+        ok |= pd.to_datetime(given, format=fmt, errors="coerce").notna()
+    bad = given.index[~ok]
+    return len(bad), [int(i) + 2 for i in bad[:3]]
+
+
 def resolve_file(
     spark, input_path: Path | list[Path], output_path: Path, settings, *, threshold: float | None = None,
     link_only: bool = False, progress=None,
@@ -63,8 +79,14 @@ def resolve_file(
             f"the input files need different names (they label the records): {', '.join(map(str, paths))}"
         )
     frames = []
+    say = progress or (lambda _m: None)
+    bad_dates = 0
     for path, name in zip(paths, names, strict=True):
         f = read_records(path)
+        n, lines = unreadable_dates(f)
+        if n:
+            say(f"{path}: {n:,} birth dates in no known format (e.g. lines {lines}) are taken as missing")
+            bad_dates += n
         frames.append(f.assign(source=name))
     frame = pd.concat(frames, ignore_index=True)
     usable = [c for c in frame.columns if c in ATTRIBUTES]
@@ -108,4 +130,5 @@ def resolve_file(
         "compared": res.model.columns,
         "seconds": round(time.perf_counter() - t0, 1),
         "output": str(output_path),
+        "unreadable_dates": bad_dates,
     }
