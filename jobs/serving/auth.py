@@ -16,8 +16,6 @@ from dataclasses import dataclass
 
 from p13n.config import Settings
 
-SCOPES = ("shopper", "internal")
-
 
 @dataclass
 class Client:
