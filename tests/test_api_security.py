@@ -169,15 +169,15 @@ def test_the_openapi_document_fuzzed_gives_no_5xx_and_matches_its_schemas(live_a
     report = tmp_path / "fuzz.json"
     run = subprocess.run(
         [str(Path(sys.executable).parent / "schemathesis"), "run", f"{url}/openapi.json", "-H", f"{key}: {value}",
-         "--checks", "all", "--max-examples", "60", "--seed", "13", "--report", "ndjson",
+         "--checks", "all", "--max-examples", "40", "--seed", "13", "--report", "ndjson",
          "--report-ndjson-path", str(report), "--no-color"],
         capture_output=True, text=True, timeout=600)  # fmt: skip
     tail = run.stdout[-3000:]
     assert run.returncode == 0, tail
     codes = Counter(_status_codes([json.loads(line) for line in report.read_text().splitlines()]))
     print(f"fuzzed {sum(codes.values())} requests: {dict(sorted(codes.items()))}")
-    assert sum(codes.values()) > 500 and not [c for c in codes if c >= 500]
-    assert codes[200] > 300 and codes[422] > 50  # both real answers and refused inputs were reached
+    assert sum(codes.values()) > 400 and not [c for c in codes if c >= 500]
+    assert codes[200] > 250 and codes[422] > 40  # both real answers and refused inputs were reached
 
 
 def _status_codes(node) -> list[int]:
@@ -191,7 +191,7 @@ def _status_codes(node) -> list[int]:
 
 
 def test_a_load_of_shopper_requests_never_trips_the_breaker(live_api):
-    """2,000 requests, 64 at a time, with the odd requests an attacker mixes in: every shopper answer
+    """1,000 requests, 64 at a time, with the odd requests an attacker mixes in: every shopper answer
     is a 200 from Redis (no fallback), and the worker never gave Redis up."""
     import asyncio
 
@@ -210,7 +210,7 @@ def test_a_load_of_shopper_requests_never_trips_the_breaker(live_api):
                 async with gate:
                     return await client.get(path)
 
-            return await asyncio.gather(*(one(i) for i in range(2000)))
+            return await asyncio.gather(*(one(i) for i in range(1000)))
 
     replies = asyncio.run(load())
     shopper = [r for r in replies if "/recommendations" in str(r.url)]

