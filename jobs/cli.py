@@ -115,8 +115,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from p13n.activation.tasks import export
 
     if args.out and (not args.to.startswith("csv") or Path(args.out).suffix.lower() != ".csv"):
-        print(f"p13n export: --out {args.out}: only a CSV export (--to csv*) writes a file, and it must end in .csv",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"p13n export: --out {args.out}: only a CSV export (--to csv*) writes a file, and it must end in .csv",
+            file=sys.stderr,
+        )
         return 2
     try:
         export(args.audience, args.to, args.date or dt.date.today().isoformat(), args.out)
@@ -143,8 +145,12 @@ def _cmd_privacy(args: argparse.Namespace) -> int:
         elif args.action == "process":
             process_requests(dry_run=args.dry_run)
         else:
-            run_now("forget" if args.action == "forget" else "access", args.customer, args.email,
-                    dry_run=getattr(args, "dry_run", False))  # fmt: skip
+            run_now(
+                "forget" if args.action == "forget" else "access",
+                args.customer,
+                args.email,
+                dry_run=getattr(args, "dry_run", False),
+            )
     except (ErasureError, ValueError) as e:
         print(f"p13n privacy: {e}", file=sys.stderr)
         return 2
@@ -870,8 +876,11 @@ audience's channel are exported; erased customers never. Each run is logged in o
         who.add_argument("--customer", default=None, help="the p13n customer id")
         who.add_argument("--email", default=None, help="an email address of the person")
         if action == "forget":
-            a.add_argument("--dry-run", action="store_true",
-                           help="print who the request resolves to and the rows each table would lose; change nothing")  # fmt: skip
+            a.add_argument(
+                "--dry-run",
+                action="store_true",
+                help="print who the request resolves to and the rows each table would lose; change nothing",
+            )
     a = pv_sub.add_parser("request", help="queue a request for the privacy_requests DAG")
     a.add_argument("kind", choices=["forget", "access"])
     who = a.add_mutually_exclusive_group(required=True)

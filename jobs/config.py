@@ -313,10 +313,14 @@ class ApiSettings(_Section):
     # Every /v1 endpoint needs a client's key (`X-API-Key` or `Authorization: Bearer`); off only for a
     # closed network. Locally, a client whose variable is unset gets a key made once in <data_dir>/secrets.
     auth: bool = True
-    clients: dict[str, ApiClientSettings] = Field(default_factory=lambda: {
-        "storefront": ApiClientSettings(key_env="P13N_API_KEY_STOREFRONT", scopes=["shopper"]),
-        "internal": ApiClientSettings(key_env="P13N_API_KEY_INTERNAL", scopes=["shopper", "internal"],
-                                      rate_per_second=20, burst=40)})  # fmt: skip
+    clients: dict[str, ApiClientSettings] = Field(
+        default_factory=lambda: {
+            "storefront": ApiClientSettings(key_env="P13N_API_KEY_STOREFRONT", scopes=["shopper"]),
+            "internal": ApiClientSettings(
+                key_env="P13N_API_KEY_INTERNAL", scopes=["shopper", "internal"], rate_per_second=20, burst=40
+            ),
+        }
+    )
 
 
 class ServingSettings(_Section):

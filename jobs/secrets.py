@@ -34,8 +34,10 @@ def check_production_secret(name: str, value: str) -> None:
     """Production refuses a placeholder or short secret (the examples in docker/.env.example)."""
     low = value.lower()
     if any(p in low for p in _PLACEHOLDER) or len(value) < 16:
-        raise RuntimeError(f"{name} is a placeholder or shorter than 16 characters: production needs a real secret "
-                           f"(e.g. `python -c 'import secrets; print(secrets.token_hex(32))'`)")  # fmt: skip
+        raise RuntimeError(
+            f"{name} is a placeholder or shorter than 16 characters: production needs a real secret "
+            f"(e.g. `python -c 'import secrets; print(secrets.token_hex(32))'`)"
+        )
 
 
 def local_secret(settings: Settings, name: str) -> str:
@@ -58,9 +60,16 @@ def restricted_paths(settings: Settings) -> list[Path]:
     the secrets, and Airflow's home (its metadata database and admin password)."""
     root = settings.lake_root
     lake = [] if "://" in root and not root.startswith("file://") else [Path(root.removeprefix("file://"))]
-    return [*(lake[0] / layer for layer in RESTRICTED_LAYERS if lake), settings.landing_dir,
-            settings.data_dir / "truth", settings.snowflake_db_path, settings.data_dir / "exports",
-            settings.data_dir / "privacy", settings.data_dir / "secrets", settings.airflow_home]  # fmt: skip
+    return [
+        *(lake[0] / layer for layer in RESTRICTED_LAYERS if lake),
+        settings.landing_dir,
+        settings.data_dir / "truth",
+        settings.snowflake_db_path,
+        settings.data_dir / "exports",
+        settings.data_dir / "privacy",
+        settings.data_dir / "secrets",
+        settings.airflow_home,
+    ]
 
 
 def secure_zones(settings: Settings) -> None:

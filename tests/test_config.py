@@ -66,9 +66,14 @@ def test_secrets_are_refused_in_files(conf):
         load_settings("local", conf, environ={})
 
 
-@pytest.mark.parametrize("text", ["serving:\n  redis_url: redis://:hunter2@cache:6379/0\n",
-                                  "lake:\n  root: s3://AKIAABCDEFGHIJKLMNOP@bucket/lake\n",
-                                  "sources:\n  kafka_bootstrap: 'https://u:pw@k:9092'\n"])  # fmt: skip
+@pytest.mark.parametrize(
+    "text",
+    [
+        "serving:\n  redis_url: redis://:hunter2@cache:6379/0\n",
+        "lake:\n  root: s3://AKIAABCDEFGHIJKLMNOP@bucket/lake\n",
+        "sources:\n  kafka_bootstrap: 'https://u:pw@k:9092'\n",
+    ],
+)
 def test_credentials_in_values_are_refused_whatever_the_key(conf, text):
     (conf / "local.yaml").write_text(text)
     with pytest.raises(ConfigError, match="holds a credential") as err:
@@ -81,8 +86,11 @@ def test_config_output_and_validation_errors_never_show_a_credential(conf):
     import subprocess
     import sys
 
-    env = {"P13N_CONF_DIR": str(conf), "P13N__SERVING__REDIS_URL": "redis://app:hunter2@cache:6379/0",
-           "PATH": "/usr/bin:/bin"}  # fmt: skip
+    env = {
+        "P13N_CONF_DIR": str(conf),
+        "P13N__SERVING__REDIS_URL": "redis://app:hunter2@cache:6379/0",
+        "PATH": "/usr/bin:/bin",
+    }
     out = subprocess.run(
         [sys.executable, "-m", "p13n.cli", "config"], env=env, capture_output=True, text=True
     )

@@ -299,8 +299,12 @@ def _check_forget(lake, s, catalog, redis_url, erased):
     assert (stats.events, stats.suppressed) == (1, 1)
     ids = {r[0] for r in con.execute(f"SELECT event_id FROM {scan(s.lake_root, 'bronze.web_clickstream')} WHERE event_id LIKE 'LATE%'").fetchall()}  # fmt: skip
     assert ids == {"LATE2"}
-    for table in ("bronze.shopify_customers", "silver.shopify_customers", "restricted.shopify_customers",
-                  "quarantine.shopify_customers"):  # fmt: skip
+    for table in (
+        "bronze.shopify_customers",
+        "silver.shopify_customers",
+        "restricted.shopify_customers",
+        "quarantine.shopify_customers",
+    ):
         assert match_sql(s, table, person) is None, table
     # ...and bronze's history lost the replayed rows with them (the version before the delete is gone).
     latest = DeltaTable(table_uri(s.lake_root, "bronze.shopify_customers")).version()

@@ -43,8 +43,10 @@ def test_any_subset_of_the_documented_columns_resolves(febrl1, subset, spark, se
 
 @pytest.mark.parametrize("column", ["email", "phone"])
 def test_one_contact_column_matches_exactly_in_every_spelling(column, spark, settings, tmp_path, capsys):
-    values = {"email": ["Ann@X.io", " ann@x.io", "bo@x.io", "BO@x.io ", "cy@x.io"],
-              "phone": ["+1 202 555 0101", "(202) 555-0101", "202.555.0102", "+12025550102", "202 555 0103"]}[column]  # fmt: skip
+    values = {
+        "email": ["Ann@X.io", " ann@x.io", "bo@x.io", "BO@x.io ", "cy@x.io"],
+        "phone": ["+1 202 555 0101", "(202) 555-0101", "202.555.0102", "+12025550102", "202 555 0103"],
+    }[column]
     pd.DataFrame({"record_id": list("abcde"), column: values}).to_csv(tmp_path / "in.csv", index=False)
     from p13n.identity.resolve import resolve_records  # noqa: F401 - the path under test
 
@@ -79,8 +81,10 @@ def test_two_files_are_linked_and_each_record_keeps_its_file(link_only, spark, s
     assert out.groupby("file").size().to_dict() == {"crm": 300, "pos": 300}
     if link_only:  # each file is taken as deduplicated: never two records of one file in a customer
         assert out.groupby(["customer_id", "file"]).size().max() == 1
-    truth = out.assign(record_key=out["file"] + ":" + out["record_id"],
-                       person_id=out["record_id"].str.extract(r"^(rec-\d+)", expand=False))  # fmt: skip
+    truth = out.assign(
+        record_key=out["file"] + ":" + out["record_id"],
+        person_id=out["record_id"].str.extract(r"^(rec-\d+)", expand=False),
+    )
     m = evaluate_clusters(truth[["record_key", "customer_id"]], truth[["record_key", "person_id"]])
     print("febrl4", link_only, {k: m[k] for k in ("precision", "recall", "f1")})
     assert m["f1"] >= 0.85, m
@@ -89,6 +93,18 @@ def test_two_files_are_linked_and_each_record_keeps_its_file(link_only, spark, s
 def test_unreadable_birth_dates_are_counted_and_taken_as_missing():
     from p13n.identity.files import unreadable_dates
 
-    frame = pd.DataFrame({"birth_date": ["1956-09-09", "19560909", "09/09/1956", "1956/09/09", "9 Sept 56",
-                                         None, "", "20241399"]})  # fmt: skip
+    frame = pd.DataFrame(
+        {
+            "birth_date": [
+                "1956-09-09",
+                "19560909",
+                "09/09/1956",
+                "1956/09/09",
+                "9 Sept 56",
+                None,
+                "",
+                "20241399",
+            ]
+        }
+    )
     assert unreadable_dates(frame) == (2, [6, 9])

@@ -124,8 +124,12 @@ def test_requests_are_queued_served_and_keep_no_address_outside_restricted(world
     )
     with pytest.raises(RuntimeError, match="1 of 2 privacy requests failed"):
         tasks.process_requests()
-    rows = {r[0]: r[1:] for r in duckdb_connection().execute(
-        f"SELECT request_id, status, customer_id, detail FROM {scan(root, 'ops.privacy_requests')}").fetchall()}  # fmt: skip
+    rows = {
+        r[0]: r[1:]
+        for r in duckdb_connection()
+        .execute(f"SELECT request_id, status, customer_id, detail FROM {scan(root, 'ops.privacy_requests')}")
+        .fetchall()
+    }
     assert rows[rid][:2] == ("done", WHO) and rows[rid][2].endswith(f"{rid}.json")
     assert rows[bad] == ("failed", "C000000002", "OSError: warehouse down")
     # The address is gone from restricted with its history; no ops file or log statistic ever held it.
@@ -141,8 +145,11 @@ def test_requests_are_queued_served_and_keep_no_address_outside_restricted(world
         assert not held, held
     # A failed erasure is not recorded as one: the customer is not in ops.erasures, and a retry (the
     # graph already partly gone) finds the identifiers it kept in restricted.privacy_pending.
-    erased = duckdb_connection().execute(f"SELECT customer_id FROM {scan(root, 'ops.erasures')}").fetchall() \
-        if (Path(root) / "ops/erasures").exists() else []  # fmt: skip
+    erased = (
+        duckdb_connection().execute(f"SELECT customer_id FROM {scan(root, 'ops.erasures')}").fetchall()
+        if (Path(root) / "ops/erasures").exists()
+        else []
+    )
     assert ("C000000002",) not in erased
     monkeypatch.undo()
     monkeypatch.setattr(tasks, "get_settings", lambda: settings)
@@ -188,13 +195,26 @@ def raw_rows(world):
     from deltalake import write_deltalake
 
     settings, _ = world
-    rows = pd.DataFrame({
-        "transaction_id": ["T1", "T2", "T3", "T4", "T5"],
-        "customer_email": [" Person1@Example.com ", "aperson1@example.com", None, None, "person10@example.com"],
-        "customer_phone": [None, None, "555.000.0001", None, "+15550000011"],
-        "_raw": ["card,1.00, Person1@Example.com ,,", "card,2.00,aperson1@example.com,,",
-                 "cash,3.00,,555.000.0001,", "cash,4.00,,(555) 000-0001,", "card,5.00,,155500000011,"],
-    })  # fmt: skip
+    rows = pd.DataFrame(
+        {
+            "transaction_id": ["T1", "T2", "T3", "T4", "T5"],
+            "customer_email": [
+                " Person1@Example.com ",
+                "aperson1@example.com",
+                None,
+                None,
+                "person10@example.com",
+            ],
+            "customer_phone": [None, None, "555.000.0001", None, "+15550000011"],
+            "_raw": [
+                "card,1.00, Person1@Example.com ,,",
+                "card,2.00,aperson1@example.com,,",
+                "cash,3.00,,555.000.0001,",
+                "cash,4.00,,(555) 000-0001,",
+                "card,5.00,,155500000011,",
+            ],
+        }
+    )
     write_deltalake(table_uri(settings.lake_root, "bronze.square_transactions"), rows)
     return settings
 
@@ -208,11 +228,21 @@ def test_an_erasure_matches_parsed_values_in_any_spelling_and_only_the_persons(r
     assert planned["bronze.square_transactions"] == 3 and planned["gold.recommendations"] == 40
     audit = forget(settings, "r", customer_id=WHO, platforms=False, progress=lambda _: None)
     assert json.loads(audit["lake"]) == planned  # the preview is what happened
-    left = duckdb_connection().execute(
-        f"SELECT transaction_id FROM {scan(settings.lake_root, 'bronze.square_transactions')} ORDER BY 1").fetchall()  # fmt: skip
+    left = (
+        duckdb_connection()
+        .execute(
+            f"SELECT transaction_id FROM {scan(settings.lake_root, 'bronze.square_transactions')} ORDER BY 1"
+        )
+        .fetchall()
+    )
     assert left == [("T2",), ("T5",)]  # someone else's address and number, though they contain the person's
-    others = duckdb_connection().execute(
-        f"SELECT count(DISTINCT customer_id) FROM {scan(settings.lake_root, 'gold.recommendations')}").fetchone()[0]  # fmt: skip
+    others = (
+        duckdb_connection()
+        .execute(
+            f"SELECT count(DISTINCT customer_id) FROM {scan(settings.lake_root, 'gold.recommendations')}"
+        )
+        .fetchone()[0]
+    )
     assert others == 39
 
 

@@ -213,15 +213,23 @@ def test_analysts_sql_reads_only_the_lake_tables_it_names(lake_root, tmp_path):
     (tmp_path / "secrets").mkdir()
     (tmp_path / "secrets" / "pii.key").write_text("k")
     assert len(run_duckdb(settings, "SELECT * FROM {{ gold.segments }}")) > 0
-    for query in ("SELECT * FROM read_text('/etc/passwd')", f"SELECT * FROM read_text('{tmp_path}/secrets/pii.key')",
-                  "COPY (SELECT 1) TO '/tmp/p13n-sql-out.csv'", f"ATTACH '{tmp_path}/w.db'",
-                  f"SELECT * FROM {{{{ gold.segments }}}}, delta_scan('{lake_root}/silver/shopify_orders')",
-                  "SELECT 1; SET enable_external_access = true", "INSTALL httpfs"):  # fmt: skip
+    for query in (
+        "SELECT * FROM read_text('/etc/passwd')",
+        f"SELECT * FROM read_text('{tmp_path}/secrets/pii.key')",
+        "COPY (SELECT 1) TO '/tmp/p13n-sql-out.csv'",
+        f"ATTACH '{tmp_path}/w.db'",
+        f"SELECT * FROM {{{{ gold.segments }}}}, delta_scan('{lake_root}/silver/shopify_orders')",
+        "SELECT 1; SET enable_external_access = true",
+        "INSTALL httpfs",
+    ):
         with pytest.raises(SqlError, match="not allowed|Error"):
             run_duckdb(settings, query)
     assert not Path("/tmp/p13n-sql-out.csv").exists()
-    write_deltalake(f"{lake_root}/restricted/customer_profiles", pd.DataFrame({"customer_id": ["A"], "email": ["a@x.io"]}),
-                    mode="overwrite")  # fmt: skip
+    write_deltalake(
+        f"{lake_root}/restricted/customer_profiles",
+        pd.DataFrame({"customer_id": ["A"], "email": ["a@x.io"]}),
+        mode="overwrite",
+    )
     with pytest.raises(
         SqlError, match=r"restricted.customer_profiles: restricted zone .*privacy.sql_restricted_zones"
     ):

@@ -94,8 +94,10 @@ def run_duckdb(settings, text: str):
     tables = tables_of(text)
     zones = sorted({t for t in tables if t.split(".", 1)[0] in RESTRICTED_ZONES})
     if zones and not settings.privacy.sql_restricted_zones:
-        raise SqlError(f"{', '.join(zones)}: restricted zone (raw contact data); an analyst reads it only when "
-                       "granted (privacy.sql_restricted_zones)")  # fmt: skip
+        raise SqlError(
+            f"{', '.join(zones)}: restricted zone (raw contact data); an analyst reads it only when "
+            "granted (privacy.sql_restricted_zones)"
+        )
     missing = sorted(t for t in tables if not table_exists(settings.lake_root, t))
     if missing:
         raise SqlError(f"these tables do not exist yet: {', '.join(missing)}")
@@ -103,8 +105,10 @@ def run_duckdb(settings, text: str):
     try:
         return sandbox(settings, tables).execute(query).df()
     except duckdb.PermissionException as e:
-        raise SqlError(f"not allowed: the query may read only the lake tables it names as {{{{ layer.name }}}} "
-                       f"({str(e).splitlines()[0][:160]})") from None  # fmt: skip
+        raise SqlError(
+            f"not allowed: the query may read only the lake tables it names as {{{{ layer.name }}}} "
+            f"({str(e).splitlines()[0][:160]})"
+        ) from None
     except duckdb.Error as e:
         raise SqlError(f"{type(e).__name__}: {str(e).splitlines()[0][:300]}") from None
 

@@ -38,13 +38,23 @@ def febrl(name: str) -> tuple[pd.DataFrame, pd.DataFrame]:
 def to_documented(raw: pd.DataFrame) -> pd.DataFrame:
     """FEBRL's columns (rec_id, given_name, surname, street_number, address_1, suburb, postcode, state,
     date_of_birth) as p13n's documented ones; the national id (soc_sec_id) is left out."""
-    street = (raw["street_number"].fillna("").astype(str).str.replace(r"\.0$", "", regex=True) + " "
-              + raw["address_1"].fillna("")).str.strip()  # fmt: skip
-    records = pd.DataFrame({
-        "record_id": raw["rec_id"], "first_name": raw["given_name"], "last_name": raw["surname"],
-        "street": street.where(street != "", None), "city": raw["suburb"], "postal_code": raw["postcode"],
-        "state": raw["state"], "birth_date": raw["date_of_birth"],
-    })  # fmt: skip
+    street = (
+        raw["street_number"].fillna("").astype(str).str.replace(r"\.0$", "", regex=True)
+        + " "
+        + raw["address_1"].fillna("")
+    ).str.strip()
+    records = pd.DataFrame(
+        {
+            "record_id": raw["rec_id"],
+            "first_name": raw["given_name"],
+            "last_name": raw["surname"],
+            "street": street.where(street != "", None),
+            "city": raw["suburb"],
+            "postal_code": raw["postcode"],
+            "state": raw["state"],
+            "birth_date": raw["date_of_birth"],
+        }
+    )
     return records
 
 
@@ -71,7 +81,7 @@ def splink_reference(records: pd.DataFrame, threshold: float = 0.95, seed: int =
             block_on("first_name", "birth_date"),
             block_on("postal_code", "last_name"),
             block_on("street", "postal_code"),
-        ],  # fmt: skip
+        ],
         retain_intermediate_calculation_columns=False,
     )
     db_api = DuckDBAPI()
@@ -130,8 +140,10 @@ def bench_identity_real(rows: int | None = None, reps: int = 1) -> dict:
             for k in ("precision", "recall", "f1", "persons_exact_share"):
                 figures[f"{name}_{who}_{k}"] = m[k]
             figures[f"{name}_{who}_s"] = round(secs, 2)
-            lines.append(f"{name:<10}{len(records):>8,}  {who:<13}{m['precision']:>10.4f}{m['recall']:>8.4f}"
-                         f"{m['f1']:>8.4f}{m['persons_exact_share']:>8.3f}{secs:>9.1f}")  # fmt: skip
+            lines.append(
+                f"{name:<10}{len(records):>8,}  {who:<13}{m['precision']:>10.4f}{m['recall']:>8.4f}"
+                f"{m['f1']:>8.4f}{m['persons_exact_share']:>8.3f}{secs:>9.1f}"
+            )
         figures[f"{name}_f1_ratio"] = round(
             figures[f"{name}_p13n_f1"] / max(figures[f"{name}_splink_f1"], 1e-9), 4
         )

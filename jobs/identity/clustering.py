@@ -90,8 +90,13 @@ def cluster_profiles(
             refused[f"two {clash} records"] += 1
             continue
         dobs_a, dobs_b = dobs.get(a), dobs.get(b)
-        if (birth_date_guard != "off" and dobs_a and dobs_b and not (dobs_a & dobs_b)
-                and not (birth_date_guard == "typo" and _typo_apart(dobs_a, dobs_b))):  # fmt: skip
+        if (
+            birth_date_guard != "off"
+            and dobs_a
+            and dobs_b
+            and not (dobs_a & dobs_b)
+            and not (birth_date_guard == "typo" and _typo_apart(dobs_a, dobs_b))
+        ):
             refused["different birth dates"] += 1
             continue
         if size[a] < size[b]:

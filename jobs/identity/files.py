@@ -60,9 +60,15 @@ def unreadable_dates(frame: pd.DataFrame) -> tuple[int, list[int]]:
 
 
 def resolve_file(
-    spark, input_path: Path | list[Path], output_path: Path, settings, *, threshold: float | None = None,
-    link_only: bool = False, progress=None,
-) -> dict:  # fmt: skip
+    spark,
+    input_path: Path | list[Path],
+    output_path: Path,
+    settings,
+    *,
+    threshold: float | None = None,
+    link_only: bool = False,
+    progress=None,
+) -> dict:
     """Cluster the records of one file, or link several; write record_id,customer_id (with several
     files: record_id,file,customer_id, each record keeping its file of origin).
 
@@ -118,8 +124,13 @@ def resolve_file(
         progress=progress,
     )
     first = res.records.groupby("cluster")["record_key"].transform("min")
-    out = pd.DataFrame({"record_id": res.records["record_id"], "file": res.records["source"],
-                        "customer_id": [mint_id(k, "") for k in first]}).sort_values(["file", "record_id"])  # fmt: skip
+    out = pd.DataFrame(
+        {
+            "record_id": res.records["record_id"],
+            "file": res.records["source"],
+            "customer_id": [mint_id(k, "") for k in first],
+        }
+    ).sort_values(["file", "record_id"])
     if len(paths) == 1:
         out = out.drop(columns="file")
     output_path.parent.mkdir(parents=True, exist_ok=True)

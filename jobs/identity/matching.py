@@ -186,8 +186,13 @@ def _splink_settings(
         b for b in (["email_n"], ["phone_n"], ["first_c", "last_n", "dob"]) if all(c in present for c in b)
     ]
     if not deterministic:  # no email, phone or birth date: the strictest combination the file has
-        fallback = (["first_c", "last_n", "street_n"], ["first_c", "last_n", "postal_n"],
-                    ["last_n", "street_n", "postal_n"], ["first_c", "last_n", "city_n"], *blocks)  # fmt: skip
+        fallback = (
+            ["first_c", "last_n", "street_n"],
+            ["first_c", "last_n", "postal_n"],
+            ["last_n", "street_n", "postal_n"],
+            ["first_c", "last_n", "city_n"],
+            *blocks,
+        )
         deterministic = [next(b for b in fallback if all(c in present for c in b))]
     settings = SettingsCreator(
         link_type="dedupe_only",

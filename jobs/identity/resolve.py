@@ -99,9 +99,12 @@ def resolve_records(
     t0 = time.perf_counter()
     prof_pd = prof.select("profile_id", "records", "guard_source", "dob").toPandas()
     result = clustering.cluster_profiles(
-        prof_pd, edges, max_records=max_cluster_records, exact_levels=exact_levels,
+        prof_pd,
+        edges,
+        max_records=max_cluster_records,
+        exact_levels=exact_levels,
         birth_date_guard=birth_date_guard,
-    )  # fmt: skip
+    )
     recs = record_map.toPandas().merge(result.assignment, on="profile_id", how="left", validate="many_to_one")
     timings["cluster_s"] = time.perf_counter() - t0
     prof.unpersist()
@@ -139,12 +142,21 @@ def _exact_only(prof, record_map, compared, threshold, timings, n_records, n_pro
     record_map.unpersist()
     empty = pd.DataFrame(columns=["profile_l", "profile_r", "rule", "match_probability"])
     return Resolution(
-        records=recs, profiles=prof_pd, edges=empty,
+        records=recs,
+        profiles=prof_pd,
+        edges=empty,
         model=matching.MatchModel({}, threshold, compared, metrics={"exact_only": 1}),
         timings={k: round(v, 2) for k, v in timings.items()},
-        counts={"records": n_records, "profiles": n_profiles, "blocked_pairs": 0, "blocking_rules_changed": 0,
-                "candidate_edges": 0, "accepted_edges": 0, "clusters": len(prof_pd)},
-    )  # fmt: skip
+        counts={
+            "records": n_records,
+            "profiles": n_profiles,
+            "blocked_pairs": 0,
+            "blocking_rules_changed": 0,
+            "candidate_edges": 0,
+            "accepted_edges": 0,
+            "clusters": len(prof_pd),
+        },
+    )
 
 
 def _exact_levels(settings: dict) -> dict[str, int]:

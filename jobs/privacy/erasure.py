@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from p13n.lake.duck import duckdb_connection, scan, table_exists, table_uri
+from p13n.lake.duck import append_rows, duckdb_connection, scan, table_exists, table_uri
 
 ERASURES, SUPPRESSIONS, AUDIT = "ops.erasures", "ops.suppressions", "ops.privacy_audit"
 PENDING = "restricted.privacy_pending"  # a running erasure's identifiers, so a retry finds them again
@@ -88,14 +88,29 @@ class Person:
         return {v for v in out if v}
 
     def to_json(self) -> str:
-        return json.dumps({k: sorted(v) if isinstance(v, set) else {a: sorted(b) for a, b in v.items()}
-                           if isinstance(v, dict) else v for k, v in vars(self).items()})  # fmt: skip
+        return json.dumps(
+            {
+                k: sorted(v)
+                if isinstance(v, set)
+                else {a: sorted(b) for a, b in v.items()}
+                if isinstance(v, dict)
+                else v
+                for k, v in vars(self).items()
+            }
+        )
 
     @classmethod
     def from_json(cls, text: str) -> Person:
         d = json.loads(text)
-        return cls(d["customer_id"], set(d["ids"]), {k: set(v) for k, v in d["records"].items()},
-                   {k: set(v) for k, v in d["keys"].items()}, set(d["hashes"]), set(d["emails"]), set(d["phones"]))  # fmt: skip
+        return cls(
+            d["customer_id"],
+            set(d["ids"]),
+            {k: set(v) for k, v in d["records"].items()},
+            {k: set(v) for k, v in d["keys"].items()},
+            set(d["hashes"]),
+            set(d["emails"]),
+            set(d["phones"]),
+        )
 
 
 def keyed_hash(value: str, key: bytes) -> str:
@@ -152,16 +167,33 @@ def find_person(settings, key: bytes, customer_id: str | None = None, email: str
     if not customer_id:
         address = normalize_email(email)
         if not address:
-            raise ErasureError(f"{email!r} is not an email address" if email else
-                               "name the person: a customer id or an email address")  # fmt: skip
-        found = _rows(con, root, "restricted.customer_profiles", "lower(trim(email)) = ?", [address],
-                      "DISTINCT customer_id")  # fmt: skip
+            raise ErasureError(
+                f"{email!r} is not an email address"
+                if email
+                else "name the person: a customer id or an email address"
+            )
+        found = _rows(
+            con,
+            root,
+            "restricted.customer_profiles",
+            "lower(trim(email)) = ?",
+            [address],
+            "DISTINCT customer_id",
+        )
         if not found:
-            found = _rows(con, root, "gold.identity_keys", "key_type = 'email_hmac' AND key_value = ?",
-                          [keyed_hash(address, key)], "DISTINCT customer_id")  # fmt: skip
+            found = _rows(
+                con,
+                root,
+                "gold.identity_keys",
+                "key_type = 'email_hmac' AND key_value = ?",
+                [keyed_hash(address, key)],
+                "DISTINCT customer_id",
+            )
         if len(found) != 1:
-            raise ErasureError(f"the email address matches {len(found)} customers"
-                               + ("" if found else " (nothing to erase?)"))  # fmt: skip
+            raise ErasureError(
+                f"the email address matches {len(found)} customers"
+                + ("" if found else " (nothing to erase?)")
+            )
         customer_id = found[0][0]
     current = _rows(con, root, "gold.customer_aliases", "alias_id = ?", [customer_id], "DISTINCT customer_id")
     if len(current) == 1:  # an id the customer had before a merge: the request is for today's customer
@@ -189,8 +221,9 @@ def find_person(settings, key: bytes, customer_id: str | None = None, email: str
     for source, record_id in graph:
         person.records.setdefault(source, set()).add(str(record_id))
     columns = {t: c for spec in settings.identity.sources.values() for t, c in spec.keys.items()}
-    for key_type, value in _rows(con, root, "gold.identity_keys", "customer_id = ?", [customer_id],
-                                 "key_type, key_value"):  # fmt: skip
+    for key_type, value in _rows(
+        con, root, "gold.identity_keys", "customer_id = ?", [customer_id], "key_type, key_value"
+    ):
         if _HEX64.match(value or ""):
             person.hashes.add(value)
         elif value:
@@ -209,8 +242,14 @@ def find_person(settings, key: bytes, customer_id: str | None = None, email: str
         pk = spec[source].record_id
         if pk in cols:
             picked = [f"{c}" if c in cols else "NULL" for c in CONTACT_FIELDS]
-            contacts += _rows(con, root, table, f"CAST({pk} AS VARCHAR) IN (SELECT unnest(?::VARCHAR[]))",
-                              [sorted(ids)], ", ".join(picked))  # fmt: skip
+            contacts += _rows(
+                con,
+                root,
+                table,
+                f"CAST({pk} AS VARCHAR) IN (SELECT unnest(?::VARCHAR[]))",
+                [sorted(ids)],
+                ", ".join(picked),
+            )
     for mail, phone in contacts:
         person.emails |= {normalize_email(mail)} - {None}
         person.phones |= {normalize_phone(phone)} - {None}
@@ -263,8 +302,10 @@ def _conditions(settings, table: str, schema: list[tuple[str, str]], person: Per
                     f"list_has_any(regexp_extract_all(lower({col}), '{EMAIL_TOKEN}'), [{_lit(person.emails)}])"
                 )
             if person.phones:
-                conds.append(f"list_has_any(list_transform(regexp_extract_all({col}, '{PHONE_TOKEN}'), "
-                             f"x -> p13n_phone(x)), [{_lit(person.phones)}])")  # fmt: skip
+                conds.append(
+                    f"list_has_any(list_transform(regexp_extract_all({col}, '{PHONE_TOKEN}'), "
+                    f"x -> p13n_phone(x)), [{_lit(person.phones)}])"
+                )
             if conds:
                 out[name] = " OR ".join(conds)
             continue
@@ -328,8 +369,9 @@ def match_sql(settings, table: str, person: Person) -> str | None:
     return plans[0].predicate if plans else None
 
 
-def erase_lake(settings, person: Person, progress: Callable[[str], None] = print,
-               plans: list[TablePlan] | None = None) -> dict[str, int]:  # fmt: skip
+def erase_lake(
+    settings, person: Person, progress: Callable[[str], None] = print, plans: list[TablePlan] | None = None
+) -> dict[str, int]:
     """Delete the person's rows from every table; vacuum and cut the history of those changed."""
     from deltalake import DeltaTable
 
@@ -462,8 +504,12 @@ def erase_warehouse(settings, person: Person) -> dict[str, int]:
 
 def _names_person(cell: str, person: Person) -> bool:
     v = cell.strip()
-    return bool(v) and (v in person.ids or v in person.hashes or normalize_email(v) in person.emails
-                        or normalize_phone(v) in person.phones)  # fmt: skip
+    return bool(v) and (
+        v in person.ids
+        or v in person.hashes
+        or normalize_email(v) in person.emails
+        or normalize_phone(v) in person.phones
+    )
 
 
 def erase_files(settings, person: Person) -> int:
@@ -544,13 +590,30 @@ def forget(settings, request_id: str, customer_id: str | None = None, email: str
     root = settings.lake_root
     now = dt.datetime.now(dt.UTC)
     restricted_dir(settings, "restricted")
-    write_deltalake(table_uri(root, PENDING), pd.DataFrame(
-        {"request_id": [request_id], "customer_id": [person.customer_id], "person": [person.to_json()],
-         "added_at": [now]}), mode="append")  # fmt: skip
+    append_rows(
+        settings,
+        PENDING,
+        [
+            {
+                "request_id": request_id,
+                "customer_id": person.customer_id,
+                "person": person.to_json(),
+                "added_at": now,
+            }
+        ],
+    )
     # Suppressions first: from here on the stream and ingestion drop the person's records.
-    write_deltalake(table_uri(root, SUPPRESSIONS), pd.DataFrame(
-        {"hash": sorted({keyed_hash(i, key) for i in person.identifiers} | person.hashes),
-         "request_id": request_id, "added_at": now}), mode="append")  # fmt: skip
+    write_deltalake(
+        table_uri(root, SUPPRESSIONS),
+        pd.DataFrame(
+            {
+                "hash": sorted({keyed_hash(i, key) for i in person.identifiers} | person.hashes),
+                "request_id": request_id,
+                "added_at": now,
+            }
+        ),
+        mode="append",
+    )
     audit = {
         "request_id": request_id,
         "customer_id": person.customer_id,
@@ -564,9 +627,14 @@ def forget(settings, request_id: str, customer_id: str | None = None, email: str
         warehouse = erase_warehouse(settings, person)
         lake = erase_lake(settings, person, progress, plans)
         files = erase_files(settings, person)
-        write_deltalake(table_uri(root, ERASURES), pd.DataFrame(
-            {"customer_id": [person.customer_id], "request_id": [request_id], "erased_at": [now]}),
-            mode="append", schema_mode="merge")  # fmt: skip
+        write_deltalake(
+            table_uri(root, ERASURES),
+            pd.DataFrame(
+                {"customer_id": [person.customer_id], "request_id": [request_id], "erased_at": [now]}
+            ),
+            mode="append",
+            schema_mode="merge",
+        )
         from deltalake import DeltaTable
 
         pending = DeltaTable(table_uri(root, PENDING))

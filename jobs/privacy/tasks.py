@@ -15,7 +15,7 @@ import os
 import uuid
 
 from p13n.config import get_settings
-from p13n.lake.duck import duckdb_connection, scan, table_exists, table_uri
+from p13n.lake.duck import append_rows, duckdb_connection, scan, table_exists, table_uri
 from p13n.orchestration import progress
 
 ADDRESSES = "restricted.privacy_requests"
@@ -25,9 +25,17 @@ KINDS = ("forget", "access")
 def _queue_schema():
     import pyarrow as pa
 
-    return pa.schema([("request_id", pa.string()), ("kind", pa.string()), ("customer_id", pa.string()),
-                      ("requested_at", pa.timestamp("us", tz="UTC")), ("status", pa.string()),
-                      ("completed_at", pa.timestamp("us", tz="UTC")), ("detail", pa.string())])  # fmt: skip
+    return pa.schema(
+        [
+            ("request_id", pa.string()),
+            ("kind", pa.string()),
+            ("customer_id", pa.string()),
+            ("requested_at", pa.timestamp("us", tz="UTC")),
+            ("status", pa.string()),
+            ("completed_at", pa.timestamp("us", tz="UTC")),
+            ("detail", pa.string()),
+        ]
+    )
 
 
 def request(kind: str, customer_id: str | None = None, email: str | None = None) -> str:
@@ -50,18 +58,37 @@ def request(kind: str, customer_id: str | None = None, email: str | None = None)
     rid = f"{kind}-{uuid.uuid4().hex[:12]}"
     if email:
         restricted_dir(settings, "restricted")
-        write_deltalake(table_uri(settings.lake_root, ADDRESSES), pa.Table.from_pylist(
-            [{"request_id": rid, "email": normalize_email(email)}]), mode="append")  # fmt: skip
-    row = pa.Table.from_pylist([{"request_id": rid, "kind": kind, "customer_id": customer_id,
-                                 "requested_at": dt.datetime.now(dt.UTC), "status": "pending",
-                                 "completed_at": None, "detail": None}], schema=_queue_schema())  # fmt: skip
-    write_deltalake(table_uri(settings.lake_root, settings.privacy.requests_table), row, mode="append",
-                    schema_mode="merge")  # fmt: skip
+        append_rows(settings, ADDRESSES, [{"request_id": rid, "email": normalize_email(email)}])
+    row = pa.Table.from_pylist(
+        [
+            {
+                "request_id": rid,
+                "kind": kind,
+                "customer_id": customer_id,
+                "requested_at": dt.datetime.now(dt.UTC),
+                "status": "pending",
+                "completed_at": None,
+                "detail": None,
+            }
+        ],
+        schema=_queue_schema(),
+    )
+    write_deltalake(
+        table_uri(settings.lake_root, settings.privacy.requests_table),
+        row,
+        mode="append",
+        schema_mode="merge",
+    )
     return rid
 
 
-def run_now(kind: str, customer_id: str | None, email: str | None, request_id: str | None = None,
-            dry_run: bool = False) -> dict:  # fmt: skip
+def run_now(
+    kind: str,
+    customer_id: str | None,
+    email: str | None,
+    request_id: str | None = None,
+    dry_run: bool = False,
+) -> dict:
     """Serve one request at once (what the DAG does for each pending one); `dry_run` only says what an
     erasure would delete."""
     from p13n.privacy.access import export_person
@@ -72,8 +99,10 @@ def run_now(kind: str, customer_id: str | None, email: str | None, request_id: s
     rid = request_id or f"{kind}-{uuid.uuid4().hex[:12]}"
     if dry_run:
         person, plans = preview(settings, customer_id, email)
-        progress(f"{kind} {rid}: customer {person.customer_id}; an erasure would delete "
-                 f"{sum(p.rows for p in plans):,} rows (limit {settings.privacy.max_rows_per_request:,}):")  # fmt: skip
+        progress(
+            f"{kind} {rid}: customer {person.customer_id}; an erasure would delete "
+            f"{sum(p.rows for p in plans):,} rows (limit {settings.privacy.max_rows_per_request:,}):"
+        )
         for p in plans:
             progress(f"  {p.table}: {p.rows:,}")
         return {
@@ -108,8 +137,10 @@ def pending_requests(settings) -> list[tuple[str, str, str | None, str | None]]:
     if not table_exists(settings.lake_root, name):
         return []
     con = duckdb_connection()
-    rows = con.execute(f"SELECT request_id, kind, customer_id FROM {scan(settings.lake_root, name)} "
-                       "WHERE status = 'pending' ORDER BY requested_at").fetchall()  # fmt: skip
+    rows = con.execute(
+        f"SELECT request_id, kind, customer_id FROM {scan(settings.lake_root, name)} "
+        "WHERE status = 'pending' ORDER BY requested_at"
+    ).fetchall()
     emails = {}
     if rows and table_exists(settings.lake_root, ADDRESSES):
         emails = dict(

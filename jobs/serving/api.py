@@ -134,8 +134,13 @@ class Problem(BaseModel):
     detail: str
 
 
-ERRORS = {401: {"model": Problem}, 403: {"model": Problem}, 404: {"model": Problem},
-          429: {"model": Problem}, 503: {"model": Problem}}  # fmt: skip
+ERRORS = {
+    401: {"model": Problem},
+    403: {"model": Problem},
+    404: {"model": Problem},
+    429: {"model": Problem},
+    503: {"model": Problem},
+}
 
 
 # Module level: the dependencies' annotations are evaluated in this module's namespace.
@@ -280,11 +285,23 @@ class Store:
             pipe.zrange(f"{rt}:cart", 0, -1)
             pipe.zrevrange(f"{rt}:viewed", 0, -1)
             if assignment and self.api.log_exposures:
-                fields_ = {"experiment": assignment.experiment, "arm": assignment.arm, "customer_id": customer_id,
-                           "list_type": served, "version": version, "ts": f"{time.time():.3f}"}  # fmt: skip
+                fields_ = {
+                    "experiment": assignment.experiment,
+                    "arm": assignment.arm,
+                    "customer_id": customer_id,
+                    "list_type": served,
+                    "version": version,
+                    "ts": f"{time.time():.3f}",
+                }
                 # EVAL, not EVALSHA: a pipeline holding a Script checks SCRIPT EXISTS on every execute.
-                pipe.eval(_EXPOSE, 2, customer_key, self.keys.exposures, 1_000_000,
-                          *(x for kv in fields_.items() for x in kv))  # fmt: skip
+                pipe.eval(
+                    _EXPOSE,
+                    2,
+                    customer_key,
+                    self.keys.exposures,
+                    1_000_000,
+                    *(x for kv in fields_.items() for x in kv),
+                )
             replies = await self._call(pipe.execute())
             values = dict(zip(fields, replies[0], strict=True)) if fields else {}
             in_cart = {c.decode() for c in replies[1]}
@@ -373,8 +390,13 @@ class Store:
         except RedisDown:
             if (kind, scope) == ("popular", "all") and self._popular[1]:
                 version, items = self._popular
-                return {"type": kind, "scope": scope, "version": version, "fallback": "redis_unavailable",
-                        "items": items[:k]}  # fmt: skip
+                return {
+                    "type": kind,
+                    "scope": scope,
+                    "version": version,
+                    "fallback": "redis_unavailable",
+                    "items": items[:k],
+                }
             cached = self._lists.get((kind, scope))
             if cached is None:
                 raise
@@ -392,8 +414,14 @@ class Store:
             version = await self.live()
             meta = await self._call(self.r.hgetall(self.keys.meta(version)))
             meta = {k.decode(): v.decode() for k, v in meta.items()}
-            return {"status": "ok", "redis": True, "version": version, "as_of_date": meta.get("as_of_date"),
-                    "live_at": meta.get("live_at"), "breaker_trips": self.trips}  # fmt: skip
+            return {
+                "status": "ok",
+                "redis": True,
+                "version": version,
+                "as_of_date": meta.get("as_of_date"),
+                "live_at": meta.get("live_at"),
+                "breaker_trips": self.trips,
+            }
         except RedisDown:
             cached = self._popular[0]
             return {
@@ -425,8 +453,10 @@ def create_app(settings: Settings | None = None, url: str | None = None, fast_pa
     auth = Auth(settings)
 
     def scope(name: str):
-        async def check(key: Annotated[str | None, Security(KEY_HEADER)] = None,
-                        token: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)] = None):  # fmt: skip
+        async def check(
+            key: Annotated[str | None, Security(KEY_HEADER)] = None,
+            token: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)] = None,
+        ):
             try:
                 auth.check(key, f"Bearer {token.credentials}" if token else None, name)
             except Denied as e:
@@ -457,8 +487,13 @@ def create_app(settings: Settings | None = None, url: str | None = None, fast_pa
     )
     app.state.store = store
 
-    @app.get("/v1/customers/{customer_id}/recommendations", response_model=Recommendations, tags=["customers"],
-             dependencies=shopper, responses=ERRORS)  # fmt: skip
+    @app.get(
+        "/v1/customers/{customer_id}/recommendations",
+        response_model=Recommendations,
+        tags=["customers"],
+        dependencies=shopper,
+        responses=ERRORS,
+    )
     async def recommendations(
         customer_id: str = PathParam(examples=["C000000001"], **ident),
         type: str = Query("personalized", pattern="^(" + "|".join(LIST_TYPES) + ")$"),
@@ -467,8 +502,13 @@ def create_app(settings: Settings | None = None, url: str | None = None, fast_pa
         """A customer's list. An experiment may serve another list type (see `served_type`, `experiment`)."""
         return _json(await store.recommendations(customer_id, type, k))
 
-    @app.get("/v1/items/{sku}/similar", response_model=ItemList, tags=["items"], dependencies=shopper,
-             responses=ERRORS)  # fmt: skip
+    @app.get(
+        "/v1/items/{sku}/similar",
+        response_model=ItemList,
+        tags=["items"],
+        dependencies=shopper,
+        responses=ERRORS,
+    )
     async def similar(
         sku: str = PathParam(examples=["SKU-000001"], **ident),
         k: int = Query(api.default_k, ge=1, le=api.max_k),
@@ -476,8 +516,13 @@ def create_app(settings: Settings | None = None, url: str | None = None, fast_pa
         """Items similar to `sku`: by co-interaction, then content for new or sparse items."""
         return _json(await store.item_list(sku, "similar", k))
 
-    @app.get("/v1/items/{sku}/bought-together", response_model=ItemList, tags=["items"], dependencies=shopper,
-             responses=ERRORS)  # fmt: skip
+    @app.get(
+        "/v1/items/{sku}/bought-together",
+        response_model=ItemList,
+        tags=["items"],
+        dependencies=shopper,
+        responses=ERRORS,
+    )
     async def bought_together(
         sku: str = PathParam(examples=["SKU-000001"], **ident),
         k: int = Query(api.default_k, ge=1, le=api.max_k),
@@ -485,22 +530,37 @@ def create_app(settings: Settings | None = None, url: str | None = None, fast_pa
         """Items often in the same order as `sku` (by confidence, lift > 1)."""
         return _json(await store.item_list(sku, "bought-together", k))
 
-    @app.get("/v1/customers/{customer_id}/profile", response_model=Profile, tags=["customers"],
-             dependencies=internal, responses=ERRORS)  # fmt: skip
+    @app.get(
+        "/v1/customers/{customer_id}/profile",
+        response_model=Profile,
+        tags=["customers"],
+        dependencies=internal,
+        responses=ERRORS,
+    )
     async def profile(customer_id: str = PathParam(examples=["C000000001"], **ident)):
         """Segment, lifecycle stage, CLV tier, churn band, channel consents and best send time."""
         return _found(
             await _or_503(store.profile(customer_id)), f"no customer {customer_id} in the live version"
         )
 
-    @app.get("/v1/segments", response_model=SegmentSizes, tags=["segments"], dependencies=internal,
-             responses=ERRORS)  # fmt: skip
+    @app.get(
+        "/v1/segments",
+        response_model=SegmentSizes,
+        tags=["segments"],
+        dependencies=internal,
+        responses=ERRORS,
+    )
     async def segments():
         """Every segment of the live version with its size."""
         return await _or_503(store.segments())
 
-    @app.get("/v1/segments/{name}", response_model=SegmentPage, tags=["segments"], dependencies=internal,
-             responses=ERRORS)  # fmt: skip
+    @app.get(
+        "/v1/segments/{name}",
+        response_model=SegmentPage,
+        tags=["segments"],
+        dependencies=internal,
+        responses=ERRORS,
+    )
     async def segment(
         name: str = PathParam(examples=["lifecycle.active"], **ident),
         page: int = Query(1, ge=1, le=api.max_page),
@@ -512,8 +572,9 @@ def create_app(settings: Settings | None = None, url: str | None = None, fast_pa
             f"no segment {name!r} in the live version (GET /v1/segments lists them)",
         )
 
-    @app.get("/v1/lists/{kind}", response_model=NamedList, tags=["lists"], dependencies=shopper,
-             responses=ERRORS)  # fmt: skip
+    @app.get(
+        "/v1/lists/{kind}", response_model=NamedList, tags=["lists"], dependencies=shopper, responses=ERRORS
+    )
     async def named_list(
         kind: str = PathParam(pattern="^(trending|popular)$"),
         scope: str = Query("all", **ident),
@@ -522,10 +583,17 @@ def create_app(settings: Settings | None = None, url: str | None = None, fast_pa
         """Trending (overall or per category) and popular (overall or per persona) lists."""
         return _found(await _or_503(store.named_list(kind, scope, k)), f"no {kind} list for scope {scope!r}")
 
-    @app.get("/v1/lookup/{key_type}/{source_id}", response_model=Lookup, tags=["customers"],
-             dependencies=internal, responses=ERRORS)  # fmt: skip
-    async def lookup(key_type: str = PathParam(examples=["shopify_customer_id"], **ident),
-                     source_id: str = PathParam(examples=["700001"], **ident)):  # fmt: skip
+    @app.get(
+        "/v1/lookup/{key_type}/{source_id}",
+        response_model=Lookup,
+        tags=["customers"],
+        dependencies=internal,
+        responses=ERRORS,
+    )
+    async def lookup(
+        key_type: str = PathParam(examples=["shopify_customer_id"], **ident),
+        source_id: str = PathParam(examples=["700001"], **ident),
+    ):
         """The p13n customer id of a source-system id (e.g. `shopify_customer_id`)."""
         if key_type not in settings.serving.lookup_key_types:
             raise HTTPException(

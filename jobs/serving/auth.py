@@ -74,8 +74,9 @@ class Auth:
         if self.enabled:
             for name, key in client_keys(settings).items():
                 c = api.clients[name]
-                self.clients[_digest(key)] = Client(name, frozenset(c.scopes), c.rate_per_second, c.burst,
-                                                    tokens=c.burst, at=time.monotonic())  # fmt: skip
+                self.clients[_digest(key)] = Client(
+                    name, frozenset(c.scopes), c.rate_per_second, c.burst, tokens=c.burst, at=time.monotonic()
+                )
 
     def check(self, api_key: str | None, authorization: str | None, scope: str) -> str | None:
         """The client's name (None with auth off), else `Denied` (401, 403 or 429)."""
