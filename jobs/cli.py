@@ -428,6 +428,7 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
             args.time_column,
             args.weight_column,
             args.k,
+            reference=args.reference,
         )
     except InputError as exc:
         print(f"p13n recommend evaluate: {exc}", file=sys.stderr)
@@ -747,9 +748,9 @@ def build_parser() -> argparse.ArgumentParser:
     a = rec_sub.add_parser(
         "evaluate",
         help="train every recommender on an interactions CSV and print each one's ranking metrics as JSON",
-        description="Each user's interactions at their latest timestamp form the test set; the models (popularity, "
-        "ALS, item similarity, buy-it-again and the personalized blend) learn from the rest and recommend k "
-        "items to each test user.",
+        description="Each user's interactions at their latest timestamp (their last basket) form the test set; the "
+        "models (popularity, ALS, item similarity, buy-it-again, next-basket and the personalized list) learn from "
+        "the rest and recommend to each test user. Which items repeat is learned from the file.",
     )
     a.add_argument("--interactions", required=True, help="CSV file with a header row")
     a.add_argument("--user-column", required=True)
@@ -757,6 +758,12 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--time-column", required=True)
     a.add_argument("--weight-column", default=None, help="positive weights (default: every interaction 1)")
     a.add_argument("--k", type=positive_int, default=10, help="list length (1-1000)")
+    a.add_argument(
+        "--reference",
+        action="store_true",
+        help="also run independent references on the same split: personal top-frequency, the popularity of all "
+        "items and Cornac's TIFU-KNN",
+    )
     a = rec_sub.add_parser(
         "run",
         help="recommendations on the lake for a date (what the recommend_products DAG does)",

@@ -219,7 +219,7 @@ class RecommendSettings(_Section):
     history_days: int = Field(365, gt=0)
     # ALS grid searched on a validation split of the training data (every combination is fitted).
     als_grid: dict[str, list[float]] = Field(
-        default_factory=lambda: {"factors": [32, 64], "regularization": [0.01, 0.1], "alpha": [5.0, 20.0]}
+        default_factory=lambda: {"factors": [32, 64], "regularization": [0.01, 0.1], "alpha": [1.0, 10.0]}
     )
     als_iterations: int = Field(15, gt=0)
     # The grid search fits and scores on a seeded sample of at most this many customers (null: all).
@@ -231,6 +231,7 @@ class RecommendSettings(_Section):
     # Blend of the personalized list: reciprocal-rank fusion weight per component.
     blend: dict[str, float] = Field(
         default_factory=lambda: {
+            "next_basket": 4.0,
             "als": 1.0,
             "item_similarity": 1.0,
             "buy_again": 3.0,
@@ -239,6 +240,8 @@ class RecommendSettings(_Section):
             "trending": 0.2,
         }  # fmt: skip
     )
+    # A repeating item bought less than this share of its cadence ago is not offered again yet.
+    due_share: float = Field(0.5, ge=0, le=1)
     list_sizes: dict[str, int] = Field(
         default_factory=lambda: {
             "personalized": 20,

@@ -9,6 +9,8 @@ metric is averaged over all users with held-out items, so a user a model cannot 
 * map@k = Σ_hits precision@rank / min(k, relevant)
 * coverage = distinct recommended items / catalog size; diversity = mean share of distinct
   categories in a list (when item categories are given)
+* novelty = mean self-information of a recommended item, −log2(share of users who interacted with
+  it): higher means less obvious items (Microsoft Recommenders' definition)
 """
 
 from __future__ import annotations
@@ -67,3 +69,31 @@ def diversity(recs: pd.DataFrame, category: pd.Series) -> float:
     r = recs.assign(category=recs["item"].map(category))
     per = r.groupby("user").agg(n=("item", "size"), c=("category", "nunique"))
     return round(float((per["c"] / per["n"]).mean()), 6) if len(per) else 0.0
+
+
+def novelty(recs: pd.DataFrame, popularity: pd.Series, n_users: int) -> float:
+    """Mean −log2(users of the item ÷ all users) over the recommended items (`popularity`: item →
+    users who interacted with it); items nobody interacted with are left out."""
+    users = recs["item"].map(popularity)
+    users = users[users > 0].to_numpy(float)
+    return round(float(np.mean(-np.log2(users / max(n_users, 1)))), 6) if len(users) else 0.0
+
+
+def list_metrics(
+    recs: pd.DataFrame,
+    truth: pd.DataFrame,
+    k: int,
+    popularity: pd.Series,
+    n_users: int,
+    category: pd.Series | None = None,
+) -> dict[str, float]:
+    """Everything a list is judged on: the ranking metrics at k, recall at 20, catalog coverage and
+    novelty of the top k (and diversity when item categories are given). `popularity`: item → users
+    (of `n_users`) who interacted with it, over the whole catalog."""
+    top = recs[recs["rank"] <= k]
+    out = ranking_metrics(recs, truth, k) | {"recall@20": ranking_metrics(recs, truth, 20)["recall@20"]}
+    out["coverage"] = catalog_coverage(top, len(popularity))
+    out["novelty"] = novelty(top, popularity, n_users)
+    if category is not None:
+        out["diversity"] = diversity(top, category)
+    return out

@@ -90,6 +90,27 @@ def buy_again(
     return rank_within(out, "user", k=k)[LIST + ["cadence_days", "due_in_days"]]
 
 
+def not_yet_due(
+    purchases: pd.DataFrame, repeats: np.ndarray, end: pd.Timestamp | pd.Series, share: float
+) -> pd.DataFrame:
+    """The (user, item) pairs of repeating items bought too recently to offer again: less than `share`
+    of a cadence ago, the cadence being the user's own median days between purchase days of the item,
+    else the item's median over its repeat buyers (an item nobody bought twice is never held back).
+    `end`: when the lists are for (one time, or per user for evaluation). Returns user, item."""
+    p = purchases[repeats[purchases["item"].to_numpy()]]
+    if share <= 0 or p.empty:
+        return purchases[["user", "item"]].iloc[0:0]
+    days = p.assign(day=p["at"].dt.floor("D"))[["user", "item", "day"]].drop_duplicates()
+    days = days.sort_values(["user", "item", "day"])
+    days = days.assign(gap=days.groupby(["user", "item"])["day"].diff() / DAY)
+    per = days.groupby(["user", "item"]).agg(last=("day", "max"), own=("gap", "median")).reset_index()
+    item_cadence = days.groupby("item")["gap"].median()
+    cadence = per["own"].fillna(per["item"].map(item_cadence))
+    at = per["user"].map(end) if isinstance(end, pd.Series) else end
+    since = (at - per["last"]) / DAY
+    return per.loc[(since < share * cadence).to_numpy(), ["user", "item"]].reset_index(drop=True)
+
+
 # ------------------------------------------------------------------------- bought together
 def bought_together(orders: pd.DataFrame, n_items: int, min_support: int, k: int) -> pd.DataFrame:
     """orders: order, item. For each item, the items bought in the same orders, ranked by confidence

@@ -155,7 +155,32 @@ def _concat(parts: list[pd.DataFrame]) -> pd.DataFrame:
     )
 
 
-class Popularity:
+class SeenFilter:
+    """What a model skips when asked to exclude seen items: everything the user interacted with, or
+    only the pairs given to `excluding` (e.g. `not_repeating`: items bought before that do not repeat,
+    since in repeat-purchase retail a shopper's own items are the likeliest next purchase)."""
+
+    exclude: sparse.csr_matrix | None = None
+    seen: sparse.csr_matrix
+
+    def excluding(self, pairs: sparse.csr_matrix | None):
+        self.exclude = pairs
+        return self
+
+    def _filter(self, exclude_seen: bool) -> sparse.csr_matrix | None:
+        if not exclude_seen:
+            return None
+        return self.exclude if self.exclude is not None else self.seen
+
+
+def not_repeating(seen: sparse.csr_matrix, repeats: np.ndarray) -> sparse.csr_matrix:
+    """The (user, item) pairs of `seen` whose item does not repeat (`repeats[item]` False)."""
+    out = sparse.csr_matrix(seen @ sparse.diags((~np.asarray(repeats, bool)).astype(np.float32)))
+    out.eliminate_zeros()
+    return out
+
+
+class Popularity(SeenFilter):
     """Items by how many users interacted with them: the baseline every model must beat."""
 
     name = "popularity"
@@ -170,12 +195,13 @@ class Popularity:
         ranking; a user's list is its first k items they have not seen."""
         ranked = np.lexsort((np.arange(len(self.scores)), -self.scores))
         ranked = ranked[self.scores[ranked] > 0]
+        skip = self._filter(exclude_seen)
         parts = []
         for chunk in _chunks(users, 8192):
-            if not exclude_seen:
+            if skip is None:
                 cand, ok = ranked[:k], np.ones((len(chunk), min(k, len(ranked))), dtype=bool)
             else:
-                rows = self.seen[chunk]
+                rows = skip[chunk]
                 cand = ranked[: k + int(np.diff(rows.indptr).max(initial=0))]
                 ok = rows[:, cand].toarray() == 0
             pos = np.cumsum(ok, axis=1)
@@ -184,7 +210,7 @@ class Popularity:
         return _concat(parts)
 
 
-class ImplicitALS:
+class ImplicitALS(SeenFilter):
     """Alternating least squares for implicit feedback (Hu, Koren & Volinsky 2008), `implicit` library."""
 
     name = "als"
@@ -213,8 +239,9 @@ class ImplicitALS:
         return self
 
     def recommend(self, users: np.ndarray, k: int, exclude_seen: bool = True) -> pd.DataFrame:
-        return factor_recommend(self.model.user_factors, self.model.item_factors, users, k,
-                                self.seen if exclude_seen else None)  # fmt: skip
+        return factor_recommend(
+            self.model.user_factors, self.model.item_factors, users, k, self._filter(exclude_seen)
+        )
 
 
 def factor_recommend(user_factors, item_factors, users: np.ndarray, k: int, seen) -> pd.DataFrame:
@@ -224,7 +251,7 @@ def factor_recommend(user_factors, item_factors, users: np.ndarray, k: int, seen
     )
 
 
-class ItemSimilarity:
+class ItemSimilarity(SeenFilter):
     """Item-item cosine similarity on co-interaction; a user's score for an item is the similarity-
     weighted sum over the items they interacted with."""
 
@@ -257,7 +284,7 @@ class ItemSimilarity:
             users,
             k,
             lambda u: self.seen[u] @ self.similarity,
-            self.seen if exclude_seen else None,
+            self._filter(exclude_seen),
         )
 
 

@@ -7,8 +7,10 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from p13n.models.recommenders import SeenFilter
 
-class SparkALS:
+
+class SparkALS(SeenFilter):
     name = "als_spark"
 
     def __init__(self, spark, factors: int = 64, regularization: float = 0.05, alpha: float = 10.0,
@@ -51,9 +53,7 @@ class SparkALS:
     def recommend(self, users: np.ndarray, k: int, exclude_seen: bool = True) -> pd.DataFrame:
         from p13n.models.recommenders import factor_recommend
 
-        return factor_recommend(
-            self.user_factors, self.item_factors, users, k, self.seen if exclude_seen else None
-        )
+        return factor_recommend(self.user_factors, self.item_factors, users, k, self._filter(exclude_seen))
 
 
 def _factors(df, n: int, rank: int) -> np.ndarray:

@@ -14,6 +14,7 @@ from p13n.bench.identity_real import bench_identity_real
 from p13n.bench.ingest import bench_ingest
 from p13n.bench.lake import bench_lake
 from p13n.bench.orchestration import bench_orchestration
+from p13n.bench.recs import bench_recs
 from p13n.bench.serving import bench_serving
 from p13n.bench.streaming import bench_streaming
 
@@ -24,6 +25,7 @@ BENCHMARKS: dict[str, Callable[..., dict]] = {
     "identity-real": bench_identity_real,
     "customers": bench_customers,
     "als": bench_als,
+    "recs": bench_recs,
     "serving": bench_serving,
     "streaming": bench_streaming,
     "activation": bench_activation,

@@ -108,6 +108,7 @@ class RetailGenerator:
         self.known_customers: set[int] = set()
         n_products = int(min(50_000, max(300, customers // 2)))
         self.products = self._catalogue(n_products)
+        self._shopping_habits(customers)
 
     # ------------------------------------------------------------------ helpers
     def _id(self, prefix: str) -> str:
@@ -128,8 +129,65 @@ class RetailGenerator:
             {c: np.nonzero(cat == c)[0] for c in range(len(CATEGORIES))},
         )
 
-    def _pick_skus(self, person: int, k: int) -> list[int]:
+    def _shopping_habits(self, customers: int) -> None:
+        """What real baskets show and the recommenders must learn: each person has staples (their
+        favourite item of each of their two most preferred repeating categories) that they buy again
+        every `cadence` days (7-27, their own per staple), and durables (apparel, electronics, home…)
+        that they do not buy twice (the last 8 they bought are remembered)."""
+        P, pr = self.people, self.products
+        repeating = np.array([i for i, (_, rep) in enumerate(CATEGORIES) if rep])
+        top = repeating[np.argsort(-P.category_pref[:, repeating], axis=1, kind="stable")[:, :2]]
+        persons = np.arange(customers)
+        self.staples = np.full((customers, 2), -1, dtype=np.int64)
+        for j in range(2):
+            for c in np.unique(top[:, j]):
+                pool = pr.by_category[int(c)]
+                if len(pool):
+                    who = persons[top[:, j] == c]
+                    idx = np.minimum(P.price_band[who].astype(int) * 3, len(pool) - 1)
+                    self.staples[who, j] = pool[(idx + who % 7) % len(pool)]
+        self.staple_cadence = 7 + (persons[:, None] * 7919 + np.maximum(self.staples, 0)) % 21
+        self.staple_last = np.full((customers, 2), np.iinfo(np.int32).min // 2, dtype=np.int64)
+        self.durable = ~np.array([rep for _, rep in CATEGORIES])[pr.category]
+        self.owned = np.full((customers, 8), -1, dtype=np.int64)
+
+    def _pick_skus(self, person: int, k: int, d: int | None = None) -> list[int]:
+        """`k` items by category preference (what a person browses). For an order (`d`: its day from
+        the start) also the person's staples that are due, and a durable they own is replaced by the
+        next one of its category they do not."""
         cats = self.rng.choice(len(CATEGORIES), size=k, p=self.people.category_pref[person])
+        if d is None:
+            return self._favourites(person, cats)
+        staples = self.staples[person]
+        due = d - self.staple_last[person] >= self.staple_cadence[person]
+        out = [int(s) for s, ok in zip(staples, due, strict=True) if s >= 0 and ok]
+        owned = self.owned[person]
+        for sku in self._favourites(person, cats):
+            sku = self._not_owned(sku, owned)
+            if sku not in out:
+                out.append(sku)
+        for j, s in enumerate(self.staples[person]):
+            if s in out:
+                self.staple_last[person, j] = d
+        for sku in out:
+            if self.durable[sku]:
+                owned[:-1] = owned[1:].copy()
+                owned[-1] = sku
+        return out
+
+    def _not_owned(self, sku: int, owned: np.ndarray) -> int:
+        """`sku`, or when it is a durable the person owns, the next item of its category they do not."""
+        if not self.durable[sku] or sku not in owned:
+            return sku
+        pool = self.products.by_category[int(self.products.category[sku])]
+        at = int(np.searchsorted(pool, sku))
+        for step in range(1, min(len(pool), 9)):
+            other = int(pool[(at + step) % len(pool)])
+            if other not in owned:
+                return other
+        return sku
+
+    def _favourites(self, person: int, cats: np.ndarray) -> list[int]:
         out = []
         band = int(self.people.price_band[person])
         for c in cats:
@@ -560,7 +618,7 @@ class RetailGenerator:
         when = self._when(day)
         if r.random() < 0.02 and not history:
             when -= dt.timedelta(days=r.randint(1, 3))  # arrives late, in a later day's file
-        skus = self._pick_skus(i, int(self.rng.integers(1, 5)))
+        skus = self._pick_skus(i, int(self.rng.integers(1, 5)), (day - self.start).days)
         qty = [int(self.rng.integers(1, 3)) for _ in skus]
         total = round(sum(float(pr.price[s]) * q for s, q in zip(skus, qty, strict=True)), 2)
         discount = round(total * 0.15, 2) if promo else 0.0

@@ -37,7 +37,8 @@ from p13n.customers.features import interval_end
 from p13n.lake import Lake
 from p13n.models import evaluation as ev
 from p13n.models import lists as L
-from p13n.models.recommenders import ImplicitALS, Interactions, ItemSimilarity, Popularity
+from p13n.models import nextbasket as nb
+from p13n.models.recommenders import ImplicitALS, Interactions, ItemSimilarity, Popularity, not_repeating
 from p13n.runctx import RunContext
 
 INTERACTIONS, RECOMMENDATIONS = "gold.interactions", "gold.recommendations"
@@ -48,7 +49,8 @@ SIMILAR, TOGETHER, TRENDING, POPULAR = (
     "gold.popular_items",
 )
 SEGMENTS, ERASURES = "gold.segments", "ops.erasures"
-PERSONAL = ("als", "item_similarity", "buy_again", "bought_together")
+PERSONAL = ("next_basket", "als", "item_similarity", "buy_again", "bought_together")
+MIN_REPEAT_RATE = 0.1  # below it (learned from the purchases) a bought item is not recommended again
 CUSTOMER_LISTS = ("personalized", "buy_again", "recently_viewed", "popular_in_segment")
 Progress = Callable[[str], None]
 
@@ -65,7 +67,7 @@ class Data:
     brand: np.ndarray
     price: np.ndarray
     title: np.ndarray
-    repeatable: np.ndarray
+    repeatable: np.ndarray  # the catalog's flag per item: 1.0, 0.0 or NaN (not in the catalog)
     unavailable: np.ndarray
     segment: pd.Series  # user → persona
     consented: np.ndarray  # per user: personalization allowed
@@ -160,7 +162,7 @@ def read_data(lake: Lake, settings: Settings, as_of: dt.date) -> Data:
         users=users, items=items, events=events,
         category=prod["category"].fillna("unknown").to_numpy(str), brand=prod["brand"].fillna("unknown").to_numpy(str),
         price=pd.to_numeric(prod["price"], errors="coerce").to_numpy(float), title=prod["title"].fillna("").to_numpy(str),
-        repeatable=prod["repeatable"].fillna(False).to_numpy(bool),
+        repeatable=pd.to_numeric(prod["repeatable"], errors="coerce").to_numpy(float),
         unavailable=_out_of_stock(lake, settings, as_of, items), segment=seg,
         consented=(profiles["consent_personalization"].fillna("granted") != "revoked").to_numpy(),
         end=end, versions=versions,
@@ -224,6 +226,7 @@ class Lists:
     popular: pd.DataFrame
     seen: object
     similarity: object
+    repeats: np.ndarray  # per item: bought again (learned, the catalog's flag overriding)
 
 
 @dataclass
@@ -240,6 +243,25 @@ class Fitted:
     trending: pd.DataFrame
     similar: pd.DataFrame  # item, other, rank, score
     depth: int
+    repeats: np.ndarray
+    basket: nb.NextBasket
+
+
+def repeating(data: Data, purchases: pd.DataFrame) -> np.ndarray:
+    """Per item: is it bought again? The catalog's `repeatable` flag where it has one, else learned
+    from `purchases`: the item's repeat rate (`nb.repeat_rates`, per category for items with few
+    buyers) at least MIN_REPEAT_RATE. Items nobody bought follow their category, else the catalog."""
+    flag = np.asarray(data.repeatable, dtype=float)
+    learned = np.zeros(len(data.items), bool)
+    if len(purchases):
+        rates = nb.repeat_rates(purchases[["user", "item", "at"]], pd.Series(data.category)).set_index("item")
+        learned[rates.index.to_numpy()] = rates["rate"].to_numpy() >= MIN_REPEAT_RATE
+        cat_rate = rates.groupby(data.category[rates.index.to_numpy()])["category_rate"].first()
+        unseen = np.setdiff1d(np.arange(len(data.items)), rates.index.to_numpy())
+        learned[unseen] = (
+            pd.Series(data.category[unseen]).map(cat_rate).fillna(0).to_numpy() >= MIN_REPEAT_RATE
+        )
+    return np.where(np.isnan(flag), learned, flag > 0)
 
 
 def fit_models(data: Data, events: pd.DataFrame, users: np.ndarray, recipe: Recipe, settings: Settings, spark,
@@ -254,26 +276,44 @@ def fit_models(data: Data, events: pd.DataFrame, users: np.ndarray, recipe: Reci
         weights, weight="weight", users=pd.RangeIndex(shape[0]), items=pd.RangeIndex(shape[1])
     ).matrix
     purchases = events[events["kind"] == "purchase"]
-    buy_again = L.buy_again(purchases, data.repeatable, end, sizes["buy_again"])
+    repeats = repeating(data, purchases)
+    buy_again = L.buy_again(purchases, repeats, end, sizes["buy_again"])
     together = L.bought_together(purchases, shape[1], cfg.bought_together_min_support,
                                  sizes["bought_together"])  # fmt: skip
     depth = 2 * sizes["personalized"]
     pop = L.popular(purchases, data.segment, global_end, cfg.popular_days, max(sizes["popular"], depth))
     trend = L.trending(events[events["kind"] != "return"], data.category, global_end, cfg.trending_days,
                        cfg.trending_baseline_days, sizes["trending"])  # fmt: skip
-    sim = ItemSimilarity().fit(m)
+    skip = not_repeating(m, repeats)
+    sim = ItemSimilarity().fit(m).excluding(skip)
+    basket = nb.NextBasket(seed=cfg.seed).fit(_baskets(purchases), pd.Series(data.category))
     return Fitted(
-        als=_als(recipe, spark, cfg.seed).fit(m), sim=sim, seen=m, purchases=purchases,
+        als=_als(recipe, spark, cfg.seed).fit(m).excluding(skip), sim=sim, seen=m, purchases=purchases,
         buy_again=buy_again[buy_again["user"].isin(users)], together=together, popular=pop, trending=trend,
         similar=sim.similar_items(sizes["similar_items"]).rename(columns={"item_a": "item", "item_b": "other"}),
-        depth=depth,
+        depth=depth, repeats=repeats, basket=basket,
     )  # fmt: skip
+
+
+def _baskets(purchases: pd.DataFrame) -> pd.DataFrame:
+    """Purchases as next-basket rows: an order is a basket (a line without an order id: its time)."""
+    order = purchases["order"].astype(object).where(purchases["order"].notna(), purchases["at"].astype(str))
+    return pd.DataFrame(
+        {
+            "user": purchases["user"],
+            "item": purchases["item"],
+            "at": purchases["at"],
+            "basket": order.astype(str),
+        }
+    )
 
 
 def lists_for(fitted: Fitted, data: Data, users: np.ndarray, settings: Settings) -> Lists:
     """Each list for `users` (any subset of the users `fitted` was asked for) from the fitted models."""
     f = fitted
+    mine = f.purchases[f.purchases["user"].isin(users)]
     comps = {
+        "next_basket": f.basket.recommend(_baskets(mine), f.depth),
         "als": f.als.recommend(users, f.depth),
         "item_similarity": f.sim.recommend(users, f.depth),
         "buy_again": f.buy_again[f.buy_again["user"].isin(users)],
@@ -284,7 +324,7 @@ def lists_for(fitted: Fitted, data: Data, users: np.ndarray, settings: Settings)
     trend = f.trending
     comps["trending"] = L.expand_shared(trend[trend["scope"] == "all"], pd.Series("all", index=users))
     comps["popular"] = L.expand_shared(f.popular[f.popular["scope"] == "all"], pd.Series("all", index=users))
-    return Lists(comps, f.similar, f.together, trend, f.popular, f.seen, f.sim.similarity)
+    return Lists(comps, f.similar, f.together, trend, f.popular, f.seen, f.sim.similarity, f.repeats)
 
 
 def fit_lists(data: Data, events: pd.DataFrame, users: np.ndarray, recipe: Recipe, settings: Settings, spark,
@@ -314,11 +354,21 @@ def _with_last_order(
     ]
 
 
-def served(data: Data, lists: Lists, users: np.ndarray, events: pd.DataFrame, recipe: Recipe, settings: Settings,
-           stock: bool = True) -> pd.DataFrame:  # fmt: skip
+def served(
+    data: Data,
+    lists: Lists,
+    users: np.ndarray,
+    events: pd.DataFrame,
+    recipe: Recipe,
+    settings: Settings,
+    stock: bool = True,
+    end: pd.Series | None = None,
+) -> pd.DataFrame:
     """The personalized list channels show: fused, business rules applied, topped up by the fallback
     chain (popular in segment → popular overall). Customers who objected to personalization get the
-    overall popular list only. Returns user, item, rank, score, source, anchor."""
+    overall popular list only. The rules drop items bought before that do not repeat, and repeating
+    ones bought less than `recommend.due_share` of their cadence ago (`end`: per user, when evaluating).
+    Returns user, item, rank, score, source, anchor."""
     cfg = settings.recommend
     k = cfg.list_sizes["personalized"]
     comps = {n: df for n, df in lists.components.items() if n in recipe.blend}
@@ -327,7 +377,12 @@ def served(data: Data, lists: Lists, users: np.ndarray, events: pd.DataFrame, re
         fused = pd.DataFrame(columns=["user", "item", "score", "source", "anchor"])
     consented = users[data.consented[users]]
     fused = fused[fused["user"].isin(consented)]
-    exclude = _bought_not_repeatable(data, events)
+    exclude = _bought_not_repeatable(lists.repeats, events)
+    purchases = events[events["kind"] == "purchase"]
+    due_at = data.end if end is None else end
+    exclude = pd.concat(
+        [exclude, L.not_yet_due(purchases, lists.repeats, due_at, cfg.due_share)], ignore_index=True
+    )
     unavailable = data.unavailable if stock else None
     kept = L.apply_rules(fused, k, exclude, unavailable, data.brand, data.category, cfg.max_per_brand,
                          cfg.max_per_category)  # fmt: skip
@@ -340,9 +395,9 @@ def served(data: Data, lists: Lists, users: np.ndarray, events: pd.DataFrame, re
     return L.top_up(kept, users, fallbacks, k, exclude, unavailable)
 
 
-def _bought_not_repeatable(data: Data, events: pd.DataFrame) -> pd.DataFrame:
+def _bought_not_repeatable(repeats: np.ndarray, events: pd.DataFrame) -> pd.DataFrame:
     p = events[events["kind"] == "purchase"]
-    return p[~data.repeatable[p["item"].to_numpy()]][["user", "item"]].drop_duplicates()
+    return p[~repeats[p["item"].to_numpy()]][["user", "item"]].drop_duplicates()
 
 
 # ------------------------------------------------------------------------------ evaluation
@@ -373,10 +428,20 @@ def evaluate_recipe(data: Data, recipe: Recipe, settings: Settings, spark, split
     lists = fit_lists(data, train, users, recipe, settings, spark, end=cut)
     shape = (len(data.users), len(data.items))
     m = lists.seen
-    runs = {"popularity": Popularity().fit(m).recommend(users, k)}
-    runs |= {n: lists.components[n] for n in ("als", "item_similarity", "buy_again", "bought_together",
-                                               "popular_in_segment", "trending")}  # fmt: skip
-    runs["personalized"] = served(data, lists, users, train, recipe, settings, stock=False)
+    runs = {"popularity": Popularity().fit(m).excluding(not_repeating(m, lists.repeats)).recommend(users, k)}
+    runs |= {
+        n: lists.components[n]
+        for n in (
+            "next_basket",
+            "als",
+            "item_similarity",
+            "buy_again",
+            "bought_together",
+            "popular_in_segment",
+            "trending",
+        )
+    }
+    runs["personalized"] = served(data, lists, users, train, recipe, settings, stock=False, end=cut)
     out = {}
     for name, recs in runs.items():
         out[name] = ev.ranking_metrics(recs, test, k) | {
@@ -411,8 +476,17 @@ def tune(data: Data, settings: Settings, spark, split) -> Recipe:
         def make(**kw):
             return SparkALS(spark, **kw)
 
-    params = tune_als(frame, cfg.k, cfg.seed, grid=cfg.als_grid, make=make, iterations=cfg.als_iterations,
-                      max_users=cfg.tune_max_users)  # fmt: skip
+    repeats = pd.Series(repeating(data, train[train["kind"] == "purchase"]))
+    params = tune_als(
+        frame,
+        cfg.k,
+        cfg.seed,
+        grid=cfg.als_grid,
+        make=make,
+        iterations=cfg.als_iterations,
+        max_users=cfg.tune_max_users,
+        repeats=repeats,
+    )
     params["iterations"] = cfg.als_iterations
     return Recipe(cfg.engine, params, dict(cfg.blend), cfg.half_life_days)
 
@@ -579,7 +653,7 @@ def customer_lists(data: Data, lists: Lists, users: np.ndarray, recipe: Recipe, 
     sizes = cfg.list_sizes
     events = data.events[data.events["user"].isin(users)] if len(users) < len(data.users) else data.events
     personalized = served(data, lists, users, events, recipe, settings)
-    exclude = _bought_not_repeatable(data, events)
+    exclude = _bought_not_repeatable(lists.repeats, events)
     cons = data.consented
     purchases = events[events["kind"] == "purchase"]
     per_type = {
@@ -607,6 +681,9 @@ def customer_lists(data: Data, lists: Lists, users: np.ndarray, recipe: Recipe, 
     recs = recs.drop(columns=["cadence_days"], errors="ignore").merge(
         cadence, on=["user", "item"], how="left"
     )
+    basket = lists.components["next_basket"]
+    basket = basket.assign(basket_cadence=basket["own_cadence"].fillna(basket["item_cadence"]))
+    recs = recs.merge(basket[["user", "item", "bought", "basket_cadence"]], on=["user", "item"], how="left")
     recs["reason"] = _reasons(recs, data)
     return pd.DataFrame({
         "customer_id": data.users[recs["user"].to_numpy()], "as_of_date": as_of, "list_type": recs["list_type"],
@@ -642,6 +719,16 @@ def _reasons(recs: pd.DataFrame, data: Data) -> np.ndarray:
         "about every " + np.nan_to_num(days).round().astype(int).astype(str) + " days",
     )
     out[ba] = "Time to restock? You buy this " + every.astype(object)
+    nb_rows = src == "next_basket"
+    if nb_rows.any():
+        again = recs["bought"].to_numpy(float)[nb_rows] > 0
+        cadence = recs["basket_cadence"].to_numpy(float)[nb_rows]
+        every = np.where(
+            np.isnan(cadence),
+            "regularly",
+            "about every " + np.nan_to_num(cadence).round().astype(int).astype(str) + " days",
+        )
+        out[nb_rows] = np.where(again, "You buy this " + every.astype(object), "Often in baskets like yours")
     out[src == "recently_viewed"] = "You viewed this recently"
     # shown to shoppers: the segment's internal name ("Frequent returners, …") stays out of it
     out[src == "popular_in_segment"] = "Popular with shoppers like you"
