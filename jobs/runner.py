@@ -563,7 +563,7 @@ def _print_customer_summary(console, settings, day: str) -> None:
         "churn": ("roc_auc", "pr_auc", "brier", "lift_top_decile"),
         "clv": ("holdout_mae", "holdout_rmse", "holdout_aggregate_error"),
         "segments": ("k", "silhouette", "send_hour_accuracy_1h"),
-        "recommend": ("ndcg_at_k", "lift_over_popularity", "test_customers"),
+        "recommend": ("ndcg_at_k", "lift_over_popularity", "coverage", "test_customers"),
     }
     for model, version, promoted, reasons, metrics in runs:
         m = json.loads(metrics)

@@ -192,3 +192,23 @@ def test_lists_drawn_in_batches_of_customers_are_the_lists_drawn_at_once(rec_set
     pd.testing.assert_frame_equal(
         batched.sort_values(key).reset_index(drop=True), whole.sort_values(key).reset_index(drop=True)
     )
+
+
+def test_the_gate_refuses_accuracy_bought_with_a_narrower_catalog():
+    from p13n.config import load_settings
+    from p13n.models.registry import GateRule, decide
+    from p13n.recommend.pipeline import gate_metrics
+
+    rules = {m: GateRule(**g.model_dump()) for m, g in load_settings("local").recommend.gates.items()}
+    assert rules["coverage"].tolerance == 0.03
+    table = {
+        "personalized": {"ndcg@10": 0.30, "coverage": 0.10},
+        "popularity": {"ndcg@10": 0.05, "coverage": 0.01},
+    }
+    challenger = gate_metrics(table, 10)
+    assert challenger == {"ndcg_at_k": 0.30, "lift_over_popularity": 6.0, "coverage": 0.10}
+    wider = {"ndcg_at_k": 0.28, "lift_over_popularity": 5.6, "coverage": 0.14}
+    ok, reasons = decide(challenger, wider, rules)  # more accurate, 0.04 less coverage: refused
+    assert not ok and "coverage 0.1 worse than the champion's 0.14" in reasons
+    ok, _ = decide(challenger, wider | {"coverage": 0.12}, rules)  # 0.02 less: within the tolerance
+    assert ok

@@ -428,7 +428,7 @@ def evaluate_recipe(data: Data, recipe: Recipe, settings: Settings, spark, split
     lists = fit_lists(data, train, users, recipe, settings, spark, end=cut)
     shape = (len(data.users), len(data.items))
     m = lists.seen
-    runs = {"popularity": Popularity().fit(m).excluding(not_repeating(m, lists.repeats)).recommend(users, k)}
+    runs = {"popularity": Popularity().fit(m).excluding(not_repeating(m, lists.repeats)).recommend(users, 20)}
     runs |= {
         n: lists.components[n]
         for n in (
@@ -442,21 +442,23 @@ def evaluate_recipe(data: Data, recipe: Recipe, settings: Settings, spark, split
         )
     }
     runs["personalized"] = served(data, lists, users, train, recipe, settings, stock=False, end=cut)
-    out = {}
-    for name, recs in runs.items():
-        out[name] = ev.ranking_metrics(recs, test, k) | {
-            "coverage": ev.catalog_coverage(recs[recs["rank"] <= k], shape[1]),
-            "diversity": ev.diversity(recs[recs["rank"] <= k], pd.Series(data.category)),
-        }
+    popularity = pd.Series(np.asarray((m > 0).sum(axis=0)).ravel())
+    category = pd.Series(data.category)
+    out = {
+        name: ev.list_metrics(recs, test, k, popularity, shape[0], category) for name, recs in runs.items()
+    }
     facts = {"test_customers": int(len(users)), "train_events": int(len(train)), "items": shape[1]}
     return out, facts
 
 
 def gate_metrics(metrics: dict, k: int) -> dict:
+    """What the gate compares: the served list's NDCG@k, its lift over popularity and its catalog
+    coverage (so accuracy is not bought with a narrower catalog beyond the coverage gate's tolerance)."""
     served_ndcg, base = metrics["personalized"][f"ndcg@{k}"], metrics["popularity"][f"ndcg@{k}"]
     return {
         "ndcg_at_k": served_ndcg,
         "lift_over_popularity": round(served_ndcg / base, 4) if base > 0 else 0.0,
+        "coverage": metrics["personalized"]["coverage"],
     }
 
 

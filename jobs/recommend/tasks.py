@@ -16,7 +16,7 @@ SUITES = (
     "gold.trending",
     "gold.popular_items",
 )
-METRICS = ("precision@{k}", "recall@{k}", "ndcg@{k}", "map@{k}", "coverage", "diversity")
+METRICS = ("precision@{k}", "recall@{k}", "recall@20", "ndcg@{k}", "map@{k}", "coverage", "diversity", "novelty")
 
 
 def _data(ds: str):
