@@ -150,8 +150,12 @@ async def deadline_missed(dag_id: str, budget_minutes: int, context: dict | None
     """A `DeadlineAlert` callback (runs in Airflow's triggerer): sends a `deadline_missed` alert."""
     import asyncio
 
+    # Airflow 3.3's scheduler passes the run as its REST representation (`dag_run_id`).
     run = (context or {}).get("dag_run") or {}
-    run_id = run.get("run_id") if isinstance(run, dict) else getattr(run, "run_id", None)
+    if isinstance(run, dict):
+        run_id = run.get("dag_run_id") or run.get("run_id")
+    else:
+        run_id = getattr(run, "run_id", None)
     alert = message(
         "deadline_missed",
         dag_id,

@@ -22,7 +22,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         days=args.days,
         seed=args.seed,
         history_days=args.history_days,
-        in_process=not args.scheduler,
+        in_process=args.in_process,
         dates=args.date,
         dags=tuple(args.dag) if args.dag else None,
     )
@@ -551,8 +551,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "run",
         help="run the pipeline through Airflow on the configured services and print a summary",
-        description="Generates a dataset when the landing zone is empty, then runs the DAGs through Airflow "
-        "for each day of it.",
+        description="Generates a dataset when the landing zone is empty, then runs the nightly through Airflow's "
+        "scheduler for each day of it (--in-process: through `airflow dags test` in one process, for debugging).",
     )
     p.add_argument(
         "--customers", type=int, default=20_000, help="customers to generate when there is no data"
@@ -574,13 +574,13 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument(
         "--scheduler",
         action="store_true",
-        help="as production runs it: Airflow's scheduler (LocalExecutor), DAG processor, triggerer and API "
-        "server, tasks as Spark Connect clients, each date triggered and followed down the assets",
+        help="the default, as production runs it: Airflow's scheduler (LocalExecutor), DAG processor, triggerer "
+        "and API server, tasks as Spark Connect clients, each date triggered and followed down the assets",
     )
     how.add_argument(
         "--in-process",
         action="store_true",
-        help="the default for now: every DAG through `airflow dags test` in one process, no scheduler",
+        help="a debugging aid: every DAG through `airflow dags test` in one process, no scheduler",
     )
     p.set_defaults(handler=_cmd_run)
 
