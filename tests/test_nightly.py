@@ -138,7 +138,9 @@ def test_deadline_alerts_are_configured_and_sent(settings, hook, monkeypatch):
     alert = alerts.deadline("ingest_sources", settings)
     assert alert.interval == dt.timedelta(minutes=settings.airflow.deadlines_minutes["ingest_sources"])
     assert alerts.deadline("lake_maintenance", settings) is None  # no budget configured
-    out = asyncio.run(alerts.deadline_missed(**alert.callback.kwargs, context={"dag_run": {"dag_run_id": "r1"}}))
+    out = asyncio.run(
+        alerts.deadline_missed(**alert.callback.kwargs, context={"dag_run": {"dag_run_id": "r1"}})
+    )
     assert out == {"webhook": True}
     (sent,) = hook.bodies
     assert (sent["kind"], sent["dag_id"], sent["run_id"]) == ("deadline_missed", "ingest_sources", "r1")

@@ -16,7 +16,16 @@ SUITES = (
     "gold.trending",
     "gold.popular_items",
 )
-METRICS = ("precision@{k}", "recall@{k}", "recall@20", "ndcg@{k}", "map@{k}", "coverage", "diversity", "novelty")
+METRICS = (
+    "precision@{k}",
+    "recall@{k}",
+    "recall@20",
+    "ndcg@{k}",
+    "map@{k}",
+    "coverage",
+    "diversity",
+    "novelty",
+)
 
 
 def _data(ds: str):
