@@ -231,7 +231,7 @@ class RecommendSettings(_Section):
     # Blend of the personalized list: reciprocal-rank fusion weight per component.
     blend: dict[str, float] = Field(
         default_factory=lambda: {
-            "next_basket": 4.0,
+            "next_basket": 20.0,
             "als": 1.0,
             "item_similarity": 1.0,
             "buy_again": 3.0,
@@ -240,8 +240,8 @@ class RecommendSettings(_Section):
             "trending": 0.2,
         }  # fmt: skip
     )
-    # A repeating item bought less than this share of its cadence ago is not offered again yet.
-    due_share: float = Field(0.5, ge=0, le=1)
+    # A repeating item bought less than this share of its cadence ago is not offered again yet (0: off).
+    due_share: float = Field(0.0, ge=0, le=1)
     list_sizes: dict[str, int] = Field(
         default_factory=lambda: {
             "personalized": 20,
