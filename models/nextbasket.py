@@ -124,27 +124,37 @@ def tifu_vectors(
     return m
 
 
-def neighbour_scores(vectors: sparse.csr_matrix, neighbours: int, explore: int) -> pd.DataFrame:
+def neighbour_scores(
+    vectors: sparse.csr_matrix, neighbours: int, explore: int, pool: int = 20_000, seed: int = 13
+) -> pd.DataFrame:
     """TIFU-KNN's neighbour part, per batch of users (memory stays bounded): each user's most similar
     `neighbours` other users by cosine; their mean vector read at the user's own items and at the
-    `explore` best items the user never bought. Returns u, i (row and column codes), neighbour."""
+    `explore` best items the user never bought. Neighbours are drawn from a seeded sample of at most
+    `pool` users (all of them up to that), so the cost grows linearly with the users, not squared.
+    Returns u, i (row and column codes), neighbour."""
     n, n_items = vectors.shape
-    k = min(neighbours, n - 1)
+    cand = np.arange(n) if n <= pool else np.sort(np.random.default_rng(seed).choice(n, pool, replace=False))
+    k = min(neighbours, len(cand) - 1)
     if k <= 0 or vectors.nnz == 0:
         return pd.DataFrame({"u": np.zeros(0, int), "i": np.zeros(0, int), "neighbour": np.zeros(0)})
     norms = np.sqrt(np.asarray(vectors.multiply(vectors).sum(axis=1)).ravel())
     unit = (sparse.diags(1.0 / np.where(norms > 0, norms, 1.0)) @ vectors).tocsr()
-    batch = int(np.clip(8_000_000 // max(n_items, n, 1), 16, 2048))
+    pool_unit, pool_vectors = unit[cand].T.tocsc(), vectors[cand]
+    batch = int(np.clip(8_000_000 // max(n_items, len(cand), 1), 16, 2048))
     parts = []
     for lo in range(0, n, batch):
         hi = min(lo + batch, n)
-        sim = (unit[lo:hi] @ unit.T).toarray()
-        sim[np.arange(hi - lo), np.arange(lo, hi)] = -np.inf
+        sim = (unit[lo:hi] @ pool_unit).toarray()
+        rows = np.arange(lo, hi)
+        at = np.minimum(np.searchsorted(cand, rows), len(cand) - 1)
+        own = cand[at] == rows  # a user is never their own neighbour
+        sim[np.flatnonzero(own), at[own]] = -np.inf
         top = np.argpartition(-sim, k - 1, axis=1)[:, :k]
         mean = sparse.csr_matrix(
-            (np.full(top.size, 1.0 / k), (np.repeat(np.arange(hi - lo), k), top.ravel())), shape=(hi - lo, n)
+            (np.full(top.size, 1.0 / k), (np.repeat(np.arange(hi - lo), k), top.ravel())),
+            shape=(hi - lo, len(cand)),
         )
-        near = (mean @ vectors).toarray()
+        near = (mean @ pool_vectors).toarray()
         own_r, own_c = vectors[lo:hi].nonzero()
         parts.append(pd.DataFrame({"u": own_r + lo, "i": own_c, "neighbour": near[own_r, own_c]}))
         if explore > 0:
