@@ -389,7 +389,13 @@ def _check_recommendation_tables(lake, day, lines, erased):
     objectors = set(profiles.loc[profiles["consent_personalization"] == "revoked", "customer_id"])
     assert objectors and set(pers.loc[pers["customer_id"].isin(objectors), "source"]) == {"popular"}
     assert not set(recs.loc[recs["list_type"] != "personalized", "customer_id"]) & objectors
-    assert {"als", "item_similarity", "buy_again"} <= set(pers["source"])
+    # the next-basket model leads (a shopper's repeat items and their neighbours' come through it);
+    # the explore lists fill what it leaves
+    assert {"next_basket", "als", "item_similarity"} <= set(pers["source"])
+    basket_reasons = pers.loc[pers["source"] == "next_basket", "reason"]
+    assert basket_reasons.str.match(
+        r"(You buy this (about every \d+ days|regularly)|Often in baskets like yours)$"
+    ).all()
     assert set(recs["list_type"]) == {"personalized", "buy_again", "recently_viewed", "popular_in_segment"}
     assert recs["reason"].str.len().gt(0).all()
     restock = recs.loc[recs["source"] == "buy_again", "reason"]
