@@ -23,8 +23,10 @@ def _baskets(rows: list[tuple[str, int, list[str]]]) -> pd.DataFrame:
 
 
 def test_repeat_rates_are_learned_per_item_and_category_with_their_cadence():
-    p = _baskets([("u1", 0, ["A", "B"]), ("u1", 10, ["A"]), ("u1", 30, ["A"]), ("u2", 0, ["A", "B"]),
-                  ("u2", 6, ["A"]), ("u3", 0, ["A"])])  # fmt: skip
+    p = _baskets(
+        [("u1", 0, ["A", "B"]), ("u1", 10, ["A"]), ("u1", 30, ["A"]), ("u2", 0, ["A", "B"]), ("u2", 6, ["A"])]
+        + [("u3", 0, ["A"])]
+    )
     rates = nb.repeat_rates(p, pd.Series({"A": "food", "B": "food"})).set_index("item")
     # pairs (u1,A)×3 (u2,A)×2 (u3,A)×1 (u1,B) (u2,B): 2 of 5 repeat, the prior's rate 0.4
     assert rates.loc["A", "buyers"] == 3 and rates.loc["A", "repeat_buyers"] == 2

@@ -41,7 +41,7 @@ def table_exists(root: str, table: str) -> bool:
     return DeltaTable.is_deltatable(table_uri(root, table))
 
 
-def append_rows(settings, table: str, rows: list[dict], schema=None) -> int:
+def append_rows(settings, table: str, rows: list[dict], schema=None, schema_mode: str | None = None) -> int:
     """Append a few run records to a small `ops.*` table through delta-rs (no Spark needed)."""
     import pyarrow as pa
     from deltalake import CommitProperties, write_deltalake
@@ -56,6 +56,7 @@ def append_rows(settings, table: str, rows: list[dict], schema=None) -> int:
         data,
         mode="append",
         storage_options=settings.lake.storage_options or None,
+        schema_mode=schema_mode,
         commit_properties=CommitProperties(custom_metadata=RunContext.from_env().commit_metadata()),
     )
     return len(rows)

@@ -603,16 +603,9 @@ def forget(settings, request_id: str, customer_id: str | None = None, email: str
         ],
     )
     # Suppressions first: from here on the stream and ingestion drop the person's records.
-    write_deltalake(
-        table_uri(root, SUPPRESSIONS),
-        pd.DataFrame(
-            {
-                "hash": sorted({keyed_hash(i, key) for i in person.identifiers} | person.hashes),
-                "request_id": request_id,
-                "added_at": now,
-            }
-        ),
-        mode="append",
+    hashes = sorted({keyed_hash(i, key) for i in person.identifiers} | person.hashes)
+    append_rows(
+        settings, SUPPRESSIONS, [{"hash": h, "request_id": request_id, "added_at": now} for h in hashes]
     )
     audit = {
         "request_id": request_id,
@@ -627,14 +620,8 @@ def forget(settings, request_id: str, customer_id: str | None = None, email: str
         warehouse = erase_warehouse(settings, person)
         lake = erase_lake(settings, person, progress, plans)
         files = erase_files(settings, person)
-        write_deltalake(
-            table_uri(root, ERASURES),
-            pd.DataFrame(
-                {"customer_id": [person.customer_id], "request_id": [request_id], "erased_at": [now]}
-            ),
-            mode="append",
-            schema_mode="merge",
-        )
+        erased = {"customer_id": person.customer_id, "request_id": request_id, "erased_at": now}
+        append_rows(settings, ERASURES, [erased], schema_mode="merge")
         from deltalake import DeltaTable
 
         pending = DeltaTable(table_uri(root, PENDING))

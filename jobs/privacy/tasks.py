@@ -41,8 +41,6 @@ def _queue_schema():
 def request(kind: str, customer_id: str | None = None, email: str | None = None) -> str:
     """Queue a request for the DAG; returns its id. The person is checked now: an unknown customer
     id or an address of no one is refused here, not discovered at night."""
-    import pyarrow as pa
-    from deltalake import write_deltalake
 
     from p13n.privacy.erasure import ErasureError, find_person, normalize_email, restricted_dir
     from p13n.secrets import pii_key
@@ -59,26 +57,16 @@ def request(kind: str, customer_id: str | None = None, email: str | None = None)
     if email:
         restricted_dir(settings, "restricted")
         append_rows(settings, ADDRESSES, [{"request_id": rid, "email": normalize_email(email)}])
-    row = pa.Table.from_pylist(
-        [
-            {
-                "request_id": rid,
-                "kind": kind,
-                "customer_id": customer_id,
-                "requested_at": dt.datetime.now(dt.UTC),
-                "status": "pending",
-                "completed_at": None,
-                "detail": None,
-            }
-        ],
-        schema=_queue_schema(),
-    )
-    write_deltalake(
-        table_uri(settings.lake_root, settings.privacy.requests_table),
-        row,
-        mode="append",
-        schema_mode="merge",
-    )
+    row = {
+        "request_id": rid,
+        "kind": kind,
+        "customer_id": customer_id,
+        "requested_at": dt.datetime.now(dt.UTC),
+        "status": "pending",
+        "completed_at": None,
+        "detail": None,
+    }
+    append_rows(settings, settings.privacy.requests_table, [row], schema=_queue_schema(), schema_mode="merge")
     return rid
 
 
