@@ -12,7 +12,7 @@ export P13N_ENV ?= local
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup services compose-check run test bench-scale test-slow test-all lint format bench airflow lock clean
+.PHONY: help setup services compose-check run test test-fast bench-scale test-slow test-all lint format bench airflow lock clean
 
 help: ## List the make targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-11s\033[0m %s\n", $$1, $$2}'
@@ -49,7 +49,10 @@ compose-check: services ## Validate docker/compose.yaml with `docker-compose con
 test: setup services compose-check ## Run the test suite (what CI runs)
 	$(PY) -m pytest
 
-test-slow: setup services ## Run only the slow end-to-end and fault-injection tests
+test-fast: setup ## The fast tier for the edit-test loop (no Airflow, Kafka or whole nights; tests/README.md)
+	$(PY) -m pytest -m "not e2e and not slow and not scale"
+
+test-slow: setup services ## Run only the slow fault-injection tests
 	$(PY) -m pytest -m slow
 
 test-all: setup services ## Run every test except scale runs

@@ -59,13 +59,14 @@ def lake_maintenance():
     def record_health(results: list[dict]) -> int:
         import datetime as dt
 
-        from p13n.maintenance import HEALTH_TABLE, record_table_health
+        from p13n.lake.tables import OPS_TABLE_HEALTH
+        from p13n.maintenance import record_table_health
         from p13n.orchestration import progress, run_date
         from p13n.session import lake
 
         day = run_date()
         rows = record_table_health(lake(), list(results), dt.date.fromisoformat(day))
-        progress(f"{HEALTH_TABLE}: {rows} rows for {day}")
+        progress(f"{OPS_TABLE_HEALTH}: {rows} rows for {day}")
         return rows
 
     record_health(maintain.expand(table=list_tables()))

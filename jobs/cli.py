@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from p13n import __version__
+from p13n.lake.tables import GOLD_RECOMMENDATIONS, OPS_INGEST_RUNS
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -56,7 +57,7 @@ def _latest_scored_date() -> str | None:
     from p13n.lake.duck import duckdb_connection, scan, table_exists
 
     root = get_settings().lake_root
-    for table, col in (("gold.recommendations", "as_of_date"), ("ops.ingest_runs", "batch_date")):
+    for table, col in ((GOLD_RECOMMENDATIONS, "as_of_date"), (OPS_INGEST_RUNS, "batch_date")):
         if table_exists(root, table):
             value = duckdb_connection().execute(f"SELECT max({col}) FROM {scan(root, table)}").fetchone()[0]
             if value:
@@ -485,40 +486,54 @@ def _cmd_lake(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from p13n.config import get_settings
+    from p13n.lake import duck
     from p13n.session import lake
 
     console = Console()
-    lk = lake()
-    if args.action == "tables":
-        table = Table("table", "version", "files", "rows", "MB", "partitioned by")
-        for name in lk.tables():
-            i = lk.info(name)
+    settings = get_settings()
+    if args.action == "tables" and args.catalog:
+        from p13n.lake.tables import CATALOG, source_tables
+
+        table = Table("table", "partitioned by", "key", "owner", "what it holds", title="The table catalog")
+        for t in [*CATALOG.values(), *source_tables()]:
+            table.add_row(t, t.partition_by or "", ", ".join(t.key), t.owner, t.about)
+        console.print(table)
+    elif args.action == "tables":
+        table = Table("table", "version", "files", "rows", "MB", "partitioned by", "last written")
+        for name in duck.list_tables(settings):
+            i = duck.describe(settings, name)
             table.add_row(
                 name,
-                str(i.version),
-                str(i.files),
-                f"{i.rows:,}",
-                f"{i.bytes / 1e6:.1f}",
-                ", ".join(i.partition_by),
+                str(i["version"]),
+                str(i["files"]),
+                f"{i['rows']:,}",
+                f"{i['bytes'] / 1e6:.1f}",
+                ", ".join(i["partition_by"]),
+                f"{i['last_time']} {i['last_operation']} by {i['last_dag'] or '?'}",
             )
         console.print(table)
     elif args.action == "history":
-        table = Table("version", "timestamp", "operation", "dag", "run", "code")
-        for c in lk.history(args.table, limit=args.limit):
+        table = Table("version", "time", "operation", "rows", "run date", "dag", "run", "code")
+        for c in duck.history(settings, args.table, limit=args.limit):
             table.add_row(
-                str(c.get("version")),
-                str(c.get("timestamp")),
-                str(c.get("operation")),
-                c.get("p13n.dag_id", ""),
-                c.get("p13n.run_id", ""),
-                c.get("p13n.code_version", ""),
+                *(
+                    str(c[k])
+                    for k in ("version", "time", "operation", "rows", "run_date", "dag", "run", "code")
+                )
             )
         console.print(table)
     elif args.action == "show":
-        lk.read(args.table, where=args.where).show(args.limit, truncate=False)
+        frame = duck.head(settings, args.table, args.limit, args.where)
+        table = Table(*frame.columns, title=f"{args.table}: {len(frame)} rows")
+        for row in frame.itertuples(index=False):
+            table.add_row(*("" if v is None else str(v) for v in row))
+        console.print(table)
     elif args.action == "optimize":
+        lk = lake()
         console.print(lk.optimize(args.table))
     elif args.action == "vacuum":
+        lk = lake()
         removed = lk.vacuum(args.table, retention_hours=args.retention_hours, dry_run=args.dry_run)
         console.print(f"{'would remove' if args.dry_run else 'removed'} {len(removed)} files")
     return 0
@@ -922,7 +937,8 @@ audience's channel are exported; erased customers never. Each run is logged in o
 
     p = sub.add_parser("lake", help="inspect and maintain Delta tables")
     lake_sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    lake_sub.add_parser("tables", help="list tables with version, files, rows and size")
+    a = lake_sub.add_parser("tables", help="list tables with version, files, rows, size and last write")
+    a.add_argument("--catalog", action="store_true", help="list the catalog: every table the platform writes")
     for action, helptext in [
         ("history", "commits of a table with their run metadata"),
         ("show", "print rows of a table"),
@@ -930,7 +946,7 @@ audience's channel are exported; erased customers never. Each run is logged in o
         ("vacuum", "remove files no version in the retention window needs"),
     ]:
         a = lake_sub.add_parser(action, help=helptext)
-        a.add_argument("table", help="layer.name, e.g. silver.orders")
+        a.add_argument("table", help="layer.name, e.g. gold.segments")
         if action in ("history", "show"):
             a.add_argument("--limit", type=int, default=20)
         if action == "show":

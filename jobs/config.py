@@ -18,6 +18,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from p13n.lake.tables import OPS_PRIVACY_REQUESTS
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ENV_PREFIX = "P13N__"
 NOT_OVERLAYS = {"base", "sources"}  # conf/ files that are not environment overlays
@@ -482,7 +484,7 @@ class PrivacySettings(_Section):
 
     vacuum_retention_hours: int = Field(0, ge=0)  # files an erasure replaced are deleted after this
     truncate_history: bool = True  # cut each changed table's log at a checkpoint (older versions go)
-    requests_table: str = "ops.privacy_requests"
+    requests_table: str = OPS_PRIVACY_REQUESTS
     # An erasure that would delete more rows than this refuses before deleting anything.
     max_rows_per_request: int = Field(200_000, gt=0)
     # `p13n sql` reads the restricted zones (restricted, bronze, quarantine) only when this is on.

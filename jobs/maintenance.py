@@ -6,8 +6,8 @@ import datetime as dt
 from dataclasses import asdict
 
 from p13n.lake import Lake
+from p13n.lake.tables import OPS_TABLE_HEALTH
 
-HEALTH_TABLE = "ops.table_health"
 HEALTH_SCHEMA = (
     "run_date date, table_name string, version long, files long, bytes long, rows long, "
     "files_compacted long, files_vacuumed long, checked_at timestamp"
@@ -49,5 +49,5 @@ def record_table_health(lake: Lake, results: list[dict], run_date: dt.date) -> i
     """Write this run's health rows, replacing the run date's partition (reruns leave one copy)."""
     checked_at = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     df = build_table_health(lake.spark, results, run_date, checked_at)
-    lake.replace_partition(HEALTH_TABLE, df, "run_date", run_date)
+    lake.replace_partition(OPS_TABLE_HEALTH, df, "run_date", run_date)
     return df.count()

@@ -8,6 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from p13n.config import REPO_ROOT, Settings, get_settings
+from p13n.lake.tables import OPS_VALIDATIONS
 
 DAGS_FOLDER = REPO_ROOT / "dags"
 PROGRESS_MARK = "▶ p13n |"
@@ -172,7 +173,6 @@ def validate_outputs(tables: dict[str, list | None], what: str) -> dict:
     return {"passed": passed, "warnings": len(warnings)}
 
 
-VALIDATIONS = "ops.validations"
 VALIDATIONS_SCHEMA = (
     "run_date date, table_name string, success boolean, passed long, failed long, failures string, "
     "warnings string, validated_at timestamp"
@@ -191,7 +191,7 @@ def record_validations(lake, records: list) -> None:
                      outcome.failed, "; ".join(outcome.critical_failures), "; ".join(outcome.warnings), now))  # fmt: skip
     if rows:
         df = lake.spark.createDataFrame(rows, VALIDATIONS_SCHEMA)
-        lake.write(VALIDATIONS, df, mode="append", partition_by=["run_date"])
+        lake.write(OPS_VALIDATIONS, df, mode="append", partition_by=["run_date"])
 
 
 def dags_test_env(env: dict[str, str]) -> dict[str, str]:

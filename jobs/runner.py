@@ -15,6 +15,17 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from p13n.config import get_settings
+from p13n.lake.tables import (
+    GOLD_RECOMMENDATIONS,
+    GOLD_SEGMENTS,
+    GOLD_TRIGGERED_AUDIENCES,
+    OPS_EXPORT_RUNS,
+    OPS_IDENTITY_RUNS,
+    OPS_INGEST_RUNS,
+    OPS_MODEL_RUNS,
+    OPS_WAREHOUSE_SYNCS,
+    bronze_table,
+)
 from p13n.orchestration import PROGRESS_MARK, airflow_bin, airflow_env, dags_test_env
 
 
@@ -446,13 +457,13 @@ def _print_alerts(console, settings, since: dt.datetime) -> None:
 
 
 def _print_ingest_summary(console, settings, dates: list[str]) -> None:
-    from deltalake import DeltaTable
     from rich.table import Table
 
-    path = f"{settings.lake_root}/ops/ingest_runs"
-    if not DeltaTable.is_deltatable(path):
+    from p13n.lake.duck import read_arrow, table_exists
+
+    if not table_exists(settings, OPS_INGEST_RUNS):
         return
-    rows = DeltaTable(path).to_pyarrow_table().to_pylist()
+    rows = read_arrow(settings, OPS_INGEST_RUNS).to_pylist()
     per: dict[str, dict] = {}
     for r in rows:
         if r["batch_date"].isoformat() not in dates:
@@ -516,17 +527,13 @@ def _fmt_share(v) -> str:
 
 def _print_identity_summary(console, settings) -> None:
     """One line per identity run: records, customers, changes and, on generated data, F1."""
-    import pyarrow as pa
-    from deltalake import DeltaTable
     from rich.table import Table
 
-    path = Path(settings.lake_root) / "ops" / "identity_runs"
-    if not (path / "_delta_log").exists():
+    from p13n.lake.duck import read_arrow, table_exists
+
+    if not table_exists(settings, OPS_IDENTITY_RUNS):
         return
-    runs = sorted(
-        pa.table(DeltaTable(str(path)).to_pyarrow_dataset().to_table()).to_pylist(),
-        key=lambda r: r["run_date"],
-    )
+    runs = sorted(read_arrow(settings, OPS_IDENTITY_RUNS).to_pylist(), key=lambda r: r["run_date"])
     table = Table(title="Identity resolution")
     for col in ("date", "records", "customers", "changes", "precision", "recall", "F1"):
         table.add_column(col, justify="right" if col != "changes" else "left")
@@ -548,15 +555,17 @@ def _print_customer_summary(console, settings, day: str) -> None:
     """The models' gate decisions and metrics, the segment sizes and the cluster personas of `day`."""
     from rich.table import Table
 
-    from p13n.lake.duck import duckdb_connection
+    from p13n.lake.duck import duckdb_connection, scan, table_exists
 
-    root = Path(settings.lake_root)
-    if not (root / "ops" / "model_runs").exists():
+    root = settings.lake_root
+    if not table_exists(settings, OPS_MODEL_RUNS):
         return
-    con = duckdb_connection()
-    runs = con.sql(
-        f"select model, version, promoted, reasons, metrics from delta_scan('{root}/ops/model_runs') "
-        f"where as_of_date = '{day}' order by model"
+    con = duckdb_connection(settings=settings)
+    day = dt.date.fromisoformat(day)
+    runs = con.execute(
+        f"select model, version, promoted, reasons, metrics from {scan(root, OPS_MODEL_RUNS)} "
+        "where as_of_date = ? order by model",
+        [day],
     ).fetchall()
     table = Table("model", "version", "champion?", "metrics", "gate", title=f"Models as of {day}")
     shown = {
@@ -570,17 +579,16 @@ def _print_customer_summary(console, settings, day: str) -> None:
         numbers = ", ".join(f"{k}={m[k]}" for k in shown.get(model, ()) if k in m)
         table.add_row(model, version, "promoted" if promoted else "kept old", numbers, reasons)
     console.print(table)
-    seg = root / "gold" / "segments"
-    if seg.exists():
+    if table_exists(settings, GOLD_SEGMENTS):
         table = Table("lifecycle stage", "customers", "persona (cluster)", "customers", title="Segments")
-        stages = con.sql(
-            f"select lifecycle_stage, count(*) n from delta_scan('{seg}') where as_of_date = '{day}' "
-            "group by 1 order by 2 desc"
-        ).fetchall()
-        personas = con.sql(
-            f"select persona, count(*) n from delta_scan('{seg}') where as_of_date = '{day}' "
-            "group by 1 order by 2 desc"
-        ).fetchall()
+        stages, personas = (
+            con.execute(
+                f"select {col}, count(*) n from {scan(root, GOLD_SEGMENTS)} where as_of_date = ? "
+                "group by 1 order by 2 desc",
+                [day],
+            ).fetchall()
+            for col in ("lifecycle_stage", "persona")
+        )
         for i in range(max(len(stages), len(personas))):
             s = stages[i] if i < len(stages) else ("", "")
             p = personas[i] if i < len(personas) else ("", "")
@@ -592,36 +600,39 @@ def _print_recommendation_summary(console, settings, day: str) -> None:
     """Lists per type and where the personalized items came from; one customer's list with reasons."""
     from rich.table import Table
 
-    from p13n.lake.duck import duckdb_connection
+    from p13n.lake.duck import duckdb_connection, scan, table_exists
 
-    recs = Path(settings.lake_root) / "gold" / "recommendations"
-    if not recs.exists():
+    if not table_exists(settings, GOLD_RECOMMENDATIONS):
         return
-    con = duckdb_connection()
-    scan = f"delta_scan('{recs}') where as_of_date = '{day}'"
+    con = duckdb_connection(settings=settings)
+    day = dt.date.fromisoformat(day)
+    recs = f"{scan(settings.lake_root, GOLD_RECOMMENDATIONS)} where as_of_date = ?"
     table = Table(
         "list", "customers", "items per customer", "from (source: rows)", title=f"Recommendations as of {day}"
     )
-    for list_type, customers, per in con.sql(
-        f"select list_type, count(distinct customer_id), round(count(*) / count(distinct customer_id), 1) from {scan} "
-        "group by 1 order by 1"
+    for list_type, customers, per in con.execute(
+        "select list_type, count(distinct customer_id), round(count(*) / count(distinct customer_id), 1) "
+        f"from {recs} group by 1 order by 1",
+        [day],
     ).fetchall():
-        sources = con.sql(
-            f"select source, count(*) from {scan} and list_type = '{list_type}' group by 1 order by 2 desc"
+        sources = con.execute(
+            f"select source, count(*) from {recs} and list_type = ? group by 1 order by 2 desc",
+            [day, list_type],
         ).fetchall()
         table.add_row(list_type, f"{customers:,}", str(per), ", ".join(f"{s}: {n:,}" for s, n in sources))
     console.print(table)
     sample = (
-        con.sql(
-            f"select customer_id from {scan} and list_type = 'buy_again' order by customer_id limit 1"
+        con.execute(
+            f"select customer_id from {recs} and list_type = 'buy_again' order by customer_id limit 1", [day]
         ).fetchall()
-        or con.sql(f"select customer_id from {scan} order by customer_id limit 1").fetchall()
+        or con.execute(f"select customer_id from {recs} order by customer_id limit 1", [day]).fetchall()
     )
     if sample:
         who = sample[0][0]
-        rows = con.sql(
-            f"select rank, sku, source, reason from {scan} and list_type = 'personalized' and customer_id = '{who}' "
-            "order by rank limit 8"
+        rows = con.execute(
+            f"select rank, sku, source, reason from {recs} and list_type = 'personalized' and customer_id = ? "
+            "order by rank limit 8",
+            [day, who],
         ).fetchall()
         example = Table("rank", "sku", "source", "reason", title=f"Personalized list of {who} (first 8)")
         for r in rows:
@@ -651,19 +662,13 @@ def _stream_summary(settings, url: str) -> str:
     """What the streaming step did: events landed by the consumer, real-time profiles, triggers."""
     import redis as redis_lib
 
-    from p13n.lake.duck import duckdb_connection, table_exists, table_uri
+    from p13n.lake.duck import duckdb_connection, open_table, scan, table_exists
 
     lines = ["[bold]Streaming[/]"]
-    con = duckdb_connection()
-    bronze = "bronze.web_clickstream"
-    if table_exists(settings.lake_root, bronze):
-        from deltalake import DeltaTable
-
-        commits = [
-            h
-            for h in DeltaTable(table_uri(settings.lake_root, bronze)).history()
-            if h.get("p13n.writer") == "stream"
-        ]
+    con = duckdb_connection(settings=settings)
+    bronze = bronze_table("web_clickstream")
+    if table_exists(settings, bronze):
+        commits = [h for h in open_table(settings, bronze).history() if h.get("p13n.writer") == "stream"]
         rows = sum(int((h.get("operationMetrics") or {}).get("num_added_rows", 0)) for h in commits)
         lines.append(f"{bronze}: {rows:,} events landed by the stream consumer in {len(commits)} commits")
     r = redis_lib.Redis.from_url(url)
@@ -673,10 +678,10 @@ def _stream_summary(settings, url: str) -> str:
     finally:
         r.close()
     lines.append(f"real-time profiles in Redis ({ns}:rt:<customer_id>): {rt:,}")
-    if table_exists(settings.lake_root, "gold.triggered_audiences"):
+    if table_exists(settings.lake_root, GOLD_TRIGGERED_AUDIENCES):
         rows = con.execute(
-            "SELECT trigger, status, count(*) FROM delta_scan("
-            f"'{table_uri(settings.lake_root, 'gold.triggered_audiences')}') GROUP BY ALL ORDER BY ALL"
+            f"SELECT trigger, status, count(*) FROM {scan(settings.lake_root, GOLD_TRIGGERED_AUDIENCES)} "
+            "GROUP BY ALL ORDER BY ALL"
         ).fetchall()
         lines.append(
             "gold.triggered_audiences: " + (", ".join(f"{t} {s} {n:,}" for t, s, n in rows) or "none yet")
@@ -691,10 +696,10 @@ def _activation_summary(settings, day: str) -> str:
 
     con, root = duckdb_connection(), settings.lake_root
     lines = ["[bold]Activation[/] (export_audiences)"]
-    if table_exists(root, "ops.export_runs"):
+    if table_exists(root, OPS_EXPORT_RUNS):
         rows = con.execute(
             f"""SELECT audience, destination, added, updated, removed, unchanged, eligible
-                FROM {scan(root, "ops.export_runs")} WHERE as_of = ?
+                FROM {scan(root, OPS_EXPORT_RUNS)} WHERE as_of = ?
                 QUALIFY row_number() OVER (PARTITION BY audience, destination ORDER BY finished_at DESC) = 1
                 ORDER BY audience, destination""",
             [day],
@@ -707,9 +712,9 @@ def _activation_summary(settings, day: str) -> str:
             else:
                 lines.append(f"{audience} → {dest}: {eligible:,} eligible; {added:,} added, {updated:,} "
                              f"updated, {removed:,} removed, {unchanged:,} unchanged")  # fmt: skip
-    if table_exists(root, "ops.warehouse_syncs"):
+    if table_exists(root, OPS_WAREHOUSE_SYNCS):
         rows = con.execute(
-            f"""SELECT table_name, "rows", inserted, updated, deleted FROM {scan(root, "ops.warehouse_syncs")}
+            f"""SELECT table_name, "rows", inserted, updated, deleted FROM {scan(root, OPS_WAREHOUSE_SYNCS)}
                 WHERE as_of_date = ? QUALIFY row_number() OVER (PARTITION BY table_name
                 ORDER BY synced_at DESC) = 1 ORDER BY table_name""",
             [dt.date.fromisoformat(day)],
@@ -762,28 +767,23 @@ def _serving_summary(settings, url: str) -> str:
 
 def _print_summary(console, settings, logical_date: str, log: Path) -> None:
     """Every table in the lake: version, files, rows, and who last wrote it."""
-    import pyarrow as pa
-    from deltalake import DeltaTable
     from rich.table import Table
 
-    from p13n.lake.tables import LAYERS
+    from p13n.lake.duck import describe, list_tables
 
     table = Table(title=f"What the run wrote ({logical_date})")
     for col in ("table", "version", "files", "rows", "last operation"):
         table.add_column(col)
-    root = Path(settings.lake_root)
-    for layer in LAYERS:
-        for path in sorted((root / layer).glob("*/_delta_log")):
-            dt_ = DeltaTable(str(path.parent))
-            rows = pa.table(dt_.get_add_actions(flatten=True)).column("num_records").to_pylist()
-            last = dt_.history(1)[0]
-            table.add_row(
-                f"{layer}.{path.parent.name}",
-                str(dt_.version()),
-                str(len(rows)),
-                f"{sum(r or 0 for r in rows):,}",
-                f"{last.get('operation')} by {last.get('p13n.dag_id', '?')}",
-            )
+    root = settings.lake_root
+    for name in list_tables(settings):
+        i = describe(settings, name)
+        table.add_row(
+            name,
+            str(i["version"]),
+            str(i["files"]),
+            f"{i['rows']:,}",
+            f"{i['last_operation']} by {i['last_dag'] or '?'}",
+        )
     console.print(table)
     docs = settings.data_dir / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
     report = settings.data_dir / "reports" / logical_date / "index.html"

@@ -59,3 +59,10 @@ def redis_url(redis_server):
 
     redis.Redis.from_url(redis_server.url).flushall()
     return redis_server.url
+
+
+def pytest_collection_modifyitems(items):
+    """Airflow and Kafka tests are end-to-end: they leave the fast tier (`make test-fast`)."""
+    for item in items:
+        if item.get_closest_marker("airflow") or item.get_closest_marker("kafka"):
+            item.add_marker(pytest.mark.e2e)

@@ -291,8 +291,9 @@ def test_gold_tables_sync_to_snowflake_and_a_rerun_changes_nothing(lake):
 
 
 def test_the_state_is_the_latest_row_per_customer_and_compacts(tmp_path):
-    from p13n.activation.sync import STATE, Outcome, compact, record
+    from p13n.activation.sync import Outcome, compact, record
     from p13n.lake.duck import duckdb_connection, scan
+    from p13n.lake.tables import OPS_EXPORT_STATE
 
     settings = _settings(tmp_path)
     for status in ("member", "removed", "member"):
@@ -303,7 +304,9 @@ def test_the_state_is_the_latest_row_per_customer_and_compacts(tmp_path):
     compact(settings, "klaviyo", "a")
     rows = (
         duckdb_connection()
-        .execute(f"SELECT audience, customer_id, status FROM {scan(settings.lake_root, STATE)} ORDER BY ALL")
+        .execute(
+            f"SELECT audience, customer_id, status FROM {scan(settings.lake_root, OPS_EXPORT_STATE)} ORDER BY ALL"
+        )
         .fetchall()
     )
     assert rows == [("a", "C1", "member"), ("a", "C2", "member"), ("b", "C1", "blocked")]

@@ -159,3 +159,43 @@ def test_cli_reports_config_errors_plainly(tmp_path):
         out.stderr.strip()
         == f"p13n: {tmp_path / 'base.yaml'}: missing; it holds the base configuration (set P13N_CONF_DIR?)"
     )
+
+
+def test_base_yaml_and_the_typed_defaults_agree():
+    """Every setting of conf/base.yaml that also has a typed default equals it, so the two copies
+    cannot drift. Settings held only by base.yaml (entries of mappings: deadlines, audiences,
+    triggers …) have one copy; the exceptions are this retailer's deployment data, whose typed
+    default is empty (none)."""
+    import yaml
+
+    from p13n.config import REPO_ROOT, Settings
+
+    deployment = {
+        "airflow.preload_modules",
+        "identity.one_per_customer",
+        "identity.source_priority",
+        "data_dir",
+    }
+    base = yaml.safe_load((REPO_ROOT / "conf" / "base.yaml").read_text())
+    typed, documented = (
+        Settings().model_dump(mode="json"),
+        Settings.model_validate(base).model_dump(mode="json"),
+    )
+
+    def leaves(d, path=()):
+        for k, v in d.items():
+            yield from leaves(v, (*path, k)) if isinstance(v, dict) and v else [(path + (k,))]
+
+    def at(d, path):
+        for k in path:
+            d = d.get(k, "<no default>") if isinstance(d, dict) else "<no default>"
+        return d
+
+    paths = list(leaves(base))
+    both = [p for p in paths if at(typed, p) != "<no default>"]
+    differ = [
+        ".".join(p) for p in both if at(typed, p) != at(documented, p) and ".".join(p) not in deployment
+    ]
+    assert len(paths) > 250 and len(both) > 150
+    assert differ == []
+    assert [at(typed, p.split(".")) for p in sorted(deployment - {"data_dir"})] == [[], [], []]

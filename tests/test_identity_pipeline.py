@@ -61,7 +61,13 @@ def _write(lake, spark, tables, day):
 
 
 def test_two_nightly_runs_keep_ids_and_log_a_merge_a_split_and_new_customers(lake, spark, settings):
-    from p13n.identity.pipeline import ALIASES, CHANGES, GRAPH, PROFILES, resolve_identities
+    from p13n.identity.pipeline import resolve_identities
+    from p13n.lake.tables import (
+        GOLD_CUSTOMER_ALIASES,
+        GOLD_CUSTOMER_PROFILES,
+        GOLD_IDENTITY_CHANGES,
+        GOLD_IDENTITY_GRAPH,
+    )
 
     pop, idents = _people()
     stranger = idents[250]
@@ -74,7 +80,7 @@ def test_two_nightly_runs_keep_ids_and_log_a_merge_a_split_and_new_customers(lak
     _write(lake, spark, _tables(idents, {merge_i: hidden}), D1)
     day1 = resolve_identities(lake, settings, D1, b"k")
     assert day1.changes == {"new": day1.counts["customers"]}
-    g1 = lake.read(GRAPH).toPandas().set_index("record_key")["customer_id"]
+    g1 = lake.read(GOLD_IDENTITY_GRAPH).toPandas().set_index("record_key")["customer_id"]
     assert g1[f"crm_contacts:K{merge_i}"] != g1[f"shopify_customers:SH{merge_i}"]
     assert (
         g1[f"crm_contacts:K{split_i}"]
@@ -88,9 +94,13 @@ def test_two_nightly_runs_keep_ids_and_log_a_merge_a_split_and_new_customers(lak
              "street": stranger.street, "postal_code": stranger.postal_code, "birth_date": stranger.birth_date}  # fmt: skip
     _write(lake, spark, _tables(idents, {split_i: moved}, new=range(255, 260)), D2)
     day2 = resolve_identities(lake, settings, D2, b"k")
-    g2 = lake.read(GRAPH, where=[("run_date", "=", D2)]).toPandas().set_index("record_key")["customer_id"]
+    g2 = (
+        lake.read(GOLD_IDENTITY_GRAPH, where=[("run_date", "=", D2)])
+        .toPandas()
+        .set_index("record_key")["customer_id"]
+    )
 
-    changes = lake.read(CHANGES, where=[("change_date", "=", D2)]).toPandas()
+    changes = lake.read(GOLD_IDENTITY_CHANGES, where=[("change_date", "=", D2)]).toPandas()
     merges = changes[changes["change_type"] == "merge"]
     assert merges[["customer_id", "previous_id"]].values.tolist() == [
         [g1[f"shopify_customers:SH{merge_i}"], g1[f"crm_contacts:K{merge_i}"]]
@@ -111,16 +121,20 @@ def test_two_nightly_runs_keep_ids_and_log_a_merge_a_split_and_new_customers(lak
     assert (g2[same] == g1[same]).all()
     assert g2[f"crm_contacts:K{merge_i}"] == g1[f"shopify_customers:SH{merge_i}"]
 
-    aliases = lake.read(ALIASES).toPandas()
+    aliases = lake.read(GOLD_CUSTOMER_ALIASES).toPandas()
     assert aliases.values.tolist() == [[g1[f"crm_contacts:K{merge_i}"], g1[f"shopify_customers:SH{merge_i}"]]]
-    profiles = lake.read(PROFILES).toPandas()
+    profiles = lake.read(GOLD_CUSTOMER_PROFILES).toPandas()
     assert profiles["customer_id"].is_unique and set(profiles["customer_id"]) == set(g2)
     assert "email" not in profiles and profiles["email_hmac"].notna().all()
 
     # A rerun of day 2 leaves the tables as they were.
     again = resolve_identities(lake, settings, D2, b"k")
     assert again.changes == day2.changes
-    g2b = lake.read(GRAPH, where=[("run_date", "=", D2)]).toPandas().set_index("record_key")["customer_id"]
+    g2b = (
+        lake.read(GOLD_IDENTITY_GRAPH, where=[("run_date", "=", D2)])
+        .toPandas()
+        .set_index("record_key")["customer_id"]
+    )
     assert g2b.sort_index().equals(g2.sort_index())
 
 

@@ -119,11 +119,12 @@ def test_stream_updates_realtime_profiles_the_api_and_fires_triggers(broker, red
     from fastapi.testclient import TestClient
 
     from p13n.bench.serving import AS_OF, write_gold
+    from p13n.lake.tables import GOLD_TRIGGERED_AUDIENCES
     from p13n.serving.api import create_app
     from p13n.serving.auth import headers_for
     from p13n.serving.publish import publish
     from p13n.streaming.realtime import RealtimeProfiles, read_profile
-    from p13n.streaming.tasks import TRIGGERS, evaluate_triggers
+    from p13n.streaming.tasks import evaluate_triggers
 
     srv = settings.serving.model_copy(
         update={
@@ -186,7 +187,7 @@ def test_stream_updates_realtime_profiles_the_api_and_fires_triggers(broker, red
         f"{s.lake_root}/gold/triggered_audiences", new, mode="append", partition_by=["trigger_date"]
     )
     assert evaluate_triggers(s, duckdb_connection(), now).empty  # evaluated again: nothing new
-    assert TRIGGERS == "gold.triggered_audiences"
+    assert GOLD_TRIGGERED_AUDIENCES == "gold.triggered_audiences"
 
 
 def test_the_fast_batch_path_gives_the_per_event_records():

@@ -17,6 +17,18 @@ import pandas as pd
 
 from p13n.config import AudienceSettings, Settings
 from p13n.lake.duck import scan, table_exists
+from p13n.lake.tables import (
+    GOLD_CUSTOMER_FEATURES,
+    GOLD_CUSTOMER_PROFILES,
+    GOLD_IDENTITY_GRAPH,
+    GOLD_RECOMMENDATIONS,
+    GOLD_SEGMENTS,
+    GOLD_SEND_TIMES,
+    GOLD_TRIGGERED_AUDIENCES,
+    OPS_ERASURES,
+    RESTRICTED_CUSTOMER_PROFILES,
+    silver_table,
+)
 
 # What each exported profile carries (besides the contact address): the columns `where` may use.
 COLUMNS = [
@@ -35,62 +47,62 @@ def candidates(con, settings: Settings, name: str, as_of: dt.date) -> pd.DataFra
     """Everyone in audience `name` on `as_of`: COLUMNS + consent + `exclude_reason` (None: export)."""
     audience = audience_settings(settings, name)
     root = settings.lake_root
-    for table in ("gold.segments", "gold.customer_profiles"):
+    for table in (GOLD_SEGMENTS, GOLD_CUSTOMER_PROFILES):
         if not table_exists(root, table):
             raise AudienceError(f"audience {name}: {table} does not exist yet (score the customers first)")
     day = f"DATE '{as_of.isoformat()}'"
     found = con.execute(
-        f"SELECT count(*) FROM {scan(root, 'gold.segments')} WHERE as_of_date = {day}"
+        f"SELECT count(*) FROM {scan(root, GOLD_SEGMENTS)} WHERE as_of_date = {day}"
     ).fetchone()
     if not found[0]:
         raise AudienceError(f"audience {name}: gold.segments has no rows for {as_of} (score that date first)")
     tiers = sorted(settings.serving.clv_tiers.items(), key=lambda kv: -kv[1])
     tier_case = " ".join(f"WHEN pct >= {p} THEN '{t}'" for t, p in tiers)
     optional = {t: table_exists(root, t) for t in (
-        "restricted.customer_profiles", "gold.customer_features", "gold.send_times", "gold.recommendations",
-        "silver.products", "silver.store_visits", "silver.stores", "gold.identity_graph", "ops.erasures",
-        "gold.triggered_audiences")}  # fmt: skip
+        RESTRICTED_CUSTOMER_PROFILES, GOLD_CUSTOMER_FEATURES, GOLD_SEND_TIMES, GOLD_RECOMMENDATIONS,
+        silver_table("products"), silver_table("store_visits"), silver_table("stores"), GOLD_IDENTITY_GRAPH, OPS_ERASURES,
+        GOLD_TRIGGERED_AUDIENCES)}  # fmt: skip
     joins, fields = [], []
-    if optional["restricted.customer_profiles"]:
-        joins.append(f"LEFT JOIN {scan(root, 'restricted.customer_profiles')} r USING (customer_id)")
+    if optional[RESTRICTED_CUSTOMER_PROFILES]:
+        joins.append(f"LEFT JOIN {scan(root, RESTRICTED_CUSTOMER_PROFILES)} r USING (customer_id)")
         fields.append("r.email, r.phone, r.first_name, r.last_name")
     else:
         fields.append("NULL AS email, NULL AS phone, NULL AS first_name, NULL AS last_name")
-    if optional["gold.customer_features"]:
+    if optional[GOLD_CUSTOMER_FEATURES]:
         joins.append(
-            f"LEFT JOIN (SELECT customer_id, loyalty_tier, loyalty_points FROM {scan(root, 'gold.customer_features')}"
+            f"LEFT JOIN (SELECT customer_id, loyalty_tier, loyalty_points FROM {scan(root, GOLD_CUSTOMER_FEATURES)}"
             f" WHERE as_of_date = {day}) f USING (customer_id)"
         )
         fields.append("f.loyalty_tier, f.loyalty_points::BIGINT AS loyalty_points")
     else:
         fields.append("NULL AS loyalty_tier, NULL::BIGINT AS loyalty_points")
-    if optional["gold.send_times"]:
+    if optional[GOLD_SEND_TIMES]:
         joins.append(
-            f"LEFT JOIN (SELECT customer_id, best_hour, best_weekday FROM {scan(root, 'gold.send_times')}"
+            f"LEFT JOIN (SELECT customer_id, best_hour, best_weekday FROM {scan(root, GOLD_SEND_TIMES)}"
             f" WHERE as_of_date = {day}) t USING (customer_id)"
         )
         fields.append("t.best_hour AS best_send_hour, t.best_weekday AS best_send_weekday")
     else:
         fields.append("NULL::INT AS best_send_hour, NULL AS best_send_weekday")
-    if all(optional[t] for t in ("silver.store_visits", "gold.identity_graph", "silver.stores")):
+    if all(optional[t] for t in (silver_table("store_visits"), GOLD_IDENTITY_GRAPH, silver_table("stores"))):
         joins.append(f"""LEFT JOIN (
             SELECT customer_id, arg_max(s.name, visits) AS preferred_store FROM (
                 SELECT g.customer_id, v.store_id, count(*) AS visits
-                FROM {scan(root, "silver.store_visits")} v
-                JOIN {scan(root, "gold.identity_graph")} g ON g.source = 'store_visits' AND g.record_id = v.visit_id
+                FROM {scan(root, silver_table("store_visits"))} v
+                JOIN {scan(root, GOLD_IDENTITY_GRAPH)} g ON g.source = 'store_visits' AND g.record_id = v.visit_id
                 WHERE CAST(v.visited_at AS DATE) <= {day} GROUP BY ALL) x
-            JOIN (SELECT store_id, arg_max(name, updated_at) AS name FROM {scan(root, "silver.stores")} GROUP BY 1) s
+            JOIN (SELECT store_id, arg_max(name, updated_at) AS name FROM {scan(root, silver_table("stores"))} GROUP BY 1) s
               USING (store_id)
             GROUP BY customer_id) st USING (customer_id)""")
         fields.append("st.preferred_store")
     else:
         fields.append("NULL AS preferred_store")
     k = settings.activation.recommended_items
-    if optional["gold.recommendations"] and k:
+    if optional[GOLD_RECOMMENDATIONS] and k:
         products = (
             f"(SELECT sku, arg_max(title, updated_at) AS name, arg_max(image_url, updated_at) AS image, "
-            f"arg_max(price, updated_at) AS price FROM {scan(root, 'silver.products')} GROUP BY sku)"
-            if optional["silver.products"]
+            f"arg_max(price, updated_at) AS price FROM {scan(root, silver_table('products'))} GROUP BY sku)"
+            if optional[silver_table("products")]
             else "(SELECT NULL AS sku, NULL AS name, NULL AS image, NULL AS price WHERE false)"
         )
         url = settings.activation.item_url.replace("'", "''")
@@ -98,14 +110,14 @@ def candidates(con, settings: Settings, name: str, as_of: dt.date) -> pd.DataFra
             SELECT customer_id, to_json(list(struct_pack(
                        sku := r.sku, name := p.name, image := p.image, price := round(p.price::DOUBLE, 2),
                        url := replace('{url}', '{{sku}}', r.sku)) ORDER BY r.rank))::VARCHAR AS recommended_items
-            FROM {scan(root, "gold.recommendations")} r LEFT JOIN {products} p USING (sku)
+            FROM {scan(root, GOLD_RECOMMENDATIONS)} r LEFT JOIN {products} p USING (sku)
             WHERE r.as_of_date = {day} AND r.list_type = 'personalized' AND r.rank <= {k}
             GROUP BY customer_id) rec USING (customer_id)""")
         fields.append("coalesce(rec.recommended_items, '[]') AS recommended_items")
     else:
         fields.append("'[]' AS recommended_items")
-    if optional["ops.erasures"]:
-        joins.append(f"LEFT JOIN (SELECT DISTINCT customer_id, true AS erased FROM {scan(root, 'ops.erasures')}) e "
+    if optional[OPS_ERASURES]:
+        joins.append(f"LEFT JOIN (SELECT DISTINCT customer_id, true AS erased FROM {scan(root, OPS_ERASURES)}) e "
                      "USING (customer_id)")  # fmt: skip
         fields.append("coalesce(e.erased, false) AS erased")
     else:
@@ -113,12 +125,12 @@ def candidates(con, settings: Settings, name: str, as_of: dt.date) -> pd.DataFra
 
     where, params = _filters(audience, name)
     if audience.trigger:
-        if not optional["gold.triggered_audiences"]:
+        if not optional[GOLD_TRIGGERED_AUDIENCES]:
             raise AudienceError(
                 f"audience {name}: filters on triggers, and gold.triggered_audiences does not exist yet"
             )
         since = as_of - dt.timedelta(days=audience.trigger_days - 1)
-        where.append(f"""customer_id IN (SELECT customer_id FROM {scan(root, "gold.triggered_audiences")}
+        where.append(f"""customer_id IN (SELECT customer_id FROM {scan(root, GOLD_TRIGGERED_AUDIENCES)}
                          WHERE status = 'sent' AND trigger IN (SELECT unnest(?::VARCHAR[]))
                            AND trigger_date BETWEEN ? AND ?)""")
         params += [audience.trigger, since, as_of]
@@ -131,8 +143,8 @@ def candidates(con, settings: Settings, name: str, as_of: dt.date) -> pd.DataFra
                    round(g.clv_12m, 2) AS clv_12m, p.consent_{channel} AS consent,
                    p.consent_email AS consent_email_column, p.consent_sms AS consent_sms_column, {", ".join(fields)}
             FROM (SELECT *, percent_rank() OVER (ORDER BY clv_12m) AS pct
-                  FROM {scan(root, "gold.segments")} WHERE as_of_date = {day}) g
-            LEFT JOIN {scan(root, "gold.customer_profiles")} p USING (customer_id)
+                  FROM {scan(root, GOLD_SEGMENTS)} WHERE as_of_date = {day}) g
+            LEFT JOIN {scan(root, GOLD_CUSTOMER_PROFILES)} p USING (customer_id)
             {" ".join(joins)})
         SELECT * EXCLUDE (erased),
                CASE WHEN erased THEN 'erased'

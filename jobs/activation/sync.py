@@ -30,8 +30,8 @@ from dataclasses import asdict, dataclass, field
 import pandas as pd
 
 from p13n.faults import checkpoint
+from p13n.lake.tables import OPS_EXPORT_RUNS, OPS_EXPORT_STATE, RESTRICTED_CUSTOMER_PROFILES
 
-STATE, RUNS = "ops.export_state", "ops.export_runs"
 STATE_COLUMNS = ["destination", "audience", "customer_id", "status", "fingerprint", "remote_id", "detail",
                  "run_id", "synced_at"]  # fmt: skip
 
@@ -171,12 +171,12 @@ def _kind(reason: str | None) -> str:
 def read_state(settings, destination: str, audience: str) -> pd.DataFrame:
     from p13n.lake.duck import duckdb_connection, scan, table_exists
 
-    if not table_exists(settings.lake_root, STATE):
+    if not table_exists(settings.lake_root, OPS_EXPORT_STATE):
         return pd.DataFrame(columns=STATE_COLUMNS)
     return (
         duckdb_connection()
         .execute(
-            f"SELECT * FROM {scan(settings.lake_root, STATE)} WHERE destination = ? AND audience = ? "
+            f"SELECT * FROM {scan(settings.lake_root, OPS_EXPORT_STATE)} WHERE destination = ? AND audience = ? "
             "QUALIFY row_number() OVER (PARTITION BY customer_id ORDER BY synced_at DESC) = 1",
             [destination, audience],
         )
@@ -189,9 +189,8 @@ def record(settings, destination: str, audience: str, run_id: str, outcomes: lis
     """Append one confirmed batch to the state: the latest row per (destination, audience, customer)
     is the state (an append costs a fraction of a merge; `compact` rewrites it after the sync)."""
     import pyarrow as pa
-    from deltalake import write_deltalake
 
-    from p13n.lake.duck import table_uri
+    from p13n.lake.duck import write_arrow
 
     now = dt.datetime.now(dt.UTC)
     rows = pa.table({
@@ -201,38 +200,35 @@ def record(settings, destination: str, audience: str, run_id: str, outcomes: lis
         "remote_id": [o.remote_id for o in outcomes], "detail": [o.detail for o in outcomes],
         "run_id": [run_id] * len(outcomes), "synced_at": pa.array([now] * len(outcomes), pa.timestamp("us", tz="UTC")),
     }, schema=pa.schema([(c, pa.string()) for c in STATE_COLUMNS[:-1]] + [("synced_at", pa.timestamp("us", tz="UTC"))]))  # fmt: skip
-    write_deltalake(table_uri(settings.lake_root, STATE), rows, mode="append", partition_by=["destination"])
+    write_arrow(settings, OPS_EXPORT_STATE, rows, partition_by=["destination"])
 
 
 def compact(settings, destination: str, audience: str) -> None:
     """Keep one row per customer of (destination, audience) once the log holds twice as many."""
-    from deltalake import write_deltalake
+    from p13n.lake.duck import duckdb_connection, literal, scan, write_arrow
 
-    from p13n.lake.duck import duckdb_connection, scan, table_uri
-
-    con = duckdb_connection()
+    con = duckdb_connection(settings=settings)
     where = "WHERE destination = ? AND audience = ?"
     rows, customers = con.execute(
-        f"SELECT count(*), count(DISTINCT customer_id) FROM {scan(settings.lake_root, STATE)} {where}",
+        f"SELECT count(*), count(DISTINCT customer_id) FROM {scan(settings.lake_root, OPS_EXPORT_STATE)} {where}",
         [destination, audience],
     ).fetchone()
     if rows <= 2 * customers:
         return
     latest = con.execute(
-        f"SELECT * FROM {scan(settings.lake_root, STATE)} {where} "
+        f"SELECT * FROM {scan(settings.lake_root, OPS_EXPORT_STATE)} {where} "
         "QUALIFY row_number() OVER (PARTITION BY customer_id ORDER BY synced_at DESC) = 1",
         [destination, audience],
     ).fetch_arrow_table()
-    d, a = destination.replace("'", "''"), audience.replace("'", "''")
-    write_deltalake(table_uri(settings.lake_root, STATE), latest, mode="overwrite",
-                    predicate=f"destination = '{d}' AND audience = '{a}'")  # fmt: skip
+    where = f"destination = {literal(destination)} AND audience = {literal(audience)}"
+    write_arrow(settings, OPS_EXPORT_STATE, latest, mode="overwrite", predicate=where)
 
 
 def record_run(settings, summary: RunSummary) -> None:
     """The run's summary row in `ops.export_runs` (with the run's commit metadata, as every ops record)."""
     from p13n.lake.duck import append_rows
 
-    append_rows(settings, RUNS, [summary.row()])
+    append_rows(settings, OPS_EXPORT_RUNS, [summary.row()])
 
 
 # --- one sync ---------------------------------------------------------------------------------------
@@ -337,9 +333,9 @@ def _with_contacts(settings, frame: pd.DataFrame, removes: pd.DataFrame) -> pd.D
     if missing:
         from p13n.lake.duck import duckdb_connection, scan, table_exists
 
-        if table_exists(settings.lake_root, "restricted.customer_profiles"):
+        if table_exists(settings.lake_root, RESTRICTED_CUSTOMER_PROFILES):
             got = duckdb_connection().execute(
-                f"SELECT customer_id, email FROM {scan(settings.lake_root, 'restricted.customer_profiles')} "
+                f"SELECT customer_id, email FROM {scan(settings.lake_root, RESTRICTED_CUSTOMER_PROFILES)} "
                 "WHERE customer_id IN (SELECT unnest(?::VARCHAR[]))", [missing]).df().set_index("customer_id")["email"]  # fmt: skip
             removes["email"] = removes["email"].fillna(removes["customer_id"].map(got))
     # No address left (an erased customer's is gone): None, so the platforms skip the address calls.

@@ -6,6 +6,7 @@ import datetime as dt
 import time
 
 from p13n.config import get_settings
+from p13n.lake.tables import OPS_WAREHOUSE_SYNCS
 from p13n.orchestration import progress
 
 
@@ -86,9 +87,6 @@ def record_file_export(settings, audience: str, destination: str, as_of: dt.date
     record_run(settings, summary)
 
 
-WAREHOUSE_SYNCS = "ops.warehouse_syncs"
-
-
 def warehouse_sync(as_of: str) -> dict:
     """Sync the gold tables to Snowflake and record each table's counts in `ops.warehouse_syncs`."""
     from p13n.activation.snowflake import sync_tables
@@ -98,7 +96,7 @@ def warehouse_sync(as_of: str) -> dict:
     day = dt.date.fromisoformat(as_of)
     out = sync_tables(settings, day, progress=progress)
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-    append_rows(settings, WAREHOUSE_SYNCS, [{"as_of_date": day, "table_name": t, **v, "synced_at": now}
+    append_rows(settings, OPS_WAREHOUSE_SYNCS, [{"as_of_date": day, "table_name": t, **v, "synced_at": now}
                                             for t, v in out.items()])  # fmt: skip
     return out
 

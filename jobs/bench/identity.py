@@ -23,9 +23,10 @@ def bench_identity(rows: int | None = None, reps: int = 1, days: int = 2, keep: 
     from p13n.bench.memory import PeakMemory
     from p13n.config import get_settings
     from p13n.generate.retail import generate
-    from p13n.identity.pipeline import GRAPH, resolve_identities
+    from p13n.identity.pipeline import resolve_identities
     from p13n.identity.tasks import load_truth
     from p13n.lake import Lake
+    from p13n.lake.tables import GOLD_IDENTITY_GRAPH
     from p13n.sources.catalog import catalog
     from p13n.sources.ingest import ingest_batch
     from p13n.sources.simulate import load_warehouse
@@ -68,10 +69,12 @@ def bench_identity(rows: int | None = None, reps: int = 1, days: int = 2, keep: 
                 figures[f"identity_{tag}_match_s"] = sum(
                     v for k, v in out.timings.items() if k != "publish_s"
                 )
-            first = lake.read(GRAPH, where=[("run_date", "=", start)]).select("record_key", "customer_id")
-            last = lake.read(GRAPH, where=[("run_date", "=", start + dt.timedelta(days=days - 1))]).select(
-                "record_key", F.col("customer_id").alias("customer_id_later")
+            first = lake.read(GOLD_IDENTITY_GRAPH, where=[("run_date", "=", start)]).select(
+                "record_key", "customer_id"
             )
+            last = lake.read(
+                GOLD_IDENTITY_GRAPH, where=[("run_date", "=", start + dt.timedelta(days=days - 1))]
+            ).select("record_key", F.col("customer_id").alias("customer_id_later"))
             joined = first.join(last, on="record_key", how="inner")
             same = joined.filter("customer_id = customer_id_later").count()
             figures["identity_ids_kept_share"] = same / max(joined.count(), 1)

@@ -24,6 +24,23 @@ import tempfile
 import time
 from pathlib import Path
 
+from p13n.lake.tables import (
+    GOLD_BOUGHT_TOGETHER,
+    GOLD_CUSTOMER_PROFILES,
+    GOLD_IDENTITY_KEYS,
+    GOLD_ITEM_SIMILARITY,
+    GOLD_POPULAR_ITEMS,
+    GOLD_RECOMMENDATIONS,
+    GOLD_SEGMENTS,
+    GOLD_SEND_TIMES,
+    GOLD_TRENDING,
+    OPS_ERASURES,
+    OPS_MODEL_RUNS,
+    OPS_VALIDATIONS,
+    RESTRICTED_CUSTOMER_PROFILES,
+    silver_table,
+)
+
 PERSONAS = ("Web shoppers, low spend", "Store regulars, high spend", "App-first, rare buyers", "Deal seekers")
 AS_OF = dt.date(2024, 3, 1)
 
@@ -32,15 +49,13 @@ def write_gold(
     root: str, customers: int, items: int, as_of: dt.date = AS_OF, seed: int = 1, erased=()
 ) -> None:
     """Every gold (and ops) table a publish reads, for one date; `seed` changes the lists' content."""
-    from deltalake import write_deltalake
-
-    from p13n.lake.duck import duckdb_connection
+    from p13n.lake.duck import duckdb_connection, write_arrow
 
     con = duckdb_connection()
     con.execute(f"SELECT setseed({(seed % 100) / 100})")
     day = f"DATE '{as_of.isoformat()}'"
     tables = {
-        "gold/recommendations": f"""
+        GOLD_RECOMMENDATIONS: f"""
             SELECT customer_id, {day} AS as_of_date, list_type, rank::INT AS rank,
                    'SKU-' || lpad(((hash(customer_id || list_type || rank, {seed}) % {items}) + 1)::VARCHAR, 6, '0') AS sku,
                    round(1.0 / (rank + {seed}), 6) AS score,
@@ -53,7 +68,7 @@ def write_gold(
             CROSS JOIN (VALUES ('personalized', 20), ('buy_again', 5), ('recently_viewed', 5),
                                ('popular_in_segment', 10)) l(list_type, n)
             CROSS JOIN range(1, 21) r(rank) WHERE rank <= n""",
-        "gold/segments": f"""
+        GOLD_SEGMENTS: f"""
             SELECT 'C' || lpad(i::VARCHAR, 9, '0') AS customer_id, {day} AS as_of_date,
                    ['Champions', 'Loyal Customers', 'Hibernating', 'At Risk'][i % 4 + 1] AS rfm_segment,
                    {list(PERSONAS)}[i % {len(PERSONAS)} + 1] AS persona,
@@ -61,12 +76,12 @@ def write_gold(
                    ['low', 'medium', 'high'][i % 3 + 1] AS churn_risk_band,
                    round(random() * 2000, 2) AS clv_12m
             FROM range({customers}) t(i)""",
-        "gold/send_times": f"""
+        GOLD_SEND_TIMES: f"""
             SELECT 'C' || lpad(i::VARCHAR, 9, '0') AS customer_id, (i % 24)::INT AS best_hour,
                    'Tuesday' AS best_weekday, 'segment' AS basis, 0 AS opens, {day} AS as_of_date
             FROM range({customers}) t(i)""",
         # Contact data sits beside the consents in the real table: the publish must not pick it up.
-        "gold/customer_profiles": f"""
+        GOLD_CUSTOMER_PROFILES: f"""
             SELECT 'C' || lpad(i::VARCHAR, 9, '0') AS customer_id, 'person' || i || '@example.com' AS email,
                    '+1555' || lpad(i::VARCHAR, 7, '0') AS phone,
                    CASE WHEN i % 5 = 0 THEN 'revoked' ELSE 'granted' END AS consent_email,
@@ -74,58 +89,58 @@ def write_gold(
                    CASE WHEN i % 7 = 0 THEN 'revoked' ELSE 'granted' END AS consent_personalization
             FROM range({customers}) t(i)""",
         # The contact data exports read (and only they), beside the pseudonymized profile.
-        "restricted/customer_profiles": f"""
+        RESTRICTED_CUSTOMER_PROFILES: f"""
             SELECT 'C' || lpad(i::VARCHAR, 9, '0') AS customer_id, 'First' || i AS first_name, 'Last' || i AS last_name,
                    CASE WHEN i % 11 = 3 THEN NULL WHEN i % 13 = 5 THEN 'person' || i || '.example.com'
                         ELSE 'person' || i || '@example.com' END AS email,
                    '+1555' || lpad(i::VARCHAR, 7, '0') AS phone
             FROM range({customers}) t(i)""",
-        "silver/products": f"""
+        silver_table("products"): f"""
             SELECT 'SKU-' || lpad(s::VARCHAR, 6, '0') AS sku, 'Product ' || s AS title,
                    round(5 + (s * 37 % 200) + 0.99, 2) AS price, 'https://cdn.example.com/' || s || '.jpg' AS image_url,
                    TIMESTAMP '2024-01-01' AS updated_at
             FROM range(1, {items} + 1) t(s)""",
-        "gold/identity_keys": f"""
+        GOLD_IDENTITY_KEYS: f"""
             SELECT key_type, key_value, 'C' || lpad(i::VARCHAR, 9, '0') AS customer_id FROM range({customers}) t(i)
             CROSS JOIN LATERAL (VALUES ('shopify_customer_id', (700000 + i)::VARCHAR),
                                        ('email_hmac', md5('person' || i || '@example.com'))) k(key_type, key_value)""",
-        "gold/item_similarity": f"""
+        GOLD_ITEM_SIMILARITY: f"""
             SELECT 'SKU-' || lpad(s::VARCHAR, 6, '0') AS sku, {day} AS as_of_date,
                    'SKU-' || lpad(((s + r * {seed}) % {items} + 1)::VARCHAR, 6, '0') AS similar_sku, r::INT AS rank,
                    round(1.0 / (r + 1), 4) AS score, CASE WHEN r < 6 THEN 'behaviour' ELSE 'content' END AS basis
             FROM range(1, {items} + 1) a(s) CROSS JOIN range(1, 11) b(r)""",
-        "gold/bought_together": f"""
+        GOLD_BOUGHT_TOGETHER: f"""
             SELECT 'SKU-' || lpad(s::VARCHAR, 6, '0') AS sku, {day} AS as_of_date,
                    'SKU-' || lpad(((s * 3 + r) % {items} + 1)::VARCHAR, 6, '0') AS other_sku, r::INT AS rank,
                    (10 - r)::BIGINT AS support, round(0.5 / r, 4) AS confidence, 3.0 AS lift
             FROM range(1, {items} + 1, 3) a(s) CROSS JOIN range(1, 4) b(r)""",
-        "gold/trending": f"""
+        GOLD_TRENDING: f"""
             SELECT scope, {day} AS as_of_date, r::INT AS rank,
                    'SKU-' || lpad((r * 11 + {seed})::VARCHAR, 6, '0') AS sku, 100.0 / r AS score,
                    (50 - r)::BIGINT AS recent_customers, 2.0 AS velocity
             FROM (VALUES ('all'), ('toys'), ('pet')) s(scope) CROSS JOIN range(1, 21) b(r)""",
-        "gold/popular_items": f"""
+        GOLD_POPULAR_ITEMS: f"""
             SELECT scope, {day} AS as_of_date, r::INT AS rank,
                    'SKU-' || lpad((r * 13 + {seed})::VARCHAR, 6, '0') AS sku, (1000 - r)::BIGINT AS buyers
             FROM (SELECT unnest(['all', {", ".join(f"'{p}'" for p in PERSONAS)}]) AS scope)
             CROSS JOIN range(1, 51) b(r)""",
-        "ops/model_runs": f"""
+        OPS_MODEL_RUNS: f"""
             SELECT model, {day} AS as_of_date, '1' AS version, true AS promoted, '1' AS champion_version,
                    '' AS reasons, '{{}}' AS metrics, 0::BIGINT AS rows
             FROM (VALUES ('recommend'), ('churn'), ('clv'), ('segments')) m(model)""",
-        "ops/validations": f"""
+        OPS_VALIDATIONS: f"""
             SELECT {day} AS run_date, 'gold.' || t AS table_name, true AS success, 10::BIGINT AS passed,
                    0::BIGINT AS failed, '' AS failures, '' AS warnings, now()::TIMESTAMP AS validated_at
             FROM (VALUES ('recommendations'), ('segments'), ('send_times'), ('item_similarity'),
                          ('bought_together'), ('trending'), ('popular_items')) v(t)""",
     }
-    for path, sql in tables.items():
-        data = con.execute(sql).fetch_arrow_table()
-        write_deltalake(f"{root}/{path}", data, mode="overwrite")
+    for table, sql in tables.items():
+        write_arrow(root, table, con.execute(sql).fetch_arrow_table(), mode="overwrite")
     if erased:
         import pyarrow as pa
 
-        write_deltalake(f"{root}/ops/erasures", pa.table({"customer_id": list(erased), "request_id": ["bench"] * len(erased)}), mode="overwrite")  # fmt: skip
+        rows = pa.table({"customer_id": list(erased), "request_id": ["bench"] * len(erased)})
+        write_arrow(root, OPS_ERASURES, rows, mode="overwrite")
 
 
 def _redis_benchmark(port: int, value_bytes: int, requests: int) -> float:

@@ -29,6 +29,18 @@ from p13n.config import Settings
 from p13n.customers import activity as act
 from p13n.customers.features import affinities, build_features, interval_end, orders_of
 from p13n.lake import Lake
+from p13n.lake.tables import (
+    GOLD_CHURN_SCORES,
+    GOLD_CLV,
+    GOLD_CUSTOMER_AFFINITIES,
+    GOLD_CUSTOMER_FEATURES,
+    GOLD_CUSTOMER_PROFILES,
+    GOLD_IDENTITY_KEYS,
+    GOLD_SEGMENTS,
+    GOLD_SEND_TIMES,
+    OPS_MODEL_RUNS,
+    silver_table,
+)
 from p13n.models import churn as churn_model
 from p13n.models import clv as clv_model
 from p13n.models import segments as seg_model
@@ -36,29 +48,26 @@ from p13n.models import sendtime
 from p13n.models.registry import Decision, GateRule, load_champion, log_sklearn, register_and_gate
 from p13n.runctx import RunContext
 
-FEATURES_TABLE, AFFINITIES_TABLE = "gold.customer_features", "gold.customer_affinities"
-CHURN, CLV, SEGMENTS, SEND_TIMES = "gold.churn_scores", "gold.clv", "gold.segments", "gold.send_times"
-MODEL_RUNS = "ops.model_runs"
 MODEL_RUNS_SCHEMA = (
     "model string, as_of_date date, version string, promoted boolean, champion_version string, reasons string, "
     "metrics string, rows long"
 )
 INPUTS = {
-    "keys": "gold.identity_keys",
-    "profiles": "gold.customer_profiles",
-    "products": "silver.products",
-    "shopify_orders": "silver.shopify_orders",
-    "shopify_lines": "silver.shopify_order_lines",
-    "square_transactions": "silver.square_transactions",
-    "square_lines": "silver.square_line_items",
-    "legacy_sales": "silver.legacy_pos_sales",
-    "web": "silver.web_clickstream",
-    "app": "silver.app_events",
-    "klaviyo": "silver.klaviyo_events",
-    "mailchimp": "silver.mailchimp_activity",
-    "sms": "silver.sms_events",
-    "returns": "silver.returns",
-    "loyalty": "silver.loyalty_members",
+    "keys": GOLD_IDENTITY_KEYS,
+    "profiles": GOLD_CUSTOMER_PROFILES,
+    "products": silver_table("products"),
+    "shopify_orders": silver_table("shopify_orders"),
+    "shopify_lines": silver_table("shopify_order_lines"),
+    "square_transactions": silver_table("square_transactions"),
+    "square_lines": silver_table("square_line_items"),
+    "legacy_sales": silver_table("legacy_pos_sales"),
+    "web": silver_table("web_clickstream"),
+    "app": silver_table("app_events"),
+    "klaviyo": silver_table("klaviyo_events"),
+    "mailchimp": silver_table("mailchimp_activity"),
+    "sms": silver_table("sms_events"),
+    "returns": silver_table("returns"),
+    "loyalty": silver_table("loyalty_members"),
 }
 Progress = Callable[[str], None]
 
@@ -115,8 +124,10 @@ def build_customer_features(
     lake: Lake, activity: Activity, as_of: dt.date, run: RunContext | None = None
 ) -> dict:
     features = activity.features(as_of).cache()
-    n = lake.replace_partition(FEATURES_TABLE, features, "as_of_date", as_of, run=run).rows_written
-    lake.replace_partition(AFFINITIES_TABLE, affinities(activity.lines, as_of), "as_of_date", as_of, run=run)
+    n = lake.replace_partition(GOLD_CUSTOMER_FEATURES, features, "as_of_date", as_of, run=run).rows_written
+    lake.replace_partition(
+        GOLD_CUSTOMER_AFFINITIES, affinities(activity.lines, as_of), "as_of_date", as_of, run=run
+    )
     sold = activity.lines.filter(F.col("ordered_at") < F.lit(interval_end(as_of)))
     share = sold.select(F.avg(F.col("customer_id").isNull().cast("double"))).first()[0]
     buyers = features.filter("orders_total > 0").count()
@@ -125,9 +136,11 @@ def build_customer_features(
 
 
 def read_features(lake: Lake, as_of: dt.date) -> pd.DataFrame:
-    df = lake.read(FEATURES_TABLE, where=[("as_of_date", "=", as_of)]).toPandas()
+    df = lake.read(GOLD_CUSTOMER_FEATURES, where=[("as_of_date", "=", as_of)]).toPandas()
     if df.empty:
-        raise LookupError(f"{FEATURES_TABLE} has no rows for as_of_date {as_of}: run the features step first")
+        raise LookupError(
+            f"{GOLD_CUSTOMER_FEATURES} has no rows for as_of_date {as_of}: run the features step first"
+        )
     return df.sort_values("customer_id").reset_index(drop=True)
 
 
@@ -182,7 +195,7 @@ def _write_model_run(lake: Lake, out: ModelRun, run: RunContext | None) -> None:
     )
     # Each model owns its (date, model) partition: churn and CLV run in parallel without a read-modify-write.
     lake.write(
-        MODEL_RUNS,
+        OPS_MODEL_RUNS,
         lake.spark.createDataFrame(row, MODEL_RUNS_SCHEMA),
         mode="overwrite",
         partition_by=["as_of_date", "model"],
@@ -262,7 +275,9 @@ def score_churn(
             "model_version": int(_champion_version(name)),
         }
     )
-    lake.replace_partition(CHURN, lake.spark.createDataFrame(scores), "as_of_date", as_of, run=run)
+    lake.replace_partition(
+        GOLD_CHURN_SCORES, lake.spark.createDataFrame(scores), "as_of_date", as_of, run=run
+    )
     out = ModelRun("churn", as_of, scalars, decision, rows=len(scores))
     _write_model_run(lake, out, run)
     return out
@@ -420,7 +435,7 @@ def score_clv(
             "model_version": int(_champion_version(name)),
         }
     )
-    lake.replace_partition(CLV, lake.spark.createDataFrame(table), "as_of_date", as_of, run=run)
+    lake.replace_partition(GOLD_CLV, lake.spark.createDataFrame(table), "as_of_date", as_of, run=run)
     result = ModelRun("clv", as_of, metrics, decision, rows=len(table))
     _write_model_run(lake, result, run)
     return result
@@ -496,8 +511,8 @@ def segment_customers(
     for p in sorted(personas.values(), key=lambda p: -p["size"]):
         progress(f"  cluster {p['cluster']}: {p['persona']} ({p['description']})")
     rfm = seg_model.rfm(f)
-    churn = _partition(lake, CHURN, as_of, ["customer_id", "churn_probability", "risk_band"])
-    clv = _partition(lake, CLV, as_of, ["customer_id", "probability_alive", "clv_12m"])
+    churn = _partition(lake, GOLD_CHURN_SCORES, as_of, ["customer_id", "churn_probability", "risk_band"])
+    clv = _partition(lake, GOLD_CLV, as_of, ["customer_id", "probability_alive", "clv_12m"])
     base = (
         f[["customer_id"]].merge(churn, on="customer_id", how="left").merge(clv, on="customer_id", how="left")
     )
@@ -519,7 +534,7 @@ def segment_customers(
             "model_version": int(_champion_version(name)),
         }
     )
-    lake.replace_partition(SEGMENTS, lake.spark.createDataFrame(table), "as_of_date", as_of, run=run)
+    lake.replace_partition(GOLD_SEGMENTS, lake.spark.createDataFrame(table), "as_of_date", as_of, run=run)
     send = _send_times(lake, settings, activity, as_of, table)
     metrics |= {f"stage_{s}": int((table["lifecycle_stage"] == s).sum()) for s in seg_model.STAGES}
     metrics |= {"send_time_own_share": round(float((send["basis"] == "customer").mean()), 4)}
@@ -549,7 +564,7 @@ def _send_times(lake: Lake, settings: Settings, activity: Activity, as_of: dt.da
         msgs, by_segment, segments["customer_id"], min_customer_opens=settings.customers.send_time_min_opens
     )
     send["as_of_date"] = as_of
-    lake.replace_partition(SEND_TIMES, lake.spark.createDataFrame(send), "as_of_date", as_of)
+    lake.replace_partition(GOLD_SEND_TIMES, lake.spark.createDataFrame(send), "as_of_date", as_of)
     return send
 
 

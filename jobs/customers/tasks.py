@@ -5,16 +5,25 @@ from __future__ import annotations
 import datetime as dt
 
 from p13n.config import Settings, get_settings
+from p13n.lake.tables import (
+    GOLD_CHURN_SCORES,
+    GOLD_CLV,
+    GOLD_CUSTOMER_AFFINITIES,
+    GOLD_CUSTOMER_FEATURES,
+    GOLD_IDENTITY_GRAPH,
+    GOLD_SEGMENTS,
+    GOLD_SEND_TIMES,
+)
 from p13n.orchestration import progress
 from p13n.runctx import RunContext
 
 SUITES = (
-    "gold.customer_features",
-    "gold.customer_affinities",
-    "gold.churn_scores",
-    "gold.clv",
-    "gold.segments",
-    "gold.send_times",
+    GOLD_CUSTOMER_FEATURES,
+    GOLD_CUSTOMER_AFFINITIES,
+    GOLD_CHURN_SCORES,
+    GOLD_CLV,
+    GOLD_SEGMENTS,
+    GOLD_SEND_TIMES,
 )
 
 
@@ -77,12 +86,12 @@ def person_traits(settings: Settings, lk):
 
     truth = load_truth(settings)
     persons = settings.data_dir / "truth" / "persons.csv"
-    if truth is None or not persons.exists() or not lk.exists("gold.identity_graph"):
+    if truth is None or not persons.exists() or not lk.exists(GOLD_IDENTITY_GRAPH):
         return None
     traits = pd.read_csv(persons, usecols=["person_id", "open_hour"])
     if "open_hour" not in traits:
         return None
-    graph = lk.read("gold.identity_graph")
+    graph = lk.read(GOLD_IDENTITY_GRAPH)
     latest = graph.agg({"run_date": "max"}).first()[0]
     ids = graph.filter(graph.run_date == latest).select("record_key", "customer_id").toPandas()
     owners = ids.merge(truth, on="record_key", how="inner").groupby("customer_id")["person_id"]

@@ -36,16 +36,18 @@ from p13n.identity.golden import household_ids, merge_consents, survive
 from p13n.identity.records import identity_records
 from p13n.identity.resolve import Resolution, resolve_records
 from p13n.lake import Lake
+from p13n.lake.tables import (
+    GOLD_CUSTOMER_ALIASES,
+    GOLD_CUSTOMER_PROFILES,
+    GOLD_IDENTITY_CHANGES,
+    GOLD_IDENTITY_GRAPH,
+    GOLD_IDENTITY_KEYS,
+    OPS_IDENTITY_RUNS,
+    RESTRICTED_CUSTOMER_PROFILES,
+)
 from p13n.runctx import RunContext
 from p13n.sources.standardize import hmac_sha256
 
-GRAPH, CHANGES, ALIASES = "gold.identity_graph", "gold.identity_changes", "gold.customer_aliases"
-KEYS, PROFILES, RESTRICTED_PROFILES = (
-    "gold.identity_keys",
-    "gold.customer_profiles",
-    "restricted.customer_profiles",
-)
-RUNS = "ops.identity_runs"
 PII_FIELDS = ("first_name", "last_name", "email", "phone", "street", "postal_code", "birth_date")
 CONSENT_SOURCE = "consent_preferences"
 
@@ -84,14 +86,16 @@ def read_identity_records(lake: Lake, settings: Settings) -> DataFrame:
 
 def previous_snapshot(lake: Lake, run_date: dt.date) -> tuple[pd.DataFrame | None, dt.date | None]:
     """The graph of the latest run before `run_date` (record_key, customer_id), and its date."""
-    if not lake.exists(GRAPH):
+    if not lake.exists(GOLD_IDENTITY_GRAPH):
         return None, None
-    dates = [r[0] for r in lake.read(GRAPH, columns=["run_date"]).distinct().collect()]
+    dates = [r[0] for r in lake.read(GOLD_IDENTITY_GRAPH, columns=["run_date"]).distinct().collect()]
     before = [d for d in dates if d < run_date]
     if not before:
         return None, None
     last = max(before)
-    graph = lake.read(GRAPH, columns=["record_key", "customer_id"], where=[("run_date", "=", last)])
+    graph = lake.read(
+        GOLD_IDENTITY_GRAPH, columns=["record_key", "customer_id"], where=[("run_date", "=", last)]
+    )
     return graph.toPandas(), last
 
 
@@ -133,10 +137,14 @@ def resolve_identities(
     graph = graph[["record_key", "source", "record_id", "profile_id", "customer_id"]].assign(
         run_date=run_date
     )
-    lake.replace_partition(GRAPH, spark.createDataFrame(graph), "run_date", run_date, run=run)
+    lake.replace_partition(GOLD_IDENTITY_GRAPH, spark.createDataFrame(graph), "run_date", run_date, run=run)
     changes_df = changes.assign(change_date=run_date, previous_run=previous_date)
     lake.replace_partition(
-        CHANGES, spark.createDataFrame(changes_df, _CHANGES_SCHEMA), "change_date", run_date, run=run
+        GOLD_IDENTITY_CHANGES,
+        spark.createDataFrame(changes_df, _CHANGES_SCHEMA),
+        "change_date",
+        run_date,
+        run=run,
     )
     latest = max(run_date, _latest_snapshot(lake) or run_date)
     out = IdentityRun(
@@ -161,7 +169,7 @@ def resolve_identities(
 
 
 def _latest_snapshot(lake: Lake) -> dt.date | None:
-    rows = lake.read(GRAPH, columns=["run_date"]).agg(F.max("run_date")).first()
+    rows = lake.read(GOLD_IDENTITY_GRAPH, columns=["run_date"]).agg(F.max("run_date")).first()
     return rows[0] if rows else None
 
 
@@ -200,10 +208,10 @@ def _write_current(
 ) -> None:
     cfg = settings.identity
     spark = lake.spark
-    aliases = lake.read(ALIASES).toPandas() if lake.exists(ALIASES) else None
+    aliases = lake.read(GOLD_CUSTOMER_ALIASES).toPandas() if lake.exists(GOLD_CUSTOMER_ALIASES) else None
     aliases = idmod.update_aliases(aliases, changes)
     lake.write(
-        ALIASES,
+        GOLD_CUSTOMER_ALIASES,
         spark.createDataFrame(aliases, "alias_id string, customer_id string"),
         mode="overwrite",
         run=run,
@@ -232,9 +240,9 @@ def _write_current(
         public = public.withColumn(f"{name}_hmac", hmac_sha256(F.col(name).cast("string"), pii_key)).drop(
             name
         )
-    lake.write(PROFILES, public, mode="overwrite", run=run, schema_mode="add_columns")
-    lake.write(RESTRICTED_PROFILES, restricted, mode="overwrite", run=run)
-    lake.write(KEYS, identity_keys(lake, settings, ids, pii_key), mode="overwrite", run=run)
+    lake.write(GOLD_CUSTOMER_PROFILES, public, mode="overwrite", run=run, schema_mode="add_columns")
+    lake.write(RESTRICTED_CUSTOMER_PROFILES, restricted, mode="overwrite", run=run)
+    lake.write(GOLD_IDENTITY_KEYS, identity_keys(lake, settings, ids, pii_key), mode="overwrite", run=run)
     golden.unpersist()
 
 
@@ -284,7 +292,7 @@ def _write_run(lake: Lake, out: IdentityRun, res: Resolution, *, run: RunContext
         "metrics": json.dumps(out.metrics),
     }
     df = lake.spark.createDataFrame([row], _RUNS_SCHEMA)
-    lake.replace_partition(RUNS, df, "run_date", row["run_date"], run=run)
+    lake.replace_partition(OPS_IDENTITY_RUNS, df, "run_date", row["run_date"], run=run)
 
 
 _CHANGES_SCHEMA = (

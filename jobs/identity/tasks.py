@@ -6,10 +6,16 @@ import datetime as dt
 import json
 
 from p13n.config import Settings, get_settings
+from p13n.lake.tables import (
+    GOLD_CUSTOMER_PROFILES,
+    GOLD_IDENTITY_CHANGES,
+    GOLD_IDENTITY_GRAPH,
+    GOLD_IDENTITY_KEYS,
+)
 from p13n.orchestration import progress
 from p13n.runctx import RunContext
 
-GOLD_SUITES = ("gold.identity_graph", "gold.identity_changes", "gold.identity_keys", "gold.customer_profiles")
+GOLD_SUITES = (GOLD_IDENTITY_GRAPH, GOLD_IDENTITY_CHANGES, GOLD_IDENTITY_KEYS, GOLD_CUSTOMER_PROFILES)
 
 
 def load_truth(settings: Settings):
@@ -50,8 +56,8 @@ def validate_task(ds: str) -> dict:
 
     day = dt.date.fromisoformat(ds)
     where = {
-        "gold.identity_graph": [("run_date", "=", day)],
-        "gold.identity_changes": [("change_date", "=", day)],
+        GOLD_IDENTITY_GRAPH: [("run_date", "=", day)],
+        GOLD_IDENTITY_CHANGES: [("change_date", "=", day)],
     }
     return validate_outputs({t: where.get(t) for t in GOLD_SUITES}, "identity outputs")
 

@@ -34,11 +34,26 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from p13n.lake.duck import append_rows, duckdb_connection, scan, table_exists, table_uri
+from p13n.lake.duck import append_rows, duckdb_connection, scan, table_exists
+from p13n.lake.tables import (
+    GOLD_CUSTOMER_ALIASES,
+    GOLD_CUSTOMER_PROFILES,
+    GOLD_IDENTITY_GRAPH,
+    GOLD_IDENTITY_KEYS,
+    OPS_ERASURES,
+    OPS_EXPORT_STATE,
+    OPS_PRIVACY_AUDIT,
+    OPS_SUPPRESSIONS,
+    RESTRICTED_CUSTOMER_PROFILES,
+    RESTRICTED_PRIVACY_PENDING,
+)
 
-ERASURES, SUPPRESSIONS, AUDIT = "ops.erasures", "ops.suppressions", "ops.privacy_audit"
-PENDING = "restricted.privacy_pending"  # a running erasure's identifiers, so a retry finds them again
-KEEP = {ERASURES, SUPPRESSIONS, AUDIT, PENDING}  # the registries: they must outlive the erasure
+KEEP = {
+    OPS_ERASURES,
+    OPS_SUPPRESSIONS,
+    OPS_PRIVACY_AUDIT,
+    RESTRICTED_PRIVACY_PENDING,
+}  # the registries: they must outlive the erasure
 RAW_COLUMNS = ("_raw", "raw", "_extra")
 CONTACT_FIELDS = ("email", "phone")
 LAYERS = ("bronze", "silver", "quarantine", "restricted", "gold", "ops")
@@ -175,7 +190,7 @@ def find_person(settings, key: bytes, customer_id: str | None = None, email: str
         found = _rows(
             con,
             root,
-            "restricted.customer_profiles",
+            RESTRICTED_CUSTOMER_PROFILES,
             "lower(trim(email)) = ?",
             [address],
             "DISTINCT customer_id",
@@ -184,7 +199,7 @@ def find_person(settings, key: bytes, customer_id: str | None = None, email: str
             found = _rows(
                 con,
                 root,
-                "gold.identity_keys",
+                GOLD_IDENTITY_KEYS,
                 "key_type = 'email_hmac' AND key_value = ?",
                 [keyed_hash(address, key)],
                 "DISTINCT customer_id",
@@ -195,17 +210,17 @@ def find_person(settings, key: bytes, customer_id: str | None = None, email: str
                 + ("" if found else " (nothing to erase?)")
             )
         customer_id = found[0][0]
-    current = _rows(con, root, "gold.customer_aliases", "alias_id = ?", [customer_id], "DISTINCT customer_id")
+    current = _rows(con, root, GOLD_CUSTOMER_ALIASES, "alias_id = ?", [customer_id], "DISTINCT customer_id")
     if len(current) == 1:  # an id the customer had before a merge: the request is for today's customer
         customer_id = current[0][0]
     graph = _rows(
-        con, root, "gold.identity_graph", "customer_id = ?", [customer_id], "DISTINCT source, record_id"
+        con, root, GOLD_IDENTITY_GRAPH, "customer_id = ?", [customer_id], "DISTINCT source, record_id"
     )
-    if not graph and not _rows(con, root, "gold.customer_profiles", "customer_id = ?", [customer_id], "1"):
-        pending = _rows(con, root, PENDING, "customer_id = ?", [customer_id], "person")
+    if not graph and not _rows(con, root, GOLD_CUSTOMER_PROFILES, "customer_id = ?", [customer_id], "1"):
+        pending = _rows(con, root, RESTRICTED_PRIVACY_PENDING, "customer_id = ?", [customer_id], "person")
         if pending:  # a failed erasure, retried: its identifiers were kept for it
             return Person.from_json(pending[-1][0])
-        done = _rows(con, root, ERASURES, "customer_id = ?", [customer_id], "request_id, erased_at")
+        done = _rows(con, root, OPS_ERASURES, "customer_id = ?", [customer_id], "request_id, erased_at")
         if done:
             raise AlreadyErased(
                 f"customer {customer_id} was erased by request {done[-1][0]} at {done[-1][1]:%Y-%m-%d %H:%M} UTC"
@@ -216,13 +231,13 @@ def find_person(settings, key: bytes, customer_id: str | None = None, email: str
         )
     person = Person(customer_id, {customer_id})
     person.ids |= {
-        r[0] for r in _rows(con, root, "gold.customer_aliases", "customer_id = ?", [customer_id], "alias_id")
+        r[0] for r in _rows(con, root, GOLD_CUSTOMER_ALIASES, "customer_id = ?", [customer_id], "alias_id")
     }
     for source, record_id in graph:
         person.records.setdefault(source, set()).add(str(record_id))
     columns = {t: c for spec in settings.identity.sources.values() for t, c in spec.keys.items()}
     for key_type, value in _rows(
-        con, root, "gold.identity_keys", "customer_id = ?", [customer_id], "key_type, key_value"
+        con, root, GOLD_IDENTITY_KEYS, "customer_id = ?", [customer_id], "key_type, key_value"
     ):
         if _HEX64.match(value or ""):
             person.hashes.add(value)
@@ -231,7 +246,7 @@ def find_person(settings, key: bytes, customer_id: str | None = None, email: str
                 person.keys.setdefault(column, set()).add(value)
     # Raw contact values: the golden record's, and every identity record's in restricted.
     contacts = _rows(
-        con, root, "restricted.customer_profiles", "customer_id = ?", [customer_id], "email, phone"
+        con, root, RESTRICTED_CUSTOMER_PROFILES, "customer_id = ?", [customer_id], "email, phone"
     )
     spec = settings.identity.sources
     for source, ids in person.records.items():
@@ -263,13 +278,10 @@ def find_person(settings, key: bytes, customer_id: str | None = None, email: str
 
 
 def lake_tables(root: str) -> list[str]:
-    """Every Delta table under the lake root (local paths), as `layer.name`."""
-    out = []
-    for layer in LAYERS:
-        base = Path(root) / layer
-        if base.is_dir():
-            out += [f"{layer}.{p.name}" for p in sorted(base.iterdir()) if (p / "_delta_log").is_dir()]
-    return out
+    """Every Delta table under the lake root, as `layer.name`."""
+    from p13n.lake.duck import list_tables
+
+    return list_tables(root)
 
 
 def _lit(values) -> str:
@@ -373,37 +385,14 @@ def erase_lake(
     settings, person: Person, progress: Callable[[str], None] = print, plans: list[TablePlan] | None = None
 ) -> dict[str, int]:
     """Delete the person's rows from every table; vacuum and cut the history of those changed."""
-    from deltalake import DeltaTable
+    from p13n.lake.duck import delete_rows, erase_table_history
 
-    root = settings.lake_root
     deleted: dict[str, int] = {}
     for plan in plans if plans is not None else plan_lake(settings, person):
-        dt_ = DeltaTable(table_uri(root, plan.table))
-        metrics = dt_.delete(plan.predicate)
-        deleted[plan.table] = int(metrics.get("num_deleted_rows", plan.rows))
-        erase_history(settings, dt_)
+        deleted[plan.table] = delete_rows(settings, plan.table, plan.predicate)
+        erase_table_history(settings, plan.table)
         progress(f"  {plan.table}: {deleted[plan.table]:,} rows deleted")
     return deleted
-
-
-def erase_history(settings, table) -> None:
-    """Vacuum the files the delete replaced; with `privacy.truncate_history`, checkpoint and drop the
-    older log entries (their file statistics may hold the person's values). `settings`: the Settings
-    or their `privacy` section; `table`: a DeltaTable or its URI."""
-    from deltalake import DeltaTable
-
-    cfg = getattr(settings, "privacy", settings)
-    table = DeltaTable(table if isinstance(table, str) else table.table_uri)
-    table.vacuum(retention_hours=cfg.vacuum_retention_hours, enforce_retention_duration=False, dry_run=False)
-    if not cfg.truncate_history:
-        return
-    table.create_checkpoint()
-    version = table.version()
-    log = Path(table.table_uri.removeprefix("file://")) / "_delta_log"
-    for f in log.iterdir():
-        stem = f.name.split(".", 1)[0]
-        if stem.isdigit() and int(stem) < version:
-            f.unlink()
 
 
 # --- serving, platforms, warehouse --------------------------------------------------------------
@@ -463,10 +452,10 @@ def erase_platforms(settings, person: Person, clients: dict | None = None) -> di
     """Klaviyo's data-privacy deletion and Mailchimp's permanent delete, where the person was sent."""
     from p13n.activation.sync import destination_for
 
-    if not table_exists(settings.lake_root, "ops.export_state"):
+    if not table_exists(settings.lake_root, OPS_EXPORT_STATE):
         return {}
     sent = duckdb_connection().execute(
-        f"SELECT DISTINCT destination, audience FROM {scan(settings.lake_root, 'ops.export_state')} WHERE customer_id = ?",
+        f"SELECT DISTINCT destination, audience FROM {scan(settings.lake_root, OPS_EXPORT_STATE)} WHERE customer_id = ?",
         [person.customer_id]).fetchall()  # fmt: skip
     out: dict[str, int] = {}
     clients = clients or {}
@@ -568,8 +557,8 @@ def forget(settings, request_id: str, customer_id: str | None = None, email: str
     in `ops.erasures` only once everything succeeded; a failed erasure keeps its identifiers in
     `restricted.privacy_pending` so that a retry finds what is left."""
     import pandas as pd
-    from deltalake import write_deltalake
 
+    from p13n.lake.duck import delete_rows, erase_table_history, literal, write_arrow
     from p13n.secrets import pii_key
 
     key = pii_key(settings)
@@ -587,12 +576,11 @@ def forget(settings, request_id: str, customer_id: str | None = None, email: str
             f"privacy.max_rows_per_request ({cap:,}); nothing was deleted (see --dry-run)"
         )
     progress(f"erasure {request_id}: customer {person.customer_id}, {total:,} rows in {len(plans)} tables")
-    root = settings.lake_root
     now = dt.datetime.now(dt.UTC)
     restricted_dir(settings, "restricted")
     append_rows(
         settings,
-        PENDING,
+        RESTRICTED_PRIVACY_PENDING,
         [
             {
                 "request_id": request_id,
@@ -605,7 +593,7 @@ def forget(settings, request_id: str, customer_id: str | None = None, email: str
     # Suppressions first: from here on the stream and ingestion drop the person's records.
     hashes = sorted({keyed_hash(i, key) for i in person.identifiers} | person.hashes)
     append_rows(
-        settings, SUPPRESSIONS, [{"hash": h, "request_id": request_id, "added_at": now} for h in hashes]
+        settings, OPS_SUPPRESSIONS, [{"hash": h, "request_id": request_id, "added_at": now} for h in hashes]
     )
     audit = {
         "request_id": request_id,
@@ -621,12 +609,9 @@ def forget(settings, request_id: str, customer_id: str | None = None, email: str
         lake = erase_lake(settings, person, progress, plans)
         files = erase_files(settings, person)
         erased = {"customer_id": person.customer_id, "request_id": request_id, "erased_at": now}
-        append_rows(settings, ERASURES, [erased], schema_mode="merge")
-        from deltalake import DeltaTable
-
-        pending = DeltaTable(table_uri(root, PENDING))
-        pending.delete(f"customer_id = '{person.customer_id}'")
-        erase_history(settings, pending)
+        append_rows(settings, OPS_ERASURES, [erased], schema_mode="merge")
+        delete_rows(settings, RESTRICTED_PRIVACY_PENDING, f"customer_id = {literal(person.customer_id)}")
+        erase_table_history(settings, RESTRICTED_PRIVACY_PENDING)
         audit |= {"status": "completed", "lake": json.dumps(lake), "redis_keys": redis_keys,
                   "platforms": json.dumps(sent), "warehouse": json.dumps(warehouse), "export_lines": files}  # fmt: skip
     except Exception as e:
@@ -640,7 +625,7 @@ def forget(settings, request_id: str, customer_id: str | None = None, email: str
                                          "seconds", "error")}  # fmt: skip
         frame = pd.DataFrame([row]).astype({"lake": "string", "platforms": "string", "warehouse": "string",
                                             "error": "string", "redis_keys": "Int64", "export_lines": "Int64"})  # fmt: skip
-        write_deltalake(table_uri(root, AUDIT), frame, mode="append")
+        write_arrow(settings, OPS_PRIVACY_AUDIT, frame)
     progress(f"erasure {request_id}: {audit['status']} in {audit['seconds']}s")
     return audit
 
@@ -655,11 +640,11 @@ def restricted_dir(settings, layer: str) -> None:
 
 
 def suppressed_hashes(settings) -> set[str]:
-    if not table_exists(settings.lake_root, SUPPRESSIONS):
+    if not table_exists(settings.lake_root, OPS_SUPPRESSIONS):
         return set()
     return {
         r[0]
         for r in duckdb_connection()
-        .execute(f"SELECT hash FROM {scan(settings.lake_root, SUPPRESSIONS)}")
+        .execute(f"SELECT hash FROM {scan(settings.lake_root, OPS_SUPPRESSIONS)}")
         .fetchall()
     }

@@ -15,10 +15,10 @@ import os
 import uuid
 
 from p13n.config import get_settings
-from p13n.lake.duck import append_rows, duckdb_connection, scan, table_exists, table_uri
+from p13n.lake.duck import append_rows, duckdb_connection, scan, table_exists
+from p13n.lake.tables import RESTRICTED_PRIVACY_REQUESTS
 from p13n.orchestration import progress
 
-ADDRESSES = "restricted.privacy_requests"
 KINDS = ("forget", "access")
 
 
@@ -56,7 +56,9 @@ def request(kind: str, customer_id: str | None = None, email: str | None = None)
     rid = f"{kind}-{uuid.uuid4().hex[:12]}"
     if email:
         restricted_dir(settings, "restricted")
-        append_rows(settings, ADDRESSES, [{"request_id": rid, "email": normalize_email(email)}])
+        append_rows(
+            settings, RESTRICTED_PRIVACY_REQUESTS, [{"request_id": rid, "email": normalize_email(email)}]
+        )
     row = {
         "request_id": rid,
         "kind": kind,
@@ -130,9 +132,11 @@ def pending_requests(settings) -> list[tuple[str, str, str | None, str | None]]:
         "WHERE status = 'pending' ORDER BY requested_at"
     ).fetchall()
     emails = {}
-    if rows and table_exists(settings.lake_root, ADDRESSES):
+    if rows and table_exists(settings.lake_root, RESTRICTED_PRIVACY_REQUESTS):
         emails = dict(
-            con.execute(f"SELECT request_id, email FROM {scan(settings.lake_root, ADDRESSES)}").fetchall()
+            con.execute(
+                f"SELECT request_id, email FROM {scan(settings.lake_root, RESTRICTED_PRIVACY_REQUESTS)}"
+            ).fetchall()
         )
     return [(rid, kind, cid, emails.get(rid)) for rid, kind, cid in rows]
 
@@ -140,9 +144,8 @@ def pending_requests(settings) -> list[tuple[str, str, str | None, str | None]]:
 def process_requests(dry_run: bool = False) -> dict:
     """Serve every pending request, oldest first; one failing does not stop the others. `dry_run`
     prints what each would do and changes nothing."""
-    from deltalake import DeltaTable
-
-    from p13n.privacy.erasure import ErasureError, erase_history, find_person
+    from p13n.lake.duck import delete_rows, erase_table_history, literal, update_rows
+    from p13n.privacy.erasure import ErasureError, find_person
     from p13n.secrets import pii_key
 
     settings = get_settings()
@@ -168,16 +171,18 @@ def process_requests(dry_run: bool = False) -> dict:
             if dry_run:
                 progress(f"{kind} {rid}: would fail: {detail}")
                 continue
-        DeltaTable(table_uri(settings.lake_root, name)).update(
-            predicate=f"request_id = '{rid}'",
-            updates={"status": f"'{status}'", "completed_at": "now()",
-                     "customer_id": "NULL" if resolved is None else "'" + resolved.replace("'", "''") + "'",
-                     "detail": "'" + str(detail).replace("'", "''") + "'"},
-        )  # fmt: skip
-        if email and table_exists(settings.lake_root, ADDRESSES):  # served or failed: the address goes
-            table = DeltaTable(table_uri(settings.lake_root, ADDRESSES))
-            table.delete(f"request_id = '{rid}'")
-            erase_history(settings, table)
+        updates = {
+            "status": literal(status),
+            "completed_at": "now()",
+            "customer_id": literal(resolved),
+            "detail": literal(str(detail)),
+        }
+        update_rows(settings, name, f"request_id = {literal(rid)}", updates)
+        if email and table_exists(
+            settings, RESTRICTED_PRIVACY_REQUESTS
+        ):  # served or failed: the address goes
+            delete_rows(settings, RESTRICTED_PRIVACY_REQUESTS, f"request_id = {literal(rid)}")
+            erase_table_history(settings, RESTRICTED_PRIVACY_REQUESTS)
         progress(f"privacy request {rid} ({kind}): {status}")
     if failed and not dry_run:
         raise RuntimeError(f"{failed} of {len(pending)} privacy requests failed (see {name}.detail)")

@@ -35,20 +35,25 @@ from p13n.config import Settings
 from p13n.customers import activity as act
 from p13n.customers.features import interval_end
 from p13n.lake import Lake
+from p13n.lake.tables import (
+    GOLD_BOUGHT_TOGETHER,
+    GOLD_CUSTOMER_PROFILES,
+    GOLD_IDENTITY_KEYS,
+    GOLD_INTERACTIONS,
+    GOLD_ITEM_SIMILARITY,
+    GOLD_POPULAR_ITEMS,
+    GOLD_RECOMMENDATIONS,
+    GOLD_SEGMENTS,
+    GOLD_TRENDING,
+    OPS_ERASURES,
+    silver_table,
+)
 from p13n.models import evaluation as ev
 from p13n.models import lists as L
 from p13n.models import nextbasket as nb
 from p13n.models.recommenders import ImplicitALS, Interactions, ItemSimilarity, Popularity, not_repeating
 from p13n.runctx import RunContext
 
-INTERACTIONS, RECOMMENDATIONS = "gold.interactions", "gold.recommendations"
-SIMILAR, TOGETHER, TRENDING, POPULAR = (
-    "gold.item_similarity",
-    "gold.bought_together",
-    "gold.trending",
-    "gold.popular_items",
-)
-SEGMENTS, ERASURES = "gold.segments", "ops.erasures"
 PERSONAL = ("next_basket", "als", "item_similarity", "buy_again", "bought_together")
 MIN_REPEAT_RATE = 0.1  # below it (learned from the purchases) a bought item is not recommended again
 CUSTOMER_LISTS = ("personalized", "buy_again", "recently_viewed", "popular_in_segment")
@@ -84,8 +89,8 @@ def _event_log(lake: Lake, activity, settings: Settings, as_of: dt.date):
     cfg = settings.recommend
     end = interval_end(as_of)
     start = end - dt.timedelta(days=cfg.history_days)
-    keys = lake.read("gold.identity_keys")
-    wish = act.attribute(lake.read("silver.wishlists"), keys, [("shopify_customer_id", "customer_id")])
+    keys = lake.read(GOLD_IDENTITY_KEYS)
+    wish = act.attribute(lake.read(silver_table("wishlists")), keys, [("shopify_customer_id", "customer_id")])
 
     def as_events(df, at: str, kind, order=None):
         kind = F.lit(kind) if isinstance(kind, str) else kind
@@ -114,26 +119,28 @@ def _event_log(lake: Lake, activity, settings: Settings, as_of: dt.date):
 
 def erased_customers(lake: Lake) -> set[str]:
     """Customer ids with an erasure on record (`ops.erasures`, written by privacy requests): never scored."""
-    if not lake.exists(ERASURES):
+    if not lake.exists(OPS_ERASURES):
         return set()
-    return set(lake.read(ERASURES, columns=["customer_id"]).toPandas()["customer_id"].dropna())
+    return set(lake.read(OPS_ERASURES, columns=["customer_id"]).toPandas()["customer_id"].dropna())
 
 
 def read_data(lake: Lake, settings: Settings, as_of: dt.date) -> Data:
     from p13n.customers.pipeline import read_activity
 
-    for t in ("silver.wishlists", "silver.inventory_snapshots", SEGMENTS):
+    for t in (silver_table("wishlists"), silver_table("inventory_snapshots"), GOLD_SEGMENTS):
         if not lake.exists(t):
             raise FileNotFoundError(f"recommendations need {t}: ingest the sources and score customers first")
     activity = read_activity(lake)
     log = _event_log(lake, activity, settings, as_of).toPandas()
     profiles = lake.read(
-        "gold.customer_profiles", columns=["customer_id", "consent_personalization"]
+        GOLD_CUSTOMER_PROFILES, columns=["customer_id", "consent_personalization"]
     ).toPandas()
     erased = erased_customers(lake)
     profiles = profiles[~profiles["customer_id"].isin(erased)].sort_values("customer_id")
     log = log[~log["customer_id"].isin(erased)]
-    products = lake.read("silver.products").toPandas().drop_duplicates("sku", keep="last").set_index("sku")
+    products = (
+        lake.read(silver_table("products")).toPandas().drop_duplicates("sku", keep="last").set_index("sku")
+    )
     users = pd.Index(profiles["customer_id"].to_numpy(), name="customer_id")
     items = pd.Index(sorted(set(products.index) | set(log["sku"])), name="sku")
     log = log[log["customer_id"].isin(users)]
@@ -146,17 +153,17 @@ def read_data(lake: Lake, settings: Settings, as_of: dt.date) -> Data:
     events = events.sort_values(["user", "at", "item", "kind"], kind="stable").reset_index(drop=True)
     prod = products.reindex(items)
     segments = lake.read(
-        SEGMENTS, where=[("as_of_date", "=", as_of)], columns=["customer_id", "persona"]
+        GOLD_SEGMENTS, where=[("as_of_date", "=", as_of)], columns=["customer_id", "persona"]
     ).toPandas()
     if segments.empty:
         raise LookupError(
-            f"{SEGMENTS} has no rows for as_of_date {as_of}: score customers for that date first"
+            f"{GOLD_SEGMENTS} has no rows for as_of_date {as_of}: score customers for that date first"
         )
     seg = segments.assign(user=users.get_indexer(segments["customer_id"]))
     seg = seg[seg["user"] >= 0].set_index("user")["persona"]
     end = pd.Timestamp(interval_end(as_of))
-    versions = {t: lake.delta_table(t).version() for t in ("silver.wishlists", "silver.inventory_snapshots",
-                                                           "silver.products", SEGMENTS, "gold.customer_profiles")}  # fmt: skip
+    versions = {t: lake.delta_table(t).version() for t in (silver_table("wishlists"), silver_table("inventory_snapshots"),
+                                                           silver_table("products"), GOLD_SEGMENTS, GOLD_CUSTOMER_PROFILES)}  # fmt: skip
     versions |= activity.versions
     return Data(
         users=users, items=items, events=events,
@@ -172,7 +179,9 @@ def read_data(lake: Lake, settings: Settings, as_of: dt.date) -> Data:
 def _out_of_stock(lake: Lake, settings: Settings, as_of: dt.date, items: pd.Index) -> np.ndarray:
     """Per item: nothing on hand in the latest snapshot on or before the run date (at the configured
     location, or at any). Items the inventory feed does not track count as available."""
-    inv = lake.read("silver.inventory_snapshots", columns=["snapshot_date", "location_id", "sku", "on_hand"])
+    inv = lake.read(
+        silver_table("inventory_snapshots"), columns=["snapshot_date", "location_id", "sku", "on_hand"]
+    )
     inv = inv.filter(F.col("snapshot_date") <= F.lit(as_of))
     loc = settings.recommend.stock_location
     if loc:
@@ -514,7 +523,7 @@ def build_interactions(
         "wishlists": t["wishlist"].astype(int), "views": t["product_view"].astype(int), "returns": t["return"].astype(int),
         "last_at": t["last_at"],
     })  # fmt: skip
-    lake.replace_partition(INTERACTIONS, lake.spark.createDataFrame(table), "as_of_date", as_of, run=run)
+    lake.replace_partition(GOLD_INTERACTIONS, lake.spark.createDataFrame(table), "as_of_date", as_of, run=run)
     return {
         "customers": int(table["customer_id"].nunique()),
         "items": int(table["sku"].nunique()),
@@ -639,7 +648,9 @@ def build_lists(lake: Lake, settings: Settings, data: Data, recipe: Recipe, as_o
         del table
     table = pa.concat_tables(parts)
     del parts
-    lake.replace_partition(RECOMMENDATIONS, lake.spark.createDataFrame(table), "as_of_date", as_of, run=run)
+    lake.replace_partition(
+        GOLD_RECOMMENDATIONS, lake.spark.createDataFrame(table), "as_of_date", as_of, run=run
+    )
     rows = table.num_rows
     del table
     item_tables = _item_tables(data, lists, as_of, settings.recommend.list_sizes["similar_items"])
@@ -765,7 +776,12 @@ def _item_tables(data: Data, lists: Lists, as_of: dt.date, k: int) -> dict[str, 
     p = lists.popular
     popular = pd.DataFrame({"scope": p["scope"], "as_of_date": as_of, "rank": p["rank"].astype(int),
                             "sku": sku[p["item"].to_numpy()], "buyers": p["score"].astype(int)})  # fmt: skip
-    return {SIMILAR: similar, TOGETHER: together, TRENDING: trending, POPULAR: popular}
+    return {
+        GOLD_ITEM_SIMILARITY: similar,
+        GOLD_BOUGHT_TOGETHER: together,
+        GOLD_TRENDING: trending,
+        GOLD_POPULAR_ITEMS: popular,
+    }
 
 
 def _list_counts(table: pd.DataFrame) -> dict:
@@ -788,7 +804,7 @@ def _list_stats(rows: int, counts: list[dict], item_tables: dict, data: Data) ->
     )
     sources = sources.sort_values(ascending=False, kind="stable")
     k = int(sizes.max()) if len(sizes) else 0
-    sim = item_tables[SIMILAR]
+    sim = item_tables[GOLD_ITEM_SIMILARITY]
     return {
         "customers": len(data.users),
         "rows": rows,
@@ -802,8 +818,8 @@ def _list_stats(rows: int, counts: list[dict], item_tables: dict, data: Data) ->
         "lists": {t: int(n) for t, n in lists.items()},
         "items_with_similar": int(sim["sku"].nunique()),
         "items": len(data.items),
-        "bought_together_pairs": len(item_tables[TOGETHER]),
-        "trending_scopes": int(item_tables[TRENDING]["scope"].nunique()),
+        "bought_together_pairs": len(item_tables[GOLD_BOUGHT_TOGETHER]),
+        "trending_scopes": int(item_tables[GOLD_TRENDING]["scope"].nunique()),
         "excluded_out_of_stock_items": int(data.unavailable.sum()),
         "personalization_objectors": int((~data.consented).sum()),
         "sources": {s: int(n) for s, n in sources.items()},

@@ -5,16 +5,24 @@ from __future__ import annotations
 import datetime as dt
 
 from p13n.config import get_settings
+from p13n.lake.tables import (
+    GOLD_BOUGHT_TOGETHER,
+    GOLD_INTERACTIONS,
+    GOLD_ITEM_SIMILARITY,
+    GOLD_POPULAR_ITEMS,
+    GOLD_RECOMMENDATIONS,
+    GOLD_TRENDING,
+)
 from p13n.orchestration import progress
 from p13n.runctx import RunContext
 
 SUITES = (
-    "gold.interactions",
-    "gold.recommendations",
-    "gold.item_similarity",
-    "gold.bought_together",
-    "gold.trending",
-    "gold.popular_items",
+    GOLD_INTERACTIONS,
+    GOLD_RECOMMENDATIONS,
+    GOLD_ITEM_SIMILARITY,
+    GOLD_BOUGHT_TOGETHER,
+    GOLD_TRENDING,
+    GOLD_POPULAR_ITEMS,
 )
 METRICS = (
     "precision@{k}",

@@ -12,6 +12,20 @@ import json
 import pandas as pd
 
 from p13n.lake.duck import scan, table_exists
+from p13n.lake.tables import (
+    GOLD_CUSTOMER_PROFILES,
+    GOLD_IDENTITY_GRAPH,
+    GOLD_RECOMMENDATIONS,
+    GOLD_SEGMENTS,
+    OPS_EXPORT_RUNS,
+    OPS_IDENTITY_RUNS,
+    OPS_INGEST_RUNS,
+    OPS_MODEL_RUNS,
+    OPS_PUBLISH_RUNS,
+    OPS_VALIDATIONS,
+    OPS_WAREHOUSE_SYNCS,
+    silver_table,
+)
 
 
 def _frame(con, root: str, table: str, sql: str, params: list | None = None) -> pd.DataFrame | None:
@@ -23,7 +37,7 @@ def _frame(con, root: str, table: str, sql: str, params: list | None = None) -> 
 def ingestion(con, root: str, day: dt.date) -> pd.DataFrame | None:
     """Per source for the day's batch: rows read, promoted, quarantined, top reasons, expectations."""
     df = _frame(
-        con, root, "ops.ingest_runs",
+        con, root, OPS_INGEST_RUNS,
         """SELECT source, bronze_rows AS "read", silver_rows AS silver, quarantined, top_reasons,
                   expectations_passed, expectations_failed
            FROM {t} WHERE batch_date = ? ORDER BY source""",  # one row per source: a rerun replaces the date
@@ -40,7 +54,7 @@ def ingestion(con, root: str, day: dt.date) -> pd.DataFrame | None:
 def validations(con, root: str, day: dt.date) -> pd.DataFrame | None:
     """The latest Great Expectations outcome of every table validated for the day."""
     return _frame(
-        con, root, "ops.validations",
+        con, root, OPS_VALIDATIONS,
         """SELECT table_name, success, passed, failed, failures, warnings FROM {t} WHERE run_date = ?
            QUALIFY row_number() OVER (PARTITION BY table_name ORDER BY validated_at DESC) = 1
            ORDER BY success, table_name""",
@@ -51,7 +65,7 @@ def validations(con, root: str, day: dt.date) -> pd.DataFrame | None:
 def identity(con, root: str, day: dt.date) -> dict | None:
     """The identity runs up to the day (counts, merges and splits) and the day's cluster sizes."""
     runs = _frame(
-        con, root, "ops.identity_runs",
+        con, root, OPS_IDENTITY_RUNS,
         "SELECT run_date, counts, changes, precision, recall, f1 FROM {t} WHERE run_date <= ? ORDER BY run_date",
         [day],
     )  # fmt: skip
@@ -64,7 +78,7 @@ def identity(con, root: str, day: dt.date) -> dict | None:
                      **{f"changes: {k}": v for k, v in sorted(changes.items())},
                      "precision": r.precision, "recall": r.recall, "f1": r.f1})  # fmt: skip
     sizes = _frame(
-        con, root, "gold.identity_graph",
+        con, root, GOLD_IDENTITY_GRAPH,
         """SELECT records, count(*) AS customers FROM (SELECT customer_id, count(*) AS records FROM {t}
            WHERE run_date = (SELECT max(run_date) FROM {t} WHERE run_date <= ?) GROUP BY customer_id)
            GROUP BY records ORDER BY records""",
@@ -75,9 +89,9 @@ def identity(con, root: str, day: dt.date) -> dict | None:
 
 def segments(con, root: str, day: dt.date) -> dict | None:
     """Segment sizes on the day, and lifecycle-stage movements since the previous scoring."""
-    if not table_exists(root, "gold.segments"):
+    if not table_exists(root, GOLD_SEGMENTS):
         return None
-    t = scan(root, "gold.segments")
+    t = scan(root, GOLD_SEGMENTS)
     sizes = {
         col: con.execute(
             f"SELECT {col} AS value, count(*) AS customers FROM {t} WHERE as_of_date = ? GROUP BY 1 ORDER BY 2 DESC",
@@ -101,7 +115,7 @@ def segments(con, root: str, day: dt.date) -> dict | None:
 def models(con, root: str, day: dt.date) -> pd.DataFrame | None:
     """Each model's numeric metrics on the day next to its previous run's, and the gate decision."""
     df = _frame(
-        con, root, "ops.model_runs",
+        con, root, OPS_MODEL_RUNS,
         """SELECT model, as_of_date, version, promoted, reasons, metrics FROM {t} WHERE as_of_date <= ?
            QUALIFY row_number() OVER (PARTITION BY model, as_of_date ORDER BY version DESC) = 1""",
         [day],
@@ -142,9 +156,9 @@ def _numeric(metrics: dict, prefix: str = "") -> dict[str, float]:
 def recommendations(con, root: str, day: dt.date) -> dict | None:
     """Coverage of the day's lists: customers per list type, sources of the personalized list, and how
     often each item is recommended (catalog coverage and concentration)."""
-    if not table_exists(root, "gold.recommendations"):
+    if not table_exists(root, GOLD_RECOMMENDATIONS):
         return None
-    t = scan(root, "gold.recommendations")
+    t = scan(root, GOLD_RECOMMENDATIONS)
     lists = con.execute(
         f"""SELECT list_type, count(DISTINCT customer_id) AS customers, count(*) AS "rows",
                    count(DISTINCT sku) AS items FROM {t} WHERE as_of_date = ? GROUP BY 1 ORDER BY 1""",
@@ -161,13 +175,13 @@ def recommendations(con, root: str, day: dt.date) -> dict | None:
         [day],
     ).df()["times"]
     customers = None
-    if table_exists(root, "gold.customer_profiles"):
-        customers = con.execute(f"SELECT count(*) FROM {scan(root, 'gold.customer_profiles')}").fetchone()[0]
+    if table_exists(root, GOLD_CUSTOMER_PROFILES):
+        customers = con.execute(f"SELECT count(*) FROM {scan(root, GOLD_CUSTOMER_PROFILES)}").fetchone()[0]
     catalog = None
-    if table_exists(root, "silver.products"):
-        catalog = con.execute(f"SELECT count(DISTINCT sku) FROM {scan(root, 'silver.products')}").fetchone()[
-            0
-        ]
+    if table_exists(root, silver_table("products")):
+        catalog = con.execute(
+            f"SELECT count(DISTINCT sku) FROM {scan(root, silver_table('products'))}"
+        ).fetchone()[0]
     return {
         "lists": lists,
         "sources": sources,
@@ -181,13 +195,13 @@ def publish_and_exports(con, root: str, day: dt.date) -> dict:
     """The day's publishes to the serving store, audience exports and warehouse syncs."""
     return {
         "publish": _frame(
-            con, root, "ops.publish_runs",
+            con, root, OPS_PUBLISH_RUNS,
             """SELECT version, previous, keys, keys_by_kind, bytes, seconds, forced, published_at
                FROM {t} WHERE as_of_date = ? ORDER BY published_at""",
             [day],
         ),
         "exports": _frame(
-            con, root, "ops.export_runs",
+            con, root, OPS_EXPORT_RUNS,
             """SELECT audience, destination, status, eligible, added, updated, removed, unchanged, rejected,
                       skipped_no_consent + skipped_erased + skipped_no_address AS skipped, seconds
                FROM {t} WHERE as_of = ? QUALIFY row_number() OVER (PARTITION BY audience, destination
@@ -195,7 +209,7 @@ def publish_and_exports(con, root: str, day: dt.date) -> dict:
             [day.isoformat()],
         ),
         "warehouse": _frame(
-            con, root, "ops.warehouse_syncs",
+            con, root, OPS_WAREHOUSE_SYNCS,
             """SELECT table_name, "rows", inserted, updated, deleted, seconds FROM {t} WHERE as_of_date = ?
                QUALIFY row_number() OVER (PARTITION BY table_name ORDER BY synced_at DESC) = 1
                ORDER BY table_name""",

@@ -16,17 +16,28 @@ import datetime as dt
 import pyarrow as pa
 
 from p13n.config import Settings
+from p13n.lake.tables import (
+    GOLD_BOUGHT_TOGETHER,
+    GOLD_CUSTOMER_PROFILES,
+    GOLD_IDENTITY_KEYS,
+    GOLD_ITEM_SIMILARITY,
+    GOLD_POPULAR_ITEMS,
+    GOLD_RECOMMENDATIONS,
+    GOLD_SEGMENTS,
+    GOLD_SEND_TIMES,
+    GOLD_TRENDING,
+)
 from p13n.serving.keys import CUSTOMER_LISTS
 
 # Tables a publish reads for its date (`as_of_date` partition) and what each feeds.
 DATED_TABLES = {
-    "gold.recommendations": "customer lists",
-    "gold.segments": "profiles and segments",
-    "gold.send_times": "profiles (best send time)",
-    "gold.item_similarity": "similar items",
-    "gold.bought_together": "bought together",
-    "gold.trending": "trending lists",
-    "gold.popular_items": "popular lists",
+    GOLD_RECOMMENDATIONS: "customer lists",
+    GOLD_SEGMENTS: "profiles and segments",
+    GOLD_SEND_TIMES: "profiles (best send time)",
+    GOLD_ITEM_SIMILARITY: "similar items",
+    GOLD_BOUGHT_TOGETHER: "bought together",
+    GOLD_TRENDING: "trending lists",
+    GOLD_POPULAR_ITEMS: "popular lists",
 }
 
 _MACROS = """
@@ -105,27 +116,27 @@ def commands(
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE recs AS
         SELECT r.* EXCLUDE (as_of_date, reason), coalesce(reason, '') AS reason
-        FROM {_scan(settings, "gold.recommendations")} r
+        FROM {_scan(settings, GOLD_RECOMMENDATIONS)} r
         WHERE as_of_date = {day} AND customer_id NOT IN (SELECT customer_id FROM erased) AND {mine("customer_id")}
     """)
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE item_rows AS
         SELECT * FROM (
             SELECT 'similar' AS field, sku, similar_sku AS item, rank, score, basis AS source, '' AS reason
-            FROM {_scan(settings, "gold.item_similarity")} WHERE as_of_date = {day}
+            FROM {_scan(settings, GOLD_ITEM_SIMILARITY)} WHERE as_of_date = {day}
             UNION ALL
             SELECT 'bought_together', sku, other_sku, rank, confidence, 'bought_together', ''
-            FROM {_scan(settings, "gold.bought_together")} WHERE as_of_date = {day})
+            FROM {_scan(settings, GOLD_BOUGHT_TOGETHER)} WHERE as_of_date = {day})
         WHERE {mine("sku")}
     """)
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE list_rows AS
         SELECT 'trending' AS kind, scope, rank, sku, score, 'trending' AS source, '' AS reason
-        FROM {_scan(settings, "gold.trending")} WHERE as_of_date = {day}
+        FROM {_scan(settings, GOLD_TRENDING)} WHERE as_of_date = {day}
         UNION ALL
         SELECT 'popular', CASE WHEN scope = 'all' THEN 'all' ELSE slug(scope) END, rank, sku, buyers,
                'popular', ''
-        FROM {_scan(settings, "gold.popular_items")} WHERE as_of_date = {day}
+        FROM {_scan(settings, GOLD_POPULAR_ITEMS)} WHERE as_of_date = {day}
     """)
     # Reason ids: one per distinct (source, reason) of the version.
     if reasons is None:
@@ -162,10 +173,10 @@ def commands(
                                               ELSE json_object('hour', t.best_hour, 'weekday', t.best_weekday) END
                    )::VARCHAR
             FROM (SELECT *, percent_rank() OVER (ORDER BY clv_12m) AS pct
-                  FROM {_scan(settings, "gold.segments")} WHERE as_of_date = {day}) g
-            LEFT JOIN (SELECT * FROM {_scan(settings, "gold.send_times")} WHERE as_of_date = {day}) t
+                  FROM {_scan(settings, GOLD_SEGMENTS)} WHERE as_of_date = {day}) g
+            LEFT JOIN (SELECT * FROM {_scan(settings, GOLD_SEND_TIMES)} WHERE as_of_date = {day}) t
                 USING (customer_id)
-            LEFT JOIN {_scan(settings, "gold.customer_profiles")} p USING (customer_id)
+            LEFT JOIN {_scan(settings, GOLD_CUSTOMER_PROFILES)} p USING (customer_id)
             WHERE g.customer_id NOT IN (SELECT customer_id FROM erased) AND {mine("g.customer_id")}
         """)  # fmt: skip
         con.execute(f"""
@@ -187,7 +198,7 @@ def commands(
             SELECT customer_id, unnest([
                 'persona.' || slug(persona), 'rfm.' || slug(rfm_segment),
                 'lifecycle.' || slug(lifecycle_stage), 'churn.' || slug(churn_risk_band)]) AS name
-            FROM {_scan(settings, "gold.segments")}
+            FROM {_scan(settings, GOLD_SEGMENTS)}
             WHERE as_of_date = {day} AND customer_id NOT IN (SELECT customer_id FROM erased)
               AND {mine("customer_id")})
         WHERE name IS NOT NULL
@@ -204,7 +215,7 @@ def commands(
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE lookup_fields AS
         SELECT '{prefix}x:' || key_type AS key, key_value AS field, customer_id AS value
-        FROM {_scan(settings, "gold.identity_keys")}
+        FROM {_scan(settings, GOLD_IDENTITY_KEYS)}
         WHERE key_type IN ({key_types}) AND customer_id NOT IN (SELECT customer_id FROM erased)
           AND {mine("customer_id")}
     """)

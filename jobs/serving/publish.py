@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 
 from p13n.config import Settings
 from p13n.faults import checkpoint
+from p13n.lake.tables import GOLD_SEGMENTS, OPS_ERASURES, OPS_MODEL_RUNS, OPS_VALIDATIONS
 from p13n.serving.keys import Keys
 
 # Make `version` live if it is verified; the previous live version becomes `retained`.
@@ -129,13 +130,13 @@ def preflight(settings: Settings, as_of: dt.date, con) -> list[str]:
         if n == 0:
             problems.append(f"{table} has no rows for {as_of} (it feeds {feeds})")
     latest = {}
-    if table_exists(root, "ops.validations"):
+    if table_exists(root, OPS_VALIDATIONS):
         latest = {
             t: (ok, f)
             for t, ok, f in con.execute(
                 f"""SELECT table_name, success, failures FROM (
                         SELECT *, row_number() OVER (PARTITION BY table_name ORDER BY validated_at DESC) AS n
-                        FROM {_scan(settings, "ops.validations")} WHERE run_date = ?) WHERE n = 1""",
+                        FROM {_scan(settings, OPS_VALIDATIONS)} WHERE run_date = ?) WHERE n = 1""",
                 [as_of],
             ).fetchall()
         }
@@ -145,7 +146,7 @@ def preflight(settings: Settings, as_of: dt.date, con) -> list[str]:
         elif not latest[table][0]:
             problems.append(f"{table} failed its expectations for {as_of}: {latest[table][1]}")
     if settings.serving.gated_models:
-        if not table_exists(root, "ops.model_runs"):
+        if not table_exists(root, OPS_MODEL_RUNS):
             problems.append("ops.model_runs does not exist: no model was gated")
         else:
             rows = dict(
@@ -153,7 +154,7 @@ def preflight(settings: Settings, as_of: dt.date, con) -> list[str]:
                     # A run's champion: its own version when promoted, else the champion it was judged against.
                     f"""SELECT model, CASE WHEN promoted THEN version ELSE champion_version END FROM (
                         SELECT *, row_number() OVER (PARTITION BY model ORDER BY as_of_date DESC) AS n
-                        FROM {_scan(settings, "ops.model_runs")} WHERE as_of_date <= ?) WHERE n = 1""",
+                        FROM {_scan(settings, OPS_MODEL_RUNS)} WHERE as_of_date <= ?) WHERE n = 1""",
                     [as_of],
                 ).fetchall()
             )
@@ -171,11 +172,9 @@ def erased_customers(settings: Settings, con) -> set[str]:
     from p13n.lake.duck import table_exists
     from p13n.serving.encode import _scan
 
-    if not table_exists(settings.lake_root, "ops.erasures"):
+    if not table_exists(settings.lake_root, OPS_ERASURES):
         return set()
-    return {
-        r[0] for r in con.execute(f"SELECT customer_id FROM {_scan(settings, 'ops.erasures')}").fetchall()
-    }
+    return {r[0] for r in con.execute(f"SELECT customer_id FROM {_scan(settings, OPS_ERASURES)}").fetchall()}
 
 
 # --- the lock --------------------------------------------------------------------------------------
@@ -529,7 +528,7 @@ def choose_engine(settings: Settings, as_of: dt.date, con) -> str:
     from p13n.serving.encode import _scan
 
     customers = con.execute(
-        f"SELECT count(*) FROM {_scan(settings, 'gold.segments')} WHERE as_of_date = ?", [as_of]
+        f"SELECT count(*) FROM {_scan(settings, GOLD_SEGMENTS)} WHERE as_of_date = ?", [as_of]
     ).fetchone()[0]
     return "duckdb" if customers <= s.duckdb_max_customers else "spark"
 

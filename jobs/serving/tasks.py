@@ -8,6 +8,7 @@ import os
 import sys
 
 from p13n.config import Settings, get_settings
+from p13n.lake.tables import OPS_PUBLISH_RUNS
 from p13n.orchestration import progress
 
 
@@ -39,9 +40,6 @@ def publish_date(ds: str, force: bool = False) -> dict:
             "seconds": {k: round(v, 2) for k, v in out.seconds.items()}}  # fmt: skip
 
 
-PUBLISH_RUNS = "ops.publish_runs"
-
-
 def record_publish(settings: Settings, out) -> None:
     """One row per publish in `ops.publish_runs` (the run report's publish section reads it)."""
     import pyarrow as pa
@@ -52,7 +50,7 @@ def record_publish(settings: Settings, out) -> None:
                         ("keys", pa.int64()), ("keys_by_kind", pa.string()), ("bytes", pa.int64()),
                         ("seconds", pa.float64()), ("forced", pa.bool_()),
                         ("published_at", pa.timestamp("us"))])  # fmt: skip
-    append_rows(settings, PUBLISH_RUNS, [{
+    append_rows(settings, OPS_PUBLISH_RUNS, [{
         "as_of_date": out.as_of, "version": out.version, "previous": out.previous, "keys": out.total_keys,
         "keys_by_kind": json.dumps(out.keys, sort_keys=True), "bytes": out.bytes,
         "seconds": round(sum(out.seconds.values()), 2), "forced": out.forced,

@@ -26,13 +26,29 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from p13n.config import REPO_ROOT, ConfigError
+from p13n.lake.tables import Table
 
 CATALOG_FILE = REPO_ROOT / "conf" / "sources.yaml"
 FORMATS = ("csv", "jsonl", "parquet", "fixed_width", "xml", "api_json", "snowflake", "kafka")
 TYPES = (
-    "string", "int", "double", "money", "bool", "date", "timestamp", "email", "phone", "name", "street",
-    "city", "state", "postal_code", "country", "currency", "enum",
-)  # fmt: skip
+    "string",
+    "int",
+    "double",
+    "money",
+    "bool",
+    "date",
+    "timestamp",
+    "email",
+    "phone",
+    "name",
+    "street",
+    "city",
+    "state",
+    "postal_code",
+    "country",
+    "currency",
+    "enum",
+)
 PII_TYPES = ("email", "phone", "name", "street")
 _ENUM = re.compile(r"^enum\(([^)]*)\)$")
 
@@ -127,21 +143,48 @@ class Source(BaseModel):
                 raise ValueError(f"column {c.name!r}: currency column {c.currency!r} is not declared")
         return self
 
+    # A source's four tables are named here, once (the lake's catalog lists them beside its own).
     @property
-    def silver_table(self) -> str:
-        return f"silver.{self.name}"
+    def silver_table(self) -> Table:
+        day = "event_date" if self.kind == "event" else None
+        return Table(
+            f"silver.{self.name}",
+            partition_by=day,
+            key=self.primary_key,
+            owner=self.owner,
+            about=f"{self.description} (typed, deduplicated, PII pseudonymized)",
+        )
 
     @property
-    def bronze_table(self) -> str:
-        return f"bronze.{self.name}"
+    def bronze_table(self) -> Table:
+        return Table(
+            f"bronze.{self.name}",
+            partition_by="_batch_date",
+            owner=self.owner,
+            about=f"{self.name} as received, one partition per batch",
+        )
 
     @property
-    def quarantine_table(self) -> str:
-        return f"quarantine.{self.name}"
+    def quarantine_table(self) -> Table:
+        return Table(
+            f"quarantine.{self.name}",
+            partition_by="batch_date",
+            owner=self.owner,
+            about=f"{self.name}'s refused rows with their reasons",
+        )
 
     @property
-    def restricted_table(self) -> str | None:
-        return f"restricted.{self.name}" if self.pii_columns else None
+    def restricted_table(self) -> Table | None:
+        if not self.pii_columns:
+            return None
+        day = "event_date" if self.kind == "event" else None
+        return Table(
+            f"restricted.{self.name}",
+            partition_by=day,
+            key=self.primary_key,
+            owner=self.owner,
+            about=f"{self.name}'s raw PII columns",
+        )
 
     @property
     def pii_columns(self) -> list[str]:

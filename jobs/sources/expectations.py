@@ -132,7 +132,7 @@ class Validator:
 
     def __call__(self, source: Source | str, df, rows: int | None = None) -> Outcome:
         """Validate `df` (Spark or pandas) against the suite of `source` (a catalog source, or a table
-        name such as "gold.customer_profiles"); expectations on columns `df` lacks are skipped.
+        name such as gold.customer_profiles); expectations on columns `df` lacks are skipped.
         `rows`: the frame's row count when the caller knows it (it picks the engine)."""
         from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
 

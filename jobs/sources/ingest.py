@@ -21,6 +21,7 @@ from pyspark.sql import functions as F
 
 from p13n.config import Settings
 from p13n.lake import Lake
+from p13n.lake.tables import OPS_SUPPRESSIONS
 from p13n.runctx import RunContext
 from p13n.sources import standardize as std
 from p13n.sources.catalog import Catalog, Source
@@ -230,9 +231,9 @@ def _suppress(lake: Lake, rows, source: Source, pii_key: bytes):
     """(rows, None), or (rows kept, rows dropped) when some belong to erased customers: a row is
     dropped when the keyed hash of its primary key or of an identifier column (`*_id`, `*_hmac`, or a
     PII column) is in `ops.suppressions` (written by erasures; no raw value is stored there)."""
-    if not lake.exists("ops.suppressions"):
+    if not lake.exists(OPS_SUPPRESSIONS):
         return rows, None
-    hashes = [r["hash"] for r in lake.read("ops.suppressions", columns=["hash"]).collect()]
+    hashes = [r["hash"] for r in lake.read(OPS_SUPPRESSIONS, columns=["hash"]).collect()]
     if not hashes:
         return rows, None
     pii = set(source.pii_columns)
@@ -252,7 +253,7 @@ def _suppress(lake: Lake, rows, source: Source, pii_key: bytes):
 
 def _erase_from_bronze(lake: Lake, source: Source, suppressed, batch_date: dt.date, privacy=None) -> None:
     """The replayed records of erased customers leave bronze too (matched on the primary key), and
-    with `privacy` the bronze table's history with them (vacuum, log cut: `erasure.erase_history`)."""
+    with `privacy` the bronze table's history with them (vacuum, log cut: `p13n.lake.duck.forget_history`)."""
     keys = [
         tuple(str(r[k]) for k in source.primary_key) for r in suppressed.select(*source.primary_key).collect()
     ]
@@ -269,9 +270,14 @@ def _erase_from_bronze(lake: Lake, source: Source, suppressed, batch_date: dt.da
     )
     lake.delete(source.bronze_table, f"_batch_date = '{batch_date.isoformat()}' AND ({conds})")
     if privacy is not None:
-        from p13n.privacy.erasure import erase_history
+        from p13n.lake.duck import forget_history
 
-        erase_history(privacy, lake.uri(source.bronze_table))
+        forget_history(
+            lake.uri(source.bronze_table),
+            retention_hours=privacy.vacuum_retention_hours,
+            truncate=privacy.truncate_history,
+            storage_options=lake.storage_options,
+        )
 
 
 def _freshness_warning(

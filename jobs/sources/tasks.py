@@ -5,10 +5,10 @@ from __future__ import annotations
 import datetime as dt
 
 from p13n.config import get_settings
+from p13n.lake.tables import OPS_INGEST_RUNS
 from p13n.orchestration import progress
 from p13n.runctx import RunContext
 
-RUNS_TABLE = "ops.ingest_runs"
 RUNS_SCHEMA = (
     "batch_date date, source string, status string, files long, bronze_rows long, silver_rows long, "
     "quarantined long, top_reasons string, drifted_rows long, expectations_passed long, expectations_failed long, "
@@ -139,7 +139,7 @@ def summarize_task(results: list[dict], ds: str, failed: list[dict] | None = Non
     df = spark.createDataFrame(rows, RUNS_SCHEMA)
     # add_columns: lakes from before `error` existed gain the column
     lake().write(
-        RUNS_TABLE,
+        OPS_INGEST_RUNS,
         df,
         mode="overwrite",
         partition_by=["batch_date"],

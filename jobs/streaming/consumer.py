@@ -229,21 +229,15 @@ class StreamConsumer:
         self.assign()
 
     # --- offsets ---
-    def _uri(self, source: Source) -> str:
-        from p13n.lake.duck import table_uri
-
-        return table_uri(self.lake_root, source.bronze_table)
-
     def stored_offsets(self, source: Source, partitions=None) -> dict[int, int]:
         """The next offset per partition that the bronze table's transactions record (0 if none)."""
-        from deltalake import DeltaTable
+        from p13n.lake.duck import open_table
 
-        uri = self._uri(source)
         if partitions is None:
             partitions = self.consumer.partitions_for_topic(source.location) or set()
-        if not DeltaTable.is_deltatable(uri):
+        table = open_table(self.lake_root, source.bronze_table)
+        if table is None:
             return dict.fromkeys(partitions, 0)
-        table = DeltaTable(uri)
         return {p: table.transaction_version(kafka_app_id(source.location, p)) or 0 for p in partitions}
 
     def assign(self) -> None:
@@ -306,7 +300,7 @@ class StreamConsumer:
 
     def commit(self, batch: dict) -> BatchStats:
         """Land one polled batch: dead letters first, then one Delta commit per topic (rows + next offsets)."""
-        from deltalake import CommitProperties, Transaction, write_deltalake
+        from p13n.lake.duck import write_arrow
 
         stats = BatchStats()
         t0 = time.perf_counter()
@@ -368,16 +362,13 @@ class StreamConsumer:
                     source, records.take(pa.array(good, pa.int64())).to_pylist(), [produced[i] for i in good]
                 )
             table = _bronze_rows(source, records, day, now)
-            txns = [Transaction(kafka_app_id(topic, p), o) for p, o in sorted(offsets.items())]
-            write_deltalake(
-                self._uri(source),
+            write_arrow(
+                self.lake_root,
+                source.bronze_table,
                 table,
-                mode="append",
                 partition_by=["_batch_date"],
-                commit_properties=CommitProperties(
-                    app_transactions=txns,
-                    custom_metadata={"p13n.writer": "stream", "p13n.offsets": json.dumps(offsets)},
-                ),
+                txns=[(kafka_app_id(topic, p), o) for p, o in sorted(offsets.items())],
+                metadata={"p13n.writer": "stream", "p13n.offsets": json.dumps(offsets)},
             )
             checkpoint("stream.after_commit")
             stats.events += records.num_rows
@@ -479,18 +470,16 @@ def reset_offsets(lake_root: str, source: Source, bootstrap: str, to: str) -> di
     """Move the stored offsets of `source`'s partitions that are past the broker's end to the
     broker's beginning or end (one Delta commit without data, its transactions only). Returns
     {partition: (old, new)}; partitions that are fine are left alone."""
-    from deltalake import CommitProperties, DeltaTable, Transaction
     from kafka import KafkaConsumer, TopicPartition
 
-    from p13n.lake.duck import table_uri
+    from p13n.lake.duck import commit_transactions, open_table
     from p13n.services.kafka import end_offsets
 
     if to not in ("beginning", "end"):
         raise ValueError(f"reset to 'beginning' or 'end', not {to!r}")
-    uri = table_uri(lake_root, source.bronze_table)
-    if not DeltaTable.is_deltatable(uri):
+    table = open_table(lake_root, source.bronze_table)
+    if table is None:
         return {}
-    table = DeltaTable(uri)
     ends = end_offsets(bootstrap, source.location)
     if to == "beginning":
         c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
@@ -507,17 +496,11 @@ def reset_offsets(lake_root: str, source: Source, bootstrap: str, to: str) -> di
         if stored > end:
             moves[p] = (stored, targets[p])
     if moves:
-        table.create_write_transaction(
-            [],
-            mode="append",
-            schema=table.schema(),
-            partition_by=table.metadata().partition_columns,
-            commit_properties=CommitProperties(
-                app_transactions=[
-                    Transaction(kafka_app_id(source.location, p), new) for p, (_, new) in moves.items()
-                ],
-                custom_metadata={"p13n.writer": "stream-reset-offsets", "p13n.offsets": json.dumps(moves)},
-            ),
+        commit_transactions(
+            lake_root,
+            source.bronze_table,
+            [(kafka_app_id(source.location, p), new) for p, (_, new) in moves.items()],
+            metadata={"p13n.writer": "stream-reset-offsets", "p13n.offsets": json.dumps(moves)},
         )
     return moves
 

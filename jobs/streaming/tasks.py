@@ -6,6 +6,12 @@ import datetime as dt
 import signal
 
 from p13n.config import get_settings
+from p13n.lake.tables import (
+    GOLD_CUSTOMER_PROFILES,
+    GOLD_IDENTITY_KEYS,
+    GOLD_SEGMENTS,
+    GOLD_TRIGGERED_AUDIENCES,
+)
 from p13n.orchestration import progress
 
 
@@ -91,9 +97,6 @@ def realtime_profiles(settings):
     return RealtimeProfiles(settings, settings.serving.redis_url)
 
 
-TRIGGERS = "gold.triggered_audiences"
-
-
 def triggers_task(now=None, day: str | None = None) -> dict:
     """Evaluate the behavioural triggers on the landed events and append the new ones: at `now`, by
     default the clock, or for a run of a past `day` (a backfill, a replayed night) at that day's end."""
@@ -107,12 +110,12 @@ def triggers_task(now=None, day: str | None = None) -> dict:
     new = evaluate_triggers(settings, con, now)
     if len(new):
         import pyarrow as pa
-        from deltalake import write_deltalake
 
+        from p13n.lake.duck import write_arrow
         from p13n.streaming.triggers import COLUMNS, SCHEMA
 
         table = pa.Table.from_pandas(new[COLUMNS], schema=SCHEMA, preserve_index=False)
-        write_deltalake(_uri(settings, TRIGGERS), table, mode="append", partition_by=["trigger_date"])
+        write_arrow(settings, GOLD_TRIGGERED_AUDIENCES, table, partition_by=["trigger_date"])
     counts = new.groupby(["trigger", "status"]).size().to_dict() if len(new) else {}
     progress(
         f"triggers at {now:%Y-%m-%d %H:%M}: "
@@ -124,10 +127,10 @@ def triggers_task(now=None, day: str | None = None) -> dict:
     }
 
 
-def _uri(settings, table: str) -> str:
-    from p13n.lake.duck import table_uri
+def _scan(settings, table: str) -> str:
+    from p13n.lake.duck import scan
 
-    return table_uri(settings.lake_root, table)
+    return scan(settings.lake_root, table)
 
 
 def _exists(settings, table: str) -> bool:
@@ -156,26 +159,27 @@ def evaluate_triggers(settings, con, now):
         parts.append(f"""
             SELECT k.customer_id, e.event_id, e.event_type, e.sku, e.{session} AS session_id,
                    CAST(e.event_at AS TIMESTAMPTZ) AS event_at
-            FROM delta_scan('{_uri(settings, table)}') e
-            JOIN delta_scan('{_uri(settings, "gold.identity_keys")}') k
-              ON k.key_type = '{st.customer_key_type}' AND k.key_value = e.{field}
+            FROM {_scan(settings, table)} e
+            JOIN {_scan(settings, GOLD_IDENTITY_KEYS)} k
+              ON k.key_type = ? AND k.key_value = e.{field}
             WHERE e._parse_error IS NULL AND TRY_CAST(e.event_at AS TIMESTAMPTZ) >= ?""")
-    if not parts or not _exists(settings, "gold.identity_keys"):
+    if not parts or not _exists(settings, GOLD_IDENTITY_KEYS):
         return pd.DataFrame(columns=COLUMNS)
-    events = con.execute(" UNION ALL ".join(parts), [since] * len(parts)).df().drop_duplicates("event_id")
+    params = [st.customer_key_type, since] * len(parts)
+    events = con.execute(" UNION ALL ".join(parts), params).df().drop_duplicates("event_id")
     events["event_at"] = pd.to_datetime(events["event_at"], utc=True)
     consents = con.execute(
-        f"SELECT customer_id, consent_email, consent_sms, consent_push FROM delta_scan('{_uri(settings, 'gold.customer_profiles')}')"
+        f"SELECT customer_id, consent_email, consent_sms, consent_push FROM {_scan(settings, GOLD_CUSTOMER_PROFILES)}"
     ).df()
     lapsed = None
-    if _exists(settings, "gold.segments"):
+    if _exists(settings, GOLD_SEGMENTS):
         lapsed = con.execute(f"""
-            SELECT customer_id FROM delta_scan('{_uri(settings, "gold.segments")}')
-            WHERE as_of_date = (SELECT max(as_of_date) FROM delta_scan('{_uri(settings, "gold.segments")}'))
+            SELECT customer_id FROM {_scan(settings, GOLD_SEGMENTS)}
+            WHERE as_of_date = (SELECT max(as_of_date) FROM {_scan(settings, GOLD_SEGMENTS)})
               AND lifecycle_stage = 'lapsed'""").df()
     history = (
-        con.execute(f"SELECT * FROM delta_scan('{_uri(settings, TRIGGERS)}')").df()
-        if _exists(settings, TRIGGERS)
+        con.execute(f"SELECT * FROM {_scan(settings, GOLD_TRIGGERED_AUDIENCES)}").df()
+        if _exists(settings, GOLD_TRIGGERED_AUDIENCES)
         else pd.DataFrame(columns=COLUMNS)
     )
     return evaluate(events, now, st.triggers, consents, history, lapsed)

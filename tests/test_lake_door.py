@@ -1,0 +1,66 @@
+"""The lake has one door: every Delta read and write goes through `p13n.lake`, every table is named
+once in its catalog."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from p13n.lake.tables import CATALOG, LAYERS, Table, source_tables, table
+
+ROOT = Path(__file__).resolve().parents[1]
+CODE = [p for d in ("jobs", "models", "dags") for p in sorted((ROOT / d).rglob("*.py"))]
+LAKE = ROOT / "jobs" / "lake"
+
+
+def _outside_lake():
+    return [p for p in CODE if LAKE not in p.parents]
+
+
+@pytest.mark.parametrize("door", ["write_deltalake(", "DeltaTable(", "delta_scan(", "from deltalake"])
+def test_no_delta_access_outside_the_lake_package(door):
+    found = [
+        f"{p.relative_to(ROOT)}:{n}"
+        for p in _outside_lake()
+        for n, line in enumerate(p.read_text().splitlines(), 1)
+        if door in line and not line.lstrip().startswith("#") and "`" not in line
+    ]
+    assert found == [], f"{door} outside p13n.lake (use p13n.lake.duck or the Lake): {found}"
+
+
+def test_no_table_name_is_written_out_outside_the_catalog():
+    layers = "|".join(LAYERS)
+    name = re.compile(rf"""["']((?:{layers})\.[a-z0-9_]+)["']""")
+    found = [
+        f"{p.relative_to(ROOT)}:{n}: {m.group(1)}"
+        for p in _outside_lake()
+        for n, line in enumerate(p.read_text().splitlines(), 1)
+        for m in name.finditer(line)
+        if m.group(1) in CATALOG or m.group(1) in set(source_tables())
+    ]
+    assert found == [], f"table names written out instead of p13n.lake.tables' constants: {found}"
+
+
+def test_the_catalog_names_each_table_once_with_its_layout():
+    names = [*CATALOG, *source_tables()]
+    assert len(names) == len(set(names))
+    assert len(CATALOG) == 34 and len(source_tables()) == 32 * 3 + 17
+    assert all(isinstance(t, Table) and t.owner for t in [*CATALOG.values(), *source_tables()])
+    seg = table("gold.segments")
+    assert (seg.partition_by, seg.key, seg.owner, seg.layer) == (
+        "as_of_date",
+        ("customer_id",),
+        "customers",
+        "gold",
+    )
+    orders = table("silver.shopify_orders")
+    assert (orders.partition_by, orders.key) == ("event_date", ("order_id",))
+    assert table("bronze.products").partition_by == "_batch_date"
+    assert seg.uri("/lake/") == "/lake/gold/segments" and f"{seg}" == "gold.segments"
+
+
+def test_an_unknown_table_is_refused_with_the_way_out():
+    with pytest.raises(ValueError, match="not a table of the catalog; `p13n lake tables --catalog`"):
+        table("gold.nope")
+    with pytest.raises(ValueError, match="must be <layer>.<name>"):
+        table("nope")
