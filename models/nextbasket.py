@@ -53,6 +53,9 @@ FEATURES = (
 )
 
 
+MIN_REPEAT_RATE = 0.1  # below it (learned from the purchases) a bought item is not recommended again
+
+
 def baskets_of(purchases: pd.DataFrame) -> pd.DataFrame:
     """One row per (user, item, basket): `basket` when given, else the purchase time. Adds `pos`, the
     basket's place in the user's history (0 = first), and `n_baskets`."""

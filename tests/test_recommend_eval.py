@@ -107,7 +107,7 @@ def test_popularity_lists_skip_what_each_user_has_seen_ties_to_the_lower_item():
 
 
 def test_the_als_grid_search_fits_on_the_user_sample_only():
-    from p13n.recommend.files import tune_als
+    from p13n.models.tuning import tune_als
 
     df = _interactions(n_users=300)
     df = df.rename(columns={"customer": "user", "sku": "item", "at": "time", "qty": "weight"})

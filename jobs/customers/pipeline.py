@@ -16,7 +16,6 @@ a rerun or a backfill of a date gives the same rows and history stays queryable:
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -38,20 +37,16 @@ from p13n.lake.tables import (
     GOLD_IDENTITY_KEYS,
     GOLD_SEGMENTS,
     GOLD_SEND_TIMES,
-    OPS_MODEL_RUNS,
     silver_table,
 )
 from p13n.models import churn as churn_model
 from p13n.models import clv as clv_model
 from p13n.models import segments as seg_model
 from p13n.models import sendtime
-from p13n.models.registry import Decision, GateRule, load_champion, log_sklearn, register_and_gate
+from p13n.models.lifecycle import Lifecycle, ModelRun, scalars
+from p13n.models.registry import log_sklearn
 from p13n.runctx import RunContext
 
-MODEL_RUNS_SCHEMA = (
-    "model string, as_of_date date, version string, promoted boolean, champion_version string, reasons string, "
-    "metrics string, rows long"
-)
 INPUTS = {
     "keys": GOLD_IDENTITY_KEYS,
     "profiles": GOLD_CUSTOMER_PROFILES,
@@ -145,63 +140,11 @@ def read_features(lake: Lake, as_of: dt.date) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------------------ model runs
-@dataclass
-class ModelRun:
-    model: str
-    as_of: dt.date
-    metrics: dict
-    decision: Decision
-    rows: int = 0
-
-    def summary(self) -> str:
-        shown = ", ".join(f"{k}={v}" for k, v in self.metrics.items() if isinstance(v, int | float))
-        return f"{self.model} {self.as_of}: {shown}; {self.decision.summary()}"
-
-
-def _rules(settings: Settings, model: str) -> dict[str, GateRule]:
-    return {m: GateRule(**g.model_dump()) for m, g in settings.customers.gates.get(model, {}).items()}
-
-
-def _registered(settings: Settings, model: str) -> str:
-    return f"{settings.mlflow.experiment_prefix}-{model}"
-
-
-def _log_inputs(mlflow, activity: Activity, as_of: dt.date, params: dict) -> None:
-    mlflow.log_params({"as_of_date": as_of.isoformat(), **params})
-    mlflow.log_params({f"input.{t}.version": v for t, v in activity.versions.items()})
-
-
 def _save_figure(mlflow, fig, name: str) -> None:
     mlflow.log_figure(fig, name)
     import matplotlib.pyplot as plt
 
     plt.close(fig)
-
-
-def _write_model_run(lake: Lake, out: ModelRun, run: RunContext | None) -> None:
-    row = pd.DataFrame(
-        [
-            {
-                "model": out.model,
-                "as_of_date": out.as_of,
-                "version": out.decision.version,
-                "promoted": out.decision.promoted,
-                "champion_version": out.decision.champion_version,
-                "reasons": "; ".join(out.decision.reasons),
-                "metrics": json.dumps({k: v for k, v in out.metrics.items() if isinstance(v, int | float)}),
-                "rows": out.rows,
-            }
-        ]
-    )
-    # Each model owns its (date, model) partition: churn and CLV run in parallel without a read-modify-write.
-    lake.write(
-        OPS_MODEL_RUNS,
-        lake.spark.createDataFrame(row, MODEL_RUNS_SCHEMA),
-        mode="overwrite",
-        partition_by=["as_of_date", "model"],
-        replace_where={"as_of_date": out.as_of, "model": out.model},
-        run=run,
-    )
 
 
 def _later_orders(activity: Activity, start: dt.date, days: int) -> pd.Series:
@@ -224,12 +167,7 @@ def score_churn(
     run: RunContext | None = None,
     progress: Progress = print,
 ) -> ModelRun:
-    import mlflow
-
-    from p13n.tracking import use_experiment
-
-    use_experiment(settings, "churn")  # first: the champion is looked up in this store
-
+    life = Lifecycle(settings, "churn")
     cfg = settings.customers
     w = cfg.churn_horizon_days
     train_at, eval_at = as_of - dt.timedelta(days=2 * w), as_of - dt.timedelta(days=w)
@@ -244,23 +182,23 @@ def score_churn(
     model = churn_model.train_churn(sets["train"], sets["train"]["churned"], seed=cfg.seed)
     ev = sets["eval"]
     metrics = churn_model.evaluate_churn(ev["churned"], churn_model.predict_churn(model, ev))
-    name = _registered(settings, "churn")
-    champ = _champion_metrics(
-        name, lambda m: churn_model.evaluate_churn(ev["churned"], churn_model.predict_churn(m, ev))
+    champ = life.champion_metrics(
+        lambda m: churn_model.evaluate_churn(ev["churned"], churn_model.predict_churn(m, ev))
     )
-    with mlflow.start_run(run_name=f"churn {as_of}"):
-        _log_inputs(mlflow, activity, as_of, {"horizon_days": w, "train_cutoff": train_at, "eval_cutoff": eval_at,
-                                              "train_customers": len(sets["train"])})  # fmt: skip
-        scalars = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
-        mlflow.log_metrics(scalars)
+    params = {
+        "horizon_days": w,
+        "train_cutoff": train_at,
+        "eval_cutoff": eval_at,
+        "train_customers": len(sets["train"]),
+    }
+    with life.tracked(as_of, params, activity.versions) as mlflow:
+        mlflow.log_metrics(scalars(metrics))
         mlflow.log_dict({k: metrics[k] for k in ("calibration", "gains")}, "evaluation.json")
         _save_figure(mlflow, _churn_figure(metrics), "churn_lift_and_calibration.png")
         info = log_sklearn(model)
-        decision = register_and_gate(
-            name, info.model_uri, scalars, champ, _rules(settings, "churn"), activity.run_key(as_of)
-        )
+        decision = life.gate(info.model_uri, metrics, champ, activity.run_key(as_of))
     progress(decision.summary())
-    scorer = _champion_or_fail(name, "sklearn", decision)
+    scorer = life.serving()
     today = read_features(lake, as_of)
     buyers = today[today["orders_total"] > 0].reset_index(drop=True)
     p = churn_model.predict_churn(scorer, buyers)
@@ -272,41 +210,13 @@ def score_churn(
             "churn_probability": np.round(p, 4),
             "risk_band": churn_model.risk_band(p, bands["medium"], bands["high"]),
             "horizon_days": w,
-            "model_version": int(_champion_version(name)),
+            "model_version": life.champion_version(),
         }
     )
     lake.replace_partition(
         GOLD_CHURN_SCORES, lake.spark.createDataFrame(scores), "as_of_date", as_of, run=run
     )
-    out = ModelRun("churn", as_of, scalars, decision, rows=len(scores))
-    _write_model_run(lake, out, run)
-    return out
-
-
-def _champion_metrics(name: str, evaluate: Callable, flavor: str = "sklearn") -> dict | None:
-    """The current champion's metrics on this run's evaluation data (None when there is none)."""
-    from p13n.models.registry import champion_version
-
-    if champion_version(name) is None:
-        return None
-    metrics = evaluate(load_champion(name, flavor))
-    return {k: v for k, v in metrics.items() if isinstance(v, int | float)}
-
-
-def _champion_version(name: str) -> str:
-    from p13n.models.registry import champion_version
-
-    return champion_version(name).version
-
-
-def _champion_or_fail(name: str, flavor: str, decision: Decision):
-    from p13n.models.registry import champion_version
-
-    if champion_version(name) is None:
-        raise RuntimeError(
-            f"no champion {name} model to score with: the first model failed its gate ({'; '.join(decision.reasons)})"
-        )
-    return load_champion(name, flavor)
+    return life.record(lake, as_of, scalars(metrics), len(scores), run)
 
 
 def _churn_figure(metrics: dict):
@@ -387,9 +297,7 @@ def score_clv(
 ) -> ModelRun:
     import mlflow
 
-    from p13n.tracking import use_experiment
-
-    use_experiment(settings, "clv")  # first: the champion is looked up in this store
+    life = Lifecycle(settings, "clv", flavor="pyfunc")
 
     cfg = settings.customers
     history = _order_history(activity, as_of)
@@ -400,12 +308,15 @@ def score_clv(
     progress(
         f"clv: BG/NBD r={bg.r:.3f} alpha={bg.alpha:.2f} a={bg.a:.3f} b={bg.b:.3f}; Gamma-Gamma p={gg.p:.2f} q={gg.q:.2f} gamma={gg.gamma:.2f}"
     )
-    name = _registered(settings, "clv")
-    champ = _champion_metrics(name, lambda m: _clv_metrics(m, holdout), flavor="pyfunc")
+    champ = life.champion_metrics(lambda m: _clv_metrics(m, holdout))
     summary = clv_model.summarize(history, "customer_id", "date", "amount_usd", as_of, as_of)
-    with mlflow.start_run(run_name=f"clv {as_of}"):
-        _log_inputs(mlflow, activity, as_of, {"calibration_end": cal_end, "holdout_days": cfg.clv_holdout_days,
-                                              "months": cfg.clv_months, "monthly_discount": cfg.clv_monthly_discount})  # fmt: skip
+    params = {
+        "calibration_end": cal_end,
+        "holdout_days": cfg.clv_holdout_days,
+        "months": cfg.clv_months,
+        "monthly_discount": cfg.clv_monthly_discount,
+    }
+    with life.tracked(as_of, params, activity.versions):
         mlflow.log_params({f"bgnbd.{k}": round(v, 6) for k, v in bg.params().items()})
         mlflow.log_params({f"gamma_gamma.{k}": round(v, 6) for k, v in gg.params().items()})
         mlflow.log_metrics(metrics)
@@ -413,10 +324,8 @@ def score_clv(
         info = mlflow.pyfunc.log_model(
             name="model", python_model=_pyfunc(model), pip_requirements=["scipy", "pandas"]
         )
-        decision = register_and_gate(
-            name, info.model_uri, metrics, champ, _rules(settings, "clv"), activity.run_key(as_of)
-        )
-        scorer = _champion_or_fail(name, "pyfunc", decision).inner
+        decision = life.gate(info.model_uri, metrics, champ, activity.run_key(as_of))
+        scorer = life.serving().inner
         scored = scorer.score(summary)
         _save_figure(mlflow, _clv_figure(scored, holdout, scorer), "clv_distribution_and_holdout.png")
     progress(decision.summary())
@@ -432,13 +341,11 @@ def score_clv(
             "probability_alive": out["probability_alive"].round(4),
             "expected_order_value": out["expected_order_value"].round(2),
             "clv_12m": out["clv_12m"].round(2),
-            "model_version": int(_champion_version(name)),
+            "model_version": life.champion_version(),
         }
     )
     lake.replace_partition(GOLD_CLV, lake.spark.createDataFrame(table), "as_of_date", as_of, run=run)
-    result = ModelRun("clv", as_of, metrics, decision, rows=len(table))
-    _write_model_run(lake, result, run)
-    return result
+    return life.record(lake, as_of, metrics, len(table), run)
 
 
 def _clv_metrics(model, holdout: pd.DataFrame) -> dict:
@@ -483,26 +390,18 @@ def segment_customers(
     progress: Progress = print,
     truth: pd.DataFrame | None = None,
 ) -> ModelRun:
-    import mlflow
-
-    from p13n.tracking import use_experiment
-
-    use_experiment(settings, "segments")  # first: the champion is looked up in this store
+    life = Lifecycle(settings, "segments")
 
     cfg = settings.customers
     f = read_features(lake, as_of)
     pipeline, k, scores = seg_model.train_clusters(f, tuple(cfg.cluster_k), seed=cfg.seed)
     metrics = {"k": k, "silhouette": round(seg_model.silhouette(pipeline, f, seed=cfg.seed), 4)}
-    name = _registered(settings, "segments")
-    champ = _champion_metrics(name, lambda m: {"silhouette": seg_model.silhouette(m, f, seed=cfg.seed)})
-    with mlflow.start_run(run_name=f"segments {as_of}"):
-        _log_inputs(mlflow, activity, as_of, {"k_range": str(cfg.cluster_k), "chosen_k": k})
+    champ = life.champion_metrics(lambda m: {"silhouette": seg_model.silhouette(m, f, seed=cfg.seed)})
+    with life.tracked(as_of, {"k_range": str(cfg.cluster_k), "chosen_k": k}, activity.versions) as mlflow:
         mlflow.log_metrics(metrics | {f"silhouette_k{kk}": v for kk, v in scores.items()})
         info = log_sklearn(pipeline)
-        decision = register_and_gate(
-            name, info.model_uri, metrics, champ, _rules(settings, "segments"), activity.run_key(as_of)
-        )
-        scorer = _champion_or_fail(name, "sklearn", decision)
+        decision = life.gate(info.model_uri, metrics, champ, activity.run_key(as_of))
+        scorer = life.serving()
         clusters = seg_model.assign_clusters(scorer, f)
         personas = seg_model.personas(f, clusters)
         mlflow.log_dict({str(c): p for c, p in personas.items()}, "personas.json")
@@ -531,7 +430,7 @@ def segment_customers(
             "lifecycle_stage": stages["lifecycle_stage"],
             "churn_risk_band": base["risk_band"],
             "clv_12m": base["clv_12m"],
-            "model_version": int(_champion_version(name)),
+            "model_version": life.champion_version(),
         }
     )
     lake.replace_partition(GOLD_SEGMENTS, lake.spark.createDataFrame(table), "as_of_date", as_of, run=run)
@@ -540,8 +439,7 @@ def segment_customers(
     metrics |= {"send_time_own_share": round(float((send["basis"] == "customer").mean()), 4)}
     if truth is not None:
         metrics |= _send_time_accuracy(send, truth)
-    out = ModelRun("segments", as_of, metrics, decision, rows=len(table))
-    _write_model_run(lake, out, run)
+    out = life.record(lake, as_of, metrics, len(table), run)
     return out
 
 

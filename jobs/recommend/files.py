@@ -12,15 +12,16 @@ popularity of all items (repeats allowed) and Cornac's TIFU-KNN.
 
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from p13n.config import RecommendSettings
 from p13n.inputs import InputError, read_csv, set_aside
 from p13n.models import evaluation as ev
 from p13n.models import nextbasket as nb
+from p13n.models.nextbasket import MIN_REPEAT_RATE
 from p13n.models.recommenders import (
     Blend,
     BuyAgain,
@@ -30,11 +31,9 @@ from p13n.models.recommenders import (
     Popularity,
     not_repeating,
 )
+from p13n.models.tuning import tune_als
 
-# alpha 1 matters on basket data: with repeats allowed it scored NDCG@10 0.257 on real grocery orders
-# where alpha 5 scored 0.208 (64 factors).
-ALS_GRID = {"factors": [32, 64], "regularization": [0.01, 0.1], "alpha": [1.0, 10.0]}
-MIN_REPEAT_RATE = 0.1  # an item whose learned repeat rate is below this is not recommended again
+ALS_GRID = RecommendSettings().als_grid  # the configured default (conf/base.yaml's recommend.als_grid)
 # Weights of the explore list (ALS, item similarity) against the next-basket list tried on the
 # validation split (each training user's own last basket).
 EXPLORE_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0)
@@ -66,46 +65,6 @@ def read_interactions(
     )
 
 
-def tune_als(
-    train: pd.DataFrame,
-    k: int,
-    seed: int = 13,
-    grid: dict | None = None,
-    make=ImplicitALS,
-    iterations: int = 15,
-    max_users: int | None = None,
-    repeats: pd.Series | None = None,
-) -> dict:
-    """The ALS parameters with the best NDCG@k on the training set's own latest interactions. `make`
-    builds the model (ImplicitALS or a SparkALS factory); `grid` maps parameter → values to try.
-    With `max_users`, the search runs on a seeded sample of that many users' whole histories. With
-    `repeats` (item id → bool), seen items that repeat stay eligible."""
-    users = train["user"].unique()
-    if max_users is not None and len(users) > max_users:
-        sample = np.random.default_rng(seed).choice(np.sort(users), max_users, replace=False)
-        train = train[train["user"].isin(sample)]
-    fit_part, valid = ev.leave_last_out(train, "user", "item", "time")
-    if valid.empty:
-        return {"factors": 32, "regularization": 0.1, "alpha": 5.0}
-    inter = Interactions.from_frame(fit_part, weight="weight")
-    valid = valid[valid["user"].isin(inter.users) & valid["item"].isin(inter.items)]
-    users = inter.users.get_indexer(valid["user"].unique())
-    best, best_score = None, -1.0
-    grid = grid or ALS_GRID
-    for values in itertools.product(*grid.values()):
-        params = dict(zip(grid, values, strict=True))
-        params["factors"] = int(params["factors"])
-        model = make(**params, iterations=iterations, seed=seed).fit(inter.matrix)
-        if repeats is not None:
-            model.excluding(
-                not_repeating(inter.matrix, repeats.reindex(inter.items, fill_value=False).to_numpy())
-            )
-        score = ev.ranking_metrics(inter.to_ids(model.recommend(users, k)), valid, k)[f"ndcg@{k}"]
-        if score > best_score:
-            best, best_score = params, score
-    return best
-
-
 def evaluate_models(
     df: pd.DataFrame, k: int = 10, seed: int = 13, reference: bool = False
 ) -> tuple[dict, dict]:
@@ -124,7 +83,7 @@ def evaluate_models(
     rates = nb.repeat_rates(purchases).set_index("item")
     repeats = rates["rate"] >= MIN_REPEAT_RATE
     skip = not_repeating(inter.matrix, repeats.reindex(inter.items, fill_value=False).to_numpy())
-    params = tune_als(train, k, seed, repeats=repeats)
+    params = tune_als(train, k, seed, grid=ALS_GRID, repeats=repeats)
     pop = Popularity().fit(inter.matrix).excluding(skip)
     models = {
         "popularity": pop,

@@ -51,11 +51,12 @@ from p13n.lake.tables import (
 from p13n.models import evaluation as ev
 from p13n.models import lists as L
 from p13n.models import nextbasket as nb
+from p13n.models.lifecycle import Lifecycle
+from p13n.models.nextbasket import MIN_REPEAT_RATE
 from p13n.models.recommenders import ImplicitALS, Interactions, ItemSimilarity, Popularity, not_repeating
 from p13n.runctx import RunContext
 
 PERSONAL = ("next_basket", "als", "item_similarity", "buy_again", "bought_together")
-MIN_REPEAT_RATE = 0.1  # below it (learned from the purchases) a bought item is not recommended again
 CUSTOMER_LISTS = ("personalized", "buy_again", "recently_viewed", "popular_in_segment")
 Progress = Callable[[str], None]
 
@@ -473,7 +474,7 @@ def gate_metrics(metrics: dict, k: int) -> dict:
 
 def tune(data: Data, settings: Settings, spark, split) -> Recipe:
     """A challenger recipe: ALS parameters tuned on the training part's own latest interactions."""
-    from p13n.recommend.files import tune_als
+    from p13n.models.tuning import tune_als
 
     cfg = settings.recommend
     train = split[0]
@@ -537,12 +538,15 @@ def train_recommender(lake: Lake, settings: Settings, data: Data, as_of: dt.date
     Returns (ModelRun, the recipe to serve, the evaluation table)."""
     import mlflow
 
-    from p13n.customers.pipeline import ModelRun, _registered, _write_model_run
-    from p13n.models.registry import GateRule, register_and_gate, run_key
-    from p13n.tracking import use_experiment
+    from p13n.models.registry import GateRule, run_key
 
-    use_experiment(settings, "recommend")  # first: the champion is looked up in this store
     cfg = settings.recommend
+    life = Lifecycle(
+        settings,
+        "recommend",
+        flavor="pyfunc",
+        rules={m: GateRule(**g.model_dump()) for m, g in cfg.gates.items()},
+    )
     spark = lake.spark
     split = time_split(data.events, cfg.eval_max_users, cfg.seed)
     if split[1].empty:
@@ -553,20 +557,20 @@ def train_recommender(lake: Lake, settings: Settings, data: Data, as_of: dt.date
     progress(f"recommend: challenger {challenger.engine} ALS {challenger.als}")
     table, facts = evaluate_recipe(data, challenger, settings, spark, split)
     metrics = gate_metrics(table, cfg.k)
-    name = _registered(settings, "recommend")
     champ_metrics = None
-    champ = _champion(name)
+    champ = _recipe(life.champion())
     if champ is not None:
         champ_table = (
             table if champ == challenger else evaluate_recipe(data, champ, settings, spark, split)[0]
         )
         champ_metrics = gate_metrics(champ_table, cfg.k)
-    rules = {m: GateRule(**g.model_dump()) for m, g in cfg.gates.items()}
-    with mlflow.start_run(run_name=f"recommend {as_of}"):
-        mlflow.log_params({"as_of_date": as_of.isoformat(), "engine": challenger.engine,
-                           **{f"als.{k}": v for k, v in challenger.als.items()},
-                           **{f"blend.{k}": v for k, v in challenger.blend.items()}, **facts})  # fmt: skip
-        mlflow.log_params({f"input.{t}.version": v for t, v in data.versions.items()})
+    params = {
+        "engine": challenger.engine,
+        **{f"als.{k}": v for k, v in challenger.als.items()},
+        **{f"blend.{k}": v for k, v in challenger.blend.items()},
+        **facts,
+    }
+    with life.tracked(as_of, params, data.versions):
         mlflow.log_metrics(
             metrics | {f"{m}.{k.replace('@', '_at_')}": v for m, r in table.items() for k, v in r.items()}
         )
@@ -577,15 +581,10 @@ def train_recommender(lake: Lake, settings: Settings, data: Data, as_of: dt.date
         # A rerun with the same inputs *and* the same recommend settings keeps its first decision; a
         # changed setting (blend weights, grid…) is a new challenger.
         key = run_key(as_of, data.versions, extra=cfg.model_dump_json())
-        decision = register_and_gate(name, info.model_uri, metrics, champ_metrics, rules, key)
+        decision = life.gate(info.model_uri, metrics, champ_metrics, key)
     progress(decision.summary())
-    recipe = _champion(name)
-    if recipe is None:
-        raise RuntimeError(
-            f"no champion {name} recipe to serve: the first one failed its gate ({'; '.join(decision.reasons)})"
-        )
-    out = ModelRun("recommend", as_of, metrics | {"test_customers": facts["test_customers"]}, decision)
-    _write_model_run(lake, out, run)
+    recipe = _recipe(life.serving())
+    out = life.record(lake, as_of, metrics | {"test_customers": facts["test_customers"]}, run=run)
     return out, recipe, table
 
 
@@ -604,24 +603,16 @@ def _recipe_model(recipe: Recipe):
     return RecipeModel(recipe.as_dict())
 
 
-def _champion(name: str) -> Recipe | None:
-    """The registered champion recipe of `name` (in the current MLflow store), or None."""
-    from p13n.models.registry import champion_version, load_champion
-
-    if champion_version(name) is None:
-        return None
-    return Recipe(**load_champion(name, "pyfunc").recipe)
+def _recipe(champion) -> Recipe | None:
+    """The recipe behind a registered champion (the pyfunc model's `recipe`), or None."""
+    return None if champion is None else Recipe(**champion.recipe)
 
 
 def champion_recipe(settings: Settings) -> Recipe:
-    from p13n.customers.pipeline import _registered
-    from p13n.tracking import use_experiment
-
-    use_experiment(settings, "recommend")
-    name = _registered(settings, "recommend")
-    recipe = _champion(name)
+    life = Lifecycle(settings, "recommend", flavor="pyfunc", rules={})
+    recipe = _recipe(life.champion())
     if recipe is None:
-        raise LookupError(f"no champion {name} recipe: run the train step first")
+        raise LookupError(f"no champion {life.name} recipe: run the train step first")
     return recipe
 
 

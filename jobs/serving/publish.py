@@ -115,8 +115,8 @@ def client(url: str, **kwargs):
 def preflight(settings: Settings, as_of: dt.date, con) -> list[str]:
     """Why this date must not be published: missing partitions, failed expectations, gates without a
     champion. Empty when it may."""
-    from p13n.lake.duck import table_exists
-    from p13n.serving.encode import DATED_TABLES, _scan
+    from p13n.lake.duck import scan, table_exists
+    from p13n.serving.encode import DATED_TABLES
 
     root = settings.lake_root
     problems = []
@@ -125,7 +125,7 @@ def preflight(settings: Settings, as_of: dt.date, con) -> list[str]:
             problems.append(f"{table} does not exist (it feeds {feeds})")
             continue
         n = con.execute(
-            f"SELECT count(*) FROM {_scan(settings, table)} WHERE as_of_date = ?", [as_of]
+            f"SELECT count(*) FROM {scan(settings.lake_root, table)} WHERE as_of_date = ?", [as_of]
         ).fetchone()[0]
         if n == 0:
             problems.append(f"{table} has no rows for {as_of} (it feeds {feeds})")
@@ -136,7 +136,7 @@ def preflight(settings: Settings, as_of: dt.date, con) -> list[str]:
             for t, ok, f in con.execute(
                 f"""SELECT table_name, success, failures FROM (
                         SELECT *, row_number() OVER (PARTITION BY table_name ORDER BY validated_at DESC) AS n
-                        FROM {_scan(settings, OPS_VALIDATIONS)} WHERE run_date = ?) WHERE n = 1""",
+                        FROM {scan(settings.lake_root, OPS_VALIDATIONS)} WHERE run_date = ?) WHERE n = 1""",
                 [as_of],
             ).fetchall()
         }
@@ -154,7 +154,7 @@ def preflight(settings: Settings, as_of: dt.date, con) -> list[str]:
                     # A run's champion: its own version when promoted, else the champion it was judged against.
                     f"""SELECT model, CASE WHEN promoted THEN version ELSE champion_version END FROM (
                         SELECT *, row_number() OVER (PARTITION BY model ORDER BY as_of_date DESC) AS n
-                        FROM {_scan(settings, OPS_MODEL_RUNS)} WHERE as_of_date <= ?) WHERE n = 1""",
+                        FROM {scan(settings.lake_root, OPS_MODEL_RUNS)} WHERE as_of_date <= ?) WHERE n = 1""",
                     [as_of],
                 ).fetchall()
             )
@@ -169,12 +169,14 @@ def preflight(settings: Settings, as_of: dt.date, con) -> list[str]:
 
 
 def erased_customers(settings: Settings, con) -> set[str]:
-    from p13n.lake.duck import table_exists
-    from p13n.serving.encode import _scan
+    from p13n.lake.duck import scan, table_exists
 
     if not table_exists(settings.lake_root, OPS_ERASURES):
         return set()
-    return {r[0] for r in con.execute(f"SELECT customer_id FROM {_scan(settings, OPS_ERASURES)}").fetchall()}
+    return {
+        r[0]
+        for r in con.execute(f"SELECT customer_id FROM {scan(settings.lake_root, OPS_ERASURES)}").fetchall()
+    }
 
 
 # --- the lock --------------------------------------------------------------------------------------
@@ -525,10 +527,10 @@ def choose_engine(settings: Settings, as_of: dt.date, con) -> str:
     s = settings.serving
     if s.engine != "auto":
         return s.engine
-    from p13n.serving.encode import _scan
+    from p13n.lake.duck import scan
 
     customers = con.execute(
-        f"SELECT count(*) FROM {_scan(settings, GOLD_SEGMENTS)} WHERE as_of_date = ?", [as_of]
+        f"SELECT count(*) FROM {scan(settings.lake_root, GOLD_SEGMENTS)} WHERE as_of_date = ?", [as_of]
     ).fetchone()[0]
     return "duckdb" if customers <= s.duckdb_max_customers else "spark"
 

@@ -30,7 +30,7 @@ from p13n.sources.readers import (
     parse_json_record,
 )
 
-_MAX_MESSAGE = 1 << 20
+MAX_MESSAGE = 1 << 20
 
 
 def kafka_app_id(topic: str, partition: int) -> str:
@@ -70,7 +70,7 @@ def _consume_ranges(batches, *, source: Source, bootstrap: str):
                         if message.offset >= end:
                             position = end
                             break
-                        rows.append(_message_record(source, partition, message.offset, message.value))
+                        rows.append(message_record(source, partition, message.offset, message.value))
                         position = message.offset + 1
                     if len(rows) >= 8192:
                         yield pa.RecordBatch.from_pylist(rows, schema=schema)
@@ -81,17 +81,17 @@ def _consume_ranges(batches, *, source: Source, bootstrap: str):
                 consumer.close()
 
 
-def _message_record(source: Source, partition: int, offset: int, value: bytes | None) -> dict:
+def message_record(source: Source, partition: int, offset: int, value: bytes | None) -> dict:
     where = f"{source.location}/{partition}"
     if value is None:
         return error_record(source, where, offset, "", "empty message")
-    if len(value) > _MAX_MESSAGE:
+    if len(value) > MAX_MESSAGE:
         return error_record(
             source,
             where,
             offset,
             value[:4096].decode("utf-8", "replace"),
-            f"message of {len(value)} bytes exceeds {_MAX_MESSAGE}",
+            f"message of {len(value)} bytes exceeds {MAX_MESSAGE}",
         )
     try:
         text = value.decode("utf-8")

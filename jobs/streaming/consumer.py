@@ -32,7 +32,7 @@ from p13n.faults import checkpoint
 from p13n.sources.catalog import Source
 from p13n.sources.ingest import batch_id
 from p13n.sources.readers import bronze_arrow_schema
-from p13n.sources.systems import _MAX_MESSAGE, _message_record, kafka_app_id
+from p13n.sources.systems import MAX_MESSAGE, kafka_app_id, message_record
 
 _TIMESTAMP_FORMATS = ("%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S.%f%z", "%Y-%m-%d %H:%M:%S")
 
@@ -87,7 +87,7 @@ def _parses(value: str, fmt: str) -> bool:
 
 def event_record(source: Source, partition: int, offset: int, value: bytes | None) -> dict:
     """One message as a bronze record; `_parse_error` says why it is bad, if it is."""
-    record = _message_record(source, partition, offset, value)
+    record = message_record(source, partition, offset, value)
     if record["_parse_error"] is None:
         problem = check_fields(source, record)
         if problem:
@@ -107,7 +107,7 @@ def fast_records(source: Source, origins: list[str], offsets: list[int], values:
 
     if any("." in c.source or c.source != c.name for c in source.columns):
         return None
-    if any(v is None or len(v) > _MAX_MESSAGE or b"\n" in v for v in values):
+    if any(v is None or len(v) > MAX_MESSAGE or b"\n" in v for v in values):
         return None
     names = [c.name for c in source.columns]
     try:
@@ -222,7 +222,7 @@ class StreamConsumer:
             bootstrap_servers=bootstrap,
             enable_auto_commit=False,
             group_id=None,  # offsets live in the Delta tables, not in Kafka
-            max_partition_fetch_bytes=max(_MAX_MESSAGE * 2, 4 << 20),
+            max_partition_fetch_bytes=max(MAX_MESSAGE * 2, 4 << 20),
             fetch_max_bytes=32 << 20,
         )
         self._producer = None

@@ -1,5 +1,6 @@
-"""The lake has one door: every Delta read and write goes through `p13n.lake`, every table is named
-once in its catalog."""
+"""Rules of the codebase that review alone does not hold: the lake has one door (every Delta read
+and write goes through `p13n.lake`), every table is named once in its catalog, and no module
+reaches into another's private names."""
 
 import re
 from pathlib import Path
@@ -64,3 +65,18 @@ def test_an_unknown_table_is_refused_with_the_way_out():
         table("gold.nope")
     with pytest.raises(ValueError, match="must be <layer>.<name>"):
         table("nope")
+
+
+def test_no_private_name_is_imported_across_modules():
+    import ast
+
+    found = []
+    for p in CODE:
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("p13n"):
+                found += [
+                    f"{p.relative_to(ROOT)}: {a.name}"
+                    for a in node.names
+                    if a.name.startswith("_") and not a.name.startswith("__")
+                ]
+    assert found == [], f"private names imported from another module: {found}"
