@@ -6,7 +6,8 @@ into their bronze tables in catch-up mode: reads to the end offsets present when
 micro-batches and stops, so streaming is scheduled, retried and observable like the batch. The offsets
 are stored in the same Delta commit as the events, so a retry never lands an event twice. Run this DAG
 or the `p13n stream consume` service, not both: delta-rs does not refuse two concurrent commits of the
-same offsets (the consumer re-checks the table before each commit, which narrows that window only). Bad events are landed with their reason (the nightly promotion
+same offsets (the consumer re-checks the table before each commit, which narrows that window only). Bad events
+are landed with their reason (the nightly promotion
 quarantines them) and sent to `<topic>.dlq`. With a serving Redis, each micro-batch also updates the
 customers' real-time profiles (recently viewed, cart, last activity, session) before its commit.
 

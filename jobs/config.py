@@ -20,7 +20,22 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from p13n.lake.tables import OPS_PRIVACY_REQUESTS
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+
+def _home() -> Path:
+    """Where conf/, dags/, sql/ and expectations/ are: $P13N_HOME, else the checkout this code runs
+    from, else the copies an installed wheel carries (`p13n/_home/`)."""
+    if os.environ.get("P13N_HOME"):
+        return Path(os.environ["P13N_HOME"]).expanduser().resolve()
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "conf" / "base.yaml").is_file():
+        return checkout
+    return Path(__file__).resolve().parent / "_home"
+
+
+REPO_ROOT = HOME = _home()
+# A relative data_dir is under the home of a checkout (or $P13N_HOME); an installed package has no
+# home of its own to write in, so it is under the working directory.
+DATA_BASE = HOME if os.environ.get("P13N_HOME") or HOME.name != "_home" else Path.cwd()
 ENV_PREFIX = "P13N__"
 NOT_OVERLAYS = {"base", "sources"}  # conf/ files that are not environment overlays
 _SECRET_KEY = re.compile(r"(password|passwd|secret|token|api_key|apikey|private_key|access_key)", re.I)
@@ -215,7 +230,7 @@ class RecommendSettings(_Section):
             "wishlist": 2.0,
             "product_view": 1.0,
             "return": -5.0,
-        }  # fmt: skip
+        }
     )
     half_life_days: float = Field(90.0, gt=0)
     history_days: int = Field(365, gt=0)
@@ -240,7 +255,7 @@ class RecommendSettings(_Section):
             "bought_together": 1.0,
             "popular_in_segment": 0.3,
             "trending": 0.2,
-        }  # fmt: skip
+        }
     )
     # A repeating item bought less than this share of its cadence ago is not offered again yet (0: off).
     due_share: float = Field(0.0, ge=0, le=1)
@@ -254,7 +269,7 @@ class RecommendSettings(_Section):
             "bought_together": 10,
             "trending": 20,
             "popular": 50,
-        }  # fmt: skip
+        }
     )
     max_per_brand: int = Field(4, gt=0)
     max_per_category: int = Field(8, gt=0)
@@ -337,7 +352,8 @@ class ServingSettings(_Section):
     keep_versions: int = Field(3, ge=2)
     lock_ttl_seconds: int = Field(120, gt=0)
     # duckdb: encode in the driver (DuckDB) and write with `writers` connections; spark: Spark tasks
-    # encode and write a hash part of the customers and items each (`spark_parts`, 0: the default parallelism);
+    # encode and write a hash part of the customers and items each (`spark_parts`, 0: the default
+    # parallelism);
     # auto: duckdb up to `duckdb_max_customers` customers, spark past them.
     engine: Literal["auto", "duckdb", "spark"] = "auto"
     duckdb_max_customers: int = Field(300_000, gt=0)
@@ -491,6 +507,12 @@ class PrivacySettings(_Section):
     sql_restricted_zones: bool = False
 
 
+class EvaluationSettings(_Section):
+    """Evaluating against known answers: see the `evaluation:` section of conf/base.yaml."""
+
+    truth_dir: str = ""
+
+
 class Settings(_Section):
     env: str = "local"
     data_dir: Path = Path("data")
@@ -507,11 +529,12 @@ class Settings(_Section):
     activation: ActivationSettings = Field(default_factory=ActivationSettings)
     quality: QualitySettings = Field(default_factory=QualitySettings)
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)
+    evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
 
     @field_validator("data_dir")
     @classmethod
     def _absolute(cls, v: Path) -> Path:
-        return v if v.is_absolute() else (REPO_ROOT / v)
+        return v if v.is_absolute() else (DATA_BASE / v)
 
     @property
     def lake_root(self) -> str:
@@ -541,6 +564,12 @@ class Settings(_Section):
             if self.sources.snowflake_db_path
             else self.data_dir / "snowflake"
         )
+
+    @property
+    def truth_dir(self) -> Path | None:
+        """The generator's ground truth, when `evaluation.truth_dir` names it (never in production)."""
+        t = self.evaluation.truth_dir
+        return None if not t else (Path(t) if Path(t).is_absolute() else self.data_dir / t)
 
     @property
     def logs_dir(self) -> Path:

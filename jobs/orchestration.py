@@ -187,8 +187,18 @@ def record_validations(lake, records: list) -> None:
     rows = []
     for table, where, outcome in records:
         dates = [v for c, op, v in (where or []) if op == "=" and isinstance(v, dt.date)]
-        rows.append((dates[0] if dates else now.date(), table, not outcome.critical_failures, outcome.passed,
-                     outcome.failed, "; ".join(outcome.critical_failures), "; ".join(outcome.warnings), now))  # fmt: skip
+        rows.append(
+            (
+                dates[0] if dates else now.date(),
+                table,
+                not outcome.critical_failures,
+                outcome.passed,
+                outcome.failed,
+                "; ".join(outcome.critical_failures),
+                "; ".join(outcome.warnings),
+                now,
+            )
+        )
     if rows:
         df = lake.spark.createDataFrame(rows, VALIDATIONS_SCHEMA)
         lake.write(OPS_VALIDATIONS, df, mode="append", partition_by=["run_date"])

@@ -179,14 +179,24 @@ def ensure_dataset(
 # night); then recommendations, the publish and the exports of the last night (a DAG run for each
 # night would be the same: `make run` shows one, to stay short); the live stream, maintenance and the
 # run report at the end.
-NIGHTLY = ("ingest_sources", "resolve_identities", "score_customers", "recommend_products",
-           "publish_serving", "export_audiences")  # fmt: skip
+NIGHTLY = (
+    "ingest_sources",
+    "resolve_identities",
+    "score_customers",
+    "recommend_products",
+    "publish_serving",
+    "export_audiences",
+)
 EVERY_NIGHT = ("ingest_sources", "resolve_identities", "score_customers")
 AFTER = ("stream_events", "lake_maintenance", "run_report")
 
 
-def nightly_plan(dates: list[str], dags: tuple[str, ...] = NIGHTLY, every_night: tuple[str, ...] = EVERY_NIGHT,
-                 after: tuple[str, ...] = ()) -> list[tuple[str, str]]:  # fmt: skip
+def nightly_plan(
+    dates: list[str],
+    dags: tuple[str, ...] = NIGHTLY,
+    every_night: tuple[str, ...] = EVERY_NIGHT,
+    after: tuple[str, ...] = (),
+) -> list[tuple[str, str]]:
     """(dag, date) in run order: `every_night` DAGs for each date, the others for the last date only."""
     plan = [(dag, d) for d in dates for dag in dags if dag in every_night]
     plan += [(dag, dates[-1]) for dag in dags if dag not in every_night]
@@ -233,8 +243,15 @@ def _console():
     return console, echo
 
 
-def run_plan(plan: list[tuple[str, str]], env: dict[str, str], log: Path, console, echo,
-             before=None, timings: list | None = None) -> tuple[str, str] | None:  # fmt: skip
+def run_plan(
+    plan: list[tuple[str, str]],
+    env: dict[str, str],
+    log: Path,
+    console,
+    echo,
+    before=None,
+    timings: list | None = None,
+) -> tuple[str, str] | None:
     """Run each (dag, date) through Airflow in order; stop at the first failure and return it.
     Each run's (dag, date, seconds, succeeded) is appended to `timings` when given."""
     with console.status("preparing Airflow (metadata database)…"):
@@ -277,7 +294,8 @@ def scheduled_airflow(settings, env: dict[str, str], say, log_dir: Path):
             connect = SparkConnectServer(settings).start()
             env["P13N__SPARK__REMOTE"] = connect.url
             say(
-                f"Spark Connect server on {connect.url} in front of {settings.spark.master} (tasks are its clients)"
+                f"Spark Connect server on {connect.url} in front of {settings.spark.master} (tasks are its "
+                "clients)"
             )
         services = AirflowServices(services_env(settings, base=env), log_dir)
         with services:
@@ -352,8 +370,14 @@ def run_pipeline(
     t0 = time.monotonic()
     if not dates:
         dates = ensure_dataset(settings, customers, days, seed, echo=echo, history_days=history_days)
-    record = {"customers": customers, "days": days, "dates": dates, "generate_seconds": round(time.monotonic() - t0, 1),
-              "stages": [], "log": str(log)}  # fmt: skip
+    record = {
+        "customers": customers,
+        "days": days,
+        "dates": dates,
+        "generate_seconds": round(time.monotonic() - t0, 1),
+        "stages": [],
+        "log": str(log),
+    }
     started = dt.datetime.now(dt.UTC)
 
     def before(dag_id: str, day: str) -> None:
@@ -630,7 +654,13 @@ def _print_recommendation_summary(console, settings, day: str) -> None:
     if sample:
         who = sample[0][0]
         rows = con.execute(
-            f"select rank, sku, source, reason from {recs} and list_type = 'personalized' and customer_id = ? "
+            f"select rank, sku, source, reason from {recs} and list_type = 'personalized' and "
+            "customer_id = ? "
+            ""
+            ""
+            ""
+            ""
+            ""
             "order by rank limit 8",
             [day, who],
         ).fetchall()
@@ -710,8 +740,10 @@ def _activation_summary(settings, day: str) -> str:
                 where = path.relative_to(settings.data_dir) if path.exists() else "(file gone)"
                 lines.append(f"{audience} → {dest}: {added:,} consenting customers in {where}")
             else:
-                lines.append(f"{audience} → {dest}: {eligible:,} eligible; {added:,} added, {updated:,} "
-                             f"updated, {removed:,} removed, {unchanged:,} unchanged")  # fmt: skip
+                lines.append(
+                    f"{audience} → {dest}: {eligible:,} eligible; {added:,} added, {updated:,} "
+                    f"updated, {removed:,} removed, {unchanged:,} unchanged"
+                )
     if table_exists(root, OPS_WAREHOUSE_SYNCS):
         rows = con.execute(
             f"""SELECT table_name, "rows", inserted, updated, deleted FROM {scan(root, OPS_WAREHOUSE_SYNCS)}
@@ -721,8 +753,10 @@ def _activation_summary(settings, day: str) -> str:
         ).fetchall()
         sf = settings.activation.snowflake
         for t, n, ins, upd, dele in rows:
-            lines.append(f"Snowflake {sf.database}.{sf.schema_name}.{t.split('.')[1].upper()}: {n:,} rows, "
-                         f"{ins:,} inserted, {upd:,} updated, {dele:,} deleted")  # fmt: skip
+            lines.append(
+                f"Snowflake {sf.database}.{sf.schema_name}.{t.split('.')[1].upper()}: {n:,} rows, "
+                f"{ins:,} inserted, {upd:,} updated, {dele:,} deleted"
+            )
     return "\n".join(lines)
 
 
@@ -746,8 +780,12 @@ def _serving_summary(settings, url: str) -> str:
         seg = await store.segment("lifecycle.active", 1, 50)
         ids = seg["customer_ids"] if seg else []
         # Show a customer who gets the personalized list (not an experiment's popular control arm).
-        personal = [c for c in ids if (a := assign_first(store.experiments, c, "personalized")) is None
-                    or a.list_type == "personalized"]  # fmt: skip
+        personal = [
+            c
+            for c in ids
+            if (a := assign_first(store.experiments, c, "personalized")) is None
+            or a.list_type == "personalized"
+        ]
         who = (personal or ids or ["unknown"])[0]
         out = await store.recommendations(who, "personalized", 3)
         await store.r.aclose()
@@ -793,8 +831,10 @@ def _print_summary(console, settings, logical_date: str, log: Path) -> None:
         + ("" if report.exists() else " (not written: run_report did not run)")
         + "\n"
         f"  Data Docs:   {docs}\n"
-        "  Airflow UI:  make airflow → http://localhost:8080 (DAG runs, task logs, 'p13n run reports' in the menu)\n"
-        f"  MLflow UI:   {sys.executable.rsplit('/', 1)[0]}/mlflow ui --backend-store-uri {settings.mlflow_uri}\n"
+        "  Airflow UI:  make airflow → http://localhost:8080 (DAG runs, task logs, 'p13n run reports' in the "
+        "menu)\n"
+        f"  MLflow UI:   {sys.executable.rsplit('/', 1)[0]}/mlflow ui --backend-store-uri "
+        f"{settings.mlflow_uri}\n"
         f"  SQL:         p13n sql customer_360 --limit 10  (sql/ holds the analysts' views)\n"
         f"  Lake:        {root}\n"
         f"  Run log:     {log}",

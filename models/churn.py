@@ -11,12 +11,31 @@ import numpy as np
 import pandas as pd
 
 FEATURES = [
-    "recency_days", "tenure_days", "orders_total", "revenue_total", "orders_365d", "revenue_365d",
-    "orders_90d", "revenue_90d", "purchase_days", "avg_order_value", "cadence_days", "previous_gap_days",
-    "share_web", "share_app", "share_store", "email_sent_90d", "email_open_rate_90d", "email_click_rate_90d",
-    "sms_sent_90d", "sms_click_rate_90d", "returns_rate_365d", "days_since_web", "days_since_app",
+    "recency_days",
+    "tenure_days",
+    "orders_total",
+    "revenue_total",
+    "orders_365d",
+    "revenue_365d",
+    "orders_90d",
+    "revenue_90d",
+    "purchase_days",
+    "avg_order_value",
+    "cadence_days",
+    "previous_gap_days",
+    "share_web",
+    "share_app",
+    "share_store",
+    "email_sent_90d",
+    "email_open_rate_90d",
+    "email_click_rate_90d",
+    "sms_sent_90d",
+    "sms_click_rate_90d",
+    "returns_rate_365d",
+    "days_since_web",
+    "days_since_app",
     "product_views_30d",
-]  # fmt: skip
+]
 
 
 NEVER_DAYS = 10_000.0
@@ -75,7 +94,7 @@ def evaluate_churn(y: pd.Series, p: np.ndarray, bins: int = 10) -> dict:
             "predicted": float(p[which == b].mean()),
             "observed": float(y[which == b].mean()),
             "n": int((which == b).sum()),
-        }  # fmt: skip
+        }
         for b in range(bins)
         if (which == b).any()
     ]

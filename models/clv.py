@@ -9,7 +9,7 @@ The conventions are the literature's, so results compare with the published ones
   customers with at least one.
 
 `lifetimes` implements the same models but has been unmaintained since 2020; these few formulas are
-easier to own than to pin, and `tests/test_clv.py` checks them against the published CDNOW figures.
+easier to own than to pin, and `tests/customers/test_clv.py` checks them against the published CDNOW figures.
 """
 
 from __future__ import annotations
@@ -112,7 +112,8 @@ def fit_bgnbd(summary: pd.DataFrame) -> BetaGeo:
     x, t_x, T = (summary[c].to_numpy(float) for c in ("frequency", "recency", "T"))
     if len(x) < 10 or x.sum() == 0:
         raise ValueError(
-            f"BG/NBD needs repeat purchases from several customers; got {len(x)} customers, {int(x.sum())} repeats"
+            f"BG/NBD needs repeat purchases from several customers; got {len(x)} customers, {int(x.sum())} "
+            "repeats"
         )
     (r, alpha, a, b), ll = _maximize(_bgnbd_ll, np.log([0.5, max(T.mean(), 1.0), 1.0, 1.0]), (x, t_x, T))
     return BetaGeo(float(r), float(alpha), float(a), float(b), ll, len(x))

@@ -28,7 +28,8 @@ from typing import Any
 from p13n.models.registry import Decision, GateRule, champion_version, load_champion, register_and_gate
 
 MODEL_RUNS_SCHEMA = (
-    "model string, as_of_date date, version string, promoted boolean, champion_version string, reasons string, "
+    "model string, as_of_date date, version string, promoted boolean, champion_version string, reasons "
+    "string, "
     "metrics string, rows long"
 )
 

@@ -133,8 +133,16 @@ def bought_together(orders: pd.DataFrame, n_items: int, min_support: int, k: int
     count = count.astype(np.float64)
     confidence = support / count[a]
     lift = confidence / (count[b] / n_orders)
-    out = pd.DataFrame({"item": a, "other": b, "support": support.astype(int), "confidence": confidence,
-                        "lift": lift, "score": confidence})  # fmt: skip
+    out = pd.DataFrame(
+        {
+            "item": a,
+            "other": b,
+            "support": support.astype(int),
+            "confidence": confidence,
+            "lift": lift,
+            "score": confidence,
+        }
+    )
     out = out[out["lift"] > 1.0]
     out = rank_within(out, "item", k=k)
     out["confidence"] = out["confidence"].round(4)
@@ -165,9 +173,14 @@ def trending(
     )
     recent, base = counts[True].astype(float), counts[False].astype(float)
     velocity = (recent / days + 1 / baseline_days) / (base / baseline_days + 1 / baseline_days)
-    out = pd.DataFrame({"item": counts.index.to_numpy(), "recent": recent.astype(int).to_numpy(),
-                        "velocity": velocity.round(3).to_numpy(),
-                        "score": (velocity * np.log1p(recent)).to_numpy()})  # fmt: skip
+    out = pd.DataFrame(
+        {
+            "item": counts.index.to_numpy(),
+            "recent": recent.astype(int).to_numpy(),
+            "velocity": velocity.round(3).to_numpy(),
+            "score": (velocity * np.log1p(recent)).to_numpy(),
+        }
+    )
     out = out[out["recent"] >= 2]
     scoped = pd.concat([out.assign(scope="all"), out.assign(scope=category[out["item"].to_numpy()])])
     return rank_within(scoped, "scope", k=k)[["scope", "item", "rank", "score", "recent", "velocity"]]
@@ -227,8 +240,15 @@ def content_similar(
             s[w[:, None] == pool[None, :]] = -np.inf
             kk = min(k, len(pool) - 1)
             top = np.argpartition(-s, kk - 1, axis=1)[:, :kk]
-            out.append(pd.DataFrame({"item": np.repeat(w, kk), "other": pool[top].ravel(),
-                                     "score": np.take_along_axis(s, top, axis=1).ravel()}))  # fmt: skip
+            out.append(
+                pd.DataFrame(
+                    {
+                        "item": np.repeat(w, kk),
+                        "other": pool[top].ravel(),
+                        "score": np.take_along_axis(s, top, axis=1).ravel(),
+                    }
+                )
+            )
     if not out:
         return pd.DataFrame(columns=["item", "other", "rank", "score"])
     return rank_within(pd.concat(out, ignore_index=True), "item", k=k)[["item", "other", "rank", "score"]]
@@ -243,9 +263,17 @@ def fuse(lists: dict[str, pd.DataFrame], weights: dict[str, float], rrf_k: int =
     for code, name in enumerate(names):
         df = lists[name]
         anchor = df["anchor"].to_numpy(np.int64) if "anchor" in df else np.full(len(df), -1)
-        parts.append(pd.DataFrame({"user": df["user"].to_numpy(np.int64), "item": df["item"].to_numpy(np.int64),
-                                   "part": weights[name] / (rrf_k + df["rank"].to_numpy(np.float64)),
-                                   "source": np.full(len(df), code, np.int8), "anchor": anchor}))  # fmt: skip
+        parts.append(
+            pd.DataFrame(
+                {
+                    "user": df["user"].to_numpy(np.int64),
+                    "item": df["item"].to_numpy(np.int64),
+                    "part": weights[name] / (rrf_k + df["rank"].to_numpy(np.float64)),
+                    "source": np.full(len(df), code, np.int8),
+                    "anchor": anchor,
+                }
+            )
+        )
     if not parts:
         return pd.DataFrame(columns=["user", "item", "score", "source", "anchor"])
     allp = pd.concat(parts, ignore_index=True)
@@ -292,8 +320,14 @@ def apply_rules(
     return c[c["rank"] <= k].reset_index(drop=True)
 
 
-def top_up(lists: pd.DataFrame, users: np.ndarray, fallbacks: list[tuple[str, pd.DataFrame]], k: int,
-           exclude: pd.DataFrame | None = None, unavailable: np.ndarray | None = None) -> pd.DataFrame:  # fmt: skip
+def top_up(
+    lists: pd.DataFrame,
+    users: np.ndarray,
+    fallbacks: list[tuple[str, pd.DataFrame]],
+    k: int,
+    exclude: pd.DataFrame | None = None,
+    unavailable: np.ndarray | None = None,
+) -> pd.DataFrame:
     """Fill each user's list (user, item, rank, score, source, …) to k items from the fallbacks in
     order — each a (source name, DataFrame of user, item, rank) — skipping items already listed,
     excluded for the user or unavailable. Users without a list get one entirely from the fallbacks."""
@@ -312,9 +346,16 @@ def top_up(lists: pd.DataFrame, users: np.ndarray, fallbacks: list[tuple[str, pd
         cand = cand[cand["_x"].isna()].drop(columns="_x").sort_values(["user", "rank"])
         cand = cand.assign(n=cand.groupby("user").cumcount() + 1 + cand["user"].map(have).to_numpy())
         cand = cand[cand["n"] <= k]
-        filler = pd.DataFrame({"user": cand["user"].to_numpy(), "item": cand["item"].to_numpy(),
-                               "rank": cand["n"].to_numpy(), "score": 0.0, "source": name,
-                               "anchor": -1})  # fmt: skip
+        filler = pd.DataFrame(
+            {
+                "user": cand["user"].to_numpy(),
+                "item": cand["item"].to_numpy(),
+                "rank": cand["n"].to_numpy(),
+                "score": 0.0,
+                "source": name,
+                "anchor": -1,
+            }
+        )
         out = pd.concat([df for df in (out, filler) if len(df)], ignore_index=True) if len(filler) else out
     return out.sort_values(["user", "rank"]).reset_index(drop=True)
 

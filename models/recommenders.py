@@ -215,8 +215,14 @@ class ImplicitALS(SeenFilter):
 
     name = "als"
 
-    def __init__(self, factors: int = 64, regularization: float = 0.05, alpha: float = 10.0, iterations: int = 15,
-                 seed: int = 13):  # fmt: skip
+    def __init__(
+        self,
+        factors: int = 64,
+        regularization: float = 0.05,
+        alpha: float = 10.0,
+        iterations: int = 15,
+        seed: int = 13,
+    ):
         self.params = {
             "factors": factors,
             "regularization": regularization,

@@ -45,7 +45,8 @@ def _score(values: pd.Series, higher_is_better: bool = True) -> pd.Series:
 
 
 def rfm(features: pd.DataFrame) -> pd.DataFrame:
-    """customer_id, r/f/m scores, rfm_score ("545") and rfm_segment; customers who never bought are Prospects."""
+    """customer_id, r/f/m scores, rfm_score ("545") and rfm_segment; customers who never bought are
+    Prospects."""
     out = pd.DataFrame({"customer_id": features["customer_id"]})
     buyers = features["orders_total"] > 0
     b = features[buyers]
@@ -160,8 +161,13 @@ def personas(features: pd.DataFrame, clusters: pd.Series, top: int = 3) -> dict[
             "size": int(members.sum()),
             "z_scores": {f: round(float(v), 2) for f, v in z.items()},
         }
-    out[-1] = {"cluster": -1, "persona": "Prospects", "description": "known customers with no purchase yet",
-               "size": int((~buyers).sum()), "z_scores": {}}  # fmt: skip
+    out[-1] = {
+        "cluster": -1,
+        "persona": "Prospects",
+        "description": "known customers with no purchase yet",
+        "size": int((~buyers).sum()),
+        "z_scores": {},
+    }
     return out
 
 
@@ -214,5 +220,5 @@ def lifecycle(
             "lifecycle_stage": stage,
             "cadence_days_used": gap.round(1),
             "recency_to_cadence": ratio.round(2),
-        }  # fmt: skip
+        }
     )

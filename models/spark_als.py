@@ -13,8 +13,15 @@ from p13n.models.recommenders import SeenFilter
 class SparkALS(SeenFilter):
     name = "als_spark"
 
-    def __init__(self, spark, factors: int = 64, regularization: float = 0.05, alpha: float = 10.0,
-                 iterations: int = 15, seed: int = 13):  # fmt: skip
+    def __init__(
+        self,
+        spark,
+        factors: int = 64,
+        regularization: float = 0.05,
+        alpha: float = 10.0,
+        iterations: int = 15,
+        seed: int = 13,
+    ):
         self.spark, self.seed = spark, seed
         self.params = {
             "factors": factors,

@@ -32,10 +32,24 @@ from p13n.lake.tables import (
 
 # What each exported profile carries (besides the contact address): the columns `where` may use.
 COLUMNS = [
-    "customer_id", "email", "phone", "first_name", "last_name", "segment", "rfm_segment", "lifecycle_stage",
-    "churn_band", "clv_tier", "clv_12m", "loyalty_tier", "loyalty_points", "preferred_store",
-    "best_send_hour", "best_send_weekday", "recommended_items",
-]  # fmt: skip
+    "customer_id",
+    "email",
+    "phone",
+    "first_name",
+    "last_name",
+    "segment",
+    "rfm_segment",
+    "lifecycle_stage",
+    "churn_band",
+    "clv_tier",
+    "clv_12m",
+    "loyalty_tier",
+    "loyalty_points",
+    "preferred_store",
+    "best_send_hour",
+    "best_send_weekday",
+    "recommended_items",
+]
 PAYLOAD = [c for c in COLUMNS if c != "customer_id"]
 
 
@@ -58,10 +72,21 @@ def candidates(con, settings: Settings, name: str, as_of: dt.date) -> pd.DataFra
         raise AudienceError(f"audience {name}: gold.segments has no rows for {as_of} (score that date first)")
     tiers = sorted(settings.serving.clv_tiers.items(), key=lambda kv: -kv[1])
     tier_case = " ".join(f"WHEN pct >= {p} THEN '{t}'" for t, p in tiers)
-    optional = {t: table_exists(root, t) for t in (
-        RESTRICTED_CUSTOMER_PROFILES, GOLD_CUSTOMER_FEATURES, GOLD_SEND_TIMES, GOLD_RECOMMENDATIONS,
-        silver_table("products"), silver_table("store_visits"), silver_table("stores"), GOLD_IDENTITY_GRAPH, OPS_ERASURES,
-        GOLD_TRIGGERED_AUDIENCES)}  # fmt: skip
+    optional = {
+        t: table_exists(root, t)
+        for t in (
+            RESTRICTED_CUSTOMER_PROFILES,
+            GOLD_CUSTOMER_FEATURES,
+            GOLD_SEND_TIMES,
+            GOLD_RECOMMENDATIONS,
+            silver_table("products"),
+            silver_table("store_visits"),
+            silver_table("stores"),
+            GOLD_IDENTITY_GRAPH,
+            OPS_ERASURES,
+            GOLD_TRIGGERED_AUDIENCES,
+        )
+    }
     joins, fields = [], []
     if optional[RESTRICTED_CUSTOMER_PROFILES]:
         joins.append(f"LEFT JOIN {scan(root, RESTRICTED_CUSTOMER_PROFILES)} r USING (customer_id)")
@@ -70,7 +95,8 @@ def candidates(con, settings: Settings, name: str, as_of: dt.date) -> pd.DataFra
         fields.append("NULL AS email, NULL AS phone, NULL AS first_name, NULL AS last_name")
     if optional[GOLD_CUSTOMER_FEATURES]:
         joins.append(
-            f"LEFT JOIN (SELECT customer_id, loyalty_tier, loyalty_points FROM {scan(root, GOLD_CUSTOMER_FEATURES)}"
+            "LEFT JOIN (SELECT customer_id, loyalty_tier, loyalty_points FROM "
+            f"{scan(root, GOLD_CUSTOMER_FEATURES)}"
             f" WHERE as_of_date = {day}) f USING (customer_id)"
         )
         fields.append("f.loyalty_tier, f.loyalty_points::BIGINT AS loyalty_points")
@@ -89,9 +115,11 @@ def candidates(con, settings: Settings, name: str, as_of: dt.date) -> pd.DataFra
             SELECT customer_id, arg_max(s.name, visits) AS preferred_store FROM (
                 SELECT g.customer_id, v.store_id, count(*) AS visits
                 FROM {scan(root, silver_table("store_visits"))} v
-                JOIN {scan(root, GOLD_IDENTITY_GRAPH)} g ON g.source = 'store_visits' AND g.record_id = v.visit_id
+                JOIN {scan(root, GOLD_IDENTITY_GRAPH)} g ON g.source = 'store_visits' AND g.record_id =
+                v.visit_id
                 WHERE CAST(v.visited_at AS DATE) <= {day} GROUP BY ALL) x
-            JOIN (SELECT store_id, arg_max(name, updated_at) AS name FROM {scan(root, silver_table("stores"))} GROUP BY 1) s
+            JOIN (SELECT store_id, arg_max(name, updated_at) AS name FROM {scan(root, silver_table("stores"))}
+            GROUP BY 1) s
               USING (store_id)
             GROUP BY customer_id) st USING (customer_id)""")
         fields.append("st.preferred_store")
@@ -109,7 +137,8 @@ def candidates(con, settings: Settings, name: str, as_of: dt.date) -> pd.DataFra
         joins.append(f"""LEFT JOIN (
             SELECT customer_id, to_json(list(struct_pack(
                        sku := r.sku, name := p.name, image := p.image, price := round(p.price::DOUBLE, 2),
-                       url := replace('{url}', '{{sku}}', r.sku)) ORDER BY r.rank))::VARCHAR AS recommended_items
+                       url := replace('{url}', '{{sku}}', r.sku)) ORDER BY r.rank))::VARCHAR AS
+                       recommended_items
             FROM {scan(root, GOLD_RECOMMENDATIONS)} r LEFT JOIN {products} p USING (sku)
             WHERE r.as_of_date = {day} AND r.list_type = 'personalized' AND r.rank <= {k}
             GROUP BY customer_id) rec USING (customer_id)""")
@@ -117,8 +146,10 @@ def candidates(con, settings: Settings, name: str, as_of: dt.date) -> pd.DataFra
     else:
         fields.append("'[]' AS recommended_items")
     if optional[OPS_ERASURES]:
-        joins.append(f"LEFT JOIN (SELECT DISTINCT customer_id, true AS erased FROM {scan(root, OPS_ERASURES)}) e "
-                     "USING (customer_id)")  # fmt: skip
+        joins.append(
+            f"LEFT JOIN (SELECT DISTINCT customer_id, true AS erased FROM {scan(root, OPS_ERASURES)}) e "
+            "USING (customer_id)"
+        )
         fields.append("coalesce(e.erased, false) AS erased")
     else:
         fields.append("false AS erased")
@@ -141,7 +172,8 @@ def candidates(con, settings: Settings, name: str, as_of: dt.date) -> pd.DataFra
             SELECT g.customer_id, g.persona AS segment, g.rfm_segment, g.lifecycle_stage,
                    g.churn_risk_band AS churn_band, CASE {tier_case} ELSE 'low' END AS clv_tier,
                    round(g.clv_12m, 2) AS clv_12m, p.consent_{channel} AS consent,
-                   p.consent_email AS consent_email_column, p.consent_sms AS consent_sms_column, {", ".join(fields)}
+                   p.consent_email AS consent_email_column, p.consent_sms AS consent_sms_column,
+                   {", ".join(fields)}
             FROM (SELECT *, percent_rank() OVER (ORDER BY clv_12m) AS pct
                   FROM {scan(root, GOLD_SEGMENTS)} WHERE as_of_date = {day}) g
             LEFT JOIN {scan(root, GOLD_CUSTOMER_PROFILES)} p USING (customer_id)
@@ -171,9 +203,13 @@ def audience_settings(settings: Settings, name: str) -> AudienceSettings:
 
 def _filters(a: AudienceSettings, name: str) -> tuple[list[str], list]:
     where, params = [], []
-    for column, values in (("segment", a.segment), ("rfm_segment", a.rfm_segment),
-                           ("lifecycle_stage", a.lifecycle_stage), ("churn_band", a.churn_band),
-                           ("clv_tier", a.clv_tier)):  # fmt: skip
+    for column, values in (
+        ("segment", a.segment),
+        ("rfm_segment", a.rfm_segment),
+        ("lifecycle_stage", a.lifecycle_stage),
+        ("churn_band", a.churn_band),
+        ("clv_tier", a.clv_tier),
+    ):
         if values:
             where.append(f"{column} IN (SELECT unnest(?::VARCHAR[]))")
             params.append(list(values))

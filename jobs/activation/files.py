@@ -58,24 +58,41 @@ def _to_csv(rows: pd.DataFrame, fmt: str, audience: str, recommended: int) -> pd
         return [(xs[i].get(key) if len(xs) > i else None) for xs in items]
 
     if fmt == "klaviyo":
-        out = pd.DataFrame({
-            "Email": rows["email"], "Phone Number": rows["phone"], "First Name": rows["first_name"],
-            "Last Name": rows["last_name"], "External ID": rows["customer_id"], "Segment": rows["segment"],
-            "Lifecycle Stage": rows["lifecycle_stage"], "CLV Tier": rows["clv_tier"],
-            "Churn Band": rows["churn_band"], "Loyalty Points": rows["loyalty_points"],
-            "Preferred Store": rows["preferred_store"], "Best Send Hour": rows["best_send_hour"],
-        })  # fmt: skip
+        out = pd.DataFrame(
+            {
+                "Email": rows["email"],
+                "Phone Number": rows["phone"],
+                "First Name": rows["first_name"],
+                "Last Name": rows["last_name"],
+                "External ID": rows["customer_id"],
+                "Segment": rows["segment"],
+                "Lifecycle Stage": rows["lifecycle_stage"],
+                "CLV Tier": rows["clv_tier"],
+                "Churn Band": rows["churn_band"],
+                "Loyalty Points": rows["loyalty_points"],
+                "Preferred Store": rows["preferred_store"],
+                "Best Send Hour": rows["best_send_hour"],
+            }
+        )
         for i in range(recommended):
             for key, label in (("name", "Name"), ("image", "Image"), ("price", "Price"), ("url", "URL")):
                 out[f"Recommended {i + 1} {label}"] = item(i, key)
         return out
     if fmt == "mailchimp":
-        out = pd.DataFrame({
-            "Email Address": rows["email"], "First Name": rows["first_name"], "Last Name": rows["last_name"],
-            "Tags": audience, "SEGMENT": rows["segment"], "STAGE": rows["lifecycle_stage"],
-            "CLVTIER": rows["clv_tier"], "POINTS": rows["loyalty_points"], "STORE": rows["preferred_store"],
-            "SENDHOUR": rows["best_send_hour"],
-        })  # fmt: skip
+        out = pd.DataFrame(
+            {
+                "Email Address": rows["email"],
+                "First Name": rows["first_name"],
+                "Last Name": rows["last_name"],
+                "Tags": audience,
+                "SEGMENT": rows["segment"],
+                "STAGE": rows["lifecycle_stage"],
+                "CLVTIER": rows["clv_tier"],
+                "POINTS": rows["loyalty_points"],
+                "STORE": rows["preferred_store"],
+                "SENDHOUR": rows["best_send_hour"],
+            }
+        )
         for i in range(recommended):
             for key, tag in (("name", "NAME"), ("image", "IMG"), ("price", "PRICE"), ("url", "URL")):
                 out[f"REC{i + 1}{tag}"] = item(i, key)

@@ -20,7 +20,13 @@ import time
 from p13n.activation.sync import Outcome, SyncError, chunks, required
 
 IMPORT_MAX, IMPORT_BYTES, LIST_MAX, SUBSCRIBE_MAX, UNSUBSCRIBE_MAX, LOOKUP_MAX = (
-    10_000, 5 * 1024 * 1024 - 64 * 1024, 1000, 1000, 100, 100)  # fmt: skip
+    10_000,
+    5 * 1024 * 1024 - 64 * 1024,
+    1000,
+    1000,
+    100,
+    100,
+)
 
 
 class Klaviyo:
@@ -32,9 +38,12 @@ class Klaviyo:
         cfg = settings.activation.klaviyo
         self.cfg = cfg
         self.api = KlaviyoAPI(
-            api_key, max_delay=cfg.max_backoff_seconds, max_retries=cfg.max_retries, test_host=cfg.host,
+            api_key,
+            max_delay=cfg.max_backoff_seconds,
+            max_retries=cfg.max_retries,
+            test_host=cfg.host,
             options={"USE_DICTIONARY_FOR_RESPONSE_DATA": True},
-        )  # fmt: skip
+        )
         self.timeout = cfg.timeout_seconds
         self.max_profiles = min(cfg.batch_size or IMPORT_MAX, IMPORT_MAX)
         self.calls = 0
@@ -68,9 +77,13 @@ class Klaviyo:
 
     def upsert(self, target: dict, rows: list[dict]) -> list[Outcome]:
         list_id = required(target, "list_id")
-        body = {"data": {"type": "profile-bulk-import-job",
-                         "attributes": {"profiles": {"data": [self._profile(r) for r in rows]}},
-                         "relationships": {"lists": {"data": [{"type": "list", "id": list_id}]}}}}  # fmt: skip
+        body = {
+            "data": {
+                "type": "profile-bulk-import-job",
+                "attributes": {"profiles": {"data": [self._profile(r) for r in rows]}},
+                "relationships": {"lists": {"data": [{"type": "list", "id": list_id}]}},
+            }
+        }
         job = self._call(self.api.Profiles.bulk_import_profiles, body)["data"]
         job = self._wait(job["id"])
         errors = self._import_errors(job["id"]) if job["attributes"].get("failed_count") else {}
@@ -88,9 +101,21 @@ class Klaviyo:
         return out
 
     def _profile(self, row: dict) -> dict:
-        props = {k: row.get(k) for k in ("segment", "rfm_segment", "lifecycle_stage", "churn_band", "clv_tier",
-                                         "loyalty_tier", "loyalty_points", "preferred_store", "best_send_hour",
-                                         "best_send_weekday")}  # fmt: skip
+        props = {
+            k: row.get(k)
+            for k in (
+                "segment",
+                "rfm_segment",
+                "lifecycle_stage",
+                "churn_band",
+                "clv_tier",
+                "loyalty_tier",
+                "loyalty_points",
+                "preferred_store",
+                "best_send_hour",
+                "best_send_weekday",
+            )
+        }
         props["recommended_items"] = json.loads(row.get("recommended_items") or "[]")
         attrs = {"email": row["email"], "external_id": row["customer_id"], "properties": _clean(props)}
         for k in ("first_name", "last_name"):
@@ -142,8 +167,11 @@ class Klaviyo:
             ids |= {p["attributes"]["email"]: p["id"] for p in page.get("data", [])}
         found = [ids[r["email"]] for r in rows if r.get("email") in ids]
         for part in chunks(found, LIST_MAX):
-            self._call(self.api.Lists.remove_profiles_from_list, list_id,
-                       {"data": [{"type": "profile", "id": i} for i in part]})  # fmt: skip
+            self._call(
+                self.api.Lists.remove_profiles_from_list,
+                list_id,
+                {"data": [{"type": "profile", "id": i} for i in part]},
+            )
         withdrawn = [r for r in rows if r.get("unsubscribe") and r.get("email")]
         for part in chunks(withdrawn, UNSUBSCRIBE_MAX):
             self._call(
@@ -155,8 +183,12 @@ class Klaviyo:
     def forget(self, emails: list[str], list_id: str | None = None) -> int:
         """Klaviyo's data-privacy deletion (the profile and everything Klaviyo holds about it)."""
         for email in emails:
-            body = {"data": {"type": "data-privacy-deletion-job", "attributes": {
-                "profile": {"data": {"type": "profile", "attributes": {"email": email}}}}}}  # fmt: skip
+            body = {
+                "data": {
+                    "type": "data-privacy-deletion-job",
+                    "attributes": {"profile": {"data": {"type": "profile", "attributes": {"email": email}}}},
+                }
+            }
             self._call(self.api.Data_Privacy.request_profile_deletion, body)
         return len(emails)
 
@@ -166,11 +198,26 @@ class Klaviyo:
             if consent == "SUBSCRIBED"
             else "profile-subscription-bulk-delete-job"
         )
-        return {"data": {"type": kind, "attributes": {"profiles": {"data": [
-                    {"type": "profile", "attributes": {"email": r["email"],
-                                                       "subscriptions": {"email": {"marketing": {"consent": consent}}}}}
-                    for r in rows]}},
-                "relationships": {"list": {"data": {"type": "list", "id": list_id}}}}}  # fmt: skip
+        return {
+            "data": {
+                "type": kind,
+                "attributes": {
+                    "profiles": {
+                        "data": [
+                            {
+                                "type": "profile",
+                                "attributes": {
+                                    "email": r["email"],
+                                    "subscriptions": {"email": {"marketing": {"consent": consent}}},
+                                },
+                            }
+                            for r in rows
+                        ]
+                    }
+                },
+                "relationships": {"list": {"data": {"type": "list", "id": list_id}}},
+            }
+        }
 
 
 def _clean(d: dict) -> dict:

@@ -89,8 +89,10 @@ class Mailchimp:
             return fn(*args, **kwargs)
         except ApiClientError as e:
             status = getattr(e, "status_code", None) or 0
-            raise SyncError(f"mailchimp: {fn.__name__} answered {status}: {_detail(e.text)}",
-                            retryable=status in _RETRY or status == 0) from e  # fmt: skip
+            raise SyncError(
+                f"mailchimp: {fn.__name__} answered {status}: {_detail(e.text)}",
+                retryable=status in _RETRY or status == 0,
+            ) from e
 
     def batches(self, rows: list[dict]) -> list[list[dict]]:
         return list(chunks(rows, self.max_members))
@@ -107,8 +109,12 @@ class Mailchimp:
             failed[email] = ("blocked" if blocked else "rejected", err.get("error") or err.get("error_code"))
         ok = [r["email"] for r in rows if r["email"].lower() not in failed]
         if ok:
-            answer = self._call(self.client.lists.batch_segment_members,
-                                {"members_to_add": ok, "members_to_remove": []}, list_id, segment)  # fmt: skip
+            answer = self._call(
+                self.client.lists.batch_segment_members,
+                {"members_to_add": ok, "members_to_remove": []},
+                list_id,
+                segment,
+            )
         out = []
         for r in rows:
             status, detail = failed.get(r["email"].lower(), ("member", None))
@@ -122,8 +128,12 @@ class Mailchimp:
         segment = self._segment(list_id, required(target, "segment"))
         emails = [r["email"] for r in rows if r.get("email")]
         for part in chunks(emails, self.max_members):
-            self._call(self.client.lists.batch_segment_members,
-                       {"members_to_add": [], "members_to_remove": part}, list_id, segment)  # fmt: skip
+            self._call(
+                self.client.lists.batch_segment_members,
+                {"members_to_add": [], "members_to_remove": part},
+                list_id,
+                segment,
+            )
         withdrawn = [
             {"email_address": r["email"], "status": "unsubscribed"}
             for r in rows
@@ -167,13 +177,23 @@ class Mailchimp:
 
     @staticmethod
     def _member(row: dict) -> dict:
-        merge = {"FNAME": row.get("first_name"), "LNAME": row.get("last_name"), "SEGMENT": row.get("segment"),
-                 "STAGE": row.get("lifecycle_stage"), "CLVTIER": row.get("clv_tier"),
-                 "POINTS": row.get("loyalty_points"), "STORE": row.get("preferred_store"),
-                 "SENDHOUR": row.get("best_send_hour")}  # fmt: skip
+        merge = {
+            "FNAME": row.get("first_name"),
+            "LNAME": row.get("last_name"),
+            "SEGMENT": row.get("segment"),
+            "STAGE": row.get("lifecycle_stage"),
+            "CLVTIER": row.get("clv_tier"),
+            "POINTS": row.get("loyalty_points"),
+            "STORE": row.get("preferred_store"),
+            "SENDHOUR": row.get("best_send_hour"),
+        }
         for i, item in enumerate(json.loads(row.get("recommended_items") or "[]"), 1):
-            merge |= {f"REC{i}NAME": item.get("name"), f"REC{i}IMG": item.get("image"),
-                      f"REC{i}PRICE": item.get("price"), f"REC{i}URL": item.get("url")}  # fmt: skip
+            merge |= {
+                f"REC{i}NAME": item.get("name"),
+                f"REC{i}IMG": item.get("image"),
+                f"REC{i}PRICE": item.get("price"),
+                f"REC{i}URL": item.get("url"),
+            }
         merge = {k: ("" if v is None else v) for k, v in merge.items()}
         return {"email_address": row["email"], "status": "subscribed", "merge_fields": merge}
 

@@ -118,8 +118,16 @@ def sync_tables(settings, as_of: dt.date, progress: Callable[[str], None] = prin
             )
             deleted = int(cur.fetchone()[0])
             cur.execute(f"DROP TABLE IF EXISTS {stage}")
-            out[name] = {"rows": len(frame), "inserted": inserted, "updated": updated, "deleted": deleted,
-                         "seconds": round(time.perf_counter() - t0, 2)}  # fmt: skip
-            progress(f"snowflake {sf.database}.{sf.schema_name}.{target}: {len(frame):,} rows, {inserted:,} inserted, "
-                     f"{updated:,} updated, {deleted:,} deleted ({out[name]['seconds']}s)")  # fmt: skip
+            out[name] = {
+                "rows": len(frame),
+                "inserted": inserted,
+                "updated": updated,
+                "deleted": deleted,
+                "seconds": round(time.perf_counter() - t0, 2),
+            }
+            progress(
+                f"snowflake {sf.database}.{sf.schema_name}.{target}: {len(frame):,} rows, {inserted:,} "
+                "inserted, "
+                f"{updated:,} updated, {deleted:,} deleted ({out[name]['seconds']}s)"
+            )
     return out

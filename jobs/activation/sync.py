@@ -32,8 +32,17 @@ import pandas as pd
 from p13n.faults import checkpoint
 from p13n.lake.tables import OPS_EXPORT_RUNS, OPS_EXPORT_STATE, RESTRICTED_CUSTOMER_PROFILES
 
-STATE_COLUMNS = ["destination", "audience", "customer_id", "status", "fingerprint", "remote_id", "detail",
-                 "run_id", "synced_at"]  # fmt: skip
+STATE_COLUMNS = [
+    "destination",
+    "audience",
+    "customer_id",
+    "status",
+    "fingerprint",
+    "remote_id",
+    "detail",
+    "run_id",
+    "synced_at",
+]
 
 
 class SyncError(RuntimeError):
@@ -95,11 +104,18 @@ class RunSummary:
     def text(self) -> str:
         skipped = self.skipped_no_consent + self.skipped_erased + self.skipped_no_address
         return (
-            f"{self.destination} · {self.audience} · {self.as_of}: {self.status}; {self.eligible:,} eligible, "
+            f"{self.destination} · {self.audience} · {self.as_of}: {self.status}; {self.eligible:,} "
+            "eligible, "
+            ""
+            ""
+            ""
+            ""
+            ""
             f"sent {self.added:,} adds, {self.updated:,} updates, {self.removed:,} removes "
             f"({self.unchanged:,} unchanged) in {self.batches} batches, {self.seconds:.1f}s "
             f"({self.profiles_per_second:,.0f} profiles/s); skipped {skipped:,} (no consent "
-            f"{self.skipped_no_consent:,}, erased {self.skipped_erased:,}, no address {self.skipped_no_address:,}); "
+            f"{self.skipped_no_consent:,}, erased {self.skipped_erased:,}, no address "
+            f"{self.skipped_no_address:,}); "
             f"rejected {self.rejected:,}, blocked {self.blocked:,}"
             + (f"; errors: {'; '.join(self.errors[:3])}" if self.errors else "")
         )
@@ -176,7 +192,13 @@ def read_state(settings, destination: str, audience: str) -> pd.DataFrame:
     return (
         duckdb_connection()
         .execute(
-            f"SELECT * FROM {scan(settings.lake_root, OPS_EXPORT_STATE)} WHERE destination = ? AND audience = ? "
+            f"SELECT * FROM {scan(settings.lake_root, OPS_EXPORT_STATE)} WHERE destination = ? AND "
+            "audience = "
+            ""
+            ""
+            ""
+            ""
+            "? "
             "QUALIFY row_number() OVER (PARTITION BY customer_id ORDER BY synced_at DESC) = 1",
             [destination, audience],
         )
@@ -184,8 +206,14 @@ def read_state(settings, destination: str, audience: str) -> pd.DataFrame:
     )
 
 
-def record(settings, destination: str, audience: str, run_id: str, outcomes: list[Outcome],
-           fingerprints: dict[str, str]) -> None:  # fmt: skip
+def record(
+    settings,
+    destination: str,
+    audience: str,
+    run_id: str,
+    outcomes: list[Outcome],
+    fingerprints: dict[str, str],
+) -> None:
     """Append one confirmed batch to the state: the latest row per (destination, audience, customer)
     is the state (an append costs a fraction of a merge; `compact` rewrites it after the sync)."""
     import pyarrow as pa
@@ -193,13 +221,24 @@ def record(settings, destination: str, audience: str, run_id: str, outcomes: lis
     from p13n.lake.duck import write_arrow
 
     now = dt.datetime.now(dt.UTC)
-    rows = pa.table({
-        "destination": [destination] * len(outcomes), "audience": [audience] * len(outcomes),
-        "customer_id": [o.customer_id for o in outcomes], "status": [o.status for o in outcomes],
-        "fingerprint": [fingerprints.get(o.customer_id) if o.status != "removed" else None for o in outcomes],
-        "remote_id": [o.remote_id for o in outcomes], "detail": [o.detail for o in outcomes],
-        "run_id": [run_id] * len(outcomes), "synced_at": pa.array([now] * len(outcomes), pa.timestamp("us", tz="UTC")),
-    }, schema=pa.schema([(c, pa.string()) for c in STATE_COLUMNS[:-1]] + [("synced_at", pa.timestamp("us", tz="UTC"))]))  # fmt: skip
+    rows = pa.table(
+        {
+            "destination": [destination] * len(outcomes),
+            "audience": [audience] * len(outcomes),
+            "customer_id": [o.customer_id for o in outcomes],
+            "status": [o.status for o in outcomes],
+            "fingerprint": [
+                fingerprints.get(o.customer_id) if o.status != "removed" else None for o in outcomes
+            ],
+            "remote_id": [o.remote_id for o in outcomes],
+            "detail": [o.detail for o in outcomes],
+            "run_id": [run_id] * len(outcomes),
+            "synced_at": pa.array([now] * len(outcomes), pa.timestamp("us", tz="UTC")),
+        },
+        schema=pa.schema(
+            [(c, pa.string()) for c in STATE_COLUMNS[:-1]] + [("synced_at", pa.timestamp("us", tz="UTC"))]
+        ),
+    )
     write_arrow(settings, OPS_EXPORT_STATE, rows, partition_by=["destination"])
 
 
@@ -210,7 +249,8 @@ def compact(settings, destination: str, audience: str) -> None:
     con = duckdb_connection(settings=settings)
     where = "WHERE destination = ? AND audience = ?"
     rows, customers = con.execute(
-        f"SELECT count(*), count(DISTINCT customer_id) FROM {scan(settings.lake_root, OPS_EXPORT_STATE)} {where}",
+        f"SELECT count(*), count(DISTINCT customer_id) FROM {scan(settings.lake_root, OPS_EXPORT_STATE)} "
+        f"{where}",
         [destination, audience],
     ).fetchone()
     if rows <= 2 * customers:
@@ -254,8 +294,14 @@ def destination_for(settings, name: str):
     return Mailchimp(settings, key)
 
 
-def sync(settings, audience: str, destination: str, as_of: dt.date, client=None,
-         progress: Callable[[str], None] = print) -> RunSummary:  # fmt: skip
+def sync(
+    settings,
+    audience: str,
+    destination: str,
+    as_of: dt.date,
+    client=None,
+    progress: Callable[[str], None] = print,
+) -> RunSummary:
     """Sync one audience to one destination (see the module docstring); returns the run's summary."""
     from p13n.activation.audiences import audience_settings, candidates
     from p13n.lake.duck import duckdb_connection
@@ -263,7 +309,8 @@ def sync(settings, audience: str, destination: str, as_of: dt.date, client=None,
     target = audience_settings(settings, audience).destinations.get(destination)
     if target is None:
         raise SyncError(
-            f"audience {audience} has no {destination} destination (activation.audiences.{audience}.destinations)",
+            f"audience {audience} has no {destination} destination "
+            f"(activation.audiences.{audience}.destinations)",
             retryable=False,
         )
     client = client or destination_for(settings, destination)
@@ -275,9 +322,14 @@ def sync(settings, audience: str, destination: str, as_of: dt.date, client=None,
     summary.eligible = int(frame["exclude_reason"].isna().sum())
     summary.unchanged = p.unchanged
     summary.skipped_no_consent, summary.skipped_erased, summary.skipped_no_address = (
-        p.skipped["no consent"], p.skipped["erased"], p.skipped["no address"])  # fmt: skip
-    progress(f"{destination} · {audience}: {len(p.adds):,} to add, {len(p.updates):,} to update, "
-             f"{len(p.removes):,} to remove, {p.unchanged:,} unchanged")  # fmt: skip
+        p.skipped["no consent"],
+        p.skipped["erased"],
+        p.skipped["no address"],
+    )
+    progress(
+        f"{destination} · {audience}: {len(p.adds):,} to add, {len(p.updates):,} to update, "
+        f"{len(p.removes):,} to remove, {p.unchanged:,} unchanged"
+    )
     # Removes need the address the customer had: from the audience if still there, else restricted.
     removes = _with_contacts(settings, frame, p.removes)
     try:
@@ -306,8 +358,10 @@ def sync(settings, audience: str, destination: str, as_of: dt.date, client=None,
                 elif o.status == "blocked":
                     summary.blocked += 1
             summary.batches += 1
-            progress(f"  batch {summary.batches}: {len(batch):,} profiles confirmed "
-                     f"({summary.added + summary.updated:,}/{len(sends):,})")  # fmt: skip
+            progress(
+                f"  batch {summary.batches}: {len(batch):,} profiles confirmed "
+                f"({summary.added + summary.updated:,}/{len(sends):,})"
+            )
             checkpoint("export.after_batch")
         summary.status = "succeeded" if not summary.rejected else "succeeded with rejections"
         compact(settings, destination, audience)
@@ -334,9 +388,22 @@ def _with_contacts(settings, frame: pd.DataFrame, removes: pd.DataFrame) -> pd.D
         from p13n.lake.duck import duckdb_connection, scan, table_exists
 
         if table_exists(settings.lake_root, RESTRICTED_CUSTOMER_PROFILES):
-            got = duckdb_connection().execute(
-                f"SELECT customer_id, email FROM {scan(settings.lake_root, RESTRICTED_CUSTOMER_PROFILES)} "
-                "WHERE customer_id IN (SELECT unnest(?::VARCHAR[]))", [missing]).df().set_index("customer_id")["email"]  # fmt: skip
+            got = (
+                duckdb_connection()
+                .execute(
+                    "SELECT customer_id, email FROM "
+                    f"{scan(settings.lake_root, RESTRICTED_CUSTOMER_PROFILES)} "
+                    ""
+                    ""
+                    ""
+                    ""
+                    ""
+                    "WHERE customer_id IN (SELECT unnest(?::VARCHAR[]))",
+                    [missing],
+                )
+                .df()
+                .set_index("customer_id")["email"]
+            )
             removes["email"] = removes["email"].fillna(removes["customer_id"].map(got))
     # No address left (an erased customer's is gone): None, so the platforms skip the address calls.
     removes["email"] = removes["email"].astype(object).where(removes["email"].notna(), None)

@@ -31,8 +31,10 @@ def export(audience: str, to: str, as_of: str | dt.date, out: str | None = None)
     day = as_of if isinstance(as_of, dt.date) else dt.date.fromisoformat(as_of)
     platform = getattr(settings.activation, to, None) if to in ("klaviyo", "mailchimp") else None
     if platform and not os.environ.get(platform.credential_env) and settings.activation.without_key == "csv":
-        progress(f"{audience}: no ${platform.credential_env}, so {to}'s import file instead "
-                 "(activation.without_key: csv)")  # fmt: skip
+        progress(
+            f"{audience}: no ${platform.credential_env}, so {to}'s import file instead "
+            "(activation.without_key: csv)"
+        )
         to = f"csv-{to}"
     if to.startswith("csv"):
         from p13n.activation.files import export_csv
@@ -75,15 +77,24 @@ def _csv_format(settings, audience: str) -> str:
     return "mailchimp" if "mailchimp" in dests and "klaviyo" not in dests else "klaviyo"
 
 
-def record_file_export(settings, audience: str, destination: str, as_of: dt.date, rows: int,
-                       seconds: float) -> None:  # fmt: skip
+def record_file_export(
+    settings, audience: str, destination: str, as_of: dt.date, rows: int, seconds: float
+) -> None:
     """A file export's row in `ops.export_runs`, shaped like a platform sync's (all rows are adds)."""
     import uuid
 
     from p13n.activation.sync import RunSummary, record_run
 
-    summary = RunSummary(destination, audience, as_of.isoformat(), uuid.uuid4().hex[:12], eligible=rows,
-                         added=rows, seconds=round(seconds, 2), status="succeeded")  # fmt: skip
+    summary = RunSummary(
+        destination,
+        audience,
+        as_of.isoformat(),
+        uuid.uuid4().hex[:12],
+        eligible=rows,
+        added=rows,
+        seconds=round(seconds, 2),
+        status="succeeded",
+    )
     record_run(settings, summary)
 
 
@@ -96,8 +107,11 @@ def warehouse_sync(as_of: str) -> dict:
     day = dt.date.fromisoformat(as_of)
     out = sync_tables(settings, day, progress=progress)
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-    append_rows(settings, OPS_WAREHOUSE_SYNCS, [{"as_of_date": day, "table_name": t, **v, "synced_at": now}
-                                            for t, v in out.items()])  # fmt: skip
+    append_rows(
+        settings,
+        OPS_WAREHOUSE_SYNCS,
+        [{"as_of_date": day, "table_name": t, **v, "synced_at": now} for t, v in out.items()],
+    )
     return out
 
 

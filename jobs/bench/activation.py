@@ -37,11 +37,17 @@ def bench_activation(rows: int | None = None, reps: int = 1) -> dict:
     print(f"bench activation: synthetic gold tables for {n:,} customers", flush=True)
     write_gold(str(work / "lake"), n, 5000)
     out: dict = {"customers": n}
-    for platform, fake, key in (("klaviyo", FakeKlaviyo("pk_bench", job_polls=1), "pk_bench"),
-                                ("mailchimp", FakeMailchimp("key-us1"), "key-us1")):  # fmt: skip
+    for platform, fake, key in (
+        ("klaviyo", FakeKlaviyo("pk_bench", job_polls=1), "pk_bench"),
+        ("mailchimp", FakeMailchimp("key-us1"), "key-us1"),
+    ):
         with serve(fake) as url:
-            env = {"P13N_DATA_DIR": str(work), f"P13N__ACTIVATION__{platform.upper()}__HOST": url,
-                   "P13N__ACTIVATION__KLAVIYO__POLL_SECONDS": "0.05", "P13N__ACTIVATION__MAILCHIMP__SERVER": "us1"}  # fmt: skip
+            env = {
+                "P13N_DATA_DIR": str(work),
+                f"P13N__ACTIVATION__{platform.upper()}__HOST": url,
+                "P13N__ACTIVATION__KLAVIYO__POLL_SECONDS": "0.05",
+                "P13N__ACTIVATION__MAILCHIMP__SERVER": "us1",
+            }
             settings = load_settings("local", environ=env)
             target = (
                 {"list_id": "main", "segment": "everyone"}
@@ -52,8 +58,11 @@ def bench_activation(rows: int | None = None, reps: int = 1) -> dict:
             settings = settings.model_copy(
                 update={"activation": settings.activation.model_copy(update={"audiences": audiences})}
             )
-            os.environ[settings.activation.klaviyo.credential_env if platform == "klaviyo"
-                       else settings.activation.mailchimp.credential_env] = key  # fmt: skip
+            os.environ[
+                settings.activation.klaviyo.credential_env
+                if platform == "klaviyo"
+                else settings.activation.mailchimp.credential_env
+            ] = key
             frame = candidates(duckdb_connection(), settings, "everyone", AS_OF)
             eligible = frame[frame["exclude_reason"].isna()].to_dict("records")
 
@@ -61,8 +70,12 @@ def bench_activation(rows: int | None = None, reps: int = 1) -> dict:
             t = time.perf_counter()
             if platform == "klaviyo":
                 for batch in client.batches(eligible):
-                    body = {"data": {"type": "profile-bulk-import-job", "attributes": {"profiles": {
-                        "data": [client._profile(r) for r in batch]}}}}  # fmt: skip
+                    body = {
+                        "data": {
+                            "type": "profile-bulk-import-job",
+                            "attributes": {"profiles": {"data": [client._profile(r) for r in batch]}},
+                        }
+                    }
                     job = client.api.Profiles.bulk_import_profiles(body)["data"]
                     client._wait(job["id"])
             else:

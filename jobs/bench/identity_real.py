@@ -117,7 +117,8 @@ def bench_identity_real(rows: int | None = None, reps: int = 1) -> dict:
     figures: dict = {}
     work = Path(tempfile.mkdtemp(prefix="bench-identity-real-"))
     lines = [
-        f"{'data set':<10}{'records':>8}  {'':<13}{'precision':>10}{'recall':>8}{'F1':>8}{'exact':>8}{'seconds':>9}"
+        f"{'data set':<10}{'records':>8}  "
+        f"{'':<13}{'precision':>10}{'recall':>8}{'F1':>8}{'exact':>8}{'seconds':>9}"
     ]
     for name in DATASETS:
         records, truth = febrl(name)

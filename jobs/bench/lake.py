@@ -1,4 +1,5 @@
-"""`p13n bench lake`: the lake layer's Delta write and read against Spark's native Parquet, same data, same run.
+"""`p13n bench lake`: the lake layer's Delta write and read against Spark's native Parquet, same data, same
+run.
 
 The DataFrame (default 5M rows: order-like columns) is cached first, so both sides write the same
 rows without recomputing them. Each repetition runs the four measurements in alternating order, after

@@ -2,7 +2,8 @@
 the same generated data, side by side in one run.
 
 One dataset (default 20,000 customers, 2 days) is generated once and copied into two data directories.
-Each arm runs `p13n run` there (the scheduler arm, `--scheduler`: scheduler, DAG processor, triggerer and API server,
+Each arm runs `p13n run` there (the scheduler arm, `--scheduler`: scheduler, DAG processor, triggerer and API
+server,
 a LocalExecutor, tasks as Spark Connect clients; the in-process arm: `p13n run --in-process`, every DAG
 through `airflow dags test` in one process), then ingestion alone for a date with no landed files.
 Figures: the median duration of an ingestion task on that empty date (a task's fixed cost), each arm's

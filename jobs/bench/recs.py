@@ -120,7 +120,8 @@ def bench_recs(rows: int | None = None, reps: int = 1) -> dict:
                 flush=True,
             )
             print(
-                f"  {'list':20s} {'NDCG@10':>8s} {'recall@10':>9s} {'recall@20':>9s} {'MAP@10':>7s} {'coverage':>8s} {'novelty':>7s}"
+                f"  {'list':20s} {'NDCG@10':>8s} {'recall@10':>9s} {'recall@20':>9s} {'MAP@10':>7s} "
+                f"{'coverage':>8s} {'novelty':>7s}"
             )
             for model in SHOWN:
                 m = out[model]

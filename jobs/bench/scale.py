@@ -24,8 +24,16 @@ from p13n.config import REPO_ROOT, get_settings
 RESULTS = REPO_ROOT / "docs" / "scale-results.json"
 REPORT = REPO_ROOT / "docs" / "scale.md"
 NIGHTLY_DAGS = ("score_customers", "recommend_products", "publish_serving", "export_audiences")
-GOLD = ("customer_profiles", "customer_features", "segments", "churn_scores", "clv", "recommendations",
-        "item_similarity", "identity_graph")  # fmt: skip
+GOLD = (
+    "customer_profiles",
+    "customer_features",
+    "segments",
+    "churn_scores",
+    "clv",
+    "recommendations",
+    "item_similarity",
+    "identity_graph",
+)
 
 
 def run_size(customers: int, days: int = 2, keep: bool = False, log=print) -> dict:
@@ -37,8 +45,12 @@ def run_size(customers: int, days: int = 2, keep: bool = False, log=print) -> di
     base = get_settings().data_dir / "scale" / str(customers)
     if base.exists() and not keep:
         shutil.rmtree(base)
-    env = {**os.environ, "P13N_DATA_DIR": str(base), "P13N_ENV": os.environ.get("P13N_ENV", "local"),
-           "PYTHONUNBUFFERED": "1"}  # progress (generation's too) reaches the log as it happens  # fmt: skip
+    env = {
+        **os.environ,
+        "P13N_DATA_DIR": str(base),
+        "P13N_ENV": os.environ.get("P13N_ENV", "local"),
+        "PYTHONUNBUFFERED": "1",
+    }  # progress (generation's too) reaches the log as it happens
     # The Spark driver holds a whole table's partition when it writes the profiles: 4 GB (make run's
     # default) runs out of memory from about 100k customers. This machine has 24 GB.
     env.setdefault("P13N__SPARK__DRIVER_MEMORY", driver_memory(customers))
@@ -48,9 +60,20 @@ def run_size(customers: int, days: int = 2, keep: bool = False, log=print) -> di
     t0 = time.monotonic()
     with PeakMemory(interval=1.0) as mem, out_log.open("w") as out:
         proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "p13n"), "run", "--customers", str(customers), "--days", str(days)],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-        )  # fmt: skip
+            [
+                str(Path(sys.executable).parent / "p13n"),
+                "run",
+                "--customers",
+                str(customers),
+                "--days",
+                str(days),
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+        )
         assert proc.stdout is not None
         for line in proc.stdout:
             out.write(line)
@@ -65,8 +88,12 @@ def run_size(customers: int, days: int = 2, keep: bool = False, log=print) -> di
     record = json.loads(runs[-1].read_text()) if runs else {"stages": [], "generate_seconds": None}
     stages = record["stages"]
     last = record["dates"][-1] if record.get("dates") else None
-    nightly = sum(s["seconds"] for s in stages if s["date"] == last
-                  and (s["dag"] in NIGHTLY_DAGS or s["dag"] in ("ingest_sources", "resolve_identities")))  # fmt: skip
+    nightly = sum(
+        s["seconds"]
+        for s in stages
+        if s["date"] == last
+        and (s["dag"] in NIGHTLY_DAGS or s["dag"] in ("ingest_sources", "resolve_identities"))
+    )
     figures = {
         "customers": customers,
         "days": days,
@@ -106,8 +133,11 @@ def driver_memory(customers: int) -> str:
 def _outputs(lake: Path, day: str | None) -> dict:
     from p13n.lake.duck import duckdb_connection, scan, table_exists
 
-    sizes = {"lake_gb": round(sum(f.stat().st_size for f in lake.rglob("*") if f.is_file()) / 2**30, 3)
-             if lake.exists() else 0}  # fmt: skip
+    sizes = {
+        "lake_gb": round(sum(f.stat().st_size for f in lake.rglob("*") if f.is_file()) / 2**30, 3)
+        if lake.exists()
+        else 0
+    }
     con = duckdb_connection()
     for name in GOLD:
         table = f"gold.{name}"
@@ -141,7 +171,8 @@ def bench_scale(sizes: list[int], days: int = 2, log=print) -> list[dict]:
             print(f"scale_{n}_{key}={figures[key]}", flush=True)
         if not figures["succeeded"]:
             log(
-                f"the {n:,} run failed: see {get_settings().data_dir / 'scale' / f'{n}.out'}; larger sizes skipped"
+                f"the {n:,} run failed: see {get_settings().data_dir / 'scale' / f'{n}.out'}; larger sizes "
+                "skipped"
             )
             break
     return out
@@ -175,8 +206,11 @@ def write_report(results: list[dict]) -> None:
             vals = []
             for n in sorted(latest):
                 dates = sorted({s["date"] for s in latest[n]["stages"]})
-                match = [s for s in latest[n]["stages"] if s["dag"] == dag and len(dates) > night
-                         and s["date"] == dates[night]]  # fmt: skip
+                match = [
+                    s
+                    for s in latest[n]["stages"]
+                    if s["dag"] == dag and len(dates) > night and s["date"] == dates[night]
+                ]
                 vals.append(_num(match[0]["seconds"]) if match else "")
             if any(vals):
                 rows.append([f"{dag} (night {night + 1}) (s)", *vals])

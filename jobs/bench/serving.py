@@ -57,12 +57,15 @@ def write_gold(
     tables = {
         GOLD_RECOMMENDATIONS: f"""
             SELECT customer_id, {day} AS as_of_date, list_type, rank::INT AS rank,
-                   'SKU-' || lpad(((hash(customer_id || list_type || rank, {seed}) % {items}) + 1)::VARCHAR, 6, '0') AS sku,
+                   'SKU-' || lpad(((hash(customer_id || list_type || rank, {seed}) % {items}) + 1)::VARCHAR,
+                   6, '0') AS sku,
                    round(1.0 / (rank + {seed}), 6) AS score,
-                   CASE WHEN rank % 3 = 0 THEN 'als' WHEN rank % 3 = 1 THEN 'item_similarity' ELSE 'popular' END
+                   CASE WHEN rank % 3 = 0 THEN 'als' WHEN rank % 3 = 1 THEN 'item_similarity' ELSE 'popular'
+                   END
                        AS source,
                    CASE WHEN rank % 3 = 0 THEN 'Picked for you from what you shop'
-                        WHEN rank % 3 = 1 THEN 'Similar to SKU-' || lpad((rank * 7 % {items} + 1)::VARCHAR, 6, '0')
+                        WHEN rank % 3 = 1 THEN 'Similar to SKU-' || lpad((rank * 7 % {items} + 1)::VARCHAR, 6,
+                        '0')
                         ELSE 'Popular with shoppers like you' END AS reason
             FROM (SELECT 'C' || lpad(i::VARCHAR, 9, '0') AS customer_id FROM range({customers}) t(i))
             CROSS JOIN (VALUES ('personalized', 20), ('buy_again', 5), ('recently_viewed', 5),
@@ -90,24 +93,30 @@ def write_gold(
             FROM range({customers}) t(i)""",
         # The contact data exports read (and only they), beside the pseudonymized profile.
         RESTRICTED_CUSTOMER_PROFILES: f"""
-            SELECT 'C' || lpad(i::VARCHAR, 9, '0') AS customer_id, 'First' || i AS first_name, 'Last' || i AS last_name,
+            SELECT 'C' || lpad(i::VARCHAR, 9, '0') AS customer_id, 'First' || i AS first_name, 'Last' || i AS
+            last_name,
                    CASE WHEN i % 11 = 3 THEN NULL WHEN i % 13 = 5 THEN 'person' || i || '.example.com'
                         ELSE 'person' || i || '@example.com' END AS email,
                    '+1555' || lpad(i::VARCHAR, 7, '0') AS phone
             FROM range({customers}) t(i)""",
         silver_table("products"): f"""
             SELECT 'SKU-' || lpad(s::VARCHAR, 6, '0') AS sku, 'Product ' || s AS title,
-                   round(5 + (s * 37 % 200) + 0.99, 2) AS price, 'https://cdn.example.com/' || s || '.jpg' AS image_url,
+                   round(5 + (s * 37 % 200) + 0.99, 2) AS price, 'https://cdn.example.com/' || s || '.jpg' AS
+                   image_url,
                    TIMESTAMP '2024-01-01' AS updated_at
             FROM range(1, {items} + 1) t(s)""",
         GOLD_IDENTITY_KEYS: f"""
-            SELECT key_type, key_value, 'C' || lpad(i::VARCHAR, 9, '0') AS customer_id FROM range({customers}) t(i)
+            SELECT key_type, key_value, 'C' || lpad(i::VARCHAR, 9, '0') AS customer_id FROM range({customers})
+            t(i)
             CROSS JOIN LATERAL (VALUES ('shopify_customer_id', (700000 + i)::VARCHAR),
-                                       ('email_hmac', md5('person' || i || '@example.com'))) k(key_type, key_value)""",
+                                       ('email_hmac', md5('person' || i || '@example.com'))) k(key_type,
+                                       key_value)""",
         GOLD_ITEM_SIMILARITY: f"""
             SELECT 'SKU-' || lpad(s::VARCHAR, 6, '0') AS sku, {day} AS as_of_date,
-                   'SKU-' || lpad(((s + r * {seed}) % {items} + 1)::VARCHAR, 6, '0') AS similar_sku, r::INT AS rank,
-                   round(1.0 / (r + 1), 4) AS score, CASE WHEN r < 6 THEN 'behaviour' ELSE 'content' END AS basis
+                   'SKU-' || lpad(((s + r * {seed}) % {items} + 1)::VARCHAR, 6, '0') AS similar_sku, r::INT AS
+                   rank,
+                   round(1.0 / (r + 1), 4) AS score, CASE WHEN r < 6 THEN 'behaviour' ELSE 'content' END AS
+                   basis
             FROM range(1, {items} + 1) a(s) CROSS JOIN range(1, 11) b(r)""",
         GOLD_BOUGHT_TOGETHER: f"""
             SELECT 'SKU-' || lpad(s::VARCHAR, 6, '0') AS sku, {day} AS as_of_date,
@@ -147,10 +156,26 @@ def _redis_benchmark(port: int, value_bytes: int, requests: int) -> float:
     from p13n.services.redis import redis_binary
 
     out = subprocess.run(
-        [redis_binary("redis-benchmark"), "-p", str(port), "-t", "hset", "-n", str(requests), "-P", "16",
-         "-d", str(value_bytes), "-r", "100000", "--csv"],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+        [
+            redis_binary("redis-benchmark"),
+            "-p",
+            str(port),
+            "-t",
+            "hset",
+            "-n",
+            str(requests),
+            "-P",
+            "16",
+            "-d",
+            str(value_bytes),
+            "-r",
+            "100000",
+            "--csv",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     row = [line for line in out.splitlines() if line.startswith('"HSET')][0]
     return float(row.split(",")[1].strip('"'))
 
@@ -168,8 +193,10 @@ def _wrk(url: str, customers: int, seconds: int, connections: int, key: str = ""
     )
     out = subprocess.run(
         ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
 
     def ms(label: str) -> float:
         m = re.search(rf"^\s+{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
@@ -252,8 +279,10 @@ def bench_serving(rows: int | None = None, reps: int = 1) -> dict:
         key = headers_for(settings, "storefront")["X-API-Key"]
         api = subprocess.Popen(
             [sys.executable, "-m", "p13n.cli", "serve", "--port", str(port)],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
         try:
             _wait_http(f"http://127.0.0.1:{port}/health", 30)
             _wrk(f"http://127.0.0.1:{port}", customers, 2, 50, key)  # warm-up

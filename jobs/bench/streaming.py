@@ -1,6 +1,7 @@
 """`p13n bench streaming`: the stream consumer against a bare kafka-python loop, and profile latency.
 
-* `stream_ratio` (best of 3 alternating runs each) = events per second the consumer lands in bronze (raw bytes → validated records →
+* `stream_ratio` (best of 3 alternating runs each) = events per second the consumer lands in bronze (raw bytes
+→ validated records →
   Delta commits with their offsets, dead letters included) ÷ events per second of a bare kafka-python
   loop that only polls the same topic, in the same run on the same embedded broker.
 * `latency_p99_ms`: from the producer's timestamp of an event to its customer's real-time profile
@@ -42,8 +43,13 @@ def _events(n: int, customers: int, start: int = 0) -> list[str]:
 def _bare_loop(bootstrap: str, n: int) -> float:
     from kafka import KafkaConsumer, TopicPartition
 
-    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
-                      max_partition_fetch_bytes=4 << 20, fetch_max_bytes=32 << 20)  # fmt: skip
+    c = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        group_id=None,
+        max_partition_fetch_bytes=4 << 20,
+        fetch_max_bytes=32 << 20,
+    )
     tps = [TopicPartition(TOPIC, p) for p in sorted(c.partitions_for_topic(TOPIC))]
     c.assign(tps)
     c.seek_to_beginning(*tps)
@@ -102,8 +108,14 @@ def bench_streaming(rows: int | None = None, reps: int = 1) -> dict:
         write_gold(settings.lake_root, customers, 1000)
         publish(settings, redis_server.url, AS_OF)
         profiles = RealtimeProfiles(settings, redis_server.url)
-        service = StreamConsumer(str(work / "lake2"), [source], broker.bootstrap, max_records=5000,
-                                 max_seconds=settings.stream.max_seconds, on_batch=profiles.apply)  # fmt: skip
+        service = StreamConsumer(
+            str(work / "lake2"),
+            [source],
+            broker.bootstrap,
+            max_records=5000,
+            max_seconds=settings.stream.max_seconds,
+            on_batch=profiles.apply,
+        )
         stop = threading.Event()
         runner = threading.Thread(target=service.run, kwargs={"stop": stop.is_set}, daemon=True)
         service.catch_up()  # start from the end of the backlog

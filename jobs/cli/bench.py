@@ -27,9 +27,11 @@ def register(sub) -> None:
     p = sub.add_parser("bench", help="run a benchmark (or all) and print key=value figures")
     p.add_argument(
         "name",
-        help="benchmark name, or 'all': lake, ingest, identity, customers, als, serving, streaming, activation; "
+        help="benchmark name, or 'all': lake, ingest, identity, customers, als, serving, streaming, "
+        "activation; "
         "or 'orchestration' (the nightly through the scheduler against in-process, --rows customers; not in "
-        "'all'); or 'scale' (the whole nightly at --sizes customers, recorded in docs/scale.md; not in 'all')",
+        "'all'); or 'scale' (the whole nightly at --sizes customers, recorded in docs/scale.md; not in "
+        "'all')",
     )
     p.add_argument("--sizes", default="100000,1000000", help="scale: customer counts, comma-separated")
     p.add_argument(

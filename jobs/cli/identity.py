@@ -57,9 +57,13 @@ def _cmd_identity(args: argparse.Namespace) -> int:
     from p13n.session import lake
 
     out = resolve_identities(
-        lake(), settings, dt.date.fromisoformat(args.date), pii_key(settings), truth=load_truth(settings),
+        lake(),
+        settings,
+        dt.date.fromisoformat(args.date),
+        pii_key(settings),
+        truth=load_truth(settings),
         progress=progress,
-    )  # fmt: skip
+    )
     console.print(out.summary())
     return 0
 

@@ -122,8 +122,10 @@ def register(sub) -> None:
     p = sub.add_parser(
         "run",
         help="run the pipeline through Airflow on the configured services and print a summary",
-        description="Generates a dataset when the landing zone is empty, then runs the nightly through Airflow's "
-        "scheduler for each day of it (--in-process: through `airflow dags test` in one process, for debugging).",
+        description="Generates a dataset when the landing zone is empty, then runs the nightly through "
+        "Airflow's "
+        "scheduler for each day of it (--in-process: through `airflow dags test` in one process, for "
+        "debugging).",
     )
     p.add_argument(
         "--customers", type=int, default=20_000, help="customers to generate when there is no data"
@@ -145,7 +147,8 @@ def register(sub) -> None:
     how.add_argument(
         "--scheduler",
         action="store_true",
-        help="the default, as production runs it: Airflow's scheduler (LocalExecutor), DAG processor, triggerer "
+        help="the default, as production runs it: Airflow's scheduler (LocalExecutor), DAG processor, "
+        "triggerer "
         "and API server, tasks as Spark Connect clients, each date triggered and followed down the assets",
     )
     how.add_argument(
@@ -160,7 +163,13 @@ def register(sub) -> None:
         help="run the nightly's DAGs for every date of a range through Airflow (no scheduler needed)",
         description="Runs each date's DAG runs in order with `airflow dags test`, starting the embedded "
         "services when none are configured; stops at the first failure and prints how to resume. Against "
-        "a running Airflow deployment use `p13n airflow backfill create --dag-id D --from-date A --to-date B` "
+        "a running Airflow deployment use `p13n airflow backfill create --dag-id D --from-date A "
+        "--to-date B` "
+        ""
+        ""
+        ""
+        ""
+        ""
         "instead (the scheduler runs it).",
     )
     p.add_argument("--from", dest="start", required=True, metavar="YYYY-MM-DD", help="first date")
@@ -190,9 +199,16 @@ def register(sub) -> None:
         "scheduler",
         help="run Airflow as production does (API server, scheduler, DAG processor, triggerer) until Ctrl-C",
         description="What `make airflow` runs: the UI and REST API on http://127.0.0.1:8080 (user admin, the "
-        "password Airflow generates into <data>/airflow/simple_auth_manager_passwords.json.generated; loopback "
+        "password Airflow generates into <data>/airflow/simple_auth_manager_passwords.json.generated; "
+        "loopback "
         "only), a LocalExecutor running each task in its own process, and the services the tasks use locally "
-        "(a Spark Connect server, the embedded Redis and Kafka broker). Ctrl-C or SIGTERM stops every process "
+        "(a Spark Connect server, the embedded Redis and Kafka broker). Ctrl-C or SIGTERM stops "
+        "every process "
+        ""
+        ""
+        ""
+        ""
+        ""
         "it started.",
     )
     p.set_defaults(handler=_cmd_scheduler)
@@ -200,7 +216,9 @@ def register(sub) -> None:
     p = sub.add_parser(
         "spark-connect",
         help="run a Spark Connect server in front of spark.master until Ctrl-C (the jobs' Spark service)",
-        description="Jobs whose spark.remote is sc://HOST:PORT are its clients: no driver JVM per Airflow task.",
+        description=(
+            "Jobs whose spark.remote is sc://HOST:PORT are its clients: no driver JVM per Airflow task."
+        ),
     )
     p.add_argument("--port", type=int, default=15002)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 in a container)")

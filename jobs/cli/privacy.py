@@ -34,8 +34,10 @@ def register(sub) -> None:
     """Add this group's commands to the `p13n` parser."""
     p = sub.add_parser("privacy", help="erasure and access requests (GDPR/CCPA)")
     pv_sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    for action, text in (("forget", "erase a person everywhere now (lake, Redis, platforms, Snowflake)"),
-                         ("export", "write everything held about a person to data/privacy/<request>.json")):  # fmt: skip
+    for action, text in (
+        ("forget", "erase a person everywhere now (lake, Redis, platforms, Snowflake)"),
+        ("export", "write everything held about a person to data/privacy/<request>.json"),
+    ):
         a = pv_sub.add_parser(action, help=text)
         who = a.add_mutually_exclusive_group(required=True)
         who.add_argument("--customer", default=None, help="the p13n customer id")

@@ -52,8 +52,15 @@ def register(sub) -> None:
     a = rec_sub.add_parser(
         "evaluate",
         help="train every recommender on an interactions CSV and print each one's ranking metrics as JSON",
-        description="Each user's interactions at their latest timestamp (their last basket) form the test set; the "
-        "models (popularity, ALS, item similarity, buy-it-again, next-basket and the personalized list) learn from "
+        description="Each user's interactions at their latest timestamp (their last basket) form the test "
+        "set; the "
+        "models (popularity, ALS, item similarity, buy-it-again, next-basket and the personalized "
+        "list) learn "
+        ""
+        ""
+        ""
+        ""
+        "from "
         "the rest and recommend to each test user. Which items repeat is learned from the file.",
     )
     a.add_argument("--interactions", required=True, help="CSV file with a header row")
@@ -65,14 +72,17 @@ def register(sub) -> None:
     a.add_argument(
         "--reference",
         action="store_true",
-        help="also run independent references on the same split: personal top-frequency, the popularity of all "
+        help="also run independent references on the same split: personal top-frequency, the popularity of "
+        "all "
         "items and Cornac's TIFU-KNN",
     )
     a = rec_sub.add_parser(
         "run",
         help="recommendations on the lake for a date (what the recommend_products DAG does)",
-        description="Builds gold.interactions, tunes, evaluates and gates the recipe in MLflow, writes every list "
-        "(gold.recommendations, item_similarity, bought_together, trending, popular_items) and validates them.",
+        description="Builds gold.interactions, tunes, evaluates and gates the recipe in MLflow, writes every "
+        "list "
+        "(gold.recommendations, item_similarity, bought_together, trending, popular_items) and validates "
+        "them.",
     )
     a.add_argument(
         "--date", type=iso_date, required=True, help="as-of date (YYYY-MM-DD); gold.segments must have it"

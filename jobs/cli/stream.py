@@ -67,6 +67,10 @@ def register(sub) -> None:
         help="after a topic was recreated: move the offsets a bronze table stores past the broker's end",
     )
     a.add_argument("--topic", required=True)
-    a.add_argument("--to", choices=["beginning", "end"], required=True,
-                   help="beginning: land what the broker holds now; end: skip it")  # fmt: skip
+    a.add_argument(
+        "--to",
+        choices=["beginning", "end"],
+        required=True,
+        help="beginning: land what the broker holds now; end: skip it",
+    )
     p.set_defaults(handler=_cmd_stream)

@@ -14,8 +14,18 @@ from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
 # Contracts: the columns each transform ends with.
-LINES = ["order_id", "source_order_id", "customer_id", "ordered_at", "channel", "sku", "category", "brand",
-         "quantity", "amount_usd"]  # fmt: skip
+LINES = [
+    "order_id",
+    "source_order_id",
+    "customer_id",
+    "ordered_at",
+    "channel",
+    "sku",
+    "category",
+    "brand",
+    "quantity",
+    "amount_usd",
+]
 EVENTS = ["customer_id", "at", "channel", "event_type", "sku"]
 MESSAGES = ["customer_id", "at", "channel", "event"]
 RETURNS = ["customer_id", "returned_at", "source_order_id", "sku", "quantity"]
@@ -65,7 +75,7 @@ def purchase_lines(
             F.col("created_at").alias("ordered_at"),
             "channel",
             F.col("total_usd").alias("_total"),
-        ),  # fmt: skip
+        ),
         "order_id",
         "shopify",
     )
@@ -86,7 +96,7 @@ def purchase_lines(
             F.col("created_at").alias("ordered_at"),
             F.lit("store").alias("channel"),
             F.col("total").alias("_total"),
-        ),  # fmt: skip
+        ),
         "transaction_id",
         "square",
     )
@@ -128,7 +138,7 @@ def _share_out(lines: DataFrame, orders: DataFrame, key: str, system: str) -> Da
             "sku",
             "quantity",
             "amount_usd",
-        )  # fmt: skip
+        )
     )
 
 

@@ -14,13 +14,41 @@ from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
 FEATURES = [
-    "customer_id", "as_of_date", "first_purchase_at", "last_purchase_at", "recency_days", "tenure_days",
-    "orders_total", "revenue_total", "orders_365d", "revenue_365d", "orders_90d", "revenue_90d",
-    "purchase_days", "avg_order_value", "cadence_days", "previous_gap_days",
-    "share_web", "share_app", "share_store", "top_category", "top_category_share", "top_brand", "top_brand_share",
-    "email_sent_90d", "email_open_rate_90d", "email_click_rate_90d", "sms_sent_90d", "sms_click_rate_90d",
-    "returns_rate_365d", "days_since_web", "days_since_app", "product_views_30d", "loyalty_tier", "loyalty_points",
-]  # fmt: skip
+    "customer_id",
+    "as_of_date",
+    "first_purchase_at",
+    "last_purchase_at",
+    "recency_days",
+    "tenure_days",
+    "orders_total",
+    "revenue_total",
+    "orders_365d",
+    "revenue_365d",
+    "orders_90d",
+    "revenue_90d",
+    "purchase_days",
+    "avg_order_value",
+    "cadence_days",
+    "previous_gap_days",
+    "share_web",
+    "share_app",
+    "share_store",
+    "top_category",
+    "top_category_share",
+    "top_brand",
+    "top_brand_share",
+    "email_sent_90d",
+    "email_open_rate_90d",
+    "email_click_rate_90d",
+    "sms_sent_90d",
+    "sms_click_rate_90d",
+    "returns_rate_365d",
+    "days_since_web",
+    "days_since_app",
+    "product_views_30d",
+    "loyalty_tier",
+    "loyalty_points",
+]
 AFFINITIES = ["customer_id", "as_of_date", "kind", "value", "share", "rank"]
 DAY = 86400.0
 
@@ -157,7 +185,7 @@ def build_features(
                 "sms_sent_90d",
                 "product_views_30d",
             ],
-        )  # fmt: skip
+        )
         .fillna(0.0, subset=["revenue_total", "revenue_365d", "revenue_90d"])
         .withColumn("as_of_date", F.lit(as_of))
         .withColumn("recency_days", _days_since("last_purchase_at", end))

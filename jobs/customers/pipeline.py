@@ -95,14 +95,20 @@ def read_activity(lake: Lake) -> Activity:
     missing = [t for t in INPUTS.values() if not lake.exists(t)]
     if missing:
         raise FileNotFoundError(
-            f"customer intelligence needs {', '.join(missing)}: ingest the sources and resolve identities first"
+            f"customer intelligence needs {', '.join(missing)}: ingest the sources and resolve identities "
+            "first"
         )
     t = {name: lake.read(table) for name, table in INPUTS.items()}
     keys = t["keys"].cache()
     lines = act.purchase_lines(
-        keys, t["products"], t["shopify_orders"], t["shopify_lines"], t["square_transactions"],
-        t["square_lines"], t["legacy_sales"],
-    ).cache()  # fmt: skip
+        keys,
+        t["products"],
+        t["shopify_orders"],
+        t["shopify_lines"],
+        t["square_transactions"],
+        t["square_lines"],
+        t["legacy_sales"],
+    ).cache()
     return Activity(
         customers=t["profiles"].select("customer_id", "first_seen_at"),
         lines=lines,
@@ -177,7 +183,8 @@ def score_churn(
         f["churned"] = churn_model.label(f, _later_orders(activity, cutoff, w))
         sets[name] = f
         progress(
-            f"churn: {len(f):,} customers as of {cutoff}, {f['churned'].mean():.1%} churned in the next {w} days"
+            f"churn: {len(f):,} customers as of {cutoff}, {f['churned'].mean():.1%} churned in the next {w} "
+            "days"
         )
     model = churn_model.train_churn(sets["train"], sets["train"]["churned"], seed=cfg.seed)
     ev = sets["eval"]
@@ -230,8 +237,11 @@ def _churn_figure(metrics: dict):
     x = np.linspace(0, 1, len(gains))
     a.plot(x, gains, label="model")
     a.plot([0, 1], [0, 1], "--", color="grey", label="random")
-    a.set(title=f"Cumulative gains (top-decile lift {metrics['lift_top_decile']})", xlabel="share of customers, riskiest first",
-          ylabel="share of churners found")  # fmt: skip
+    a.set(
+        title=f"Cumulative gains (top-decile lift {metrics['lift_top_decile']})",
+        xlabel="share of customers, riskiest first",
+        ylabel="share of churners found",
+    )
     a.legend()
     cal = metrics["calibration"]
     b.plot([c["predicted"] for c in cal], [c["observed"] for c in cal], "o-", label="model")
@@ -306,7 +316,8 @@ def score_clv(
     bg, gg = clv_model.fit_bgnbd(holdout), clv_model.fit_gamma_gamma(holdout)
     metrics = _clv_metrics(CLVModel(bg, gg, cfg.clv_months, cfg.clv_monthly_discount), holdout)
     progress(
-        f"clv: BG/NBD r={bg.r:.3f} alpha={bg.alpha:.2f} a={bg.a:.3f} b={bg.b:.3f}; Gamma-Gamma p={gg.p:.2f} q={gg.q:.2f} gamma={gg.gamma:.2f}"
+        f"clv: BG/NBD r={bg.r:.3f} alpha={bg.alpha:.2f} a={bg.a:.3f} b={bg.b:.3f}; Gamma-Gamma p={gg.p:.2f} "
+        f"q={gg.q:.2f} gamma={gg.gamma:.2f}"
     )
     champ = life.champion_metrics(lambda m: _clv_metrics(m, holdout))
     summary = clv_model.summarize(history, "customer_id", "date", "amount_usd", as_of, as_of)
@@ -373,8 +384,11 @@ def _clv_figure(scored: pd.DataFrame, holdout: pd.DataFrame, model: CLVModel):
     )
     b.plot(by.index, by["actual"], "o-", label="actual")
     b.plot(by.index, by["predicted"], "s--", label="BG/NBD")
-    b.set(title="Holdout purchases by calibration repeat purchases", xlabel="repeat purchases (7 = 7+)",
-          ylabel="mean holdout purchases")  # fmt: skip
+    b.set(
+        title="Holdout purchases by calibration repeat purchases",
+        xlabel="repeat purchases (7 = 7+)",
+        ylabel="mean holdout purchases",
+    )
     b.legend()
     fig.tight_layout()
     return fig

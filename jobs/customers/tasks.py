@@ -85,7 +85,7 @@ def person_traits(settings: Settings, lk):
     from p13n.identity.tasks import load_truth
 
     truth = load_truth(settings)
-    persons = settings.data_dir / "truth" / "persons.csv"
+    persons = settings.truth_dir / "persons.csv" if truth is not None else None
     if truth is None or not persons.exists() or not lk.exists(GOLD_IDENTITY_GRAPH):
         return None
     traits = pd.read_csv(persons, usecols=["person_id", "open_hour"])

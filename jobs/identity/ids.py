@@ -71,7 +71,7 @@ def assign_ids(
                 "previous_id": None,
                 "records": int(sizes[c]),
                 "evidence": "records no existing customer holds",
-            }  # fmt: skip
+            }
         )
 
     merged = home.merge(
@@ -111,7 +111,7 @@ def assign_ids(
                 "previous_id": old,
                 "records": 0,
                 "evidence": "none of its records remain (erased or deleted at the source)",
-            }  # fmt: skip
+            }
         )
     assignment = clusters.assign(customer_id=clusters["cluster"].map(ids))[["record_key", "customer_id"]]
     return assignment, pd.DataFrame(changes, columns=CHANGE_COLUMNS)

@@ -99,9 +99,15 @@ def compared_attributes(present: list[str]) -> list[str]:
 def blocking_rules(present: list[str]) -> list[list[str]]:
     """The blocking rules of the predictions: the attributes two profiles must share to be scored."""
     candidates = [
-        ["email_n"], ["phone_n"], ["first_c", "last_n"], ["last_n", "postal_n"], ["first_c", "dob"],
-        ["last_n", "dob"], ["street_n", "postal_n"], ["first_c", "street_n"],
-    ]  # fmt: skip
+        ["email_n"],
+        ["phone_n"],
+        ["first_c", "last_n"],
+        ["last_n", "postal_n"],
+        ["first_c", "dob"],
+        ["last_n", "dob"],
+        ["street_n", "postal_n"],
+        ["first_c", "street_n"],
+    ]
     return [b for b in candidates if all(c in present for c in b)]
 
 
@@ -171,8 +177,11 @@ def _splink_settings(
         )
     # EM needs blocks that leave the other comparisons free to vary: one on contact details, one on
     # names, so every comparison is estimated at least once.
-    em = [b for b in (["first_c", "last_n"], ["email_n"], ["postal_n", "dob"], ["phone_n"], ["last_n", "dob"])
-          if all(c in present for c in b)][:3]  # fmt: skip
+    em = [
+        b
+        for b in (["first_c", "last_n"], ["email_n"], ["postal_n", "dob"], ["phone_n"], ["last_n", "dob"])
+        if all(c in present for c in b)
+    ][:3]
     # Every compared attribute must vary in at least one EM block: with few attributes (an address
     # only, names and a postal code) add single-attribute blocks until each is left free once.
     compared = compared_attributes(present)

@@ -65,7 +65,13 @@ class IdentityRun:
     def summary(self) -> str:
         c = self.counts
         lines = [
-            f"identity {self.run_date}: {c.get('records', 0):,} records → {c.get('customers', 0):,} customers "
+            f"identity {self.run_date}: {c.get('records', 0):,} records → {c.get('customers', 0):,} "
+            "customers "
+            ""
+            ""
+            ""
+            ""
+            ""
             f"({c.get('profiles', 0):,} profiles, {c.get('accepted_edges', 0):,} links kept of "
             f"{c.get('candidate_edges', 0):,})",
             "  changes: " + (", ".join(f"{k} {v:,}" for k, v in sorted(self.changes.items())) or "none"),
@@ -157,7 +163,8 @@ def resolve_identities(
         _write_current(lake, settings, records, ids, changes, pii_key, run=run)
     else:
         say(
-            f"identity: {run_date} is older than the latest snapshot {latest}; current tables left as they are"
+            f"identity: {run_date} is older than the latest snapshot {latest}; current tables left as they "
+            "are"
         )
     out.timings["publish_s"] = round(time.perf_counter() - t0, 2)
     if truth is not None:

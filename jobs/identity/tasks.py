@@ -19,12 +19,13 @@ GOLD_SUITES = (GOLD_IDENTITY_GRAPH, GOLD_IDENTITY_CHANGES, GOLD_IDENTITY_KEYS, G
 
 
 def load_truth(settings: Settings):
-    """The generator's ground truth (record_key, person_id), when the data is generated (never in prod)."""
+    """The generator's ground truth (record_key, person_id), read only where `evaluation.truth_dir` is
+    set (the local and test overlays; never production)."""
     import pandas as pd
 
-    path = settings.data_dir / "truth" / "identity.csv"
-    if settings.env == "prod" or not path.exists():
+    if settings.truth_dir is None or not (settings.truth_dir / "identity.csv").exists():
         return None
+    path = settings.truth_dir / "identity.csv"
     truth = pd.read_csv(path, dtype=str)
     truth["record_key"] = truth["source"] + ":" + truth["record_id"]
     return truth[["record_key", "person_id"]].drop_duplicates("record_key")

@@ -269,7 +269,8 @@ class Lake:
             unknown = set(replace_where) - set(partition_by)
             if unknown:
                 raise ValueError(
-                    f"{table}: replace_where columns {sorted(unknown)} are not partition columns {partition_by}"
+                    f"{table}: replace_where columns {sorted(unknown)} are not partition columns "
+                    f"{partition_by}"
                 )
         write_id, files = self._write_files(table, df, partition_by)
         try:
@@ -281,7 +282,8 @@ class Lake:
                 if outside:
                     raise ReplaceWhereViolation(
                         table,
-                        f"replace_where {dict(replace_where)} but {sum(f['num_records'] for f in outside)} rows fall in "
+                        f"replace_where {dict(replace_where)} but {sum(f['num_records'] for f in outside)} "
+                        "rows fall in "
                         f"partitions {sorted({f['partition_values'] for f in outside})[:3]}",
                     )
             adds = [_add_action(f) for f in files]
@@ -313,7 +315,8 @@ class Lake:
     def replace_partition(
         self, table: str, df: DataFrame, column: str, value: Any, *, run: RunContext | None = None
     ) -> WriteResult:
-        """Overwrite the partition `column = value` (a data interval, a batch) with `df`: the idempotent write.
+        """Overwrite the partition `column = value` (a data interval, a batch) with `df`: the idempotent
+        write.
 
         Rerunning it with the same rows leaves the table's content as it was; rows outside the
         partition are refused. The table is partitioned by `column` when this write creates it.
@@ -334,9 +337,11 @@ class Lake:
         run: RunContext | None = None,
         check_unique: bool = True,
     ) -> WriteResult:
-        """Upsert `df` into `table` on `keys`: matched rows are replaced (or kept, with "ignore"), new rows added.
+        """Upsert `df` into `table` on `keys`: matched rows are replaced (or kept, with "ignore"), new rows
+        added.
 
-        The source must be unique on `keys` (checked unless `check_unique=False`). Only files that may hold a source key are rewritten:
+        The source must be unique on `keys` (checked unless `check_unique=False`). Only files that may hold a
+        source key are rewritten:
         those of the source's partitions, narrowed by the key's min/max statistics.
         """
         from pyspark.sql import functions as F
@@ -507,7 +512,8 @@ class Lake:
         return df.select(*cols), existing
 
     def _write_files(self, table: str, df: DataFrame, partition_by: list[str]) -> tuple[str, list[dict]]:
-        """Executors write Parquet into the table's staging folder; the driver moves and describes the files."""
+        """Executors write Parquet into the table's staging folder; the driver moves and describes the
+        files."""
         write_id = uuid.uuid4().hex[:16]
         fs, table_dir = self._fs(table)
         staging = f"{table_dir}/{STAGING_DIR}/{write_id}"
@@ -549,7 +555,8 @@ class Lake:
         partition_filters: list[Filter] | None = None,
         operation: str | None = None,
     ) -> int:
-        """Record the actions in one Delta commit (creating the table on its first write); return its version."""
+        """Record the actions in one Delta commit (creating the table on its first write); return its
+        version."""
         run = run or RunContext.from_env()
         metadata = {**run.commit_metadata(), "p13n.write_id": write_id}
         if operation:
@@ -587,7 +594,8 @@ class Lake:
         except CommitFailedError as exc:
             raise ConcurrentWriteError(
                 table,
-                f"a concurrent commit conflicts with this {operation or mode} ({exc}); nothing was written, retry it",
+                f"a concurrent commit conflicts with this {operation or mode} ({exc}); nothing was written, "
+                "retry it",
             ) from exc
         return self._version_of(table, write_id)
 

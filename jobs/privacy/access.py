@@ -18,8 +18,14 @@ from p13n.lake.duck import scan
 from p13n.privacy.erasure import find_person, matching_connection, plan_lake
 
 
-def export_person(settings, request_id: str, customer_id: str | None = None, email: str | None = None,
-                  redis_url: str | None = None, out: Path | None = None) -> tuple[Path, dict]:  # fmt: skip
+def export_person(
+    settings,
+    request_id: str,
+    customer_id: str | None = None,
+    email: str | None = None,
+    redis_url: str | None = None,
+    out: Path | None = None,
+) -> tuple[Path, dict]:
     from p13n.secrets import pii_key
 
     person = find_person(settings, pii_key(settings), customer_id, email)

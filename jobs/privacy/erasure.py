@@ -155,7 +155,8 @@ _MACROS = (
     "CREATE OR REPLACE MACRO p13n_digits(x) AS regexp_replace(x, '[^0-9]', '', 'g')",
     "CREATE OR REPLACE MACRO p13n_phone(x) AS CASE "
     "WHEN starts_with(trim(x), '+') AND length(p13n_digits(x)) BETWEEN 8 AND 15 THEN '+' || p13n_digits(x) "
-    "WHEN length(p13n_digits(x)) = 10 AND NOT regexp_matches(p13n_digits(x), '^[01]') THEN '+1' || p13n_digits(x) "
+    "WHEN length(p13n_digits(x)) = 10 AND NOT regexp_matches(p13n_digits(x), '^[01]') THEN '+1' || "
+    "p13n_digits(x) "
     "WHEN length(p13n_digits(x)) = 11 AND starts_with(p13n_digits(x), '1') THEN '+' || p13n_digits(x) END",
 )
 
@@ -223,7 +224,8 @@ def find_person(settings, key: bytes, customer_id: str | None = None, email: str
         done = _rows(con, root, OPS_ERASURES, "customer_id = ?", [customer_id], "request_id, erased_at")
         if done:
             raise AlreadyErased(
-                f"customer {customer_id} was erased by request {done[-1][0]} at {done[-1][1]:%Y-%m-%d %H:%M} UTC"
+                f"customer {customer_id} was erased by request {done[-1][0]} at {done[-1][1]:%Y-%m-%d %H:%M} "
+                "UTC"
             )
         raise ErasureError(
             f"unknown customer id {customer_id!r}: not in gold.identity_graph or gold.customer_profiles "
@@ -311,7 +313,8 @@ def _conditions(settings, table: str, schema: list[tuple[str, str]], person: Per
         if name in RAW_COLUMNS:
             if person.emails:
                 conds.append(
-                    f"list_has_any(regexp_extract_all(lower({col}), '{EMAIL_TOKEN}'), [{_lit(person.emails)}])"
+                    f"list_has_any(regexp_extract_all(lower({col}), '{EMAIL_TOKEN}'), "
+                    f"[{_lit(person.emails)}])"
                 )
             if person.phones:
                 conds.append(
@@ -360,7 +363,8 @@ def plan_lake(settings, person: Person, tables: list[str] | None = None) -> list
             continue
         picks = ", ".join(f'list(DISTINCT "{c}") FILTER (WHERE {w})' for c, w in conds.items())
         found = con.execute(
-            f"SELECT count(*), {picks} FROM {scan(root, table)} WHERE {' OR '.join(f'({w})' for w in conds.values())}"
+            f"SELECT count(*), {picks} FROM {scan(root, table)} WHERE "
+            f"{' OR '.join(f'({w})' for w in conds.values())}"
         ).fetchone()
         if not found[0]:
             continue
@@ -454,9 +458,15 @@ def erase_platforms(settings, person: Person, clients: dict | None = None) -> di
 
     if not table_exists(settings.lake_root, OPS_EXPORT_STATE):
         return {}
-    sent = duckdb_connection().execute(
-        f"SELECT DISTINCT destination, audience FROM {scan(settings.lake_root, OPS_EXPORT_STATE)} WHERE customer_id = ?",
-        [person.customer_id]).fetchall()  # fmt: skip
+    sent = (
+        duckdb_connection()
+        .execute(
+            f"SELECT DISTINCT destination, audience FROM {scan(settings.lake_root, OPS_EXPORT_STATE)} WHERE "
+            "customer_id = ?",
+            [person.customer_id],
+        )
+        .fetchall()
+    )
     out: dict[str, int] = {}
     clients = clients or {}
     for destination, audience in sent:
@@ -477,7 +487,8 @@ def erase_warehouse(settings, person: Person) -> dict[str, int]:
         cur = con.cursor()
         cur.execute(f"CREATE SCHEMA IF NOT EXISTS {sf.database}.{sf.schema_name}")
         cur.execute(
-            f"SELECT table_name FROM {sf.database}.information_schema.tables WHERE table_schema = '{sf.schema_name}'"
+            f"SELECT table_name FROM {sf.database}.information_schema.tables WHERE table_schema = "
+            f"'{sf.schema_name}'"
         )
         present = {r[0].upper() for r in cur.fetchall()}
         for name in sf.tables:
@@ -547,9 +558,16 @@ def preview(
     return person, plan_lake(settings, person)
 
 
-def forget(settings, request_id: str, customer_id: str | None = None, email: str | None = None,
-           redis_url: str | None = None, platforms: bool = True, clients: dict | None = None,
-           progress: Callable[[str], None] = print) -> dict:  # fmt: skip
+def forget(
+    settings,
+    request_id: str,
+    customer_id: str | None = None,
+    email: str | None = None,
+    redis_url: str | None = None,
+    platforms: bool = True,
+    clients: dict | None = None,
+    progress: Callable[[str], None] = print,
+) -> dict:
     """Erase one person everywhere (see the module docstring); returns the audit row.
 
     Refuses before touching anything when the request does not resolve to one known customer or
@@ -612,19 +630,47 @@ def forget(settings, request_id: str, customer_id: str | None = None, email: str
         append_rows(settings, OPS_ERASURES, [erased], schema_mode="merge")
         delete_rows(settings, RESTRICTED_PRIVACY_PENDING, f"customer_id = {literal(person.customer_id)}")
         erase_table_history(settings, RESTRICTED_PRIVACY_PENDING)
-        audit |= {"status": "completed", "lake": json.dumps(lake), "redis_keys": redis_keys,
-                  "platforms": json.dumps(sent), "warehouse": json.dumps(warehouse), "export_lines": files}  # fmt: skip
+        audit |= {
+            "status": "completed",
+            "lake": json.dumps(lake),
+            "redis_keys": redis_keys,
+            "platforms": json.dumps(sent),
+            "warehouse": json.dumps(warehouse),
+            "export_lines": files,
+        }
     except Exception as e:
         audit |= {"status": "failed", "error": f"{type(e).__name__}: {str(e)[:300]}"}
         raise
     finally:
         audit["seconds"] = round(time.perf_counter() - t0, 2)
         audit["completed_at"] = dt.datetime.now(dt.UTC)
-        row = {k: audit.get(k) for k in ("request_id", "customer_id", "requested_at", "completed_at", "status",
-                                         "lake", "redis_keys", "platforms", "warehouse", "export_lines",
-                                         "seconds", "error")}  # fmt: skip
-        frame = pd.DataFrame([row]).astype({"lake": "string", "platforms": "string", "warehouse": "string",
-                                            "error": "string", "redis_keys": "Int64", "export_lines": "Int64"})  # fmt: skip
+        row = {
+            k: audit.get(k)
+            for k in (
+                "request_id",
+                "customer_id",
+                "requested_at",
+                "completed_at",
+                "status",
+                "lake",
+                "redis_keys",
+                "platforms",
+                "warehouse",
+                "export_lines",
+                "seconds",
+                "error",
+            )
+        }
+        frame = pd.DataFrame([row]).astype(
+            {
+                "lake": "string",
+                "platforms": "string",
+                "warehouse": "string",
+                "error": "string",
+                "redis_keys": "Int64",
+                "export_lines": "Int64",
+            }
+        )
         write_arrow(settings, OPS_PRIVACY_AUDIT, frame)
     progress(f"erasure {request_id}: {audit['status']} in {audit['seconds']}s")
     return audit

@@ -114,8 +114,15 @@ def run_now(
         if kind == "forget":
             keys = (getattr(settings.activation, p).credential_env for p in ("klaviyo", "mailchimp"))
             platforms = any(os.environ.get(k) for k in keys)
-            return forget(settings, rid, customer_id=customer_id, email=email, redis_url=url, platforms=platforms,
-                          progress=progress)  # fmt: skip
+            return forget(
+                settings,
+                rid,
+                customer_id=customer_id,
+                email=email,
+                redis_url=url,
+                platforms=platforms,
+                progress=progress,
+            )
         path, summary = export_person(settings, rid, customer_id=customer_id, email=email, redis_url=url)
         progress(f"access {rid}: {sum(summary.values()):,} rows from {len(summary)} tables written to {path}")
         return {"request_id": rid, "path": str(path), "tables": summary}

@@ -114,8 +114,11 @@ def _event_log(lake: Lake, activity, settings: Settings, as_of: dt.date):
     for kind, w in cfg.weights.items():
         weight = F.when(F.col("kind") == kind, F.lit(float(w))).otherwise(weight)
     return log.filter(
-        F.col("customer_id").isNotNull() & F.col("sku").isNotNull() & (F.col("at") >= F.lit(start)) & (F.col("at") < F.lit(end))
-    ).withColumn("weight", weight)  # fmt: skip
+        F.col("customer_id").isNotNull()
+        & F.col("sku").isNotNull()
+        & (F.col("at") >= F.lit(start))
+        & (F.col("at") < F.lit(end))
+    ).withColumn("weight", weight)
 
 
 def erased_customers(lake: Lake) -> set[str]:
@@ -145,11 +148,16 @@ def read_data(lake: Lake, settings: Settings, as_of: dt.date) -> Data:
     users = pd.Index(profiles["customer_id"].to_numpy(), name="customer_id")
     items = pd.Index(sorted(set(products.index) | set(log["sku"])), name="sku")
     log = log[log["customer_id"].isin(users)]
-    events = pd.DataFrame({
-        "user": users.get_indexer(log["customer_id"]), "item": items.get_indexer(log["sku"]),
-        "at": pd.to_datetime(log["at"], utc=True), "kind": log["kind"].to_numpy(),
-        "weight": log["weight"].to_numpy(float), "order": log["order_id"].to_numpy(),
-    })  # fmt: skip
+    events = pd.DataFrame(
+        {
+            "user": users.get_indexer(log["customer_id"]),
+            "item": items.get_indexer(log["sku"]),
+            "at": pd.to_datetime(log["at"], utc=True),
+            "kind": log["kind"].to_numpy(),
+            "weight": log["weight"].to_numpy(float),
+            "order": log["order_id"].to_numpy(),
+        }
+    )
     # Spark returns rows in no particular order: sort, so sums (and so every list) are reproducible.
     events = events.sort_values(["user", "at", "item", "kind"], kind="stable").reset_index(drop=True)
     prod = products.reindex(items)
@@ -163,18 +171,32 @@ def read_data(lake: Lake, settings: Settings, as_of: dt.date) -> Data:
     seg = segments.assign(user=users.get_indexer(segments["customer_id"]))
     seg = seg[seg["user"] >= 0].set_index("user")["persona"]
     end = pd.Timestamp(interval_end(as_of))
-    versions = {t: lake.delta_table(t).version() for t in (silver_table("wishlists"), silver_table("inventory_snapshots"),
-                                                           silver_table("products"), GOLD_SEGMENTS, GOLD_CUSTOMER_PROFILES)}  # fmt: skip
+    versions = {
+        t: lake.delta_table(t).version()
+        for t in (
+            silver_table("wishlists"),
+            silver_table("inventory_snapshots"),
+            silver_table("products"),
+            GOLD_SEGMENTS,
+            GOLD_CUSTOMER_PROFILES,
+        )
+    }
     versions |= activity.versions
     return Data(
-        users=users, items=items, events=events,
-        category=prod["category"].fillna("unknown").to_numpy(str), brand=prod["brand"].fillna("unknown").to_numpy(str),
-        price=pd.to_numeric(prod["price"], errors="coerce").to_numpy(float), title=prod["title"].fillna("").to_numpy(str),
+        users=users,
+        items=items,
+        events=events,
+        category=prod["category"].fillna("unknown").to_numpy(str),
+        brand=prod["brand"].fillna("unknown").to_numpy(str),
+        price=pd.to_numeric(prod["price"], errors="coerce").to_numpy(float),
+        title=prod["title"].fillna("").to_numpy(str),
         repeatable=pd.to_numeric(prod["repeatable"], errors="coerce").to_numpy(float),
-        unavailable=_out_of_stock(lake, settings, as_of, items), segment=seg,
+        unavailable=_out_of_stock(lake, settings, as_of, items),
+        segment=seg,
         consented=(profiles["consent_personalization"].fillna("granted") != "revoked").to_numpy(),
-        end=end, versions=versions,
-    )  # fmt: skip
+        end=end,
+        versions=versions,
+    )
 
 
 def _out_of_stock(lake: Lake, settings: Settings, as_of: dt.date, items: pd.Index) -> np.ndarray:
@@ -274,8 +296,15 @@ def repeating(data: Data, purchases: pd.DataFrame) -> np.ndarray:
     return np.where(np.isnan(flag), learned, flag > 0)
 
 
-def fit_models(data: Data, events: pd.DataFrame, users: np.ndarray, recipe: Recipe, settings: Settings, spark,
-               end: pd.Timestamp | pd.Series) -> Fitted:  # fmt: skip
+def fit_models(
+    data: Data,
+    events: pd.DataFrame,
+    users: np.ndarray,
+    recipe: Recipe,
+    settings: Settings,
+    spark,
+    end: pd.Timestamp | pd.Series,
+) -> Fitted:
     """Fit every model of `recipe` on `events`; `users` are those whose buy-again lists are wanted."""
     cfg = settings.recommend
     sizes = cfg.list_sizes
@@ -288,21 +317,38 @@ def fit_models(data: Data, events: pd.DataFrame, users: np.ndarray, recipe: Reci
     purchases = events[events["kind"] == "purchase"]
     repeats = repeating(data, purchases)
     buy_again = L.buy_again(purchases, repeats, end, sizes["buy_again"])
-    together = L.bought_together(purchases, shape[1], cfg.bought_together_min_support,
-                                 sizes["bought_together"])  # fmt: skip
+    together = L.bought_together(
+        purchases, shape[1], cfg.bought_together_min_support, sizes["bought_together"]
+    )
     depth = 2 * sizes["personalized"]
     pop = L.popular(purchases, data.segment, global_end, cfg.popular_days, max(sizes["popular"], depth))
-    trend = L.trending(events[events["kind"] != "return"], data.category, global_end, cfg.trending_days,
-                       cfg.trending_baseline_days, sizes["trending"])  # fmt: skip
+    trend = L.trending(
+        events[events["kind"] != "return"],
+        data.category,
+        global_end,
+        cfg.trending_days,
+        cfg.trending_baseline_days,
+        sizes["trending"],
+    )
     skip = not_repeating(m, repeats)
     sim = ItemSimilarity().fit(m).excluding(skip)
     basket = nb.NextBasket(seed=cfg.seed).fit(_baskets(purchases), pd.Series(data.category))
     return Fitted(
-        als=_als(recipe, spark, cfg.seed).fit(m).excluding(skip), sim=sim, seen=m, purchases=purchases,
-        buy_again=buy_again[buy_again["user"].isin(users)], together=together, popular=pop, trending=trend,
-        similar=sim.similar_items(sizes["similar_items"]).rename(columns={"item_a": "item", "item_b": "other"}),
-        depth=depth, repeats=repeats, basket=basket,
-    )  # fmt: skip
+        als=_als(recipe, spark, cfg.seed).fit(m).excluding(skip),
+        sim=sim,
+        seen=m,
+        purchases=purchases,
+        buy_again=buy_again[buy_again["user"].isin(users)],
+        together=together,
+        popular=pop,
+        trending=trend,
+        similar=sim.similar_items(sizes["similar_items"]).rename(
+            columns={"item_a": "item", "item_b": "other"}
+        ),
+        depth=depth,
+        repeats=repeats,
+        basket=basket,
+    )
 
 
 def _baskets(purchases: pd.DataFrame) -> pd.DataFrame:
@@ -337,8 +383,15 @@ def lists_for(fitted: Fitted, data: Data, users: np.ndarray, settings: Settings)
     return Lists(comps, f.similar, f.together, trend, f.popular, f.seen, f.sim.similarity, f.repeats)
 
 
-def fit_lists(data: Data, events: pd.DataFrame, users: np.ndarray, recipe: Recipe, settings: Settings, spark,
-              end: pd.Timestamp | pd.Series | None = None) -> Lists:  # fmt: skip
+def fit_lists(
+    data: Data,
+    events: pd.DataFrame,
+    users: np.ndarray,
+    recipe: Recipe,
+    settings: Settings,
+    spark,
+    end: pd.Timestamp | pd.Series | None = None,
+) -> Lists:
     """Fit every model on `events` and produce each list for `users`. `end` is when the lists are for:
     the run's end, or per user their own cut-off (evaluation)."""
     end = data.end if end is None else end
@@ -349,7 +402,8 @@ def fit_lists(data: Data, events: pd.DataFrame, users: np.ndarray, recipe: Recip
 def _with_last_order(
     purchases: pd.DataFrame, together: pd.DataFrame, users: np.ndarray, k: int
 ) -> pd.DataFrame:
-    """Per user: the items bought together with the items of their last order, by confidence; anchor = that item."""
+    """Per user: the items bought together with the items of their last order, by confidence; anchor =
+    that item."""
     p = purchases[purchases["user"].isin(users)]
     if p.empty or together.empty:
         return pd.DataFrame(columns=["user", "item", "rank", "score", "anchor"])
@@ -394,8 +448,9 @@ def served(
         [exclude, L.not_yet_due(purchases, lists.repeats, due_at, cfg.due_share)], ignore_index=True
     )
     unavailable = data.unavailable if stock else None
-    kept = L.apply_rules(fused, k, exclude, unavailable, data.brand, data.category, cfg.max_per_brand,
-                         cfg.max_per_category)  # fmt: skip
+    kept = L.apply_rules(
+        fused, k, exclude, unavailable, data.brand, data.category, cfg.max_per_brand, cfg.max_per_category
+    )
     seg = lists.components["popular_in_segment"]
     fallbacks = [
         ("popular_in_segment", seg[seg["user"].isin(consented)]),
@@ -518,12 +573,20 @@ def build_interactions(
     )
     last = e.groupby(["user", "item"])["at"].max().rename("last_at")
     t = w.set_index(["user", "item"]).join(counts).join(last).reset_index()
-    table = pd.DataFrame({
-        "customer_id": data.users[t["user"].to_numpy()], "sku": data.items[t["item"].to_numpy()], "as_of_date": as_of,
-        "weight": t["weight"].round(4), "purchases": t["purchase"].astype(int), "carts": t["add_to_cart"].astype(int),
-        "wishlists": t["wishlist"].astype(int), "views": t["product_view"].astype(int), "returns": t["return"].astype(int),
-        "last_at": t["last_at"],
-    })  # fmt: skip
+    table = pd.DataFrame(
+        {
+            "customer_id": data.users[t["user"].to_numpy()],
+            "sku": data.items[t["item"].to_numpy()],
+            "as_of_date": as_of,
+            "weight": t["weight"].round(4),
+            "purchases": t["purchase"].astype(int),
+            "carts": t["add_to_cart"].astype(int),
+            "wishlists": t["wishlist"].astype(int),
+            "views": t["product_view"].astype(int),
+            "returns": t["return"].astype(int),
+            "last_at": t["last_at"],
+        }
+    )
     lake.replace_partition(GOLD_INTERACTIONS, lake.spark.createDataFrame(table), "as_of_date", as_of, run=run)
     return {
         "customers": int(table["customer_id"].nunique()),
@@ -532,8 +595,14 @@ def build_interactions(
     }
 
 
-def train_recommender(lake: Lake, settings: Settings, data: Data, as_of: dt.date, run: RunContext | None = None,
-                      progress: Progress = print):  # fmt: skip
+def train_recommender(
+    lake: Lake,
+    settings: Settings,
+    data: Data,
+    as_of: dt.date,
+    run: RunContext | None = None,
+    progress: Progress = print,
+):
     """Tune a challenger, evaluate it and the champion recipe on the same split, register and gate.
     Returns (ModelRun, the recipe to serve, the evaluation table)."""
     import mlflow
@@ -616,8 +685,9 @@ def champion_recipe(settings: Settings) -> Recipe:
     return recipe
 
 
-def build_lists(lake: Lake, settings: Settings, data: Data, recipe: Recipe, as_of: dt.date,
-                run: RunContext | None = None) -> dict:  # fmt: skip
+def build_lists(
+    lake: Lake, settings: Settings, data: Data, recipe: Recipe, as_of: dt.date, run: RunContext | None = None
+) -> dict:
     """Every list for every customer and item, with the served recipe, written to the gold tables.
 
     The models are fitted once; the customers' lists are drawn in batches of
@@ -650,8 +720,9 @@ def build_lists(lake: Lake, settings: Settings, data: Data, recipe: Recipe, as_o
     return _list_stats(rows, counts, item_tables, data)
 
 
-def customer_lists(data: Data, lists: Lists, users: np.ndarray, recipe: Recipe, settings: Settings,
-                   as_of: dt.date) -> pd.DataFrame:  # fmt: skip
+def customer_lists(
+    data: Data, lists: Lists, users: np.ndarray, recipe: Recipe, settings: Settings, as_of: dt.date
+) -> pd.DataFrame:
     """The rows of `gold.recommendations` for `users` (their lists drawn in `lists`)."""
     cfg = settings.recommend
     sizes = cfg.list_sizes
@@ -664,11 +735,21 @@ def customer_lists(data: Data, lists: Lists, users: np.ndarray, recipe: Recipe, 
         "personalized": personalized,
         "buy_again": _ruled(lists.components["buy_again"], sizes["buy_again"], data, cons),
         "recently_viewed": _ruled(
-            L.recently_viewed(events[events["kind"] == "product_view"], purchases, data.end,
-                              cfg.recently_viewed_days, sizes["recently_viewed"]), sizes["recently_viewed"], data, cons),
-        "popular_in_segment": _ruled(lists.components["popular_in_segment"], sizes["popular_in_segment"], data, cons,
-                                     exclude),
-    }  # fmt: skip
+            L.recently_viewed(
+                events[events["kind"] == "product_view"],
+                purchases,
+                data.end,
+                cfg.recently_viewed_days,
+                sizes["recently_viewed"],
+            ),
+            sizes["recently_viewed"],
+            data,
+            cons,
+        ),
+        "popular_in_segment": _ruled(
+            lists.components["popular_in_segment"], sizes["popular_in_segment"], data, cons, exclude
+        ),
+    }
     rows = []
     for list_type, df in per_type.items():
         df = df.assign(source=df.get("source", list_type))
@@ -689,11 +770,18 @@ def customer_lists(data: Data, lists: Lists, users: np.ndarray, recipe: Recipe, 
     basket = basket.assign(basket_cadence=basket["own_cadence"].fillna(basket["item_cadence"]))
     recs = recs.merge(basket[["user", "item", "bought", "basket_cadence"]], on=["user", "item"], how="left")
     recs["reason"] = _reasons(recs, data)
-    return pd.DataFrame({
-        "customer_id": data.users[recs["user"].to_numpy()], "as_of_date": as_of, "list_type": recs["list_type"],
-        "rank": recs["rank"].astype(int), "sku": data.items[recs["item"].to_numpy()],
-        "score": recs["score"].astype(float).round(6), "source": recs["source"], "reason": recs["reason"],
-    })  # fmt: skip
+    return pd.DataFrame(
+        {
+            "customer_id": data.users[recs["user"].to_numpy()],
+            "as_of_date": as_of,
+            "list_type": recs["list_type"],
+            "rank": recs["rank"].astype(int),
+            "sku": data.items[recs["item"].to_numpy()],
+            "score": recs["score"].astype(float).round(6),
+            "source": recs["source"],
+            "reason": recs["reason"],
+        }
+    )
 
 
 def _ruled(df: pd.DataFrame, k: int, data: Data, consented: np.ndarray, exclude: pd.DataFrame | None = None):
@@ -753,20 +841,50 @@ def _item_tables(data: Data, lists: Lists, as_of: dt.date, k: int) -> dict[str, 
     both = both.assign(order=(both["basis"] == "content").astype(int)).sort_values(["item", "order", "rank"])
     both["rank"] = both.groupby("item").cumcount() + 1
     both = both[both["rank"] <= k]
-    similar = pd.DataFrame({"sku": sku[both["item"].to_numpy()], "as_of_date": as_of,
-                            "similar_sku": sku[both["other"].to_numpy()], "rank": both["rank"].astype(int),
-                            "score": both["score"].astype(float).round(6), "basis": both["basis"]})  # fmt: skip
+    similar = pd.DataFrame(
+        {
+            "sku": sku[both["item"].to_numpy()],
+            "as_of_date": as_of,
+            "similar_sku": sku[both["other"].to_numpy()],
+            "rank": both["rank"].astype(int),
+            "score": both["score"].astype(float).round(6),
+            "basis": both["basis"],
+        }
+    )
     t = lists.together
-    together = pd.DataFrame({"sku": sku[t["item"].to_numpy()], "as_of_date": as_of, "other_sku": sku[t["other"].to_numpy()],
-                             "rank": t["rank"].astype(int), "support": t["support"].astype(int),
-                             "confidence": t["confidence"].astype(float), "lift": t["lift"].astype(float)})  # fmt: skip
+    together = pd.DataFrame(
+        {
+            "sku": sku[t["item"].to_numpy()],
+            "as_of_date": as_of,
+            "other_sku": sku[t["other"].to_numpy()],
+            "rank": t["rank"].astype(int),
+            "support": t["support"].astype(int),
+            "confidence": t["confidence"].astype(float),
+            "lift": t["lift"].astype(float),
+        }
+    )
     tr = lists.trending
-    trending = pd.DataFrame({"scope": tr["scope"], "as_of_date": as_of, "rank": tr["rank"].astype(int),
-                             "sku": sku[tr["item"].to_numpy()], "score": tr["score"].astype(float).round(6),
-                             "recent_customers": tr["recent"].astype(int), "velocity": tr["velocity"].astype(float)})  # fmt: skip
+    trending = pd.DataFrame(
+        {
+            "scope": tr["scope"],
+            "as_of_date": as_of,
+            "rank": tr["rank"].astype(int),
+            "sku": sku[tr["item"].to_numpy()],
+            "score": tr["score"].astype(float).round(6),
+            "recent_customers": tr["recent"].astype(int),
+            "velocity": tr["velocity"].astype(float),
+        }
+    )
     p = lists.popular
-    popular = pd.DataFrame({"scope": p["scope"], "as_of_date": as_of, "rank": p["rank"].astype(int),
-                            "sku": sku[p["item"].to_numpy()], "buyers": p["score"].astype(int)})  # fmt: skip
+    popular = pd.DataFrame(
+        {
+            "scope": p["scope"],
+            "as_of_date": as_of,
+            "rank": p["rank"].astype(int),
+            "sku": sku[p["item"].to_numpy()],
+            "buyers": p["score"].astype(int),
+        }
+    )
     return {
         GOLD_ITEM_SIMILARITY: similar,
         GOLD_BOUGHT_TOGETHER: together,

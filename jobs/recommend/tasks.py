@@ -49,8 +49,10 @@ def interactions_task(ds: str) -> dict:
 
     settings, lk, data = _data(ds)
     out = build_interactions(lk, data, settings, dt.date.fromisoformat(ds), run=RunContext.from_env())
-    progress(f"interactions as of {ds}: {out['pairs']:,} customer-item pairs, {out['customers']:,} customers, "
-             f"{out['items']:,} items")  # fmt: skip
+    progress(
+        f"interactions as of {ds}: {out['pairs']:,} customer-item pairs, {out['customers']:,} customers, "
+        f"{out['items']:,} items"
+    )
     return out
 
 
@@ -86,7 +88,8 @@ def lists_task(ds: str) -> dict:
         f"{out['personalized_share']:.1%} with a personal signal in their list "
         f"({out['personalized_share_active']:.1%} of customers with any activity, "
         f"{out['personalized_share_eligible']:.1%} of those who allow personalization), "
-        f"{out['personalized_full_share']:.1%} with a full list; similar items for {out['items_with_similar']:,} of "
+        f"{out['personalized_full_share']:.1%} with a full list; similar items for "
+        f"{out['items_with_similar']:,} of "
         f"{out['items']:,} items; {out['bought_together_pairs']:,} bought-together pairs; "
         f"{out['excluded_out_of_stock_items']} items out of stock"
     )

@@ -15,8 +15,15 @@ def _plt():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    plt.rcParams.update({"svg.fonttype": "none", "font.size": 9, "axes.spines.top": False,
-                         "axes.spines.right": False, "figure.dpi": 96})  # fmt: skip
+    plt.rcParams.update(
+        {
+            "svg.fonttype": "none",
+            "font.size": 9,
+            "axes.spines.top": False,
+            "axes.spines.right": False,
+            "figure.dpi": 96,
+        }
+    )
     return plt
 
 
@@ -33,8 +40,9 @@ def ingestion(df: pd.DataFrame) -> str:
     share of them quarantined, side by side."""
     plt = _plt()
     df = df.sort_values("read")
-    fig, (rows, share) = plt.subplots(1, 2, sharey=True, figsize=(8, 0.22 * len(df) + 0.9),
-                                      gridspec_kw={"width_ratios": [3, 2]})  # fmt: skip
+    fig, (rows, share) = plt.subplots(
+        1, 2, sharey=True, figsize=(8, 0.22 * len(df) + 0.9), gridspec_kw={"width_ratios": [3, 2]}
+    )
     rows.barh(df["source"], df["read"].where(df["read"] > 0), color=BLUE)  # no bar for an empty batch
     rows.set_xscale("log")
     rows.set_xlabel("rows read (log scale)")
@@ -87,8 +95,15 @@ def movements(moves: pd.DataFrame) -> str:
     for i, row in enumerate(grid.to_numpy()):
         for j, v in enumerate(row):
             if v:
-                ax.text(j, i, f"{v:,}", ha="center", va="center", fontsize=8,
-                        color="white" if v > peak / 2 else "black")  # fmt: skip
+                ax.text(
+                    j,
+                    i,
+                    f"{v:,}",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if v > peak / 2 else "black",
+                )
     ax.spines[:].set_visible(False)
     return _svg(fig)
 

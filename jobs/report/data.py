@@ -37,12 +37,14 @@ def _frame(con, root: str, table: str, sql: str, params: list | None = None) -> 
 def ingestion(con, root: str, day: dt.date) -> pd.DataFrame | None:
     """Per source for the day's batch: rows read, promoted, quarantined, top reasons, expectations."""
     df = _frame(
-        con, root, OPS_INGEST_RUNS,
+        con,
+        root,
+        OPS_INGEST_RUNS,
         """SELECT source, bronze_rows AS "read", silver_rows AS silver, quarantined, top_reasons,
                   expectations_passed, expectations_failed
            FROM {t} WHERE batch_date = ? ORDER BY source""",  # one row per source: a rerun replaces the date
         [day],
-    )  # fmt: skip
+    )
     if df is not None:
         df["top_reasons"] = [
             "; ".join(f"{r} ×{n}" for r, n in json.loads(v or "[]")[:3]) for v in df["top_reasons"]
@@ -54,36 +56,51 @@ def ingestion(con, root: str, day: dt.date) -> pd.DataFrame | None:
 def validations(con, root: str, day: dt.date) -> pd.DataFrame | None:
     """The latest Great Expectations outcome of every table validated for the day."""
     return _frame(
-        con, root, OPS_VALIDATIONS,
+        con,
+        root,
+        OPS_VALIDATIONS,
         """SELECT table_name, success, passed, failed, failures, warnings FROM {t} WHERE run_date = ?
            QUALIFY row_number() OVER (PARTITION BY table_name ORDER BY validated_at DESC) = 1
            ORDER BY success, table_name""",
         [day],
-    )  # fmt: skip
+    )
 
 
 def identity(con, root: str, day: dt.date) -> dict | None:
     """The identity runs up to the day (counts, merges and splits) and the day's cluster sizes."""
     runs = _frame(
-        con, root, OPS_IDENTITY_RUNS,
-        "SELECT run_date, counts, changes, precision, recall, f1 FROM {t} WHERE run_date <= ? ORDER BY run_date",
+        con,
+        root,
+        OPS_IDENTITY_RUNS,
+        "SELECT run_date, counts, changes, precision, recall, f1 FROM {t} WHERE run_date <= ? ORDER BY "
+        "run_date",
         [day],
-    )  # fmt: skip
+    )
     if runs is None or runs.empty:
         return None
     rows = []
     for r in runs.itertuples():
         counts, changes = json.loads(r.counts or "{}"), json.loads(r.changes or "{}")
-        rows.append({"run_date": r.run_date, "records": counts.get("records"), "customers": counts.get("customers"),
-                     **{f"changes: {k}": v for k, v in sorted(changes.items())},
-                     "precision": r.precision, "recall": r.recall, "f1": r.f1})  # fmt: skip
+        rows.append(
+            {
+                "run_date": r.run_date,
+                "records": counts.get("records"),
+                "customers": counts.get("customers"),
+                **{f"changes: {k}": v for k, v in sorted(changes.items())},
+                "precision": r.precision,
+                "recall": r.recall,
+                "f1": r.f1,
+            }
+        )
     sizes = _frame(
-        con, root, GOLD_IDENTITY_GRAPH,
+        con,
+        root,
+        GOLD_IDENTITY_GRAPH,
         """SELECT records, count(*) AS customers FROM (SELECT customer_id, count(*) AS records FROM {t}
            WHERE run_date = (SELECT max(run_date) FROM {t} WHERE run_date <= ?) GROUP BY customer_id)
            GROUP BY records ORDER BY records""",
         [day],
-    )  # fmt: skip
+    )
     return {"runs": pd.DataFrame(rows), "cluster_sizes": sizes}
 
 
@@ -94,7 +111,8 @@ def segments(con, root: str, day: dt.date) -> dict | None:
     t = scan(root, GOLD_SEGMENTS)
     sizes = {
         col: con.execute(
-            f"SELECT {col} AS value, count(*) AS customers FROM {t} WHERE as_of_date = ? GROUP BY 1 ORDER BY 2 DESC",
+            f"SELECT {col} AS value, count(*) AS customers FROM {t} WHERE as_of_date = ? GROUP BY 1 ORDER BY "
+            "2 DESC",
             [day],
         ).df()
         for col in ("lifecycle_stage", "rfm_segment", "persona", "churn_risk_band")
@@ -103,23 +121,26 @@ def segments(con, root: str, day: dt.date) -> dict | None:
     moves = None
     if previous is not None:
         moves = con.execute(
-            f"""SELECT coalesce(p.lifecycle_stage, '(new)') AS before, coalesce(n.lifecycle_stage, '(gone)') AS after,
+            f"""SELECT coalesce(p.lifecycle_stage, '(new)') AS before, coalesce(n.lifecycle_stage, '(gone)')
+            AS after,
                        count(*) AS customers
                 FROM (SELECT * FROM {t} WHERE as_of_date = ?) n
                 FULL JOIN (SELECT * FROM {t} WHERE as_of_date = ?) p USING (customer_id) GROUP BY ALL""",
             [day, previous],
-        ).df()  # fmt: skip
+        ).df()
     return {"sizes": sizes, "previous": previous, "moves": moves}
 
 
 def models(con, root: str, day: dt.date) -> pd.DataFrame | None:
     """Each model's numeric metrics on the day next to its previous run's, and the gate decision."""
     df = _frame(
-        con, root, OPS_MODEL_RUNS,
+        con,
+        root,
+        OPS_MODEL_RUNS,
         """SELECT model, as_of_date, version, promoted, reasons, metrics FROM {t} WHERE as_of_date <= ?
            QUALIFY row_number() OVER (PARTITION BY model, as_of_date ORDER BY version DESC) = 1""",
         [day],
-    )  # fmt: skip
+    )
     if df is None or df.empty:
         return None
     df["as_of_date"] = pd.to_datetime(df["as_of_date"]).dt.date
@@ -134,9 +155,18 @@ def models(con, root: str, day: dt.date) -> pd.DataFrame | None:
         prev_date = before.iloc[-1]["as_of_date"] if len(before) else None
         for name, value in _numeric(json.loads(cur["metrics"] or "{}")).items():
             old = _numeric(prev).get(name)
-            out.append({"model": model, "version": cur["version"], "promoted": bool(cur["promoted"]),
-                        "metric": name, "value": value, "previous": old, "previous_date": prev_date,
-                        "change": None if old is None else value - old})  # fmt: skip
+            out.append(
+                {
+                    "model": model,
+                    "version": cur["version"],
+                    "promoted": bool(cur["promoted"]),
+                    "metric": name,
+                    "value": value,
+                    "previous": old,
+                    "previous_date": prev_date,
+                    "change": None if old is None else value - old,
+                }
+            )
     return pd.DataFrame(out) if out else None
 
 
@@ -195,13 +225,17 @@ def publish_and_exports(con, root: str, day: dt.date) -> dict:
     """The day's publishes to the serving store, audience exports and warehouse syncs."""
     return {
         "publish": _frame(
-            con, root, OPS_PUBLISH_RUNS,
+            con,
+            root,
+            OPS_PUBLISH_RUNS,
             """SELECT version, previous, keys, keys_by_kind, bytes, seconds, forced, published_at
                FROM {t} WHERE as_of_date = ? ORDER BY published_at""",
             [day],
         ),
         "exports": _frame(
-            con, root, OPS_EXPORT_RUNS,
+            con,
+            root,
+            OPS_EXPORT_RUNS,
             """SELECT audience, destination, status, eligible, added, updated, removed, unchanged, rejected,
                       skipped_no_consent + skipped_erased + skipped_no_address AS skipped, seconds
                FROM {t} WHERE as_of = ? QUALIFY row_number() OVER (PARTITION BY audience, destination
@@ -209,10 +243,12 @@ def publish_and_exports(con, root: str, day: dt.date) -> dict:
             [day.isoformat()],
         ),
         "warehouse": _frame(
-            con, root, OPS_WAREHOUSE_SYNCS,
+            con,
+            root,
+            OPS_WAREHOUSE_SYNCS,
             """SELECT table_name, "rows", inserted, updated, deleted, seconds FROM {t} WHERE as_of_date = ?
                QUALIFY row_number() OVER (PARTITION BY table_name ORDER BY synced_at DESC) = 1
                ORDER BY table_name""",
             [day],
         ),
-    }  # fmt: skip
+    }

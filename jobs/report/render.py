@@ -49,8 +49,12 @@ def build(settings: Settings | None, day: dt.date | str, progress=None) -> Path:
         _delivery(data.publish_and_exports(con, root, day)),
     ]
     recent = dt.datetime.now(dt.UTC) - dt.timedelta(hours=24)
-    alerts = [a for a in read_alerts(settings) if str(a.get("logical_date") or "").startswith(day.isoformat())
-              or dt.datetime.fromisoformat(a["at"]) >= recent]  # fmt: skip
+    alerts = [
+        a
+        for a in read_alerts(settings)
+        if str(a.get("logical_date") or "").startswith(day.isoformat())
+        or dt.datetime.fromisoformat(a["at"]) >= recent
+    ]
     out_dir = settings.data_dir / "reports" / day.isoformat()
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "index.html"
@@ -99,15 +103,33 @@ def _ingestion(df) -> Section:
     worst = df.sort_values("quarantine_share").iloc[-1]
     failed = df[df["expectations_failed"] > 0]
     status = "fail" if len(failed) else ("warn" if worst["quarantine_share"] > 0.05 else "ok")
-    summary = (f"{len(df)} sources, {n:,} rows read, {int(df['silver'].sum()):,} promoted to silver, "
-               f"{q:,} quarantined ({q / max(n, 1):.2%}); highest quarantine share: {worst['source']} "
-               f"({worst['quarantine_share']:.2%}).")  # fmt: skip
+    summary = (
+        f"{len(df)} sources, {n:,} rows read, {int(df['silver'].sum()):,} promoted to silver, "
+        f"{q:,} quarantined ({q / max(n, 1):.2%}); highest quarantine share: {worst['source']} "
+        f"({worst['quarantine_share']:.2%})."
+    )
     if len(failed):
         summary += f" Expectations failed on: {', '.join(failed['source'])}."
-    table = df[["source", "read", "silver", "quarantined", "quarantine_share", "top_reasons",
-                "expectations_passed", "expectations_failed"]]  # fmt: skip
-    return Section("Ingestion and quarantine", "ingestion", summary, [charts.ingestion(df)],
-                   [_table(table, {"quarantine_share": ".2%"})], status)  # fmt: skip
+    table = df[
+        [
+            "source",
+            "read",
+            "silver",
+            "quarantined",
+            "quarantine_share",
+            "top_reasons",
+            "expectations_passed",
+            "expectations_failed",
+        ]
+    ]
+    return Section(
+        "Ingestion and quarantine",
+        "ingestion",
+        summary,
+        [charts.ingestion(df)],
+        [_table(table, {"quarantine_share": ".2%"})],
+        status,
+    )
 
 
 def _validations(df) -> Section:
@@ -115,9 +137,11 @@ def _validations(df) -> Section:
         return _missing("Expectations", "expectations", "Validation")
     bad = df[~df["success"]]
     warned = df[df["warnings"].fillna("") != ""]
-    summary = (f"{len(df)} tables validated with Great Expectations: {int(df['passed'].sum()):,} expectations "
-               f"passed, {int(df['failed'].sum()):,} failed; {len(bad)} tables failed a critical expectation, "
-               f"{len(warned)} have warnings.")  # fmt: skip
+    summary = (
+        f"{len(df)} tables validated with Great Expectations: {int(df['passed'].sum()):,} expectations "
+        f"passed, {int(df['failed'].sum()):,} failed; {len(bad)} tables failed a critical expectation, "
+        f"{len(warned)} have warnings."
+    )
     status = "fail" if len(bad) else ("warn" if len(warned) else "ok")
     return Section("Expectations", "expectations", summary, [], [_table(df)], status)
 
@@ -127,7 +151,10 @@ def _identity(d) -> Section:
         return _missing("Identity resolution", "identity", "Identity resolution")
     runs = d["runs"]
     last = runs.iloc[-1]
-    summary = f"{int(last['records'] or 0):,} identity records resolved into {int(last['customers'] or 0):,} customers."
+    summary = (
+        f"{int(last['records'] or 0):,} identity records resolved into {int(last['customers'] or 0):,} "
+        "customers."
+    )
     change_cols = sorted(c for c in runs.columns if c.startswith("changes: "))
     if change_cols:
         summary += (
@@ -147,18 +174,27 @@ def _segments(d) -> Section:
     if not d or d["sizes"]["lifecycle_stage"].empty:
         return _missing("Segments", "segments", "Scoring")
     sizes = d["sizes"]
-    names = {"lifecycle_stage": "Lifecycle stage", "rfm_segment": "RFM segment", "persona": "Cluster persona",
-             "churn_risk_band": "Churn risk band"}  # fmt: skip
+    names = {
+        "lifecycle_stage": "Lifecycle stage",
+        "rfm_segment": "RFM segment",
+        "persona": "Cluster persona",
+        "churn_risk_band": "Churn risk band",
+    }
     figs = [charts.bars(df, "value", "customers", names[col]) for col, df in sizes.items() if not df.empty]
     total = int(sizes["lifecycle_stage"]["customers"].sum())
     if d["moves"] is not None:
         moves = d["moves"]
         moved = int(moves.loc[moves["before"] != moves["after"], "customers"].sum())
-        summary = (f"{total:,} customers scored; {moved:,} changed lifecycle stage since {d['previous']} "
-                   f"(heatmap: before → now).")  # fmt: skip
+        summary = (
+            f"{total:,} customers scored; {moved:,} changed lifecycle stage since {d['previous']} "
+            f"(heatmap: before → now)."
+        )
         figs.append(charts.movements(moves))
     else:
-        summary = f"{total:,} customers scored. No earlier scoring to compare with: movements appear from the next run."
+        summary = (
+            f"{total:,} customers scored. No earlier scoring to compare with: movements appear from the "
+            "next run."
+        )
     return Section("Segments", "segments", summary, figs)
 
 
@@ -169,11 +205,14 @@ def _models(df) -> Section:
     for model, g in df.groupby("model"):
         promoted = "promoted to champion" if g["promoted"].iloc[0] else "kept the champion"
         prev = g["previous_date"].dropna()
-        lines.append(f"{model} v{g['version'].iloc[0]}: {promoted}"
-                     + (f", compared with {prev.iloc[0]}" if len(prev) else ", no earlier run"))  # fmt: skip
+        lines.append(
+            f"{model} v{g['version'].iloc[0]}: {promoted}"
+            + (f", compared with {prev.iloc[0]}" if len(prev) else ", no earlier run")
+        )
     table = df[["model", "metric", "value", "previous", "change"]]
-    return Section("Models against the previous run", "models", "; ".join(lines) + ".", [],
-                   [_table(table, max_rows=400)])  # fmt: skip
+    return Section(
+        "Models against the previous run", "models", "; ".join(lines) + ".", [], [_table(table, max_rows=400)]
+    )
 
 
 def _recommendations(d) -> Section:
@@ -183,17 +222,22 @@ def _recommendations(d) -> Section:
     pers = lists[lists["list_type"] == "personalized"]
     parts = []
     if len(pers) and d["customers"]:
-        parts.append(f"{int(pers['customers'].iloc[0]):,} of {d['customers']:,} customers "
-                     f"({pers['customers'].iloc[0] / d['customers']:.1%}) have a personalized list")  # fmt: skip
+        parts.append(
+            f"{int(pers['customers'].iloc[0]):,} of {d['customers']:,} customers "
+            f"({pers['customers'].iloc[0] / d['customers']:.1%}) have a personalized list"
+        )
     if d["catalog"]:
         parts.append(
-            f"it uses {len(per_item):,} of {d['catalog']:,} catalog items ({len(per_item) / d['catalog']:.1%})"
+            f"it uses {len(per_item):,} of {d['catalog']:,} catalog items "
+            f"({len(per_item) / d['catalog']:.1%})"
         )
     if len(per_item):
         top = per_item.head(max(1, len(per_item) // 10)).sum() / per_item.sum()
         parts.append(f"the top 10% of those items fill {top:.1%} of the slots")
-    figs = [charts.bars(lists, "list_type", "customers", "Customers per list"),
-            charts.bars(d["sources"], "source", "rows", "Personalized slots by source", charts.GREEN)]  # fmt: skip
+    figs = [
+        charts.bars(lists, "list_type", "customers", "Customers per list"),
+        charts.bars(d["sources"], "source", "rows", "Personalized slots by source", charts.GREEN),
+    ]
     if len(per_item):
         figs.append(charts.item_concentration(per_item, d["catalog"]))
     return Section(
@@ -206,8 +250,10 @@ def _delivery(d: dict) -> Section:
     pub = d["publish"]
     if pub is not None and len(pub):
         last = pub.iloc[-1]
-        parts.append(f"published serving version {last['version']} ({int(last['keys']):,} keys, "
-                     f"{last['bytes'] / 1e6:,.1f} MB, {last['seconds']:.0f}s)")  # fmt: skip
+        parts.append(
+            f"published serving version {last['version']} ({int(last['keys']):,} keys, "
+            f"{last['bytes'] / 1e6:,.1f} MB, {last['seconds']:.0f}s)"
+        )
         tables.append("<h3>Serving store</h3>" + _table(pub.drop(columns=["keys_by_kind"])))
     else:
         parts.append("nothing published for this date")
@@ -215,8 +261,10 @@ def _delivery(d: dict) -> Section:
     exp = d["exports"]
     if exp is not None and len(exp):
         failed = exp[~exp["status"].str.startswith("succeeded")]  # "succeeded with rejections" counts
-        parts.append(f"{len(exp)} audience exports, {int(exp['added'].sum() + exp['updated'].sum()):,} profiles sent"
-                     + (f", {len(failed)} not succeeded" if len(failed) else ""))  # fmt: skip
+        parts.append(
+            f"{len(exp)} audience exports, {int(exp['added'].sum() + exp['updated'].sum()):,} profiles sent"
+            + (f", {len(failed)} not succeeded" if len(failed) else "")
+        )
         status = "fail" if len(failed) else status
         tables.append("<h3>Audience exports</h3>" + _table(exp, {"seconds": ".1f"}))
     wh = d["warehouse"]
@@ -238,7 +286,8 @@ h1{font-size:20px;margin:0}h2{font-size:17px;margin:14px 0 6px}h3{font-size:14px
 table.t{border-collapse:collapse;font-size:12px;margin:8px 0}table.t th,table.t td{padding:3px 8px;
 border-bottom:1px solid #e4e7eb;text-align:right}table.t th{background:#f0f4f8}
 table.t td:first-child,table.t th:first-child{text-align:left}
-.muted{color:#7b8794}.badge{display:inline-block;border-radius:10px;padding:0 8px;font-size:12px;margin-left:6px}
+.muted{color:#7b8794}
+.badge{display:inline-block;border-radius:10px;padding:0 8px;font-size:12px;margin-left:6px}
 .ok{background:#e3f9e5;color:#207227}.warn{background:#fffbea;color:#8d6708}.fail{background:#ffe3e3;color:#a61b1b}
 .missing{background:#f0f4f8;color:#52606d}nav a{margin-right:14px}
 details{margin:8px 0}.alert{color:#a61b1b}
@@ -247,34 +296,42 @@ details{margin:8px 0}.alert{color:#a61b1b}
 
 def _page(day: dt.date, sections: list[Section], alerts: list[dict], settings: Settings) -> str:
     esc = html.escape
-    nav = " ".join(f'<a href="#{s.anchor}">{esc(s.title)}<span class="badge {s.status}">{s.status}</span></a>'
-                   for s in sections)  # fmt: skip
+    nav = " ".join(
+        f'<a href="#{s.anchor}">{esc(s.title)}<span class="badge {s.status}">{s.status}</span></a>'
+        for s in sections
+    )
     body = []
     for s in sections:
         figs = f'<div class="figs">{"".join(s.figures)}</div>' if s.figures else ""
         tables = "".join(s.tables)
         if tables and s.figures:
             tables = f"<details><summary>the numbers</summary>{tables}</details>"
-        body.append(f'<section id="{s.anchor}"><h2>{esc(s.title)}<span class="badge {s.status}">{s.status}'
-                    f"</span></h2><p>{esc(s.summary)}</p>{figs}{tables}</section>")  # fmt: skip
+        body.append(
+            f'<section id="{s.anchor}"><h2>{esc(s.title)}<span class="badge {s.status}">{s.status}'
+            f"</span></h2><p>{esc(s.summary)}</p>{figs}{tables}</section>"
+        )
     alert_html = ""
     if alerts:
         items = "".join(f"<li class=alert>{esc(a['at'])} {esc(a['text'])}</li>" for a in alerts)
         alert_html = f'<section id="alerts"><h2>Alerts</h2><ul>{items}</ul></section>'
     made = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>p13n run report {day}</title>"
-            f"<meta name=viewport content='width=device-width'><style>{_CSS}</style></head><body>"
-            f"<header><h1>p13n nightly run · {day}</h1><div class=muted>env {esc(settings.env)} · "
-            f"written {made} · <a href='../index.html'>all reports</a></div></header><main><nav>{nav}</nav>"
-            f"{alert_html}{''.join(body)}</main></body></html>")  # fmt: skip
+    return (
+        f"<!doctype html><html lang=en><head><meta charset=utf-8><title>p13n run report {day}</title>"
+        f"<meta name=viewport content='width=device-width'><style>{_CSS}</style></head><body>"
+        f"<header><h1>p13n nightly run · {day}</h1><div class=muted>env {esc(settings.env)} · "
+        f"written {made} · <a href='../index.html'>all reports</a></div></header><main><nav>{nav}</nav>"
+        f"{alert_html}{''.join(body)}</main></body></html>"
+    )
 
 
 def _index(folder: Path) -> str:
     days = sorted((p.parent.name for p in folder.glob("*/index.html")), reverse=True)
     items = "".join(f'<li><a href="{d}/index.html">{d}</a></li>' for d in days)
-    return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>p13n run reports</title>"
-            f"<style>{_CSS}</style></head><body><header><h1>p13n run reports</h1></header>"
-            f"<main><section><ul>{items or '<li>none yet</li>'}</ul></section></main></body></html>")  # fmt: skip
+    return (
+        f"<!doctype html><html lang=en><head><meta charset=utf-8><title>p13n run reports</title>"
+        f"<style>{_CSS}</style></head><body><header><h1>p13n run reports</h1></header>"
+        f"<main><section><ul>{items or '<li>none yet</li>'}</ul></section></main></body></html>"
+    )
 
 
 def report_task(ds: str) -> str:

@@ -566,7 +566,8 @@ def create_app(settings: Settings | None = None, url: str | None = None, fast_pa
         page: int = Query(1, ge=1, le=api.max_page),
         page_size: int = Query(api.page_size, ge=1, le=api.max_page_size),
     ):
-        """The customer ids of a segment (`persona.*`, `rfm.*`, `lifecycle.*`, `churn.*`), a page at a time."""
+        """The customer ids of a segment (`persona.*`, `rfm.*`, `lifecycle.*`, `churn.*`), a page at a
+        time."""
         return _found(
             await _or_503(store.segment(name, page, page_size)),
             f"no segment {name!r} in the live version (GET /v1/segments lists them)",
@@ -605,7 +606,8 @@ def create_app(settings: Settings | None = None, url: str | None = None, fast_pa
 
     @app.get("/health", response_model=Health, tags=["ops"])
     async def health():
-        """`ok`, or `degraded` while Redis is unreachable (lists are then served from the cached popular list)."""
+        """`ok`, or `degraded` while Redis is unreachable (lists are then served from the cached popular
+        list)."""
         return await store.health()
 
     @app.get("/version", response_model=VersionInfo, tags=["ops"])

@@ -117,7 +117,8 @@ def commands(
         CREATE OR REPLACE TEMP TABLE recs AS
         SELECT r.* EXCLUDE (as_of_date, reason), coalesce(reason, '') AS reason
         FROM {_scan(settings, GOLD_RECOMMENDATIONS)} r
-        WHERE as_of_date = {day} AND customer_id NOT IN (SELECT customer_id FROM erased) AND {mine("customer_id")}
+        WHERE as_of_date = {day} AND customer_id NOT IN (SELECT customer_id FROM erased)
+          AND {mine("customer_id")}
     """)
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE item_rows AS
@@ -163,14 +164,18 @@ def commands(
         tiers = sorted(s.clv_tiers.items(), key=lambda kv: -kv[1])
         tier_case = " ".join(f"WHEN pct >= {p} THEN '{t}'" for t, p in tiers)
         consents = ("email", "sms", "push", "personalization")
+        consent_pairs = ", ".join(f"'{c}', coalesce(p.consent_{c}, 'unknown')" for c in consents)
         con.execute(f"""
             INSERT INTO customer_fields
             SELECT '{prefix}c:' || g.customer_id, 'profile', json_object(
-                       'segment', g.persona, 'rfm_segment', g.rfm_segment, 'lifecycle_stage', g.lifecycle_stage,
+                       'segment', g.persona, 'rfm_segment', g.rfm_segment, 'lifecycle_stage',
+                       g.lifecycle_stage,
                        'clv_tier', CASE {tier_case} ELSE 'low' END, 'churn_band', g.churn_risk_band,
-                       'consents', json_object({", ".join(f"'{c}', coalesce(p.consent_{c}, 'unknown')" for c in consents)}),
+                       'consents',
+                       json_object({consent_pairs}),
                        'best_send_time', CASE WHEN t.best_hour IS NULL THEN NULL
-                                              ELSE json_object('hour', t.best_hour, 'weekday', t.best_weekday) END
+                                              ELSE json_object('hour', t.best_hour, 'weekday', t.best_weekday)
+                                              END
                    )::VARCHAR
             FROM (SELECT *, percent_rank() OVER (ORDER BY clv_12m) AS pct
                   FROM {_scan(settings, GOLD_SEGMENTS)} WHERE as_of_date = {day}) g
@@ -178,7 +183,7 @@ def commands(
                 USING (customer_id)
             LEFT JOIN {_scan(settings, GOLD_CUSTOMER_PROFILES)} p USING (customer_id)
             WHERE g.customer_id NOT IN (SELECT customer_id FROM erased) AND {mine("g.customer_id")}
-        """)  # fmt: skip
+        """)
         con.execute(f"""
             CREATE OR REPLACE TEMP TABLE item_fields AS
             SELECT '{prefix}i:' || sku AS key, field,
@@ -205,7 +210,8 @@ def commands(
     """)
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE meta_fields AS
-        SELECT '{prefix}reasons' AS key, rid AS field, json_array(source, nullif(reason, ''))::VARCHAR AS value
+        SELECT '{prefix}reasons' AS key, rid AS field, json_array(source, nullif(reason, ''))::VARCHAR
+               AS value
         FROM reasons
         UNION ALL
         SELECT '{prefix}segments', substr(key, {len(prefix) + 3}), count(*)::VARCHAR

@@ -34,7 +34,8 @@ from p13n.serving.keys import Keys
 _SWITCH = """
 local status = redis.call('HGET', KEYS[2], 'status')
 if status ~= 'verified' and status ~= 'retained' then
-  return redis.error_reply('version ' .. ARGV[1] .. ' is ' .. tostring(status) .. ', not verified or retained')
+  return redis.error_reply('version ' .. ARGV[1] .. ' is ' .. tostring(status)
+    .. ', not verified or retained')
 end
 local previous = redis.call('GET', KEYS[1])
 redis.call('SET', KEYS[1], ARGV[1])
@@ -151,7 +152,8 @@ def preflight(settings: Settings, as_of: dt.date, con) -> list[str]:
         else:
             rows = dict(
                 con.execute(
-                    # A run's champion: its own version when promoted, else the champion it was judged against.
+                    # A run's champion: its own version when promoted, else the champion it was judged
+                    # against.
                     f"""SELECT model, CASE WHEN promoted THEN version ELSE champion_version END FROM (
                         SELECT *, row_number() OVER (PARTITION BY model ORDER BY as_of_date DESC) AS n
                         FROM {scan(settings.lake_root, OPS_MODEL_RUNS)} WHERE as_of_date <= ?) WHERE n = 1""",
@@ -206,7 +208,8 @@ class Lock:
                 return
         ttl = self.r.pttl(self.keys.lock)
         raise PublishError(
-            f"another publish holds the lock ({holder}, {max(ttl, 0) / 1000:.0f}s left); try again when it ends",
+            f"another publish holds the lock ({holder}, {max(ttl, 0) / 1000:.0f}s left); try again when it "
+            "ends",
             retryable=True,
         )
 
@@ -400,8 +403,15 @@ def _nbytes(cmds: pa.Table) -> int:
     return int(pc.sum(pc.binary_length(cmds.column("cmd").cast(pa.binary()))).as_py() or 0)
 
 
-def publish_part(settings: Settings, url: str, as_of: dt.date, version: str, erased: set[str], reasons: list,
-                 part: tuple[int, int]) -> dict:  # fmt: skip
+def publish_part(
+    settings: Settings,
+    url: str,
+    as_of: dt.date,
+    version: str,
+    erased: set[str],
+    reasons: list,
+    part: tuple[int, int],
+) -> dict:
     """One Spark task's share of a publish: its customers' and items' keys, encoded and written."""
     from p13n.lake.duck import duckdb_connection
     from p13n.serving.encode import commands
@@ -470,9 +480,14 @@ def publish(
         r.zadd(keys.versions, {version: now})
         r.hset(
             keys.meta(version),
-            mapping={"status": "writing", "as_of_date": as_of.isoformat(), "created_at": _iso(now),
-                     "publisher": lock.token, "forced": int(bool(problems))},
-        )  # fmt: skip
+            mapping={
+                "status": "writing",
+                "as_of_date": as_of.isoformat(),
+                "created_at": _iso(now),
+                "publisher": lock.token,
+                "forced": int(bool(problems)),
+            },
+        )
         erased = erased_customers(settings, con)
         engine = choose_engine(settings, as_of, con)
         if engine != s.engine:

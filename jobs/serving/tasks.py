@@ -36,8 +36,13 @@ def publish_date(ds: str, force: bool = False) -> dict:
         out = publish(settings, url, dt.date.fromisoformat(ds), force=force, progress=progress)
     progress(out.summary())
     record_publish(settings, out)
-    return {"version": out.version, "previous": out.previous, "keys": out.total_keys, "bytes": out.bytes,
-            "seconds": {k: round(v, 2) for k, v in out.seconds.items()}}  # fmt: skip
+    return {
+        "version": out.version,
+        "previous": out.previous,
+        "keys": out.total_keys,
+        "bytes": out.bytes,
+        "seconds": {k: round(v, 2) for k, v in out.seconds.items()},
+    }
 
 
 def record_publish(settings: Settings, out) -> None:
@@ -46,20 +51,42 @@ def record_publish(settings: Settings, out) -> None:
 
     from p13n.lake.duck import append_rows
 
-    schema = pa.schema([("as_of_date", pa.date32()), ("version", pa.string()), ("previous", pa.string()),
-                        ("keys", pa.int64()), ("keys_by_kind", pa.string()), ("bytes", pa.int64()),
-                        ("seconds", pa.float64()), ("forced", pa.bool_()),
-                        ("published_at", pa.timestamp("us"))])  # fmt: skip
-    append_rows(settings, OPS_PUBLISH_RUNS, [{
-        "as_of_date": out.as_of, "version": out.version, "previous": out.previous, "keys": out.total_keys,
-        "keys_by_kind": json.dumps(out.keys, sort_keys=True), "bytes": out.bytes,
-        "seconds": round(sum(out.seconds.values()), 2), "forced": out.forced,
-        "published_at": dt.datetime.now(dt.UTC).replace(tzinfo=None),
-    }], schema)  # fmt: skip
+    schema = pa.schema(
+        [
+            ("as_of_date", pa.date32()),
+            ("version", pa.string()),
+            ("previous", pa.string()),
+            ("keys", pa.int64()),
+            ("keys_by_kind", pa.string()),
+            ("bytes", pa.int64()),
+            ("seconds", pa.float64()),
+            ("forced", pa.bool_()),
+            ("published_at", pa.timestamp("us")),
+        ]
+    )
+    append_rows(
+        settings,
+        OPS_PUBLISH_RUNS,
+        [
+            {
+                "as_of_date": out.as_of,
+                "version": out.version,
+                "previous": out.previous,
+                "keys": out.total_keys,
+                "keys_by_kind": json.dumps(out.keys, sort_keys=True),
+                "bytes": out.bytes,
+                "seconds": round(sum(out.seconds.values()), 2),
+                "forced": out.forced,
+                "published_at": dt.datetime.now(dt.UTC).replace(tzinfo=None),
+            }
+        ],
+        schema,
+    )
 
 
-def serving_command(action: str, *, date: str | None = None, force: bool = False, to: str | None = None,
-                    as_json: bool = False) -> int:  # fmt: skip
+def serving_command(
+    action: str, *, date: str | None = None, force: bool = False, to: str | None = None, as_json: bool = False
+) -> int:
     from p13n.services.redis import redis_for
     from p13n.serving.publish import PublishError, rollback, status
 
@@ -92,14 +119,19 @@ def format_status(st: dict) -> str:
         secs = json.loads(v.get("seconds", "{}")).get("total", "")
         mark = " ◀ live" if v["version"] == st["live"] else ""
         lines.append(
-            f"{v['version']:<14}{v.get('status', '?'):<11}{v.get('as_of_date', ''):<12}{v.get('created_at', ''):<27}"
+            f"{v['version']:<14}{v.get('status', '?'):<11}{v.get('as_of_date', ''):<12}"
+            f"{v.get('created_at', ''):<27}"
             f"{keys:>10,}{mb:>8.1f}  {secs}{mark}"
         )
     return "\n".join(lines)
 
 
-def serve(settings: Settings | None = None, host: str | None = None, port: int | None = None,
-          workers: int | None = None) -> int:  # fmt: skip
+def serve(
+    settings: Settings | None = None,
+    host: str | None = None,
+    port: int | None = None,
+    workers: int | None = None,
+) -> int:
     """Start the API with uvicorn (and the embedded Redis when no `serving.redis_url` is set)."""
     import uvicorn
 
@@ -111,7 +143,8 @@ def serve(settings: Settings | None = None, host: str | None = None, port: int |
         # Workers are separate processes: they read the URL from the environment.
         os.environ["P13N__SERVING__REDIS_URL"] = url
         print(
-            f"p13n API on http://{host or api.host}:{port or api.port} (docs at /docs), Redis at {_masked(url)}",
+            f"p13n API on http://{host or api.host}:{port or api.port} (docs at /docs), Redis at "
+            f"{_masked(url)}",
             flush=True,
         )
         if api.auth:

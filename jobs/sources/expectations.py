@@ -181,7 +181,10 @@ class Validator:
                     f"{cfg.type}({_describe(cfg.kwargs)}): {r.result.get('unexpected_count', '?')} unexpected"
                 )
                 if r.exception_info and r.exception_info.get("raised_exception"):
-                    detail = f"{cfg.type}({_describe(cfg.kwargs)}) could not run: {r.exception_info.get('exception_message')}"
+                    detail = (
+                        f"{cfg.type}({_describe(cfg.kwargs)}) could not run: "
+                        f"{r.exception_info.get('exception_message')}"
+                    )
                 if (cfg.meta or {}).get("severity") == "critical":
                     outcome.critical_failures.append(detail)
                 else:

@@ -180,7 +180,8 @@ def promote(
         dropped = suppressed.count() if suppressed is not None else 0
         if result.bronze_rows != result.silver_rows + result.quarantined + dropped:
             raise IngestError(
-                f"{source.name} batch {batch_date}: reconciliation failed: {result.bronze_rows} bronze rows but "
+                f"{source.name} batch {batch_date}: reconciliation failed: {result.bronze_rows} bronze rows "
+                "but "
                 f"{result.silver_rows} promoted + {result.quarantined} quarantined + {dropped} suppressed"
             )
         if dropped:

@@ -27,11 +27,20 @@ QUARANTINE_SCHEMA = (
 _EMAIL = r"^[a-z0-9._%+\-]+@[a-z0-9.\-]+\.[a-z]{2,}$"
 _OFFSET = r"(Z|[+-][0-9]{2}:?[0-9]{2})$"
 _STREET_WORDS = [
-    (r"(?i)\bstreet\b", "St"), (r"(?i)\bavenue\b", "Ave"), (r"(?i)\broad\b", "Rd"), (r"(?i)\bboulevard\b", "Blvd"),
-    (r"(?i)\bdrive\b", "Dr"), (r"(?i)\blane\b", "Ln"), (r"(?i)\bcourt\b", "Ct"), (r"(?i)\bapartment\b", "Apt"),
-    (r"(?i)\bsuite\b", "Ste"), (r"(?i)\bnorth\b", "N"), (r"(?i)\bsouth\b", "S"), (r"(?i)\beast\b", "E"),
+    (r"(?i)\bstreet\b", "St"),
+    (r"(?i)\bavenue\b", "Ave"),
+    (r"(?i)\broad\b", "Rd"),
+    (r"(?i)\bboulevard\b", "Blvd"),
+    (r"(?i)\bdrive\b", "Dr"),
+    (r"(?i)\blane\b", "Ln"),
+    (r"(?i)\bcourt\b", "Ct"),
+    (r"(?i)\bapartment\b", "Apt"),
+    (r"(?i)\bsuite\b", "Ste"),
+    (r"(?i)\bnorth\b", "N"),
+    (r"(?i)\bsouth\b", "S"),
+    (r"(?i)\beast\b", "E"),
     (r"(?i)\bwest\b", "W"),
-]  # fmt: skip
+]
 _EARLIEST = dt.date(1900, 1, 1)
 
 
@@ -208,7 +217,8 @@ def quarantine_rows(rows: DataFrame, source: Source, reason: SparkColumn, stage:
 
 
 def deduplicate(good: DataFrame, source: Source) -> tuple[DataFrame, DataFrame]:
-    """One row per primary key (the newest by cursor, then the latest in the files); duplicates quarantined."""
+    """One row per primary key (the newest by cursor, then the latest in the files); duplicates
+    quarantined."""
     keys = list(source.primary_key)
     order = [F.col(source.cursor).desc_nulls_last()] if source.cursor else []
     order += [F.col("_file").desc(), F.col("_record").desc()]

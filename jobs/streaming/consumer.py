@@ -299,7 +299,8 @@ class StreamConsumer:
         return batch
 
     def commit(self, batch: dict) -> BatchStats:
-        """Land one polled batch: dead letters first, then one Delta commit per topic (rows + next offsets)."""
+        """Land one polled batch: dead letters first, then one Delta commit per topic (rows + next
+        offsets)."""
         from p13n.lake.duck import write_arrow
 
         stats = BatchStats()

@@ -30,7 +30,8 @@ local base, viewed, cart, sess = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local keep, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
 local n = 0
 for i = 3, #ARGV, 6 do
-  local eid, etype, sku, ts, session, channel = ARGV[i], ARGV[i+1], ARGV[i+2], tonumber(ARGV[i+3]), ARGV[i+4], ARGV[i+5]
+  local eid, etype, sku = ARGV[i], ARGV[i+1], ARGV[i+2]
+  local ts, session, channel = tonumber(ARGV[i+3]), ARGV[i+4], ARGV[i+5]
   local last = tonumber(redis.call('HGET', base, 'last_activity_at') or '0')
   if ts >= last then
     redis.call('HSET', base, 'last_activity_at', ts, 'last_event_type', etype, 'last_channel', channel)
@@ -108,8 +109,14 @@ class RealtimeProfiles:
         for cid, events in per_customer.items():
             args: list = [keep, ttl]
             for e in sorted(events, key=lambda e: e["event_at"]):
-                args += [e["event_id"], e["event_type"], e.get("sku") or "", _epoch(e["event_at"]),
-                         e.get("session_id") or e.get("device_id") or "", source.name]  # fmt: skip
+                args += [
+                    e["event_id"],
+                    e["event_type"],
+                    e.get("sku") or "",
+                    _epoch(e["event_at"]),
+                    e.get("session_id") or e.get("device_id") or "",
+                    source.name,
+                ]
             base = self.base(cid)
             self._apply(
                 keys=[base, f"{base}:viewed", f"{base}:cart", f"{base}:session"], args=args, client=pipe

@@ -21,8 +21,9 @@ def kafka_sources():
     return [s for s in catalog() if s.format == "kafka"]
 
 
-def consume(catch_up: bool = False, batch_date: str | None = None, max_records: int = 50_000,
-            max_seconds: float = 5.0) -> dict:  # fmt: skip
+def consume(
+    catch_up: bool = False, batch_date: str | None = None, max_records: int = 50_000, max_seconds: float = 5.0
+) -> dict:
     """Run the consumer: until interrupted, or (catch-up) until the end offsets present at start."""
     from p13n.sources.ingest import kafka_bootstrap
     from p13n.streaming.consumer import StreamConsumer
@@ -169,7 +170,8 @@ def evaluate_triggers(settings, con, now):
     events = con.execute(" UNION ALL ".join(parts), params).df().drop_duplicates("event_id")
     events["event_at"] = pd.to_datetime(events["event_at"], utc=True)
     consents = con.execute(
-        f"SELECT customer_id, consent_email, consent_sms, consent_push FROM {_scan(settings, GOLD_CUSTOMER_PROFILES)}"
+        "SELECT customer_id, consent_email, consent_sms, consent_push FROM "
+        f"{_scan(settings, GOLD_CUSTOMER_PROFILES)}"
     ).df()
     lapsed = None
     if _exists(settings, GOLD_SEGMENTS):

@@ -26,16 +26,34 @@ import pyarrow as pa
 from p13n.config import TriggerSettings
 
 PRIORITY = ("abandoned_cart", "browse_abandonment", "post_purchase", "win_back")
-COLUMNS = ["trigger_id", "customer_id", "trigger", "channel", "anchor_sku", "event_at", "triggered_at",
-           "trigger_date", "status", "reason"]  # fmt: skip
+COLUMNS = [
+    "trigger_id",
+    "customer_id",
+    "trigger",
+    "channel",
+    "anchor_sku",
+    "event_at",
+    "triggered_at",
+    "trigger_date",
+    "status",
+    "reason",
+]
 # The table's types, whatever a batch holds (a batch of win-backs has no anchor item and no event time:
 # left to inference, such a column would be written as Delta's `void`, which readers refuse).
-SCHEMA = pa.schema([
-    ("trigger_id", pa.string()), ("customer_id", pa.string()), ("trigger", pa.string()), ("channel", pa.string()),
-    ("anchor_sku", pa.string()), ("event_at", pa.timestamp("us", tz="UTC")),
-    ("triggered_at", pa.timestamp("us", tz="UTC")), ("trigger_date", pa.date32()), ("status", pa.string()),
-    ("reason", pa.string()),
-])  # fmt: skip
+SCHEMA = pa.schema(
+    [
+        ("trigger_id", pa.string()),
+        ("customer_id", pa.string()),
+        ("trigger", pa.string()),
+        ("channel", pa.string()),
+        ("anchor_sku", pa.string()),
+        ("event_at", pa.timestamp("us", tz="UTC")),
+        ("triggered_at", pa.timestamp("us", tz="UTC")),
+        ("trigger_date", pa.date32()),
+        ("status", pa.string()),
+        ("reason", pa.string()),
+    ]
+)
 
 
 def _rows(df: pd.DataFrame, kind: str, anchor: str, at: str, sku: str | None) -> pd.DataFrame:
@@ -85,9 +103,13 @@ def browse_abandonments(
     ).reset_index()
     top = (
         s[s["event_type"] == "product_view"]
-        .groupby(["customer_id", "session_id", "sku"]).size().rename("n").reset_index()
-        .sort_values(["n", "sku"], ascending=[False, True]).drop_duplicates(["customer_id", "session_id"])
-    )  # fmt: skip
+        .groupby(["customer_id", "session_id", "sku"])
+        .size()
+        .rename("n")
+        .reset_index()
+        .sort_values(["n", "sku"], ascending=[False, True])
+        .drop_duplicates(["customer_id", "session_id"])
+    )
     summary = summary.merge(
         top[["customer_id", "session_id", "sku"]], on=["customer_id", "session_id"], how="left"
     )
@@ -129,11 +151,15 @@ def evaluate(
             abandoned_carts(events, now, settings.abandoned_cart_minutes),
             browse_abandonments(events, now, settings.browse_min_views, settings.browse_idle_minutes),
             post_purchases(events, now, settings.post_purchase_days),
-            win_backs(lapsed if lapsed is not None else pd.DataFrame(columns=["customer_id"]), events, now,
-                      settings.winback_days),
+            win_backs(
+                lapsed if lapsed is not None else pd.DataFrame(columns=["customer_id"]),
+                events,
+                now,
+                settings.winback_days,
+            ),
         ],
         ignore_index=True,
-    )  # fmt: skip
+    )
     found = found[~found["trigger_id"].isin(set(history["trigger_id"]))].copy()
     if found.empty:
         return pd.DataFrame(columns=COLUMNS)
@@ -151,8 +177,11 @@ def evaluate(
         sent_before[sent_before["trigger_date"] == today].groupby("customer_id").size().to_dict()
     )
     count_week: dict[str, int] = (
-        sent_before[pd.to_datetime(sent_before["triggered_at"], utc=True) > week_start].groupby("customer_id").size().to_dict()
-    )  # fmt: skip
+        sent_before[pd.to_datetime(sent_before["triggered_at"], utc=True) > week_start]
+        .groupby("customer_id")
+        .size()
+        .to_dict()
+    )
     for row in found.itertuples():
         column = f"consent_{row.channel}"
         granted = (

@@ -83,8 +83,18 @@ class FakeKlaviyo(_Limits):
         self._ids = itertools.count(1)
 
     def error(self, status: int, code: str, detail: str) -> dict:
-        return {"errors": [{"id": "err", "status": status, "code": code, "title": code, "detail": detail,
-                            "source": {"pointer": "/data/"}}]}  # fmt: skip
+        return {
+            "errors": [
+                {
+                    "id": "err",
+                    "status": status,
+                    "code": code,
+                    "title": code,
+                    "detail": detail,
+                    "source": {"pointer": "/data/"},
+                }
+            ]
+        }
 
     def app(self) -> FastAPI:
         app = FastAPI()
@@ -114,8 +124,13 @@ class FakeKlaviyo(_Limits):
                 for x in ((body["data"].get("relationships") or {}).get("lists") or {}).get("data", [])
             ]
             job_id = f"job{next(self._ids)}"
-            self.jobs[job_id] = {"profiles": [p["attributes"] for p in profiles], "lists": lists, "polls": 0,
-                                 "errors": [], "done": False}  # fmt: skip
+            self.jobs[job_id] = {
+                "profiles": [p["attributes"] for p in profiles],
+                "lists": lists,
+                "polls": 0,
+                "errors": [],
+                "done": False,
+            }
             return JSONResponse({"data": self._job(job_id)}, status_code=202)
 
         @app.get("/api/profile-bulk-import-jobs/{job_id}")
@@ -142,8 +157,12 @@ class FakeKlaviyo(_Limits):
                     self.error(400, "invalid", "page[size] must be at most 100"), status_code=400
                 )
             found = [self.profiles[e] for e in emails if e in self.profiles][:size]
-            return {"data": [{"type": "profile", "id": p["id"], "attributes": {"email": p["email"]}} for p in found],
-                    "links": {"self": "", "next": None, "prev": None}}  # fmt: skip
+            return {
+                "data": [
+                    {"type": "profile", "id": p["id"], "attributes": {"email": p["email"]}} for p in found
+                ],
+                "links": {"self": "", "next": None, "prev": None},
+            }
 
         @app.post("/api/lists/{list_id}/relationships/profiles")
         async def add_to_list(list_id: str, request: Request):
@@ -197,12 +216,19 @@ class FakeKlaviyo(_Limits):
         for i, attrs in enumerate(job["profiles"]):
             email = attrs.get("email") or ""
             if "@" not in email:
-                job["errors"].append({
-                    "type": "import-error", "id": f"e{i}",
-                    "attributes": {"code": "invalid", "title": "Invalid input.", "detail": f"Invalid email address: {email!r}",
-                                   "source": {"pointer": f"/data/attributes/profiles/data/{i}/attributes/email"},
-                                   "original_payload": attrs},
-                })  # fmt: skip
+                job["errors"].append(
+                    {
+                        "type": "import-error",
+                        "id": f"e{i}",
+                        "attributes": {
+                            "code": "invalid",
+                            "title": "Invalid input.",
+                            "detail": f"Invalid email address: {email!r}",
+                            "source": {"pointer": f"/data/attributes/profiles/data/{i}/attributes/email"},
+                            "original_payload": attrs,
+                        },
+                    }
+                )
                 continue
             profile = self.profiles.setdefault(email, {"id": f"01K{next(self._ids):08d}", "email": email})
             profile.update({k: v for k, v in attrs.items() if k != "email"})
@@ -247,8 +273,13 @@ class FakeMailchimp(_Limits):
         self._ids = itertools.count(1)
 
     def error(self, status: int, code: str, detail: str) -> dict:
-        return {"type": "https://mailchimp.com/developer/marketing/docs/errors/", "title": code,
-                "status": status, "detail": detail, "instance": ""}  # fmt: skip
+        return {
+            "type": "https://mailchimp.com/developer/marketing/docs/errors/",
+            "title": code,
+            "status": status,
+            "detail": detail,
+            "instance": "",
+        }
 
     def unsubscribe(self, list_id: str, email: str) -> None:
         """What a recipient's unsubscribe link does."""
@@ -283,7 +314,13 @@ class FakeMailchimp(_Limits):
             for m in members:
                 email = (m.get("email_address") or "").lower()
                 if "@" not in email:
-                    errors.append({"email_address": m.get("email_address"), "error": f"{email} looks fake or invalid, please enter a real email address.", "error_code": "ERROR_GENERIC"})  # fmt: skip
+                    errors.append(
+                        {
+                            "email_address": m.get("email_address"),
+                            "error": f"{email} looks fake or invalid, please enter a real email address.",
+                            "error_code": "ERROR_GENERIC",
+                        }
+                    )
                     continue
                 current = book.get(email)
                 if (
@@ -291,10 +328,25 @@ class FakeMailchimp(_Limits):
                     and current["status"] in ("unsubscribed", "cleaned")
                     and m.get("status") == "subscribed"
                 ):
-                    errors.append({"email_address": email, "error": f"{email} is in a compliance state due to unsubscribe, bounce, or compliance review and cannot be subscribed.", "error_code": "ERROR_CONTACT_EXISTS"})  # fmt: skip
+                    errors.append(
+                        {
+                            "email_address": email,
+                            "error": (
+                                f"{email} is in a compliance state due to unsubscribe, bounce, or "
+                                "compliance review and cannot be subscribed."
+                            ),
+                            "error_code": "ERROR_CONTACT_EXISTS",
+                        }
+                    )
                     continue
                 if current and not body.get("update_existing"):
-                    errors.append({"email_address": email, "error": f"{email} is already a list member.", "error_code": "ERROR_CONTACT_EXISTS"})  # fmt: skip
+                    errors.append(
+                        {
+                            "email_address": email,
+                            "error": f"{email} is already a list member.",
+                            "error_code": "ERROR_CONTACT_EXISTS",
+                        }
+                    )
                     continue
                 member = current or {"id": hashlib.md5(email.encode()).hexdigest(), "email_address": email}
                 member["status"] = m.get("status", member.get("status", "subscribed"))
@@ -304,8 +356,14 @@ class FakeMailchimp(_Limits):
                 (updated if current else new).append(
                     {"id": member["id"], "email_address": email, "status": member["status"]}
                 )
-            return {"new_members": new, "updated_members": updated, "errors": errors, "total_created": len(new),
-                    "total_updated": len(updated), "error_count": len(errors)}  # fmt: skip
+            return {
+                "new_members": new,
+                "updated_members": updated,
+                "errors": errors,
+                "total_created": len(new),
+                "total_updated": len(updated),
+                "error_count": len(errors),
+            }
 
         @app.post("/3.0/lists/{list_id}/members/{subscriber_hash}/actions/delete-permanent")
         def delete_permanent(list_id: str, subscriber_hash: str):
@@ -324,8 +382,10 @@ class FakeMailchimp(_Limits):
 
         @app.get("/3.0/lists/{list_id}/segments")
         def list_segments(list_id: str):
-            segs = [{"id": i, "name": s["name"], "type": "static", "member_count": len(s["emails"])}
-                    for i, s in self.segments[list_id].items()]  # fmt: skip
+            segs = [
+                {"id": i, "name": s["name"], "type": "static", "member_count": len(s["emails"])}
+                for i, s in self.segments[list_id].items()
+            ]
             return {"segments": segs, "list_id": list_id, "total_items": len(segs)}
 
         @app.post("/3.0/lists/{list_id}/segments")
@@ -358,9 +418,14 @@ class FakeMailchimp(_Limits):
                 if missing
                 else []
             )
-            return {"members_added": [{"email_address": e} for e in added],
-                    "members_removed": [{"email_address": e} for e in removed], "errors": errors,
-                    "total_added": len(added), "total_removed": len(removed), "error_count": len(missing)}  # fmt: skip
+            return {
+                "members_added": [{"email_address": e} for e in added],
+                "members_removed": [{"email_address": e} for e in removed],
+                "errors": errors,
+                "total_added": len(added),
+                "total_removed": len(removed),
+                "error_count": len(missing),
+            }
 
         return app
 

@@ -1,0 +1,191 @@
+"""Customer features on a handful of inline rows: attribution through the identity keys, exact values,
+and point-in-time correctness (nothing after the as-of day counts)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from p13n.customers import activity as act
+from p13n.customers.features import affinities, build_features
+
+pytestmark = pytest.mark.spark
+AS_OF = dt.date(2024, 3, 1)
+
+
+def ts(day: str, hour: int = 12) -> dt.datetime:
+    return dt.datetime.fromisoformat(f"{day}T{hour:02d}:00:00+00:00")
+
+
+@pytest.fixture
+def keys(spark):
+    rows = [
+        ("shopify_customer_id", "SH1", "C1"),
+        ("email_hmac", "e2", "C2"),
+        ("loyalty_id", "L1", "C1"),
+        ("phone_hmac", "p2", "C2"),
+    ]
+    return spark.createDataFrame(rows, "key_type string, key_value string, customer_id string")
+
+
+def test_attribute_takes_the_first_key_that_matches(spark, keys):
+    rows = spark.createDataFrame(
+        [("o1", "SH1", "e2"), ("o2", None, "e2"), ("o3", "SH9", "zz"), ("o4", None, None)],
+        "order_id string, customer_id string, email_hmac string",
+    )
+    out = act.attribute(rows, keys, [("shopify_customer_id", "customer_id"), ("email_hmac", "email_hmac")])
+    got = {r.order_id: r.customer_id for r in out.collect()}
+    assert got == {"o1": "C1", "o2": "C2", "o3": None, "o4": None}
+    assert "_platform_customer_id" not in out.columns
+
+
+def _lines(spark, rows):
+    schema = ", ".join(
+        f"{c} {t}"
+        for c, t in zip(
+            act.LINES,
+            [
+                "string",
+                "string",
+                "string",
+                "timestamp",
+                "string",
+                "string",
+                "string",
+                "string",
+                "int",
+                "double",
+            ],
+            strict=True,
+        )
+    )
+    return spark.createDataFrame(rows, schema)
+
+
+def test_features_are_exact_and_point_in_time(spark):
+    lines = _lines(
+        spark,
+        [
+            # C1: three orders, one in store, the last after the as-of day (must not count)
+            ("o1", "o1", "C1", ts("2023-12-01"), "web", "S1", "grocery", "B1", 2, 30.0),
+            ("o1", "o1", "C1", ts("2023-12-01"), "web", "S2", "toys", "B2", 1, 10.0),
+            ("o2", "o2", "C1", ts("2024-02-20"), "store", "S1", "grocery", "B1", 1, 20.0),
+            ("o3", "o3", "C1", ts("2024-03-02", 1), "app", "S3", "toys", "B2", 1, 99.0),
+            # C2: one order long ago
+            ("o4", "o4", "C2", ts("2022-06-01"), "app", "S3", "toys", "B2", 1, 50.0),
+        ],
+    )
+    customers = spark.createDataFrame(
+        [
+            ("C1", ts("2023-11-01")),
+            ("C2", ts("2022-05-01")),
+            ("C3", ts("2024-02-01")),
+            ("C4", ts("2024-03-05")),
+        ],
+        "customer_id string, first_seen_at timestamp",
+    )
+    events = spark.createDataFrame(
+        [
+            ("C1", ts("2024-02-25"), "web", "product_view", "S1"),
+            ("C1", ts("2024-03-03"), "app", "product_view", "S1"),
+        ],
+        ", ".join(
+            f"{c} {t}"
+            for c, t in zip(act.EVENTS, ["string", "timestamp", "string", "string", "string"], strict=True)
+        ),
+    )
+    messages = spark.createDataFrame(
+        [
+            ("C1", ts("2024-02-10"), "email", "sent"),
+            ("C1", ts("2024-02-10", 20), "email", "open"),
+            ("C1", ts("2024-02-13"), "email", "sent"),
+            ("C1", ts("2023-10-01"), "email", "sent"),
+        ],
+        "customer_id string, at timestamp, channel string, event string",
+    )
+    returns = spark.createDataFrame(
+        [("C1", ts("2024-02-22"), "o2", "S1", 1)],
+        "customer_id string, returned_at timestamp, source_order_id string, sku string, quantity int",
+    )
+    loyalty = spark.createDataFrame(
+        [("C1", "gold", 120)], "customer_id string, loyalty_tier string, loyalty_points int"
+    )
+    out = {
+        r.customer_id: r
+        for r in build_features(customers, lines, events, messages, returns, loyalty, AS_OF).collect()
+    }
+    assert sorted(out) == ["C1", "C2", "C3"]  # C4 was not known yet
+    c1 = out["C1"]
+    assert (c1.orders_total, c1.revenue_total, c1.orders_90d, c1.revenue_90d) == (2, 60.0, 1, 20.0)
+    assert (c1.recency_days, c1.tenure_days, c1.purchase_days) == (
+        10,
+        91,
+        2,
+    )  # whole days to the end of AS_OF
+    assert (c1.avg_order_value, c1.cadence_days, c1.previous_gap_days) == (30.0, 81.0, 81)
+    assert (c1.share_web, c1.share_app, c1.share_store) == (0.5, 0.0, 0.5)
+    assert (c1.top_category, c1.top_category_share, c1.top_brand) == ("grocery", 0.8333, "B1")
+    assert (c1.email_sent_90d, c1.email_open_rate_90d, c1.returns_rate_365d) == (2, 0.5, 0.25)
+    assert (c1.days_since_web, c1.days_since_app, c1.product_views_30d) == (5, None, 1)
+    assert (c1.loyalty_tier, c1.loyalty_points) == ("gold", 120)
+    c2 = out["C2"]
+    assert (c2.orders_total, c2.orders_365d, c2.revenue_365d, c2.recency_days, c2.cadence_days) == (
+        1,
+        0,
+        0.0,
+        639,
+        None,
+    )
+    c3 = out["C3"]
+    assert (c3.orders_total, c3.revenue_total, c3.recency_days, c3.avg_order_value) == (0, 0.0, None, None)
+    top = {
+        (r.kind, r.rank): (r.value, r.share)
+        for r in affinities(lines, AS_OF).filter("customer_id = 'C1'").collect()
+    }
+    assert top == {
+        ("category", 1): ("grocery", 0.8333),
+        ("category", 2): ("toys", 0.1667),
+        ("brand", 1): ("B1", 0.8333),
+        ("brand", 2): ("B2", 0.1667),
+    }
+
+
+def test_purchase_lines_share_the_order_total_and_attribute_every_system(spark, keys):
+    orders = spark.createDataFrame(
+        [
+            ("W1", "SH1", None, ts("2024-02-01"), "web", "paid", 90.0),
+            ("W2", "SH1", None, ts("2024-02-02"), "web", "voided", 5.0),
+        ],
+        "order_id string, customer_id string, email_hmac string, created_at timestamp, channel string, "
+        "financial_status string, total_usd double",
+    )
+    olines = spark.createDataFrame(
+        [("W1", "S1", 2, 25.0), ("W1", "S2", 1, 50.0), ("W2", "S1", 1, 5.0)],
+        "order_id string, sku string, quantity int, unit_price double",
+    )
+    sq = spark.createDataFrame(
+        [("Q1", None, None, "p2", ts("2024-02-03"), 40.0)],
+        "transaction_id string, loyalty_id string, customer_email_hmac string, customer_phone_hmac string, "
+        "created_at timestamp, total double",
+    )
+    sql_ = spark.createDataFrame(
+        [("Q1", "S2", 1, 40.0)], "transaction_id string, sku string, quantity int, unit_price double"
+    )
+    legacy = spark.createDataFrame(
+        [("R1", "L1", ts("2024-02-04"), "S1", 1, "12.50")],
+        "receipt_no string, loyalty_id string, sold_at timestamp, sku string, quantity int, amount string",
+    )
+    products = spark.createDataFrame(
+        [("S1", "grocery", "B1"), ("S2", "toys", "B2")], "sku string, category string, brand string"
+    )
+    got = sorted(
+        (r.order_id, r.customer_id, r.sku, r.channel, r.category, r.amount_usd)
+        for r in act.purchase_lines(keys, products, orders, olines, sq, sql_, legacy).collect()
+    )
+    assert got == [
+        ("legacy:R1", "C1", "S1", "store", "grocery", 12.5),
+        ("shopify:W1", "C1", "S1", "web", "grocery", 45.0),
+        ("shopify:W1", "C1", "S2", "web", "toys", 45.0),
+        ("square:Q1", "C2", "S2", "store", "toys", 40.0),
+    ]

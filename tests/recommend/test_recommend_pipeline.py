@@ -1,0 +1,237 @@
+"""The served list on a small hand-made shop: the time split, the blend, the rules and the fallback chain
+(no Spark: the single-node engine)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from p13n.config import Settings
+from p13n.recommend.pipeline import (
+    Data,
+    Recipe,
+    customer_lists,
+    evaluate_recipe,
+    fit_lists,
+    fit_models,
+    lists_for,
+    served,
+    time_split,
+)
+
+END = pd.Timestamp("2024-03-02", tz="UTC")
+N_ITEMS = 12
+# items 0-5: pet food (repeats), 6-11: toys (do not)
+CATEGORY = np.array(["pet"] * 6 + ["toys"] * 6)
+
+
+def _data(events: pd.DataFrame, n_users: int, consented=None, unavailable=None) -> Data:
+    return Data(
+        users=pd.Index([f"C{u:02d}" for u in range(n_users)]),
+        items=pd.Index([f"SKU-{i:06d}" for i in range(N_ITEMS)]),
+        events=events,
+        category=CATEGORY,
+        brand=np.array([f"b{i % 4}" for i in range(N_ITEMS)]),
+        price=np.full(N_ITEMS, 10.0),
+        title=np.array([f"item {i}" for i in range(N_ITEMS)]),
+        repeatable=CATEGORY == "pet",
+        unavailable=np.zeros(N_ITEMS, bool) if unavailable is None else unavailable,
+        segment=pd.Series(["dog people"] * n_users, index=range(n_users)),
+        consented=np.ones(n_users, bool) if consented is None else consented,
+        end=END,
+    )
+
+
+def _shop(n_users: int = 30, seed: int = 3) -> pd.DataFrame:
+    """Users 0..n-1 buy two of pet items 0-2 and toy 6+u%3 every ~10 days; user 29 never does anything."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(n_users - 1):
+        for n in range(4):
+            at = END - pd.Timedelta(days=40 - 10 * n + int(rng.integers(0, 3)))
+            order = f"o{u}-{n}"
+            for item in (u % 3, (u + 1) % 3):
+                rows.append((u, item, at, "purchase", 5.0, order))
+            if n == 0:
+                rows.append((u, 6 + u % 3, at, "purchase", 5.0, order))
+            rows.append((u, 3 + u % 3, at - pd.Timedelta(hours=1), "product_view", 1.0, None))
+    return pd.DataFrame(rows, columns=["user", "item", "at", "kind", "weight", "order"])
+
+
+@pytest.fixture
+def rec_settings():
+    s = Settings()
+    cfg = s.recommend.model_copy(
+        update={"list_sizes": {**s.recommend.list_sizes, "personalized": 6}, "max_per_brand": 3}
+    )
+    return s.model_copy(update={"recommend": cfg})
+
+
+RECIPE = Recipe(
+    "implicit",
+    {"factors": 4, "regularization": 0.1, "alpha": 5.0, "iterations": 5},
+    {
+        "als": 1.0,
+        "item_similarity": 1.0,
+        "buy_again": 1.5,
+        "bought_together": 0.5,
+        "popular_in_segment": 0.3,
+        "trending": 0.2,
+    },
+    90.0,
+)
+
+
+def test_time_split_holds_out_each_customers_latest_order_and_everything_after_it():
+    events = pd.DataFrame(
+        {
+            "user": [0, 0, 0, 0, 1, 2, 2],
+            "item": [1, 2, 3, 4, 1, 5, 6],
+            "at": [END - pd.Timedelta(days=d) for d in (9, 5, 5, 1)] + [END - pd.Timedelta(days=3)] * 3,
+            "kind": [
+                "purchase",
+                "purchase",
+                "purchase",
+                "product_view",
+                "purchase",
+                "product_view",
+                "purchase",
+            ],
+        }
+    )
+    train, test, cut = time_split(events)
+    # user 0: latest order (items 2, 3) held out, the later view dropped; user 1 has nothing before
+    # its only order; user 2 viewed and bought at the same moment: nothing strictly earlier either
+    assert test.values.tolist() == [[0, 2], [0, 3]]
+    assert list(cut.index) == [0]
+    assert sorted(train[train["user"] == 0]["item"]) == [1]
+    assert len(train[train["user"] != 0]) == 3
+
+
+def test_served_list_applies_rules_and_falls_back_for_unknown_customers_and_objectors(rec_settings):
+    events = _shop()
+    n = 30
+    consented = np.ones(n, bool)
+    consented[5] = False  # objected to personalization
+    unavailable = np.zeros(N_ITEMS, bool)
+    unavailable[4] = True  # out of stock
+    data = _data(events, n, consented, unavailable)
+    users = np.arange(n)
+    lists = fit_lists(data, events, users, RECIPE, rec_settings, spark=None)
+    out = served(data, lists, users, events, RECIPE, rec_settings)
+    sizes = out.groupby("user").size()
+    assert set(out["user"]) == set(users) and (sizes.drop(5) == 6).all()
+    # the objector's list is the overall popular one: six items were bought, one of them by them (a toy)
+    assert sizes[5] == 5
+    assert 4 not in set(out["item"])  # out of stock, for everyone
+    bought_toys = events[(events["kind"] == "purchase") & (events["item"] >= 6)][["user", "item"]]
+    assert bought_toys.merge(out, on=["user", "item"]).empty  # toys do not repeat
+    # pet food does repeat: the customer's own staples come back as "buy again"
+    u0 = out[out["user"] == 0]
+    assert {0, 1} <= set(u0.loc[u0["source"] == "buy_again", "item"])
+    # an objector and a customer with no history get lists without personal sources
+    assert set(out.loc[out["user"] == 5, "source"]) == {"popular"}
+    assert set(out.loc[out["user"] == 29, "source"]) <= {"popular_in_segment", "trending", "popular"}
+    assert out["rank"].between(1, 6).all()
+
+
+def test_evaluation_scores_every_list_and_the_served_blend_beats_popularity(rec_settings):
+    events = _shop()
+    data = _data(events, 30)
+    table, facts = evaluate_recipe(data, RECIPE, rec_settings, spark=None)
+    assert set(table) == {
+        "popularity",
+        "next_basket",
+        "als",
+        "item_similarity",
+        "buy_again",
+        "bought_together",
+        "popular_in_segment",
+        "trending",
+        "personalized",
+    }
+    assert facts["test_customers"] == 29
+    # every held-out order is two of the customer's three staples: the served list finds them
+    assert table["personalized"]["recall@10"] > 0.9
+    # they rank first: the popularity of all items (repeats allowed, pet food repeats) ranks them
+    # too, but behind the other customers' staple
+    assert table["personalized"]["ndcg@10"] == 1.0 and table["next_basket"]["ndcg@10"] == 1.0
+    assert table["popularity"]["ndcg@10"] < 0.9
+
+
+@pytest.mark.spark
+def test_the_spark_engine_serves_the_same_lists_contract(rec_settings, spark):
+    events = _shop()
+    data = _data(events, 30)
+    recipe = Recipe("spark", RECIPE.als, RECIPE.blend, RECIPE.half_life_days)
+    table, _ = evaluate_recipe(data, recipe, rec_settings, spark=spark)
+    # pet food repeats (learned from the purchases): ALS may list a customer's own staples again
+    assert table["als"]["recall@10"] > 0 and table["als"]["coverage"] >= 0.5
+    assert table["personalized"]["recall@10"] > 0.9
+
+
+def test_time_split_samples_at_most_max_users_test_customers_and_keeps_the_others_history():
+    events = _shop()
+    full_train, full_test, full_cut = time_split(events)
+    train, test, cut = time_split(events, max_users=10, seed=5)
+    assert len(cut) == 10 and set(cut.index) < set(full_cut.index)
+    assert set(test["user"]) == set(cut.index)
+    assert cut.equals(full_cut[cut.index])  # a sampled customer's cut-off is unchanged
+    # the customers left out of the test keep their whole history for training
+    others = events[~events["user"].isin(cut.index)]
+    assert len(train[~train["user"].isin(cut.index)]) == len(others)
+    assert time_split(events, max_users=10, seed=5)[2].index.equals(cut.index)  # seeded
+    assert time_split(events, max_users=1000)[2].equals(full_cut)
+
+
+def test_lists_drawn_in_batches_of_customers_are_the_lists_drawn_at_once(rec_settings):
+    """build_lists draws the customers' lists a batch at a time: the rows must not depend on it."""
+    import datetime as dt
+
+    events = _shop()
+    n = 30
+    consented = np.ones(n, bool)
+    consented[5] = False
+    data = _data(events, n, consented)
+    users = np.arange(n)
+    fitted = fit_models(data, events, users, RECIPE, rec_settings, None, data.end)
+    day = dt.date(2024, 3, 2)
+
+    def rows(chunk):
+        return customer_lists(
+            data, lists_for(fitted, data, chunk, rec_settings), chunk, RECIPE, rec_settings, day
+        )
+
+    whole = rows(users)
+    batched = pd.concat([rows(users[i : i + 7]) for i in range(0, n, 7)], ignore_index=True)
+    key = ["customer_id", "list_type", "rank"]
+    assert len(whole) > 10 * n and set(whole["list_type"]) == {
+        "personalized",
+        "buy_again",
+        "recently_viewed",
+        "popular_in_segment",
+    }
+    pd.testing.assert_frame_equal(
+        batched.sort_values(key).reset_index(drop=True), whole.sort_values(key).reset_index(drop=True)
+    )
+
+
+def test_the_gate_refuses_accuracy_bought_with_a_narrower_catalog():
+    from p13n.config import load_settings
+    from p13n.models.registry import GateRule, decide
+    from p13n.recommend.pipeline import gate_metrics
+
+    rules = {m: GateRule(**g.model_dump()) for m, g in load_settings("local").recommend.gates.items()}
+    assert rules["coverage"].tolerance == 0.03
+    table = {
+        "personalized": {"ndcg@10": 0.30, "coverage": 0.10},
+        "popularity": {"ndcg@10": 0.05, "coverage": 0.01},
+    }
+    challenger = gate_metrics(table, 10)
+    assert challenger == {"ndcg_at_k": 0.30, "lift_over_popularity": 6.0, "coverage": 0.10}
+    wider = {"ndcg_at_k": 0.28, "lift_over_popularity": 5.6, "coverage": 0.14}
+    ok, reasons = decide(challenger, wider, rules)  # more accurate, 0.04 less coverage: refused
+    assert not ok and "coverage 0.1 worse than the champion's 0.14" in reasons
+    ok, _ = decide(challenger, wider | {"coverage": 0.12}, rules)  # 0.02 less: within the tolerance
+    assert ok
