@@ -17,11 +17,8 @@ from pathlib import Path
 from p13n.config import get_settings
 from p13n.lake.tables import (
     GOLD_RECOMMENDATIONS,
-    GOLD_SEGMENTS,
     GOLD_TRIGGERED_AUDIENCES,
     OPS_EXPORT_RUNS,
-    OPS_IDENTITY_RUNS,
-    OPS_INGEST_RUNS,
     OPS_MODEL_RUNS,
     OPS_WAREHOUSE_SYNCS,
     bronze_table,
@@ -413,7 +410,7 @@ def run_pipeline(
         serving = _serving_summary(settings, url)
         streaming = _stream_summary(settings, url)
     _print_ingest_summary(console, settings, dates)
-    _print_identity_summary(console, settings)
+    _print_identity_summary(console, settings, dates[-1])
     _print_customer_summary(console, settings, dates[-1])
     _print_recommendation_summary(console, settings, dates[-1])
     console.print(serving, soft_wrap=True, highlight=False)
@@ -481,35 +478,26 @@ def _print_alerts(console, settings, since: dt.datetime) -> None:
 
 
 def _print_ingest_summary(console, settings, dates: list[str]) -> None:
+    """Per source over the run's dates: rows read, promoted and quarantined, the top reasons, and the
+    expectations (from `p13n.report.data.ingestion`, what the run report shows per date)."""
+    import pandas as pd
     from rich.table import Table
 
-    from p13n.lake.duck import read_arrow, table_exists
+    from p13n.lake.duck import duckdb_connection
+    from p13n.report import data
 
-    if not table_exists(settings, OPS_INGEST_RUNS):
+    con = duckdb_connection(settings=settings)
+    frames = [data.ingestion(con, settings.lake_root, dt.date.fromisoformat(d)) for d in dates]
+    frames = [f for f in frames if f is not None and not f.empty]
+    if not frames:
         return
-    rows = read_arrow(settings, OPS_INGEST_RUNS).to_pylist()
-    per: dict[str, dict] = {}
-    for r in rows:
-        if r["batch_date"].isoformat() not in dates:
-            continue
-        agg = per.setdefault(
-            r["source"],
-            {
-                "read": 0,
-                "silver": 0,
-                "quarantined": 0,
-                "reasons": {},
-                "exp_ok": 0,
-                "exp_bad": 0,
-            },
-        )
-        agg["read"] += r["bronze_rows"]
-        agg["silver"] += r["silver_rows"]
-        agg["quarantined"] += r["quarantined"]
-        agg["exp_ok"] += r["expectations_passed"]
-        agg["exp_bad"] += r["expectations_failed"]
-        for reason, n in json.loads(r["top_reasons"]):
-            agg["reasons"][reason] = agg["reasons"].get(reason, 0) + n
+    runs = pd.concat(frames, ignore_index=True)
+    numbers = ["read", "silver", "quarantined", "expectations_passed", "expectations_failed"]
+    per = runs.groupby("source")[numbers].sum()
+    reasons: dict[str, dict[str, int]] = {}
+    for source, found in zip(runs["source"], runs["reasons"], strict=True):
+        for reason, n in found:
+            reasons.setdefault(source, {})[reason] = reasons.get(source, {}).get(reason, 0) + n
     table = Table(title=f"Ingestion, {dates[0]} … {dates[-1]}")
     for col in ("source", "rows read", "silver", "quarantined", "top reasons", "expectations ok/failed"):
         numeric = col in ("rows read", "silver", "quarantined")
@@ -519,23 +507,23 @@ def _print_ingest_summary(console, settings, dates: list[str]) -> None:
             no_wrap=col != "top reasons",
             max_width=64 if col == "top reasons" else None,
         )
-    for name in sorted(per):
-        a = per[name]
-        top = sorted(a["reasons"].items(), key=lambda kv: -kv[1])[:2]
+    for name, a in per.iterrows():
+        top = sorted(reasons.get(name, {}).items(), key=lambda kv: -kv[1])[:2]
         table.add_row(
             name,
             f"{a['read']:,}",
             f"{a['silver']:,}",
             f"{a['quarantined']:,}",
             "; ".join(f"{k} ×{v}" for k, v in top),
-            f"{a['exp_ok']}/{a['exp_bad']}",
+            f"{a['expectations_passed']}/{a['expectations_failed']}",
         )
     table.add_section()
+    total = per.sum()
     table.add_row(
         f"{len(per)} sources",
-        *(f"{sum(a[k] for a in per.values()):,}" for k in ("read", "silver", "quarantined")),
+        *(f"{total[k]:,}" for k in ("read", "silver", "quarantined")),
         "",
-        f"{sum(a['exp_ok'] for a in per.values())}/{sum(a['exp_bad'] for a in per.values())}",
+        f"{total['expectations_passed']}/{total['expectations_failed']}",
     )
     console.print(table)
 
@@ -548,26 +536,32 @@ def _print_tail(console, log: Path, lines: int = 25) -> None:
 def _fmt_share(v) -> str:
     return f"{v:.4f}" if v is not None else "–"
 
+    return f"{v:.4f}" if v is not None and v == v else "–"  # None or NaN: no truth to compare with
 
-def _print_identity_summary(console, settings) -> None:
-    """One line per identity run: records, customers, changes and, on generated data, F1."""
+
+def _print_identity_summary(console, settings, day: str) -> None:
+    """One line per identity run up to `day`: records, customers, changes and, on generated data, the
+    quality against the truth (`p13n.report.data.identity`)."""
     from rich.table import Table
 
-    from p13n.lake.duck import read_arrow, table_exists
+    from p13n.lake.duck import duckdb_connection
+    from p13n.report import data
 
-    if not table_exists(settings, OPS_IDENTITY_RUNS):
+    found = data.identity(
+        duckdb_connection(settings=settings), settings.lake_root, dt.date.fromisoformat(day)
+    )
+    if found is None:
         return
-    runs = sorted(read_arrow(settings, OPS_IDENTITY_RUNS).to_pylist(), key=lambda r: r["run_date"])
     table = Table(title="Identity resolution")
     for col in ("date", "records", "customers", "changes", "precision", "recall", "F1"):
         table.add_column(col, justify="right" if col != "changes" else "left")
-    for r in runs:
-        counts, changes = json.loads(r["counts"]), json.loads(r["changes"])
+    for r in found["runs"].to_dict("records"):
+        changes = {k.removeprefix("changes: "): v for k, v in r.items() if k.startswith("changes: ")}
         table.add_row(
-            str(r["run_date"]),
-            f"{counts.get('records', 0):,}",
-            f"{counts.get('customers', 0):,}",
-            ", ".join(f"{k} {v:,}" for k, v in sorted(changes.items())) or "none",
+            str(r["run_date"])[:10],
+            f"{int(r['records'] or 0):,}",
+            f"{int(r['customers'] or 0):,}",
+            ", ".join(f"{k} {int(v):,}" for k, v in sorted(changes.items()) if v == v) or "none",
             _fmt_share(r["precision"]),
             _fmt_share(r["recall"]),
             _fmt_share(r["f1"]),
@@ -580,6 +574,7 @@ def _print_customer_summary(console, settings, day: str) -> None:
     from rich.table import Table
 
     from p13n.lake.duck import duckdb_connection, scan, table_exists
+    from p13n.report import data
 
     root = settings.lake_root
     if not table_exists(settings, OPS_MODEL_RUNS):
@@ -603,15 +598,11 @@ def _print_customer_summary(console, settings, day: str) -> None:
         numbers = ", ".join(f"{k}={m[k]}" for k in shown.get(model, ()) if k in m)
         table.add_row(model, version, "promoted" if promoted else "kept old", numbers, reasons)
     console.print(table)
-    if table_exists(settings, GOLD_SEGMENTS):
+    found = data.segments(con, root, day)
+    if found is not None:
         table = Table("lifecycle stage", "customers", "persona (cluster)", "customers", title="Segments")
         stages, personas = (
-            con.execute(
-                f"select {col}, count(*) n from {scan(root, GOLD_SEGMENTS)} where as_of_date = ? "
-                "group by 1 order by 2 desc",
-                [day],
-            ).fetchall()
-            for col in ("lifecycle_stage", "persona")
+            list(found["sizes"][col].itertuples(index=False)) for col in ("lifecycle_stage", "persona")
         )
         for i in range(max(len(stages), len(personas))):
             s = stages[i] if i < len(stages) else ("", "")
@@ -655,13 +646,7 @@ def _print_recommendation_summary(console, settings, day: str) -> None:
         who = sample[0][0]
         rows = con.execute(
             f"select rank, sku, source, reason from {recs} and list_type = 'personalized' and "
-            "customer_id = ? "
-            ""
-            ""
-            ""
-            ""
-            ""
-            "order by rank limit 8",
+            "customer_id = ? order by rank limit 8",
             [day, who],
         ).fetchall()
         example = Table("rank", "sku", "source", "reason", title=f"Personalized list of {who} (first 8)")
@@ -826,18 +811,15 @@ def _print_summary(console, settings, logical_date: str, log: Path) -> None:
     docs = settings.data_dir / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
     report = settings.data_dir / "reports" / logical_date / "index.html"
     console.print(
-        "[bold]Where to look[/]\n"
-        f"  Run report:  {report}"
+        f"[bold]Where to look[/]\n  Run report:  {report}"
         + ("" if report.exists() else " (not written: run_report did not run)")
         + "\n"
         f"  Data Docs:   {docs}\n"
         "  Airflow UI:  make airflow → http://localhost:8080 (DAG runs, task logs, 'p13n run reports' in the "
-        "menu)\n"
-        f"  MLflow UI:   {sys.executable.rsplit('/', 1)[0]}/mlflow ui --backend-store-uri "
+        f"menu)\n  MLflow UI:   {sys.executable.rsplit('/', 1)[0]}/mlflow ui --backend-store-uri "
         f"{settings.mlflow_uri}\n"
         f"  SQL:         p13n sql customer_360 --limit 10  (sql/ holds the analysts' views)\n"
-        f"  Lake:        {root}\n"
-        f"  Run log:     {log}",
+        f"  Lake:        {root}\n  Run log:     {log}",
         soft_wrap=True,
         highlight=False,
     )

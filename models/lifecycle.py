@@ -29,8 +29,7 @@ from p13n.models.registry import Decision, GateRule, champion_version, load_cham
 
 MODEL_RUNS_SCHEMA = (
     "model string, as_of_date date, version string, promoted boolean, champion_version string, reasons "
-    "string, "
-    "metrics string, rows long"
+    "string, metrics string, rows long"
 )
 
 

@@ -323,7 +323,8 @@ class BuyAgain:
         self.rate, self.m = rate, m
         return self
 
-    def recommend(self, users: np.ndarray, k: int, exclude_seen: bool = False) -> pd.DataFrame:
+    def recommend(self, users: np.ndarray, k: int) -> pd.DataFrame:
+        """Each user's own repeating items by purchases × the item's repeat rate (seen ones are the point)."""
         return _batched(users, k, lambda u: sparse.csr_matrix(self.m[u].multiply(self.rate)), None)
 
 

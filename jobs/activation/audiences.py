@@ -96,8 +96,7 @@ def candidates(con, settings: Settings, name: str, as_of: dt.date) -> pd.DataFra
     if optional[GOLD_CUSTOMER_FEATURES]:
         joins.append(
             "LEFT JOIN (SELECT customer_id, loyalty_tier, loyalty_points FROM "
-            f"{scan(root, GOLD_CUSTOMER_FEATURES)}"
-            f" WHERE as_of_date = {day}) f USING (customer_id)"
+            f"{scan(root, GOLD_CUSTOMER_FEATURES)} WHERE as_of_date = {day}) f USING (customer_id)"
         )
         fields.append("f.loyalty_tier, f.loyalty_points::BIGINT AS loyalty_points")
     else:

@@ -127,7 +127,6 @@ def sync_tables(settings, as_of: dt.date, progress: Callable[[str], None] = prin
             }
             progress(
                 f"snowflake {sf.database}.{sf.schema_name}.{target}: {len(frame):,} rows, {inserted:,} "
-                "inserted, "
-                f"{updated:,} updated, {deleted:,} deleted ({out[name]['seconds']}s)"
+                f"inserted, {updated:,} updated, {deleted:,} deleted ({out[name]['seconds']}s)"
             )
     return out

@@ -104,19 +104,12 @@ class RunSummary:
     def text(self) -> str:
         skipped = self.skipped_no_consent + self.skipped_erased + self.skipped_no_address
         return (
-            f"{self.destination} · {self.audience} · {self.as_of}: {self.status}; {self.eligible:,} "
-            "eligible, "
-            ""
-            ""
-            ""
-            ""
-            ""
-            f"sent {self.added:,} adds, {self.updated:,} updates, {self.removed:,} removes "
-            f"({self.unchanged:,} unchanged) in {self.batches} batches, {self.seconds:.1f}s "
-            f"({self.profiles_per_second:,.0f} profiles/s); skipped {skipped:,} (no consent "
-            f"{self.skipped_no_consent:,}, erased {self.skipped_erased:,}, no address "
-            f"{self.skipped_no_address:,}); "
-            f"rejected {self.rejected:,}, blocked {self.blocked:,}"
+            f"{self.destination} · {self.audience} · {self.as_of}: {self.status}; "
+            f"{self.eligible:,} eligible, sent {self.added:,} adds, {self.updated:,} updates, "
+            f"{self.removed:,} removes ({self.unchanged:,} unchanged) in {self.batches} batches, "
+            f"{self.seconds:.1f}s ({self.profiles_per_second:,.0f} profiles/s); skipped {skipped:,} "
+            f"(no consent {self.skipped_no_consent:,}, erased {self.skipped_erased:,}, no address "
+            f"{self.skipped_no_address:,}); rejected {self.rejected:,}, blocked {self.blocked:,}"
             + (f"; errors: {'; '.join(self.errors[:3])}" if self.errors else "")
         )
 
@@ -192,13 +185,8 @@ def read_state(settings, destination: str, audience: str) -> pd.DataFrame:
     return (
         duckdb_connection()
         .execute(
-            f"SELECT * FROM {scan(settings.lake_root, OPS_EXPORT_STATE)} WHERE destination = ? AND "
-            "audience = "
-            ""
-            ""
-            ""
-            ""
-            "? "
+            f"SELECT * FROM {scan(settings.lake_root, OPS_EXPORT_STATE)} "
+            "WHERE destination = ? AND audience = ? "
             "QUALIFY row_number() OVER (PARTITION BY customer_id ORDER BY synced_at DESC) = 1",
             [destination, audience],
         )
@@ -393,11 +381,6 @@ def _with_contacts(settings, frame: pd.DataFrame, removes: pd.DataFrame) -> pd.D
                 .execute(
                     "SELECT customer_id, email FROM "
                     f"{scan(settings.lake_root, RESTRICTED_CUSTOMER_PROFILES)} "
-                    ""
-                    ""
-                    ""
-                    ""
-                    ""
                     "WHERE customer_id IN (SELECT unnest(?::VARCHAR[]))",
                     [missing],
                 )

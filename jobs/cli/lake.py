@@ -194,9 +194,7 @@ def register(sub) -> None:
         "sql",
         help="run an analysts' view or mart of sql/ (or any file, or - for stdin) over the Delta tables",
         description="Files refer to lake tables as {{ layer.name }} and to other files of sql/ as "
-        "{{ name }}. "
-        ""
-        "Without FILE, lists the files of sql/.",
+        "{{ name }}. Without FILE, lists the files of sql/.",
     )
     p.add_argument("file", nargs="?", default=None, help="a name in sql/, a path, or - for standard input")
     p.add_argument("--engine", choices=["duckdb", "spark"], default="duckdb")

@@ -164,13 +164,7 @@ def register(sub) -> None:
         description="Runs each date's DAG runs in order with `airflow dags test`, starting the embedded "
         "services when none are configured; stops at the first failure and prints how to resume. Against "
         "a running Airflow deployment use `p13n airflow backfill create --dag-id D --from-date A "
-        "--to-date B` "
-        ""
-        ""
-        ""
-        ""
-        ""
-        "instead (the scheduler runs it).",
+        "--to-date B` instead (the scheduler runs it).",
     )
     p.add_argument("--from", dest="start", required=True, metavar="YYYY-MM-DD", help="first date")
     p.add_argument("--to", dest="end", required=True, metavar="YYYY-MM-DD", help="last date (inclusive)")
@@ -203,13 +197,7 @@ def register(sub) -> None:
         "loopback "
         "only), a LocalExecutor running each task in its own process, and the services the tasks use locally "
         "(a Spark Connect server, the embedded Redis and Kafka broker). Ctrl-C or SIGTERM stops "
-        "every process "
-        ""
-        ""
-        ""
-        ""
-        ""
-        "it started.",
+        "every process it started.",
     )
     p.set_defaults(handler=_cmd_scheduler)
 

@@ -53,14 +53,8 @@ def register(sub) -> None:
         "evaluate",
         help="train every recommender on an interactions CSV and print each one's ranking metrics as JSON",
         description="Each user's interactions at their latest timestamp (their last basket) form the test "
-        "set; the "
-        "models (popularity, ALS, item similarity, buy-it-again, next-basket and the personalized "
-        "list) learn "
-        ""
-        ""
-        ""
-        ""
-        "from "
+        "set; the models (popularity, ALS, item similarity, buy-it-again, next-basket and the personalized "
+        "list) learn from "
         "the rest and recommend to each test user. Which items repeat is learned from the file.",
     )
     a.add_argument("--interactions", required=True, help="CSV file with a header row")
@@ -73,8 +67,7 @@ def register(sub) -> None:
         "--reference",
         action="store_true",
         help="also run independent references on the same split: personal top-frequency, the popularity of "
-        "all "
-        "items and Cornac's TIFU-KNN",
+        "all items and Cornac's TIFU-KNN",
     )
     a = rec_sub.add_parser(
         "run",

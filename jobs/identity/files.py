@@ -110,18 +110,7 @@ def resolve_file(
     )
     cfg = settings.identity
     res = resolve_records(
-        df,
-        one_per_customer=names if link_only else [],
-        threshold=threshold or cfg.match_probability,
-        max_cluster_records=cfg.max_cluster_records,
-        birth_date_guard=cfg.birth_date_guard,
-        em_max_pairs=cfg.em_max_pairs,
-        u_max_pairs=cfg.u_max_pairs,
-        seed=cfg.seed,
-        backend=cfg.backend,
-        duckdb_memory_gb=cfg.duckdb_memory_gb,
-        max_pairs_per_profile=cfg.max_pairs_per_profile,
-        progress=progress,
+        df, cfg, one_per_customer=names if link_only else [], threshold=threshold, progress=progress
     )
     first = res.records.groupby("cluster")["record_key"].transform("min")
     out = pd.DataFrame(

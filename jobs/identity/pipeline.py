@@ -65,15 +65,9 @@ class IdentityRun:
     def summary(self) -> str:
         c = self.counts
         lines = [
-            f"identity {self.run_date}: {c.get('records', 0):,} records → {c.get('customers', 0):,} "
-            "customers "
-            ""
-            ""
-            ""
-            ""
-            ""
-            f"({c.get('profiles', 0):,} profiles, {c.get('accepted_edges', 0):,} links kept of "
-            f"{c.get('candidate_edges', 0):,})",
+            f"identity {self.run_date}: {c.get('records', 0):,} records → "
+            f"{c.get('customers', 0):,} customers ({c.get('profiles', 0):,} profiles, "
+            f"{c.get('accepted_edges', 0):,} links kept of {c.get('candidate_edges', 0):,})",
             "  changes: " + (", ".join(f"{k} {v:,}" for k, v in sorted(self.changes.items())) or "none"),
         ]
         if self.refused:
@@ -120,20 +114,7 @@ def resolve_identities(
     cfg = settings.identity
     spark = lake.spark
     records = read_identity_records(lake, settings).cache()
-    res = resolve_records(
-        records,
-        one_per_customer=cfg.one_per_customer,
-        threshold=cfg.match_probability,
-        max_cluster_records=cfg.max_cluster_records,
-        birth_date_guard=cfg.birth_date_guard,
-        em_max_pairs=cfg.em_max_pairs,
-        u_max_pairs=cfg.u_max_pairs,
-        seed=cfg.seed,
-        backend=cfg.backend,
-        duckdb_memory_gb=cfg.duckdb_memory_gb,
-        max_pairs_per_profile=cfg.max_pairs_per_profile,
-        progress=say,
-    )
+    res = resolve_records(records, cfg, progress=say)
     t0 = time.perf_counter()
     previous, previous_date = previous_snapshot(lake, run_date)
     assignment, changes = idmod.assign_ids(

@@ -9,6 +9,7 @@ import pandas as pd
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from p13n.config import IdentitySettings
 from p13n.identity import clustering, matching
 from p13n.identity.records import normalize
 
@@ -26,21 +27,18 @@ class Resolution:
 
 def resolve_records(
     records: DataFrame,
+    cfg: IdentitySettings,
     *,
-    one_per_customer: list[str],
-    threshold: float,
-    max_cluster_records: int,
-    em_max_pairs: int = 2_000_000,
-    u_max_pairs: int = 5_000_000,
-    seed: int = 13,
-    backend: str = "duckdb",
-    duckdb_memory_gb: float | None = None,
-    max_pairs_per_profile: float = 20.0,
-    birth_date_guard: str = "typo",
+    one_per_customer: list[str] | None = None,
+    threshold: float | None = None,
     progress=None,
 ) -> Resolution:
-    """Match `records` (record_key, source, record_id and any person attributes) into clusters."""
+    """Match `records` (record_key, source, record_id and any person attributes) into clusters with
+    the `identity` settings; `one_per_customer` and `threshold` override theirs (a file's link-only
+    run, the CLI's --threshold)."""
     say = progress or (lambda _msg: None)
+    one_per_customer = cfg.one_per_customer if one_per_customer is None else one_per_customer
+    threshold = threshold or cfg.match_probability
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     prof, record_map = matching.profiles(normalize(records), one_per_customer)
@@ -60,12 +58,12 @@ def resolve_records(
     linker, model = matching.train(
         prof,
         threshold=threshold,
-        em_max_pairs=em_max_pairs,
-        u_max_pairs=u_max_pairs,
-        seed=seed,
-        backend=backend,
-        duckdb_memory_gb=duckdb_memory_gb,
-        max_pairs_per_profile=max_pairs_per_profile,
+        em_max_pairs=cfg.em_max_pairs,
+        u_max_pairs=cfg.u_max_pairs,
+        seed=cfg.seed,
+        backend=cfg.backend,
+        duckdb_memory_gb=cfg.duckdb_memory_gb,
+        max_pairs_per_profile=cfg.max_pairs_per_profile,
     )
     timings["train_s"] = time.perf_counter() - t0
     say(f"identity: model trained on {', '.join(model.columns)}")
@@ -101,9 +99,9 @@ def resolve_records(
     result = clustering.cluster_profiles(
         prof_pd,
         edges,
-        max_records=max_cluster_records,
+        max_records=cfg.max_cluster_records,
         exact_levels=exact_levels,
-        birth_date_guard=birth_date_guard,
+        birth_date_guard=cfg.birth_date_guard,
     )
     recs = record_map.toPandas().merge(result.assignment, on="profile_id", how="left", validate="many_to_one")
     timings["cluster_s"] = time.perf_counter() - t0

@@ -283,8 +283,7 @@ class Lake:
                     raise ReplaceWhereViolation(
                         table,
                         f"replace_where {dict(replace_where)} but {sum(f['num_records'] for f in outside)} "
-                        "rows fall in "
-                        f"partitions {sorted({f['partition_values'] for f in outside})[:3]}",
+                        f"rows fall in partitions {sorted({f['partition_values'] for f in outside})[:3]}",
                     )
             adds = [_add_action(f) for f in files]
             partition_filters = _partition_filters(replace_where) if replace_where else None

@@ -46,9 +46,8 @@ def ingestion(con, root: str, day: dt.date) -> pd.DataFrame | None:
         [day],
     )
     if df is not None:
-        df["top_reasons"] = [
-            "; ".join(f"{r} ×{n}" for r, n in json.loads(v or "[]")[:3]) for v in df["top_reasons"]
-        ]
+        df["reasons"] = [json.loads(v or "[]") for v in df["top_reasons"]]  # [[reason, rows], …]
+        df["top_reasons"] = ["; ".join(f"{r} ×{n}" for r, n in reasons[:3]) for reasons in df["reasons"]]
         df["quarantine_share"] = (df["quarantined"] / df["read"].where(df["read"] > 0)).fillna(0.0)
     return df
 

@@ -59,11 +59,9 @@ class RedisServer:
         # argument as `save ""` and turns persistence off; every version reads the file the same way.
         conf = self.data_dir / "redis.conf"
         conf.write_text(
-            "bind 127.0.0.1\n"
-            f"port {self.port}\n"
+            f"bind 127.0.0.1\nport {self.port}\n"
             f'dir "{self.data_dir}"\n'
-            "dbfilename dump.rdb\n"
-            "appendonly no\n"
+            "dbfilename dump.rdb\nappendonly no\n"
             + ("save 300 1\n" if self.persist else 'save ""\n')
             + f'logfile "{self.data_dir / "redis.log"}"\n'
         )

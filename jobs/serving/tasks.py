@@ -120,8 +120,7 @@ def format_status(st: dict) -> str:
         mark = " ◀ live" if v["version"] == st["live"] else ""
         lines.append(
             f"{v['version']:<14}{v.get('status', '?'):<11}{v.get('as_of_date', ''):<12}"
-            f"{v.get('created_at', ''):<27}"
-            f"{keys:>10,}{mb:>8.1f}  {secs}{mark}"
+            f"{v.get('created_at', ''):<27}{keys:>10,}{mb:>8.1f}  {secs}{mark}"
         )
     return "\n".join(lines)
 

@@ -181,8 +181,7 @@ def promote(
         if result.bronze_rows != result.silver_rows + result.quarantined + dropped:
             raise IngestError(
                 f"{source.name} batch {batch_date}: reconciliation failed: {result.bronze_rows} bronze rows "
-                "but "
-                f"{result.silver_rows} promoted + {result.quarantined} quarantined + {dropped} suppressed"
+                f"but {result.silver_rows} promoted + {result.quarantined} quarantined + {dropped} suppressed"
             )
         if dropped:
             result.warnings.append(f"{dropped} rows of erased customers suppressed (ops.suppressions)")

@@ -12,8 +12,7 @@ from p13n.runctx import RunContext
 RUNS_SCHEMA = (
     "batch_date date, source string, status string, files long, bronze_rows long, silver_rows long, "
     "quarantined long, top_reasons string, drifted_rows long, expectations_passed long, expectations_failed "
-    "long, "
-    "warnings string, error string"
+    "long, warnings string, error string"
 )
 ERROR_XCOM = "error"  # what a failed source task leaves for `summarize` (a failed task returns nothing)
 

@@ -346,12 +346,7 @@ def test_the_state_is_the_latest_row_per_customer_and_compacts(tmp_path):
         duckdb_connection()
         .execute(
             "SELECT audience, customer_id, status FROM "
-            f"{scan(settings.lake_root, OPS_EXPORT_STATE)} ORDER BY "
-            ""
-            ""
-            ""
-            ""
-            "ALL"
+            f"{scan(settings.lake_root, OPS_EXPORT_STATE)} ORDER BY ALL"
         )
         .fetchall()
     )

@@ -103,6 +103,9 @@ def test_score_customers_and_recommend_products_dags_write_every_table(
     # Raw contact data only in the restricted zones, after every DAG above.
     _check_no_pii_outside_restricted(s, redis_url, log)
 
+    # The README's read-only commands answer on this lake.
+    _check_readme_commands(tmp_path)
+
     # Erasure after the full run: a published, exported, warehoused customer, forgotten everywhere.
     _check_forget(lake, s, catalog, redis_url, erased)
 
@@ -448,3 +451,25 @@ def _check_recommendation_tables(lake, day, lines, erased):
     metrics = json.loads(run.metrics)
     assert run.promoted and metrics["lift_over_popularity"] > 1.0
     assert any("recommendation outputs passed" in line for line in lines)
+
+
+def _check_readme_commands(data_dir):
+    """Every `p13n lake …` and `p13n sql …` command the README shows runs on a whole night's lake."""
+    import os
+    import shlex
+    import subprocess
+    import sys
+
+    from test_readme import commands
+
+    shown = [
+        c for c in commands() if c.startswith(("p13n lake ", "p13n sql ")) and not c.endswith(("NAME", "sql"))
+    ]
+    assert len(shown) >= 5, shown
+    env = {**os.environ, "P13N_DATA_DIR": str(data_dir)}
+    for command in shown:
+        argv = [a.replace("c360.parquet", str(data_dir / "c360.parquet")) for a in shlex.split(command)[1:]]
+        out = subprocess.run(
+            [sys.executable, "-m", "p13n.cli", *argv], env=env, capture_output=True, text=True, timeout=300
+        )
+        assert out.returncode == 0 and out.stdout.strip(), f"{command}: {out.stderr[-1500:]}"

@@ -88,12 +88,9 @@ def test_dag_files_import_fast():
     # light file look heavy.
     code = (
         "import json, time, runpy, airflow.sdk, p13n.orchestration\n"
-        "from airflow.sdk import AssetAll, CronPartitionTimetable, PartitionedAssetTimetable\n"
-        "best = {}\n"
-        f"for path in {[str(p) for p in DAG_FILES]!r}:\n"
-        "    for _ in range(3):\n"
-        "        t = time.perf_counter()\n"
-        "        runpy.run_path(path)\n"
+        "from airflow.sdk import AssetAll, CronPartitionTimetable, PartitionedAssetTimetable\nbest = {}\n"
+        f"for path in {[str(p) for p in DAG_FILES]!r}:\n    for _ in range(3):\n"
+        "        t = time.perf_counter()\n        runpy.run_path(path)\n"
         "        best[path] = min(best.get(path, float('inf')), time.perf_counter() - t)\n"
         "print(json.dumps(best))\n"
     )
@@ -117,8 +114,7 @@ def test_heavy_libraries_are_not_imported_at_parse_time():
         "import sys, runpy\n"
         + "".join(f"runpy.run_path({str(p)!r})\n" for p in DAG_FILES)
         + "heavy = [m for m in ('pyspark', 'deltalake', 'great_expectations', 'mlflow', 'sklearn', "
-        "'implicit') if m in sys.modules]\n"
-        "print(heavy)\n"
+        "'implicit') if m in sys.modules]\nprint(heavy)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -24,8 +24,7 @@ def test_csv_maps_renamed_columns_keeps_line_numbers_and_flags_wrong_field_count
     text = (
         "Id,Name,Tier__c,LastModifiedDate\n"
         '001A,"Smith, household",gold,2024-03-01T10:00:00.000Z\n'
-        "broken,row\n"
-        "001B,,silver,2024-03-01T11:00:00.000Z\n"
+        "broken,row\n001B,,silver,2024-03-01T11:00:00.000Z\n"
     )
     recs = read_text(text, src)
     assert [r["_record"] for r in recs] == [2, 3, 4]

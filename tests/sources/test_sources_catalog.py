@@ -57,8 +57,7 @@ def test_catalog_errors_name_source_and_field(tmp_path):
     bad = tmp_path / "sources.yaml"
     bad.write_text(
         "sources:\n  orders:\n    system: s\n    description: d\n    format: csv\n    location: x\n    kind: "
-        "event\n"
-        "    primary_key: [id]\n    owner: o\n    freshness_hours: 1\n    columns: {id: string}\n"
+        "event\n    primary_key: [id]\n    owner: o\n    freshness_hours: 1\n    columns: {id: string}\n"
     )
     with pytest.raises(ConfigError) as err:
         load_catalog(bad)
