@@ -790,24 +790,10 @@ def _serving_summary(settings, url: str) -> str:
 
 def _print_summary(console, settings, logical_date: str, log: Path) -> None:
     """Every table in the lake: version, files, rows, and who last wrote it."""
-    from rich.table import Table
+    from p13n.cli.lake import tables_view
 
-    from p13n.lake.duck import describe, list_tables
-
-    table = Table(title=f"What the run wrote ({logical_date})")
-    for col in ("table", "version", "files", "rows", "last operation"):
-        table.add_column(col)
+    console.print(tables_view(settings, title=f"What the run wrote ({logical_date})"))
     root = settings.lake_root
-    for name in list_tables(settings):
-        i = describe(settings, name)
-        table.add_row(
-            name,
-            str(i["version"]),
-            str(i["files"]),
-            f"{i['rows']:,}",
-            f"{i['last_operation']} by {i['last_dag'] or '?'}",
-        )
-    console.print(table)
     docs = settings.data_dir / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
     report = settings.data_dir / "reports" / logical_date / "index.html"
     console.print(

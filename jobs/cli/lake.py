@@ -10,6 +10,27 @@ from pathlib import Path
 from p13n.cli.common import CommandError, iso_date
 
 
+def tables_view(settings, title: str | None = None):
+    """Every table of the lake with version, files, rows, size, partitioning and its last write."""
+    from rich.table import Table
+
+    from p13n.lake import duck
+
+    table = Table("table", "version", "files", "rows", "MB", "partitioned by", "last written", title=title)
+    for name in duck.list_tables(settings):
+        i = duck.describe(settings, name)
+        table.add_row(
+            name,
+            str(i["version"]),
+            str(i["files"]),
+            f"{i['rows']:,}",
+            f"{i['bytes'] / 1e6:.1f}",
+            ", ".join(i["partition_by"]),
+            f"{i['last_time']} {i['last_operation']} by {i['last_dag'] or '?'}",
+        )
+    return table
+
+
 def _cmd_lake(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -28,19 +49,7 @@ def _cmd_lake(args: argparse.Namespace) -> int:
             table.add_row(t, t.partition_by or "", ", ".join(t.key), t.owner, t.about)
         console.print(table)
     elif args.action == "tables":
-        table = Table("table", "version", "files", "rows", "MB", "partitioned by", "last written")
-        for name in duck.list_tables(settings):
-            i = duck.describe(settings, name)
-            table.add_row(
-                name,
-                str(i["version"]),
-                str(i["files"]),
-                f"{i['rows']:,}",
-                f"{i['bytes'] / 1e6:.1f}",
-                ", ".join(i["partition_by"]),
-                f"{i['last_time']} {i['last_operation']} by {i['last_dag'] or '?'}",
-            )
-        console.print(table)
+        console.print(tables_view(settings))
     elif args.action == "history":
         table = Table("version", "time", "operation", "rows", "run date", "dag", "run", "code")
         for c in duck.history(settings, args.table, limit=args.limit):
