@@ -57,6 +57,7 @@ def test_the_catalog_names_each_table_once_with_its_layout():
     orders = table("silver.shopify_orders")
     assert (orders.partition_by, orders.key) == ("event_date", ("order_id",))
     assert table("bronze.products").partition_by == "_batch_date"
+    assert table("ops.model_runs").partition_columns == ["as_of_date", "model"]
     assert seg.uri("/lake/") == "/lake/gold/segments" and f"{seg}" == "gold.segments"
 
 

@@ -46,7 +46,7 @@ def _cmd_lake(args: argparse.Namespace) -> int:
 
         table = Table("table", "partitioned by", "key", "owner", "what it holds", title="The table catalog")
         for t in [*CATALOG.values(), *source_tables()]:
-            table.add_row(t, t.partition_by or "", ", ".join(t.key), t.owner, t.about)
+            table.add_row(t, ", ".join(t.partition_columns), ", ".join(t.key), t.owner, t.about)
         console.print(table)
     elif args.action == "tables":
         console.print(tables_view(settings))

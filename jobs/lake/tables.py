@@ -44,12 +44,14 @@ class TableName:
 class Table(str):
     """A catalogued table: its qualified name, partition column, key columns, owner and purpose."""
 
-    partition_by: str | None
+    partition_by: str | tuple[str, ...] | None
     key: tuple[str, ...]
     owner: str
     about: str
 
-    def __new__(cls, name: str, *, partition_by: str | None, key=(), owner: str, about: str = ""):
+    def __new__(
+        cls, name: str, *, partition_by: str | tuple[str, ...] | None, key=(), owner: str, about: str = ""
+    ):
         TableName.parse(name)
         self = super().__new__(cls, name)
         self.partition_by, self.key, self.owner, self.about = partition_by, tuple(key), owner, about
@@ -63,6 +65,12 @@ class Table(str):
             "about": self.about,
         }
         return (str(self),), fields
+
+    @property
+    def partition_columns(self) -> list[str]:
+        """The Delta table's partition columns (none, one, or several in order)."""
+        p = self.partition_by
+        return [] if not p else [p] if isinstance(p, str) else list(p)
 
     @property
     def layer(self) -> str:
@@ -239,7 +247,7 @@ OPS_IDENTITY_RUNS = Table(
 )
 OPS_MODEL_RUNS = Table(
     "ops.model_runs",
-    partition_by=None,
+    partition_by=(_DAY, "model"),
     key=("model", _DAY),
     owner="models",
     about="each model's version, metrics, gate reasons and whether it was promoted",

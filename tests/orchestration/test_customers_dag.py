@@ -103,8 +103,9 @@ def test_score_customers_and_recommend_products_dags_write_every_table(
     # Raw contact data only in the restricted zones, after every DAG above.
     _check_no_pii_outside_restricted(s, redis_url, log)
 
-    # The README's read-only commands answer on this lake.
+    # The README's read-only commands answer on this lake, and its every table is in the catalog.
     _check_readme_commands(tmp_path)
+    _check_catalog_matches_the_lake(s)
 
     # Erasure after the full run: a published, exported, warehoused customer, forgotten everywhere.
     _check_forget(lake, s, catalog, redis_url, erased)
@@ -473,3 +474,18 @@ def _check_readme_commands(data_dir):
             [sys.executable, "-m", "p13n.cli", *argv], env=env, capture_output=True, text=True, timeout=300
         )
         assert out.returncode == 0 and out.stdout.strip(), f"{command}: {out.stderr[-1500:]}"
+
+
+def _check_catalog_matches_the_lake(settings):
+    """Every table a night wrote is in `p13n.lake.tables` with the partition columns it really has."""
+    from p13n.lake import duck
+    from p13n.lake.tables import table
+
+    written = duck.list_tables(settings)
+    assert len(written) > 40
+    wrong = {}
+    for name in written:
+        actual = duck.describe(settings, name)["partition_by"]
+        if table(name).partition_columns != actual:  # table() raises for a table not in the catalog
+            wrong[name] = (table(name).partition_columns, actual)
+    assert wrong == {}
