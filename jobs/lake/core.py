@@ -52,7 +52,7 @@ from p13n.lake.errors import (
     TableNotFoundError,
 )
 from p13n.lake.files import collect_staged_files, partition_values_from_path
-from p13n.lake.tables import LAYERS, TableName
+from p13n.lake.tables import TableName
 from p13n.runctx import RunContext
 from p13n.spark import default_parallelism
 
@@ -134,15 +134,9 @@ class Lake:
 
     def tables(self, layer: str | None = None) -> list[str]:
         """Every table in the lake (or in one layer), sorted."""
-        fs, base = pafs.FileSystem.from_uri(self.root if "://" in self.root else f"file://{self.root}")
-        found = []
-        for lyr in [layer] if layer else LAYERS:
-            try:
-                entries = fs.get_file_info(pafs.FileSelector(f"{base}/{lyr}", allow_not_found=True))
-            except (OSError, pa.ArrowException):
-                continue
-            found += [f"{lyr}.{e.base_name}" for e in entries if e.type == pafs.FileType.Directory]
-        return sorted(t for t in found if self.exists(t))
+        from p13n.lake.duck import list_tables
+
+        return list_tables(self.root, layer, storage_options=self.storage_options)
 
     def info(self, table: str) -> TableInfo:
         dt = self.delta_table(table)

@@ -237,19 +237,22 @@ def erase_table_history(settings, table: str) -> None:
 # --- quick answers: what is in the lake (no Spark, about a second) ------------------------------
 
 
-def list_tables(lake, layer: str | None = None) -> list[str]:
-    """Every table in the lake (or one layer), sorted."""
+def list_tables(lake, layer: str | None = None, storage_options: dict | None = None) -> list[str]:
+    """Every table in the lake (or one layer), sorted. `lake`: the Settings, or a root (with its
+    `storage_options` when it is on object storage)."""
     import pyarrow.fs as pafs
+    from deltalake import DeltaTable
 
     from p13n.lake.tables import LAYERS
 
     root = _root(lake).rstrip("/")
+    options = storage_options or _options(lake)
     fs, base = pafs.FileSystem.from_uri(root if "://" in root else f"file://{Path(root).resolve()}")
     found = []
     for lyr in [layer] if layer else LAYERS:
         entries = fs.get_file_info(pafs.FileSelector(f"{base}/{lyr}", allow_not_found=True))
         found += [f"{lyr}.{e.base_name}" for e in entries if e.type == pafs.FileType.Directory]
-    return sorted(t for t in found if table_exists(lake, t))
+    return sorted(t for t in found if DeltaTable.is_deltatable(table_uri(root, t), storage_options=options))
 
 
 def describe(lake, table: str) -> dict:

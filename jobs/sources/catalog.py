@@ -145,11 +145,15 @@ class Source(BaseModel):
 
     # A source's four tables are named here, once (the lake's catalog lists them beside its own).
     @property
+    def _day(self) -> str | None:
+        """Silver and restricted partition events by their date; entities are not partitioned."""
+        return "event_date" if self.kind == "event" else None
+
+    @property
     def silver_table(self) -> Table:
-        day = "event_date" if self.kind == "event" else None
         return Table(
             f"silver.{self.name}",
-            partition_by=day,
+            partition_by=self._day,
             key=self.primary_key,
             owner=self.owner,
             about=f"{self.description} (typed, deduplicated, PII pseudonymized)",
@@ -177,10 +181,9 @@ class Source(BaseModel):
     def restricted_table(self) -> Table | None:
         if not self.pii_columns:
             return None
-        day = "event_date" if self.kind == "event" else None
         return Table(
             f"restricted.{self.name}",
-            partition_by=day,
+            partition_by=self._day,
             key=self.primary_key,
             owner=self.owner,
             about=f"{self.name}'s raw PII columns",
