@@ -180,8 +180,9 @@ class IdentitySettings(_Section):
     duckdb_memory_gb: float | None = Field(None, gt=0)
     max_cluster_records: int = Field(5000, gt=1)
     # Clusters with different birth dates: "typo" keeps them apart unless the dates differ in one part
-    # only (year, month or day) or by a day-month swap; "strict" whenever no date is shared; "off"
-    # leaves birth dates to the model alone (data whose dates are often wholly wrong, e.g. FEBRL).
+    # only (year, month or day) or by a day-month swap, or the linking pair was scored on its own two
+    # dates (the model weighed them); "strict" whenever no date is shared; "off" leaves birth dates
+    # to the model alone.
     birth_date_guard: Literal["typo", "strict", "off"] = "typo"
     # Pairs the model scores at most; EM trains on a sample of this size.
     em_max_pairs: int = Field(2_000_000, gt=0)

@@ -5,7 +5,10 @@ Here edges are taken in order of strength (deterministic rules first, then by ma
 and a merge is refused when the two clusters would
 
 * hold two records of a one-per-customer source (two loyalty memberships, two Shopify accounts),
-* hold different birth dates, none in common and none a typing slip from the other,
+* hold different birth dates, none in common and none a typing slip from the other, where the edge
+  did not weigh them itself (a model edge between two dated profiles was scored with the dates'
+  disagreement and still passed the threshold: the guard is for dates the clusters' other members
+  bring),
 * exceed `max_records`, or
 * for a probabilistic edge: rest on a shared address and surname while the first names clearly
   differ and neither email, phone nor birth date agrees (household members at one address are kept
@@ -55,6 +58,7 @@ def cluster_profiles(
     # millions of profiles cost more memory than the edge list.
     guard = {i: {s: i} for i, s in enumerate(profiles["guard_source"].tolist()) if isinstance(s, str)}
     dobs = {i: {d} for i, d in enumerate(profiles["dob"].tolist()) if isinstance(d, str)}
+    dated = profiles["dob"].notna().to_numpy()
     none: dict = {}
 
     def find(i: int) -> int:
@@ -72,6 +76,10 @@ def cluster_profiles(
     left = index.get_indexer(ordered["profile_l"].to_numpy())
     right = index.get_indexer(ordered["profile_r"].to_numpy())
     household = _household_conflicts(ordered, exact_levels)
+    # model edges whose two profiles both have a birth date: the score weighed the dates already
+    weighed = (ordered["rule"] == "model").to_numpy() & dated[left] & dated[right]
+    if birth_date_guard == "strict":
+        weighed[:] = False
     refused: Counter = Counter()
     accepted = np.zeros(len(ordered), dtype=bool)
     for k in range(len(ordered)):
@@ -92,6 +100,7 @@ def cluster_profiles(
         dobs_a, dobs_b = dobs.get(a), dobs.get(b)
         if (
             birth_date_guard != "off"
+            and not weighed[k]
             and dobs_a
             and dobs_b
             and not (dobs_a & dobs_b)

@@ -89,10 +89,10 @@ def present_attributes(prof: DataFrame, columns) -> list[str]:
 
 
 def compared_attributes(present: list[str]) -> list[str]:
-    """The attributes the model compares (city only stands in for a missing postal code)."""
-    used = ["first_c", "last_n", "email_n", "phone_n", "street_n", "postal_n", "dob"]
-    if "postal_n" not in present:
-        used.append("city_n")
+    """The attributes the model compares."""
+    used = ["first_c", "last_n", "email_n", "phone_n", "street_n", "postal_n", "city_n", "dob"]
+    if "street_n" in present or "postal_n" in present:
+        used.append("state_n")  # a state says little alone; beside an address it corroborates it
     return [c for c in used if c in present]
 
 
@@ -107,6 +107,8 @@ def blocking_rules(present: list[str]) -> list[list[str]]:
         ["last_n", "dob"],
         ["street_n", "postal_n"],
         ["first_c", "street_n"],
+        ["dob", "postal_n"],  # names mistyped, swapped or replaced: the date and the place still agree
+        ["dob", "city_n"],
     ]
     return [b for b in candidates if all(c in present for c in b)]
 
@@ -144,6 +146,28 @@ def budget_rules(
     return rules, pairs, changed
 
 
+def _name_comparison(col: str, other: str | None):
+    """Splink's name comparison (exact with term frequencies, then Jaro-Winkler at 0.92, 0.88 and 0.7),
+    with a level for a name typed in the other name's field ("Hanigan Bryce" for "Bryce Hanigan")."""
+    import splink.comparison_level_library as cll
+    import splink.comparison_library as cl
+
+    if other is None:
+        return cl.NameComparison(col).configure(term_frequency_adjustments=True)
+    return cl.CustomComparison(
+        [
+            cll.NullLevel(col),
+            cll.ExactMatchLevel(col).configure(tf_adjustment_column=col),
+            cll.CustomLevel(
+                f'("{col}_l" = "{other}_r" OR "{col}_r" = "{other}_l")', f"{col} is the other's {other}"
+            ),
+            *[cll.JaroWinklerLevel(col, t) for t in (0.92, 0.88, 0.7)],
+            cll.ElseLevel(),
+        ],
+        output_column_name=col,
+    )
+
+
 def _splink_settings(
     present: list[str], blocks: list[list[str]]
 ) -> tuple[dict, list[list[str]], list[list[str]]]:
@@ -153,20 +177,22 @@ def _splink_settings(
     from splink import SettingsCreator, block_on
 
     comparisons = []
-    if "first_c" in present:
-        comparisons.append(cl.NameComparison("first_c").configure(term_frequency_adjustments=True))
-    if "last_n" in present:
-        comparisons.append(cl.NameComparison("last_n").configure(term_frequency_adjustments=True))
+    both_names = "first_c" in present and "last_n" in present
+    for col, other in (("first_c", "last_n"), ("last_n", "first_c")):
+        if col in present:
+            comparisons.append(_name_comparison(col, other if both_names else None))
     if "email_n" in present:
         comparisons.append(cl.EmailComparison("email_n"))
     if "phone_n" in present:
         comparisons.append(cl.LevenshteinAtThresholds("phone_n", [1]))
     if "street_n" in present:
-        comparisons.append(cl.JaroWinklerAtThresholds("street_n", [0.95, 0.85]))
+        comparisons.append(cl.JaroWinklerAtThresholds("street_n", [0.9, 0.7]))
     if "postal_n" in present:
-        comparisons.append(cl.ExactMatch("postal_n"))
-    elif "city_n" in present:
-        comparisons.append(cl.ExactMatch("city_n"))
+        comparisons.append(cl.LevenshteinAtThresholds("postal_n", [1]))
+    if "city_n" in present:
+        comparisons.append(cl.ExactMatch("city_n").configure(term_frequency_adjustments=True))
+    if "state_n" in compared_attributes(present):
+        comparisons.append(cl.ExactMatch("state_n"))
     if "dob" in present:
         comparisons.append(cl.LevenshteinAtThresholds("dob", [1]))
 
@@ -176,20 +202,26 @@ def _splink_settings(
             f"or birth date (present: {', '.join(present) or 'nothing'})"
         )
     # EM needs blocks that leave the other comparisons free to vary: one on contact details, one on
-    # names, so every comparison is estimated at least once.
+    # names, so every comparison is estimated at least once. The two name comparisons read both names
+    # (the swapped-names level), so a block on either name fixes both.
+    compared = compared_attributes(present)
+    names = {"first_c", "last_n"} if both_names else set()
+
+    def free_in(block: list[str]) -> set[str]:
+        return {c for c in compared if not ((names if c in names else {c}) & set(block))}
+
     em = [
         b
         for b in (["first_c", "last_n"], ["email_n"], ["postal_n", "dob"], ["phone_n"], ["last_n", "dob"])
-        if all(c in present for c in b)
+        if all(c in present for c in b) and free_in(b)
     ][:3]
     # Every compared attribute must vary in at least one EM block: with few attributes (an address
     # only, names and a postal code) add single-attribute blocks until each is left free once.
-    compared = compared_attributes(present)
     for block in (["postal_n"], ["dob"], ["street_n"], ["last_n"], ["city_n"], ["first_c"]):
-        free = {c for b in em for c in compared if c not in b}
+        free = set().union(*map(free_in, em))
         if set(compared) <= free:
             break
-        if all(c in present for c in block) and block not in em and set(compared) - set(block) - free:
+        if all(c in present for c in block) and block not in em and free_in(block) - free:
             em.append(block)
     deterministic = [
         b for b in (["email_n"], ["phone_n"], ["first_c", "last_n", "dob"]) if all(c in present for c in b)

@@ -75,26 +75,33 @@ def test_clustering_merges_links_and_refuses_what_the_guards_forbid():
         (3, 1, "crm_contacts", "1980-01-01"),
         (4, 1, "shopify_customers", None),  # a second shop account: never in the same customer as 1
         (5, 1, "crm_contacts", "1990-05-05"),  # household member at the same address
-        (6, 1, None, "1975-03-03"),  # a different birth date
+        (6, 1, None, "1975-03-03"),  # a different birth date, scored by the model on both dates
+        (7, 1, None, "1960-07-07"),  # another date, linked through a profile without one
     )
     edges = _edges(
         (1, 2, "email", 1.0, -1, -1, -1),
         (1, 3, "model", 0.999, 4, 4, -1),
         (2, 4, "email", 1.0, -1, -1, -1),  # would put two shop accounts together
         (3, 5, "model", 0.97, 0, 0, 0),  # same address and surname, first names differ
-        (3, 6, "model", 0.96, 4, -1, -1),  # names agree, birth dates do not
+        (3, 6, "model", 0.96, 4, -1, -1),  # names agree, birth dates do not: the score weighed them
+        (2, 7, "model", 0.955, 4, -1, -1),  # the score never saw 7's date beside 1's and 3's
     )
-    out = cluster_profiles(
-        profiles, edges, max_records=100, exact_levels={"gamma_email_n": 4, "gamma_phone_n": 2}
-    )
+    exact = {"gamma_email_n": 4, "gamma_phone_n": 2}
+    out = cluster_profiles(profiles, edges, max_records=100, exact_levels=exact)
     cluster = dict(zip(out.assignment["profile_id"], out.assignment["cluster"], strict=True))
-    assert cluster == {1: 1, 2: 1, 3: 1, 4: 4, 5: 5, 6: 6}
+    assert cluster == {1: 1, 2: 1, 3: 1, 4: 4, 5: 5, 6: 1, 7: 7}
     assert dict(out.refused) == {
         "two shopify_customers records": 1,
         "household: first names differ, no email or phone in common": 1,
         "different birth dates": 1,
     }
-    assert sorted(map(tuple, out.accepted[["profile_l", "profile_r"]].to_numpy())) == [(1, 2), (1, 3)]
+    assert sorted(map(tuple, out.accepted[["profile_l", "profile_r"]].to_numpy())) == [(1, 2), (1, 3), (3, 6)]
+
+    strict = cluster_profiles(profiles, edges, max_records=100, exact_levels=exact, birth_date_guard="strict")
+    assert dict(zip(strict.assignment["profile_id"], strict.assignment["cluster"], strict=True))[6] == 6
+    assert strict.refused["different birth dates"] == 2
+    off = cluster_profiles(profiles, edges, max_records=100, exact_levels=exact, birth_date_guard="off")
+    assert dict(zip(off.assignment["profile_id"], off.assignment["cluster"], strict=True))[7] == 1
 
 
 def test_clustering_respects_the_size_limit():
