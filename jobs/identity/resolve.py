@@ -6,8 +6,6 @@ import time
 from dataclasses import dataclass, field
 
 import pandas as pd
-from pyspark.sql import DataFrame
-from pyspark.sql import functions as F
 
 from p13n.config import IdentitySettings
 from p13n.identity import clustering, matching
@@ -26,45 +24,73 @@ class Resolution:
 
 
 def resolve_records(
-    records: DataFrame,
+    records,
     cfg: IdentitySettings,
     *,
     one_per_customer: list[str] | None = None,
     threshold: float | None = None,
     progress=None,
 ) -> Resolution:
-    """Match `records` (record_key, source, record_id and any person attributes) into clusters with
-    the `identity` settings; `one_per_customer` and `threshold` override theirs (a file's link-only
-    run, the CLI's --threshold)."""
-    say = progress or (lambda _msg: None)
+    """Match `records` (record_key, source, record_id and any person attributes; a Spark or pandas
+    DataFrame or an Arrow table) into clusters with the `identity` settings; `one_per_customer` and
+    `threshold` override theirs (a file's link-only run, the CLI's --threshold).
+
+    Everything before and after Splink (normalizing, profiles, blocking budgets, deterministic edges,
+    clustering) runs in this process on DuckDB and pandas: a file never starts Spark, and the lake's
+    records arrive as one Arrow table.
+    """
+    con = matching.duckdb_connection(cfg.duckdb_memory_gb)
+    try:
+        return _resolve(con, records, cfg, one_per_customer, threshold, progress or (lambda _msg: None))
+    finally:
+        matching.close(con)
+
+
+def _resolve(con, records, cfg, one_per_customer, threshold, say) -> Resolution:
     one_per_customer = cfg.one_per_customer if one_per_customer is None else one_per_customer
     threshold = threshold or cfg.match_probability
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    prof, record_map = matching.profiles(normalize(records), one_per_customer)
-    prof = prof.cache()
-    record_map = record_map.cache()
-    n_records, n_profiles = record_map.count(), prof.count()
+    if hasattr(records, "toArrow"):  # a Spark DataFrame (the lake's records)
+        records = records.toArrow()
+    con.register("records_in", records)
+    con.execute(f"CREATE TEMP TABLE normalized AS {normalize(con, 'records_in')}")
+    con.unregister("records_in")
+    matching.profiles(con, "normalized", one_per_customer)
+    con.execute("DROP TABLE normalized")
+    n_records = con.sql("SELECT count(*) FROM record_map").fetchone()[0]
+    n_profiles = con.sql("SELECT count(*) FROM profiles").fetchone()[0]
     timings["profiles_s"] = time.perf_counter() - t0
     say(f"identity: {n_records:,} records → {n_profiles:,} distinct profiles")
+    prof_pd = con.sql("SELECT profile_id, records, guard_source, dob FROM profiles").df()
+    record_map = con.sql("SELECT * FROM record_map").df()
 
-    compared = matching.compared_attributes(matching.present_attributes(prof, matching.NORMALIZED))
+    compared = matching.compared_attributes(matching.present_attributes(con, matching.NORMALIZED))
+    strong = matching.present_attributes(con, matching.STRONG, min_share=0)
+    det = matching.deterministic_edges(con, strong) if strong else None
+    counts = {"records": n_records, "profiles": n_profiles}
     if len(compared) < 2:
-        return _exact_only(prof, record_map, compared, threshold, timings, n_records, n_profiles, say)
+        say(
+            f"identity: only {', '.join(compared) or 'no attribute'} to compare; a model needs two: "
+            "records are matched exactly on it"
+        )
+        return _without_model(prof_pd, record_map, det, cfg, compared, threshold, timings, counts)
 
     t0 = time.perf_counter()
-    strong = [c for c in matching.STRONG if prof.filter(F.col(c).isNotNull()).limit(1).count()]
-    det = matching.deterministic_edges(prof, strong) if strong else None
-    linker, model = matching.train(
-        prof,
-        threshold=threshold,
-        em_max_pairs=cfg.em_max_pairs,
-        u_max_pairs=cfg.u_max_pairs,
-        seed=cfg.seed,
-        backend=cfg.backend,
-        duckdb_memory_gb=cfg.duckdb_memory_gb,
-        max_pairs_per_profile=cfg.max_pairs_per_profile,
-    )
+    try:
+        linker, model = matching.train(
+            con,
+            threshold=threshold,
+            em_max_pairs=cfg.em_max_pairs,
+            u_max_pairs=cfg.u_max_pairs,
+            seed=cfg.seed,
+            backend=cfg.backend,
+            duckdb_memory_gb=cfg.duckdb_memory_gb,
+            max_pairs_per_profile=cfg.max_pairs_per_profile,
+        )
+    except matching.NotEnoughToMatch as exc:  # a tiny file, say: what is identical is still one customer
+        say(f"identity: {exc}; records are matched exactly on their normalized attributes")
+        return _without_model(prof_pd, record_map, det, cfg, compared, threshold, timings, counts)
     timings["train_s"] = time.perf_counter() - t0
     say(f"identity: model trained on {', '.join(model.columns)}")
     for note in model.blocking_changes:
@@ -81,10 +107,12 @@ def resolve_records(
         scored = matching.probabilistic_edges(linker, threshold, list(exact_levels))
     finally:
         matching.release(linker)
+    # Splink's own work (training and predicting), to weigh the matcher's work around it
+    timings["splink_s"] = model.metrics["splink_train_s"] + time.perf_counter() - t0
     del linker
     frames = [scored.assign(rule="model")]
     if det is not None:
-        frames.append(det.toPandas().assign(match_probability=1.0))
+        frames.append(det.assign(match_probability=1.0))
     edges = pd.concat(frames, ignore_index=True)
     del frames, scored
     for c in exact_levels:
@@ -95,7 +123,6 @@ def resolve_records(
     )
 
     t0 = time.perf_counter()
-    prof_pd = prof.select("profile_id", "records", "guard_source", "dob").toPandas()
     result = clustering.cluster_profiles(
         prof_pd,
         edges,
@@ -103,10 +130,8 @@ def resolve_records(
         exact_levels=exact_levels,
         birth_date_guard=cfg.birth_date_guard,
     )
-    recs = record_map.toPandas().merge(result.assignment, on="profile_id", how="left", validate="many_to_one")
+    recs = record_map.merge(result.assignment, on="profile_id", how="left", validate="many_to_one")
     timings["cluster_s"] = time.perf_counter() - t0
-    prof.unpersist()
-    record_map.unpersist()
     return Resolution(
         records=recs,
         profiles=prof_pd,
@@ -126,33 +151,36 @@ def resolve_records(
     )
 
 
-def _exact_only(prof, record_map, compared, threshold, timings, n_records, n_profiles, say) -> Resolution:
-    """One attribute (or none) to compare: no model can weigh it, so records match exactly on what is
-    there (records with the same normalized values are one customer; a profile is one cluster)."""
-    say(
-        f"identity: only {', '.join(compared) or 'no attribute'} to compare; a model needs two: records are "
-        "matched exactly on it"
-    )
-    prof_pd = prof.select("profile_id", "records", "guard_source", "dob").toPandas()
+def _without_model(prof_pd, record_map, det, cfg, compared, threshold, timings, counts) -> Resolution:
+    """No model can be learned (one attribute to compare, or no pair to train on): records match
+    exactly on what is there (identical normalized values are one profile) and through the strong
+    identifiers they share (deterministic edges, with the clustering guards)."""
+    accepted = pd.DataFrame(columns=["profile_l", "profile_r", "rule", "match_probability"])
+    refused: dict = {}
     assignment = pd.DataFrame({"profile_id": prof_pd["profile_id"], "cluster": prof_pd["profile_id"]})
-    recs = record_map.toPandas().merge(assignment, on="profile_id", how="left", validate="many_to_one")
-    prof.unpersist()
-    record_map.unpersist()
-    empty = pd.DataFrame(columns=["profile_l", "profile_r", "rule", "match_probability"])
+    if det is not None and len(det):
+        result = clustering.cluster_profiles(
+            prof_pd,
+            det.assign(match_probability=1.0),
+            max_records=cfg.max_cluster_records,
+            birth_date_guard=cfg.birth_date_guard,
+        )
+        assignment, accepted, refused = result.assignment, result.accepted, dict(result.refused)
+    recs = record_map.merge(assignment, on="profile_id", how="left", validate="many_to_one")
     return Resolution(
         records=recs,
         profiles=prof_pd,
-        edges=empty,
+        edges=accepted,
         model=matching.MatchModel({}, threshold, compared, metrics={"exact_only": 1}),
+        refused=refused,
         timings={k: round(v, 2) for k, v in timings.items()},
         counts={
-            "records": n_records,
-            "profiles": n_profiles,
+            **counts,
             "blocked_pairs": 0,
             "blocking_rules_changed": 0,
-            "candidate_edges": 0,
-            "accepted_edges": 0,
-            "clusters": len(prof_pd),
+            "candidate_edges": 0 if det is None else len(det),
+            "accepted_edges": len(accepted),
+            "clusters": int(assignment["cluster"].nunique()),
         },
     )
 

@@ -13,10 +13,17 @@ from p13n.identity.evaluation import evaluate_clusters
 from p13n.identity.ids import assign_ids, mint_id, update_aliases
 
 
-@pytest.mark.spark
-def test_normalize_folds_spellings_of_one_person(spark):
+def _normalized(df: pd.DataFrame) -> dict:
+    import duckdb
+
     from p13n.identity.records import normalize
 
+    con = duckdb.connect()
+    con.register("records", df)
+    return {r["record_id"]: r for r in con.sql(normalize(con, "records")).df().to_dict("records")}
+
+
+def test_normalize_folds_spellings_of_one_person():
     rows = [
         (
             "a",
@@ -30,12 +37,10 @@ def test_normalize_folds_spellings_of_one_person(spark):
         ("b", "bobsmith@gmail.com", "+1 212 555 0100", "robert", "OBRIEN", "12 oak st.", "10001"),
         ("c", "not an email", "555", None, "Van der Berg", "9 North Main Avenue", "K1A 0B1"),
     ]
-    df = spark.createDataFrame(
-        rows,
-        "record_id string, email string, phone string, first_name string, "
-        "last_name string, street string, postal_code string",
+    df = pd.DataFrame(
+        rows, columns=["record_id", "email", "phone", "first_name", "last_name", "street", "postal_code"]
     )
-    out = {r["record_id"]: r for r in normalize(df).collect()}
+    out = _normalized(df)
     for col in ("email_n", "phone_n", "first_c", "last_n", "street_n", "postal_n"):
         assert out["a"][col] == out["b"][col], col
     assert out["a"]["email_n"] == "bobsmith@gmail.com"
@@ -49,6 +54,35 @@ def test_normalize_folds_spellings_of_one_person(spark):
         "K1A0B1",
     )
     assert out["c"]["first_c"] is None
+
+
+def test_birth_dates_are_read_in_every_documented_format_and_nothing_else():
+    dates = ["1956-09-09", "09/09/1956", "1956/09/09", "19560909", "1956-9-9", "31/02/1956", "2156x", None]
+    out = _normalized(pd.DataFrame({"record_id": list("abcdefgh"), "birth_date": dates}))
+    assert [out[k]["dob"] for k in "abcdefgh"] == ["1956-09-09"] * 5 + [None] * 3
+
+
+@pytest.mark.spark
+def test_the_golden_records_street_and_postal_forms_are_the_matchers(spark):
+    """The household id (Spark, on the golden record) and the matcher (DuckDB) read addresses alike."""
+    from pyspark.sql import functions as F
+
+    from p13n.identity.records import normalize_postal, normalize_street
+
+    streets = ["12 Oak Street", "12 oak st.", "9 North Main Avenue", "  Flat 3, 1 Rue de l'Église ", "", None]
+    postals = ["10001-1234", "K1A 0B1", "4011", "SW1A 1AA", "12", "123456789"]
+    df = pd.DataFrame({"record_id": list("abcdef"), "street": streets, "postal_code": postals})
+    duck = _normalized(df)
+    rows = spark.createDataFrame(df).select(
+        "record_id",
+        normalize_street(F.col("street")).alias("street_n"),
+        normalize_postal(F.col("postal_code")).alias("postal_n"),
+    )
+    for r in rows.collect():
+        assert (r["street_n"], r["postal_n"]) == (
+            duck[r["record_id"]]["street_n"],
+            duck[r["record_id"]]["postal_n"],
+        )
 
 
 def _profiles(*rows):
@@ -250,14 +284,14 @@ def test_splinks_duckdb_is_capped_spills_to_its_own_directory_and_is_released():
 
     import psutil
 
-    from p13n.identity.matching import _duckdb_connection, release
+    from p13n.identity.matching import duckdb_connection, release
 
-    con = _duckdb_connection(1.5)
+    con = duckdb_connection(1.5)
     limit, temp = con.execute(
         "SELECT current_setting('memory_limit'), current_setting('temp_directory')"
     ).fetchone()
     assert limit == "1.5 GiB" and Path(temp).name.startswith("p13n-duckdb-") and Path(temp).is_dir()
-    other = _duckdb_connection(None)
+    other = duckdb_connection(None)
     default, other_temp = other.execute(
         "SELECT current_setting('memory_limit'), current_setting('temp_directory')"
     ).fetchone()
@@ -270,11 +304,20 @@ def test_splinks_duckdb_is_capped_spills_to_its_own_directory_and_is_released():
     release(SimpleNamespace(_db_api=SimpleNamespace(_con=other)))
 
 
-def test_block_pairs_counts_the_pairs_each_blocking_rule_makes(spark):
+def _duck(**tables):
+    import duckdb
+
+    con = duckdb.connect()
+    for name, frame in tables.items():
+        con.register(name, frame)
+    return con
+
+
+def test_block_pairs_counts_the_pairs_each_blocking_rule_makes():
     """What predicting will score, logged before it starts: n·(n−1)/2 per block, nulls in no block."""
     from p13n.identity.matching import rule_pairs
 
-    prof = spark.createDataFrame(
+    prof = pd.DataFrame(
         [
             ("ann", "xu", "1"),
             ("ann", "xu", "1"),
@@ -283,21 +326,22 @@ def test_block_pairs_counts_the_pairs_each_blocking_rule_makes(spark):
             ("ann", "yo", "3"),
             ("bob", None, "3"),
         ],
-        "first_c string, last_n string, postal_n string",
+        columns=["first_c", "last_n", "postal_n"],
     )
-    assert [rule_pairs(prof, r) for r in (["first_c", "last_n"], ["last_n", "postal_n"], ["first_c"])] == [
+    con = _duck(profiles=prof)
+    assert [rule_pairs(con, r) for r in (["first_c", "last_n"], ["last_n", "postal_n"], ["first_c"])] == [
         3 + 1,
         1,
         10,
     ]
 
 
-def test_a_blocking_rule_over_the_pair_budget_is_tightened_with_the_city_or_left_out(spark):
+def test_a_blocking_rule_over_the_pair_budget_is_tightened_with_the_city_or_left_out():
     """Names alone blow up quadratically with the customers: over budget, the city is added."""
     from p13n.identity.matching import budget_rules
 
     rows = [("ann", "xu", f"a{i}@x", "paris" if i < 3 else "lyon") for i in range(6)]
-    prof = spark.createDataFrame(rows, "first_c string, last_n string, email_n string, city_n string")
+    prof = _duck(profiles=pd.DataFrame(rows, columns=["first_c", "last_n", "email_n", "city_n"]))
     present = ["first_c", "last_n", "email_n", "city_n"]
     # 6 alike names: 15 pairs; within the cities 3 + 3
     assert budget_rules(prof, present, 15) == (
