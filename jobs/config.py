@@ -165,6 +165,19 @@ class FieldRule(_Section):
     sources: list[str] = Field(default_factory=list)  # priority order; empty: identity.source_priority
 
 
+class IdentityGate(_Section):
+    """What stops a night's identity run before it writes anything (yesterday's ids then stand)."""
+
+    # Merging more than this share of the previous run's customers (and more than `min_merges` of
+    # them) in one night: a bad source or a model gone wrong chaining people together.
+    max_merge_share: float = Field(0.02, gt=0, le=1)
+    min_merges: int = Field(50, ge=0)
+    # Where the ground truth is known (generated data): F1 at least, over-merged customers at most
+    # (a share of the customers). 0 and 1 leave the run ungated on them.
+    min_f1: float = Field(0.0, ge=0, le=1)
+    max_overmerged_share: float = Field(1.0, ge=0, le=1)
+
+
 class IdentitySettings(_Section):
     sources: dict[str, IdentitySource] = Field(default_factory=dict)
     # Sources of which one customer holds at most one record: two of them never merge.
@@ -191,6 +204,7 @@ class IdentitySettings(_Section):
     # out): names alone make 53 pairs a profile at 1M customers, 5 at 100k.
     max_pairs_per_profile: float = Field(20.0, gt=0)
     seed: int = 13
+    gate: IdentityGate = Field(default_factory=IdentityGate)
 
 
 class GateSettings(_Section):

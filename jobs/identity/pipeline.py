@@ -124,6 +124,11 @@ def resolve_identities(
     graph = graph[["record_key", "source", "record_id", "profile_id", "customer_id"]].assign(
         run_date=run_date
     )
+    metrics = evaluate_clusters(graph[["record_key", "customer_id"]], truth) if truth is not None else {}
+    stop = gate_problem(changes, previous, metrics, cfg.gate)
+    if stop:
+        records.unpersist()
+        raise IdentityGateError(f"identity {run_date}: {stop}; nothing written, the previous ids stand")
     lake.replace_partition(GOLD_IDENTITY_GRAPH, spark.createDataFrame(graph), "run_date", run_date, run=run)
     changes_df = changes.assign(change_date=run_date, previous_run=previous_date)
     lake.replace_partition(
@@ -148,12 +153,38 @@ def resolve_identities(
             "are"
         )
     out.timings["publish_s"] = round(time.perf_counter() - t0, 2)
-    if truth is not None:
-        predicted = graph[["record_key", "customer_id"]]
-        out.metrics = evaluate_clusters(predicted, truth)
+    out.metrics = metrics
     _write_run(lake, out, res, run=run)
     records.unpersist()
     return out
+
+
+class IdentityGateError(RuntimeError):
+    """The night's identity run failed its gate (`identity.gate`) and wrote nothing."""
+
+
+def gate_problem(changes: pd.DataFrame, previous: pd.DataFrame | None, metrics: dict, gate) -> str | None:
+    """Why this run must not be published, or None: too many of the previous run's customers merged
+    in one night, or (ground truth known) F1 or over-merged customers past their limits."""
+    if previous is not None and len(previous):
+        before = previous["customer_id"].nunique()
+        merged = int((changes["change_type"] == "merge").sum())
+        if merged > max(gate.min_merges, gate.max_merge_share * before):
+            return (
+                f"{merged:,} of the previous run's {before:,} customers would merge tonight "
+                f"({merged / before:.1%}; identity.gate.max_merge_share is {gate.max_merge_share:.1%})"
+            )
+    if metrics:
+        if metrics["f1"] < gate.min_f1:
+            f1 = metrics["f1"]
+            return f"F1 against the ground truth is {f1:.4f}, below identity.gate.min_f1 {gate.min_f1}"
+        share = metrics["customers_overmerged"] / max(metrics["customers"], 1)
+        if share > gate.max_overmerged_share:
+            return (
+                f"{metrics['customers_overmerged']:,} customers hold records of several people ({share:.2%}; "
+                f"identity.gate.max_overmerged_share is {gate.max_overmerged_share:.2%})"
+            )
+    return None
 
 
 def _latest_snapshot(lake: Lake) -> dt.date | None:

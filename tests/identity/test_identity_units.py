@@ -358,3 +358,29 @@ def test_a_blocking_rule_over_the_pair_budget_is_tightened_with_the_city_or_left
         rules == [["email_n"]]
         and changed[-1] == "first_c+last_n+city_n left out (6 pairs over the budget of 5)"
     )
+
+
+def test_the_identity_gate_stops_a_merge_storm_and_truth_below_its_floors():
+    from p13n.config import IdentityGate
+    from p13n.identity.pipeline import gate_problem
+
+    previous = pd.DataFrame({"record_key": [f"r{i}" for i in range(5000)], "customer_id": range(5000)})
+    changes = pd.DataFrame({"change_type": ["merge"] * 120 + ["new"] * 30})
+    gate = IdentityGate()  # 2% of 5,000 is 100
+    assert gate_problem(changes, previous, {}, gate) == (
+        "120 of the previous run's 5,000 customers would merge tonight (2.4%; "
+        "identity.gate.max_merge_share is 2.0%)"
+    )
+    assert gate_problem(changes.iloc[20:], previous, {}, gate) is None  # 100 merges: at the limit
+    small = previous.iloc[:100]  # 40 merges of 100 customers, but under min_merges (50)
+    assert gate_problem(changes.iloc[80:], small, {}, gate) is None
+    assert gate_problem(changes, None, {}, gate) is None  # the first night has nothing to merge into
+
+    metrics = {"f1": 0.97, "customers_overmerged": 30, "customers": 1000}
+    assert gate_problem(changes.iloc[:0], previous, metrics, gate) is None  # floors off by default
+    strict = IdentityGate(min_f1=0.98, max_overmerged_share=0.01)
+    assert "below identity.gate.min_f1 0.98" in gate_problem(changes.iloc[:0], previous, metrics, strict)
+    metrics["f1"] = 0.99
+    assert gate_problem(changes.iloc[:0], previous, metrics, strict) == (
+        "30 customers hold records of several people (3.00%; identity.gate.max_overmerged_share is 1.00%)"
+    )
