@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 
 from p13n.identity.records import KEY_TYPES, NORMALIZED
+from p13n.lake.duck import literal
 
 log = logging.getLogger(__name__)
 STRONG = ("email_n", "phone_n", *KEY_TYPES)  # equal values mean the same person
@@ -56,7 +57,7 @@ def profiles(con, normalized: str, one_per_customer: list[str]) -> None:
     """
     columns = {c for c, *_ in con.sql(f"DESCRIBE {normalized}").fetchall()}
     keys = [f'"{k}"' if k in columns else f"CAST(NULL AS VARCHAR) AS {k}" for k in KEY_TYPES]
-    guard = ", ".join(_sql_text(s) for s in one_per_customer) or "NULL"
+    guard = ", ".join(literal(s) for s in one_per_customer) or "NULL"
     parts = [*NORMALIZED, *KEY_TYPES, "guard_source"]
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE keyed AS
@@ -77,15 +78,11 @@ def profiles(con, normalized: str, one_per_customer: list[str]) -> None:
     con.execute("DROP TABLE keyed")
 
 
-def _sql_text(value: str) -> str:
-    return "'" + str(value).replace("'", "''") + "'"
-
-
 def deterministic_edges(con, columns: list[str]):
     """Edges (profile_l, profile_r, rule) between profiles that share a strong identifier, as pandas:
     each profile to the smallest profile id holding the value (a star, not a clique)."""
     parts = [
-        f"""SELECT anchor AS profile_l, profile_id AS profile_r, {_sql_text(_RULE_NAMES.get(c, c))} AS rule
+        f"""SELECT anchor AS profile_l, profile_id AS profile_r, {literal(_RULE_NAMES.get(c, c))} AS rule
             FROM (SELECT profile_id, min(profile_id) OVER (PARTITION BY {c}) AS anchor
                   FROM profiles WHERE {c} IS NOT NULL)
             WHERE profile_id <> anchor"""

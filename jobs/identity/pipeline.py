@@ -22,8 +22,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
 from pyspark.sql import DataFrame, Window
@@ -114,7 +117,7 @@ def resolve_identities(
     cfg = settings.identity
     spark = lake.spark
     records = read_identity_records(lake, settings).cache()
-    res = resolve_records(records, cfg, progress=say)
+    res = resolve_records_spilled(records, cfg, settings.data_dir, progress=say)
     t0 = time.perf_counter()
     previous, previous_date = previous_snapshot(lake, run_date)
     assignment, changes = idmod.assign_ids(
@@ -157,6 +160,22 @@ def resolve_identities(
     _write_run(lake, out, res, run=run)
     records.unpersist()
     return out
+
+
+def resolve_records_spilled(records: DataFrame, cfg, scratch: Path, progress=None) -> Resolution:
+    """`resolve_records` on the lake's records, handed over as Parquet files the executors write into a
+    private (0700) scratch directory, removed afterwards: raw PII never outlives the run there.
+
+    Collecting them to the driver instead (`toArrow`) is bounded by spark.driver.maxResultSize: at 1M
+    customers the 6.6M records are past its 1 GiB.
+    """
+    scratch.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="identity-records-", dir=scratch))
+    try:
+        records.write.mode("overwrite").parquet(str(work / "records"))
+        return resolve_records(work / "records", cfg, progress=progress)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 class IdentityGateError(RuntimeError):

@@ -17,6 +17,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from p13n.config import IdentitySource
+from p13n.lake.duck import literal
 
 ATTRIBUTES = (
     "first_name",
@@ -205,10 +206,6 @@ def normalize_postal(col: Column) -> Column:
     )
 
 
-def _sql_text(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
 def _sql_letters(col: str) -> str:
     """Lower-case letters only: "O'Brien" and "OBRIEN" compare equal, "Van der Berg" → "vanderberg"."""
     return f"nullif(regexp_replace(lower(trim({col})), '[^a-zà-ÿ]', '', 'g'), '')"
@@ -239,7 +236,7 @@ def _sql_phone(col: str) -> str:
 def _sql_street(col: str) -> str:
     """`normalize_street` in DuckDB: words lower-cased, punctuation dropped, street words shortened."""
     words = f"regexp_split_to_array(trim(regexp_replace(lower({col}), '[^a-z0-9 ]', ' ', 'g')), '\\s+')"
-    cases = " ".join(f"WHEN {_sql_text(k)} THEN {_sql_text(v)}" for k, v in _STREET_WORDS.items())
+    cases = " ".join(f"WHEN {literal(k)} THEN {literal(v)}" for k, v in _STREET_WORDS.items())
     short = f"list_transform({words}, w -> CASE w {cases} ELSE w END)"
     return f"nullif(array_to_string(list_filter({short}, w -> w <> ''), ' '), '')"
 
@@ -275,7 +272,7 @@ def normalize(con, table: str) -> str:
         return f'CAST("{name}" AS VARCHAR)' if name in columns else "CAST(NULL AS VARCHAR)"
 
     first = _sql_letters(attr("first_name"))
-    nick = "MAP {" + ", ".join(f"{_sql_text(k)}: {_sql_text(v)}" for k, v in NICKNAMES.items()) + "}"
+    nick = "MAP {" + ", ".join(f"{literal(k)}: {literal(v)}" for k, v in NICKNAMES.items()) + "}"
     return f"""
         SELECT *,
             {_sql_email(attr("email"))} AS email_n,

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
 
 from p13n.config import IdentitySettings
 from p13n.identity import clustering, matching
 from p13n.identity.records import normalize
+from p13n.lake.duck import literal
 
 
 @dataclass
@@ -31,13 +33,14 @@ def resolve_records(
     threshold: float | None = None,
     progress=None,
 ) -> Resolution:
-    """Match `records` (record_key, source, record_id and any person attributes; a Spark or pandas
-    DataFrame or an Arrow table) into clusters with the `identity` settings; `one_per_customer` and
-    `threshold` override theirs (a file's link-only run, the CLI's --threshold).
+    """Match `records` (record_key, source, record_id and any person attributes: a pandas DataFrame,
+    an Arrow table, a small Spark DataFrame, or a directory of Parquet files) into clusters with the
+    `identity` settings; `one_per_customer` and `threshold` override theirs (a file's link-only run,
+    the CLI's --threshold).
 
     Everything before and after Splink (normalizing, profiles, blocking budgets, deterministic edges,
     clustering) runs in this process on DuckDB and pandas: a file never starts Spark, and the lake's
-    records arrive as one Arrow table.
+    records arrive as Parquet files the executors wrote (`p13n.identity.pipeline`).
     """
     con = matching.duckdb_connection(cfg.duckdb_memory_gb)
     try:
@@ -51,11 +54,15 @@ def _resolve(con, records, cfg, one_per_customer, threshold, say) -> Resolution:
     threshold = threshold or cfg.match_probability
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    if hasattr(records, "toArrow"):  # a Spark DataFrame (the lake's records)
-        records = records.toArrow()
-    con.register("records_in", records)
+    if isinstance(records, str | Path):  # a directory of Parquet files (the lake's records, spilled)
+        files = literal(f"{records}/*.parquet")
+        con.execute(f"CREATE TEMP VIEW records_in AS SELECT * FROM read_parquet({files})")
+    else:
+        if hasattr(records, "toArrow"):  # a small Spark DataFrame
+            records = records.toArrow()
+        con.register("records_in", records)
     con.execute(f"CREATE TEMP TABLE normalized AS {normalize(con, 'records_in')}")
-    con.unregister("records_in")
+    con.execute("DROP VIEW records_in")
     matching.profiles(con, "normalized", one_per_customer)
     con.execute("DROP TABLE normalized")
     n_records = con.sql("SELECT count(*) FROM record_map").fetchone()[0]
