@@ -25,42 +25,58 @@ CHANNELS = ("email", "sms", "push", "personalization", "third_party_sharing")
 def survive(
     records: DataFrame, rules: dict[str, FieldRule], priority: list[str], fields=ATTRIBUTES
 ) -> DataFrame:
-    """Records (customer_id, source, record_id, updated_at, person attributes) → one row per customer."""
-    out = records.groupBy("customer_id").agg(
+    """Records (customer_id, source, record_id, updated_at, person attributes) → one row per customer.
+
+    One aggregation per customer: each field's winner is the record with the smallest sort key
+    (`min_by`, which skips the records whose key is null: those without the field). A window and a
+    join per field kept a dozen sorters open in one task and ran the driver out of execution memory
+    at 100k customers; gathering each customer's records in a list and choosing from it with
+    higher-order functions gives the same rows 40% slower (not compiled).
+    """
+    newest_first = [F.col("updated_at").isNull(), -F.unix_micros("updated_at")]
+    aggs = [
         F.count(F.lit(1)).alias("records"),
         F.array_sort(F.collect_set("source")).alias("sources"),
         F.min("updated_at").alias("first_seen_at"),
         F.max("updated_at").alias("last_seen_at"),
-    )
+    ]
     for name in fields:
         rule = rules.get(name, FieldRule())
         order = rule.sources or priority
         local_rank = F.create_map(*[F.lit(x) for i, s in enumerate(order) for x in (s, i)])
         src_rank = F.coalesce(F.element_at(local_rank, F.col("source")), F.lit(10_000))
-        rows = records.filter(F.col(name).isNotNull())
+        eligible = F.col(name).isNotNull()
         if rule.rule == "source_priority" and rule.sources:
-            rows = rows.filter(F.col("source").isin(*rule.sources))
+            eligible &= F.col("source").isin(*rule.sources)
         if rule.rule == "most_frequent":
             freq = F.count(F.lit(1)).over(Window.partitionBy("customer_id", name))
-            rows = rows.withColumn("_freq", freq)
-            ordering = [F.col("_freq").desc(), F.col("updated_at").desc_nulls_last(), src_rank]
+            records = records.withColumn(f"_freq_{name}", freq)
+            key = [-F.col(f"_freq_{name}"), *newest_first, src_rank]
         elif rule.rule == "most_recent":
-            ordering = [F.col("updated_at").desc_nulls_last(), src_rank]
+            key = [*newest_first, src_rank]
         else:
-            ordering = [src_rank, F.col("updated_at").desc_nulls_last()]
-        w = Window.partitionBy("customer_id").orderBy(*ordering, F.col("record_id"))
-        chosen = (
-            rows.withColumn("_n", F.row_number().over(w))
-            .filter("_n = 1")
-            .select(
-                "customer_id",
-                F.col(name),
-                F.col("source").alias(f"{name}_source"),
-                F.col("record_id").alias(f"{name}_record_id"),
-            )
+            key = [src_rank, *newest_first]
+        winner = F.struct(
+            F.col(name).alias("value"), F.col("source").alias("source"), F.col("record_id").alias("record_id")
         )
-        out = out.join(chosen, on="customer_id", how="left")
-    return out
+        aggs.append(F.min_by(winner, F.when(eligible, F.struct(*key, F.col("record_id")))).alias(f"_{name}"))
+    out = records.groupBy("customer_id").agg(*aggs)
+    return out.select(
+        "customer_id",
+        "records",
+        "sources",
+        "first_seen_at",
+        "last_seen_at",
+        *[
+            F.col(f"_{name}.{part}").alias(alias)
+            for name in fields
+            for part, alias in (
+                ("value", name),
+                ("source", f"{name}_source"),
+                ("record_id", f"{name}_record_id"),
+            )
+        ],
+    )
 
 
 def household_ids(golden: DataFrame) -> DataFrame:

@@ -28,6 +28,7 @@ from p13n.lake.duck import literal
 
 log = logging.getLogger(__name__)
 STRONG = ("email_n", "phone_n", *KEY_TYPES)  # equal values mean the same person
+MIN_EM_PAIRS = 10  # the fewest pairs an EM training block must make
 _RULE_NAMES = {"email_n": "email", "phone_n": "phone"}
 
 
@@ -264,26 +265,25 @@ def _splink_settings(
 
 def train(
     con,
+    present: list[str],
+    n_profiles: int,
     *,
     threshold: float,
     em_max_pairs: int,
     u_max_pairs: int,
     seed: int,
     backend: str = "duckdb",
-    duckdb_memory_gb: float | None = None,
     max_pairs_per_profile: float = 20.0,
 ):
     """Learn the Fellegi-Sunter model from the profiles themselves (the table `profiles` of DuckDB
-    connection `con`); return (linker, MatchModel).
+    connection `con`: `n_profiles` of them, carrying the attributes `present`); return
+    (linker, MatchModel).
 
-    `backend` is where Splink runs its SQL: "duckdb" (a DuckDB of its own in this process, on the
-    compact profile table; faster on one machine, see `p13n bench identity`) or "spark" (the Spark
-    session's executors).
+    `backend` is where Splink runs its SQL: "duckdb" (`con` itself, on the compact profile table;
+    faster on one machine, see `p13n bench identity`) or "spark" (the Spark session's executors).
     """
     from splink import Linker, block_on
 
-    present = present_attributes(con, NORMALIZED)
-    n_profiles = con.sql("SELECT count(*) FROM profiles").fetchone()[0]
     blocks, pairs, changed = budget_rules(con, present, int(max_pairs_per_profile * max(n_profiles, 1)))
     if not blocks and changed:
         raise ValueError(
@@ -291,7 +291,11 @@ def train(
             f"({'; '.join(changed)}): raise identity.max_pairs_per_profile"
         )
     settings, em_blocks, deterministic = _splink_settings(present, blocks)
-    data = con.sql(f"SELECT profile_id, {', '.join(present)} FROM profiles").fetch_arrow_table()
+    # EM learns nothing from a block of a few pairs (and Splink's SQL breaks on one pair: a 4-record file)
+    em_blocks = [b for b in em_blocks if rule_pairs(con, b) >= MIN_EM_PAIRS]
+    con.execute(
+        f"CREATE OR REPLACE TEMP VIEW splink_input AS SELECT profile_id, {', '.join(present)} FROM profiles"
+    )
     splink_t0 = time.perf_counter()
     if backend == "spark":
         from splink.backends.spark import SparkAPI
@@ -300,12 +304,12 @@ def train(
 
         session = spark()
         db_api = SparkAPI(spark_session=session, break_lineage_method="persist")
-        table = db_api.register(session.createDataFrame(data))
+        table = db_api.register(session.createDataFrame(con.sql("FROM splink_input").fetch_arrow_table()))
     elif backend == "duckdb":
         from splink import DuckDBAPI
 
-        db_api = DuckDBAPI(connection=duckdb_connection(duckdb_memory_gb))
-        table = db_api.register(data)
+        db_api = DuckDBAPI(connection=con)
+        table = db_api.register("splink_input")
     else:
         raise ValueError(f"identity backend {backend!r}: expected 'duckdb' or 'spark'")
     linker = Linker(table, settings, log_level=logging.WARNING)
@@ -325,7 +329,7 @@ def train(
             min_count_per_level=100,  # in chunks, stopping once every level is seen 100 times
             num_chunks=10,
         )
-        from splink.internals.exceptions import EMTrainingException, SplinkException
+        from splink.internals.exceptions import EMTrainingException
 
         trained, skipped = [], []
         for block in em_blocks:
@@ -337,13 +341,6 @@ def train(
             except EMTrainingException:
                 # no pairs agree on this block (a small file, say): the other blocks estimate the m values
                 continue
-            except SplinkException:
-                if len(trained) or n_profiles > 1000:
-                    raise
-                # seen on a 4-record file: one pair in the block, and Splink's EM SQL had no comparison
-                # left to sum; a file that small has nothing for EM to learn from
-                skipped.append("+".join(block))
-                log.warning("identity: EM on block %s failed on %d profiles", "+".join(block), n_profiles)
             except ValueError as exc:
                 # EM drove an m probability below 1e-300, which Splink refuses (seen at 1M customers: a
                 # level that one block's pairs never reach). The session's estimates are dropped, not
@@ -392,8 +389,21 @@ def duckdb_connection(memory_gb: float | None):
 
 
 def release(linker) -> None:
-    """Close the linker's DuckDB (its memory and spill files go with it); a no-op on Spark."""
-    close(getattr(linker._db_api, "_con", None))
+    """Drop the tables and views Splink made in its DuckDB (their memory and spill space go with them);
+    a no-op on Spark and on a closed connection."""
+    con = getattr(linker._db_api, "_con", None)
+    if con is None or not hasattr(con, "close"):
+        return
+    try:
+        made = con.execute(
+            "SELECT 'TABLE', table_name FROM duckdb_tables() WHERE starts_with(table_name, '__splink__') "
+            "UNION ALL SELECT 'VIEW', view_name FROM duckdb_views() "
+            "WHERE NOT internal AND starts_with(view_name, '__splink__')"
+        ).fetchall()
+    except Exception:  # already closed
+        return
+    for kind, name in made:
+        con.execute(f'DROP {kind} IF EXISTS "{name}"')
 
 
 def close(con) -> None:

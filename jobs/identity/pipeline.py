@@ -20,6 +20,7 @@ the latest snapshot, so a backfill of an old date does not roll them back.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import shutil
@@ -29,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-from pyspark.sql import DataFrame, Window
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from p13n.config import Settings
@@ -112,13 +113,25 @@ def resolve_identities(
     truth: pd.DataFrame | None = None,
     progress=None,
 ) -> IdentityRun:
-    """Match today's identity records, keep ids stable against the last run, write every table."""
+    """Match today's identity records, keep ids stable against the last run, write every table.
+
+    The run works in a private (0700) scratch directory under `data_dir`, removed at the end (raw PII
+    never outlives the run there): the executors write the records into it once, as Parquet, for the
+    matcher (DuckDB, in this process) and for the golden record (Spark) alike; the graph goes back to
+    Spark the same way. Collecting the records to the driver instead (`toArrow`) is bounded by
+    spark.driver.maxResultSize (at 1M customers the 6.6M records are past its 1 GiB), and handing
+    Spark a pandas frame sends it through the driver in one task.
+    """
     say = progress or (lambda _m: None)
-    cfg = settings.identity
-    spark = lake.spark
-    records = read_identity_records(lake, settings).cache()
-    res = resolve_records_spilled(records, cfg, settings.data_dir, progress=say)
+    with scratch_dir(settings.data_dir, "identity-") as work:
+        records = spill(read_identity_records(lake, settings), work / "records")
+        res = resolve_records(work / "records", settings.identity, progress=say)
+        return _publish(lake, settings, run_date, pii_key, res, records, work, run=run, truth=truth, say=say)
+
+
+def _publish(lake, settings, run_date, pii_key, res: Resolution, records, work: Path, *, run, truth, say):
     t0 = time.perf_counter()
+    step = _stopwatch(say)
     previous, previous_date = previous_snapshot(lake, run_date)
     assignment, changes = idmod.assign_ids(
         res.records, previous, run_date.isoformat(), evidence=_evidence_finder(res, previous)
@@ -127,16 +140,18 @@ def resolve_identities(
     graph = graph[["record_key", "source", "record_id", "profile_id", "customer_id"]].assign(
         run_date=run_date
     )
+    step("ids assigned")
     metrics = evaluate_clusters(graph[["record_key", "customer_id"]], truth) if truth is not None else {}
-    stop = gate_problem(changes, previous, metrics, cfg.gate)
+    stop = gate_problem(changes, previous, metrics, settings.identity.gate)
     if stop:
-        records.unpersist()
         raise IdentityGateError(f"identity {run_date}: {stop}; nothing written, the previous ids stand")
-    lake.replace_partition(GOLD_IDENTITY_GRAPH, spark.createDataFrame(graph), "run_date", run_date, run=run)
+    graph_df = from_pandas(lake.spark, graph, work / "graph")
+    lake.replace_partition(GOLD_IDENTITY_GRAPH, graph_df, "run_date", run_date, run=run)
+    step(GOLD_IDENTITY_GRAPH)
     changes_df = changes.assign(change_date=run_date, previous_run=previous_date)
     lake.replace_partition(
         GOLD_IDENTITY_CHANGES,
-        spark.createDataFrame(changes_df, _CHANGES_SCHEMA),
+        lake.spark.createDataFrame(changes_df, _CHANGES_SCHEMA),
         "change_date",
         run_date,
         run=run,
@@ -148,8 +163,8 @@ def resolve_identities(
     out.counts["customers"] = int(graph["customer_id"].nunique())
     out.changes = changes["change_type"].value_counts().to_dict()
     if run_date >= latest:
-        ids = spark.createDataFrame(graph[["record_key", "customer_id"]])
-        _write_current(lake, settings, records, ids, changes, pii_key, run=run)
+        ids = graph_df.select("record_key", "customer_id")
+        _write_current(lake, settings, records, ids, changes, pii_key, run=run, step=step)
     else:
         say(
             f"identity: {run_date} is older than the latest snapshot {latest}; current tables left as they "
@@ -158,24 +173,34 @@ def resolve_identities(
     out.timings["publish_s"] = round(time.perf_counter() - t0, 2)
     out.metrics = metrics
     _write_run(lake, out, res, run=run)
-    records.unpersist()
     return out
 
 
-def resolve_records_spilled(records: DataFrame, cfg, scratch: Path, progress=None) -> Resolution:
-    """`resolve_records` on the lake's records, handed over as Parquet files the executors write into a
-    private (0700) scratch directory, removed afterwards: raw PII never outlives the run there.
-
-    Collecting them to the driver instead (`toArrow`) is bounded by spark.driver.maxResultSize: at 1M
-    customers the 6.6M records are past its 1 GiB.
-    """
-    scratch.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="identity-records-", dir=scratch))
+@contextlib.contextmanager
+def scratch_dir(parent: Path, prefix: str):
+    """A private (0700) directory under `parent`, removed on leaving, however the block ends."""
+    parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
     try:
-        records.write.mode("overwrite").parquet(str(work / "records"))
-        return resolve_records(work / "records", cfg, progress=progress)
+        yield work
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def spill(df: DataFrame, path: Path) -> DataFrame:
+    """`df` written by the executors as Parquet at `path`, and read back from there."""
+    df.write.mode("overwrite").parquet(str(path))
+    return df.sparkSession.read.parquet(str(path))
+
+
+def from_pandas(spark, frame: pd.DataFrame, path: Path) -> DataFrame:
+    """A pandas frame as a Spark DataFrame read from Parquet at `path` (written here with pyarrow)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path / "part-0.parquet")
+    return spark.read.parquet(str(path))
 
 
 class IdentityGateError(RuntimeError):
@@ -204,6 +229,18 @@ def gate_problem(changes: pd.DataFrame, previous: pd.DataFrame | None, metrics: 
                 f"identity.gate.max_overmerged_share is {gate.max_overmerged_share:.2%})"
             )
     return None
+
+
+def _stopwatch(say):
+    """A function saying how long the step it names took (since the previous call)."""
+    last = [time.perf_counter()]
+
+    def step(name: str) -> None:
+        now = time.perf_counter()
+        say(f"identity: {name} in {now - last[0]:.1f} s")
+        last[0] = now
+
+    return step
 
 
 def _latest_snapshot(lake: Lake) -> dt.date | None:
@@ -243,6 +280,7 @@ def _write_current(
     pii_key: bytes,
     *,
     run: RunContext | None,
+    step,
 ) -> None:
     cfg = settings.identity
     spark = lake.spark
@@ -254,6 +292,7 @@ def _write_current(
         mode="overwrite",
         run=run,
     )
+    step(GOLD_CUSTOMER_ALIASES)
 
     with_ids = records.join(ids, on="record_key", how="inner")
     golden = household_ids(survive(with_ids, cfg.survivorship, cfg.source_priority))
@@ -279,8 +318,11 @@ def _write_current(
             name
         )
     lake.write(GOLD_CUSTOMER_PROFILES, public, mode="overwrite", run=run, schema_mode="add_columns")
+    step(GOLD_CUSTOMER_PROFILES)
     lake.write(RESTRICTED_CUSTOMER_PROFILES, restricted, mode="overwrite", run=run)
+    step(RESTRICTED_CUSTOMER_PROFILES)
     lake.write(GOLD_IDENTITY_KEYS, identity_keys(lake, settings, ids, pii_key), mode="overwrite", run=run)
+    step(GOLD_IDENTITY_KEYS)
     golden.unpersist()
 
 
@@ -310,10 +352,8 @@ def identity_keys(lake: Lake, settings: Settings, ids: DataFrame, pii_key: bytes
     counted = (
         keys.join(ids, on="record_key", how="inner").groupBy("key_type", "key_value", "customer_id").count()
     )
-    w = F.row_number().over(
-        Window.partitionBy("key_type", "key_value").orderBy(F.desc("count"), "customer_id")
-    )
-    return counted.withColumn("_n", w).filter("_n = 1").select("key_type", "key_value", "customer_id")
+    most = F.min_by("customer_id", F.struct(-F.col("count"), F.col("customer_id")))  # ties: smallest id
+    return counted.groupBy("key_type", "key_value").agg(most.alias("customer_id"))
 
 
 def _write_run(lake: Lake, out: IdentityRun, res: Resolution, *, run: RunContext | None) -> None:

@@ -72,7 +72,8 @@ def _resolve(con, records, cfg, one_per_customer, threshold, say) -> Resolution:
     prof_pd = con.sql("SELECT profile_id, records, guard_source, dob FROM profiles").df()
     record_map = con.sql("SELECT * FROM record_map").df()
 
-    compared = matching.compared_attributes(matching.present_attributes(con, matching.NORMALIZED))
+    present = matching.present_attributes(con, matching.NORMALIZED)
+    compared = matching.compared_attributes(present)
     strong = matching.present_attributes(con, matching.STRONG, min_share=0)
     det = matching.deterministic_edges(con, strong) if strong else None
     counts = {"records": n_records, "profiles": n_profiles}
@@ -87,12 +88,13 @@ def _resolve(con, records, cfg, one_per_customer, threshold, say) -> Resolution:
     try:
         linker, model = matching.train(
             con,
+            present,
+            n_profiles,
             threshold=threshold,
             em_max_pairs=cfg.em_max_pairs,
             u_max_pairs=cfg.u_max_pairs,
             seed=cfg.seed,
             backend=cfg.backend,
-            duckdb_memory_gb=cfg.duckdb_memory_gb,
             max_pairs_per_profile=cfg.max_pairs_per_profile,
         )
     except matching.NotEnoughToMatch as exc:  # a tiny file, say: what is identical is still one customer

@@ -222,6 +222,8 @@ def test_survivorship_rules_and_provenance(spark):
         ("C1", "shopify_customers", "S1", ts(2024, 1, 5), "Robert", "1 Oak St"),
         ("C1", "crm_contacts", "K1", ts(2024, 2, 1), "Bob", "9 Elm St"),
         ("C1", "loyalty_members", "L1", ts(2024, 1, 1), "Bob", None),
+        ("C2", "crm_contacts", "K2", None, None, None),  # nothing to choose: null fields, no provenance
+        ("C2", "loyalty_members", "L2", ts(2024, 1, 1), "Ann", None),
     ]
     df = spark.createDataFrame(
         rows,
@@ -232,7 +234,7 @@ def test_survivorship_rules_and_provenance(spark):
     out = survive(
         df, rules, ["shopify_customers", "crm_contacts", "loyalty_members"], fields=("first_name", "street")
     )
-    row = out.first()
+    row, other = sorted(out.collect(), key=lambda r: r["customer_id"])
     assert (row["first_name"], row["first_name_source"], row["first_name_record_id"]) == (
         "Bob",
         "crm_contacts",
@@ -244,7 +246,12 @@ def test_survivorship_rules_and_provenance(spark):
         "S1",
     )
     assert row["records"] == 3 and row["sources"] == ["crm_contacts", "loyalty_members", "shopify_customers"]
-    recent = survive(df, {"street": FieldRule(rule="most_recent")}, [], fields=("street",)).first()
+    assert (other["first_name"], other["first_name_record_id"]) == ("Ann", "L2")
+    assert (other["street"], other["street_source"], other["street_record_id"]) == (None, None, None)
+    assert (other["first_seen_at"], other["records"]) == (ts(2024, 1, 1), 2)
+    recent = survive(
+        df.filter("customer_id = 'C1'"), {"street": FieldRule(rule="most_recent")}, [], fields=("street",)
+    ).first()
     assert (recent["street"], recent["street_record_id"]) == ("9 Elm St", "K1")
 
 
@@ -277,14 +284,15 @@ def test_consents_latest_per_identifier_and_most_restrictive_across_them(spark):
 
 def test_splinks_duckdb_is_capped_spills_to_its_own_directory_and_is_released():
     """DuckDB's own default (80% of the machine) left nothing for the Spark driver: at 1M customers
-    the DAG process was killed by the kernel. The connection Splink gets is capped, spills into a
-    directory of its own, and `release` closes it and removes that directory."""
+    the DAG process was killed by the kernel. The connection Splink gets is capped and spills into a
+    directory of its own; `release` drops what Splink made in it, `close` closes it and removes that
+    directory."""
     from pathlib import Path
     from types import SimpleNamespace
 
     import psutil
 
-    from p13n.identity.matching import duckdb_connection, release
+    from p13n.identity.matching import close, duckdb_connection, release
 
     con = duckdb_connection(1.5)
     limit, temp = con.execute(
@@ -297,11 +305,22 @@ def test_splinks_duckdb_is_capped_spills_to_its_own_directory_and_is_released():
     ).fetchone()
     assert abs(float(default.split()[0]) - psutil.virtual_memory().total * 0.35 / 2**30) < 0.2
     assert other_temp != temp  # two identity runs on one host do not share spill files
+    con.execute("CREATE TABLE profiles AS SELECT 1 AS profile_id")
+    con.execute("CREATE TEMP TABLE __splink__df_concat AS SELECT 1 AS x")
+    con.execute("CREATE VIEW __splink__blocked AS SELECT 2 AS x")
     release(SimpleNamespace(_db_api=SimpleNamespace(_con=con)))
+    left = con.execute(
+        "SELECT table_name FROM duckdb_tables() UNION ALL SELECT view_name FROM duckdb_views() "
+        "WHERE NOT internal"
+    ).fetchall()
+    assert left == [("profiles",)]  # the matcher's own tables stay
+    close(con)
     assert not Path(temp).exists()
     with pytest.raises(Exception, match="(?i)closed"):
         con.execute("SELECT 1")
-    release(SimpleNamespace(_db_api=SimpleNamespace(_con=other)))
+    release(SimpleNamespace(_db_api=SimpleNamespace(_con=con)))  # a no-op once closed
+    close(other)
+    assert not Path(other_temp).exists()
 
 
 def _duck(**tables):
