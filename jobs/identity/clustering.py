@@ -82,11 +82,16 @@ def cluster_profiles(
         weighed[:] = False
     refused: Counter = Counter()
     accepted = np.zeros(len(ordered), dtype=bool)
-    for k in range(len(ordered)):
-        a, b = find(int(left[k])), find(int(right[k]))
+    # plain lists and an inlined root check: the loop visits every edge (11.8M at 1M customers), and
+    # numpy scalars and a call per lookup made it a third slower
+    for k, (a, b, in_household, scored_dates) in enumerate(
+        zip(left.tolist(), right.tolist(), household.tolist(), weighed.tolist(), strict=True)
+    ):
+        a = a if parent[a] == a else find(a)
+        b = b if parent[b] == b else find(b)
         if a == b:
             continue
-        if household[k]:
+        if in_household:
             refused["household: first names differ, no email or phone in common"] += 1
             continue
         if size[a] + size[b] > max_records:
@@ -100,7 +105,7 @@ def cluster_profiles(
         dobs_a, dobs_b = dobs.get(a), dobs.get(b)
         if (
             birth_date_guard != "off"
-            and not weighed[k]
+            and not scored_dates
             and dobs_a
             and dobs_b
             and not (dobs_a & dobs_b)

@@ -19,6 +19,13 @@ def evaluate_clusters(predicted: pd.DataFrame, truth: pd.DataFrame) -> dict[str,
     """`predicted`: record_key, customer_id; `truth`: record_key, person_id. Returns the metrics."""
     truth = truth.drop_duplicates("record_key")
     both = predicted.merge(truth, on="record_key", how="inner", validate="one_to_one")
+    # integer codes for the two labelings: grouping 6.6M strings (1M customers) took minutes
+    both = pd.DataFrame(
+        {
+            "customer_id": pd.factorize(both["customer_id"])[0],
+            "person_id": pd.factorize(both["person_id"])[0],
+        }
+    )
     table = both.groupby(["customer_id", "person_id"]).size()
     tp = _pairs(table)
     predicted_pairs = _pairs(both.groupby("customer_id").size())

@@ -24,20 +24,22 @@ def mint_id(record_key: str, run_date: str) -> str:
 def assign_ids(
     clusters: pd.DataFrame, previous: pd.DataFrame | None, run_date: str, evidence=None
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(record_key → customer_id, changes).
+    """(record_key → customer_id, in the rows' order of `clusters`; changes).
 
     `clusters`: record_key, cluster; `previous`: record_key, customer_id (yesterday's graph, or None).
     `evidence(cluster, ids)` explains why the previous `ids` are now one cluster (merges).
     """
     clusters = clusters[["record_key", "cluster"]]
-    if previous is None or previous.empty:
+    if previous is None or previous.empty:  # a first run: nothing to inherit (and no 6.6M-key merge)
         previous = pd.DataFrame({"record_key": pd.Series(dtype=str), "customer_id": pd.Series(dtype=str)})
-    both = clusters.merge(
-        previous[["record_key", "customer_id"]].rename(columns={"customer_id": "previous_id"}),
-        on="record_key",
-        how="left",
-        validate="one_to_one",
-    )
+        both = clusters.assign(previous_id=pd.Series(dtype=object))
+    else:
+        both = clusters.merge(
+            previous[["record_key", "customer_id"]].rename(columns={"customer_id": "previous_id"}),
+            on="record_key",
+            how="left",
+            validate="one_to_one",
+        )
     overlap = (
         both.dropna(subset=["previous_id"])
         .groupby(["previous_id", "cluster"])
@@ -55,24 +57,24 @@ def assign_ids(
     )
     ids = keeper.set_index("cluster")["previous_id"]
 
-    changes: list[dict] = []
-    first_record = clusters.groupby("cluster")["record_key"].min()
+    first_record = _first_keys(clusters)
     new_clusters = first_record.index.difference(ids.index)
     minted = pd.Series(
-        [mint_id(first_record[c], run_date) for c in new_clusters], index=new_clusters, dtype=object
+        [mint_id(key, run_date) for key in first_record[new_clusters]], index=new_clusters, dtype=object
     )
     ids = pd.concat([ids, minted])
-    sizes = clusters.groupby("cluster").size()
-    for c in new_clusters:
-        changes.append(
-            {
-                "change_type": "new",
-                "customer_id": ids[c],
-                "previous_id": None,
-                "records": int(sizes[c]),
-                "evidence": "records no existing customer holds",
-            }
-        )
+    new = pd.DataFrame(  # column-wise: a first run mints a million of them
+        {
+            "change_type": "new",
+            "customer_id": minted.to_numpy(),
+            "previous_id": pd.Series([None] * len(minted), dtype=object).to_numpy(),
+            "records": clusters.groupby("cluster").size()[new_clusters].to_numpy(dtype="int64"),
+            "evidence": "records no existing customer holds",
+        },
+        columns=CHANGE_COLUMNS,
+    )
+
+    changes: list[dict] = []
 
     merged = home.merge(
         keeper[["cluster", "previous_id"]].rename(columns={"previous_id": "kept"}), on="cluster"
@@ -114,7 +116,19 @@ def assign_ids(
             }
         )
     assignment = clusters.assign(customer_id=clusters["cluster"].map(ids))[["record_key", "customer_id"]]
-    return assignment, pd.DataFrame(changes, columns=CHANGE_COLUMNS)
+    rest = pd.DataFrame(changes, columns=CHANGE_COLUMNS).astype({"records": "int64"})
+    return assignment, pd.concat([new, rest], ignore_index=True) if len(rest) else new
+
+
+def _first_keys(clusters: pd.DataFrame) -> pd.Series:
+    """Each cluster's smallest record key, by cluster. Arrow's hash aggregation: pandas takes the
+    minimum of strings group by group in Python (116 s for 6.6M records in 1M clusters)."""
+    import pyarrow as pa
+
+    table = pa.Table.from_pandas(clusters[["cluster", "record_key"]], preserve_index=False)
+    firsts = table.group_by("cluster").aggregate([("record_key", "min")])
+    index = pd.Index(firsts["cluster"].to_numpy(), name="cluster")
+    return pd.Series(firsts["record_key_min"].to_numpy(zero_copy_only=False), index=index).sort_index()
 
 
 def update_aliases(aliases: pd.DataFrame | None, changes: pd.DataFrame) -> pd.DataFrame:

@@ -243,8 +243,12 @@ class Lake:
         txn: tuple[str, int] | list[tuple[str, int]] | None = None,
         run: RunContext | None = None,
         schema_mode: Literal["strict", "add_columns"] = "strict",
+        colocate: bool = True,
     ) -> WriteResult:
         """Append to, overwrite, or overwrite some partitions of a table, in one atomic commit.
+
+        Each partition's rows are written by one task (few files), unless `colocate=False`: every
+        task then writes its share (for one large partition, which one task would write alone).
 
         `replace_where={"event_date": d}` replaces only those partitions (values may be lists) and
         refuses rows outside them. `txn=(app_id, version)` makes the write idempotent: a version
@@ -266,7 +270,7 @@ class Lake:
                     f"{table}: replace_where columns {sorted(unknown)} are not partition columns "
                     f"{partition_by}"
                 )
-        write_id, files = self._write_files(table, df, partition_by)
+        write_id, files = self._write_files(table, df, partition_by, colocate=colocate)
         try:
             if replace_where:
                 allowed = _allowed_partitions(replace_where)
@@ -306,7 +310,14 @@ class Lake:
         )
 
     def replace_partition(
-        self, table: str, df: DataFrame, column: str, value: Any, *, run: RunContext | None = None
+        self,
+        table: str,
+        df: DataFrame,
+        column: str,
+        value: Any,
+        *,
+        run: RunContext | None = None,
+        colocate: bool = True,
     ) -> WriteResult:
         """Overwrite the partition `column = value` (a data interval, a batch) with `df`: the idempotent
         write.
@@ -315,7 +326,13 @@ class Lake:
         partition are refused. The table is partitioned by `column` when this write creates it.
         """
         return self.write(
-            table, df, mode="overwrite", partition_by=[column], replace_where={column: value}, run=run
+            table,
+            df,
+            mode="overwrite",
+            partition_by=[column],
+            replace_where={column: value},
+            run=run,
+            colocate=colocate,
         )
 
     def merge(
@@ -504,14 +521,16 @@ class Lake:
         ]
         return df.select(*cols), existing
 
-    def _write_files(self, table: str, df: DataFrame, partition_by: list[str]) -> tuple[str, list[dict]]:
+    def _write_files(
+        self, table: str, df: DataFrame, partition_by: list[str], colocate: bool = True
+    ) -> tuple[str, list[dict]]:
         """Executors write Parquet into the table's staging folder; the driver moves and describes the
         files."""
         write_id = uuid.uuid4().hex[:16]
         fs, table_dir = self._fs(table)
         staging = f"{table_dir}/{STAGING_DIR}/{write_id}"
         # Co-locate each partition's rows in few tasks, so a partition gets few files.
-        writer = (df.repartition(*partition_by) if partition_by else df).write.mode("error")
+        writer = (df.repartition(*partition_by) if partition_by and colocate else df).write.mode("error")
         writer = writer.option("compression", "snappy").option(
             "maxRecordsPerFile", self.settings.max_rows_per_file
         )
