@@ -54,17 +54,22 @@ def profiles(con, normalized: str, one_per_customer: list[str]) -> None:
     from the normalized records `normalized`, in DuckDB connection `con`.
 
     A record of a one-per-customer source keeps a profile of its own (its source is part of the
-    profile key), so the clustering guard can count such records.
+    profile key), so the clustering guard can count such records. So does a record carrying no
+    attribute at all (a store visit without email or phone): "nothing known" is not an identity, and
+    grouping them made one customer of 2,164 people at 1M customers.
     """
     columns = {c for c, *_ in con.sql(f"DESCRIBE {normalized}").fetchall()}
     keys = [f'"{k}"' if k in columns else f"CAST(NULL AS VARCHAR) AS {k}" for k in KEY_TYPES]
     guard = ", ".join(literal(s) for s in one_per_customer) or "NULL"
-    parts = [*NORMALIZED, *KEY_TYPES, "guard_source"]
+    parts = [*NORMALIZED, *KEY_TYPES, "guard_source", "anonymous"]
+    nothing = " AND ".join(f"{c} IS NULL" for c in [*NORMALIZED, *KEY_TYPES])
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE keyed AS
-        SELECT record_key, source, record_id, {", ".join(NORMALIZED)}, {", ".join(keys)},
-               CASE WHEN source IN ({guard}) THEN source END AS guard_source
-        FROM {normalized}
+        SELECT *, CASE WHEN {nothing} THEN record_key END AS anonymous FROM (
+            SELECT record_key, source, record_id, {", ".join(NORMALIZED)}, {", ".join(keys)},
+                   CASE WHEN source IN ({guard}) THEN source END AS guard_source
+            FROM {normalized}
+        )
     """)
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE keyed AS

@@ -403,3 +403,38 @@ def test_the_identity_gate_stops_a_merge_storm_and_truth_below_its_floors():
     assert gate_problem(changes.iloc[:0], previous, metrics, strict) == (
         "30 customers hold records of several people (3.00%; identity.gate.max_overmerged_share is 1.00%)"
     )
+
+
+def test_records_with_nothing_known_are_never_one_profile():
+    """Identical records are one profile, but records carrying no attribute at all (a store visit
+    without email or phone) are not an identity: grouped, they made one customer of 2,164 people."""
+    import pandas as pd
+
+    from p13n.identity.matching import profiles
+    from p13n.identity.records import NORMALIZED
+
+    blank = dict.fromkeys(NORMALIZED)
+    rows = [
+        {"record_key": "store_visits:1", "source": "store_visits", "record_id": "1", **blank},
+        {"record_key": "social_engagement:2", "source": "social_engagement", "record_id": "2", **blank},
+        {
+            "record_key": "store_visits:3",
+            "source": "store_visits",
+            "record_id": "3",
+            **blank,
+            "email_n": "a@x.com",
+        },
+        {
+            "record_key": "store_visits:4",
+            "source": "store_visits",
+            "record_id": "4",
+            **blank,
+            "email_n": "a@x.com",
+        },
+    ]
+    con = _duck(normalized=pd.DataFrame(rows).astype(object))
+    profiles(con, "normalized", ["shopify_customers"])
+    got = dict(con.sql("SELECT record_key, profile_id FROM record_map").fetchall())
+    assert got["store_visits:3"] == got["store_visits:4"]
+    assert len({got["store_visits:1"], got["social_engagement:2"], got["store_visits:3"]}) == 3
+    assert con.sql("SELECT sum(records) FROM profiles").fetchone()[0] == 4

@@ -376,3 +376,13 @@ def test_replace_partition_is_the_idempotent_interval_write(spark, lake):
     lake.replace_partition("gold.daily", orders(spark, BASE[2:3]), "order_date", D2)
     assert rows_of(lake.read("gold.daily"), "order_id", "order_date") == [(1, D1), (2, D1), (3, D2)]
     assert lake.info("gold.daily").partition_by == ["order_date"]
+
+
+def test_a_large_partition_is_written_by_every_task_when_not_colocated(spark, lake):
+    """The identity graph is one run_date partition of 6.7M rows at 1M customers: co-locating it put
+    it in one task. `colocate=False` lets each task write its share, with the same rows."""
+    day = orders(spark, [(i, "ann", 1.0, D1) for i in range(20)]).repartition(4)  # 5 rows a task
+    lake.replace_partition("gold.together", day, "order_date", D1)
+    lake.replace_partition("gold.spread", day, "order_date", D1, colocate=False)
+    assert lake.info("gold.together").files == 1 and lake.info("gold.spread").files == 4
+    assert rows_of(lake.read("gold.spread"), "order_id") == rows_of(lake.read("gold.together"), "order_id")
