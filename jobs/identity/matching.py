@@ -297,7 +297,7 @@ def train(
         )
     settings, em_blocks, deterministic = _splink_settings(present, blocks)
     # EM learns nothing from a block of a few pairs (and Splink's SQL breaks on one pair: a 4-record file)
-    em_blocks = [b for b in em_blocks if rule_pairs(con, b) >= MIN_EM_PAIRS]
+    learnable = [b for b in em_blocks if rule_pairs(con, b) >= MIN_EM_PAIRS]
     con.execute(
         f"CREATE OR REPLACE TEMP VIEW splink_input AS SELECT profile_id, {', '.join(present)} FROM profiles"
     )
@@ -336,8 +336,8 @@ def train(
         )
         from splink.internals.exceptions import EMTrainingException
 
-        trained, skipped = [], []
-        for block in em_blocks:
+        trained, skipped = [], ["+".join(b) for b in em_blocks if b not in learnable]
+        for block in learnable:
             try:
                 linker.training.estimate_parameters_using_expectation_maximisation(
                     block_on(*block), max_pairs=em_max_pairs
@@ -356,7 +356,7 @@ def train(
                 log.warning("identity: EM on block %s skipped: %s", "+".join(block), str(exc).split(". ")[0])
         if not trained:
             raise NotEnoughToMatch(
-                "too little to learn from: no two different records agree on "
+                f"too little to learn from: fewer than {MIN_EM_PAIRS} pairs of different records agree on "
                 + " or ".join("+".join(b) for b in em_blocks)
             )
     except BaseException:  # a failed (or retried) run leaves no DuckDB spill files behind
