@@ -34,7 +34,7 @@ def resolve_records(
     progress=None,
 ) -> Resolution:
     """Match `records` (record_key, source, record_id and any person attributes: a pandas DataFrame,
-    an Arrow table, a small Spark DataFrame, or a directory of Parquet files) into clusters with the
+    an Arrow table, or a directory of Parquet files) into clusters with the
     `identity` settings; `one_per_customer` and `threshold` override theirs (a file's link-only run,
     the CLI's --threshold).
 
@@ -58,8 +58,6 @@ def _resolve(con, records, cfg, one_per_customer, threshold, say) -> Resolution:
         files = literal(f"{records}/*.parquet")
         con.execute(f"CREATE TEMP VIEW records_in AS SELECT * FROM read_parquet({files})")
     else:
-        if hasattr(records, "toArrow"):  # a small Spark DataFrame
-            records = records.toArrow()
         con.register("records_in", records)
     con.execute(f"CREATE TEMP TABLE normalized AS {normalize(con, 'records_in')}")
     con.execute("DROP VIEW records_in")

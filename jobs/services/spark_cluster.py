@@ -10,14 +10,13 @@ globals, the driver's temp paths, its Python environment) fails here as it would
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from p13n.services.kafka import free_port
-from p13n.services.spark_connect import spark_home
+from p13n.services.spark_connect import listening, spark_home, stop_group
 
 
 class SparkStandaloneCluster:
@@ -64,7 +63,7 @@ class SparkStandaloneCluster:
     def start(self, timeout: float = 90.0) -> SparkStandaloneCluster:
         master = "org.apache.spark.deploy.master.Master"
         self._launch("master", master, "--host", "127.0.0.1", "--port", str(self.port), "--webui-port", "0")
-        self._wait_for(lambda: _listening(self.port), timeout, "the master did not listen")
+        self._wait_for(lambda: listening("127.0.0.1", self.port), timeout, "the master did not listen")
         for i in range(self.workers):
             work = self.work_dir / f"worker-{i}"
             work.mkdir(parents=True, exist_ok=True)
@@ -109,18 +108,8 @@ class SparkStandaloneCluster:
         )
 
     def stop(self) -> None:
-        import signal
-
         for proc in reversed(self.procs):  # workers first, then the master
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
-                except ProcessLookupError:
-                    pass
+            stop_group(proc)
         self.procs.clear()
 
     def __enter__(self) -> SparkStandaloneCluster:
@@ -128,12 +117,6 @@ class SparkStandaloneCluster:
 
     def __exit__(self, *_exc) -> None:
         self.stop()
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _read(path: Path) -> str:

@@ -138,30 +138,41 @@ class SparkConnectServer:
                 raise RuntimeError(
                     f"the Spark Connect server exited with code {self.proc.returncode}:\n{tail}"
                 )
-            with socket.socket() as s:
-                s.settimeout(0.5)
-                if s.connect_ex(("127.0.0.1" if self.host in ("0.0.0.0", "") else self.host, self.port)) == 0:
-                    return self
+            if listening("127.0.0.1" if self.host in ("0.0.0.0", "") else self.host, self.port):
+                return self
             time.sleep(0.5)
         self.stop()
         raise RuntimeError(f"the Spark Connect server did not listen on {self.port} within {timeout:.0f}s")
 
     def stop(self) -> None:
-        import signal
-
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-        except ProcessLookupError:
-            pass
+        if self.proc is not None:
+            stop_group(self.proc)
 
     def __enter__(self) -> SparkConnectServer:
         return self.start()
 
     def __exit__(self, *_exc) -> None:
         self.stop()
+
+
+def listening(host: str, port: int) -> bool:
+    """Whether something accepts connections on host:port."""
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def stop_group(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGTERM the process group a `start_new_session` child leads; SIGKILL it after `timeout` s."""
+    import signal
+
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        pass
