@@ -75,7 +75,7 @@ airflow: setup ## Start Airflow (scheduler, DAG processor, triggerer, UI) with t
 
 lock: ## Re-resolve requirements/base.in into requirements/lock.txt
 	@test -x $(UV) || { $(PYTHON) -m venv $(VENV) && $(PY) -m pip install -q uv==$(UV_VERSION); }
-	$(UV) pip compile -q requirements/base.in --python-version 3.11 -o requirements/lock.txt
+	$(UV) pip compile -q requirements/base.in --override requirements/overrides.txt --python-version 3.11 -o requirements/lock.txt
 
 clean: ## Remove generated data, caches and the virtual environment
 	rm -rf data $(VENV) .pytest_cache .ruff_cache build *.egg-info

@@ -453,6 +453,9 @@ class AudienceSettings(_Section):
     # Destinations: klaviyo: {list_id}; mailchimp: {list_id, segment} (a static segment by name).
     destinations: dict[str, dict[str, str]] = Field(default_factory=dict)
     schedule: Literal["nightly", "triggered"] = "nightly"
+    # Share of the eligible customers kept out of the exports (a stable hash of the customer id), so
+    # gold.experiment_results can measure what the audience's messages cause.
+    holdout: float = Field(0.0, ge=0, lt=1)
 
 
 class DestinationSettings(_Section):
@@ -497,10 +500,26 @@ class ActivationSettings(_Section):
         default_factory=lambda: DestinationSettings(credential_env="MAILCHIMP_API_KEY")
     )
     audiences: dict[str, AudienceSettings] = Field(default_factory=dict)
+    # Customers (a stable hash) who get no personalized message at all: the programme's baseline.
+    global_holdout: float = Field(0.0, ge=0, le=0.5)
     # A platform destination whose key is not set: "fail" (the task fails, naming the variable) or
     # "csv" (the platform's import file is written instead: local runs have no accounts).
     without_key: Literal["fail", "csv"] = "fail"
     snowflake: SnowflakeSettings = Field(default_factory=SnowflakeSettings)
+
+
+class MeasurementSettings(_Section):
+    """Experiments and holdouts (`p13n.measurement`): see the `measurement:` section of conf/base.yaml."""
+
+    # Outcomes are counted this many days from a customer's first send, exposure or holdout, against
+    # the `pre_days` before it (CUPED's covariate).
+    window_days: int = Field(14, gt=0)
+    pre_days: int = Field(90, gt=0)
+    alpha: float = Field(0.05, gt=0, lt=0.5)
+    # Sequential testing's tuning: the number of units at which its interval is tightest.
+    sequential_tuning: float = Field(5000.0, gt=0)
+    # A comparison is flagged when the sample-ratio test's p-value is below this.
+    srm_alpha: float = Field(0.001, gt=0, lt=1)
 
 
 class QualitySettings(_Section):
@@ -542,6 +561,7 @@ class Settings(_Section):
     serving: ServingSettings = Field(default_factory=ServingSettings)
     stream: StreamSettings = Field(default_factory=StreamSettings)
     activation: ActivationSettings = Field(default_factory=ActivationSettings)
+    measurement: MeasurementSettings = Field(default_factory=MeasurementSettings)
     quality: QualitySettings = Field(default_factory=QualitySettings)
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)

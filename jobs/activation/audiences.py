@@ -189,6 +189,19 @@ def candidates(con, settings: Settings, name: str, as_of: dt.date) -> pd.DataFra
         frame = con.execute(sql, params).df()
     except Exception as e:  # a marketer's `where` that does not parse or names an unknown column
         raise AudienceError(f"audience {name}: {type(e).__name__}: {str(e).splitlines()[0]}") from e
+    return hold_out(frame, settings, name, audience.holdout)
+
+
+def hold_out(frame: pd.DataFrame, settings: Settings, name: str, share: float) -> pd.DataFrame:
+    """Eligible customers of the global holdout or of the audience's own are not exported: their
+    `exclude_reason` says which (`p13n.measurement.sends`), and the export logs them as held out."""
+    from p13n.measurement.sends import holdout_reason
+
+    if frame.empty or not (share or settings.activation.global_holdout):
+        return frame
+    eligible = frame["exclude_reason"].isna()
+    reasons = [holdout_reason(settings, name, share, c) for c in frame.loc[eligible, "customer_id"]]
+    frame.loc[eligible, "exclude_reason"] = reasons
     return frame
 
 

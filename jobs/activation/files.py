@@ -108,6 +108,11 @@ def export_csv(
 
     frame = candidates(duckdb_connection(), settings, audience, as_of)
     table = to_csv(frame, fmt, audience, settings.activation.recommended_items)
+    if audience in settings.activation.audiences:
+        from p13n.measurement.sends import record_audience
+
+        sent = frame.loc[frame["exclude_reason"].isna(), "customer_id"]
+        record_audience(settings, audience, f"csv-{fmt}", as_of, frame, sent)
     path = out or settings.data_dir / "exports" / audience / f"{as_of.isoformat()}-{fmt}.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -84,6 +84,7 @@ class RunSummary:
     skipped_no_consent: int = 0
     skipped_erased: int = 0
     skipped_no_address: int = 0
+    held_out: int = 0
     batches: int = 0
     api_calls: int = 0
     seconds: float = 0.0
@@ -109,8 +110,8 @@ class RunSummary:
             f"{self.removed:,} removes ({self.unchanged:,} unchanged) in {self.batches} batches, "
             f"{self.seconds:.1f}s ({self.profiles_per_second:,.0f} profiles/s); skipped {skipped:,} "
             f"(no consent {self.skipped_no_consent:,}, erased {self.skipped_erased:,}, no address "
-            f"{self.skipped_no_address:,}); rejected {self.rejected:,}, blocked {self.blocked:,}"
-            + (f"; errors: {'; '.join(self.errors[:3])}" if self.errors else "")
+            f"{self.skipped_no_address:,}); held out {self.held_out:,}; rejected {self.rejected:,}, "
+            f"blocked {self.blocked:,}" + (f"; errors: {'; '.join(self.errors[:3])}" if self.errors else "")
         )
 
 
@@ -256,7 +257,7 @@ def record_run(settings, summary: RunSummary) -> None:
     """The run's summary row in `ops.export_runs` (with the run's commit metadata, as every ops record)."""
     from p13n.lake.duck import append_rows
 
-    append_rows(settings, OPS_EXPORT_RUNS, [summary.row()])
+    append_rows(settings, OPS_EXPORT_RUNS, [summary.row()], schema_mode="merge")  # new columns join
 
 
 # --- one sync ---------------------------------------------------------------------------------------
@@ -293,6 +294,7 @@ def sync(
     """Sync one audience to one destination (see the module docstring); returns the run's summary."""
     from p13n.activation.audiences import audience_settings, candidates
     from p13n.lake.duck import duckdb_connection
+    from p13n.measurement.sends import record_audience
 
     target = audience_settings(settings, audience).destinations.get(destination)
     if target is None:
@@ -308,6 +310,7 @@ def sync(
     frame = candidates(duckdb_connection(), settings, audience, as_of)
     p = plan(frame, read_state(settings, destination, audience))
     summary.eligible = int(frame["exclude_reason"].isna().sum())
+    summary.held_out = int(frame["exclude_reason"].isin(["held out", "global holdout"]).sum())
     summary.unchanged = p.unchanged
     summary.skipped_no_consent, summary.skipped_erased, summary.skipped_no_address = (
         p.skipped["no consent"],
@@ -353,6 +356,9 @@ def sync(
             checkpoint("export.after_batch")
         summary.status = "succeeded" if not summary.rejected else "succeeded with rejections"
         compact(settings, destination, audience)
+        members = read_state(settings, destination, audience)
+        members = members.loc[members["status"] == "member", "customer_id"]
+        record_audience(settings, audience, destination, as_of, frame, members)
     except SyncError as e:
         summary.status = "failed"
         summary.errors.insert(0, str(e))

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from p13n.bench.activation import bench_activation
 from p13n.bench.als import bench_als
 from p13n.bench.customers import bench_customers
+from p13n.bench.experiments import bench_experiments
 from p13n.bench.identity import bench_identity
 from p13n.bench.identity_real import bench_identity_real
 from p13n.bench.ingest import bench_ingest
@@ -29,6 +30,7 @@ BENCHMARKS: dict[str, Callable[..., dict]] = {
     "serving": bench_serving,
     "streaming": bench_streaming,
     "activation": bench_activation,
+    "experiments": bench_experiments,
     "orchestration": bench_orchestration,
 }
 # Not in `p13n bench all`: each runs the whole nightly twice (about 40 minutes at 20k customers).

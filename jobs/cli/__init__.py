@@ -14,6 +14,7 @@ from p13n.cli import (
     activation,
     bench,
     customers,
+    experiments,
     identity,
     lake,
     pipeline,
@@ -33,6 +34,7 @@ GROUPS = (
     serving,
     stream,
     activation,
+    experiments,
     privacy,
 )
 

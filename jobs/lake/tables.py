@@ -223,6 +223,31 @@ GOLD_TRIGGERED_AUDIENCES = Table(
     about="customers a behavioural trigger fired for (cart and browse abandonment …)",
 )
 
+# --- measurement -------------------------------------------------------------------------------
+SILVER_SENDS = Table(
+    "silver.sends",
+    partition_by="send_date",
+    key=("program_type", "program", "destination", "customer_id", "status"),
+    owner="measurement",
+    about="every customer an audience or trigger export sent (status sent) or held out (held_out), "
+    "first entry per program and destination",
+)
+SILVER_EXPOSURES = Table(
+    "silver.exposures",
+    partition_by="exposure_date",
+    key=("exposure_id",),
+    owner="measurement",
+    about="the read API's experiment exposures (experiment, arm, list, items), landed from Redis once",
+)
+GOLD_EXPERIMENT_RESULTS = Table(
+    "gold.experiment_results",
+    partition_by=_DAY,
+    key=("experiment", "arm", "metric"),
+    owner="measurement",
+    about="per experiment, arm and metric: lift against the baseline arm with its interval, p-value, "
+    "CUPED and sequential variants, sample-ratio check",
+)
+
 # --- ops: run records -------------------------------------------------------------------------
 OPS_INGEST_RUNS = Table(
     "ops.ingest_runs",

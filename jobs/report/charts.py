@@ -121,3 +121,21 @@ def item_concentration(per_item: pd.Series, catalog: int | None) -> str:
         ax.axvline(catalog, color=GREY, linestyle="--", linewidth=1)
         ax.text(catalog, ax.get_ylim()[1], " catalog", va="top", fontsize=8, color=GREY)
     return _svg(fig)
+
+
+def lifts(df: pd.DataFrame, title: str) -> str:
+    """A forest plot: each comparison's relative lift with its interval (CUPED's when it has one)."""
+    plt = _plt()
+    df = df.reset_index(drop=True)
+    fig, ax = plt.subplots(figsize=(6.4, 0.32 * len(df) + 1.0))
+    for y, r in df.iterrows():
+        lo, mid, hi = r["low"], r["lift"], r["high"]
+        color = "#207227" if lo > 0 else "#a61b1b" if hi < 0 else "#52606d"
+        ax.plot([lo * 100, hi * 100], [y, y], color=color, lw=2)
+        ax.plot([mid * 100], [y], "o", color=color, ms=5)
+    ax.axvline(0, color="#9aa5b1", lw=1, ls="--")
+    ax.set_yticks(range(len(df)), df["label"], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("relative lift, % (95% interval)", fontsize=8)
+    ax.set_title(title, loc="left", fontsize=10)
+    return _svg(fig)

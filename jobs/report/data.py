@@ -14,6 +14,7 @@ import pandas as pd
 from p13n.lake.duck import scan, table_exists
 from p13n.lake.tables import (
     GOLD_CUSTOMER_PROFILES,
+    GOLD_EXPERIMENT_RESULTS,
     GOLD_IDENTITY_GRAPH,
     GOLD_RECOMMENDATIONS,
     GOLD_SEGMENTS,
@@ -251,3 +252,14 @@ def publish_and_exports(con, root: str, day: dt.date) -> dict:
             [day],
         ),
     }
+
+
+def experiments(con, root: str, day: dt.date) -> pd.DataFrame | None:
+    """The date's gold.experiment_results (every arm against its baseline, per metric)."""
+    return _frame(
+        con,
+        root,
+        GOLD_EXPERIMENT_RESULTS,
+        "SELECT * FROM {t} WHERE as_of_date = ? ORDER BY experiment, arm, metric",
+        [day],
+    )

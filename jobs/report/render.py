@@ -47,6 +47,7 @@ def build(settings: Settings | None, day: dt.date | str, progress=None) -> Path:
         _models(data.models(con, root, day)),
         _recommendations(data.recommendations(con, root, day)),
         _delivery(data.publish_and_exports(con, root, day)),
+        _experiments(data.experiments(con, root, day)),
     ]
     recent = dt.datetime.now(dt.UTC) - dt.timedelta(hours=24)
     alerts = [
@@ -272,6 +273,62 @@ def _delivery(d: dict) -> Section:
         parts.append(f"{len(wh)} tables synced to Snowflake ({int(wh['rows'].sum()):,} rows)")
         tables.append("<h3>Snowflake</h3>" + _table(wh, {"seconds": ".1f"}))
     return Section("Publish and exports", "delivery", "; ".join(parts) + ".", [], tables, status)
+
+
+def _experiments(df) -> Section:
+    if df is None or df.empty:
+        return _missing("Experiments", "experiments", "Measurement (export_audiences' measure task)")
+    revenue = df[df["metric"] == "revenue"]
+    estimated = revenue[revenue["lift"].notna()]
+    significant = estimated[(estimated["ci_low"] > 0) | (estimated["ci_high"] < 0)]
+    srm = df.loc[df["sample_ratio_mismatch"].fillna(False), "experiment"].unique()
+    parts = [
+        f"{df['experiment'].nunique()} experiments and holdouts, {len(revenue)} comparisons; "
+        f"{len(significant)} with a revenue lift whose 95% interval excludes 0"
+    ]
+    young = revenue[revenue["window_complete"] < 1]
+    if len(young):
+        parts.append(
+            f"{len(young)} still inside their {int(revenue['window_days'].iloc[0])}-day window "
+            f"(on average {young['window_complete'].mean():.0%} of it observed): read them as interim"
+        )
+    if len(srm):
+        parts.append(f"sample ratio mismatch in {', '.join(srm)}: their split is broken, do not trust them")
+    figs = []
+    plotted = estimated.assign(
+        label=lambda d: d["experiment"] + " · " + d["arm"],
+        low=lambda d: d["cuped_ci_low"].fillna(d["ci_low"]),
+        high=lambda d: d["cuped_ci_high"].fillna(d["ci_high"]),
+        lift=lambda d: d["cuped_lift"].fillna(d["lift"]),
+    )
+    if len(plotted):
+        figs.append(charts.lifts(plotted, "Revenue per customer: lift against the baseline arm (CUPED)"))
+    shown = df[
+        [
+            "experiment",
+            "arm",
+            "baseline_arm",
+            "metric",
+            "units",
+            "baseline_units",
+            "mean",
+            "baseline_mean",
+            "lift",
+            "ci_low",
+            "ci_high",
+            "p_value",
+            "cuped_lift",
+            "seq_p_value",
+            "srm_p_value",
+            "window_complete",
+        ]
+    ]
+    pct = {c: "+.1%" for c in ("lift", "ci_low", "ci_high", "cuped_lift")}
+    table = _table(
+        shown, pct | {"p_value": ".3f", "seq_p_value": ".3f", "srm_p_value": ".3f", "window_complete": ".0%"}
+    )
+    status = "warn" if len(srm) else "ok"
+    return Section("Experiments", "experiments", "; ".join(parts) + ".", figs, [table], status)
 
 
 # --- the page -------------------------------------------------------------------------------------------

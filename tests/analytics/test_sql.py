@@ -7,6 +7,7 @@ import datetime as dt
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 from deltalake import write_deltalake
 
@@ -143,8 +144,32 @@ def _tables(root: str) -> None:
             }
         ),
     }
+    # A and B were sent the vip audience, C held out; each bought within 14 days of entering.
+    data["silver/sends"] = pd.DataFrame(
+        {
+            "program_type": ["audience"] * 3,
+            "program": ["vip"] * 3,
+            "destination": ["klaviyo"] * 3,
+            "channel": ["email"] * 3,
+            "customer_id": ["A", "B", "C"],
+            "status": ["sent", "sent", "held_out"],
+            "sent_at": [T("2024-01-04", tz="UTC"), T("2024-02-28", tz="UTC"), T("2024-01-10", tz="UTC")],
+            "send_date": [dt.date(2024, 1, 3), dt.date(2024, 2, 27), dt.date(2024, 1, 9)],
+        }
+    )
     for path, frame in data.items():
         write_deltalake(f"{root}/{path}", frame)
+    from p13n.config import get_settings
+    from p13n.measurement import experiments, simulate
+
+    units = simulate.units(2000, seed=3, lift=0.2, experiment="audience:vip")
+    results = experiments.results(get_settings(), experiments.arm_sums(units), DAY)
+    write_deltalake(
+        f"{root}/gold/experiment_results",
+        pa.Table.from_pandas(
+            results.astype({"note": "string"}), schema=experiments.result_schema(), preserve_index=False
+        ),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +200,7 @@ def test_every_file_gives_the_same_rows_on_duckdb_and_spark(lake_root, spark, tm
 
     settings = _settings(lake_root, tmp_path)
     lake = Lake(spark, settings.lake, lake_root)
-    assert len(files()) == 7
+    assert len(files()) == 9
     for name in files():
         _, text = source(name)
         duck = run_duckdb(settings, text)
@@ -202,6 +227,13 @@ def test_the_marts_answer_what_the_rows_say(lake_root, tmp_path):
     assert got == {("2024-01", 0): (3, 3), ("2024-01", 1): (3, 1), ("2024-01", 2): (3, 1)}
     recs = run_duckdb(settings, source("recommendation_performance")[1]).iloc[0]
     assert (recs["customers"], recs["customers_who_bought"], recs["hit_rate_30d"]) == (2, 1, 0.5)
+    campaigns = run_duckdb(settings, source("campaign_performance")[1]).iloc[0]
+    assert (campaigns["sent"], campaigns["held_out"], campaigns["sent_conversion"]) == (2, 1, 1.0)
+    assert (campaigns["sent_revenue_per_customer"], campaigns["held_out_revenue_per_customer"]) == (56.0, 30.0)
+    assert campaigns["incremental_revenue"] == 52.0 and not campaigns["window_complete"]
+    lifts = run_duckdb(settings, source("experiment_results")[1]).set_index("metric")
+    assert set(lifts.index) == {"conversion", "orders", "revenue", "aov"}
+    assert lifts.loc["revenue", "verdict"] in ("better", "inconclusive")
     seg = run_duckdb(settings, source("segment_performance")[1])
     moved = seg[(seg["as_of_date"] == pd.Timestamp(DAY)) & (seg["lifecycle_stage"] == "active")]
     assert int(moved["moved_in"].iloc[0]) == 1  # A: new the day before, active now

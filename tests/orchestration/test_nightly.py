@@ -99,7 +99,7 @@ def test_a_failed_task_alerts_through_the_log_and_the_webhook(settings, hook, tm
         assert ok and dags.last["pid"] == second and dags.proc is None
         assert "===== the DAG process holds " in log.read_text()
     page = (own.data_dir / "reports" / "2024-03-02" / "index.html").read_text()
-    assert page.count("has not run for this date yet") == 6
+    assert page.count("has not run for this date yet") == 7
     assert "run_report.report failed" in page  # the day's alert is on the page
     assert len(hook.bodies) == 1
 
@@ -107,8 +107,8 @@ def test_a_failed_task_alerts_through_the_log_and_the_webhook(settings, hook, tm
 @pytest.mark.airflow
 def test_a_failed_export_fails_the_run_but_still_announces_the_exports(settings, tmp_path):
     """No platform key (the test overlay fails without one): every export task fails and alerts once;
-    the warehouse sync still runs, `announce` still updates the Asset the run report waits for, and
-    the watcher fails the DAG run without a second alert."""
+    the warehouse sync and the measurement still run, `announce` still updates the Asset the run
+    report waits for, and the watcher fails the DAG run without a second alert."""
     import subprocess
 
     from p13n.orchestration import airflow_bin
@@ -137,6 +137,8 @@ def test_a_failed_export_fails_the_run_but_still_announces_the_exports(settings,
         "audiences": {"success"},
         "export": {"failed"},
         "warehouse": {"success"},
+        "exposures": {"success"},
+        "measure": {"success"},  # the holdouts are measured whatever the exports did
         "announce": {"success"},
         "watcher": {"failed"},
     }

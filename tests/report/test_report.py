@@ -220,6 +220,15 @@ def lake(settings, tmp_path):
             }
         ],
     )
+    # an audience holdout with a planted 30% lift, measured by the real estimators
+    import pyarrow as pa
+
+    from p13n.measurement import experiments, simulate
+
+    sums = experiments.arm_sums(simulate.units(20_000, seed=1, lift=0.3, experiment="audience:vip"))
+    frame = experiments.results(s, sums, DAY).astype({"note": "string"})
+    table = pa.Table.from_pandas(frame, schema=experiments.result_schema(), preserve_index=False)
+    write_deltalake(table_uri(root, "gold.experiment_results"), table)
     return s
 
 
@@ -264,15 +273,19 @@ def test_the_report_states_what_the_tables_hold(lake):
     assert _summary(page, "delivery") == (
         "published serving version 20240302.4 (1,234 keys, 2.5 MB, 3s); 1 audience exports, 25 profiles sent."
     )
+    assert _summary(page, "experiments") == (
+        "1 experiments and holdouts, 1 comparisons; 1 with a revenue lift whose 95% interval excludes 0."
+    )
+    assert "<td>audience:vip</td>" in _section(page, "experiments")
     # a plot for ingestion, four segment bars and the movement heatmap, cluster sizes, three for
-    # recommendations
-    assert page.count("<svg") == 10
+    # recommendations, the experiments' lifts
+    assert page.count("<svg") == 11
     assert (lake.data_dir / "reports" / "index.html").read_text().count('href="2024-03-02/index.html"') == 1
 
 
 def test_a_date_without_runs_says_so(lake):
     page = build(lake, dt.date(2024, 2, 1)).read_text()
-    assert page.count("has not run for this date yet") == 6  # every section but the publish's
+    assert page.count("has not run for this date yet") == 7  # every section but the publish's
     assert "nothing published for this date" in page
 
 

@@ -1,0 +1,198 @@
+"""`p13n bench experiments`: gold.experiment_results' estimators beside GrowthBook's, and against a
+planted truth.
+
+1. **Agreement with `gbstats`** (GrowthBook's statistics engine, the reference): every comparison
+   `p13n.measurement.experiments.results` makes (per metric: Welch t, CUPED, sequential; proportions,
+   means and the ratio metric) is recomputed by `gbstats` from the same per-arm sums, on simulated
+   experiments and, when the lake has them, on the lake's own experiments of its latest date.
+   `gbstats_max_rel_diff`: the largest relative difference of a lift, interval bound or p-value.
+2. **Coverage of a planted lift**: `--reps` × 70 simulated experiments (`p13n.measurement.simulate`,
+   `--rows` customers each, default 20,000) with a planted 8% lift; the share of 95% intervals that
+   cover the true lift per metric (nominal 0.95), and the CUPED interval's width against the plain
+   one's (below 1: CUPED narrows it).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+import numpy as np
+import pandas as pd
+
+LIFT = 0.08
+
+
+def gbstats_results(settings, sums: pd.DataFrame) -> pd.DataFrame:
+    """The same comparisons as `results`, made by gbstats from the same sums (rows keyed alike)."""
+    from gbstats.frequentist.tests import (
+        FrequentistConfig,
+        SequentialConfig,
+        SequentialTwoSidedTTest,
+        TwoSidedTTest,
+    )
+    from gbstats.models.statistics import (
+        ProportionStatistic,
+        RatioStatistic,
+        RegressionAdjustedStatistic,
+        SampleMeanStatistic,
+    )
+
+    from p13n.measurement.experiments import METRICS, baseline_arm
+
+    m = settings.measurement
+
+    def stat(r, metric: str, adjusted: bool = False):
+        n = int(r["units"])
+        if metric == "aov":
+            return RatioStatistic(
+                n=n,
+                m_statistic=SampleMeanStatistic(n=n, sum=r["revenue"], sum_squares=r["revenue_sq"]),
+                d_statistic=SampleMeanStatistic(n=n, sum=r["orders"], sum_squares=r["orders_sq"]),
+                m_d_sum_of_products=r["revenue_x_orders"],
+            )
+        post, pre = {"conversion": ("converted", "pre_converted"), "orders": ("orders", "pre_orders")}.get(
+            metric, ("revenue", "pre_revenue")
+        )
+
+        def one(col):
+            if metric == "conversion":
+                return ProportionStatistic(n=n, sum=r[col])
+            return SampleMeanStatistic(n=n, sum=r[col], sum_squares=r[f"{col}_sq"])
+
+        if not adjusted:
+            return one(post)
+        return RegressionAdjustedStatistic(
+            n=n,
+            post_statistic=one(post),
+            pre_statistic=one(pre),
+            post_pre_sum_of_products=r[f"{post}_x_{pre}"],
+            theta=0,
+        )
+
+    rows = []
+    for (experiment, kind), arms in sums.groupby(["experiment", "kind"]):
+        by_arm = {r["arm"]: r for _, r in arms.iterrows()}
+        base_name = baseline_arm(kind, list(by_arm))
+        if base_name not in by_arm:
+            continue
+        base = by_arm[base_name]
+        for arm, r in by_arm.items():
+            if arm == base_name:
+                continue
+            for metric in METRICS:
+                plain = TwoSidedTTest(stat(base, metric), stat(r, metric), FrequentistConfig(alpha=m.alpha))
+                seq = SequentialTwoSidedTTest(
+                    stat(base, metric),
+                    stat(r, metric),
+                    SequentialConfig(alpha=m.alpha, sequential_tuning_parameter=m.sequential_tuning),
+                )
+                out = {"experiment": experiment, "arm": arm, "metric": metric}
+                for prefix, test in (("", plain), ("seq_", seq)):
+                    res = test.compute_result()
+                    if res.error_message is None:
+                        out |= {f"{prefix}ci_low": res.ci[0], f"{prefix}ci_high": res.ci[1]}
+                        out |= {f"{prefix}p_value": res.p_value}
+                        if not prefix:
+                            out["lift"] = res.expected
+                if metric != "aov":
+                    res = TwoSidedTTest(
+                        stat(base, metric, True), stat(r, metric, True), FrequentistConfig(alpha=m.alpha)
+                    ).compute_result()
+                    if res.error_message is None:
+                        out |= {
+                            "cuped_lift": res.expected,
+                            "cuped_ci_low": res.ci[0],
+                            "cuped_ci_high": res.ci[1],
+                        }
+                        out["cuped_p_value"] = res.p_value
+                rows.append(out)
+    return pd.DataFrame(rows)
+
+
+COMPARED = (
+    "lift",
+    "ci_low",
+    "ci_high",
+    "p_value",
+    "cuped_lift",
+    "cuped_ci_low",
+    "cuped_ci_high",
+    "cuped_p_value",
+    "seq_ci_low",
+    "seq_ci_high",
+    "seq_p_value",
+)
+
+
+def max_rel_diff(ours: pd.DataFrame, reference: pd.DataFrame) -> tuple[float, int]:
+    """(the largest relative difference over every compared value both define, values compared)."""
+    keys = ["experiment", "arm", "metric"]
+    both = ours.merge(reference, on=keys, suffixes=("", "_ref"))
+    worst, compared = 0.0, 0
+    for c in COMPARED:
+        if f"{c}_ref" not in both:
+            continue
+        a = pd.to_numeric(both[c], errors="coerce").to_numpy(float)
+        b = pd.to_numeric(both[f"{c}_ref"], errors="coerce").to_numpy(float)
+        ok = np.isfinite(a) & np.isfinite(b)
+        if not ok.any():
+            continue
+        diff = np.abs(a[ok] - b[ok]) / np.maximum(np.abs(b[ok]), 1e-12)
+        worst, compared = max(worst, float(diff.max())), compared + int(ok.sum())
+    return worst, compared
+
+
+def bench_experiments(rows: int | None = None, reps: int = 3) -> dict:
+    from p13n.config import get_settings
+    from p13n.measurement import simulate
+    from p13n.measurement.experiments import arm_sums, results, unit_outcomes
+
+    settings = get_settings()
+    n = rows or 20_000
+    day = dt.date(2024, 3, 1)
+    figures: dict = {}
+    t0 = time.perf_counter()
+    truth = simulate.true_lifts(LIFT, settings.measurement.window_days, 0.6, 0.02)
+    covered = {m: [] for m in truth}
+    widths, diffs, compared = [], [], 0
+    for seed in range(reps * 70):
+        sums = arm_sums(simulate.units(n, seed=seed, lift=LIFT, window_days=settings.measurement.window_days))
+        ours = results(settings, sums, day)
+        for _, r in ours.iterrows():
+            covered[r["metric"]].append(bool(r["ci_low"] <= truth[r["metric"]] <= r["ci_high"]))
+            if r["metric"] == "revenue":
+                widths.append((r["cuped_ci_high"] - r["cuped_ci_low"]) / (r["ci_high"] - r["ci_low"]))
+        worst, k = max_rel_diff(ours, gbstats_results(settings, sums))
+        diffs.append(worst)
+        compared += k
+    figures["simulated_experiments"] = reps * 70
+    figures["simulated_units"] = n
+    figures["planted_lift"] = LIFT
+    for metric, hits in covered.items():
+        figures[f"coverage_{metric}"] = round(float(np.mean(hits)), 3)
+    figures["cuped_width_ratio_revenue"] = round(float(np.mean(widths)), 4)
+    figures["seconds_simulated"] = round(time.perf_counter() - t0, 1)
+
+    from p13n.lake.duck import duckdb_connection, scan, table_exists
+    from p13n.lake.tables import GOLD_EXPERIMENT_RESULTS
+
+    lake_compared = 0
+    if table_exists(settings.lake_root, GOLD_EXPERIMENT_RESULTS):
+        latest = (
+            duckdb_connection(settings=settings)
+            .execute(f"SELECT max(as_of_date) FROM {scan(settings.lake_root, GOLD_EXPERIMENT_RESULTS)}")
+            .fetchone()[0]
+        )
+        if latest is not None:
+            sums = arm_sums(unit_outcomes(settings, latest))
+            if len(sums):
+                worst, lake_compared = max_rel_diff(
+                    results(settings, sums, latest), gbstats_results(settings, sums)
+                )
+                diffs.append(worst)
+                figures["lake_date"] = latest.isoformat()
+    figures["lake_values_compared"] = lake_compared
+    figures["values_compared"] = compared + lake_compared
+    figures["gbstats_max_rel_diff"] = float(max(diffs)) if diffs else float("nan")
+    return figures

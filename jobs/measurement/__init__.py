@@ -1,0 +1,1 @@
+"""Measurement: holdouts, the send and exposure logs, and what experiments caused."""

@@ -1,0 +1,160 @@
+"""Holdouts and the send log: who each audience or trigger reached, and who it kept out on purpose.
+
+A holdout is a stable hash of (salt, customer id), like the API's arms
+(`p13n.serving.experiments.bucket`): the same customer is held out of the same program every night,
+in every process, with nothing stored. Two kinds:
+
+* an audience's own `holdout` share (`activation.audiences.<name>.holdout`): kept out of that
+  audience's exports, so its effect can be measured against them;
+* the global holdout (`activation.global_holdout`): customers who get no personalized message at all,
+  the baseline of the whole programme.
+
+`silver.sends` keeps one row per customer, program, destination and status the first time it
+happens (`sent`: exported to the destination; `held_out`: eligible but held out). A night's rows
+replace that night's partition, and "first time" is judged against earlier nights only, so a rerun
+or a backfill of a date writes the same rows. The send's time is the end of the date it was computed
+for (the export runs on the night after it), not the wall clock: a backfill lands where it belongs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import time
+from collections.abc import Iterable
+
+import pyarrow as pa
+from deltalake.exceptions import CommitFailedError, DeltaError
+
+from p13n.lake.tables import SILVER_SENDS
+from p13n.serving.experiments import bucket
+
+SENT, HELD_OUT = "sent", "held_out"
+GLOBAL_SALT = "global-holdout"
+GLOBAL_REASON = "global holdout"
+HOLDOUT_REASON = "held out"
+
+SCHEMA = pa.schema(
+    [
+        ("send_id", pa.string()),
+        ("program_type", pa.string()),  # audience | trigger (journeys next)
+        ("program", pa.string()),
+        ("destination", pa.string()),
+        ("channel", pa.string()),
+        ("customer_id", pa.string()),
+        ("status", pa.string()),
+        ("sent_at", pa.timestamp("us", tz="UTC")),
+        ("send_date", pa.date32()),
+    ]
+)
+
+
+def in_holdout(salt: str, share: float, customer_id: str) -> bool:
+    return share > 0 and bucket(salt, customer_id) < share
+
+
+def holdout_reason(settings, program: str, share: float, customer_id: str) -> str | None:
+    """Why a customer eligible for `program` is not sent it: the global holdout, the program's own
+    holdout, or None (send)."""
+    if in_holdout(GLOBAL_SALT, settings.activation.global_holdout, customer_id):
+        return GLOBAL_REASON
+    if in_holdout(f"audience:{program}", share, customer_id):
+        return HOLDOUT_REASON
+    return None
+
+
+def send_time(as_of: dt.date) -> dt.datetime:
+    """The moment a night's sends take effect: the end of the date they were computed for."""
+    return dt.datetime.combine(as_of + dt.timedelta(days=1), dt.time(), dt.UTC)
+
+
+def record_sends(
+    settings,
+    *,
+    program_type: str,
+    program: str,
+    destination: str,
+    channel: str,
+    as_of: dt.date,
+    sent: Iterable[str],
+    held_out: Iterable[str],
+) -> dict[str, int]:
+    """Write the night's first sends and holdouts of one program and destination to `silver.sends`
+    (replacing that night's rows of it); returns the rows written per status."""
+    import hashlib
+
+    from p13n.lake.duck import duckdb_connection, literal, scan, table_exists, write_arrow
+
+    root = settings.lake_root
+    wanted = {SENT: sorted(set(sent)), HELD_OUT: sorted(set(held_out))}
+    seen: dict[str, set[str]] = {SENT: set(), HELD_OUT: set()}
+    if table_exists(root, SILVER_SENDS):
+        rows = (
+            duckdb_connection(settings=settings)
+            .execute(
+                f"SELECT status, customer_id FROM {scan(root, SILVER_SENDS)} WHERE program_type = ? "
+                "AND program = ? AND destination = ? AND send_date < ?",
+                [program_type, program, destination, as_of],
+            )
+            .fetchall()
+        )
+        for status, customer in rows:
+            seen.setdefault(status, set()).add(customer)
+    at = send_time(as_of)
+    out = {"send_id": [], "customer_id": [], "status": []}
+    for status, ids in wanted.items():
+        for c in ids:
+            if c in seen[status]:
+                continue
+            key = f"{program_type}|{program}|{destination}|{c}|{status}"
+            out["send_id"].append(hashlib.sha256(key.encode()).hexdigest()[:24])
+            out["customer_id"].append(c)
+            out["status"].append(status)
+    n = len(out["send_id"])
+    table = pa.table(
+        {
+            "send_id": out["send_id"],
+            "program_type": [program_type] * n,
+            "program": [program] * n,
+            "destination": [destination] * n,
+            "channel": [channel] * n,
+            "customer_id": out["customer_id"],
+            "status": out["status"],
+            "sent_at": pa.array([at] * n, pa.timestamp("us", tz="UTC")),
+            "send_date": pa.array([as_of] * n, pa.date32()),
+        },
+        schema=SCHEMA,
+    )
+    predicate = (
+        f"send_date = '{as_of.isoformat()}' AND program_type = {literal(program_type)} "
+        f"AND program = {literal(program)} AND destination = {literal(destination)}"
+    )
+    for attempt in range(8):  # exports of other audiences commit to the same table at the same time
+        try:
+            if table_exists(root, SILVER_SENDS):
+                write_arrow(settings, SILVER_SENDS, table, mode="overwrite", predicate=predicate)
+            elif n:
+                write_arrow(settings, SILVER_SENDS, table, partition_by=["send_date"])
+            break
+        except (CommitFailedError, DeltaError) as exc:
+            if attempt == 7 or not isinstance(exc, CommitFailedError) and "already exists" not in str(exc):
+                raise
+            time.sleep(0.2 * (attempt + 1) + random.random() / 5)
+    return {s: out["status"].count(s) for s in (SENT, HELD_OUT)}
+
+
+def record_audience(settings, audience: str, destination: str, as_of: dt.date, frame, sent) -> dict[str, int]:
+    """The sends of one audience export: `sent` (the customers the destination now holds or the file
+    carries) and the eligible customers `frame` (`p13n.activation.audiences.candidates`) held out."""
+    cfg = settings.activation.audiences[audience]
+    held = frame.loc[frame["exclude_reason"].isin([HOLDOUT_REASON, GLOBAL_REASON]), "customer_id"]
+    return record_sends(
+        settings,
+        program_type="trigger" if cfg.trigger else "audience",
+        program=audience,
+        destination=destination,
+        channel=cfg.channel,
+        as_of=as_of,
+        sent=sent,
+        held_out=held,
+    )

@@ -1,0 +1,59 @@
+"""Measurement entry points for the DAGs and the CLI (`p13n experiments`)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from p13n.config import get_settings
+from p13n.orchestration import progress
+
+
+def land_exposures_task() -> dict:
+    """The API's exposures from Redis into `silver.exposures` (exactly once; see `exposures`)."""
+    import redis
+
+    from p13n.measurement.exposures import land_exposures
+    from p13n.services.redis import redis_for
+    from p13n.serving.keys import Keys
+
+    settings = get_settings()
+    with redis_for(settings) as url:
+        client = redis.Redis.from_url(url)
+        try:
+            out = land_exposures(
+                settings, client, Keys(settings.serving.namespace).exposures, progress=progress
+            )
+        finally:
+            client.close()
+    progress(out.text())
+    return {"read": out.read, "landed": out.landed, "unknown": out.unknown}
+
+
+def measure_task(ds: str) -> dict:
+    """The date's `gold.experiment_results`, and one line per experiment in the task log."""
+    from p13n.measurement.experiments import measure
+
+    day = dt.date.fromisoformat(ds)
+    frame = measure(get_settings(), day)
+    for line in summary_lines(frame):
+        progress(line)
+    return {"experiments": int(frame["experiment"].nunique()), "rows": len(frame)}
+
+
+def summary_lines(frame, metric: str = "revenue") -> list[str]:
+    """Per experiment and arm: units, the metric's lift with its interval, and any warning."""
+    lines = []
+    for _, r in frame[frame["metric"] == metric].iterrows():
+        if r["lift"] is None or r["lift"] != r["lift"]:
+            effect = r["note"] or "no estimate"
+        else:
+            effect = (
+                f"{metric} per customer {r['lift']:+.1%} [{r['ci_low']:+.1%}, {r['ci_high']:+.1%}], "
+                f"p={r['p_value']:.3f}"
+            )
+        srm = "  SAMPLE RATIO MISMATCH" if r["sample_ratio_mismatch"] else ""
+        lines.append(
+            f"{r['experiment']} · {r['arm']} vs {r['baseline_arm']}: "
+            f"{r['units']:,} vs {r['baseline_units']:,} customers; {effect}{srm}"
+        )
+    return lines
