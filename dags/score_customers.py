@@ -14,6 +14,8 @@ Everything is computed as of the run's date (its data interval's end) and writte
 * **segments**: RFM segments, k-means clusters with personas (gated the same way), lifecycle stage
   from each customer's cadence and the two models, best send time → `gold.segments`, `gold.send_times`.
 * **validate**: Great Expectations suites on every output.
+* **attribution** (beside the models): `gold.attribution`, the last 30 days' conversions credited to
+  the touches before them (email, SMS, web, app, store visits) by six models, Markov chain included.
 """
 
 from __future__ import annotations
@@ -71,6 +73,13 @@ def score_customers():
         return result
 
     @task
+    def attribution(_features: dict) -> dict:
+        from p13n.measurement.tasks import attribution_task
+        from p13n.orchestration import run_date
+
+        return attribution_task(run_date())
+
+    @task
     def validate(_segments: dict) -> dict:
         from p13n.customers.tasks import validate_task
         from p13n.orchestration import run_date
@@ -79,6 +88,7 @@ def score_customers():
 
     built = features()
     validate(segments(churn(built), clv(built)))
+    attribution(built)
 
 
 score_customers()

@@ -520,6 +520,13 @@ class MeasurementSettings(_Section):
     sequential_tuning: float = Field(5000.0, gt=0)
     # A comparison is flagged when the sample-ratio test's p-value is below this.
     srm_alpha: float = Field(0.001, gt=0, lt=1)
+    # Attribution (gold.attribution): the conversions of the last `attribution_days`, each with the
+    # touches of the `lookback_days` before it (at most `max_touches`, the latest); time decay halves
+    # a touch's weight every `half_life_hours`.
+    attribution_days: int = Field(30, gt=0)
+    lookback_days: int = Field(30, gt=0)
+    max_touches: int = Field(20, gt=0)
+    half_life_hours: float = Field(168.0, gt=0)
 
 
 class QualitySettings(_Section):

@@ -10,6 +10,10 @@ planted truth.
    `--rows` customers each, default 20,000) with a planted 8% lift; the share of 95% intervals that
    cover the true lift per metric (nominal 0.95), and the CUPED interval's width against the plain
    one's (below 1: CUPED narrows it).
+3. **Attribution beside `marketing-attribution-models`**: the journeys of the lake's latest scored
+   date, credited by `p13n.measurement.attribution` (Spark) and by the package (Polars) on the same
+   paths. `attribution_max_rel_diff`: the largest relative difference of a channel's credited revenue
+   (five rule-based models) or Markov removal effect.
 """
 
 from __future__ import annotations
@@ -143,6 +147,97 @@ def max_rel_diff(ours: pd.DataFrame, reference: pd.DataFrame) -> tuple[float, in
     return worst, compared
 
 
+def mam_credits(paths: pd.DataFrame, half_life_hours: float) -> pd.DataFrame:
+    """model, channel, revenue (heuristics) and removal_effect (markov) by `marketing-attribution-models`
+    on the journeys `paths` (JOURNEY_COLUMNS, those with at least one touch)."""
+    from mam import MAM
+
+    mam = MAM(
+        pd.DataFrame(
+            {
+                "journey_id": paths["journey_id"],
+                "channels": paths["channels"].map(" > ".join),
+                "hours": paths["hours_before"].map(lambda h: " > ".join(repr(float(x)) for x in h)),
+                "converted": paths["converted"],
+                "value": paths["revenue"],
+            }
+        ),
+        format_type="journey",
+        channels_colname="channels",
+        journey_with_conv_colname="converted",
+        user_id_colname="journey_id",
+        time_till_conv_colname="hours",
+        conversion_value_colname="value",
+    )
+    runs = {
+        "first_touch": mam.run_first_click(),
+        "last_touch": mam.run_last_click(),
+        "linear": mam.run_linear(),
+        "position_based": mam.run_position_based(),
+        "time_decay": mam.run_time_decay(half_life_hours),
+    }
+    rows = [
+        {"model": model, "channel": str(ch), "revenue": float(v)}
+        for model, res in runs.items()
+        for ch, v in res.to_pandas().set_index("channels")["attribution"].items()
+    ]
+    effects = mam.run_markov().metadata["removal_effect"]["removal_effect"]
+    rows += [{"model": "markov", "channel": ch, "removal_effect": float(v)} for ch, v in effects.items()]
+    return pd.DataFrame(rows)
+
+
+def attribution_diff(ours: pd.DataFrame, reference: pd.DataFrame) -> tuple[float, int]:
+    """(largest relative difference of a credited revenue or removal effect, values compared)."""
+    both = ours.merge(reference, on=["model", "channel"], suffixes=("", "_ref"))
+    worst, n = 0.0, 0
+    for col in ("revenue", "removal_effect"):
+        ref = both[f"{col}_ref"]
+        rows = both[ref.notna() & (ref.abs() > 1e-9)]
+        if col == "revenue":
+            rows = rows[rows["model"] != "markov"]  # mam splits Markov credit per journey, not in total
+        if len(rows):
+            diff = (rows[col] - rows[f"{col}_ref"]).abs() / rows[f"{col}_ref"].abs()
+            worst, n = max(worst, float(diff.max())), n + len(rows)
+    return worst, n
+
+
+def _lake_attribution(settings, figures: dict) -> float | None:
+    """Journeys of the lake's latest scored date, credited by p13n and by mam."""
+    from p13n.customers.pipeline import read_activity
+    from p13n.lake.tables import GOLD_SEGMENTS
+    from p13n.measurement import attribution as attr
+    from p13n.session import lake
+
+    lk = lake()
+    if not lk.exists(GOLD_SEGMENTS):
+        return None
+    day = lk.read(GOLD_SEGMENTS).agg({"as_of_date": "max"}).first()[0]
+    m = settings.measurement
+    activity = read_activity(lk)
+    end = day + dt.timedelta(days=1)
+    j = attr.journeys(
+        attr.touchpoints(activity.events, activity.messages),
+        attr.conversions(activity.lines),
+        end - dt.timedelta(days=m.attribution_days),
+        end,
+        m.lookback_days,
+        m.max_touches,
+    ).cache()
+    paths = j.toPandas()  # built once: both are timed from the same journeys
+    t0 = time.perf_counter()
+    ours = attr.attribution(j, m.half_life_hours)
+    figures["attribution_seconds_p13n"] = round(time.perf_counter() - t0, 2)
+    paths = paths[paths["channels"].map(len) > 0]
+    t0 = time.perf_counter()
+    reference = mam_credits(paths, m.half_life_hours)
+    figures["attribution_seconds_mam"] = round(time.perf_counter() - t0, 2)
+    worst, n = attribution_diff(ours, reference)
+    figures["attribution_date"] = day.isoformat()
+    figures["attribution_journeys"] = len(paths)
+    figures["attribution_values_compared"] = n
+    return worst
+
+
 def bench_experiments(rows: int | None = None, reps: int = 3) -> dict:
     from p13n.config import get_settings
     from p13n.measurement import simulate
@@ -195,4 +290,6 @@ def bench_experiments(rows: int | None = None, reps: int = 3) -> dict:
     figures["lake_values_compared"] = lake_compared
     figures["values_compared"] = compared + lake_compared
     figures["gbstats_max_rel_diff"] = float(max(diffs)) if diffs else float("nan")
+    worst = _lake_attribution(settings, figures)
+    figures["attribution_max_rel_diff"] = float("nan") if worst is None else worst
     return figures

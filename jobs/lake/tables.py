@@ -247,6 +247,14 @@ GOLD_EXPERIMENT_RESULTS = Table(
     about="per experiment, arm and metric: lift against the baseline arm with its interval, p-value, "
     "CUPED and sequential variants, sample-ratio check",
 )
+GOLD_ATTRIBUTION = Table(
+    "gold.attribution",
+    partition_by=_DAY,
+    key=("model", "channel"),
+    owner="measurement",
+    about="the period's conversions and revenue credited to each channel by six attribution models "
+    "(first, last, linear, position-based, time decay, Markov removal effect)",
+)
 
 # --- ops: run records -------------------------------------------------------------------------
 OPS_INGEST_RUNS = Table(

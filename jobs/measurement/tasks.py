@@ -57,3 +57,27 @@ def summary_lines(frame, metric: str = "revenue") -> list[str]:
             f"{r['units']:,} vs {r['baseline_units']:,} customers; {effect}{srm}"
         )
     return lines
+
+
+def attribution_task(ds: str) -> dict:
+    """The date's `gold.attribution` (score_customers' attribution task)."""
+    from p13n.customers.pipeline import read_activity
+    from p13n.measurement.attribution import attribute_period
+    from p13n.runctx import RunContext
+    from p13n.session import lake
+
+    settings, lk = get_settings(), lake()
+    day = dt.date.fromisoformat(ds)
+    credits = attribute_period(lk, settings, read_activity(lk), day, run=RunContext.from_env())
+    if credits.empty:
+        progress(f"attribution {ds}: no journeys in the last {settings.measurement.attribution_days} days")
+        return {"conversions": 0}
+    first = credits.iloc[0]
+    markov = credits[credits["model"] == "markov"].sort_values("share", ascending=False)
+    shares = ", ".join(f"{r.channel} {r.share:.0%}" for r in markov.itertuples())
+    progress(
+        f"attribution {first['period_start']} … {ds}: {first['conversions_in_period']:,} conversions "
+        f"({first['unattributed_conversions']:,} without a touch), {first['open_journeys']:,} journeys not "
+        f"converted yet; Markov credit: {shares or 'none'}"
+    )
+    return {"conversions": int(first["conversions_in_period"]), "channels": int(markov["channel"].nunique())}

@@ -229,7 +229,10 @@ def test_the_marts_answer_what_the_rows_say(lake_root, tmp_path):
     assert (recs["customers"], recs["customers_who_bought"], recs["hit_rate_30d"]) == (2, 1, 0.5)
     campaigns = run_duckdb(settings, source("campaign_performance")[1]).iloc[0]
     assert (campaigns["sent"], campaigns["held_out"], campaigns["sent_conversion"]) == (2, 1, 1.0)
-    assert (campaigns["sent_revenue_per_customer"], campaigns["held_out_revenue_per_customer"]) == (56.0, 30.0)
+    assert (campaigns["sent_revenue_per_customer"], campaigns["held_out_revenue_per_customer"]) == (
+        56.0,
+        30.0,
+    )
     assert campaigns["incremental_revenue"] == 52.0 and not campaigns["window_complete"]
     lifts = run_duckdb(settings, source("experiment_results")[1]).set_index("metric")
     assert set(lifts.index) == {"conversion", "orders", "revenue", "aov"}
