@@ -13,10 +13,10 @@ gold tables to Snowflake.
   Each run's summary (sent, skipped for lack of consent, errors) is in `ops.export_runs`.
 * **warehouse**: `activation.snowflake.tables` into Snowflake — a staging table, then MERGE on the
   business key; a rerun changes nothing. No raw PII leaves the lake.
-* **exposures**: the read API's experiment exposures, from Redis into `silver.exposures` (exactly once).
 * **measure** (after the exports, failed or not): `gold.experiment_results` for the date: every
   audience and trigger holdout (the exports log who they sent and held out in `silver.sends`) and
-  every API experiment, per arm and metric: lift, interval, p-value, CUPED, sequential, sample ratio.
+  every API experiment (`silver.exposures`, landed by `stream_events`), per arm and metric: lift,
+  interval, p-value, CUPED, sequential, sample ratio.
 * **announce** (once every export was tried, failed or not): the `p13n://activation/exports` Asset,
   which the run report waits for; **watcher** fails the DAG run when anything failed.
 
@@ -66,12 +66,6 @@ def export_audiences():
 
         return warehouse_sync(run_date())
 
-    @task
-    def exposures() -> dict:
-        from p13n.measurement.tasks import land_exposures_task
-
-        return land_exposures_task()
-
     @task(trigger_rule="all_done")
     def measure() -> dict:
         from p13n.measurement.tasks import measure_task
@@ -93,7 +87,7 @@ def export_audiences():
 
     done = [export.expand(target=audiences()), warehouse()]
     measured = measure()
-    [*done, exposures()] >> measured
+    done >> measured
     [*done, measured] >> announce()
     [*done, measured] >> watcher()
 

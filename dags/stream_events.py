@@ -15,6 +15,9 @@ customers' real-time profiles (recently viewed, cart, last activity, session) be
 * **triggers**: abandoned cart, browse abandonment, post-purchase and win-back on the landed events,
   with channel consent and the frequency cap → `gold.triggered_audiences` (sent or suppressed, with
   the reason), for the exports to Klaviyo and Mailchimp.
+* **exposures**: the read API's experiment exposures, from their Redis stream into
+  `silver.exposures`, with the stream position in the same Delta commit (exactly once; this DAG is
+  the only writer), then trimmed from Redis. `export_audiences` measures them nightly.
 """
 
 from __future__ import annotations
@@ -50,7 +53,14 @@ def stream_events():
 
         return triggers_task(day=run_date())
 
+    @task
+    def exposures() -> dict:
+        from p13n.measurement.tasks import land_exposures_task
+
+        return land_exposures_task()
+
     triggers(catch_up())
+    exposures()
 
 
 stream_events()

@@ -381,6 +381,12 @@ def run_pipeline(
         if dag_id == "stream_events":
             live = _produce_live_events(env, customers, day)
             console.print(f"produced {live:,} live web events (500/s) for the stream consumer")
+            url = env.get("P13N__SERVING__REDIS_URL") or settings.serving.redis_url
+            shown, exposed = _storefront_requests(settings, url)
+            console.print(
+                f"storefront: {shown:,} personalized lists read through the API's store, {exposed:,} "
+                "experiment exposures logged for the stream to land"
+            )
 
     with local_services(settings, env, console.print):
         if in_process:
@@ -671,6 +677,37 @@ def _produce_live_events(env: dict[str, str], customers: int, day: str) -> int:
         bootstrap=env.get("P13N_KAFKA_BOOTSTRAP"),
         day=dt.date.fromisoformat(day),
     )
+
+
+def _storefront_requests(settings, url: str, customers: int = 2000) -> tuple[int, int]:
+    """A storefront's traffic for the demo: the personalized list of up to `customers` active
+    customers, read as the API reads it (`Store.recommendations`), so each request the experiment
+    intercepts logs an exposure (stamped now: they are measured from today on)."""
+    import asyncio
+
+    import redis as redis_lib
+
+    from p13n.serving.api import Store
+    from p13n.serving.keys import Keys
+
+    if not url:
+        return 0, 0
+    stream = Keys(settings.serving.namespace).exposures
+    before = redis_lib.Redis.from_url(url).xlen(stream)
+
+    async def browse() -> int:
+        store = Store(settings, url)
+        try:
+            seg = await store.segment("lifecycle.active", 1, customers)
+            ids = seg["customer_ids"] if seg else []
+            for c in ids:
+                await store.recommendations(c, "personalized", 10)
+            return len(ids)
+        finally:
+            await store.r.aclose()
+
+    shown = asyncio.run(browse())
+    return shown, redis_lib.Redis.from_url(url).xlen(stream) - before
 
 
 def _stream_summary(settings, url: str) -> str:

@@ -139,3 +139,25 @@ def lifts(df: pd.DataFrame, title: str) -> str:
     ax.set_xlabel("relative lift, % (95% interval)", fontsize=8)
     ax.set_title(title, loc="left", fontsize=10)
     return _svg(fig)
+
+
+def attribution(df: pd.DataFrame) -> str:
+    """Each channel's share of the period's conversions under every attribution model."""
+    plt = _plt()
+    table = df.pivot_table(index="channel", columns="model", values="share", aggfunc="sum").fillna(0.0)
+    table = table.loc[table.max(axis=1).sort_values().index]
+    models = [
+        m
+        for m in ("first_touch", "last_touch", "linear", "position_based", "time_decay", "markov")
+        if m in table
+    ]
+    fig, ax = plt.subplots(figsize=(6.4, 0.55 * len(table) + 1.2))
+    height = 0.8 / max(1, len(models))
+    for i, m in enumerate(models):
+        ys = [y + (i - (len(models) - 1) / 2) * height for y in range(len(table))]
+        ax.barh(ys, table[m] * 100, height=height, label=m.replace("_", " "))
+    ax.set_yticks(range(len(table)), table.index, fontsize=8)
+    ax.set_xlabel("share of conversions, %", fontsize=8)
+    ax.legend(fontsize=7, frameon=False, loc="lower right")
+    ax.set_title("Credit per channel by attribution model", loc="left", fontsize=10)
+    return _svg(fig)

@@ -13,6 +13,7 @@ import pandas as pd
 
 from p13n.lake.duck import scan, table_exists
 from p13n.lake.tables import (
+    GOLD_ATTRIBUTION,
     GOLD_CUSTOMER_PROFILES,
     GOLD_EXPERIMENT_RESULTS,
     GOLD_IDENTITY_GRAPH,
@@ -261,5 +262,16 @@ def experiments(con, root: str, day: dt.date) -> pd.DataFrame | None:
         root,
         GOLD_EXPERIMENT_RESULTS,
         "SELECT * FROM {t} WHERE as_of_date = ? ORDER BY experiment, arm, metric",
+        [day],
+    )
+
+
+def attribution(con, root: str, day: dt.date) -> pd.DataFrame | None:
+    """The date's gold.attribution (every model's credit per channel)."""
+    return _frame(
+        con,
+        root,
+        GOLD_ATTRIBUTION,
+        "SELECT * FROM {t} WHERE as_of_date = ? ORDER BY model, share DESC",
         [day],
     )

@@ -48,6 +48,7 @@ def build(settings: Settings | None, day: dt.date | str, progress=None) -> Path:
         _recommendations(data.recommendations(con, root, day)),
         _delivery(data.publish_and_exports(con, root, day)),
         _experiments(data.experiments(con, root, day)),
+        _attribution(data.attribution(con, root, day)),
     ]
     recent = dt.datetime.now(dt.UTC) - dt.timedelta(hours=24)
     alerts = [
@@ -329,6 +330,32 @@ def _experiments(df) -> Section:
     )
     status = "warn" if len(srm) else "ok"
     return Section("Experiments", "experiments", "; ".join(parts) + ".", figs, [table], status)
+
+
+def _attribution(df) -> Section:
+    if df is None or df.empty:
+        return _missing("Attribution", "attribution", "Attribution (score_customers' attribution task)")
+    first = df.iloc[0]
+    markov = df[df["model"] == "markov"].sort_values("share", ascending=False)
+    last = df[df["model"] == "last_touch"].set_index("channel")["share"]
+    parts = [
+        f"{int(first['conversions_in_period']):,} conversions from {first['period_start']:%Y-%m-%d} to "
+        f"{first['period_end']:%Y-%m-%d}, {int(first['unattributed_conversions']):,} of them without a touch before "
+        f"(not credited); {int(first['open_journeys']):,} journeys not converted yet"
+    ]
+    if len(markov):
+        parts.append(
+            "Markov credit: "
+            + ", ".join(
+                f"{r.channel} {r.share:.0%} (last touch {last.get(r.channel, 0.0):.0%})"
+                for r in markov.itertuples()
+            )
+        )
+    wide = df.pivot_table(index="channel", columns="model", values="share", aggfunc="sum").reset_index()
+    fmt = {c: ".1%" for c in wide.columns if c != "channel"}
+    return Section(
+        "Attribution", "attribution", "; ".join(parts) + ".", [charts.attribution(df)], [_table(wide, fmt)]
+    )
 
 
 # --- the page -------------------------------------------------------------------------------------------

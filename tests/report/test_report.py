@@ -229,6 +229,29 @@ def lake(settings, tmp_path):
     frame = experiments.results(s, sums, DAY).astype({"note": "string"})
     table = pa.Table.from_pandas(frame, schema=experiments.result_schema(), preserve_index=False)
     write_deltalake(table_uri(root, "gold.experiment_results"), table)
+    credit = [("last_touch", "email", 0.25), ("last_touch", "web", 0.75), ("markov", "email", 0.4)]
+    credit += [("markov", "web", 0.6)]
+    _write(
+        root,
+        "gold.attribution",
+        [
+            {
+                "as_of_date": DAY,
+                "model": m,
+                "channel": c,
+                "conversions": 40 * sh,
+                "revenue": 4000 * sh,
+                "removal_effect": 0.5 if m == "markov" else None,
+                "share": sh,
+                "period_start": dt.date(2024, 2, 2),
+                "period_end": DAY,
+                "conversions_in_period": 50,
+                "unattributed_conversions": 10,
+                "open_journeys": 7,
+            }
+            for m, c, sh in credit
+        ],
+    )
     return s
 
 
@@ -277,15 +300,19 @@ def test_the_report_states_what_the_tables_hold(lake):
         "1 experiments and holdouts, 1 comparisons; 1 with a revenue lift whose 95% interval excludes 0."
     )
     assert "<td>audience:vip</td>" in _section(page, "experiments")
+    assert _summary(page, "attribution") == (
+        "50 conversions from 2024-02-02 to 2024-03-02, 10 of them without a touch before (not credited); "
+        "7 journeys not converted yet; Markov credit: web 60% (last touch 75%), email 40% (last touch 25%)."
+    )
     # a plot for ingestion, four segment bars and the movement heatmap, cluster sizes, three for
-    # recommendations, the experiments' lifts
-    assert page.count("<svg") == 11
+    # recommendations, the experiments' lifts, the attribution
+    assert page.count("<svg") == 12
     assert (lake.data_dir / "reports" / "index.html").read_text().count('href="2024-03-02/index.html"') == 1
 
 
 def test_a_date_without_runs_says_so(lake):
     page = build(lake, dt.date(2024, 2, 1)).read_text()
-    assert page.count("has not run for this date yet") == 7  # every section but the publish's
+    assert page.count("has not run for this date yet") == 8  # every section but the publish's
     assert "nothing published for this date" in page
 
 
