@@ -166,6 +166,30 @@ def write_arrow(
     return data.num_rows if hasattr(data, "num_rows") else len(data)
 
 
+def replace_rows(
+    lake, table: str, data, predicate: str, partition_by: list[str] | None = None, tries: int = 8
+) -> int:
+    """Replace the rows `predicate` selects with `data` (creating the table, partitioned, on its first
+    write): idempotent for a rerun of the same slice. Writers of other slices of the same table at the
+    same time (parallel export tasks) may make a commit fail; it is retried, `tries` times at most."""
+    import random
+    import time
+
+    from deltalake.exceptions import CommitFailedError, DeltaError
+
+    for attempt in range(tries):
+        try:
+            if table_exists(lake, table):
+                return write_arrow(lake, table, data, mode="overwrite", predicate=predicate)
+            return write_arrow(lake, table, data, partition_by=partition_by)
+        except (CommitFailedError, DeltaError) as exc:
+            racing = isinstance(exc, CommitFailedError) or "already exists" in str(exc).lower()
+            if attempt == tries - 1 or not racing:
+                raise
+            time.sleep(0.2 * (attempt + 1) + random.random() / 5)
+    raise AssertionError("unreachable")
+
+
 def append_rows(lake, table: str, rows: list[dict], schema=None, schema_mode: str | None = None) -> int:
     """Append a few run records to a small `ops.*` table (no Spark needed)."""
     import pyarrow as pa

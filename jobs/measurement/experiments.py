@@ -268,19 +268,16 @@ def measure(settings, as_of: dt.date) -> pd.DataFrame:
     """Compute and write the date's `gold.experiment_results` (replacing the date's rows)."""
     import pyarrow as pa
 
-    from p13n.lake.duck import table_exists, write_arrow
+    from p13n.lake.duck import replace_rows
 
     units = unit_outcomes(settings, as_of)
     frame = results(settings, arm_sums(units), as_of) if len(units) else pd.DataFrame(columns=RESULT_COLUMNS)
     table = pa.Table.from_pandas(
         frame.astype({"note": "string"}), schema=result_schema(), preserve_index=False
     )
-    if table_exists(settings.lake_root, GOLD_EXPERIMENT_RESULTS):
-        write_arrow(
-            settings, GOLD_EXPERIMENT_RESULTS, table, mode="overwrite", predicate=f"as_of_date = '{as_of}'"
-        )
-    else:
-        write_arrow(settings, GOLD_EXPERIMENT_RESULTS, table, partition_by=["as_of_date"])
+    replace_rows(
+        settings, GOLD_EXPERIMENT_RESULTS, table, f"as_of_date = '{as_of}'", partition_by=["as_of_date"]
+    )
     return frame
 
 

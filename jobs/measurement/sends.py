@@ -19,12 +19,9 @@ for (the export runs on the night after it), not the wall clock: a backfill land
 from __future__ import annotations
 
 import datetime as dt
-import random
-import time
 from collections.abc import Iterable
 
 import pyarrow as pa
-from deltalake.exceptions import CommitFailedError, DeltaError
 
 from p13n.lake.tables import SILVER_SENDS
 from p13n.serving.experiments import bucket
@@ -83,7 +80,7 @@ def record_sends(
     (replacing that night's rows of it); returns the rows written per status."""
     import hashlib
 
-    from p13n.lake.duck import duckdb_connection, literal, scan, table_exists, write_arrow
+    from p13n.lake.duck import duckdb_connection, literal, replace_rows, scan, table_exists
 
     root = settings.lake_root
     wanted = {SENT: sorted(set(sent)), HELD_OUT: sorted(set(held_out))}
@@ -129,17 +126,8 @@ def record_sends(
         f"send_date = '{as_of.isoformat()}' AND program_type = {literal(program_type)} "
         f"AND program = {literal(program)} AND destination = {literal(destination)}"
     )
-    for attempt in range(8):  # exports of other audiences commit to the same table at the same time
-        try:
-            if table_exists(root, SILVER_SENDS):
-                write_arrow(settings, SILVER_SENDS, table, mode="overwrite", predicate=predicate)
-            elif n:
-                write_arrow(settings, SILVER_SENDS, table, partition_by=["send_date"])
-            break
-        except (CommitFailedError, DeltaError) as exc:
-            if attempt == 7 or not isinstance(exc, CommitFailedError) and "already exists" not in str(exc):
-                raise
-            time.sleep(0.2 * (attempt + 1) + random.random() / 5)
+    if n or table_exists(root, SILVER_SENDS):  # exports of other audiences write at the same time
+        replace_rows(settings, SILVER_SENDS, table, predicate, partition_by=["send_date"])
     return {s: out["status"].count(s) for s in (SENT, HELD_OUT)}
 
 

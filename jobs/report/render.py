@@ -340,8 +340,8 @@ def _attribution(df) -> Section:
     last = df[df["model"] == "last_touch"].set_index("channel")["share"]
     parts = [
         f"{int(first['conversions_in_period']):,} conversions from {first['period_start']:%Y-%m-%d} to "
-        f"{first['period_end']:%Y-%m-%d}, {int(first['unattributed_conversions']):,} of them without a touch before "
-        f"(not credited); {int(first['open_journeys']):,} journeys not converted yet"
+        f"{first['period_end']:%Y-%m-%d}, {int(first['unattributed_conversions']):,} of them without a "
+        f"touch before (not credited); {int(first['open_journeys']):,} journeys not converted yet"
     ]
     if len(markov):
         parts.append(
