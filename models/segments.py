@@ -171,6 +171,37 @@ def personas(features: pd.DataFrame, clusters: pd.Series, top: int = 3) -> dict[
     return out
 
 
+def keep_names(
+    personas: dict[int, dict], clusters: pd.Series, previous: pd.Series, min_overlap: float = 0.5
+) -> dict[int, dict]:
+    """Personas keep yesterday's names for clusters that are yesterday's groups again (pure).
+
+    `clusters`: today's cluster per customer (index: customer id); `previous`: yesterday's persona per
+    customer. A cluster takes the name of the persona most of its members had, when they are also
+    most of that persona's members (both shares over `min_overlap`), each name at most once (the largest
+    overlap first). Otherwise the cluster's profile really changed and its new words stand. Each
+    persona records the name it would have had in `described_as`."""
+    out = {c: p | {"described_as": p["persona"]} for c, p in personas.items()}
+    if previous is None or previous.empty:
+        return out
+    both = pd.DataFrame({"cluster": clusters, "before": previous.reindex(clusters.index)}).dropna()
+    both = both[both["cluster"] >= 0]
+    if both.empty:
+        return out
+    pairs = both.groupby(["cluster", "before"]).size().rename("n").reset_index()
+    pairs["of_cluster"] = pairs["n"] / pairs["cluster"].map(clusters.value_counts())
+    pairs["of_persona"] = pairs["n"] / pairs["before"].map(previous.value_counts())
+    pairs = pairs[(pairs["of_cluster"] > min_overlap) & (pairs["of_persona"] > min_overlap)]
+    taken: set[str] = set()
+    for r in pairs.sort_values("n", ascending=False).itertuples():
+        c = int(r.cluster)
+        if r.before in taken or out[c]["persona"] != out[c]["described_as"]:
+            continue
+        out[c]["persona"] = r.before
+        taken.add(r.before)
+    return out
+
+
 # ---------------------------------------------------------------------------------- lifecycle
 def lifecycle(
     features: pd.DataFrame,

@@ -417,7 +417,11 @@ def segment_customers(
         decision = life.gate(info.model_uri, metrics, champ, activity.run_key(as_of))
         scorer = life.serving()
         clusters = seg_model.assign_clusters(scorer, f)
-        personas = seg_model.personas(f, clusters)
+        personas = seg_model.keep_names(
+            seg_model.personas(f, clusters),
+            pd.Series(clusters.to_numpy(), index=f["customer_id"]),
+            _previous_personas(lake, as_of),
+        )
         mlflow.log_dict({str(c): p for c, p in personas.items()}, "personas.json")
         _save_figure(mlflow, _cluster_figure(personas), "cluster_profiles.png")
     progress(decision.summary())
@@ -455,6 +459,19 @@ def segment_customers(
         metrics |= _send_time_accuracy(send, truth)
     out = life.record(lake, as_of, metrics, len(table), run)
     return out
+
+
+def _previous_personas(lake: Lake, as_of: dt.date) -> pd.Series | None:
+    """Each customer's persona on the latest scoring date before `as_of` (None on the first)."""
+    if not lake.exists(GOLD_SEGMENTS):
+        return None
+    before = lake.read(GOLD_SEGMENTS, columns=["as_of_date"]).filter(F.col("as_of_date") < F.lit(as_of))
+    last = before.agg(F.max("as_of_date")).first()[0]
+    if last is None:
+        return None
+    rows = _partition(lake, GOLD_SEGMENTS, last, ["customer_id", "persona", "cluster"])
+    rows = rows[rows["cluster"] >= 0]
+    return rows.set_index("customer_id")["persona"]
 
 
 def _partition(lake: Lake, table: str, as_of: dt.date, columns: list[str]) -> pd.DataFrame:

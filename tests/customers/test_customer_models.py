@@ -217,3 +217,23 @@ def test_a_rerun_keeps_its_first_runs_version(tmp_path):
     assert [d.version for d in versions] == ["1", "1"] and all(d.promoted for d in versions)
     assert "rerun of 2024-03-01:abc" in versions[1].reasons[0]
     assert len(mlflow.MlflowClient().search_model_versions("name='rerun-test'")) == 1
+
+
+def test_clusters_keep_yesterdays_persona_names_unless_their_members_changed():
+    from p13n.models.segments import keep_names
+
+    today = {
+        0: {"persona": "Big spenders, in store", "size": 4},
+        1: {"persona": "Frequent, app", "size": 4},
+        2: {"persona": "Lapsed", "size": 2},
+    }
+    clusters = pd.Series([0, 0, 0, 0, 1, 1, 1, 1, 2, 2], index=list("abcdefghij"))
+    # a-d were "High value" yesterday (the words changed, not the group); e-h split from two groups
+    yesterday = pd.Series(
+        ["High value"] * 4 + ["Weekly", "Weekly", "Casual", "Casual"] + ["Gone"] * 2, index=list("abcdefghij")
+    )
+    out = keep_names(today, clusters, yesterday)
+    assert out[0]["persona"] == "High value" and out[0]["described_as"] == "Big spenders, in store"
+    assert out[1]["persona"] == "Frequent, app"  # half of it from each: a new group, new words
+    assert out[2]["persona"] == "Gone"
+    assert keep_names(today, clusters, None)[0]["persona"] == "Big spenders, in store"
