@@ -157,6 +157,40 @@ def _tables(root: str) -> None:
             "send_date": [dt.date(2024, 1, 3), dt.date(2024, 2, 27), dt.date(2024, 1, 9)],
         }
     )
+    # Campaign K1 reached A (opened and clicked, bought 2 days later) and someone the graph does not know.
+    data["silver/klaviyo_events"] = pd.DataFrame(
+        {
+            "event_id": ["e1", "e2", "e3", "e4"],
+            "email_hmac": ["hA", "hA", "hA", "hZ"],
+            "metric": ["received", "opened", "clicked", "received"],
+            "campaign_id": ["K1"] * 4,
+            "occurred_at": [
+                T("2024-01-03 08:00"),
+                T("2024-01-03 09:00"),
+                T("2024-01-03 09:05"),
+                T("2024-01-03 08:00"),
+            ],
+        }
+    )
+    # Mailchimp's M1 went to B and bounced; B bought in store the next day all the same.
+    data["silver/mailchimp_activity"] = pd.DataFrame(
+        {
+            "activity_id": ["m1", "m2"],
+            "email_hmac": ["hB", "hB"],
+            "action": ["sent", "bounce"],
+            "campaign_id": ["M1", "M1"],
+            "occurred_at": [T("2024-01-01 08:00"), T("2024-01-01 08:01")],
+        }
+    )
+    data["gold/identity_keys"] = pd.concat(
+        [
+            data["gold/identity_keys"],
+            pd.DataFrame(
+                [("email_hmac", "hA", "A"), ("email_hmac", "hB", "B")],
+                columns=["key_type", "key_value", "customer_id"],
+            ),
+        ]
+    )
     for path, frame in data.items():
         write_deltalake(f"{root}/{path}", frame)
     from p13n.config import get_settings
@@ -200,7 +234,7 @@ def test_every_file_gives_the_same_rows_on_duckdb_and_spark(lake_root, spark, tm
 
     settings = _settings(lake_root, tmp_path)
     lake = Lake(spark, settings.lake, lake_root)
-    assert len(files()) == 9
+    assert len(files()) == 10
     for name in files():
         _, text = source(name)
         duck = run_duckdb(settings, text)
@@ -225,6 +259,7 @@ def test_the_marts_answer_what_the_rows_say(lake_root, tmp_path):
     }
     # January: A, B, C; A again in February, B again in March.
     assert got == {("2024-01", 0): (3, 3), ("2024-01", 1): (3, 1), ("2024-01", 2): (3, 1)}
+    assert cohorts["partial_period"].all()  # January is the lake's first month, March its last
     recs = run_duckdb(settings, source("recommendation_performance")[1]).iloc[0]
     assert (recs["customers"], recs["customers_who_bought"], recs["hit_rate_30d"]) == (2, 1, 0.5)
     campaigns = run_duckdb(settings, source("campaign_performance")[1]).iloc[0]
@@ -234,6 +269,11 @@ def test_the_marts_answer_what_the_rows_say(lake_root, tmp_path):
         30.0,
     )
     assert campaigns["incremental_revenue"] == 52.0 and not campaigns["window_complete"]
+    mails = run_duckdb(settings, source("email_campaigns")[1]).set_index("campaign_id")
+    k1, m1 = mails.loc["K1"], mails.loc["M1"]
+    assert (k1["sends"], k1["deliveries"], k1["unique_opens"], k1["unique_clicks"]) == (2, 2, 1, 1)
+    assert (k1["converted_recipients"], k1["revenue_7d"], k1["conversion_rate_7d"]) == (1, 100.0, 0.5)
+    assert (m1["sends"], m1["deliveries"], m1["converted_recipients"], m1["revenue_7d"]) == (1, 0, 1, 20.0)
     lifts = run_duckdb(settings, source("experiment_results")[1]).set_index("metric")
     assert set(lifts.index) == {"conversion", "orders", "revenue", "aov"}
     assert lifts.loc["revenue", "verdict"] in ("better", "inconclusive")
