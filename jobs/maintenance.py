@@ -26,6 +26,28 @@ def maintain_table(lake: Lake, table: str, *, retention_hours: int | None = None
     return {**asdict(after), "files_compacted": compacted, "files_vacuumed": vacuumed}
 
 
+def maintain_tables(lake: Lake, tables: list[str], *, progress=print) -> list[dict]:
+    """`maintain_table` for each table in turn; one failing does not stop the others, and the call
+    fails at the end naming every table that failed (what succeeded is returned with the error)."""
+    done, failed = [], []
+    for table in tables:
+        try:
+            result = maintain_table(lake, table)
+        except Exception as exc:  # noqa: BLE001 - reported below, by table
+            failed.append(f"{table}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+            continue
+        done.append(result)
+        progress(
+            f"{table}: v{result['version']}, {result['files']} files, compacted {result['files_compacted']}, "
+            f"vacuumed {result['files_vacuumed']}"
+        )
+    if failed:
+        raise RuntimeError(
+            f"maintenance failed for {len(failed)} of {len(tables)} tables: " + " | ".join(failed)
+        )
+    return done
+
+
 def build_table_health(spark, results: list[dict], run_date: dt.date, checked_at: dt.datetime):
     """One health row per maintained table (a pure transform of the maintenance results)."""
     rows = [
