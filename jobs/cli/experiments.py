@@ -51,55 +51,57 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(frame[SHOWN].to_dict("records"), default=str, indent=1))
         return 0
-    console = Console()
-    for name, rows in frame.groupby("experiment", sort=True):
+    import sys
+
+    console = Console() if sys.stdout.isatty() else Console(width=120)  # a file or pipe gets whole rows
+    for (name, arm), rows in frame.groupby(["experiment", "arm"], sort=True):
         first = rows.iloc[0]
         table = Table(
-            title=f"{name} · {day} · {first['arm']} vs {first['baseline_arm']}: "
-            f"{int(first['units']):,} vs {int(first['baseline_units']):,} customers",
+            title=f"{name} · {day}: {arm} ({int(first['units']):,}) vs {first['baseline_arm']} "
+            f"({int(first['baseline_units']):,})",
             title_justify="left",
         )
         for col in (
-            "arm",
             "metric",
-            "variant",
-            "baseline",
+            arm[:12],
+            first["baseline_arm"][:12],
             "lift [95% CI]",
             "p",
-            "CUPED lift [95% CI]",
+            "CUPED lift",
             "seq. p",
         ):
-            table.add_column(col, justify="left" if col in ("arm", "metric") else "right")
+            table.add_column(col, justify="left" if col == "metric" else "right", no_wrap=True)
+        notes, why = [], {}
         for _, r in rows.iterrows():
-            fmt = "{:,.4f}" if r["metric"] == "conversion" else "{:,.2f}"
-
-            def ci(lift, lo, hi):
-                return "-" if lift != lift or lift is None else f"{lift:+.1%} [{lo:+.1%}, {hi:+.1%}]"
-
+            fmt = "{:.4f}" if r["metric"] == "conversion" else "{:,.2f}"
+            lift = r["lift"]
+            if lift is None or lift != lift:
+                why.setdefault(r["note"] or "no estimate", []).append(r["metric"])
             table.add_row(
-                r["arm"],
                 r["metric"],
                 fmt.format(r["mean"]) if r["mean"] == r["mean"] else "-",
                 fmt.format(r["baseline_mean"]) if r["baseline_mean"] == r["baseline_mean"] else "-",
-                ci(r["lift"], r["ci_low"], r["ci_high"]) if r["note"] in ("", None) else r["note"],
+                "-"
+                if lift is None or lift != lift
+                else f"{lift:+.1%} [{r['ci_low']:+.1%}, {r['ci_high']:+.1%}]",
                 "-" if r["p_value"] != r["p_value"] else f"{r['p_value']:.3f}",
-                ci(r["cuped_lift"], r["cuped_ci_low"], r["cuped_ci_high"]),
+                "-" if r["cuped_lift"] != r["cuped_lift"] else f"{r['cuped_lift']:+.1%}",
                 "-" if r["seq_p_value"] != r["seq_p_value"] else f"{r['seq_p_value']:.3f}",
             )
         console.print(table)
-        notes = []
+        notes += [f"{', '.join(metrics)}: no estimate, {reason}" for reason, metrics in why.items()]
         if first["window_complete"] < 1:
             notes.append(
                 f"interim: {first['window_complete']:.0%} of the {int(first['window_days'])}-day window "
-                "observed on average (the sequential p-value is the one safe to act on before it ends)"
+                "observed on average; before it ends, act on the sequential p-value only"
             )
         if first["sample_ratio_mismatch"]:
             notes.append(
-                f"SAMPLE RATIO MISMATCH (p={first['srm_p_value']:.2g}): the split differs from its "
-                "design; do not trust these results"
+                f"SAMPLE RATIO MISMATCH (p={first['srm_p_value']:.2g}): the split differs from its design; "
+                "do not trust these results"
             )
         for n in notes:
-            console.print(f"  {n}")
+            console.print(f"  {n}", soft_wrap=True, highlight=False)
     return 0
 
 

@@ -300,3 +300,42 @@ def test_exposures_land_once_known_customers_only_and_leave_the_stream(own, redi
     again = land_exposures(own, client, "p13n:exposures")  # starts after the committed entry
     assert (again.read, again.landed) == (0, 0) and len(_read(own, SILVER_EXPOSURES)) == 3
     assert client.xlen("p13n:exposures") == 0
+
+
+def test_experiments_report_prints_the_lift_and_says_what_is_missing(tmp_path, monkeypatch, capsys):
+    from p13n.cli import main
+    from p13n.config import get_settings
+
+    monkeypatch.setenv("P13N_DATA_DIR", str(tmp_path / "data"))
+    get_settings.cache_clear() if hasattr(get_settings, "cache_clear") else None
+    settings = get_settings()
+    assert main(["experiments", "report"]) == 1
+    assert "gold.experiment_results does not exist yet" in capsys.readouterr().err
+    import pyarrow as pa
+
+    from p13n.lake.duck import write_arrow
+
+    held = 0.02 + 0.98 * 0.1  # the global holdout, then the audience's own: as configured
+    units = simulate.units(20_000, seed=2, lift=0.3, holdout=held, experiment="audience:vip_win_back")
+    sums = experiments.arm_sums(units)
+    frame = experiments.results(settings, sums, DAY).astype({"note": "string"})
+    write_arrow(
+        settings, GOLD_EXPERIMENT_RESULTS, pa.Table.from_pandas(frame, schema=experiments.result_schema())
+    )
+    assert main(["experiments", "report", "--experiment", "audience:vip_win_back"]) == 0
+    out = capsys.readouterr().out
+    revenue = frame.set_index("metric").loc["revenue"]
+    assert f"{revenue['lift']:+.1%} [{revenue['ci_low']:+.1%}, {revenue['ci_high']:+.1%}]" in out
+    assert "audience:vip_win_back · 2024-03-01: treatment" in out
+    assert "SAMPLE RATIO MISMATCH" not in out
+    frame.loc[frame["arm"] == "treatment", "sample_ratio_mismatch"] = True  # a broken split is said
+    frame["as_of_date"] = DAY + dt.timedelta(days=1)
+    write_arrow(
+        settings, GOLD_EXPERIMENT_RESULTS, pa.Table.from_pandas(frame, schema=experiments.result_schema())
+    )
+    assert main(["experiments", "report"]) == 0
+    assert "SAMPLE RATIO MISMATCH" in capsys.readouterr().out
+    assert main(["experiments", "report", "--experiment", "api:nope"]) == 1
+    assert (
+        "no experiment 'api:nope' on 2024-03-02 (measured: audience:vip_win_back)" in capsys.readouterr().err
+    )
