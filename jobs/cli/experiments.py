@@ -73,7 +73,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
             table.add_column(col, justify="left" if col == "metric" else "right", no_wrap=True)
         notes, why = [], {}
         for _, r in rows.iterrows():
-            fmt = "{:.4f}" if r["metric"] == "conversion" else "{:,.2f}"
+            fmt = "{:.4f}" if r["metric"] in ("conversion", "orders") else "{:,.2f}"
             lift = r["lift"]
             if lift is None or lift != lift:
                 why.setdefault(r["note"] or "no estimate", []).append(r["metric"])
