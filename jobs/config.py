@@ -456,6 +456,9 @@ class AudienceSettings(_Section):
     # Share of the eligible customers kept out of the exports (a stable hash of the customer id), so
     # gold.experiment_results can measure what the audience's messages cause.
     holdout: float = Field(0.0, ge=0, lt=1)
+    # What reaching one customer costs (the platform's price per email or SMS sent): silver.sends
+    # records it per send, campaign_performance sums it and divides the incremental revenue by it.
+    cost_per_send: float = Field(0.0, ge=0)
 
 
 class DestinationSettings(_Section):

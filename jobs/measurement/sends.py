@@ -41,6 +41,7 @@ SCHEMA = pa.schema(
         ("customer_id", pa.string()),
         ("status", pa.string()),
         ("sent_at", pa.timestamp("us", tz="UTC")),
+        ("cost", pa.float64()),  # what the send cost (held_out: 0)
         ("send_date", pa.date32()),
     ]
 )
@@ -75,6 +76,7 @@ def record_sends(
     as_of: dt.date,
     sent: Iterable[str],
     held_out: Iterable[str],
+    cost_per_send: float = 0.0,
 ) -> dict[str, int]:
     """Write the night's first sends and holdouts of one program and destination to `silver.sends`
     (replacing that night's rows of it); returns the rows written per status."""
@@ -118,6 +120,7 @@ def record_sends(
             "customer_id": out["customer_id"],
             "status": out["status"],
             "sent_at": pa.array([at] * n, pa.timestamp("us", tz="UTC")),
+            "cost": [cost_per_send if st == SENT else 0.0 for st in out["status"]],
             "send_date": pa.array([as_of] * n, pa.date32()),
         },
         schema=SCHEMA,
@@ -145,4 +148,5 @@ def record_audience(settings, audience: str, destination: str, as_of: dt.date, f
         as_of=as_of,
         sent=sent,
         held_out=held,
+        cost_per_send=cfg.cost_per_send,
     )

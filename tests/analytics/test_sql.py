@@ -153,6 +153,7 @@ def _tables(root: str) -> None:
             "channel": ["email"] * 3,
             "customer_id": ["A", "B", "C"],
             "status": ["sent", "sent", "held_out"],
+            "cost": [0.5, 0.5, 0.0],
             "sent_at": [T("2024-01-04", tz="UTC"), T("2024-02-28", tz="UTC"), T("2024-01-10", tz="UTC")],
             "send_date": [dt.date(2024, 1, 3), dt.date(2024, 2, 27), dt.date(2024, 1, 9)],
         }
@@ -269,6 +270,7 @@ def test_the_marts_answer_what_the_rows_say(lake_root, tmp_path):
         30.0,
     )
     assert campaigns["incremental_revenue"] == 52.0 and not campaigns["window_complete"]
+    assert (campaigns["cost"], campaigns["roi"]) == (1.0, 52.0)
     mails = run_duckdb(settings, source("email_campaigns")[1]).set_index("campaign_id")
     k1, m1 = mails.loc["K1"], mails.loc["M1"]
     assert (k1["sends"], k1["deliveries"], k1["unique_opens"], k1["unique_clicks"]) == (2, 2, 1, 1)

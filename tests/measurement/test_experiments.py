@@ -136,6 +136,7 @@ def test_sends_log_first_entries_and_a_rerun_writes_the_same_rows(own):
             as_of=day,
             sent=sent,
             held_out=held,
+            cost_per_send=0.25,
         )
 
     assert record(DAY, ["A", "B"], ["C"]) == {"sent": 2, "held_out": 1}
@@ -154,6 +155,7 @@ def test_sends_log_first_entries_and_a_rerun_writes_the_same_rows(own):
         ("E", "held_out", "2024-03-02"),
     ]
     assert (rows["sent_at"] == pd.Timestamp("2024-03-02", tz="UTC"))[rows["send_date"] == DAY].all()
+    assert rows.groupby("status")["cost"].sum().to_dict() == {"held_out": 0.0, "sent": 0.75}
 
 
 # --- units from the lake ----------------------------------------------------------------------------
