@@ -13,6 +13,9 @@ gold tables to Snowflake.
   Each run's summary (sent, skipped for lack of consent, errors) is in `ops.export_runs`.
 * **warehouse**: `activation.snowflake.tables` into Snowflake — a staging table, then MERGE on the
   business key; a rerun changes nothing. No raw PII leaves the lake.
+* **journeys**: every journey of `conf/journeys.yaml` advanced by the night (entries, holdouts,
+  sends, waits, branches, conversions) → `gold.journey_state`, `gold.journey_events`, and the
+  journey's entrants, holdouts and messages in `silver.sends`.
 * **measure** (after the exports, failed or not): `gold.experiment_results` for the date: every
   audience and trigger holdout (the exports log who they sent and held out in `silver.sends`) and
   every API experiment (`silver.exposures`, landed by `stream_events`), per arm and metric: lift,
@@ -66,6 +69,13 @@ def export_audiences():
 
         return warehouse_sync(run_date())
 
+    @task
+    def journeys() -> dict:
+        from p13n.journeys.tasks import journeys_task
+        from p13n.orchestration import run_date
+
+        return journeys_task(run_date())
+
     @task(trigger_rule="all_done")
     def measure() -> dict:
         from p13n.measurement.tasks import measure_task
@@ -85,7 +95,7 @@ def export_audiences():
         """A leaf that fails the run when any task failed (`announce` succeeds either way)."""
         raise RuntimeError("an export or the warehouse sync failed: see their task logs")
 
-    done = [export.expand(target=audiences()), warehouse()]
+    done = [export.expand(target=audiences()), warehouse(), journeys()]
     measured = measure()
     done >> measured
     [*done, measured] >> announce()

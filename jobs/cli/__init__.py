@@ -16,6 +16,7 @@ from p13n.cli import (
     customers,
     experiments,
     identity,
+    journeys,
     lake,
     pipeline,
     privacy,
@@ -35,6 +36,7 @@ GROUPS = (
     stream,
     activation,
     experiments,
+    journeys,
     privacy,
 )
 

@@ -30,6 +30,7 @@ def duckdb_connection(database: str = ":memory:", settings=None):
         raise RuntimeError("duckdb-extension-delta is installed without its extension file; reinstall it")
     con = duckdb.connect(database)
     con.execute(f"LOAD '{found[-1]}'")
+    con.execute("SET enable_progress_bar = false")  # no bars in task logs and command output
     options = _options(settings) if settings is not None else None
     if options and settings.lake_root.startswith(("s3://", "s3a://")):
         _s3_secret(con, options)
@@ -179,8 +180,10 @@ def replace_rows(
 
     for attempt in range(tries):
         try:
-            if table_exists(lake, table):
-                return write_arrow(lake, table, data, mode="overwrite", predicate=predicate)
+            if table_exists(lake, table):  # a column a newer release adds joins the table
+                return write_arrow(
+                    lake, table, data, mode="overwrite", predicate=predicate, schema_mode="merge"
+                )
             return write_arrow(lake, table, data, partition_by=partition_by)
         except (CommitFailedError, DeltaError) as exc:
             racing = isinstance(exc, CommitFailedError) or "already exists" in str(exc).lower()

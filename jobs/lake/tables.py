@@ -255,6 +255,21 @@ GOLD_ATTRIBUTION = Table(
     about="the period's conversions and revenue credited to each channel by six attribution models "
     "(first, last, linear, position-based, time decay, Markov removal effect)",
 )
+GOLD_JOURNEY_STATE = Table(
+    "gold.journey_state",
+    partition_by=_DAY,
+    key=("journey", "customer_id"),
+    owner="journeys",
+    about="each customer's place in each journey after the night: status, step, entered, left",
+)
+GOLD_JOURNEY_EVENTS = Table(
+    "gold.journey_events",
+    partition_by=_DAY,
+    key=("journey", "customer_id", "step", "event"),
+    owner="journeys",
+    about="every step taken that night: entered, held out, sent or suppressed (why), waited, "
+    "branched, converted, completed",
+)
 
 # --- ops: run records -------------------------------------------------------------------------
 OPS_INGEST_RUNS = Table(

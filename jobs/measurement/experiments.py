@@ -173,16 +173,22 @@ def expected_shares(settings, experiment: str, arms: list[str]) -> dict[str, flo
         total = sum(a.weight for a in exp.arms.values()) or 1.0
         shares = {arm: (1 - exp.holdout) * a.weight / total for arm, a in exp.arms.items()}
         return shares | ({"holdout": exp.holdout} if exp.holdout else {})
-    audience = settings.activation.audiences.get(name)
-    if audience is None:
+    if kind == "journey":
+        from p13n.journeys.model import journeys
+
+        share = journeys()[name].holdout if name in journeys() else None
+    else:
+        audience = settings.activation.audiences.get(name)
+        share = audience.holdout if audience is not None else None
+    if share is None:
         return {}
     g = settings.activation.global_holdout
-    held = g + (1 - g) * audience.holdout
+    held = g + (1 - g) * share
     return {"holdout": held, "treatment": 1 - held}
 
 
 def baseline_arm(kind: str, arms: list[str]) -> str:
-    if kind in ("audience", "trigger"):
+    if kind in ("audience", "trigger", "journey"):
         return "holdout"
     return "control" if "control" in arms else sorted(arms)[0]
 

@@ -26,7 +26,7 @@ import pyarrow as pa
 from p13n.lake.tables import SILVER_SENDS
 from p13n.serving.experiments import bucket
 
-SENT, HELD_OUT = "sent", "held_out"
+SENT, HELD_OUT, ENTERED = "sent", "held_out", "entered"
 GLOBAL_SALT = "global-holdout"
 GLOBAL_REASON = "global holdout"
 HOLDOUT_REASON = "held out"
@@ -77,16 +77,18 @@ def record_sends(
     sent: Iterable[str],
     held_out: Iterable[str],
     cost_per_send: float = 0.0,
+    entered: Iterable[str] = (),
 ) -> dict[str, int]:
     """Write the night's first sends and holdouts of one program and destination to `silver.sends`
-    (replacing that night's rows of it); returns the rows written per status."""
+    (replacing that night's rows of it); returns the rows written per status. `entered`: customers a
+    journey took in (messaged or not: the treatment arm is everyone not held out)."""
     import hashlib
 
     from p13n.lake.duck import duckdb_connection, literal, replace_rows, scan, table_exists
 
     root = settings.lake_root
-    wanted = {SENT: sorted(set(sent)), HELD_OUT: sorted(set(held_out))}
-    seen: dict[str, set[str]] = {SENT: set(), HELD_OUT: set()}
+    wanted = {SENT: sorted(set(sent)), HELD_OUT: sorted(set(held_out)), ENTERED: sorted(set(entered))}
+    seen: dict[str, set[str]] = {SENT: set(), HELD_OUT: set(), ENTERED: set()}
     if table_exists(root, SILVER_SENDS):
         rows = (
             duckdb_connection(settings=settings)
@@ -131,7 +133,7 @@ def record_sends(
     )
     if n or table_exists(root, SILVER_SENDS):  # exports of other audiences write at the same time
         replace_rows(settings, SILVER_SENDS, table, predicate, partition_by=["send_date"])
-    return {s: out["status"].count(s) for s in (SENT, HELD_OUT)}
+    return {s: out["status"].count(s) for s in wanted if s != ENTERED or out["status"].count(s)}
 
 
 def record_audience(settings, audience: str, destination: str, as_of: dt.date, frame, sent) -> dict[str, int]:

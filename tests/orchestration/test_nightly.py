@@ -137,6 +137,7 @@ def test_a_failed_export_fails_the_run_but_still_announces_the_exports(settings,
         "audiences": {"success"},
         "export": {"failed"},
         "warehouse": {"success"},
+        "journeys": {"success"},
         "measure": {"success"},  # the holdouts are measured whatever the exports did
         "announce": {"success"},
         "watcher": {"failed"},

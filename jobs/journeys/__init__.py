@@ -1,0 +1,1 @@
+"""Journeys: multi-step programmes declared in conf/journeys.yaml, advanced nightly."""
