@@ -17,6 +17,8 @@ from p13n.lake.tables import (
     GOLD_CUSTOMER_PROFILES,
     GOLD_EXPERIMENT_RESULTS,
     GOLD_IDENTITY_GRAPH,
+    GOLD_JOURNEY_EVENTS,
+    GOLD_JOURNEY_STATE,
     GOLD_RECOMMENDATIONS,
     GOLD_SEGMENTS,
     OPS_EXPORT_RUNS,
@@ -275,3 +277,33 @@ def attribution(con, root: str, day: dt.date) -> pd.DataFrame | None:
         "SELECT * FROM {t} WHERE as_of_date = ? ORDER BY model, share DESC",
         [day],
     )
+
+
+def journeys(con, root: str, day: dt.date) -> pd.DataFrame | None:
+    """Per journey, the night's events by kind and the customers in it after the night."""
+    events = _frame(
+        con,
+        root,
+        GOLD_JOURNEY_EVENTS,
+        "SELECT journey, event, count(*) AS n FROM {t} WHERE as_of_date = ? GROUP BY ALL",
+        [day],
+    )
+    if events is None:
+        return None
+    table = events.pivot_table(index="journey", columns="event", values="n", aggfunc="sum", fill_value=0)
+    active = _frame(
+        con,
+        root,
+        GOLD_JOURNEY_STATE,
+        "SELECT journey, count(*) AS in_journey FROM {t} WHERE as_of_date = ? AND status = 'active' "
+        "GROUP BY ALL",
+        [day],
+    )
+    out = table.reset_index()
+    if active is not None:
+        out = out.merge(active, on="journey", how="outer").fillna(0)
+    cols = ["journey", "entered", "held_out", "sent", "suppressed", "converted", "completed", "in_journey"]
+    for c in cols:
+        if c not in out:
+            out[c] = 0
+    return out[cols].astype({c: int for c in cols[1:]})

@@ -49,6 +49,7 @@ def build(settings: Settings | None, day: dt.date | str, progress=None) -> Path:
         _delivery(data.publish_and_exports(con, root, day)),
         _experiments(data.experiments(con, root, day)),
         _attribution(data.attribution(con, root, day)),
+        _journeys(data.journeys(con, root, day)),
     ]
     recent = dt.datetime.now(dt.UTC) - dt.timedelta(hours=24)
     alerts = [
@@ -356,6 +357,19 @@ def _attribution(df) -> Section:
     return Section(
         "Attribution", "attribution", "; ".join(parts) + ".", [charts.attribution(df)], [_table(wide, fmt)]
     )
+
+
+def _journeys(df) -> Section:
+    if df is None or df.empty:
+        return _missing("Journeys", "journeys", "Journeys (export_audiences' journeys task)")
+    parts = [
+        f"{int(df['entered'].sum()):,} customers entered {len(df)} journeys tonight "
+        f"({int(df['held_out'].sum()):,} held out), {int(df['sent'].sum()):,} messages sent, "
+        f"{int(df['suppressed'].sum()):,} suppressed for lack of consent, {int(df['converted'].sum()):,} "
+        f"converted; {int(df['in_journey'].sum()):,} customers in a journey now"
+    ]
+    chart = charts.bars(df, "journey", "sent", "Messages sent tonight, per journey")
+    return Section("Journeys", "journeys", "; ".join(parts) + ".", [chart], [_table(df)])
 
 
 # --- the page -------------------------------------------------------------------------------------------

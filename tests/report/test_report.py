@@ -252,6 +252,24 @@ def lake(settings, tmp_path):
             for m, c, sh in credit
         ],
     )
+    events = [("win_back", "entered")] * 3 + [("win_back", "sent")] * 2 + [("win_back", "suppressed")]
+    events += [("win_back", "held_out"), ("welcome", "converted")]
+    _write(
+        root,
+        "gold.journey_events",
+        [
+            {"as_of_date": DAY, "journey": j, "customer_id": f"C{i}", "step": "s", "event": e}
+            for i, (j, e) in enumerate(events)
+        ],
+    )
+    _write(
+        root,
+        "gold.journey_state",
+        [
+            {"as_of_date": DAY, "journey": "win_back", "customer_id": f"C{i}", "status": "active"}
+            for i in range(3)
+        ],
+    )
     return s
 
 
@@ -304,15 +322,19 @@ def test_the_report_states_what_the_tables_hold(lake):
         "50 conversions from 2024-02-02 to 2024-03-02, 10 of them without a touch before (not credited); "
         "7 journeys not converted yet; Markov credit: web 60% (last touch 75%), email 40% (last touch 25%)."
     )
+    assert _summary(page, "journeys") == (
+        "3 customers entered 2 journeys tonight (1 held out), 2 messages sent, 1 suppressed for lack of "
+        "consent, 1 converted; 3 customers in a journey now."
+    )
     # a plot for ingestion, four segment bars and the movement heatmap, cluster sizes, three for
-    # recommendations, the experiments' lifts, the attribution
-    assert page.count("<svg") == 12
+    # recommendations, the experiments' lifts, the attribution, the journeys' sends
+    assert page.count("<svg") == 13
     assert (lake.data_dir / "reports" / "index.html").read_text().count('href="2024-03-02/index.html"') == 1
 
 
 def test_a_date_without_runs_says_so(lake):
     page = build(lake, dt.date(2024, 2, 1)).read_text()
-    assert page.count("has not run for this date yet") == 8  # every section but the publish's
+    assert page.count("has not run for this date yet") == 9  # every section but the publish's
     assert "nothing published for this date" in page
 
 
