@@ -173,6 +173,63 @@ def validate_outputs(tables: dict[str, list | None], what: str) -> dict:
     return {"passed": passed, "warnings": len(warnings)}
 
 
+def validate_frames(frames: dict[str, tuple], what: str) -> dict:
+    """`validate_outputs` for frames already in hand (pandas, no Spark): {table: (frame, run date)}.
+    The outcomes go to `ops.validations` like every other validation."""
+    import datetime as dt
+
+    import pyarrow as pa
+
+    from p13n.lake.duck import write_arrow
+    from p13n.sources.expectations import validator
+
+    settings = get_settings()
+    check = validator(settings)
+    failures, warnings, passed, rows = [], [], 0, []
+    now = dt.datetime.now(dt.UTC)
+    for table, (frame, day) in frames.items():
+        outcome = check(table, frame)
+        passed += outcome.passed
+        failures += [f"{table}: {f}" for f in outcome.critical_failures]
+        warnings += [f"{table}: {w}" for w in outcome.warnings]
+        rows.append(
+            {
+                "run_date": day,
+                "table_name": table,
+                "success": not outcome.critical_failures,
+                "passed": outcome.passed,
+                "failed": outcome.failed,
+                "failures": "; ".join(outcome.critical_failures),
+                "warnings": "; ".join(outcome.warnings),
+                "validated_at": now,
+            }
+        )
+    schema = pa.schema(
+        [
+            ("run_date", pa.date32()),
+            ("table_name", pa.string()),
+            ("success", pa.bool_()),
+            ("passed", pa.int64()),
+            ("failed", pa.int64()),
+            ("failures", pa.string()),
+            ("warnings", pa.string()),
+            ("validated_at", pa.timestamp("us", tz="UTC")),
+        ]
+    )
+    if rows:
+        write_arrow(
+            settings, OPS_VALIDATIONS, pa.Table.from_pylist(rows, schema=schema), partition_by=["run_date"]
+        )
+    for w in warnings:
+        progress(f"expectation warning: {w}")
+    if failures:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        raise AirflowFailException(f"{what} failed their expectations: " + "; ".join(failures))
+    progress(f"{what} passed {passed} expectations ({len(warnings)} warnings)")
+    return {"passed": passed, "warnings": len(warnings)}
+
+
 VALIDATIONS_SCHEMA = (
     "run_date date, table_name string, success boolean, passed long, failed long, failures string, "
     "warnings string, validated_at timestamp"

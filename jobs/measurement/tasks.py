@@ -31,12 +31,21 @@ def land_exposures_task() -> dict:
 
 def measure_task(ds: str) -> dict:
     """The date's `gold.experiment_results`, and one line per experiment in the task log."""
+    from p13n.lake.duck import read_arrow, table_exists
+    from p13n.lake.tables import GOLD_EXPERIMENT_RESULTS, SILVER_SENDS
     from p13n.measurement.experiments import measure
+    from p13n.orchestration import validate_frames
 
+    settings = get_settings()
     day = dt.date.fromisoformat(ds)
-    frame = measure(get_settings(), day)
+    frame = measure(settings, day)
     for line in summary_lines(frame):
         progress(line)
+    checked = {GOLD_EXPERIMENT_RESULTS: (frame, day)}
+    if table_exists(settings.lake_root, SILVER_SENDS):
+        sends = read_arrow(settings, SILVER_SENDS, filters=[("send_date", "=", day)]).to_pandas()
+        checked[SILVER_SENDS] = (sends, day)
+    validate_frames(checked, "measurement outputs")
     return {"experiments": int(frame["experiment"].nunique()), "rows": len(frame)}
 
 
@@ -69,6 +78,10 @@ def attribution_task(ds: str) -> dict:
     settings, lk = get_settings(), lake()
     day = dt.date.fromisoformat(ds)
     credits = attribute_period(lk, settings, read_activity(lk), day, run=RunContext.from_env())
+    from p13n.lake.tables import GOLD_ATTRIBUTION
+    from p13n.orchestration import validate_frames
+
+    validate_frames({GOLD_ATTRIBUTION: (credits, day)}, "attribution")
     if credits.empty:
         progress(f"attribution {ds}: no journeys in the last {settings.measurement.attribution_days} days")
         return {"conversions": 0}
