@@ -37,7 +37,7 @@ REPO_ROOT = HOME = _home()
 # home of its own to write in, so it is under the working directory.
 DATA_BASE = HOME if os.environ.get("P13N_HOME") or HOME.name != "_home" else Path.cwd()
 ENV_PREFIX = "P13N__"
-NOT_OVERLAYS = {"base", "sources"}  # conf/ files that are not environment overlays
+NOT_OVERLAYS = {"base", "sources", "journeys"}  # conf/ files that are not environment overlays
 _SECRET_KEY = re.compile(r"(password|passwd|secret|token|api_key|apikey|private_key|access_key)", re.I)
 # Values that are credentials whatever their key is called: a password inside a URL, a private key,
 # and the shapes of common cloud and platform keys.
@@ -504,7 +504,7 @@ class ActivationSettings(_Section):
     )
     audiences: dict[str, AudienceSettings] = Field(default_factory=dict)
     # Customers (a stable hash) who get no personalized message at all: the programme's baseline.
-    global_holdout: float = Field(0.0, ge=0, le=0.5)
+    global_holdout: float = Field(0.02, ge=0, le=0.5)
     # A platform destination whose key is not set: "fail" (the task fails, naming the variable) or
     # "csv" (the platform's import file is written instead: local runs have no accounts).
     without_key: Literal["fail", "csv"] = "fail"

@@ -463,8 +463,13 @@ def _check_readme_commands(data_dir):
 
     from test_readme import commands
 
+    # The measurement marts read export_audiences' tables, which this night does not run:
+    # tests/analytics/test_sql.py runs them on both engines.
+    later = ("experiment_results", "campaign_performance")
     shown = [
-        c for c in commands() if c.startswith(("p13n lake ", "p13n sql ")) and not c.endswith(("NAME", "sql"))
+        c
+        for c in commands()
+        if c.startswith(("p13n lake ", "p13n sql ")) and not c.endswith(("NAME", "sql", *later))
     ]
     assert len(shown) >= 5, shown
     env = {**os.environ, "P13N_DATA_DIR": str(data_dir)}
