@@ -13,7 +13,7 @@ Everything is computed as of the run's date (its data interval's end) and writte
   promote to `champion` only past the gate, score with the champion → `gold.churn_scores`, `gold.clv`.
 * **segments**: RFM segments, k-means clusters with personas (gated the same way), lifecycle stage
   from each customer's cadence and the two models, best send time → `gold.segments`, `gold.send_times`.
-* **validate**: Great Expectations suites on every output.
+* **validate**: Great Expectations suites on every output (attribution's too).
 * **attribution** (beside the models): `gold.attribution`, the last 30 days' conversions credited to
   the touches before them (email, SMS, web, app, store visits) by six models, Markov chain included.
 """
@@ -80,15 +80,14 @@ def score_customers():
         return attribution_task(run_date())
 
     @task
-    def validate(_segments: dict) -> dict:
+    def validate(_segments: dict, _attribution: dict) -> dict:
         from p13n.customers.tasks import validate_task
         from p13n.orchestration import run_date
 
         return validate_task(run_date())
 
     built = features()
-    validate(segments(churn(built), clv(built)))
-    attribution(built)
+    validate(segments(churn(built), clv(built)), attribution(built))
 
 
 score_customers()

@@ -72,10 +72,15 @@ def model_task(model: str, ds: str) -> dict:
 
 def validate_task(ds: str) -> dict:
     """The gold suites on this run's partitions; a critical failure fails the task."""
+    from p13n.lake.tables import GOLD_ATTRIBUTION
     from p13n.orchestration import validate_outputs
+    from p13n.session import lake
 
     where = [("as_of_date", "=", dt.date.fromisoformat(ds))]
-    return validate_outputs(dict.fromkeys(SUITES, where), "customer outputs")
+    tables = dict.fromkeys(SUITES, where)
+    if lake().exists(GOLD_ATTRIBUTION):  # the DAG's attribution task (not a step of `customers run`)
+        tables[GOLD_ATTRIBUTION] = where
+    return validate_outputs(tables, "customer outputs")
 
 
 def person_traits(settings: Settings, lk):

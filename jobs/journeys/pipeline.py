@@ -168,9 +168,9 @@ def previous_state(settings, con, day: dt.date) -> pd.DataFrame:
     return state[engine.STATE_COLUMNS]
 
 
-def run_night(settings, day: dt.date, validate: bool = False) -> dict:
-    """Advance every journey through `day` and write the date's state, events and sends (checked
-    against their expectation suites with `validate`)."""
+def run_night(settings, day: dt.date) -> dict:
+    """Advance every journey through `day` and write the date's state, events and sends
+    (export_audiences' measure task checks them against their expectation suites)."""
     import pyarrow as pa
 
     from p13n.lake.duck import duckdb_connection, replace_rows, scan, table_exists
@@ -193,16 +193,6 @@ def run_night(settings, day: dt.date, validate: bool = False) -> dict:
     )
     replace_rows(settings, GOLD_JOURNEY_STATE, state_t, when, partition_by=["as_of_date"])
     replace_rows(settings, GOLD_JOURNEY_EVENTS, events_t, when, partition_by=["as_of_date"])
-    if validate:
-        from p13n.orchestration import validate_frames
-
-        validate_frames(
-            {
-                GOLD_JOURNEY_STATE: (state_t.to_pandas(), day),
-                GOLD_JOURNEY_EVENTS: (events_t.to_pandas(), day),
-            },
-            "journey outputs",
-        )
     for name in journeys():
         ev = events[events["journey"] == name]
         # The experiment is intention-to-treat: everyone who entered (messaged or, without consent,

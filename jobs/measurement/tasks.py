@@ -32,7 +32,12 @@ def land_exposures_task() -> dict:
 def measure_task(ds: str) -> dict:
     """The date's `gold.experiment_results`, and one line per experiment in the task log."""
     from p13n.lake.duck import read_arrow, table_exists
-    from p13n.lake.tables import GOLD_EXPERIMENT_RESULTS, SILVER_SENDS
+    from p13n.lake.tables import (
+        GOLD_EXPERIMENT_RESULTS,
+        GOLD_JOURNEY_EVENTS,
+        GOLD_JOURNEY_STATE,
+        SILVER_SENDS,
+    )
     from p13n.measurement.experiments import measure
     from p13n.orchestration import validate_frames
 
@@ -41,11 +46,17 @@ def measure_task(ds: str) -> dict:
     frame = measure(settings, day)
     for line in summary_lines(frame):
         progress(line)
+    # One Great Expectations context per process costs about 13 s: this task checks the night's
+    # sends, journeys and results together (the journeys task writes, this one validates).
     checked = {GOLD_EXPERIMENT_RESULTS: (frame, day)}
-    if table_exists(settings.lake_root, SILVER_SENDS):
-        sends = read_arrow(settings, SILVER_SENDS, filters=[("send_date", "=", day)]).to_pandas()
-        checked[SILVER_SENDS] = (sends, day)
-    validate_frames(checked, "measurement outputs")
+    for table, column in (
+        (SILVER_SENDS, "send_date"),
+        (GOLD_JOURNEY_STATE, "as_of_date"),
+        (GOLD_JOURNEY_EVENTS, "as_of_date"),
+    ):
+        if table_exists(settings.lake_root, table):
+            checked[table] = (read_arrow(settings, table, filters=[(column, "=", day)]).to_pandas(), day)
+    validate_frames(checked, "measurement and journey outputs")
     return {"experiments": int(frame["experiment"].nunique()), "rows": len(frame)}
 
 
@@ -78,10 +89,6 @@ def attribution_task(ds: str) -> dict:
     settings, lk = get_settings(), lake()
     day = dt.date.fromisoformat(ds)
     credits = attribute_period(lk, settings, read_activity(lk), day, run=RunContext.from_env())
-    from p13n.lake.tables import GOLD_ATTRIBUTION
-    from p13n.orchestration import validate_frames
-
-    validate_frames({GOLD_ATTRIBUTION: (credits, day)}, "attribution")
     if credits.empty:
         progress(f"attribution {ds}: no journeys in the last {settings.measurement.attribution_days} days")
         return {"conversions": 0}

@@ -105,10 +105,20 @@ class Validator:
         self.context.variables.progress_bars = {"globally": False}
         self.pandas_max_rows = settings.quality.pandas_max_rows
         self.last_engine: str | None = None  # the engine of the latest validation
-        self.datasources = {
-            "spark": self.context.data_sources.add_or_update_spark(name="p13n_silver"),
-            "pandas": self.context.data_sources.add_or_update_pandas(name="p13n_silver_pandas"),
-        }
+        self.datasources: dict[str, object] = {}  # made on first use: the Spark one costs about 7 s
+
+    def datasource(self, engine: str):
+        """GX's data source for `engine` ("spark" or "pandas"), made the first time it is needed: a
+        process that validates only pandas frames (most batches, every task's small outputs) never
+        pays for GX's Spark data source."""
+        if engine not in self.datasources:
+            sources = self.context.data_sources
+            self.datasources[engine] = (
+                sources.add_or_update_spark(name="p13n_silver")
+                if engine == "spark"
+                else sources.add_or_update_pandas(name="p13n_silver_pandas")
+            )
+        return self.datasources[engine]
 
     @property
     def docs_index(self) -> Path:
@@ -148,7 +158,7 @@ class Validator:
                 )
         suite = self.context.suites.add_or_update(suite)
         asset_name = source if isinstance(source, str) else source.silver_table
-        datasource = self.datasources[engine]
+        datasource = self.datasource(engine)
         run_name = asset_name if engine == "spark" else f"{asset_name} (pandas)"
         try:
             asset = datasource.get_asset(asset_name)
