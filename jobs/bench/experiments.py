@@ -24,6 +24,8 @@ import time
 import numpy as np
 import pandas as pd
 
+from p13n.measurement.experiments import RESULT_COLUMNS
+
 LIFT = 0.08
 
 
@@ -114,18 +116,11 @@ def gbstats_results(settings, sums: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-COMPARED = (
-    "lift",
-    "ci_low",
-    "ci_high",
-    "p_value",
-    "cuped_lift",
-    "cuped_ci_low",
-    "cuped_ci_high",
-    "cuped_p_value",
-    "seq_ci_low",
-    "seq_ci_high",
-    "seq_p_value",
+# Every estimate both engines give: the lifts, interval bounds and p-values of gold.experiment_results.
+COMPARED = tuple(
+    c
+    for c in RESULT_COLUMNS
+    if c.endswith(("lift", "ci_low", "ci_high", "p_value")) and c not in ("abs_lift", "srm_p_value")
 )
 
 

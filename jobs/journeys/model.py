@@ -12,7 +12,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from p13n.config import REPO_ROOT
 
 END = "end"
-CHANNELS = ("email", "sms", "push")
 
 
 class _Strict(BaseModel):
