@@ -354,8 +354,6 @@ class Lake:
         source key are rewritten:
         those of the source's partitions, narrowed by the key's min/max statistics.
         """
-        from pyspark.sql import functions as F
-
         dt = self._open(table)
         if dt is None:
             if check_unique:
@@ -367,15 +365,12 @@ class Lake:
         missing = [k for k in keys if k not in df.columns]
         if missing:
             raise SchemaMismatchError(table, f"merge keys {missing} are not columns of the table")
-        df = df.cache()  # the source is scanned for duplicates, key bounds and the merge itself
+        # Materialized once, lineage cut: the source is scanned for duplicates, key bounds and the merge
+        # itself, and a Spark Connect server would otherwise re-analyze its whole plan for each.
+        df = df.localCheckpoint()
         try:
-            dupes = df.groupBy(*keys).count().filter(F.col("count") > 1).limit(3).collect()
-            if dupes:
-                sample = [tuple(r[k] for k in keys) for r in dupes]
-                raise LakeError(
-                    table,
-                    f"merge source has duplicate keys {list(keys)}, e.g. {sample}; deduplicate it first",
-                )
+            if check_unique:
+                _check_unique(table, df, keys)
             candidates = self._merge_candidates(dt, df, keys, partition_by)
             if candidates:
                 target = self._read_paths(dt, candidates)

@@ -148,83 +148,83 @@ def promote(
     PrivacySettings saying how)."""
     result = IngestResult(source.name, batch_date.isoformat())
     bronze = lake.read(source.bronze_table, where=[("_batch_date", "=", batch_date)])
-    landed = std.standardize(bronze, source, catalog.fx_to_usd, now).cache()
-    try:
-        typed, suppressed = _suppress(lake, landed, source, pii_key)
-        good, invalid = std.split_rejects(typed, source)
-        kept, dupes = std.deduplicate(good, source)
-        current = None
-        if source.kind == "entity" and lake.exists(source.silver_table):
-            current = lake.read(source.silver_table, columns=[*source.primary_key, source.cursor])
-        fresh, stale = stale_rows(kept, current, source)
-        fresh = fresh.cache()
-        quarantine = invalid.unionByName(dupes).unionByName(stale).cache()
+    # Materialized with their lineage cut (localCheckpoint, released when the frames go): each count,
+    # write and merge below then sends a small plan, where a cached frame's whole standardization plan
+    # was re-sent and re-analyzed by the Spark Connect server for every action (a quarter of a small
+    # batch's time).
+    landed = std.standardize(bronze, source, catalog.fx_to_usd, now).localCheckpoint()
+    typed, suppressed = _suppress(lake, landed, source, pii_key)
+    good, invalid = std.split_rejects(typed, source)
+    kept, dupes = std.deduplicate(good, source)
+    current = None
+    if source.kind == "entity" and lake.exists(source.silver_table):
+        current = lake.read(source.silver_table, columns=[*source.primary_key, source.cursor])
+    fresh, stale = stale_rows(kept, current, source)
+    fresh = fresh.localCheckpoint()
+    quarantine = invalid.unionByName(dupes).unionByName(stale).localCheckpoint()
 
-        clock = source.event_time or source.cursor
-        totals = landed.agg(
-            F.count(F.lit(1)).alias("rows"),
-            F.sum(F.col("_drift").cast("int")).alias("drift"),
-            (F.max(F.col(clock).cast("timestamp")) if clock else F.lit(None)).alias("newest"),
-        ).first()
-        result.bronze_rows, result.drifted_rows = totals["rows"], totals["drift"] or 0
-        stale = _freshness_warning(source, clock, totals["newest"], batch_date)
-        if stale:
-            result.warnings.append(stale)
-        result.silver_rows = fresh.count()
-        result.quarantined = quarantine.count()
-        reasons = Counter()
-        for row in quarantine.groupBy("reason").count().orderBy(F.desc("count")).limit(200).collect():
-            for part in row["reason"].split("; "):
-                reasons[_reason_kind(part)] += row["count"]
-        result.top_reasons = reasons.most_common(5)
-        dropped = suppressed.count() if suppressed is not None else 0
-        if result.bronze_rows != result.silver_rows + result.quarantined + dropped:
-            raise IngestError(
-                f"{source.name} batch {batch_date}: reconciliation failed: {result.bronze_rows} bronze rows "
-                f"but {result.silver_rows} promoted + {result.quarantined} quarantined + {dropped} suppressed"
-            )
-        if dropped:
-            result.warnings.append(f"{dropped} rows of erased customers suppressed (ops.suppressions)")
-        if result.drifted_rows:
-            result.warnings.append(
-                f"{result.drifted_rows} rows carry fields the catalog does not declare (schema drift)"
-            )
+    clock = source.event_time or source.cursor
+    totals = landed.agg(
+        F.count(F.lit(1)).alias("rows"),
+        F.sum(F.col("_drift").cast("int")).alias("drift"),
+        (F.max(F.col(clock).cast("timestamp")) if clock else F.lit(None)).alias("newest"),
+    ).first()
+    result.bronze_rows, result.drifted_rows = totals["rows"], totals["drift"] or 0
+    stale = _freshness_warning(source, clock, totals["newest"], batch_date)
+    if stale:
+        result.warnings.append(stale)
+    result.silver_rows = fresh.count()
+    result.quarantined = quarantine.count()
+    reasons = Counter()
+    for row in quarantine.groupBy("reason").count().orderBy(F.desc("count")).limit(200).collect():
+        for part in row["reason"].split("; "):
+            reasons[_reason_kind(part)] += row["count"]
+    result.top_reasons = reasons.most_common(5)
+    dropped = suppressed.count() if suppressed is not None else 0
+    if result.bronze_rows != result.silver_rows + result.quarantined + dropped:
+        raise IngestError(
+            f"{source.name} batch {batch_date}: reconciliation failed: {result.bronze_rows} bronze rows "
+            f"but {result.silver_rows} promoted + {result.quarantined} quarantined + {dropped} suppressed"
+        )
+    if dropped:
+        result.warnings.append(f"{dropped} rows of erased customers suppressed (ops.suppressions)")
+    if result.drifted_rows:
+        result.warnings.append(
+            f"{result.drifted_rows} rows carry fields the catalog does not declare (schema drift)"
+        )
 
-        lake.replace_partition(source.quarantine_table, quarantine, "batch_date", batch_date, run=run)
+    lake.replace_partition(source.quarantine_table, quarantine, "batch_date", batch_date, run=run)
 
-        share = result.quarantined / result.bronze_rows if result.bronze_rows else 0.0
-        failures: list[str] = []
-        if share > max_quarantine_share and result.bronze_rows >= share_min_rows:
-            failures.append(f"quarantined share {share:.1%} exceeds the limit {max_quarantine_share:.0%}")
-        silver_rows, restricted = std.pseudonymize(fresh, source, pii_key)
-        silver_rows = std.silver_columns(silver_rows)
-        if validate is not None:
-            outcome = validate(source, silver_rows, rows=result.silver_rows)
-            result.expectations_passed, result.expectations_failed = outcome.passed, outcome.failed
-            failures += outcome.critical_failures
-            result.warnings += outcome.warnings
-        if failures:
-            result.status = "blocked"
-            raise IngestError(
-                f"{source.name} batch {batch_date}: not promoted to {source.silver_table}: "
-                + "; ".join(failures)
-            )
+    share = result.quarantined / result.bronze_rows if result.bronze_rows else 0.0
+    failures: list[str] = []
+    if share > max_quarantine_share and result.bronze_rows >= share_min_rows:
+        failures.append(f"quarantined share {share:.1%} exceeds the limit {max_quarantine_share:.0%}")
+    silver_rows, restricted = std.pseudonymize(fresh, source, pii_key)
+    silver_rows = std.silver_columns(silver_rows)
+    if validate is not None:
+        outcome = validate(source, silver_rows, rows=result.silver_rows)
+        result.expectations_passed, result.expectations_failed = outcome.passed, outcome.failed
+        failures += outcome.critical_failures
+        result.warnings += outcome.warnings
+    if failures:
+        result.status = "blocked"
+        raise IngestError(
+            f"{source.name} batch {batch_date}: not promoted to {source.silver_table}: " + "; ".join(failures)
+        )
 
-        keys = list(source.primary_key)
-        if source.kind == "event":  # an event is kept once; a re-delivery of it changes nothing
-            how = {"keys": [*keys, "event_date"], "when_matched": "ignore", "partition_by": ["event_date"]}
-        else:  # an entity's newest version replaces the one silver holds
-            how = {"keys": keys}
-        targets = [(source.silver_table, silver_rows)]
-        if restricted is not None:
-            targets.append((source.restricted_table, restricted))
-        for table, rows in targets:
-            lake.merge(table, rows, run=run, check_unique=False, **how)  # unique: deduplicated above
-        if dropped:  # last: the batch's reads above are done with bronze's files
-            _erase_from_bronze(lake, source, suppressed, batch_date, privacy)
-        return result
-    finally:
-        landed.unpersist()
+    keys = list(source.primary_key)
+    if source.kind == "event":  # an event is kept once; a re-delivery of it changes nothing
+        how = {"keys": [*keys, "event_date"], "when_matched": "ignore", "partition_by": ["event_date"]}
+    else:  # an entity's newest version replaces the one silver holds
+        how = {"keys": keys}
+    targets = [(source.silver_table, silver_rows)]
+    if restricted is not None:
+        targets.append((source.restricted_table, restricted))
+    for table, rows in targets:
+        lake.merge(table, rows, run=run, check_unique=False, **how)  # unique: deduplicated above
+    if dropped:  # last: the batch's reads above are done with bronze's files
+        _erase_from_bronze(lake, source, suppressed, batch_date, privacy)
+    return result
 
 
 def _suppress(lake: Lake, rows, source: Source, pii_key: bytes):
