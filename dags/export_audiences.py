@@ -13,9 +13,13 @@ gold tables to Snowflake.
   Each run's summary (sent, skipped for lack of consent, errors) is in `ops.export_runs`.
 * **warehouse**: `activation.snowflake.tables` into Snowflake — a staging table, then MERGE on the
   business key; a rerun changes nothing. No raw PII leaves the lake.
-* **journeys**: every journey of `conf/journeys.yaml` advanced by the night (entries, holdouts,
-  sends, waits, branches, conversions) → `gold.journey_state`, `gold.journey_events`, and the
-  journey's entrants, holdouts and messages in `silver.sends`.
+* **journeys** (before the exports): every journey of `conf/journeys.yaml` advanced by the night
+  (entries, holdouts, sends, waits, branches, conversions) → `gold.journey_state`,
+  `gold.journey_events`, and the journey's entrants, holdouts and messages in `silver.sends`.
+* **one cadence**: every message (the journeys' steps, then each audience's new entrants, as the
+  stream's triggers during the day) goes through `ops.contact_ledger` (`p13n.cadence`): caps per
+  customer per day and week over all channels and per channel, quiet hours in the customer's time
+  zone, the best hour (and weekday) to send; a message over a cap is not sent, with the cap named.
 * **measure** (after the exports, failed or not): `gold.experiment_results` for the date: every
   audience and trigger holdout (the exports log who they sent and held out in `silver.sends`) and
   every API experiment (`silver.exposures`, landed by `stream_events`), per arm and metric: lift,
@@ -49,7 +53,7 @@ EXPORTS = Asset("p13n://activation/exports", group="activation")
     doc_md=__doc__,
 )
 def export_audiences():
-    @task
+    @task(trigger_rule="all_done")  # after the journeys (their messages take the ledger first), failed or not
     def audiences() -> list[dict]:
         from p13n.activation.tasks import audiences_for
 
@@ -95,7 +99,10 @@ def export_audiences():
         """A leaf that fails the run when any task failed (`announce` succeeds either way)."""
         raise RuntimeError("an export or the warehouse sync failed: see their task logs")
 
-    done = [export.expand(target=audiences()), warehouse(), journeys()]
+    advanced = journeys()
+    targets = audiences()
+    advanced >> targets
+    done = [export.expand(target=targets), warehouse(), advanced]
     measured = measure()
     done >> measured
     [*done, measured] >> announce()

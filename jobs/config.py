@@ -557,6 +557,50 @@ class EvaluationSettings(_Section):
     truth_dir: str = ""
 
 
+class ChannelCap(_Section):
+    max_per_day: int = Field(1, ge=0)
+    max_per_week: int = Field(3, ge=0)
+
+
+class CadenceSettings(_Section):
+    """One cadence over every channel and program (`p13n.cadence`): caps, quiet hours, send times."""
+
+    # Messages per customer over every channel together, per local day and per 7 local days.
+    max_per_day: int = Field(2, ge=0)
+    max_per_week: int = Field(5, ge=0)
+    # Each channel's own caps (a channel not named has only the overall ones).
+    channels: dict[str, ChannelCap] = Field(
+        default_factory=lambda: {
+            "email": ChannelCap(max_per_day=1, max_per_week=3),
+            "sms": ChannelCap(max_per_day=1, max_per_week=2),
+            "push": ChannelCap(max_per_day=2, max_per_week=5),
+        }
+    )
+    # No message goes out between these local hours: one due then waits for quiet_end.
+    quiet_start: int = Field(21, ge=0, le=23)
+    quiet_end: int = Field(8, ge=0, le=23)
+    # A customer's time zone comes from their state; without one, this zone.
+    default_time_zone: str = "America/New_York"
+    # Which program wins the last slot of a day: the first entry that matches ("type:name" or "type").
+    priority: list[str] = Field(default_factory=lambda: ["trigger", "journey", "audience"])
+    # How each kind of program times its messages: "now" (as soon as decided, out of quiet hours),
+    # "hour" (the customer's best hour, gold.send_times) or "hour_and_weekday" (their best weekday too).
+    timing: dict[str, Literal["now", "hour", "hour_and_weekday"]] = Field(
+        default_factory=lambda: {"trigger": "now", "journey": "hour", "audience": "hour_and_weekday"}
+    )
+
+    @field_validator("default_time_zone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo
+
+        try:
+            ZoneInfo(v)
+        except Exception as e:
+            raise ValueError(f"unknown time zone {v!r} (an IANA name such as America/Chicago)") from e
+        return v
+
+
 class Settings(_Section):
     env: str = "local"
     data_dir: Path = Path("data")
@@ -572,6 +616,7 @@ class Settings(_Section):
     stream: StreamSettings = Field(default_factory=StreamSettings)
     activation: ActivationSettings = Field(default_factory=ActivationSettings)
     measurement: MeasurementSettings = Field(default_factory=MeasurementSettings)
+    cadence: CadenceSettings = Field(default_factory=CadenceSettings)
     quality: QualitySettings = Field(default_factory=QualitySettings)
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)

@@ -205,6 +205,47 @@ def hold_out(frame: pd.DataFrame, settings: Settings, name: str, share: float) -
     return frame
 
 
+def with_cadence(con, settings: Settings, name: str, as_of: dt.date, frame: pd.DataFrame) -> pd.DataFrame:
+    """A nightly audience's new entrants through the contact ledger (`p13n.cadence`): its message is
+    the one a customer gets on entering the audience, so the eligible customers it never sent are
+    allocated against every other program's messages, and one over a cap is not exported tonight
+    (`exclude_reason` names the cap; the next night offers them again). Trigger audiences went
+    through the ledger when they fired."""
+    from p13n.cadence.ledger import blocked, candidates_frame, plan
+    from p13n.lake.tables import SILVER_SENDS
+    from p13n.measurement.sends import SENT, send_time
+
+    audience = audience_settings(settings, name)
+    if audience.trigger or frame.empty:
+        return frame
+    eligible = frame.loc[frame["exclude_reason"].isna(), "customer_id"]
+    sent_before: set[str] = set()
+    if table_exists(settings.lake_root, SILVER_SENDS):
+        sent_before = {
+            r[0]
+            for r in con.execute(
+                f"SELECT DISTINCT customer_id FROM {scan(settings.lake_root, SILVER_SENDS)} "
+                "WHERE program = ? AND status = ? AND send_date < ?",
+                [name, SENT, as_of],
+            ).fetchall()
+        }
+    new = eligible[~eligible.isin(sent_before)]
+    kind = "audience"
+    rows = plan(
+        settings,
+        candidates_frame(new, [audience.channel] * len(new), kind, [name] * len(new), ["entry"] * len(new)),
+        send_time(as_of),
+        con,
+        programs=[(kind, name)],
+    )
+    why = {c: reason for (_, c, _), reason in blocked(rows).items()}
+    if why:
+        frame = frame.copy()
+        hit = frame["exclude_reason"].isna() & frame["customer_id"].isin(why)
+        frame.loc[hit, "exclude_reason"] = frame.loc[hit, "customer_id"].map(why)
+    return frame
+
+
 def audience_settings(settings: Settings, name: str) -> AudienceSettings:
     audiences = settings.activation.audiences
     if name not in audiences:

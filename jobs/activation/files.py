@@ -103,10 +103,13 @@ def _to_csv(rows: pd.DataFrame, fmt: str, audience: str, recommended: int) -> pd
 def export_csv(
     settings, audience: str, as_of: dt.date, fmt: str, out: Path | None = None
 ) -> tuple[Path, int]:
-    from p13n.activation.audiences import candidates
+    from p13n.activation.audiences import candidates, with_cadence
     from p13n.lake.duck import duckdb_connection
 
-    frame = candidates(duckdb_connection(), settings, audience, as_of)
+    con = duckdb_connection()
+    frame = candidates(con, settings, audience, as_of)
+    if audience in settings.activation.audiences:
+        frame = with_cadence(con, settings, audience, as_of, frame)
     table = to_csv(frame, fmt, audience, settings.activation.recommended_items)
     if audience in settings.activation.audiences:
         from p13n.measurement.sends import record_audience

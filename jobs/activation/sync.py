@@ -292,7 +292,7 @@ def sync(
     progress: Callable[[str], None] = print,
 ) -> RunSummary:
     """Sync one audience to one destination (see the module docstring); returns the run's summary."""
-    from p13n.activation.audiences import audience_settings, candidates
+    from p13n.activation.audiences import audience_settings, candidates, with_cadence
     from p13n.lake.duck import duckdb_connection
     from p13n.measurement.sends import record_audience
 
@@ -307,7 +307,8 @@ def sync(
     run_id = f"{as_of.isoformat()}-{uuid.uuid4().hex[:8]}"
     summary = RunSummary(destination, audience, as_of.isoformat(), run_id)
     t0 = time.perf_counter()
-    frame = candidates(duckdb_connection(), settings, audience, as_of)
+    con = duckdb_connection()
+    frame = with_cadence(con, settings, audience, as_of, candidates(con, settings, audience, as_of))
     p = plan(frame, read_state(settings, destination, audience))
     summary.eligible = int(frame["exclude_reason"].isna().sum())
     summary.held_out = int(frame["exclude_reason"].isin(["held out", "global holdout"]).sum())

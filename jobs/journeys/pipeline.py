@@ -186,6 +186,7 @@ def run_night(settings, day: dt.date) -> dict:
         raise NotScored(f"journeys {day}: gold.segments has no rows for {day} (score the customers first)")
     inputs = read_inputs(settings, con, day)
     state, events = night(settings, con, inputs, previous_state(settings, con, day))
+    events = with_cadence(settings, con, events, day)
     when = f"as_of_date = '{day.isoformat()}'"
     state_t = pa.Table.from_pandas(state.assign(as_of_date=day), schema=_state_schema(), preserve_index=False)
     events_t = pa.Table.from_pandas(
@@ -225,6 +226,31 @@ def run_night(settings, day: dt.date) -> dict:
         per.setdefault(journey, {})[what] = int(n)
     active = state[state["status"] == engine.ACTIVE].groupby("journey").size()
     return {j: per.get(j, {}) | {"active": int(active.get(j, 0))} for j in journeys()}
+
+
+def with_cadence(settings, con, events: pd.DataFrame, day: dt.date) -> pd.DataFrame:
+    """The night's messages through the contact ledger (`p13n.cadence`): a send over a cap (or, by
+    the ledger's record, without consent) becomes `suppressed` with the reason; the ledger keeps each."""
+    from p13n.cadence.ledger import blocked, candidates_frame, plan
+    from p13n.measurement.sends import send_time
+
+    sends = events[events["event"] == "sent"]
+    rows = plan(
+        settings,
+        candidates_frame(sends["customer_id"], sends["channel"], "journey", sends["journey"], sends["step"]),
+        send_time(day),
+        con,
+        programs=[("journey", name) for name in journeys()],
+    )
+    why = blocked(rows)
+    if not why:
+        return events
+    events = events.copy()
+    keys = list(zip(events["journey"], events["customer_id"], events["step"], strict=True))
+    hit = (events["event"] == "sent") & pd.Series([k in why for k in keys], index=events.index)
+    events.loc[hit, "detail"] = [why[k] for k, h in zip(keys, hit, strict=True) if h]
+    events.loc[hit, "event"] = "suppressed"
+    return events
 
 
 def _state_schema():

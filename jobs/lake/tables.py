@@ -328,6 +328,14 @@ OPS_WAREHOUSE_SYNCS = Table(
     owner="activation",
     about="each gold table's sync to Snowflake",
 )
+OPS_CONTACT_LEDGER = Table(
+    "ops.contact_ledger",
+    partition_by="ledger_date",
+    key=("message_id",),
+    owner="cadence",
+    about="every message to every customer on every channel (audiences, triggers, journeys): when it "
+    "goes out (best hour, quiet hours, time zone) or why not (cap, consent)",
+)
 OPS_TABLE_HEALTH = Table(
     "ops.table_health",
     partition_by="run_date",

@@ -108,7 +108,7 @@ def triggers_task(now=None, day: str | None = None) -> dict:
     if day and dt.date.fromisoformat(day) < now.date():
         now = dt.datetime.combine(dt.date.fromisoformat(day), dt.time(23, 59, 59), dt.UTC)
     con = duckdb_connection()
-    new = evaluate_triggers(settings, con, now)
+    new = with_cadence(settings, con, evaluate_triggers(settings, con, now), now)
     if len(new):
         import pyarrow as pa
 
@@ -126,6 +126,33 @@ def triggers_task(now=None, day: str | None = None) -> dict:
         "triggered": int((new["status"] == "sent").sum()) if len(new) else 0,
         "suppressed": int((new["status"] == "suppressed").sum()) if len(new) else 0,
     }
+
+
+def with_cadence(settings, con, new, now):
+    """The triggers to send through the contact ledger (`p13n.cadence`): the caps over every channel
+    and program, quiet hours and the time each goes out; one the ledger holds back is `suppressed`
+    with its reason."""
+    from p13n.cadence.ledger import blocked, candidates_frame, plan
+
+    if not len(new):
+        return new
+    go = new[new["status"] == "sent"]
+    rows = plan(
+        settings,
+        candidates_frame(go["customer_id"], go["channel"], "trigger", go["trigger"], go["trigger_id"]),
+        now,
+        con,
+    )
+    why = blocked(rows)
+    if why:
+        new = new.copy()
+        keys = list(zip(new["trigger"], new["customer_id"], new["trigger_id"], strict=True))
+        hit = (new["status"] == "sent") & new.index.isin(
+            [i for i, k in zip(new.index, keys, strict=True) if k in why]
+        )
+        new.loc[hit, "reason"] = [why[k] for k, h in zip(keys, hit, strict=True) if h]
+        new.loc[hit, "status"] = "suppressed"
+    return new
 
 
 def _scan(settings, table: str) -> str:
