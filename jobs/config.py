@@ -589,6 +589,12 @@ class CadenceSettings(_Section):
         default_factory=lambda: {"trigger": "now", "journey": "hour", "audience": "hour_and_weekday"}
     )
 
+    # No marketing message while the customer has a service case not closed (crm_cases), nor for
+    # refund_quiet_days after a refund for one of these reasons (shopify_refunds: the order went wrong).
+    suppress_open_cases: bool = True
+    refund_reasons: list[str] = Field(default_factory=lambda: ["damaged", "wrong_item", "not_as_described"])
+    refund_quiet_days: int = Field(14, ge=0)
+
     @field_validator("default_time_zone")
     @classmethod
     def _zone(cls, v: str) -> str:

@@ -31,7 +31,7 @@ import pyarrow as pa
 from p13n.cadence.zones import zone, zone_name
 from p13n.lake.tables import GOLD_CUSTOMER_PROFILES, GOLD_SEND_TIMES, OPS_CONTACT_LEDGER
 
-SCHEDULED, CAPPED, NO_CONSENT = "scheduled", "capped", "no_consent"
+SCHEDULED, CAPPED, NO_CONSENT, SUPPRESSED = "scheduled", "capped", "no_consent", "suppressed"
 CANDIDATE_COLUMNS = ["customer_id", "channel", "program_type", "program", "step"]
 SCHEMA = pa.schema(
     [
@@ -43,7 +43,7 @@ SCHEMA = pa.schema(
         ("program", pa.string()),
         ("step", pa.string()),  # the journey's step, the trigger's id, the audience's destination
         ("priority", pa.int32()),  # the cadence.priority rank (0 first)
-        ("status", pa.string()),  # scheduled | capped | no_consent
+        ("status", pa.string()),  # scheduled | capped | no_consent | suppressed
         ("reason", pa.string()),
         ("decided_at", pa.timestamp("us", tz="UTC")),
         ("scheduled_at", pa.timestamp("us", tz="UTC")),  # when it goes out (scheduled only)
@@ -138,10 +138,13 @@ def allocate(
     customers: pd.DataFrame,
     cfg,
     decided_at: dt.datetime,
+    suppressed: dict[str, str] | None = None,
 ) -> pd.DataFrame:
     """The ledger rows of `candidates` (CANDIDATE_COLUMNS) decided at `decided_at` (UTC), against the
     `ledger` rows already there (COLUMNS) and the `customers` (customer_id, state, consent_<channel>,
-    best_hour, best_weekday; any may be missing). Pure."""
+    best_hour, best_weekday; any may be missing). `suppressed`: customers who get no marketing
+    message now, with why (an open service case, a refund gone wrong). Pure."""
+    suppressed = suppressed or {}
     if candidates.empty:
         return pd.DataFrame(columns=COLUMNS)
     cand = candidates[CANDIDATE_COLUMNS].drop_duplicates().copy()
@@ -205,6 +208,9 @@ def allocate(
                 "scheduled_at": None,
                 "local_date": None,
             }
+            if c in suppressed:
+                out.append(rec | {"status": SUPPRESSED, "reason": suppressed[c]})
+                continue
             consent_col = f"consent_{row.channel}"
             if not has or consent_col not in info or info.at[c, consent_col] != "granted":
                 out.append(rec | {"status": NO_CONSENT, "reason": f"no {row.channel} consent"})
@@ -255,6 +261,56 @@ def _read_customers(settings, con, ids: list[str], as_of: dt.date) -> pd.DataFra
         con.unregister("cadence_ids")
 
 
+def read_suppressions(settings, con, ids: list[str], at: dt.datetime) -> dict[str, str]:
+    """Customers of `ids` who get no marketing message at `at`: a service case not closed
+    (`crm_cases`, through their CRM contact), a refund for one of `cadence.refund_reasons` in the
+    `refund_quiet_days` before (`shopify_refunds`, through the order's Shopify customer)."""
+    from p13n.lake.duck import scan, table_exists
+    from p13n.lake.tables import GOLD_IDENTITY_KEYS, silver_table
+
+    cfg, root = settings.cadence, settings.lake_root
+    if not ids or not table_exists(root, GOLD_IDENTITY_KEYS):
+        return {}
+    keys = scan(root, GOLD_IDENTITY_KEYS)
+    when = at.astimezone(dt.UTC).replace(tzinfo=None)
+    out: dict[str, str] = {}
+    con.register("cadence_ids", pd.DataFrame({"customer_id": pd.Series(ids, dtype=object)}))
+    try:
+        if cfg.suppress_open_cases and table_exists(root, silver_table("crm_cases")):
+            for c, case_id, topic in con.execute(
+                f"""SELECT k.customer_id, arg_max(x.case_id, x.opened_at), arg_max(x.topic, x.opened_at)
+                    FROM {scan(root, silver_table("crm_cases"))} x
+                    JOIN {keys} k ON k.key_type = 'crm_contact_id' AND k.key_value = x.contact_id
+                    JOIN cadence_ids i ON i.customer_id = k.customer_id
+                    WHERE x.status <> 'closed' AND CAST(x.opened_at AS TIMESTAMP) <= ?
+                    GROUP BY 1""",
+                [when],
+            ).fetchall():
+                out[c] = f"open service case {case_id} ({topic})"
+        needed = ("shopify_refunds", "shopify_orders")
+        if (
+            cfg.refund_reasons
+            and cfg.refund_quiet_days
+            and all(table_exists(root, silver_table(t)) for t in needed)
+        ):
+            for c, refund_id, reason in con.execute(
+                f"""SELECT k.customer_id, arg_max(r.refund_id, r.processed_at),
+                           arg_max(r.reason, r.processed_at)
+                    FROM {scan(root, silver_table("shopify_refunds"))} r
+                    JOIN {scan(root, silver_table("shopify_orders"))} o USING (order_id)
+                    JOIN {keys} k ON k.key_type = 'shopify_customer_id' AND k.key_value = o.customer_id
+                    JOIN cadence_ids i ON i.customer_id = k.customer_id
+                    WHERE r.reason IN (SELECT unnest(?::VARCHAR[]))
+                      AND CAST(r.processed_at AS TIMESTAMP) BETWEEN ? AND ?
+                    GROUP BY 1""",
+                [list(cfg.refund_reasons), when - dt.timedelta(days=cfg.refund_quiet_days), when],
+            ).fetchall():
+                out.setdefault(c, f"refund {refund_id} ({reason}) in the last {cfg.refund_quiet_days} days")
+    finally:
+        con.unregister("cadence_ids")
+    return out
+
+
 def read_ledger(settings, con, around: dt.datetime, days: int = 15) -> pd.DataFrame:
     """The ledger rows decided within `days` before `around` and up to it (what caps may count:
     a message decided a week ahead of its day included)."""
@@ -285,7 +341,12 @@ def plan(
     ids = sorted(set(candidates["customer_id"])) if len(candidates) else []
     customers = _read_customers(settings, con, ids, ledger_date(decided_at)) if ids else pd.DataFrame()
     rows = allocate(
-        candidates, read_ledger(settings, con, decided_at), customers, settings.cadence, decided_at
+        candidates,
+        read_ledger(settings, con, decided_at),
+        customers,
+        settings.cadence,
+        decided_at,
+        read_suppressions(settings, con, ids, decided_at),
     )
     pairs = set(programs) | set(
         zip(candidates.get("program_type", []), candidates.get("program", []), strict=True)

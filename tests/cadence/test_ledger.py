@@ -210,3 +210,81 @@ def test_the_lake_ledger_holds_one_days_messages_from_every_program_and_a_rerun_
     decide("sms", "journey", "win_back", NIGHT)  # the night rerun, after the day's triggers
     decide("email", "audience", "vip_win_back", NIGHT)
     assert duckdb_connection(settings=s).execute(read).fetchall() == first
+
+
+def test_an_open_case_or_a_refund_gone_wrong_suppresses_every_message():
+    rows = allocate(
+        pd.DataFrame([msg("C1", "email", "trigger", "t"), msg("C2", "push", "journey", "j")]),
+        pd.DataFrame(columns=COLUMNS),
+        CUSTOMERS,
+        CFG,
+        NIGHT,
+        suppressed={"C1": "open service case 5001 (billing)"},
+    )
+    decided = rows.set_index("customer_id")
+    assert decided.at["C1", "status"] == "suppressed"
+    assert decided.at["C1", "reason"] == "open service case 5001 (billing)"
+    assert pd.isna(decided.at["C1", "scheduled_at"])
+    assert decided.at["C2", "status"] == SCHEDULED
+
+
+def test_suppressions_are_read_from_cases_and_refunds_through_the_identity_keys(tmp_path):
+    from deltalake import write_deltalake
+
+    from p13n.cadence.ledger import read_suppressions
+    from p13n.config import load_settings
+    from p13n.lake.duck import duckdb_connection
+
+    s = load_settings("test", environ={"P13N_DATA_DIR": str(tmp_path / "data")})
+    root = s.lake_root
+    t = pd.Timestamp("2024-03-04 12:00", tz="UTC")
+    write_deltalake(
+        f"{root}/gold/identity_keys",
+        pd.DataFrame(
+            {
+                "key_type": [
+                    "crm_contact_id",
+                    "crm_contact_id",
+                    "shopify_customer_id",
+                    "shopify_customer_id",
+                ],
+                "key_value": ["K1", "K2", "S3", "S4"],
+                "customer_id": ["C1", "C2", "C3", "C4"],
+            }
+        ),
+    )
+    write_deltalake(
+        f"{root}/silver/crm_cases",
+        pd.DataFrame(
+            {
+                "case_id": ["5001", "5002", "5003"],
+                "contact_id": ["K1", "K2", "K2"],
+                "opened_at": [t, t - pd.Timedelta(days=30), t + pd.Timedelta(days=2)],
+                "status": ["open", "closed", "new"],  # C2: closed, and one opened after the decision
+                "topic": ["billing", "delivery", "return"],
+            }
+        ),
+    )
+    write_deltalake(
+        f"{root}/silver/shopify_orders", pd.DataFrame({"order_id": ["O3", "O4"], "customer_id": ["S3", "S4"]})
+    )
+    write_deltalake(
+        f"{root}/silver/shopify_refunds",
+        pd.DataFrame(
+            {
+                "refund_id": ["R3", "R4", "R5"],
+                "order_id": ["O3", "O4", "O4"],
+                "processed_at": [
+                    t - pd.Timedelta(days=3),
+                    t - pd.Timedelta(days=3),
+                    t - pd.Timedelta(days=20),
+                ],
+                "reason": ["damaged", "changed_mind", "wrong_item"],  # C4: a plain return, and one too old
+            }
+        ),
+    )
+    found = read_suppressions(s, duckdb_connection(settings=s), ["C1", "C2", "C3", "C4"], NIGHT)
+    assert found == {
+        "C1": "open service case 5001 (billing)",
+        "C3": "refund R3 (damaged) in the last 14 days",
+    }
