@@ -13,7 +13,9 @@ gold tables to Snowflake.
   Each run's summary (sent, skipped for lack of consent, errors) is in `ops.export_runs`.
 * **warehouse**: `activation.snowflake.tables` into Snowflake — a staging table, then MERGE on the
   business key; a rerun changes nothing. No raw PII leaves the lake.
-* **journeys** (before the exports): every journey of `conf/journeys.yaml` advanced by the night
+* **triggers**: the night's triggers from the batch sources (`p13n.journeys.triggers`): checkout
+  abandoned, birthday, back in stock, price drop, replenishment → `gold.triggered_audiences`.
+* **journeys** (after them, before the exports): every journey of `conf/journeys.yaml` advanced by the night
   (entries, holdouts, sends, waits, branches, conversions) → `gold.journey_state`,
   `gold.journey_events`, and the journey's entrants, holdouts and messages in `silver.sends`.
 * **one cadence**: every message (the journeys' steps, then each audience's new entrants, as the
@@ -74,6 +76,13 @@ def export_audiences():
         return warehouse_sync(run_date())
 
     @task
+    def triggers() -> dict:
+        from p13n.journeys.tasks import nightly_triggers_task
+        from p13n.orchestration import run_date
+
+        return nightly_triggers_task(run_date())
+
+    @task(trigger_rule="all_done")  # a journey entered by a trigger waits for them, failed or not
     def journeys() -> dict:
         from p13n.journeys.tasks import journeys_task
         from p13n.orchestration import run_date
@@ -99,10 +108,11 @@ def export_audiences():
         """A leaf that fails the run when any task failed (`announce` succeeds either way)."""
         raise RuntimeError("an export or the warehouse sync failed: see their task logs")
 
+    fired = triggers()
     advanced = journeys()
     targets = audiences()
-    advanced >> targets
-    done = [export.expand(target=targets), warehouse(), advanced]
+    fired >> advanced >> targets  # the ledger's order within a night: triggers, journeys, audiences
+    done = [export.expand(target=targets), warehouse(), fired, advanced]
     measured = measure()
     done >> measured
     [*done, measured] >> announce()

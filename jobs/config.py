@@ -411,11 +411,22 @@ class TriggerSettings(_Section):
             "browse_abandonment": "email",
             "post_purchase": "email",
             "win_back": "email",
+            "checkout_abandoned": "email",
+            "birthday": "email",
+            "back_in_stock": "push",
+            "price_drop": "email",
+            "replenishment": "email",
         }
     )
     # Frequency cap: triggered messages per customer (all triggers together).
     max_per_day: int = Field(1, ge=0)
     max_per_week: int = Field(3, ge=0)
+    # The nightly triggers (`p13n.journeys.triggers`): a birthday this many days ahead; items viewed,
+    # carted or wishlisted in this many days (back in stock, price drop); items bought on this many
+    # days or more (replenishment).
+    birthday_days_ahead: int = Field(7, ge=0)
+    interest_days: int = Field(30, gt=0)
+    min_repeat_purchases: int = Field(3, ge=2)
 
 
 class StreamSettings(_Section):

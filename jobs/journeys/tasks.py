@@ -21,3 +21,18 @@ def journeys_task(ds: str) -> dict:
         said = ", ".join(f"{n:,} {what}" for what, n in counts.items() if what != "active" and n)
         progress(f"journey {name} {ds}: {said or 'nothing happened'}; {counts['active']:,} in it now")
     return out
+
+
+def nightly_triggers_task(ds: str) -> dict:
+    """The night's triggers from the batch sources (export_audiences' triggers task, before the
+    journeys they start): checkout abandoned, birthday, back in stock, price drop, replenishment."""
+    from p13n.journeys.triggers import run_nightly_triggers
+
+    out = run_nightly_triggers(get_settings(), dt.date.fromisoformat(ds))
+    said = "; ".join(
+        f"{kind} " + ", ".join(f"{n:,} {status}" for status, n in sorted(counts.items()))
+        for kind, counts in out.items()
+        if counts
+    )
+    progress(f"nightly triggers {ds}: {said or 'none'}")
+    return out

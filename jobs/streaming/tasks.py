@@ -128,13 +128,13 @@ def triggers_task(now=None, day: str | None = None) -> dict:
     }
 
 
-def with_cadence(settings, con, new, now):
+def with_cadence(settings, con, new, now, programs=()):
     """The triggers to send through the contact ledger (`p13n.cadence`): the caps over every channel
     and program, quiet hours and the time each goes out; one the ledger holds back is `suppressed`
     with its reason."""
     from p13n.cadence.ledger import blocked, candidates_frame, plan
 
-    if not len(new):
+    if not len(new) and not programs:
         return new
     go = new[new["status"] == "sent"]
     rows = plan(
@@ -142,6 +142,7 @@ def with_cadence(settings, con, new, now):
         candidates_frame(go["customer_id"], go["channel"], "trigger", go["trigger"], go["trigger_id"]),
         now,
         con,
+        programs=list(programs),
     )
     why = blocked(rows)
     if why:
