@@ -161,3 +161,20 @@ def attribution(df: pd.DataFrame) -> str:
     ax.legend(fontsize=7, frameon=False, loc="lower right")
     ax.set_title("Credit per channel by attribution model", loc="left", fontsize=10)
     return _svg(fig)
+
+
+def cadence(df: pd.DataFrame) -> str:
+    """Per program, its messages of the date by what the contact ledger decided (stacked)."""
+    plt = _plt()
+    per = df.groupby("program")[["scheduled", "capped", "suppressed", "no_consent"]].sum()
+    per = per.loc[per.sum(axis=1).sort_values().index]
+    fig, ax = plt.subplots(figsize=(6.4, 0.3 * len(per) + 1.2))
+    left = pd.Series(0, index=per.index)
+    colors = {"scheduled": BLUE, "capped": "#e8a33d", "suppressed": "#c8553d", "no_consent": "#9aa5b1"}
+    for status, color in colors.items():
+        ax.barh(per.index, per[status], left=left, color=color, label=status.replace("_", " "))
+        left = left + per[status]
+    ax.tick_params(axis="y", labelsize=8)
+    ax.legend(fontsize=7, frameon=False, loc="lower right")
+    ax.set_title("Messages per program: sent, capped, suppressed, no consent", loc="left", fontsize=10)
+    return _svg(fig)

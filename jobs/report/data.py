@@ -21,6 +21,7 @@ from p13n.lake.tables import (
     GOLD_JOURNEY_STATE,
     GOLD_RECOMMENDATIONS,
     GOLD_SEGMENTS,
+    OPS_CONTACT_LEDGER,
     OPS_EXPORT_RUNS,
     OPS_IDENTITY_RUNS,
     OPS_INGEST_RUNS,
@@ -307,3 +308,30 @@ def journeys(con, root: str, day: dt.date) -> pd.DataFrame | None:
         if c not in out:
             out[c] = 0
     return out[cols].astype({c: int for c in cols[1:]})
+
+
+def cadence(con, root: str, day: dt.date) -> pd.DataFrame | None:
+    """The contact ledger's decisions of the date (the night's and that day's triggers): per program
+    and channel, messages scheduled, capped, suppressed and without consent."""
+    df = _frame(
+        con,
+        root,
+        OPS_CONTACT_LEDGER,
+        "SELECT program_type, program, channel, status, count(*) AS n FROM {t} WHERE ledger_date = ? "
+        "GROUP BY ALL",
+        [day],
+    )
+    if df is None or df.empty:
+        return df
+    table = df.pivot_table(
+        index=["program_type", "program", "channel"],
+        columns="status",
+        values="n",
+        aggfunc="sum",
+        fill_value=0,
+    ).reset_index()
+    for c in ("scheduled", "capped", "suppressed", "no_consent"):
+        if c not in table:
+            table[c] = 0
+    cols = ["program_type", "program", "channel", "scheduled", "capped", "suppressed", "no_consent"]
+    return table[cols].sort_values(["program_type", "program", "channel"]).reset_index(drop=True)

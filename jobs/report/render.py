@@ -50,6 +50,7 @@ def build(settings: Settings | None, day: dt.date | str, progress=None) -> Path:
         _experiments(data.experiments(con, root, day)),
         _attribution(data.attribution(con, root, day)),
         _journeys(data.journeys(con, root, day)),
+        _cadence(data.cadence(con, root, day)),
     ]
     recent = dt.datetime.now(dt.UTC) - dt.timedelta(hours=24)
     alerts = [
@@ -365,11 +366,24 @@ def _journeys(df) -> Section:
     parts = [
         f"{int(df['entered'].sum()):,} customers entered {len(df)} journeys tonight "
         f"({int(df['held_out'].sum()):,} held out), {int(df['sent'].sum()):,} messages sent, "
-        f"{int(df['suppressed'].sum()):,} suppressed for lack of consent, {int(df['converted'].sum()):,} "
+        f"{int(df['suppressed'].sum()):,} suppressed (no consent, a cap, an open case), "
+        f"{int(df['converted'].sum()):,} "
         f"converted; {int(df['in_journey'].sum()):,} customers in a journey now"
     ]
     chart = charts.bars(df, "journey", "sent", "Messages sent tonight, per journey")
     return Section("Journeys", "journeys", "; ".join(parts) + ".", [chart], [_table(df)])
+
+
+def _cadence(df) -> Section:
+    if df is None or df.empty:
+        return _missing("Cadence", "cadence", "The contact ledger (triggers, journeys, audiences)")
+    total = int(df[["scheduled", "capped", "suppressed", "no_consent"]].sum().sum())
+    parts = [
+        f"{total:,} messages decided: {int(df['scheduled'].sum()):,} scheduled, "
+        f"{int(df['capped'].sum()):,} over a cap, {int(df['suppressed'].sum()):,} suppressed (open case, "
+        f"refund), {int(df['no_consent'].sum()):,} without consent for their channel"
+    ]
+    return Section("Cadence", "cadence", "; ".join(parts) + ".", [charts.cadence(df)], [_table(df)])
 
 
 # --- the page -------------------------------------------------------------------------------------------

@@ -270,6 +270,26 @@ def lake(settings, tmp_path):
             for i in range(3)
         ],
     )
+    decided = [("trigger", "abandoned_cart", "email", "scheduled")] * 3 + [
+        ("trigger", "abandoned_cart", "email", "capped"),
+        ("journey", "win_back", "sms", "suppressed"),
+        ("audience", "vip", "email", "no_consent"),
+    ]
+    _write(
+        root,
+        "ops.contact_ledger",
+        [
+            {
+                "ledger_date": DAY,
+                "program_type": t,
+                "program": p,
+                "channel": c,
+                "status": st,
+                "customer_id": f"C{i}",
+            }
+            for i, (t, p, c, st) in enumerate(decided)
+        ],
+    )
     return s
 
 
@@ -323,18 +343,22 @@ def test_the_report_states_what_the_tables_hold(lake):
         "7 journeys not converted yet; Markov credit: web 60% (last touch 75%), email 40% (last touch 25%)."
     )
     assert _summary(page, "journeys") == (
-        "3 customers entered 2 journeys tonight (1 held out), 2 messages sent, 1 suppressed for lack of "
-        "consent, 1 converted; 3 customers in a journey now."
+        "3 customers entered 2 journeys tonight (1 held out), 2 messages sent, 1 suppressed (no consent, a "
+        "cap, an open case), 1 converted; 3 customers in a journey now."
+    )
+    assert _summary(page, "cadence") == (
+        "6 messages decided: 3 scheduled, 1 over a cap, 1 suppressed (open case, refund), 1 without consent "
+        "for their channel."
     )
     # a plot for ingestion, four segment bars and the movement heatmap, cluster sizes, three for
-    # recommendations, the experiments' lifts, the attribution, the journeys' sends
-    assert page.count("<svg") == 13
+    # recommendations, the experiments' lifts, the attribution, the journeys' sends, the ledger's decisions
+    assert page.count("<svg") == 14
     assert (lake.data_dir / "reports" / "index.html").read_text().count('href="2024-03-02/index.html"') == 1
 
 
 def test_a_date_without_runs_says_so(lake):
     page = build(lake, dt.date(2024, 2, 1)).read_text()
-    assert page.count("has not run for this date yet") == 9  # every section but the publish's
+    assert page.count("has not run for this date yet") == 10  # every section but the publish's
     assert "nothing published for this date" in page
 
 
