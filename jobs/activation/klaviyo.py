@@ -3,11 +3,13 @@
 * Upserts: bulk profile import jobs, at most 10,000 profiles and 5 MB a job, each adding its profiles
   to the audience's list; the job is polled until it finishes and its import errors are read back
   per profile (a rejected profile is recorded with Klaviyo's reason, the others go through).
-* Consent: list membership is not consent. New members are subscribed to email marketing through a
-  subscription job (at most 1,000 a job), and only customers whose consent is on record are exported
-  at all. A member who revoked consent (or was erased) is removed from the list and unsubscribed
-  (at most 100 a job); one who merely left the audience is only removed from the list.
-* Removal needs Klaviyo's profile ids: looked up by email, 100 at a time.
+* Consent: list membership is not consent. New members are subscribed to the audience's channel's
+  marketing (email, or SMS for `channel: sms`) through a subscription job (at most 1,000 a job), and
+  only customers whose consent for that channel is on record are exported at all. A profile carries
+  that channel's address only: the email, or the number in E.164. A member who revoked consent (or
+  was erased) is removed from the list and unsubscribed (at most 100 a job); one who merely left the
+  audience is only removed from the list.
+* Removal needs Klaviyo's profile ids: looked up by email (or number), 100 at a time.
 * 429 and 5xx are retried by the SDK with exponential backoff that waits out Retry-After
   (`activation.klaviyo.max_retries`, `max_backoff_seconds`); every call has a timeout.
 """
@@ -77,6 +79,7 @@ class Klaviyo:
 
     def upsert(self, target: dict, rows: list[dict]) -> list[Outcome]:
         list_id = required(target, "list_id")
+        rows = [r | {"channel": target.get("channel", "email")} for r in rows]
         body = {
             "data": {
                 "type": "profile-bulk-import-job",
@@ -117,7 +120,11 @@ class Klaviyo:
             )
         }
         props["recommended_items"] = json.loads(row.get("recommended_items") or "[]")
-        attrs = {"email": row["email"], "external_id": row["customer_id"], "properties": _clean(props)}
+        attrs = {"external_id": row["customer_id"], "properties": _clean(props)}
+        if row.get("channel") == "sms":  # the channel's address only: an SMS audience sends the number
+            attrs["phone_number"] = row.get("phone")
+        else:
+            attrs["email"] = row.get("email")
         for k in ("first_name", "last_name"):
             if row.get(k):
                 attrs[k] = row[k]
@@ -158,21 +165,24 @@ class Klaviyo:
     # --- removes ---
     def remove(self, target: dict, rows: list[dict]) -> list[Outcome]:
         list_id = required(target, "list_id")
+        channel = target.get("channel", "email")
+        rows = [r | {"channel": channel} for r in rows]
+        key, field = ("phone", "phone_number") if channel == "sms" else ("email", "email")
         ids = {}
-        for part in chunks([r["email"] for r in rows if r.get("email")], LOOKUP_MAX):
+        for part in chunks([r[key] for r in rows if r.get(key)], LOOKUP_MAX):
             quoted = ",".join(json.dumps(e) for e in part)
             page = self._call(
-                self.api.Profiles.get_profiles, filter=f"any(email,[{quoted}])", page_size=LOOKUP_MAX
+                self.api.Profiles.get_profiles, filter=f"any({field},[{quoted}])", page_size=LOOKUP_MAX
             )
-            ids |= {p["attributes"]["email"]: p["id"] for p in page.get("data", [])}
-        found = [ids[r["email"]] for r in rows if r.get("email") in ids]
+            ids |= {p["attributes"][field]: p["id"] for p in page.get("data", [])}
+        found = [ids[r[key]] for r in rows if r.get(key) in ids]
         for part in chunks(found, LIST_MAX):
             self._call(
                 self.api.Lists.remove_profiles_from_list,
                 list_id,
                 {"data": [{"type": "profile", "id": i} for i in part]},
             )
-        withdrawn = [r for r in rows if r.get("unsubscribe") and r.get("email")]
+        withdrawn = [r for r in rows if r.get("unsubscribe") and r.get(key)]
         for part in chunks(withdrawn, UNSUBSCRIBE_MAX):
             self._call(
                 self.api.Profiles.bulk_unsubscribe_profiles,
@@ -206,10 +216,17 @@ class Klaviyo:
                         "data": [
                             {
                                 "type": "profile",
-                                "attributes": {
-                                    "email": r["email"],
-                                    "subscriptions": {"email": {"marketing": {"consent": consent}}},
-                                },
+                                "attributes": (
+                                    {
+                                        "phone_number": r["phone"],
+                                        "subscriptions": {"sms": {"marketing": {"consent": consent}}},
+                                    }
+                                    if r.get("channel") == "sms"
+                                    else {
+                                        "email": r["email"],
+                                        "subscriptions": {"email": {"marketing": {"consent": consent}}},
+                                    }
+                                ),
                             }
                             for r in rows
                         ]

@@ -296,13 +296,15 @@ def sync(
     from p13n.lake.duck import duckdb_connection
     from p13n.measurement.sends import record_audience
 
-    target = audience_settings(settings, audience).destinations.get(destination)
+    cfg = audience_settings(settings, audience)
+    target = cfg.destinations.get(destination)
     if target is None:
         raise SyncError(
             f"audience {audience} has no {destination} destination "
             f"(activation.audiences.{audience}.destinations)",
             retryable=False,
         )
+    target = {**target, "channel": cfg.channel}  # the channel the destination subscribes them to
     client = client or destination_for(settings, destination)
     run_id = f"{as_of.isoformat()}-{uuid.uuid4().hex[:8]}"
     summary = RunSummary(destination, audience, as_of.isoformat(), run_id)
@@ -374,11 +376,12 @@ def sync(
 
 def _with_contacts(settings, frame: pd.DataFrame, removes: pd.DataFrame) -> pd.DataFrame:
     if removes.empty:
-        return removes.assign(email=pd.Series(dtype=str))
-    known = frame.set_index("customer_id")["email"]
+        return removes.assign(email=pd.Series(dtype=str), phone=pd.Series(dtype=str))
+    known = frame.set_index("customer_id")
     removes = removes.copy()
-    removes["email"] = removes["customer_id"].map(known)
-    missing = removes[removes["email"].isna()]["customer_id"].tolist()
+    removes["email"] = removes["customer_id"].map(known["email"])
+    removes["phone"] = removes["customer_id"].map(known["phone"]) if "phone" in known else None
+    missing = removes[removes["email"].isna() | removes["phone"].isna()]["customer_id"].tolist()
     if missing:
         from p13n.lake.duck import duckdb_connection, scan, table_exists
 
@@ -386,15 +389,17 @@ def _with_contacts(settings, frame: pd.DataFrame, removes: pd.DataFrame) -> pd.D
             got = (
                 duckdb_connection()
                 .execute(
-                    "SELECT customer_id, email FROM "
+                    "SELECT customer_id, email, phone FROM "
                     f"{scan(settings.lake_root, RESTRICTED_CUSTOMER_PROFILES)} "
                     "WHERE customer_id IN (SELECT unnest(?::VARCHAR[]))",
                     [missing],
                 )
                 .df()
-                .set_index("customer_id")["email"]
+                .set_index("customer_id")
             )
-            removes["email"] = removes["email"].fillna(removes["customer_id"].map(got))
+            for col in ("email", "phone"):
+                removes[col] = removes[col].fillna(removes["customer_id"].map(got[col]))
     # No address left (an erased customer's is gone): None, so the platforms skip the address calls.
-    removes["email"] = removes["email"].astype(object).where(removes["email"].notna(), None)
+    for col in ("email", "phone"):
+        removes[col] = removes[col].astype(object).where(removes[col].notna(), None)
     return removes

@@ -164,6 +164,43 @@ def test_klaviyo_export_crash_resume_consent_revocation_and_rate_limits(lake, tm
             os.environ.pop("KLAVIYO_API_KEY", None)
 
 
+def test_an_sms_audience_reaches_klaviyo_with_the_number_and_sms_consent(lake):
+    """`channel: sms`: profiles carry their E.164 number, new members are subscribed to SMS marketing
+    (never to email), and one who revokes SMS consent is removed and unsubscribed by number."""
+    from deltalake import DeltaTable, write_deltalake
+
+    from p13n.activation.audiences import candidates
+    from p13n.lake.duck import duckdb_connection
+
+    fake = FakeKlaviyo(api_key="pk_test", job_polls=1)
+    with serve(fake) as url:
+        s = _settings(lake, klaviyo={"host": url, "poll_seconds": 0.05})
+        vip = s.activation.audiences["vip_win_back"]
+        s.activation.audiences["vip_sms"] = vip.model_copy(
+            update={"channel": "sms", "holdout": 0.0, "destinations": {"klaviyo": {"list_id": "VipSms"}}}
+        )
+        os.environ["KLAVIYO_API_KEY"] = "pk_test"
+        try:
+            summary = sync(s, "vip_sms", "klaviyo", AS_OF, progress=lambda _: None)
+            frame = candidates(duckdb_connection(), s, "vip_sms", AS_OF)
+            phones = set(frame.loc[frame["exclude_reason"].isna(), "phone"])
+            assert phones and summary.added == len(phones) and summary.rejected == 0
+            assert fake.sms_subscribed == dict.fromkeys(phones, "SUBSCRIBED")
+            assert fake.subscribed == {}  # an SMS audience gives no email consent
+            assert {p.get("phone_number") for p in fake.profiles.values()} == phones
+
+            one = frame[frame["phone"] == sorted(phones)[0]]["customer_id"].iloc[0]
+            uri = f"{lake}/lake/gold/customer_profiles"
+            df = DeltaTable(uri).to_pandas()
+            df.loc[df["customer_id"] == one, "consent_sms"] = "revoked"
+            write_deltalake(uri, df, mode="overwrite")
+            again = sync(s, "vip_sms", "klaviyo", AS_OF, progress=lambda _: None)
+            assert again.removed == 1
+            assert fake.sms_subscribed[sorted(phones)[0]] == "UNSUBSCRIBED"
+        finally:
+            os.environ.pop("KLAVIYO_API_KEY", None)
+
+
 def test_mailchimp_export_segments_merge_fields_and_never_resubscribes(lake, tmp_path):
     fake = FakeMailchimp(api_key="key-us1", per_second=5)
     with serve(fake) as url:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import re
 import threading
 import time
 from collections import defaultdict, deque
@@ -29,6 +30,9 @@ from fastapi.responses import JSONResponse, Response
 KLAVIYO_IMPORT_MAX, KLAVIYO_IMPORT_BYTES = 10_000, 5 * 1024 * 1024
 KLAVIYO_LIST_MAX, KLAVIYO_SUBSCRIBE_MAX, KLAVIYO_UNSUBSCRIBE_MAX = 1000, 1000, 100
 MAILCHIMP_BATCH_MAX = 500
+
+
+E164 = re.compile(r"^\+[1-9]\d{1,14}$")  # Klaviyo takes phone numbers in E.164
 
 
 class _Limits:
@@ -77,6 +81,7 @@ class FakeKlaviyo(_Limits):
         self.profiles: dict[str, dict] = {}  # email -> {"id", "properties", ...}
         self.lists: dict[str, set[str]] = defaultdict(set)  # list id -> profile ids
         self.subscribed: dict[str, str] = {}  # email -> SUBSCRIBED / UNSUBSCRIBED
+        self.sms_subscribed: dict[str, str] = {}  # phone number -> SUBSCRIBED / UNSUBSCRIBED
         self.jobs: dict[str, dict] = {}
         self.imported: list[str] = []  # every email imported, in order (a resend shows twice)
         self.deleted: list[str] = []  # data-privacy deletions
@@ -148,18 +153,22 @@ class FakeKlaviyo(_Limits):
         @app.get("/api/profiles")
         def get_profiles(request: Request):
             flt = request.query_params.get("filter", "")
-            emails = (
-                json.loads(flt[flt.index("[") : flt.rindex("]") + 1]) if flt.startswith("any(email,") else []
-            )
+            field = "phone_number" if flt.startswith("any(phone_number,") else "email"
+            emails = json.loads(flt[flt.index("[") : flt.rindex("]") + 1]) if flt.startswith("any(") else []
             size = int(request.query_params.get("page[size]", 20))
             if size > 100:
                 return JSONResponse(
                     self.error(400, "invalid", "page[size] must be at most 100"), status_code=400
                 )
-            found = [self.profiles[e] for e in emails if e in self.profiles][:size]
+            found = [p for p in self.profiles.values() if p.get(field) in set(emails)][:size]
             return {
                 "data": [
-                    {"type": "profile", "id": p["id"], "attributes": {"email": p["email"]}} for p in found
+                    {
+                        "type": "profile",
+                        "id": p["id"],
+                        "attributes": {"email": p.get("email"), "phone_number": p.get("phone_number")},
+                    }
+                    for p in found
                 ],
                 "links": {"self": "", "next": None, "prev": None},
             }
@@ -185,9 +194,16 @@ class FakeKlaviyo(_Limits):
             profiles = (await request.json())["data"]["attributes"]["profiles"]["data"]
             if len(profiles) > KLAVIYO_SUBSCRIBE_MAX:
                 return JSONResponse(self.error(400, "invalid", "At most 1000 profiles."), status_code=400)
+            for i, p in enumerate(profiles):
+                bad = self._subscription_error(i, p["attributes"])
+                if bad:
+                    return JSONResponse(bad, status_code=400)
             for p in profiles:
-                consent = p["attributes"]["subscriptions"]["email"]["marketing"]["consent"]
-                self.subscribed[p["attributes"]["email"]] = consent
+                for channel, sub in p["attributes"]["subscriptions"].items():
+                    if channel == "sms":
+                        self.sms_subscribed[p["attributes"]["phone_number"]] = sub["marketing"]["consent"]
+                    else:
+                        self.subscribed[p["attributes"]["email"]] = sub["marketing"]["consent"]
             return Response(status_code=202)
 
         @app.post("/api/data-privacy-deletion-jobs")
@@ -207,14 +223,54 @@ class FakeKlaviyo(_Limits):
             if len(profiles) > KLAVIYO_UNSUBSCRIBE_MAX:
                 return JSONResponse(self.error(400, "invalid", "At most 100 profiles."), status_code=400)
             for p in profiles:
-                self.subscribed[p["attributes"]["email"]] = "UNSUBSCRIBED"
+                if "sms" in p["attributes"].get("subscriptions", {}):
+                    self.sms_subscribed[p["attributes"]["phone_number"]] = "UNSUBSCRIBED"
+                else:
+                    self.subscribed[p["attributes"]["email"]] = "UNSUBSCRIBED"
             return Response(status_code=202)
 
         return app
 
+    def _subscription_error(self, i: int, attrs: dict) -> dict | None:
+        """Klaviyo's 400 for a subscription without the identifier its channel needs: an email address
+        for email, a phone number in E.164 for SMS."""
+        subs = attrs.get("subscriptions") or {}
+        if "sms" in subs and not E164.match(attrs.get("phone_number") or ""):
+            return self.error(
+                400, "invalid", f"profile {i}: SMS consent needs a phone_number in E.164 format"
+            )
+        if "email" in subs and "@" not in (attrs.get("email") or ""):
+            return self.error(400, "invalid", f"profile {i}: email consent needs an email address")
+        return None
+
     def _run_job(self, job: dict) -> None:
         for i, attrs in enumerate(job["profiles"]):
             email = attrs.get("email") or ""
+            phone = attrs.get("phone_number")
+            if phone is not None and not E164.match(phone):
+                job["errors"].append(
+                    {
+                        "type": "import-error",
+                        "id": f"e{i}",
+                        "attributes": {
+                            "code": "invalid",
+                            "title": "Invalid input.",
+                            "detail": f"Invalid phone number: {phone!r} (E.164 expected)",
+                            "source": {
+                                "pointer": f"/data/attributes/profiles/data/{i}/attributes/phone_number"
+                            },
+                            "original_payload": attrs,
+                        },
+                    }
+                )
+                continue
+            if phone and not email:  # an SMS-only profile: known by its number
+                profile = self.profiles.setdefault(phone, {"id": f"01K{next(self._ids):08d}"})
+                profile.update(attrs)
+                self.imported.append(phone)
+                for lst in job["lists"]:
+                    self.lists[lst].add(profile["id"])
+                continue
             if "@" not in email:
                 job["errors"].append(
                     {
