@@ -13,8 +13,11 @@ customers' real-time profiles (recently viewed, cart, last activity, session) be
 
 * **catch_up**: the topics into `bronze.web_clickstream` and `bronze.app_events`.
 * **triggers**: abandoned cart, browse abandonment, post-purchase and win-back on the landed events,
-  with channel consent and the frequency cap → `gold.triggered_audiences` (sent or suppressed, with
-  the reason), for the exports to Klaviyo and Mailchimp.
+  with channel consent, the frequency caps and the contact ledger → `gold.triggered_audiences`
+  (sent or suppressed, with the reason), for the exports to Klaviyo and Mailchimp.
+* **dispatch** (after the triggers): the contact ledger's trigger and journey messages due by now,
+  never dispatched, handed to Klaviyo as `Message Due (p13n)` events (or an outbox file without a key);
+  `ops.dispatches` records each once (`p13n.cadence.dispatch`).
 * **exposures**: the read API's experiment exposures, from their Redis stream into
   `silver.exposures`, with the stream position in the same Delta commit (exactly once; this DAG is
   the only writer), then trimmed from Redis. `export_audiences` measures them nightly.
@@ -59,7 +62,14 @@ def stream_events():
 
         return land_exposures_task()
 
-    triggers(catch_up())
+    @task
+    def dispatch(_fired: dict) -> dict:
+        from p13n.cadence.tasks import dispatch_task
+        from p13n.orchestration import run_date
+
+        return dispatch_task(day=run_date())
+
+    dispatch(triggers(catch_up()))
     exposures()
 
 

@@ -336,6 +336,14 @@ OPS_CONTACT_LEDGER = Table(
     about="every message to every customer on every channel (audiences, triggers, journeys): when it "
     "goes out (best hour, quiet hours, time zone) or why not (cap, consent)",
 )
+OPS_DISPATCHES = Table(
+    "ops.dispatches",
+    partition_by="dispatch_date",
+    key=("message_id",),
+    owner="cadence",
+    about="each due message of the contact ledger handed to its platform (or the outbox file) once, "
+    "or why it could not be",
+)
 OPS_TABLE_HEALTH = Table(
     "ops.table_health",
     partition_by="run_date",

@@ -32,6 +32,7 @@ KLAVIYO_LIST_MAX, KLAVIYO_SUBSCRIBE_MAX, KLAVIYO_UNSUBSCRIBE_MAX = 1000, 1000, 1
 MAILCHIMP_BATCH_MAX = 500
 
 
+KLAVIYO_EVENTS_MAX = 1000
 E164 = re.compile(r"^\+[1-9]\d{1,14}$")  # Klaviyo takes phone numbers in E.164
 
 
@@ -84,6 +85,7 @@ class FakeKlaviyo(_Limits):
         self.sms_subscribed: dict[str, str] = {}  # phone number -> SUBSCRIBED / UNSUBSCRIBED
         self.jobs: dict[str, dict] = {}
         self.imported: list[str] = []  # every email imported, in order (a resend shows twice)
+        self.events: list[dict] = []  # every event created: metric, profile, properties, time, unique_id
         self.deleted: list[str] = []  # data-privacy deletions
         self._ids = itertools.count(1)
 
@@ -188,6 +190,44 @@ class FakeKlaviyo(_Limits):
                 return JSONResponse(self.error(400, "invalid", "At most 1000 profiles."), status_code=400)
             self.lists[list_id].difference_update(ids)
             return Response(status_code=204)
+
+        @app.post("/api/event-bulk-create-jobs")
+        async def create_events(request: Request):
+            """At most 1,000 profiles a job; each names the profile by email or E.164 number; a unique id
+            repeated for the same profile and metric fails the whole request (Klaviyo's rule)."""
+            entries = (await request.json())["data"]["attributes"]["events-bulk-create"]["data"]
+            if len(entries) > KLAVIYO_EVENTS_MAX:
+                return JSONResponse(self.error(400, "invalid", "At most 1000 profiles."), status_code=400)
+            new = []
+            seen = {(e["profile"], e["metric"], e["unique_id"]) for e in self.events}
+            for i, entry in enumerate(entries):
+                profile = entry["attributes"]["profile"]["data"]["attributes"]
+                who = profile.get("email") or profile.get("phone_number") or ""
+                if not ("@" in who or E164.match(who)):
+                    return JSONResponse(
+                        self.error(400, "invalid", f"entry {i}: a profile needs an email or a phone number"),
+                        status_code=400,
+                    )
+                for ev in entry["attributes"]["events"]["data"]:
+                    a = ev["attributes"]
+                    key = (who, a["metric"]["data"]["attributes"]["name"], a.get("unique_id"))
+                    if key in seen:
+                        return JSONResponse(
+                            self.error(409, "duplicate", f"entry {i}: unique_id {key[2]} already used"),
+                            status_code=409,
+                        )
+                    seen.add(key)
+                    new.append(
+                        {
+                            "profile": who,
+                            "metric": key[1],
+                            "unique_id": key[2],
+                            "properties": a["properties"],
+                            "time": a.get("time"),
+                        }
+                    )
+            self.events += new
+            return Response(status_code=202)
 
         @app.post("/api/profile-subscription-bulk-create-jobs")
         async def subscribe(request: Request):
