@@ -331,18 +331,24 @@ def plan(
     decided_at: dt.datetime,
     con=None,
     programs: list[tuple[str, str]] = (),
+    write: bool = True,
+    extra: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Allocate `candidates` decided at `decided_at` against the lake's ledger and write their rows
     (replacing what an earlier run of the same programs at the same moment wrote, and of `programs`,
-    (program_type, program) pairs that may have nothing to send this time); returns them."""
+    (program_type, program) pairs that may have nothing to send this time); returns them. A what-if
+    (`p13n journeys simulate`) passes `write=False` and its own earlier decisions as `extra` rows."""
     from p13n.lake.duck import duckdb_connection, literal, replace_rows, table_exists
 
     con = con or duckdb_connection(settings=settings)
     ids = sorted(set(candidates["customer_id"])) if len(candidates) else []
     customers = _read_customers(settings, con, ids, ledger_date(decided_at)) if ids else pd.DataFrame()
+    ledger = read_ledger(settings, con, decided_at)
+    if extra is not None and len(extra):
+        ledger = pd.concat([ledger, extra], ignore_index=True) if len(ledger) else extra
     rows = allocate(
         candidates,
-        read_ledger(settings, con, decided_at),
+        ledger,
         customers,
         settings.cadence,
         decided_at,
@@ -352,7 +358,7 @@ def plan(
         zip(candidates.get("program_type", []), candidates.get("program", []), strict=True)
     )
     slices = sorted(decision_id(t, p, decided_at) for t, p in pairs)
-    if not slices:
+    if not slices or not write:
         return rows
     table = pa.Table.from_pandas(rows, schema=SCHEMA, preserve_index=False)
     listed = ", ".join(literal(s) for s in slices)

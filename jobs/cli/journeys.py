@@ -97,7 +97,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         bar = "█" * min(40, round(40 * c["passed"] / max(1, head["entered"])))
         print(
             f"  {c['step']:<{width}} {c['kind']:<12} reached {c['passed']:>7,}  sent {c['sent']:>7,}  "
-            f"suppressed {c['suppressed']:>6,}  converted {c['converted']:>6,}  {bar}"
+            f"suppressed {c['suppressed']:>6,} (capped {c['capped']:>5,})  "
+            f"converted {c['converted']:>6,}  {bar}"
         )
     return 0
 

@@ -156,9 +156,16 @@ def step_counts(journey: Journey, events: pd.DataFrame) -> list[dict]:
                 "kind": s.kind + (f" {s.send}" if s.send else ""),
                 "sent": int((here["event"] == "sent").sum()),
                 "suppressed": int((here["event"] == "suppressed").sum()),
+                "capped": int(((here["event"] == "suppressed") & _detail(here).str.contains("cap")).sum()),
                 "converted": int((here["event"].isin(["converted", "order"])).sum()),
                 "completed": int((here["event"] == "completed").sum()),
                 "passed": int(here["customer_id"].nunique()),
             }
         )
     return out
+
+
+def _detail(events: pd.DataFrame) -> pd.Series:
+    if "detail" not in events:
+        return pd.Series("", index=events.index)
+    return events["detail"].fillna("").astype(str)

@@ -228,9 +228,13 @@ def run_night(settings, day: dt.date) -> dict:
     return {j: per.get(j, {}) | {"active": int(active.get(j, 0))} for j in journeys()}
 
 
-def with_cadence(settings, con, events: pd.DataFrame, day: dt.date) -> pd.DataFrame:
+def with_cadence(
+    settings, con, events: pd.DataFrame, day: dt.date, simulated: list[pd.DataFrame] | None = None
+) -> pd.DataFrame:
     """The night's messages through the contact ledger (`p13n.cadence`): a send over a cap (or, by
-    the ledger's record, without consent) becomes `suppressed` with the reason; the ledger keeps each."""
+    the ledger's record, without consent, or suppressed) becomes `suppressed` with the reason; the
+    ledger keeps each. `simulated`: a what-if's decisions so far (nothing is written; this night's are
+    appended to it)."""
     from p13n.cadence.ledger import blocked, candidates_frame, plan
     from p13n.measurement.sends import send_time
 
@@ -241,7 +245,11 @@ def with_cadence(settings, con, events: pd.DataFrame, day: dt.date) -> pd.DataFr
         send_time(day),
         con,
         programs=[("journey", name) for name in journeys()],
+        write=simulated is None,
+        extra=pd.concat(simulated, ignore_index=True) if simulated else None,
     )
+    if simulated is not None and len(rows):
+        simulated.append(rows)
     why = blocked(rows)
     if not why:
         return events
@@ -278,7 +286,8 @@ def _event_schema():
 
 def simulate(settings, name: str, start: dt.date, end: dt.date) -> tuple[list[dict], pd.DataFrame]:
     """Replay the lake's scoring dates from `start` to `end` through journey `name`, from an empty
-    state, writing nothing: (per-step counts, every event with its date)."""
+    state, writing nothing: (per-step counts, every event with its date). Its messages go through the
+    contact ledger's rules against what the ledger holds and what the replay decided before."""
     from p13n.lake.duck import duckdb_connection, scan
 
     journey = journeys()[name]
@@ -291,10 +300,11 @@ def simulate(settings, name: str, start: dt.date, end: dt.date) -> tuple[list[di
             [start, end],
         ).fetchall()
     ]
-    state, all_events = engine.empty_state(), []
+    state, all_events, decided = engine.empty_state(), [], []
     for day in days:
         inputs = read_inputs(settings, con, day)
         state, ev = night(settings, con, inputs, state, [name])
+        ev = with_cadence(settings, con, ev, day, simulated=decided)  # caps as the nightly would apply
         all_events.append(ev.assign(as_of_date=day))
     events = (
         pd.concat(all_events, ignore_index=True) if all_events else pd.DataFrame(columns=engine.EVENT_COLUMNS)

@@ -178,3 +178,18 @@ def cadence(df: pd.DataFrame) -> str:
     ax.legend(fontsize=7, frameon=False, loc="lower right")
     ax.set_title("Messages per program: sent, capped, suppressed, no consent", loc="left", fontsize=10)
     return _svg(fig)
+
+
+def journey_steps(df: pd.DataFrame) -> str:
+    """Each journey's steps of the night: customers who reached them and the messages sent (a funnel
+    per journey, steps in their order)."""
+    plt = _plt()
+    df = df[df["passed"] > 0] if (df["passed"] > 0).any() else df
+    labels = (df["journey"] + " · " + df["step"]).tolist()[::-1]
+    fig, ax = plt.subplots(figsize=(6.4, 0.26 * len(df) + 1.1))
+    ax.barh(labels, df["passed"].tolist()[::-1], color="#cbd2d9", label="reached")
+    ax.barh(labels, df["sent"].tolist()[::-1], color=BLUE, label="sent")
+    ax.tick_params(axis="y", labelsize=8)
+    ax.legend(fontsize=7, frameon=False, loc="lower right")
+    ax.set_title("Tonight per journey step: reached and sent", loc="left", fontsize=10)
+    return _svg(fig)

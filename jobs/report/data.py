@@ -335,3 +335,24 @@ def cadence(con, root: str, day: dt.date) -> pd.DataFrame | None:
             table[c] = 0
     cols = ["program_type", "program", "channel", "scheduled", "capped", "suppressed", "no_consent"]
     return table[cols].sort_values(["program_type", "program", "channel"]).reset_index(drop=True)
+
+
+def journey_steps(con, root: str, day: dt.date) -> pd.DataFrame | None:
+    """Per journey and step of the night: customers who reached it, messages sent and suppressed
+    (capped among them), conversions (`p13n.journeys.engine.step_counts`, as the simulation reports)."""
+    from p13n.journeys.engine import step_counts
+    from p13n.journeys.model import JourneyError, journeys
+
+    events = _frame(con, root, GOLD_JOURNEY_EVENTS, "SELECT * FROM {t} WHERE as_of_date = ?", [day])
+    if events is None or events.empty:
+        return None
+    try:
+        known = journeys()
+    except JourneyError:
+        return None
+    rows = [
+        {"journey": name, **c}
+        for name, journey in sorted(known.items())
+        for c in step_counts(journey, events)[1:]
+    ]
+    return pd.DataFrame(rows)

@@ -49,7 +49,7 @@ def build(settings: Settings | None, day: dt.date | str, progress=None) -> Path:
         _delivery(data.publish_and_exports(con, root, day)),
         _experiments(data.experiments(con, root, day)),
         _attribution(data.attribution(con, root, day)),
-        _journeys(data.journeys(con, root, day)),
+        _journeys(data.journeys(con, root, day), data.journey_steps(con, root, day)),
         _cadence(data.cadence(con, root, day)),
     ]
     recent = dt.datetime.now(dt.UTC) - dt.timedelta(hours=24)
@@ -360,7 +360,7 @@ def _attribution(df) -> Section:
     )
 
 
-def _journeys(df) -> Section:
+def _journeys(df, steps=None) -> Section:
     if df is None or df.empty:
         return _missing("Journeys", "journeys", "Journeys (export_audiences' journeys task)")
     parts = [
@@ -370,8 +370,12 @@ def _journeys(df) -> Section:
         f"{int(df['converted'].sum()):,} "
         f"converted; {int(df['in_journey'].sum()):,} customers in a journey now"
     ]
-    chart = charts.bars(df, "journey", "sent", "Messages sent tonight, per journey")
-    return Section("Journeys", "journeys", "; ".join(parts) + ".", [chart], [_table(df)])
+    figs = [charts.bars(df, "journey", "sent", "Messages sent tonight, per journey")]
+    tables = [_table(df)]
+    if steps is not None and not steps.empty:
+        figs.append(charts.journey_steps(steps))
+        tables.append(_table(steps))
+    return Section("Journeys", "journeys", "; ".join(parts) + ".", figs, tables)
 
 
 def _cadence(df) -> Section:

@@ -130,6 +130,33 @@ def test_the_nightly_moves_customers_and_a_rerun_writes_the_same_rows(own):
     assert len(_read(own, GOLD_JOURNEY_EVENTS)) == len(again)  # simulate writes nothing
 
 
+def test_the_simulation_applies_the_caps_and_writes_no_ledger(own):
+    """With no email allowed, every email the replay would send is suppressed as capped, and the
+    contact ledger is left as the nightly runs wrote it."""
+    from p13n.lake.duck import table_exists
+    from p13n.lake.tables import OPS_CONTACT_LEDGER
+
+    counts, _ = simulate(own, "win_back", D1, D2)
+    reminder = next(c for c in counts if c["step"] == "reminder")
+    assert reminder["sent"] > 0 and reminder["capped"] == 0
+    strict = own.model_copy(
+        update={
+            "cadence": own.cadence.model_copy(
+                update={
+                    "channels": {"email": own.cadence.channels["email"].model_copy(update={"max_per_day": 0})}
+                }
+            )
+        }
+    )
+    counts, events = simulate(strict, "win_back", D1, D2)
+    capped = next(c for c in counts if c["step"] == "reminder")
+    assert capped["sent"] == 0 and capped["capped"] == reminder["sent"]
+    assert set(events.loc[events["detail"].fillna("").str.contains("cap"), "detail"]) == {
+        "email cap: 0 a day"
+    }
+    assert not table_exists(own.lake_root, OPS_CONTACT_LEDGER)
+
+
 def test_journeys_cli_lists_shows_and_simulates(own, monkeypatch, capsys):
     from p13n.cli import main
     from p13n.config import get_settings

@@ -351,8 +351,9 @@ def test_the_report_states_what_the_tables_hold(lake):
         "for their channel."
     )
     # a plot for ingestion, four segment bars and the movement heatmap, cluster sizes, three for
-    # recommendations, the experiments' lifts, the attribution, the journeys' sends, the ledger's decisions
-    assert page.count("<svg") == 14
+    # recommendations, the experiments' lifts, the attribution, the journeys' sends and steps, the
+    # ledger's decisions
+    assert page.count("<svg") == 15
     assert (lake.data_dir / "reports" / "index.html").read_text().count('href="2024-03-02/index.html"') == 1
 
 
