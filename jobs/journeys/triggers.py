@@ -195,28 +195,25 @@ def find(settings, con, day: dt.date) -> pd.DataFrame:
     )
     views = []
     since = start - dt.timedelta(days=cfg.interest_days - 1)
-    if have(silver_table("web_clickstream")):
-        views.append(
-            con.execute(
-                f"""SELECT k.customer_id, w.sku, CAST(w.event_at AS TIMESTAMP) AS at
-                    FROM {t(silver_table("web_clickstream"))} w
-                    JOIN {keys} k ON k.key_type = 'shopify_customer_id' AND k.key_value = w.customer_id
-                    WHERE w.sku IS NOT NULL AND w.event_type IN ('product_view', 'add_to_cart')
-                      AND CAST(w.event_at AS TIMESTAMP) >= ? AND CAST(w.event_at AS TIMESTAMP) < ?""",
-                [since, end],
-            ).df()
-        )
-    if have(silver_table("wishlists")):
-        views.append(
-            con.execute(
-                f"""SELECT k.customer_id, w.sku, CAST(w.occurred_at AS TIMESTAMP) AS at
-                    FROM {t(silver_table("wishlists"))} w
-                    JOIN {keys} k ON k.key_type = 'shopify_customer_id' AND k.key_value = w.customer_id
-                    WHERE w.action = 'add'
-                      AND CAST(w.occurred_at AS TIMESTAMP) >= ? AND CAST(w.occurred_at AS TIMESTAMP) < ?""",
-                [since, end],
-            ).df()
-        )
+    looks = (  # (source, its time, which of its rows show interest in an item)
+        (
+            "web_clickstream",
+            "event_at",
+            "w.sku IS NOT NULL AND w.event_type IN ('product_view', 'add_to_cart')",
+        ),
+        ("wishlists", "occurred_at", "w.action = 'add'"),
+    )
+    for source, at, which in looks:
+        if have(silver_table(source)):
+            views.append(
+                con.execute(
+                    f"""SELECT k.customer_id, w.sku, CAST(w.{at} AS TIMESTAMP) AS at
+                        FROM {t(silver_table(source))} w
+                        JOIN {keys} k ON k.key_type = 'shopify_customer_id' AND k.key_value = w.customer_id
+                        WHERE {which} AND CAST(w.{at} AS TIMESTAMP) >= ? AND CAST(w.{at} AS TIMESTAMP) < ?""",
+                    [since, end],
+                ).df()
+            )
     interest = interested(
         pd.concat(views, ignore_index=True) if views else pd.DataFrame(columns=["customer_id", "sku", "at"]),
         bought,

@@ -166,7 +166,8 @@ def attribution(df: pd.DataFrame) -> str:
 def cadence(df: pd.DataFrame) -> str:
     """Per program, its messages of the date by what the contact ledger decided (stacked)."""
     plt = _plt()
-    per = df.groupby("program")[["scheduled", "capped", "suppressed", "no_consent"]].sum()
+    label = df["program"] + " (" + df["program_type"] + ")"  # a trigger and a journey may share a name
+    per = df.groupby(label)[["scheduled", "capped", "suppressed", "no_consent"]].sum()
     per = per.loc[per.sum(axis=1).sort_values().index]
     fig, ax = plt.subplots(figsize=(6.4, 0.3 * len(per) + 1.2))
     left = pd.Series(0, index=per.index)

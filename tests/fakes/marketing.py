@@ -289,19 +289,9 @@ class FakeKlaviyo(_Limits):
             phone = attrs.get("phone_number")
             if phone is not None and not E164.match(phone):
                 job["errors"].append(
-                    {
-                        "type": "import-error",
-                        "id": f"e{i}",
-                        "attributes": {
-                            "code": "invalid",
-                            "title": "Invalid input.",
-                            "detail": f"Invalid phone number: {phone!r} (E.164 expected)",
-                            "source": {
-                                "pointer": f"/data/attributes/profiles/data/{i}/attributes/phone_number"
-                            },
-                            "original_payload": attrs,
-                        },
-                    }
+                    _import_error(
+                        i, attrs, "phone_number", f"Invalid phone number: {phone!r} (E.164 expected)"
+                    )
                 )
                 continue
             if phone and not email:  # an SMS-only profile: known by its number
@@ -312,19 +302,7 @@ class FakeKlaviyo(_Limits):
                     self.lists[lst].add(profile["id"])
                 continue
             if "@" not in email:
-                job["errors"].append(
-                    {
-                        "type": "import-error",
-                        "id": f"e{i}",
-                        "attributes": {
-                            "code": "invalid",
-                            "title": "Invalid input.",
-                            "detail": f"Invalid email address: {email!r}",
-                            "source": {"pointer": f"/data/attributes/profiles/data/{i}/attributes/email"},
-                            "original_payload": attrs,
-                        },
-                    }
-                )
+                job["errors"].append(_import_error(i, attrs, "email", f"Invalid email address: {email!r}"))
                 continue
             profile = self.profiles.setdefault(email, {"id": f"01K{next(self._ids):08d}", "email": email})
             profile.update({k: v for k, v in attrs.items() if k != "email"})
@@ -552,3 +530,18 @@ def serve(fake):
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def _import_error(i: int, attrs: dict, field: str, detail: str) -> dict:
+    """An import job's error for profile `i` of the job, as Klaviyo lists them."""
+    return {
+        "type": "import-error",
+        "id": f"e{i}",
+        "attributes": {
+            "code": "invalid",
+            "title": "Invalid input.",
+            "detail": detail,
+            "source": {"pointer": f"/data/attributes/profiles/data/{i}/attributes/{field}"},
+            "original_payload": attrs,
+        },
+    }

@@ -99,7 +99,7 @@ def test_a_failed_task_alerts_through_the_log_and_the_webhook(settings, hook, tm
         assert ok and dags.last["pid"] == second and dags.proc is None
         assert "===== the DAG process holds " in log.read_text()
     page = (own.data_dir / "reports" / "2024-03-02" / "index.html").read_text()
-    assert page.count("has not run for this date yet") == 9
+    assert page.count("has not run for this date yet") == 10
     assert "run_report.report failed" in page  # the day's alert is on the page
     assert len(hook.bodies) == 1
 
@@ -137,6 +137,7 @@ def test_a_failed_export_fails_the_run_but_still_announces_the_exports(settings,
         "audiences": {"success"},
         "export": {"failed"},
         "warehouse": {"success"},
+        "triggers": {"success"},
         "journeys": {"success"},
         "measure": {"success"},  # the holdouts are measured whatever the exports did
         "announce": {"success"},
