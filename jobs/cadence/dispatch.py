@@ -10,7 +10,8 @@ the messages due by then that were never dispatched and hands them over:
   address only (the email, or the number in E.164);
 * without a Klaviyo key (`activation.without_key: csv`, as the exports do): to an outbox file per run
   under `<data>/exports/outbox/` (owner-only: it holds addresses);
-* **push** is recorded undeliverable: the app's device tokens are not linked to customers.
+* **push** is recorded undeliverable: the lake holds no push registration tokens (the app's events
+  carry device ids only).
 
 `ops.dispatches` records each message once (sent, outbox, undeliverable or without an address);
 a message recorded is never handed over again, so a rerun or a retry after a failed batch sends only
@@ -135,7 +136,7 @@ def dispatch(settings, now: dt.datetime | None = None, client=None, progress=pri
         rows[rows["channel"] == "push"],
         "none",
         "undeliverable",
-        "no push platform: the app's device tokens are not linked to customers",
+        "no push platform: the lake holds no push registration tokens",
     )
     messages = rows[rows["channel"].isin(["email", "sms"])].copy()
     address = messages["phone"].where(messages["channel"] == "sms", messages["email"])
