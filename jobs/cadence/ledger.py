@@ -374,6 +374,29 @@ def blocked(rows: pd.DataFrame) -> dict[tuple[str, str, str], str]:
     return dict(zip(zip(r["program"], r["customer_id"], r["step"], strict=True), r["reason"], strict=True))
 
 
+def hold_back(
+    frame: pd.DataFrame,
+    rows: pd.DataFrame,
+    keys: tuple[str, str, str],
+    *,
+    sent: tuple[str, str],
+    held: str,
+    reason: str,
+) -> pd.DataFrame:
+    """`frame` with the messages the ledger's `rows` did not schedule marked held back: a row whose
+    `sent` column (name, value) says sent and whose `keys` (program, customer, step columns) the
+    ledger blocked gets `held` in that column and the ledger's reason in `reason`."""
+    why = blocked(rows)
+    if not why:
+        return frame
+    frame = frame.copy()
+    found = [why.get(k) for k in zip(*(frame[c] for c in keys), strict=True)]
+    hit = (frame[sent[0]] == sent[1]) & pd.Series([w is not None for w in found], index=frame.index)
+    frame.loc[hit, reason] = [w for w, h in zip(found, hit, strict=True) if h]
+    frame.loc[hit, sent[0]] = held
+    return frame
+
+
 def candidates_frame(customers, channels, program_type: str, programs, steps) -> pd.DataFrame:
     """CANDIDATE_COLUMNS from parallel sequences (a scalar `program_type`)."""
     frame = pd.DataFrame(

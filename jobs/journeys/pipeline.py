@@ -235,7 +235,7 @@ def with_cadence(
     the ledger's record, without consent, or suppressed) becomes `suppressed` with the reason; the
     ledger keeps each. `simulated`: a what-if's decisions so far (nothing is written; this night's are
     appended to it)."""
-    from p13n.cadence.ledger import blocked, candidates_frame, plan
+    from p13n.cadence.ledger import candidates_frame, hold_back, plan
     from p13n.measurement.sends import send_time
 
     sends = events[events["event"] == "sent"]
@@ -250,15 +250,14 @@ def with_cadence(
     )
     if simulated is not None and len(rows):
         simulated.append(rows)
-    why = blocked(rows)
-    if not why:
-        return events
-    events = events.copy()
-    keys = list(zip(events["journey"], events["customer_id"], events["step"], strict=True))
-    hit = (events["event"] == "sent") & pd.Series([k in why for k in keys], index=events.index)
-    events.loc[hit, "detail"] = [why[k] for k, h in zip(keys, hit, strict=True) if h]
-    events.loc[hit, "event"] = "suppressed"
-    return events
+    return hold_back(
+        events,
+        rows,
+        ("journey", "customer_id", "step"),
+        sent=("event", "sent"),
+        held="suppressed",
+        reason="detail",
+    )
 
 
 def _state_schema():

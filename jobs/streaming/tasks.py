@@ -132,7 +132,7 @@ def with_cadence(settings, con, new, now, programs=()):
     """The triggers to send through the contact ledger (`p13n.cadence`): the caps over every channel
     and program, quiet hours and the time each goes out; one the ledger holds back is `suppressed`
     with its reason."""
-    from p13n.cadence.ledger import blocked, candidates_frame, plan
+    from p13n.cadence.ledger import candidates_frame, hold_back, plan
 
     if not len(new) and not programs:
         return new
@@ -144,16 +144,14 @@ def with_cadence(settings, con, new, now, programs=()):
         con,
         programs=list(programs),
     )
-    why = blocked(rows)
-    if why:
-        new = new.copy()
-        keys = list(zip(new["trigger"], new["customer_id"], new["trigger_id"], strict=True))
-        hit = (new["status"] == "sent") & new.index.isin(
-            [i for i, k in zip(new.index, keys, strict=True) if k in why]
-        )
-        new.loc[hit, "reason"] = [why[k] for k, h in zip(keys, hit, strict=True) if h]
-        new.loc[hit, "status"] = "suppressed"
-    return new
+    return hold_back(
+        new,
+        rows,
+        ("trigger", "customer_id", "trigger_id"),
+        sent=("status", "sent"),
+        held="suppressed",
+        reason="reason",
+    )
 
 
 def _scan(settings, table: str) -> str:
