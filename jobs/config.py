@@ -416,6 +416,10 @@ class TriggerSettings(_Section):
             "back_in_stock": "push",
             "price_drop": "email",
             "replenishment": "email",
+            "loyalty_anniversary": "email",
+            "points_expiring": "email",
+            "tier_upgrade": "email",
+            "tier_downgrade": "email",
         }
     )
     # Frequency cap: triggered messages per customer (all triggers together).
@@ -427,6 +431,12 @@ class TriggerSettings(_Section):
     birthday_days_ahead: int = Field(7, ge=0)
     interest_days: int = Field(30, gt=0)
     min_repeat_purchases: int = Field(3, ge=2)
+    # Loyalty (`loyalty_members`, `loyalty_points_ledger`): the enrolment anniversary this many days
+    # ahead; the program's points expire after `points_inactive_days` without activity (an order in
+    # any sales system, a ledger entry, the enrolment), announced `points_warning_days` before.
+    anniversary_days_ahead: int = Field(0, ge=0)
+    points_inactive_days: int = Field(365, gt=0)
+    points_warning_days: int = Field(30, gt=0)
 
 
 class StreamSettings(_Section):

@@ -29,7 +29,17 @@ import datetime as dt
 
 import pandas as pd
 
-KINDS = ("checkout_abandoned", "birthday", "back_in_stock", "price_drop", "replenishment")
+KINDS = (
+    "checkout_abandoned",
+    "birthday",
+    "back_in_stock",
+    "price_drop",
+    "replenishment",
+    "loyalty_anniversary",
+    "points_expiring",
+    "tier_upgrade",
+    "tier_downgrade",
+)
 
 
 def _rows(kind: str, customers, anchors, skus, at) -> pd.DataFrame:
@@ -62,19 +72,78 @@ def checkout_abandonments(checkouts: pd.DataFrame, orders: pd.DataFrame) -> pd.D
     )
 
 
-def birthdays(people: pd.DataFrame, day: dt.date, days_ahead: int) -> pd.DataFrame:
-    """`people`: customer_id, birth_date. Customers whose birthday is `days_ahead` days after `day`."""
-    target = day + dt.timedelta(days=days_ahead)
-    born = pd.to_datetime(people["birth_date"], errors="coerce")
+def _falls_on(dates: pd.Series, target: dt.date) -> pd.Series:
+    """Whether each date's month and day fall on `target` (29 February on 28 February in other years)."""
+    born = pd.to_datetime(dates, errors="coerce", utc=True)
     month, dom = born.dt.month, born.dt.day
     leap = (target.year % 4 == 0 and target.year % 100 != 0) or target.year % 400 == 0
     feb29 = (month == 2) & (dom == 29)
     hit = ((month == target.month) & (dom == target.day)) | (
         feb29 & (not leap) & (target.month == 2) & (target.day == 28)
     )
-    who = people.loc[hit.fillna(False), "customer_id"]
+    return hit.fillna(False).astype(bool)
+
+
+def birthdays(people: pd.DataFrame, day: dt.date, days_ahead: int) -> pd.DataFrame:
+    """`people`: customer_id, birth_date. Customers whose birthday is `days_ahead` days after `day`."""
+    target = day + dt.timedelta(days=days_ahead)
+    who = people.loc[_falls_on(people["birth_date"], target).to_numpy(), "customer_id"]
     at = dt.datetime.combine(day, dt.time(), dt.UTC)
     return _rows("birthday", who, [target.year] * len(who), None, at)
+
+
+def anniversaries(members: pd.DataFrame, day: dt.date, days_ahead: int) -> pd.DataFrame:
+    """`members`: customer_id, enrolled_at. Members whose enrolment anniversary (a year or more) is
+    `days_ahead` days after `day`; the anchor is the anniversary's year."""
+    target = day + dt.timedelta(days=days_ahead)
+    enrolled = pd.to_datetime(members["enrolled_at"], errors="coerce", utc=True)
+    hit = _falls_on(members["enrolled_at"], target).to_numpy() & (enrolled.dt.year < target.year).to_numpy()
+    who = members.loc[hit, "customer_id"]
+    at = dt.datetime.combine(day, dt.time(), dt.UTC)
+    return _rows("loyalty_anniversary", who, [target.year] * len(who), None, at)
+
+
+def points_expiring(
+    members: pd.DataFrame, day: dt.date, inactive_days: int, warning_days: int
+) -> pd.DataFrame:
+    """`members`: customer_id, points_balance, last_activity. Members holding points that expire
+    (`inactive_days` after their last activity) within `warning_days` after `day`; the anchor is the
+    expiry date, so new activity (a later expiry) can warn again."""
+    last = pd.to_datetime(members["last_activity"], errors="coerce", utc=True).dt.normalize()
+    expires = last + pd.Timedelta(days=inactive_days)
+    start = pd.Timestamp(day, tz="UTC")
+    hit = (
+        (
+            (members["points_balance"].fillna(0).astype(float) > 0)
+            & (expires > start)
+            & (expires <= start + pd.Timedelta(days=warning_days))
+        )
+        .fillna(False)
+        .to_numpy()
+    )
+    at = dt.datetime.combine(day, dt.time(), dt.UTC)
+    return _rows(
+        "points_expiring", members.loc[hit, "customer_id"], expires[hit].dt.date.astype(str), None, at
+    )
+
+
+def tier_changes(
+    before: pd.DataFrame, now: pd.DataFrame, order: tuple[str, ...], day: dt.date
+) -> pd.DataFrame:
+    """`before`: loyalty_id, tier (each member's tier before the day); `now`: customer_id, loyalty_id,
+    tier (the day's). A member whose tier moved fires `tier_upgrade` or `tier_downgrade` (by `order`,
+    lowest first); members new that day have no change."""
+    rank = {t: i for i, t in enumerate(order)}
+    moved = now.merge(before, on="loyalty_id", suffixes=("", "_before"))
+    moved = moved[moved["tier"].isin(rank) & moved["tier_before"].isin(rank)]
+    up = moved["tier"].map(rank) > moved["tier_before"].map(rank)
+    down = moved["tier"].map(rank) < moved["tier_before"].map(rank)
+    at = dt.datetime.combine(day, dt.time(), dt.UTC)
+    out = []
+    for kind, which in (("tier_upgrade", up), ("tier_downgrade", down)):
+        part = moved[which.to_numpy()]
+        out.append(_rows(kind, part["customer_id"], part["tier"] + "@" + day.isoformat(), None, at))
+    return pd.concat(out, ignore_index=True)
 
 
 def interested(views: pd.DataFrame, bought: pd.DataFrame) -> pd.DataFrame:
@@ -253,8 +322,64 @@ def find(settings, con, day: dt.date) -> pd.DataFrame:
         found.append(price_drops(promos, prices, interest))
     if has_sales:
         found.append(replenishments(bought, day, cfg.min_repeat_purchases))
+    if have(silver_table("loyalty_members")):
+        found += _loyalty(settings, con, day, t, orders_sql if has_sales else None)
     found = [f for f in found if len(f)]
     return pd.concat(found, ignore_index=True) if found else _rows("checkout_abandoned", [], [], [], [])
+
+
+def _loyalty(settings, con, day: dt.date, t, orders_sql: str | None) -> list[pd.DataFrame]:
+    """The loyalty program's triggers: anniversaries, points expiring, tier moves."""
+    from p13n.lake.duck import table_exists
+    from p13n.lake.tables import GOLD_IDENTITY_KEYS, bronze_table, silver_table
+    from p13n.sources.catalog import catalog
+
+    cfg, root = settings.stream.triggers, settings.lake_root
+    end = dt.datetime.combine(day + dt.timedelta(days=1), dt.time())
+    keys = f"(SELECT key_value, customer_id FROM {t(GOLD_IDENTITY_KEYS)} WHERE key_type = 'loyalty_id')"
+    ledger = (
+        f"""UNION ALL SELECT loyalty_id, CAST(posted_at AS TIMESTAMP)
+            FROM {t(silver_table("loyalty_points_ledger"))}"""
+        if table_exists(root, silver_table("loyalty_points_ledger"))
+        else ""
+    )
+    orders = (
+        f"UNION ALL SELECT m.loyalty_id, o.ordered_at FROM ({orders_sql}) o "
+        f"JOIN {keys} k ON k.customer_id = o.customer_id "
+        f"JOIN {t(silver_table('loyalty_members'))} m ON m.loyalty_id = k.key_value"
+        if orders_sql
+        else ""
+    )
+    lm = t(silver_table("loyalty_members"))
+    members = con.execute(
+        f"""WITH activity AS (
+                SELECT loyalty_id, CAST(enrolled_at AS TIMESTAMP) AS act FROM {lm} {ledger} {orders}),
+            latest AS (SELECT loyalty_id, max(act) AS last_activity FROM activity WHERE act < ? GROUP BY 1)
+            SELECT k.customer_id, m.loyalty_id, m.points_balance,
+                   CAST(m.enrolled_at AS TIMESTAMP) AS enrolled_at, l.last_activity
+            FROM {lm} m JOIN {keys} k ON k.key_value = m.loyalty_id LEFT JOIN latest l USING (loyalty_id)
+            WHERE CAST(m.enrolled_at AS TIMESTAMP) < ?""",
+        [end, end],
+    ).df()
+    out = [
+        anniversaries(members, day, cfg.anniversary_days_ahead),
+        points_expiring(members, day, cfg.points_inactive_days, cfg.points_warning_days),
+    ]
+    bronze = bronze_table("loyalty_members")
+    if table_exists(root, bronze):
+        tiers = next(c.values for c in catalog()["loyalty_members"].columns if c.name == "tier")
+        latest = f"""SELECT loyalty_id, lower(trim(tier)) AS tier FROM {t(bronze)}
+                     WHERE {{}} AND tier IS NOT NULL
+                     QUALIFY row_number() OVER (
+                         PARTITION BY loyalty_id ORDER BY _batch_date DESC, updated_at DESC) = 1"""
+        before = con.execute(latest.format("_batch_date < ?"), [day]).df()
+        now = con.execute(
+            f"SELECT k.customer_id, n.loyalty_id, n.tier FROM ({latest.format('_batch_date = ?')}) n "
+            f"JOIN {keys} k ON k.key_value = n.loyalty_id",
+            [day],
+        ).df()
+        out.append(tier_changes(before, now, tiers, day))
+    return out
 
 
 def run_nightly_triggers(settings, day: dt.date) -> dict[str, dict[str, int]]:

@@ -139,3 +139,117 @@ def test_the_night_writes_its_triggers_once_through_the_ledger_and_a_rerun_write
     assert [duckdb_connection(settings=s).execute(q).fetchall() for q in read] == rows
     # the next night fires nothing new for the same checkouts
     assert run_nightly_triggers(s, DAY + dt.timedelta(days=1))["checkout_abandoned"] == {}
+
+
+def test_loyalty_anniversaries_from_the_second_year_on():
+    members = pd.DataFrame(
+        {
+            "customer_id": ["A", "B", "C", "D"],
+            "enrolled_at": [
+                pd.Timestamp("2022-03-05 09:00", tz="UTC"),
+                pd.Timestamp("2024-03-05 01:00", tz="UTC"),  # enrolled that very day: no anniversary
+                pd.Timestamp("2020-02-29 12:00", tz="UTC"),
+                None,
+            ],
+        }
+    )
+    assert ids(tr.anniversaries(members, DAY, 0)) == ["loyalty_anniversary:A:2024"]
+    assert ids(tr.anniversaries(members, dt.date(2023, 2, 28), 0)) == ["loyalty_anniversary:C:2023"]
+    assert ids(tr.anniversaries(members, dt.date(2024, 2, 22), 7)) == ["loyalty_anniversary:C:2024"]
+
+
+def test_points_expiring_warn_members_holding_points_within_the_window():
+    last = pd.Timestamp(DAY, tz="UTC") - pd.Timedelta(days=340)  # expires in 25 days
+    members = pd.DataFrame(
+        {
+            "customer_id": ["A", "B", "C", "D", "E"],
+            "points_balance": [1200, 0, 800, 500, None],
+            "last_activity": [
+                last + pd.Timedelta(hours=15),
+                last,  # no points to lose
+                last + pd.Timedelta(days=10),  # expires in 35 days: not yet
+                last - pd.Timedelta(days=30),  # expired 5 days ago: too late to warn
+                last,
+            ],
+        }
+    )
+    found = tr.points_expiring(members, DAY, 365, 30)
+    assert ids(found) == ["points_expiring:A:2024-03-30"]
+    # the day before the window opens nothing; a new activity moves the expiry and warns again later
+    assert tr.points_expiring(members, DAY - dt.timedelta(days=1), 365, 25).empty
+
+
+def test_tier_moves_up_and_down_against_the_latest_earlier_tier():
+    before = pd.DataFrame(
+        {"loyalty_id": ["L1", "L2", "L3", "L4"], "tier": ["member", "gold", "silver", "gold"]}
+    )
+    now = pd.DataFrame(
+        {
+            "customer_id": ["A", "B", "C", "E"],
+            "loyalty_id": ["L1", "L2", "L3", "L5"],  # L5 is new: no move
+            "tier": ["gold", "silver", "silver", "gold"],
+        }
+    )
+    found = tr.tier_changes(before, now, ("member", "silver", "gold", "platinum"), DAY)
+    assert ids(found) == ["tier_downgrade:B:silver@2024-03-05", "tier_upgrade:A:gold@2024-03-05"]
+
+
+def test_the_loyalty_triggers_read_the_lake(tmp_path):
+    from deltalake import write_deltalake
+
+    from p13n.config import load_settings
+    from p13n.lake.duck import duckdb_connection
+
+    s = load_settings("test", environ={"P13N_DATA_DIR": str(tmp_path / "data")})
+    root = s.lake_root
+    write_deltalake(
+        f"{root}/gold/identity_keys",
+        pd.DataFrame(
+            {"key_type": "loyalty_id", "key_value": ["L1", "L2", "L3"], "customer_id": ["A", "B", "C"]}
+        ),
+    )
+    utc = lambda x: pd.Timestamp(x, tz="UTC")  # noqa: E731
+    write_deltalake(
+        f"{root}/silver/loyalty_members",
+        pd.DataFrame(
+            {
+                "loyalty_id": ["L1", "L2", "L3"],
+                "tier": ["gold", "silver", "member"],
+                "points_balance": [900, 300, 50],
+                # L1's enrolment anniversary; L2 enrolled 350 days ago and did nothing since
+                "enrolled_at": [
+                    utc("2021-03-05 08:00"),
+                    utc(DAY) - pd.Timedelta(days=350),
+                    utc("2022-06-01"),
+                ],
+            }
+        ),
+    )
+    write_deltalake(
+        f"{root}/silver/loyalty_points_ledger",
+        pd.DataFrame(
+            {
+                "entry_id": ["E1", "E2"],
+                "loyalty_id": ["L3", "L3"],
+                # L3's points would expire on 2024-03-20, but a redemption after the day does not count
+                "posted_at": [utc("2023-03-21 10:00"), utc("2024-03-07 10:00")],
+                "points": [100, -50],
+            }
+        ),
+    )
+    bronze = pd.DataFrame(
+        {
+            "loyalty_id": ["L1", "L1", "L2", "L1"],
+            "tier": ["silver", "Gold ", "gold", "platinum"],
+            "updated_at": ["2024-03-01T00:00:00Z", "2024-03-05T09:00:00Z", "2024-03-05T09:00:00Z", "x"],
+            "_batch_date": [dt.date(2024, 3, 1), DAY, DAY, DAY + dt.timedelta(days=1)],
+        }
+    )
+    write_deltalake(f"{root}/bronze/loyalty_members", bronze)
+    found = tr.find(s, duckdb_connection(settings=s), DAY)
+    assert ids(found) == [
+        "loyalty_anniversary:A:2024",
+        "points_expiring:B:2024-03-20",
+        "points_expiring:C:2024-03-20",
+        "tier_upgrade:A:gold@2024-03-05",  # silver on 1 March; L2 has no earlier tier
+    ]
