@@ -497,6 +497,31 @@ class DestinationSettings(_Section):
     job_timeout_seconds: float = Field(1800.0, gt=0)
 
 
+class PushTemplate(_Section):
+    title: str = ""
+    body: str = ""
+
+
+class PushSettings(_Section):
+    """Push through Firebase Cloud Messaging's HTTP v1 API (`p13n.activation.fcm`). The service
+    account file's path is read from the environment variable named here, never from a file."""
+
+    project_id: str = "p13n-demo"
+    credential_env: str = "GOOGLE_APPLICATION_CREDENTIALS"
+    host: str = ""  # another server than https://fcm.googleapis.com (a test server, a proxy)
+    timeout_seconds: float = Field(30.0, gt=0)
+    max_retries: int = Field(6, ge=0)
+    max_backoff_seconds: float = Field(60.0, gt=0)
+    workers: int = Field(8, gt=0, le=64)  # requests in flight (HTTP v1 takes one message a request)
+    # A customer's devices: the app's device ids (its FCM registration tokens) seen in `app_events`
+    # within this many days (FCM treats a token silent for 270 days as stale), the latest first.
+    device_days: int = Field(270, gt=0)
+    max_devices: int = Field(5, gt=0)
+    # The notification each template shows; a template not listed goes as a data message (the app
+    # renders it from the `template` key).
+    templates: dict[str, PushTemplate] = Field(default_factory=dict)
+
+
 class SnowflakeTable(_Section):
     keys: list[str]  # the business key the MERGE matches on
     exclude: list[str] = Field(default_factory=list)  # columns never synced
@@ -523,6 +548,7 @@ class ActivationSettings(_Section):
     mailchimp: DestinationSettings = Field(
         default_factory=lambda: DestinationSettings(credential_env="MAILCHIMP_API_KEY")
     )
+    fcm: PushSettings = Field(default_factory=PushSettings)
     audiences: dict[str, AudienceSettings] = Field(default_factory=dict)
     # Customers (a stable hash) who get no personalized message at all: the programme's baseline.
     global_holdout: float = Field(0.02, ge=0, le=0.5)

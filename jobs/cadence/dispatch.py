@@ -10,10 +10,15 @@ the messages due by then that were never dispatched and hands them over:
   address only (the email, or the number in E.164);
 * without a Klaviyo key (`activation.without_key: csv`, as the exports do): to an outbox file per run
   under `<data>/exports/outbox/` (owner-only: it holds addresses);
-* **push** is recorded undeliverable: the lake holds no push registration tokens (the app's events
-  carry device ids only).
+* **push** to Firebase Cloud Messaging (HTTP v1, `p13n.activation.fcm`), one message per device of
+  the customer: the app's device ids (the app reports its FCM registration token as its device id)
+  seen in `app_events` within `activation.fcm.device_days`, the latest `max_devices`, tied to the
+  customer through the identity graph. The notification is the template's (`activation.fcm.templates`)
+  and the data carry the message's ids. A message is `sent` when one device took it; a token FCM no
+  longer knows is named in the detail. Without credentials, push messages go to the outbox with their
+  device tokens.
 
-`ops.dispatches` records each message once (sent, outbox, undeliverable or without an address);
+`ops.dispatches` records each message once (sent, outbox, or undeliverable: no address, no device);
 a message recorded is never handed over again, so a rerun or a retry after a failed batch sends only
 what is left. Audience messages are not dispatched here: the platforms receive their lists nightly.
 """
@@ -113,7 +118,103 @@ def _records(rows: pd.DataFrame, destination: str, status: str, detail: str, now
     ]
 
 
-def dispatch(settings, now: dt.datetime | None = None, client=None, progress=print) -> dict[str, int]:
+def devices(settings, con, customers: list[str], now: dt.datetime) -> pd.DataFrame:
+    """customer_id, devices (`;`-joined, the latest first): each customer's app device ids seen in
+    `app_events` within `activation.fcm.device_days` before `now`, at most `max_devices`."""
+    from p13n.lake.duck import scan, table_exists
+    from p13n.lake.tables import GOLD_IDENTITY_KEYS, silver_table
+
+    cfg, root = settings.activation.fcm, settings.lake_root
+    events = silver_table("app_events")
+    if not customers or not (table_exists(root, events) and table_exists(root, GOLD_IDENTITY_KEYS)):
+        return pd.DataFrame(columns=["customer_id", "devices"])
+    con.register("_push_customers", pd.DataFrame({"customer_id": customers}))
+    try:
+        return con.execute(
+            f"""WITH seen AS (
+                    SELECT k.customer_id, e.device_id, max(CAST(e.event_at AS TIMESTAMP)) AS last_seen
+                    FROM {scan(root, events)} e
+                    JOIN {scan(root, GOLD_IDENTITY_KEYS)} k
+                      ON k.key_type = ? AND k.key_value = e.{settings.stream.customer_fields["app_events"]}
+                    WHERE k.customer_id IN (SELECT customer_id FROM _push_customers)
+                      AND e.device_id IS NOT NULL
+                      AND CAST(e.event_at AS TIMESTAMP) BETWEEN ? AND ?
+                    GROUP BY 1, 2)
+                SELECT customer_id, string_agg(device_id, ';' ORDER BY last_seen DESC, device_id)
+                       FILTER (WHERE n <= ?) AS devices
+                FROM (SELECT *, row_number() OVER (PARTITION BY customer_id
+                                                   ORDER BY last_seen DESC, device_id) AS n FROM seen)
+                GROUP BY 1""",
+            [
+                settings.stream.customer_key_type,
+                (now - dt.timedelta(days=cfg.device_days)).replace(tzinfo=None),
+                now.replace(tzinfo=None),
+                cfg.max_devices,
+            ],
+        ).df()
+    finally:
+        con.unregister("_push_customers")
+
+
+def _push_with_devices(settings, pushes: pd.DataFrame, now: dt.datetime) -> pd.DataFrame:
+    """The push messages with their customer's devices (NaN: none) and templates."""
+    from p13n.lake.duck import duckdb_connection
+
+    if pushes.empty:
+        return pushes.assign(devices=pd.Series(dtype=object), template=pd.Series(dtype=object))
+    found = devices(settings, duckdb_connection(settings=settings), sorted(set(pushes["customer_id"])), now)
+    out = pushes.merge(found, on="customer_id", how="left")
+    out["template"] = [
+        _template(t, p, s) for t, p, s in zip(out["program_type"], out["program"], out["step"], strict=True)
+    ]
+    return out
+
+
+def _send_pushes(settings, client, pushes: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Send each message to each of its devices; per status, the messages with a detail saying how
+    many devices took it and which tokens FCM refused."""
+    from p13n.activation.fcm import payload
+
+    templates = settings.activation.fcm.templates
+    jobs, owners, refused = [], [], []
+    for i, r in enumerate(pushes.itertuples(index=False)):
+        note = templates.get(r.template)
+        data = {
+            "message_id": r.message_id,
+            "program_type": r.program_type,
+            "program": r.program,
+            "step": r.step,
+            "template": r.template,
+        }
+        for token in r.devices.split(";"):
+            try:
+                jobs.append(payload(token, data, note.title if note else "", note.body if note else ""))
+                owners.append(i)
+            except ValueError as e:
+                refused.append((i, token, f"invalid: {e}"))
+    results = client.send_all(jobs)
+    per: dict[int, list] = {}
+    for i, res in zip(owners, results, strict=True):
+        per.setdefault(i, []).append(res)
+    for i, token, why in refused:
+        from p13n.activation.fcm import Result
+
+        per.setdefault(i, []).append(Result(token, "invalid", why))
+    status, detail = [], []
+    for i in range(len(pushes)):
+        got = per.get(i, [])
+        sent = sum(r.status == "sent" for r in got)
+        bad = [f"{r.token} {r.status}" for r in got if r.status != "sent"]
+        failed = any(r.status == "failed" for r in got)
+        status.append("sent" if sent else "failed" if failed else "undeliverable")
+        detail.append(f"{sent} of {len(got)} devices" + (f"; {', '.join(bad)}" if bad else ""))
+    out = pushes.assign(status=status, detail=detail)
+    return {k: v for k, v in out.groupby("status", sort=False)}
+
+
+def dispatch(
+    settings, now: dt.datetime | None = None, client=None, progress=print, push_client=None
+) -> dict[str, int]:
     """Hand every message due by `now` (UTC) to its platform and record it; returns counts by status."""
     from p13n.activation.sync import chunks
     from p13n.lake.duck import duckdb_connection, write_arrow
@@ -132,12 +233,26 @@ def dispatch(settings, now: dt.datetime | None = None, client=None, progress=pri
         write_arrow(settings, OPS_DISPATCHES, table, partition_by=["dispatch_date"])
         counts[status] = counts.get(status, 0) + len(part)
 
+    pushes = _push_with_devices(settings, rows[rows["channel"] == "push"], now)
     record(
-        rows[rows["channel"] == "push"],
+        pushes[pushes["devices"].isna()],
         "none",
         "undeliverable",
-        "no push platform: the lake holds no push registration tokens",
+        f"no push device: no app device id seen in {settings.activation.fcm.device_days} days",
     )
+    pushes = pushes[pushes["devices"].notna()]
+    fcm = settings.activation.fcm
+    if push_client is None and len(pushes) and os.environ.get(fcm.credential_env):
+        from p13n.activation.fcm import FCM
+
+        push_client = FCM(settings, os.environ[fcm.credential_env])
+    if push_client is not None and len(pushes):
+        for status, part in _send_pushes(settings, push_client, pushes).items():
+            if status == "failed":  # FCM never took it: not recorded, so the next dispatch tries again
+                counts["failed"] = counts.get("failed", 0) + len(part)
+                continue
+            for detail, group in part.groupby("detail", sort=False):
+                record(group, "fcm", status, detail)
     messages = rows[rows["channel"].isin(["email", "sms"])].copy()
     address = messages["phone"].where(messages["channel"] == "sms", messages["email"])
     record(messages[address.isna()], "none", "undeliverable", "no address for the channel")
@@ -166,15 +281,27 @@ def dispatch(settings, now: dt.datetime | None = None, client=None, progress=pri
             ]
             client.send_events(METRIC, events)  # a failure raises: nothing of this batch is recorded
             record(pd.DataFrame(part), "klaviyo", "sent")
-    elif len(messages):
+        messages = messages.iloc[0:0]
+    if push_client is None and len(pushes):
+        messages = pd.concat([messages, pushes], ignore_index=True)
+    if len(messages):
         path = settings.data_dir / "exports" / "outbox" / f"{now:%Y-%m-%d}" / f"{now:%H%M%S}.csv"
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        cols = ["message_id", "customer_id", "channel", "email", "phone", "program_type", "program", "step"]
+        cols = [
+            "message_id",
+            "customer_id",
+            "channel",
+            "email",
+            "phone",
+            "devices",
+            "program_type",
+            "program",
+        ]
         with os.fdopen(fd, "w", newline="") as f:
-            messages.assign(send_at=messages["scheduled_at"])[[*cols, "template", "send_at"]].to_csv(
-                f, index=False
-            )
+            messages.reindex(columns=[*cols, "step", "template", "scheduled_at"]).rename(
+                columns={"scheduled_at": "send_at"}
+            ).to_csv(f, index=False)
         record(messages, "outbox", "outbox", str(path))
     progress(
         f"dispatch at {now:%Y-%m-%d %H:%M}: "

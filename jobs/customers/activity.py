@@ -153,8 +153,43 @@ def behaviour_events(keys: DataFrame, web: DataFrame, app: DataFrame) -> DataFra
     return w.unionByName(a).filter(F.col("customer_id").isNotNull()).select(*EVENTS)
 
 
-def message_events(keys: DataFrame, klaviyo: DataFrame, mailchimp: DataFrame, sms: DataFrame) -> DataFrame:
-    """Email and SMS engagement as (sent | open | click) events per customer."""
+def device_owners(keys: DataFrame, app: DataFrame) -> DataFrame:
+    """device_id, customer_id: whose each app device is, by the identified app events on it (the
+    customer with the most of them where a device was shared; the smaller id on a tie)."""
+    from pyspark.sql import Window
+
+    seen = (
+        attribute(app, keys, [("shopify_customer_id", "app_user_id"), ("email_hmac", "email_hmac")])
+        .filter(F.col("customer_id").isNotNull() & F.col("device_id").isNotNull())
+        .groupBy("device_id", "customer_id")
+        .count()
+    )
+    first = Window.partitionBy("device_id").orderBy(F.col("count").desc(), "customer_id")
+    return (
+        seen.withColumn("_n", F.row_number().over(first)).filter("_n = 1").select("device_id", "customer_id")
+    )
+
+
+def push_events(keys: DataFrame, push: DataFrame, app: DataFrame) -> DataFrame:
+    """Push notifications (keyed by device) as the device owner's sent and open events."""
+    return push.join(device_owners(keys, app), on="device_id", how="inner").select(
+        "customer_id",
+        F.col("occurred_at").alias("at"),
+        F.lit("push").alias("channel"),
+        F.when(F.col("event") == "sent", "sent").when(F.col("event") == "opened", "open").alias("event"),
+    )
+
+
+def message_events(
+    keys: DataFrame,
+    klaviyo: DataFrame,
+    mailchimp: DataFrame,
+    sms: DataFrame,
+    push: DataFrame | None = None,
+    app: DataFrame | None = None,
+) -> DataFrame:
+    """Email, SMS and (given the push log and the app's events) push engagement as
+    (sent | open | click) events per customer."""
     kl = attribute(klaviyo, keys, [("email_hmac", "email_hmac")]).select(
         "customer_id",
         F.col("occurred_at").alias("at"),
@@ -176,12 +211,12 @@ def message_events(keys: DataFrame, klaviyo: DataFrame, mailchimp: DataFrame, sm
         F.lit("sms").alias("channel"),
         F.when(F.col("event") == "sent", "sent").when(F.col("event") == "clicked", "click").alias("event"),
     )
-    return (
-        kl.unionByName(mc)
-        .unionByName(sm)
-        .filter(F.col("customer_id").isNotNull() & F.col("event").isin("sent", "open", "click"))
-        .select(*MESSAGES)
-    )
+    rows = kl.unionByName(mc).unionByName(sm)
+    if push is not None and app is not None:
+        rows = rows.unionByName(push_events(keys, push, app))
+    return rows.filter(
+        F.col("customer_id").isNotNull() & F.col("event").isin("sent", "open", "click")
+    ).select(*MESSAGES)
 
 
 def returned_items(returns: DataFrame, lines: DataFrame) -> DataFrame:

@@ -99,6 +99,8 @@ def read_activity(lake: Lake) -> Activity:
             "first"
         )
     t = {name: lake.read(table) for name, table in INPUTS.items()}
+    push = silver_table("push_notifications")  # optional: push engagement needs the app's devices
+    t["push"] = lake.read(push) if lake.exists(push) else None
     keys = t["keys"].cache()
     lines = act.purchase_lines(
         keys,
@@ -113,7 +115,9 @@ def read_activity(lake: Lake) -> Activity:
         customers=t["profiles"].select("customer_id", "first_seen_at"),
         lines=lines,
         events=act.behaviour_events(keys, t["web"], t["app"]).cache(),
-        messages=act.message_events(keys, t["klaviyo"], t["mailchimp"], t["sms"]).cache(),
+        messages=act.message_events(
+            keys, t["klaviyo"], t["mailchimp"], t["sms"], t["push"], t["app"]
+        ).cache(),
         returns=act.returned_items(t["returns"], lines),
         loyalty=act.loyalty_status(keys, t["loyalty"]),
         versions={table: lake.delta_table(table).version() for table in INPUTS.values()},
@@ -484,7 +488,9 @@ def _send_times(lake: Lake, settings: Settings, activity: Activity, as_of: dt.da
     end = interval_end(as_of)
     start = end - dt.timedelta(days=settings.customers.send_time_days)
     msgs = (
-        activity.messages.filter((F.col("at") >= F.lit(start)) & (F.col("at") < F.lit(end)))
+        activity.messages.filter(
+            (F.col("at") >= F.lit(start)) & (F.col("at") < F.lit(end)) & (F.col("channel") != "push")
+        )  # email and SMS engagement: the hours a customer reads; a push is opened when it arrives
         .select("customer_id", "at", "event")
         .toPandas()
     )

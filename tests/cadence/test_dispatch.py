@@ -115,3 +115,94 @@ def test_without_a_key_due_messages_go_to_an_owner_only_outbox(lake):
         "winback_reminder",
         "winback_offer",
     ]
+
+
+def _with_devices(s):
+    """Customer A's app devices (their FCM registration tokens) in silver.app_events."""
+    seen = {"D-new": 1, "D-old": 30, "D-dead": 2, "D-stale": 300}  # days before NOW
+    write_deltalake(
+        f"{s.lake_root}/silver/app_events",
+        pd.DataFrame(
+            {
+                "event_id": [f"e{i}" for i in range(len(seen) + 1)],
+                "event_at": [NOW - dt.timedelta(days=d) for d in seen.values()] + [NOW],
+                "device_id": [*seen, "D-anon"],
+                "app_user_id": ["SH1"] * len(seen) + [None],
+                "platform": "ios",
+            }
+        ),
+    )
+    write_deltalake(
+        f"{s.lake_root}/gold/identity_keys",
+        pd.DataFrame({"key_type": ["shopify_customer_id"], "key_value": ["SH1"], "customer_id": ["A"]}),
+    )
+
+
+def _fcm_settings(s, url):
+    fcm = s.activation.fcm.model_copy(update={"host": url, "max_backoff_seconds": 0.2})
+    return s.model_copy(update={"activation": s.activation.model_copy(update={"fcm": fcm})})
+
+
+def test_push_reaches_each_recent_device_through_fcm_once(lake, tmp_path, monkeypatch):
+    import json
+
+    from fakes.fcm import FakeFCM, service_account
+
+    _with_devices(lake)
+    monkeypatch.delenv(lake.activation.klaviyo.credential_env, raising=False)
+    info, public = service_account("http://placeholder/token")
+    fake = FakeFCM(public, tokens={"D-new", "D-old"})
+    fake.fail_next = [503]  # retried
+    with serve(fake) as url:
+        info["token_uri"] = f"{url}/token"
+        (tmp_path / "sa.json").write_text(json.dumps(info))
+        monkeypatch.setenv(lake.activation.fcm.credential_env, str(tmp_path / "sa.json"))
+        s = _fcm_settings(lake, url)
+        counts = dispatch(s, NOW, progress=lambda _: None)
+        assert counts == {"outbox": 2, "sent": 1, "undeliverable": 1}
+        assert sorted(m["token"] for m in fake.messages) == ["D-new", "D-old"]
+        first = fake.messages[0]
+        assert first["notification"] == {
+            "title": "Still thinking it over?",
+            "body": "The items in your cart are waiting for you.",
+        }
+        assert first["data"] == {
+            "message_id": "m3",
+            "program_type": "journey",
+            "program": "cart_recovery",
+            "step": "cart_push",
+            "template": "cart_push",
+        }
+        table = scan(s.lake_root, OPS_DISPATCHES)
+        q = f"SELECT destination, status, detail FROM {table} WHERE message_id = 'm3'"
+        assert duckdb_connection(settings=s).execute(q).fetchall() == [
+            ("fcm", "sent", "2 of 3 devices; D-dead unregistered")  # D-stale: silent for 300 days
+        ]
+        assert len(fake.tokens_issued) == 1  # one access token for every request
+        assert dispatch(s, NOW, progress=lambda _: None) == {}  # nothing twice
+
+
+def test_push_without_credentials_goes_to_the_outbox_and_a_wrong_project_stops(lake, tmp_path, monkeypatch):
+    import json
+
+    from fakes.fcm import FakeFCM, service_account
+
+    from p13n.activation.sync import SyncError
+
+    _with_devices(lake)
+    monkeypatch.delenv(lake.activation.klaviyo.credential_env, raising=False)
+    monkeypatch.delenv(lake.activation.fcm.credential_env, raising=False)
+    info, public = service_account("http://placeholder/token")
+    fake = FakeFCM(public, project="another-project", tokens={"D-new"})
+    with serve(fake) as url:
+        info["token_uri"] = f"{url}/token"
+        (tmp_path / "sa.json").write_text(json.dumps(info))
+        monkeypatch.setenv(lake.activation.fcm.credential_env, str(tmp_path / "sa.json"))
+        with pytest.raises(SyncError, match="403 SENDER_ID_MISMATCH"):
+            dispatch(_fcm_settings(lake, url), NOW, progress=lambda _: None)
+    assert fake.messages == []
+    monkeypatch.delenv(lake.activation.fcm.credential_env)
+    assert dispatch(lake, NOW, progress=lambda _: None) == {"outbox": 3, "undeliverable": 1}
+    (path,) = (lake.data_dir / "exports" / "outbox").rglob("*.csv")
+    sent = pd.read_csv(path).set_index("message_id")
+    assert sent.loc["m3", "devices"] == "D-new;D-dead;D-old" and sent.loc["m3", "channel"] == "push"

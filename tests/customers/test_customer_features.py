@@ -40,6 +40,30 @@ def test_attribute_takes_the_first_key_that_matches(spark, keys):
     assert "_platform_customer_id" not in out.columns
 
 
+def test_push_engagement_belongs_to_the_devices_owner(spark, keys):
+    app = spark.createDataFrame(
+        [
+            ("D1", "SH1", None),
+            ("D1", "SH1", None),
+            ("D1", None, "e2"),  # a shared device: C1 used it more
+            ("D2", None, "e2"),
+            ("D3", None, None),  # never identified
+        ],
+        "device_id string, app_user_id string, email_hmac string",
+    )
+    push = spark.createDataFrame(
+        [
+            ("P1", "D1", "sent", ts("2024-02-01", 18)),
+            ("P1", "D1", "opened", ts("2024-02-01", 19)),
+            ("P2", "D2", "sent", ts("2024-02-02", 18)),
+            ("P3", "D3", "sent", ts("2024-02-03", 18)),
+        ],
+        "push_id string, device_id string, event string, occurred_at timestamp",
+    )
+    got = sorted((r.customer_id, r.event, r.channel) for r in act.push_events(keys, push, app).collect())
+    assert got == [("C1", "open", "push"), ("C1", "sent", "push"), ("C2", "sent", "push")]
+
+
 def _lines(spark, rows):
     schema = ", ".join(
         f"{c} {t}"
