@@ -522,6 +522,19 @@ class PushSettings(_Section):
     templates: dict[str, PushTemplate] = Field(default_factory=dict)
 
 
+class MailchimpStep(_Section):
+    """A Mailchimp Customer Journey's API-trigger step (its URL holds both ids) on an audience."""
+
+    list_id: str
+    journey_id: int = Field(gt=0)
+    step_id: int = Field(gt=0)
+
+
+class MailchimpSettings(DestinationSettings):
+    # The journey step that sends each template's email when `cadence.email_platform` is mailchimp.
+    journey_steps: dict[str, MailchimpStep] = Field(default_factory=dict)
+
+
 class SnowflakeTable(_Section):
     keys: list[str]  # the business key the MERGE matches on
     exclude: list[str] = Field(default_factory=list)  # columns never synced
@@ -545,8 +558,8 @@ class ActivationSettings(_Section):
     klaviyo: DestinationSettings = Field(
         default_factory=lambda: DestinationSettings(credential_env="KLAVIYO_API_KEY")
     )
-    mailchimp: DestinationSettings = Field(
-        default_factory=lambda: DestinationSettings(credential_env="MAILCHIMP_API_KEY")
+    mailchimp: MailchimpSettings = Field(
+        default_factory=lambda: MailchimpSettings(credential_env="MAILCHIMP_API_KEY")
     )
     fcm: PushSettings = Field(default_factory=PushSettings)
     audiences: dict[str, AudienceSettings] = Field(default_factory=dict)
@@ -641,6 +654,10 @@ class CadenceSettings(_Section):
     suppress_open_cases: bool = True
     refund_reasons: list[str] = Field(default_factory=lambda: ["damaged", "wrong_item", "not_as_described"])
     refund_quiet_days: int = Field(14, ge=0)
+    # Who sends the trigger and journey emails the dispatch hands over: Klaviyo (events of a metric a
+    # flow sends on) or Mailchimp (Customer Journeys API steps, `activation.mailchimp.journey_steps`).
+    # SMS goes through Klaviyo either way, push through FCM.
+    email_platform: Literal["klaviyo", "mailchimp"] = "klaviyo"
 
     @field_validator("default_time_zone")
     @classmethod

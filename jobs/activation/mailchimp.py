@@ -11,6 +11,8 @@
 * The audience is a static segment (by name, created when missing) of the list: members are added
   to and removed from it, 500 each way a call. A member whose consent was revoked (or who was erased)
   is also set to unsubscribed.
+* Trigger and journey emails (with `cadence.email_platform: mailchimp`): each template's Customer
+  Journey API-trigger step is started per contact (`trigger_journey`).
 """
 
 from __future__ import annotations
@@ -162,6 +164,44 @@ class Mailchimp:
                         f"mailchimp: permanent delete answered {e.status_code}: {_detail(e.text)}"
                     ) from e
         return n
+
+    def trigger_journey(self, step, emails: list[str]) -> dict[str, tuple[str, str]]:
+        """Start a Customer Journey's API-trigger step (`step`: a MailchimpStep) for each email.
+        Mailchimp triggers only members of the journey's audience: those not yet members are added
+        as subscribed first (their consent is on record), and a member Mailchimp holds as
+        unsubscribed or cleaned is never resubscribed (`blocked`). Returns email -> (status, detail),
+        status `sent`, `blocked` or `rejected`; a journey or step Mailchimp does not know stops the
+        dispatch, naming both ids."""
+        from mailchimp_marketing.api_client import ApiClientError
+
+        out: dict[str, tuple[str, str]] = {}
+        for part in chunks(emails, self.max_members):
+            body = {"members": [{"email_address": e, "status": "subscribed"} for e in part]}
+            answer = self._call(self.client.lists.batch_list_members, step.list_id, body)
+            for err in answer.get("errors", []):
+                text = err.get("error") or err.get("error_code") or ""
+                if "already a list member" in text:
+                    continue
+                email = err.get("email_address") or ""
+                out[email.lower()] = ("blocked" if "compliance state" in text else "rejected", text)
+        for email in emails:
+            if email.lower() in out:
+                continue
+            self.calls += 1
+            try:
+                self.client.customerJourneys.trigger(step.journey_id, step.step_id, {"email_address": email})
+            except ApiClientError as e:
+                status = getattr(e, "status_code", None) or 0
+                if status == 400:
+                    out[email.lower()] = ("rejected", _detail(e.text))
+                    continue
+                raise SyncError(
+                    f"mailchimp: journey {step.journey_id} step {step.step_id} answered {status}: "
+                    f"{_detail(e.text)}",
+                    retryable=status in _RETRY or status == 0,
+                ) from e
+            out[email.lower()] = ("sent", f"journey {step.journey_id} step {step.step_id}")
+        return out
 
     def _segment(self, list_id: str, name: str) -> int:
         key = (list_id, name)

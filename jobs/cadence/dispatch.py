@@ -8,7 +8,11 @@ the messages due by then that were never dispatched and hands them over:
   with the message's program, step, channel and template as properties and its ledger id as the
   event's unique id, so a Klaviyo flow on that metric sends it; the profile is named by the channel's
   address only (the email, or the number in E.164);
-* without a Klaviyo key (`activation.without_key: csv`, as the exports do): to an outbox file per run
+* with `cadence.email_platform: mailchimp`, **email** to Mailchimp instead: each template's Customer
+  Journey API-trigger step (`activation.mailchimp.journey_steps`) started per contact, who is added to
+  the journey's audience first when not a member (never resubscribed when Mailchimp holds them as
+  unsubscribed);
+* without a key (`activation.without_key: csv`, as the exports do): to an outbox file per run
   under `<data>/exports/outbox/` (owner-only: it holds addresses);
 * **push** to Firebase Cloud Messaging (HTTP v1, `p13n.activation.fcm`), one message per device of
   the customer: the app's device ids (the app reports its FCM registration token as its device id)
@@ -212,8 +216,46 @@ def _send_pushes(settings, client, pushes: pd.DataFrame) -> dict[str, pd.DataFra
     return {k: v for k, v in out.groupby("status", sort=False)}
 
 
+def _mailchimp(settings, client):
+    cfg = settings.activation.mailchimp
+    if client is None and os.environ.get(cfg.credential_env):
+        from p13n.activation.mailchimp import Mailchimp
+
+        client = Mailchimp(settings, os.environ[cfg.credential_env])
+    return client
+
+
+def _send_mailchimp(settings, client, emails: pd.DataFrame):
+    """Yield ((destination, status, detail), messages): each template's journey step started for its
+    messages; a template with no step configured is undeliverable, saying so."""
+    steps = settings.activation.mailchimp.journey_steps
+    for template, part in emails.groupby("template", sort=True):
+        step = steps.get(template)
+        if step is None:
+            why = f"no Mailchimp journey step for template {template!r} (activation.mailchimp.journey_steps)"
+            yield ("none", "undeliverable", why), part
+            continue
+        outcome = client.trigger_journey(step, list(part["email"]))
+        got = [outcome.get(e.lower(), ("rejected", "no answer")) for e in part["email"]]
+        part = part.assign(_status=[g[0] for g in got], _detail=[g[1] for g in got])
+        for (status, detail), group in part.groupby(["_status", "_detail"], sort=True):
+            yield (
+                (
+                    ("mailchimp", "sent", detail)
+                    if status == "sent"
+                    else ("mailchimp", "undeliverable", f"{status}: {detail}")
+                ),
+                group.drop(columns=["_status", "_detail"]),
+            )
+
+
 def dispatch(
-    settings, now: dt.datetime | None = None, client=None, progress=print, push_client=None
+    settings,
+    now: dt.datetime | None = None,
+    client=None,
+    progress=print,
+    push_client=None,
+    mailchimp_client=None,
 ) -> dict[str, int]:
     """Hand every message due by `now` (UTC) to its platform and record it; returns counts by status."""
     from p13n.activation.sync import chunks
@@ -261,12 +303,21 @@ def dispatch(
         _template(t, p, s)
         for t, p, s in zip(messages["program_type"], messages["program"], messages["step"], strict=True)
     ]
+    if settings.cadence.email_platform == "mailchimp":
+        by_mailchimp = messages["channel"] == "email"
+        mailchimp = _mailchimp(settings, mailchimp_client)
+        if mailchimp is not None:
+            for (destination, status, detail), part in _send_mailchimp(
+                settings, mailchimp, messages[by_mailchimp]
+            ):
+                record(part, destination, status, detail)
+            messages = messages[~by_mailchimp]
     cfg = settings.activation.klaviyo
     if client is None and os.environ.get(cfg.credential_env):
         from p13n.activation.klaviyo import Klaviyo
 
         client = Klaviyo(settings, os.environ[cfg.credential_env])
-    if client is not None:
+    if client is not None and len(messages):
         for part in chunks(messages.to_dict("records"), 1000):
             events = [
                 r

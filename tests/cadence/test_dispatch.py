@@ -206,3 +206,69 @@ def test_push_without_credentials_goes_to_the_outbox_and_a_wrong_project_stops(l
     (path,) = (lake.data_dir / "exports" / "outbox").rglob("*.csv")
     sent = pd.read_csv(path).set_index("message_id")
     assert sent.loc["m3", "devices"] == "D-new;D-dead;D-old" and sent.loc["m3", "channel"] == "push"
+
+
+def test_email_through_mailchimp_customer_journey_steps(lake, monkeypatch):
+    from fakes.marketing import FakeMailchimp
+
+    from p13n.activation.mailchimp import Mailchimp
+    from p13n.config import MailchimpStep
+
+    monkeypatch.delenv(lake.activation.klaviyo.credential_env, raising=False)
+    extra = _message("m7", "B", "email", "journey", "win_back", "reminder", 2)
+    write_deltalake(
+        f"{lake.lake_root}/ops/contact_ledger", pa.Table.from_pylist([extra], schema=LEDGER), mode="append"
+    )
+    fake = FakeMailchimp(api_key="key-us1")
+    fake.journeys[(7, 3)] = "L1"
+    fake.members["L1"]["b@x.com"] = {"id": "h", "email_address": "b@x.com", "status": "unsubscribed"}
+    with serve(fake) as url:
+        mc = lake.activation.mailchimp.model_copy(
+            update={
+                "host": url,
+                "journey_steps": {"winback_reminder": MailchimpStep(list_id="L1", journey_id=7, step_id=3)},
+            }
+        )
+        s = lake.model_copy(
+            update={
+                "activation": lake.activation.model_copy(update={"mailchimp": mc}),
+                "cadence": lake.cadence.model_copy(update={"email_platform": "mailchimp"}),
+            }
+        )
+        client = Mailchimp(s, "key-us1")
+        # A's reminder starts the journey step (A joins the audience first); B, unsubscribed there, is
+        # not resubscribed; B's SMS goes to the outbox (no Klaviyo key), A's push has no device
+        assert dispatch(s, NOW, progress=lambda _: None, mailchimp_client=client) == {
+            "outbox": 1,
+            "sent": 1,
+            "undeliverable": 3,
+        }
+        assert fake.triggered == [(7, 3, "a@x.com")]
+        assert fake.members["L1"]["a@x.com"]["status"] == "subscribed"
+        assert fake.members["L1"]["b@x.com"]["status"] == "unsubscribed"
+        table = scan(s.lake_root, OPS_DISPATCHES)
+        rows = (
+            duckdb_connection(settings=s)
+            .execute(
+                f"SELECT message_id, destination, status, detail FROM {table} "
+                "WHERE channel = 'email' ORDER BY 1"
+            )
+            .fetchall()
+        )
+        assert [r[:3] for r in rows] == [
+            ("m1", "mailchimp", "sent"),
+            ("m4", "none", "undeliverable"),
+            ("m7", "mailchimp", "undeliverable"),
+        ]
+        assert rows[2][3].startswith("blocked: b@x.com is in a compliance state")
+        # the welcome email has no journey step: undeliverable, saying which setting is missing
+        later = dispatch(s, NOW + dt.timedelta(hours=3), progress=lambda _: None, mailchimp_client=client)
+        assert later == {"undeliverable": 1}
+        detail = (
+            duckdb_connection(settings=s)
+            .execute(f"SELECT detail FROM {table} WHERE message_id = 'm5'")
+            .fetchone()[0]
+        )
+        assert (
+            detail == "no Mailchimp journey step for template 'welcome' (activation.mailchimp.journey_steps)"
+        )

@@ -6,7 +6,8 @@ queued and finished a few polls later, import errors listed per profile), profil
 list relationships added and removed (at most 1,000 a request), subscription create and delete
 jobs (1,000 and 100 profiles). Mailchimp (3.0): batch member upserts (at most 500, answered 200 with
 per-member errors; unsubscribed or cleaned members are never resubscribed), static segments and their
-batch member changes (500 each way).
+batch member changes (500 each way), Customer Journeys API-trigger steps (204 for a subscribed member
+of the journey's audience, 400 otherwise, 404 for an unknown journey or step).
 
 Both: authentication checked, a request budget per second (429 with Retry-After beyond it), injectable
 5xx failures and slow responses. Everything they hold is in memory and inspectable by the tests
@@ -344,6 +345,8 @@ class FakeMailchimp(_Limits):
         self.segments: dict[str, dict[int, dict]] = defaultdict(dict)  # list -> id -> {name, emails}
         self.upserted: list[str] = []
         self.deleted: list[str] = []
+        self.journeys: dict[tuple[int, int], str] = {}  # (journey id, step id) -> its audience
+        self.triggered: list[tuple[int, int, str]] = []
         self._ids = itertools.count(1)
 
     def error(self, status: int, code: str, detail: str) -> dict:
@@ -438,6 +441,24 @@ class FakeMailchimp(_Limits):
                 "total_updated": len(updated),
                 "error_count": len(errors),
             }
+
+        @app.post("/3.0/customer-journeys/journeys/{journey_id}/steps/{step_id}/actions/trigger")
+        async def trigger(journey_id: int, step_id: int, request: Request):
+            list_id = self.journeys.get((journey_id, step_id))
+            if list_id is None:
+                return JSONResponse(
+                    self.error(404, "Resource Not Found", "The requested resource could not be found."),
+                    status_code=404,
+                )
+            email = ((await request.json()).get("email_address") or "").lower()
+            member = self.members[list_id].get(email)
+            if not member or member["status"] != "subscribed":
+                return JSONResponse(
+                    self.error(400, "Bad Request", f"{email} is not subscribed to the journey's audience."),
+                    status_code=400,
+                )
+            self.triggered.append((journey_id, step_id, email))
+            return Response(status_code=204)
 
         @app.post("/3.0/lists/{list_id}/members/{subscriber_hash}/actions/delete-permanent")
         def delete_permanent(list_id: str, subscriber_hash: str):
