@@ -1,10 +1,10 @@
 """The read API's experiment exposures, from their Redis stream into `silver.exposures`, exactly once.
 
-The API appends an exposure (experiment, arm, list served, version, customer, time) to the stream
-`<namespace>:exposures` for every request an experiment intercepts. Landing reads the stream after
-the last landed entry and commits the rows together with that entry's position as a Delta
-transaction (app id `redis:<stream>`), the way the Kafka path commits its offsets: a landing killed
-before its commit lands the same entries again next time, one killed after it starts from the
+The API appends an exposure (experiment, arm, list served, the items in it, version, customer, time)
+to the stream `<namespace>:exposures` for every request an experiment intercepts. Landing reads the
+stream after the last landed entry and commits the rows together with that entry's position as a
+Delta transaction (app id `redis:<stream>`), the way the Kafka path commits its offsets: a landing
+killed before its commit lands the same entries again next time, one killed after it starts from the
 committed position, so no exposure is lost or counted twice. Landed entries are then trimmed from
 the stream, which keeps Redis' memory flat.
 
@@ -28,6 +28,8 @@ SCHEMA = pa.schema(
         ("arm", pa.string()),
         ("list_type", pa.string()),  # the list served (the arm's)
         ("version", pa.string()),  # the published version: its lists are gold.recommendations' rows
+        ("items", pa.list_(pa.string())),  # the skus served, in order (after fallbacks, cart excluded)
+        ("fallback", pa.string()),  # why another list was served (unknown_customer, no_<type>_list)
         ("customer_id", pa.string()),
         ("exposed_at", pa.timestamp("us", tz="UTC")),
         ("exposure_date", pa.date32()),
@@ -85,6 +87,9 @@ def to_rows(entries: list[tuple[bytes, dict]]) -> pa.Table:
         cols["exposure_id"].append(entry_id.decode() if isinstance(entry_id, bytes) else entry_id)
         for name in ("experiment", "arm", "list_type", "version", "customer_id"):
             cols[name].append(f.get(name))
+        items = f.get("items")  # None: an entry logged before the API logged its items
+        cols["items"].append([x for x in items.split(",") if x] if items is not None else None)
+        cols["fallback"].append(f.get("fallback") or None)
         cols["exposed_at"].append(at)
         cols["exposure_date"].append(at.date())
     return pa.table(cols, schema=SCHEMA)
@@ -133,8 +138,8 @@ def land_exposures(settings, client, stream: str, *, batch: int = 50_000, progre
         last = entries[-1][0]
         last = last.decode() if isinstance(last, bytes) else last
         txns = [(app_id(stream), _version(last))]
-        if table_exists(settings.lake_root, SILVER_EXPOSURES):
-            write_arrow(settings, SILVER_EXPOSURES, kept, txns=txns)
+        if table_exists(settings.lake_root, SILVER_EXPOSURES):  # merge: tables from before `items`
+            write_arrow(settings, SILVER_EXPOSURES, kept, txns=txns, schema_mode="merge")
         else:
             write_arrow(settings, SILVER_EXPOSURES, kept, partition_by=["exposure_date"], txns=txns)
         out.landed += kept.num_rows

@@ -17,7 +17,7 @@ import gc
 import json
 import re
 import time
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import parse_qsl
@@ -284,24 +284,6 @@ class Store:
             rt = f"{self.keys.ns}:rt:{customer_id}"
             pipe.zrange(f"{rt}:cart", 0, -1)
             pipe.zrevrange(f"{rt}:viewed", 0, -1)
-            if assignment and self.api.log_exposures:
-                fields_ = {
-                    "experiment": assignment.experiment,
-                    "arm": assignment.arm,
-                    "customer_id": customer_id,
-                    "list_type": served,
-                    "version": version,
-                    "ts": f"{time.time():.3f}",
-                }
-                # EVAL, not EVALSHA: a pipeline holding a Script checks SCRIPT EXISTS on every execute.
-                pipe.eval(
-                    _EXPOSE,
-                    2,
-                    customer_key,
-                    self.keys.exposures,
-                    1_000_000,
-                    *(x for kv in fields_.items() for x in kv),
-                )
             replies = await self._call(pipe.execute())
             values = dict(zip(fields, replies[0], strict=True)) if fields else {}
             in_cart = {c.decode() for c in replies[1]}
@@ -327,7 +309,35 @@ class Store:
             out["version"], items = self._popular
             out["fallback"] = "redis_unavailable"
             out["items"] = items[:k] if FALLBACKS.get(served) or served == "popular" else []
+            return out
+        if assignment and self.api.log_exposures:
+            await self._expose(assignment, customer_id, served, out)
         return out
+
+    async def _expose(self, assignment, customer_id: str, served: str, out: dict) -> None:
+        """Append the exposure (with the items served) to the stream; a Redis failure now loses this
+        one exposure, never the answer."""
+        fields = {
+            "experiment": assignment.experiment,
+            "arm": assignment.arm,
+            "customer_id": customer_id,
+            "list_type": served,
+            "version": out["version"],
+            "items": ",".join(x["sku"] for x in out["items"]),
+            "fallback": out["fallback"] or "",
+            "ts": f"{time.time():.3f}",
+        }
+        with suppress(RedisDown, RedisRefused):
+            await self._call(
+                self.r.eval(
+                    _EXPOSE,
+                    2,
+                    self.keys.customer(out["version"], customer_id),
+                    self.keys.exposures,
+                    1_000_000,
+                    *(x for kv in fields.items() for x in kv),
+                )
+            )
 
     async def item_list(self, sku: str, kind: str, k: int) -> dict:
         out = {"sku": sku, "type": kind, "version": None, "fallback": None, "items": []}

@@ -276,12 +276,14 @@ def test_exposures_land_once_known_customers_only_and_leave_the_stream(own, redi
                 "list_type": "popular",
                 "version": "v1",
                 "ts": f"{ts + i}",
-            },
+            }
+            | ({"items": "S1,S2", "fallback": ""} if i == 0 else {}),  # the last: logged before items were
         )
     out = land_exposures(own, client, "p13n:exposures", batch=2)
     assert (out.read, out.landed, out.unknown) == (4, 2, 2)
-    rows = _read(own, SILVER_EXPOSURES)
+    rows = _read(own, SILVER_EXPOSURES).sort_values("exposed_at")
     assert rows["customer_id"].tolist() == ["A", "A"]
+    assert [None if x is None else list(x) for x in rows["items"]] == [["S1", "S2"], None]
     assert rows["exposure_date"].astype(str).unique().tolist() == ["2024-03-02"]
     assert client.xlen("p13n:exposures") == 0
 
@@ -302,6 +304,30 @@ def test_exposures_land_once_known_customers_only_and_leave_the_stream(own, redi
     again = land_exposures(own, client, "p13n:exposures")  # starts after the committed entry
     assert (again.read, again.landed) == (0, 0) and len(_read(own, SILVER_EXPOSURES)) == 3
     assert client.xlen("p13n:exposures") == 0
+
+
+def test_exposures_land_beside_rows_of_a_table_from_before_items(own, redis_url):
+    import pyarrow as pa
+    import redis
+
+    from p13n.measurement.exposures import SCHEMA
+
+    write_deltalake(f"{own.lake_root}/gold/customer_profiles", pd.DataFrame({"customer_id": ["A"]}))
+    old = pa.schema([f for f in SCHEMA if f.name not in ("items", "fallback")])
+    at = dt.datetime(2024, 3, 1, 9, tzinfo=dt.UTC)
+    write_deltalake(
+        f"{own.lake_root}/silver/exposures",
+        pa.Table.from_pylist(
+            [{"exposure_id": "1-0", "customer_id": "A", "exposed_at": at, "exposure_date": at.date()}],
+            schema=old,
+        ),
+        partition_by=["exposure_date"],
+    )
+    client = redis.Redis.from_url(redis_url)
+    client.xadd("p13n:exposures", {"experiment": "e", "customer_id": "A", "items": "S9", "ts": "1709370000"})
+    assert land_exposures(own, client, "p13n:exposures").landed == 1
+    rows = _read(own, SILVER_EXPOSURES).sort_values("exposure_id")
+    assert [None if x is None else list(x) for x in rows["items"]] == [None, ["S9"]]
 
 
 def test_experiments_report_prints_the_lift_and_says_what_is_missing(tmp_path, monkeypatch, capsys):

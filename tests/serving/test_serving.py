@@ -390,6 +390,7 @@ def test_experiment_arms_are_deterministic_split_as_configured_and_logged(settin
     assert [(e["experiment"], e["arm"], e["customer_id"], e["list_type"]) for _, e in logged] == [
         ("ppv", "control", control, "popular")
     ]
+    assert logged[0][1]["items"] == ",".join(x["sku"] for x in body["items"])  # what the customer saw
 
 
 @pytest.mark.spark
