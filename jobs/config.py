@@ -344,6 +344,10 @@ class ApiSettings(_Section):
     # ...after this many Redis calls in a row failed (one slow call is that request's fallback only).
     breaker_failures: int = Field(3, ge=1)
     log_exposures: bool = True
+    # The customers of `activation.global_holdout` get the popular list whatever they ask for (the
+    # answer's experiment says `global_holdout`): no personalization at all, so gold.experiment_results
+    # measures the whole programme against them.
+    global_holdout: bool = True
     max_page: int = Field(100_000, gt=0)
     # Every /v1 endpoint needs a client's key (`X-API-Key` or `Authorization: Bearer`); off only for a
     # closed network. Locally, a client whose variable is unset gets a key made once in <data_dir>/secrets.

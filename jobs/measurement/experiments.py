@@ -6,7 +6,11 @@ Experiments come from two places, both randomized by a stable hash of the custom
   against the eligible ones it held out (arm `holdout`: the audience's own holdout and the global
   one), experiment `audience:<name>` or `trigger:<name>`;
 * **the read API's experiments** (`silver.exposures`): each arm of `serving.experiments.<name>`
-  against its `control` arm (or the first by name), experiment `api:<name>`.
+  against its `control` arm (or the first by name), experiment `api:<name>`;
+* **the global holdout** (`activation.global_holdout`: customers who get no personalized message and,
+  with `serving.api.global_holdout`, no personalized list): every customer known before the window,
+  held out or not by the same hash, over the last `window_days` (its units enter at the window's
+  start), experiment `global:holdout`: what the whole programme causes.
 
 A unit is a customer's first send, holdout or exposure in the experiment. Its outcomes are the orders
 of every sales system (`sql/orders.sql`: web, app and both store systems, through the identity
@@ -25,7 +29,12 @@ import datetime as dt
 
 import pandas as pd
 
-from p13n.lake.tables import GOLD_EXPERIMENT_RESULTS, SILVER_EXPOSURES, SILVER_SENDS
+from p13n.lake.tables import (
+    GOLD_CUSTOMER_PROFILES,
+    GOLD_EXPERIMENT_RESULTS,
+    SILVER_EXPOSURES,
+    SILVER_SENDS,
+)
 from p13n.measurement import stats
 
 METRICS = ("conversion", "orders", "revenue", "aov")
@@ -73,8 +82,16 @@ RESULT_COLUMNS = [
 ]
 
 
-def _units_sql(has_sends: bool, has_exposures: bool) -> str:
+def _units_sql(has_sends: bool, has_exposures: bool, has_global: bool = False) -> str:
     parts = []
+    if has_global:  # every customer by the same hash as p13n.serving.experiments.bucket, exactly
+        parts.append("""
+        SELECT 'global:holdout' AS experiment, 'global' AS kind, customer_id,
+               CASE WHEN (('0x' || left(sha256($global_salt || ':' || customer_id), 16))::UBIGINT >> 4)
+                         / 1152921504606846976.0 < $global_share
+                    THEN 'holdout' ELSE 'treatment' END AS arm,
+               $end - to_days($window_days) AS entered_at
+        FROM {{ gold.customer_profiles }} WHERE first_seen_at < $end - to_days($window_days)""")
     if has_sends:
         parts.append("""
         SELECT program_type || ':' || program AS experiment, program_type AS kind, customer_id,
@@ -114,16 +131,23 @@ def unit_outcomes(settings, as_of: dt.date, con=None) -> pd.DataFrame:
     """One row per experiment and unit: arm, entry time, outcomes in the window, pre-period values."""
     from p13n.analytics.sql import render
     from p13n.lake.duck import duckdb_connection, scan, table_exists
+    from p13n.measurement.sends import GLOBAL_SALT
 
     root = settings.lake_root
     has = {t: table_exists(root, t) for t in (SILVER_SENDS, SILVER_EXPOSURES)}
-    if not any(has.values()):
+    share = settings.activation.global_holdout
+    has_global = share > 0 and table_exists(root, GOLD_CUSTOMER_PROFILES)
+    if not any(has.values()) and not has_global:
         return pd.DataFrame(columns=["experiment", "kind", "arm", "customer_id", "entered_at", *_SUMMED])
     con = con or duckdb_connection(settings=settings)
-    query = render(_units_sql(has[SILVER_SENDS], has[SILVER_EXPOSURES]), lambda t: scan(root, t))
+    query = render(_units_sql(has[SILVER_SENDS], has[SILVER_EXPOSURES], has_global), lambda t: scan(root, t))
     m = settings.measurement
     end = dt.datetime.combine(as_of + dt.timedelta(days=1), dt.time())
-    params = {"as_of": as_of, "end": end, "pre_days": m.pre_days, "window_days": m.window_days}
+    params = {"end": end, "pre_days": m.pre_days, "window_days": m.window_days}
+    if any(has.values()):
+        params["as_of"] = as_of
+    if has_global:
+        params |= {"global_salt": GLOBAL_SALT, "global_share": share}
     return con.execute(query, params).df()
 
 
@@ -173,6 +197,9 @@ def expected_shares(settings, experiment: str, arms: list[str]) -> dict[str, flo
         total = sum(a.weight for a in exp.arms.values()) or 1.0
         shares = {arm: (1 - exp.holdout) * a.weight / total for arm, a in exp.arms.items()}
         return shares | ({"holdout": exp.holdout} if exp.holdout else {})
+    if kind == "global":
+        g = settings.activation.global_holdout
+        return {"holdout": g, "treatment": 1 - g}
     if kind == "journey":
         from p13n.journeys.model import journeys
 
@@ -188,7 +215,7 @@ def expected_shares(settings, experiment: str, arms: list[str]) -> dict[str, flo
 
 
 def baseline_arm(kind: str, arms: list[str]) -> str:
-    if kind in ("audience", "trigger", "journey"):
+    if kind in ("audience", "trigger", "journey", "global"):
         return "holdout"
     return "control" if "control" in arms else sorted(arms)[0]
 

@@ -24,10 +24,9 @@ from collections.abc import Iterable
 import pyarrow as pa
 
 from p13n.lake.tables import SILVER_SENDS
-from p13n.serving.experiments import bucket
+from p13n.serving.experiments import GLOBAL_SALT, bucket
 
 SENT, HELD_OUT, ENTERED = "sent", "held_out", "entered"
-GLOBAL_SALT = "global-holdout"
 GLOBAL_REASON = "global holdout"
 HOLDOUT_REASON = "held out"
 

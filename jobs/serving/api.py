@@ -31,7 +31,7 @@ from pydantic import BaseModel
 
 from p13n.config import Settings, get_settings
 from p13n.serving.auth import Auth, Denied
-from p13n.serving.experiments import assign_first
+from p13n.serving.experiments import Assignment, assign_first, in_global_holdout
 from p13n.serving.keys import CUSTOMER_LISTS, ITEM_LISTS, Keys, decode_list
 
 API_VERSION = "1.0"
@@ -261,7 +261,12 @@ class Store:
 
     # --- reads ---
     async def recommendations(self, customer_id: str, list_type: str, k: int) -> dict:
-        assignment = assign_first(self.experiments, customer_id, list_type)
+        if self.api.global_holdout and in_global_holdout(
+            self.settings.activation.global_holdout, customer_id
+        ):
+            assignment = Assignment("global_holdout", "holdout", "popular")
+        else:
+            assignment = assign_first(self.experiments, customer_id, list_type)
         served = assignment.list_type if assignment else list_type
         out = {
             "customer_id": customer_id,
@@ -310,7 +315,7 @@ class Store:
             out["fallback"] = "redis_unavailable"
             out["items"] = items[:k] if FALLBACKS.get(served) or served == "popular" else []
             return out
-        if assignment and self.api.log_exposures:
+        if assignment and self.api.log_exposures and assignment.experiment != "global_holdout":
             await self._expose(assignment, customer_id, served, out)
         return out
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from p13n.config import ExperimentSettings
 
 HOLDOUT = "holdout"
+GLOBAL_SALT = "global-holdout"  # activation.global_holdout: no personalized message nor list
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,11 @@ def assign(name: str, exp: ExperimentSettings, customer_id: str, requested: str)
             return Assignment(name, arm_name, arm.list_type)
     arm_name, arm = arms[-1]  # u within rounding of 1.0
     return Assignment(name, arm_name, arm.list_type)
+
+
+def in_global_holdout(share: float, customer_id: str) -> bool:
+    """Whether the customer is in the global holdout (`activation.global_holdout`)."""
+    return share > 0 and bucket(GLOBAL_SALT, customer_id) < share
 
 
 def assign_first(

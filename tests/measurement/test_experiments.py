@@ -225,6 +225,30 @@ def test_unit_outcomes_count_the_window_and_the_pre_period_from_every_sales_syst
     assert early.loc["A", "window_share"] == pytest.approx(3 / 14)  # entered 2 March 00:00, 3 days seen
 
 
+def test_the_global_holdout_is_every_known_customer_split_by_the_apis_own_hash(own):
+    from p13n.measurement.sends import GLOBAL_SALT, in_holdout
+
+    _orders_lake(own.lake_root)
+    ids = ["A", "B", "C", *[f"C{i:05d}" for i in range(2000)], "NEW"]
+    first_seen = [T("2023-06-01")] * (len(ids) - 1) + [T("2024-03-25")]  # NEW: joined in the window
+    write_deltalake(
+        f"{own.lake_root}/gold/customer_profiles",
+        pd.DataFrame({"customer_id": ids, "first_seen_at": first_seen}),
+    )
+    s = own.model_copy(update={"activation": own.activation.model_copy(update={"global_holdout": 0.1})})
+    as_of = dt.date(2024, 3, 31)
+    units = experiments.unit_outcomes(s, as_of).set_index("customer_id")
+    assert set(units["experiment"]) == {"global:holdout"} and "NEW" not in units.index
+    assert (units["arm"] == "holdout").to_dict() == {c: in_holdout(GLOBAL_SALT, 0.1, c) for c in ids[:-1]}
+    assert abs((units["arm"] == "holdout").mean() - 0.1) < 0.02
+    # the window is the last 14 days: A's order of 20 March counts, B's of 5 March is pre-period
+    assert units.loc["A", ["orders", "revenue"]].tolist() == [1, 99.0]
+    assert units.loc["B", ["orders", "pre_orders"]].tolist() == [0, 1]
+    results = experiments.results(s, experiments.arm_sums(units.reset_index()), as_of)
+    assert set(results["experiment"]) == {"global:holdout"} and set(results["baseline_arm"]) == {"holdout"}
+    assert results["expected_share"].iloc[0] == pytest.approx(0.9)
+
+
 def test_measure_writes_the_dates_results_and_a_rerun_replaces_them(own):
     _orders_lake(own.lake_root)
     record_sends(

@@ -112,7 +112,9 @@ def test_odd_parameters_are_422_and_a_redis_error_stays_one_requests_error(srv, 
         assert api.get("/v1/segments/lifecycle.active").status_code == 200
 
 
-def test_exposures_only_for_customers_of_the_live_version(settings, tmp_path, redis_url):
+def test_exposures_only_for_customers_of_the_live_version_and_the_global_holdout_unpersonalized(
+    settings, tmp_path, redis_url
+):
     from p13n.config import ExperimentArm, ExperimentSettings
 
     exp = ExperimentSettings(
@@ -127,11 +129,18 @@ def test_exposures_only_for_customers_of_the_live_version(settings, tmp_path, re
     write_gold(s.lake_root, 20, 20, erased=[ERASED])
     publish(s, redis_url, AS_OF)
     with TestClient(create_app(s, redis_url), headers=headers_for(s)) as api:
-        for who in ("C000000003", "C999999999", ERASED, "C000000003"):
+        for who in ("C000000004", "C999999999", ERASED, "C000000004"):
             assert api.get(f"/v1/customers/{who}/recommendations").status_code == 200
+        # C000000003 is in the global holdout (2%): no personalization at all, and no exposure of e
+        held = api.get("/v1/customers/C000000003/recommendations?type=buy_again&k=5").json()
+        assert held["experiment"] == {"name": "global_holdout", "arm": "holdout"}
+        assert (
+            held["served_type"] == "popular"
+            and held["items"] == api.get("/v1/lists/popular?k=5").json()["items"]
+        )
     r = redis.Redis.from_url(redis_url, decode_responses=True)
     logged = [f["customer_id"] for _, f in r.xrange("p13n:exposures")]
-    assert logged == ["C000000003", "C000000003"]
+    assert logged == ["C000000004", "C000000004"]
 
 
 def test_cached_lists_are_served_while_redis_is_down(srv, redis_url):
