@@ -6,6 +6,7 @@
 -- entries are partial: compare them only with each other). `cost`: what the sends cost
 -- (activation.audiences.<name>.cost_per_send); `roi`: incremental revenue per unit of cost.
 -- Grain: program_type x program x destination x channel.
+-- Times are UTC: the lake's instants, read in p13n's UTC sessions (DuckDB and Spark alike).
 WITH entries AS (
     SELECT program_type, program, destination, channel, customer_id, status, cost,
            CAST(sent_at AS TIMESTAMP) AS entered_at

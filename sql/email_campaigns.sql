@@ -5,6 +5,7 @@
 -- graph does not know counts in the sends but cannot convert. No holdout here (the platforms send to
 -- whole lists): campaign_performance holds the audiences' incremental figures.
 -- Grain: platform x campaign_id.
+-- Times are UTC: the lake's instants, read in p13n's UTC sessions (DuckDB and Spark alike).
 WITH events AS (
     SELECT 'klaviyo' AS platform, campaign_id, email_hmac, CAST(occurred_at AS TIMESTAMP) AS at,
            CASE metric WHEN 'received' THEN 'sent' WHEN 'opened' THEN 'open' WHEN 'clicked' THEN 'click'

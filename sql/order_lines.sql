@@ -1,5 +1,6 @@
 -- order_lines: the items of every attributed order.
 -- Grain: one order line. Columns: customer_id, order_id, ordered_at, channel, sku, quantity.
+-- Times are UTC: the lake's instants, read in p13n's UTC sessions (DuckDB and Spark alike).
 SELECT o.customer_id, o.order_id, o.ordered_at, o.channel, l.sku, CAST(l.quantity AS BIGINT) AS quantity
 FROM {{ orders }} o
 JOIN {{ silver.shopify_order_lines }} l ON o.order_id = 'shopify:' || l.order_id

@@ -1,5 +1,6 @@
 -- orders: every order of the three sales systems, one row each, attributed to a customer.
 -- Grain: one order (Shopify order, Square transaction, legacy POS receipt).
+-- Times are UTC: the lake's instants, read in p13n's UTC sessions (DuckDB and Spark alike).
 -- Columns: customer_id, order_id (prefixed by system), ordered_at, channel (web | app | store), revenue_usd.
 -- Customers are found through gold.identity_keys: Shopify customer ids, loyalty ids (both POS systems)
 -- and, for Square, the card holder's email pseudonym. Unattributed orders are left out.

@@ -31,6 +31,9 @@ def duckdb_connection(database: str = ":memory:", settings=None):
     con = duckdb.connect(database)
     con.execute(f"LOAD '{found[-1]}'")
     con.execute("SET enable_progress_bar = false")  # no bars in task logs and command output
+    # Every time the platform compares or shows is UTC: without this, DuckDB casts the lake's UTC
+    # instants to the machine's zone (an analyst's laptop in Chicago saw orders 6 hours early).
+    con.execute("SET TimeZone = 'UTC'")
     options = _options(settings) if settings is not None else None
     if options and settings.lake_root.startswith(("s3://", "s3a://")):
         _s3_secret(con, options)

@@ -386,3 +386,17 @@ def test_a_large_partition_is_written_by_every_task_when_not_colocated(spark, la
     lake.replace_partition("gold.spread", day, "order_date", D1, colocate=False)
     assert lake.info("gold.together").files == 1 and lake.info("gold.spread").files == 4
     assert rows_of(lake.read("gold.spread"), "order_id") == rows_of(lake.read("gold.together"), "order_id")
+
+
+def test_duckdb_reads_the_lakes_instants_as_utc_whatever_the_machines_zone():
+    code = textwrap.dedent(
+        """
+        from p13n.lake.duck import duckdb_connection
+        con = duckdb_connection()
+        print(con.execute("SELECT current_setting('TimeZone'), "
+                          "CAST(TIMESTAMPTZ '2024-03-02 10:00:00+00' AS TIMESTAMP)").fetchone())
+        """
+    )
+    env = os.environ | {"TZ": "America/Chicago"}  # an analyst's laptop
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "('UTC', datetime.datetime(2024, 3, 2, 10, 0))"
