@@ -92,22 +92,27 @@ def test_replenishment_when_a_repeat_item_is_due_tomorrow():
     assert ids(tr.replenishments(lines, DAY, 3)) == ["replenishment:A:S1@2024-03-06"]
 
 
-def test_the_night_writes_its_triggers_once_through_the_ledger_and_a_rerun_writes_the_same(tmp_path):
+def _lake_with_keys(tmp_path, key_type: str, keys: dict[str, str]):
+    """Test settings over an empty lake whose identity graph holds `keys` (key value -> customer)."""
     from deltalake import write_deltalake
 
     from p13n.config import load_settings
+
+    s = load_settings("test", environ={"P13N_DATA_DIR": str(tmp_path / "data")})
+    frame = pd.DataFrame({"key_type": key_type, "key_value": list(keys), "customer_id": list(keys.values())})
+    write_deltalake(f"{s.lake_root}/gold/identity_keys", frame)
+    return s
+
+
+def test_the_night_writes_its_triggers_once_through_the_ledger_and_a_rerun_writes_the_same(tmp_path):
+    from deltalake import write_deltalake
+
     from p13n.journeys.triggers import run_nightly_triggers
     from p13n.lake.duck import duckdb_connection, scan
     from p13n.lake.tables import GOLD_TRIGGERED_AUDIENCES, OPS_CONTACT_LEDGER
 
-    s = load_settings("test", environ={"P13N_DATA_DIR": str(tmp_path / "data")})
+    s = _lake_with_keys(tmp_path, "shopify_customer_id", {"S1": "A", "S2": "B"})
     root = s.lake_root
-    write_deltalake(
-        f"{root}/gold/identity_keys",
-        pd.DataFrame(
-            {"key_type": "shopify_customer_id", "key_value": ["S1", "S2"], "customer_id": ["A", "B"]}
-        ),
-    )
     write_deltalake(
         f"{root}/gold/customer_profiles",
         pd.DataFrame({"customer_id": ["A", "B"], "state": "TX", "consent_email": ["granted", "revoked"]}),
@@ -197,17 +202,10 @@ def test_tier_moves_up_and_down_against_the_latest_earlier_tier():
 def test_the_loyalty_triggers_read_the_lake(tmp_path):
     from deltalake import write_deltalake
 
-    from p13n.config import load_settings
     from p13n.lake.duck import duckdb_connection
 
-    s = load_settings("test", environ={"P13N_DATA_DIR": str(tmp_path / "data")})
+    s = _lake_with_keys(tmp_path, "loyalty_id", {"L1": "A", "L2": "B", "L3": "C"})
     root = s.lake_root
-    write_deltalake(
-        f"{root}/gold/identity_keys",
-        pd.DataFrame(
-            {"key_type": "loyalty_id", "key_value": ["L1", "L2", "L3"], "customer_id": ["A", "B", "C"]}
-        ),
-    )
     utc = lambda x: pd.Timestamp(x, tz="UTC")  # noqa: E731
     write_deltalake(
         f"{root}/silver/loyalty_members",
