@@ -15,6 +15,7 @@ from p13n.bench.identity_real import bench_identity_real
 from p13n.bench.ingest import bench_ingest
 from p13n.bench.lake import bench_lake
 from p13n.bench.orchestration import bench_orchestration
+from p13n.bench.planted import bench_planted
 from p13n.bench.recs import bench_recs
 from p13n.bench.serving import bench_serving
 from p13n.bench.streaming import bench_streaming
@@ -32,9 +33,11 @@ BENCHMARKS: dict[str, Callable[..., dict]] = {
     "activation": bench_activation,
     "experiments": bench_experiments,
     "orchestration": bench_orchestration,
+    "planted": bench_planted,
 }
-# Not in `p13n bench all`: each runs the whole nightly twice (about 40 minutes at 20k customers).
-OPT_IN = {"orchestration"}
+# Not in `p13n bench all`: orchestration runs the whole nightly twice (about 40 minutes at 20k
+# customers); planted ingests 15 days per seed (about 5 minutes each).
+OPT_IN = {"orchestration", "planted"}
 
 
 def run_benchmark(name: str, rows: int | None = None, reps: int = 3) -> dict:

@@ -30,7 +30,9 @@ def register(sub) -> None:
         help="benchmark name, or 'all': lake, ingest, identity, customers, als, serving, streaming, "
         "activation; "
         "or 'orchestration' (the nightly through the scheduler against in-process, --rows customers; not in "
-        "'all'); or 'scale' (the whole nightly at --sizes customers, recorded in docs/scale.md; not in "
+        "'all'); or 'planted' (a lift the generator plants, measured through ingestion, identity and the "
+        "global holdout; --reps seeds; not in 'all'); "
+        "or 'scale' (the whole nightly at --sizes customers, recorded in docs/scale.md; not in "
         "'all')",
     )
     p.add_argument("--sizes", default="100000,1000000", help="scale: customer counts, comma-separated")

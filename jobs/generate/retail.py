@@ -94,8 +94,13 @@ class RetailGenerator:
         bad_rate: float,
         progress: Callable[[str], None] | None = None,
         history_days: int = 0,
+        plant: np.ndarray | None = None,
     ):
         self.catalog, self.out, self.days, self.seed, self.start = catalog, out, days, seed, start
+        # A planted effect: each person's purchase rate from day 1 on is multiplied by plant[person]
+        # (a treatment's true lift, for p13n's measurement to recover). Day 0 and the history are the
+        # same with or without it, so a run can decide the treatment on day 0's data.
+        self.plant = None if plant is None else np.asarray(plant, dtype=float)
         self.history_days = history_days
         self.bad_rate = bad_rate
         self.progress = progress or (lambda _msg: None)
@@ -394,6 +399,8 @@ class RetailGenerator:
     def _purchases(self, d: int, day: dt.date, active: np.ndarray, out, history: bool = False) -> bool:
         """Day `d`'s orders of the `active` people (Poisson at each one's rate); True on promotion days."""
         rate = self.people.monthly_orders[active] / 30.0 * self._seasonality(day)
+        if self.plant is not None and d >= 1:
+            rate = rate * self.plant[active]
         promo = (d % 14) < 3  # a promotion runs three days every two weeks
         if promo:
             rate = rate * 1.4
@@ -1166,7 +1173,11 @@ def generate(
     bad_rate: float = 0.005,
     progress: Callable[[str], None] | None = None,
     history_days: int = 0,
+    plant: np.ndarray | None = None,
 ) -> dict:
     """Write `days` daily batches of every source under `out/landing` (day 0's also holds the
-    `history_days` of purchases before it), and the ground truth under `out/truth`."""
-    return RetailGenerator(catalog, out, customers, days, seed, start, bad_rate, progress, history_days).run()
+    `history_days` of purchases before it), and the ground truth under `out/truth`. `plant`: a
+    purchase-rate multiplier per person from day 1 on (a planted effect)."""
+    return RetailGenerator(
+        catalog, out, customers, days, seed, start, bad_rate, progress, history_days, plant
+    ).run()

@@ -8,9 +8,9 @@ Experiments come from two places, both randomized by a stable hash of the custom
 * **the read API's experiments** (`silver.exposures`): each arm of `serving.experiments.<name>`
   against its `control` arm (or the first by name), experiment `api:<name>`;
 * **the global holdout** (`activation.global_holdout`: customers who get no personalized message and,
-  with `serving.api.global_holdout`, no personalized list): every customer known before the window,
-  held out or not by the same hash, over the last `window_days` (its units enter at the window's
-  start), experiment `global:holdout`: what the whole programme causes.
+  with `serving.api.global_holdout`, no personalized list): every customer known by the as-of date,
+  held out or not by the same hash, over the last `window_days` (a unit enters at the window's start,
+  or when first seen if later), experiment `global:holdout`: what the whole programme causes.
 
 A unit is a customer's first send, holdout or exposure in the experiment. Its outcomes are the orders
 of every sales system (`sql/orders.sql`: web, app and both store systems, through the identity
@@ -90,8 +90,8 @@ def _units_sql(has_sends: bool, has_exposures: bool, has_global: bool = False) -
                CASE WHEN (('0x' || left(sha256($global_salt || ':' || customer_id), 16))::UBIGINT >> 4)
                          / 1152921504606846976.0 < $global_share
                     THEN 'holdout' ELSE 'treatment' END AS arm,
-               $end - to_days($window_days) AS entered_at
-        FROM {{ gold.customer_profiles }} WHERE first_seen_at < $end - to_days($window_days)""")
+               greatest($end - to_days($window_days), CAST(first_seen_at AS TIMESTAMP)) AS entered_at
+        FROM {{ gold.customer_profiles }} WHERE CAST(first_seen_at AS TIMESTAMP) < $end""")
     if has_sends:
         parts.append("""
         SELECT program_type || ':' || program AS experiment, program_type AS kind, customer_id,

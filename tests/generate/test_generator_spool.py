@@ -37,3 +37,25 @@ def test_packing_changes_nothing_the_generator_writes(tmp_path, monkeypatch):
     assert len(default) > 40 and default.keys() == tiny.keys()
     assert [k for k in default if default[k] != tiny[k]] == []
     assert b"malformed" in default["truth/bad_records.csv"]
+
+
+def test_a_planted_lift_leaves_day_0_alone_and_multiplies_the_treated_purchases_after(tmp_path):
+    """`plant` multiplies the purchase rate of the people it names from day 1 on: day 0 (and its
+    history) is byte-identical, so a measurement can assign treatment on day 0's data."""
+    import json
+
+    import numpy as np
+
+    cat = load_catalog()
+    kwargs = {"customers": 400, "days": 8, "seed": 3, "start": dt.date(2024, 3, 1), "history_days": 10}
+    generate(cat, tmp_path / "plain", bad_rate=0.0, **kwargs)
+    generate(cat, tmp_path / "planted", bad_rate=0.0, plant=np.full(400, 3.0), **kwargs)
+    plain, planted = _tree(tmp_path / "plain"), _tree(tmp_path / "planted")
+    day0 = [k for k in plain if "/2024-03-01/" in k]
+    assert day0 and [k for k in day0 if plain[k] != planted.get(k)] == []
+
+    def web_orders(tree) -> int:
+        files = [k for k in tree if k.startswith("landing/shopify/orders/") and "/2024-03-01/" not in k]
+        return sum(1 for k in files for line in tree[k].splitlines() if json.loads(line).get("id"))
+
+    assert web_orders(planted) > 2.2 * web_orders(plain)  # three times the rate, in expectation

@@ -229,8 +229,9 @@ def test_the_global_holdout_is_every_known_customer_split_by_the_apis_own_hash(o
     from p13n.measurement.sends import GLOBAL_SALT, in_holdout
 
     _orders_lake(own.lake_root)
-    ids = ["A", "B", "C", *[f"C{i:05d}" for i in range(2000)], "NEW"]
-    first_seen = [T("2023-06-01")] * (len(ids) - 1) + [T("2024-03-25")]  # NEW: joined in the window
+    ids = ["A", "B", "C", *[f"C{i:05d}" for i in range(2000)], "NEW", "LATER"]
+    # NEW joined in the window (it enters then); LATER after the as-of date (not a unit yet)
+    first_seen = [T("2023-06-01")] * (len(ids) - 2) + [T("2024-03-25"), T("2024-04-02")]
     write_deltalake(
         f"{own.lake_root}/gold/customer_profiles",
         pd.DataFrame({"customer_id": ids, "first_seen_at": first_seen}),
@@ -238,8 +239,11 @@ def test_the_global_holdout_is_every_known_customer_split_by_the_apis_own_hash(o
     s = own.model_copy(update={"activation": own.activation.model_copy(update={"global_holdout": 0.1})})
     as_of = dt.date(2024, 3, 31)
     units = experiments.unit_outcomes(s, as_of).set_index("customer_id")
-    assert set(units["experiment"]) == {"global:holdout"} and "NEW" not in units.index
+    assert set(units["experiment"]) == {"global:holdout"} and "LATER" not in units.index
     assert (units["arm"] == "holdout").to_dict() == {c: in_holdout(GLOBAL_SALT, 0.1, c) for c in ids[:-1]}
+    assert units.loc["NEW", "entered_at"] == pd.Timestamp("2024-03-25") and units.loc["A", "entered_at"] == (
+        pd.Timestamp("2024-03-18")
+    )
     assert abs((units["arm"] == "holdout").mean() - 0.1) < 0.02
     # the window is the last 14 days: A's order of 20 March counts, B's of 5 March is pre-period
     assert units.loc["A", ["orders", "revenue"]].tolist() == [1, 99.0]
