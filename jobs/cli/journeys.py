@@ -89,7 +89,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             json.dumps({"journey": args.name, "from": str(start), "to": str(end), "steps": counts}, indent=1)
         )
         return 0
-    print(f"{args.name}, {start} … {end}: {nights} nights replayed from the lake (nothing written)")
+    plural = "s" if nights != 1 else ""
+    print(f"{args.name}, {start} … {end}: {nights} night{plural} replayed from the lake (nothing written)")
     head = counts[0]
     print(f"  entered {head['entered']:,}, held out {head['held_out']:,}")
     width = max(len(c["step"]) for c in counts[1:])

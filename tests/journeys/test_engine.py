@@ -112,4 +112,10 @@ def test_journey_files_are_checked_with_the_reason(tmp_path):
     )
     with pytest.raises(JourneyError, match="exactly one of send, wait_days, wait_for, branch"):
         load(bad)
-    assert set(load()) == {"win_back", "welcome", "cart_recovery", "birthday"}  # the shipped ones check
+    assert set(load()) == {
+        "win_back",
+        "welcome",
+        "cart_recovery",
+        "birthday",
+        "points_reminder",
+    }  # the shipped ones check
