@@ -38,6 +38,8 @@ from p13n.lake.tables import (
 from p13n.measurement import stats
 
 METRICS = ("conversion", "orders", "revenue", "aov")
+# What an experiment can be (gold.experiment_results.kind; its expectation suite lists the same).
+KINDS = ("audience", "trigger", "journey", "api", "global")
 # (metric, the unit column, its pre-period covariate, proportion?)
 _PER_UNIT = (
     ("conversion", "converted", "pre_converted", True),
@@ -215,7 +217,7 @@ def expected_shares(settings, experiment: str, arms: list[str]) -> dict[str, flo
 
 
 def baseline_arm(kind: str, arms: list[str]) -> str:
-    if kind in ("audience", "trigger", "journey", "global"):
+    if kind != "api":
         return "holdout"
     return "control" if "control" in arms else sorted(arms)[0]
 

@@ -253,6 +253,20 @@ def test_the_global_holdout_is_every_known_customer_split_by_the_apis_own_hash(o
     assert results["expected_share"].iloc[0] == pytest.approx(0.9)
 
 
+def test_the_results_suite_accepts_every_kind_of_experiment():
+    import json
+
+    from p13n.config import REPO_ROOT
+
+    suite = json.loads((REPO_ROOT / "expectations" / "gold.experiment_results.json").read_text())
+    (kinds,) = [
+        e["kwargs"]["value_set"]
+        for e in suite["expectations"]
+        if e["type"] == "expect_column_values_to_be_in_set" and e["kwargs"]["column"] == "kind"
+    ]
+    assert sorted(kinds) == sorted(experiments.KINDS)
+
+
 def test_measure_writes_the_dates_results_and_a_rerun_replaces_them(own):
     _orders_lake(own.lake_root)
     record_sends(
