@@ -123,20 +123,39 @@ def item_concentration(per_item: pd.Series, catalog: int | None) -> str:
     return _svg(fig)
 
 
+LIFT_AXIS = (-100, 200)  # the forest plot's x range at most, in %
+
+
 def lifts(df: pd.DataFrame, title: str) -> str:
     """A forest plot: each comparison's relative lift with its interval (CUPED's when it has one)."""
     plt = _plt()
     df = df.reset_index(drop=True)
     fig, ax = plt.subplots(figsize=(6.4, 0.32 * len(df) + 1.0))
+    # One tiny experiment's interval (-600%, +1000%) must not squash the others: the axis stops at
+    # LIFT_AXIS and a cut interval ends in an arrow.
+    left = max(min(df["low"].min() * 100, 0), LIFT_AXIS[0])
+    right = min(max(df["high"].max() * 100, 0), LIFT_AXIS[1])
+    cut = False
     for y, r in df.iterrows():
-        lo, mid, hi = r["low"], r["lift"], r["high"]
+        lo, mid, hi = r["low"] * 100, r["lift"] * 100, r["high"] * 100
         color = "#207227" if lo > 0 else "#a61b1b" if hi < 0 else "#52606d"
-        ax.plot([lo * 100, hi * 100], [y, y], color=color, lw=2)
-        ax.plot([mid * 100], [y], "o", color=color, ms=5)
+        ax.plot([max(lo, left), min(hi, right)], [y, y], color=color, lw=2)
+        if left <= mid <= right:
+            ax.plot([mid], [y], "o", color=color, ms=5)
+        for end, edge, marker in ((lo, left, "<"), (hi, right, ">")):
+            if (end < edge) if marker == "<" else (end > edge):
+                ax.plot([edge], [y], marker, color=color, ms=6)
+                cut = True
     ax.axvline(0, color="#9aa5b1", lw=1, ls="--")
+    pad = (right - left) * 0.03 or 1
+    ax.set_xlim(left - pad, right + pad)
     ax.set_yticks(range(len(df)), df["label"], fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel("relative lift, % (95% interval)", fontsize=8)
+    ax.set_xlabel(
+        "relative lift, % (95% interval"
+        + (f"; axis cut at {LIFT_AXIS[0]}% and +{LIFT_AXIS[1]}%)" if cut else ")"),
+        fontsize=8,
+    )
     ax.set_title(title, loc="left", fontsize=10)
     return _svg(fig)
 
