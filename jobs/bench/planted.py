@@ -139,13 +139,16 @@ def bench_planted(rows: int | None = None, reps: int = 1) -> dict:
     figures: dict = {"planted_lift": PLANTED_LIFT, "customers_generated": customers, "seeds": reps}
     hits: dict[str, list[bool]] = {}
     widths: list[float] = []
+    lifts: dict[str, list[float]] = {}
     for seed in range(reps):
         got = _one_seed(base, customers, 1000 + seed)
-        print(f"seed {1000 + seed}: {got['seconds']} s", flush=True)
+        line = [f"seed {1000 + seed}: {got['seconds']} s"]
         for metric in ("orders", "revenue"):
             r = got.get(metric)
             if r is None:
                 continue
+            lifts.setdefault(metric, []).append(float(r["lift"]))
+            line.append(f"{metric} {r['lift']:+.1%} [{r['ci_low']:+.1%}, {r['ci_high']:+.1%}]")
             for kind, low, high in (
                 ("plain", "ci_low", "ci_high"),
                 ("cuped", "cuped_ci_low", "cuped_ci_high"),
@@ -159,10 +162,13 @@ def bench_planted(rows: int | None = None, reps: int = 1) -> dict:
                 figures[f"{metric}_cuped_ci"] = f"[{r['cuped_ci_low']:.4f}, {r['cuped_ci_high']:.4f}]"
                 figures["units_treatment"] = int(r["units"])
                 figures["units_holdout"] = int(r["baseline_units"])
+        print("; ".join(line), flush=True)
         if seed == 0:
             figures["people_matched"] = got["people_matched"]
             figures["seconds_per_seed"] = got["seconds"]
     for key, values in sorted(hits.items()):
         figures[f"coverage_{key}"] = round(float(np.mean(values)), 3)
+    for metric, values in lifts.items():
+        figures[f"mean_{metric}_lift"] = round(float(np.mean(values)), 4)
     figures["cuped_width_ratio"] = round(float(np.mean(widths)), 4) if widths else float("nan")
     return figures
