@@ -183,7 +183,8 @@ class Mailchimp:
                 if "already a list member" in text:
                     continue
                 email = err.get("email_address") or ""
-                out[email.lower()] = ("blocked" if "compliance state" in text else "rejected", text)
+                kind = "blocked" if "compliance state" in text else "rejected"
+                out[email.lower()] = (kind, _anonymous(text, email))
         for email in emails:
             if email.lower() in out:
                 continue
@@ -193,7 +194,7 @@ class Mailchimp:
             except ApiClientError as e:
                 status = getattr(e, "status_code", None) or 0
                 if status == 400:
-                    out[email.lower()] = ("rejected", _detail(e.text))
+                    out[email.lower()] = ("rejected", _anonymous(_detail(e.text), email))
                     continue
                 raise SyncError(
                     f"mailchimp: journey {step.journey_id} step {step.step_id} answered {status}: "
@@ -236,6 +237,13 @@ class Mailchimp:
             }
         merge = {k: ("" if v is None else v) for k, v in merge.items()}
         return {"email_address": row["email"], "status": "subscribed", "merge_fields": merge}
+
+
+def _anonymous(text: str, email: str) -> str:
+    """Mailchimp's message without the address it names (the outcome lands in ops tables)."""
+    import re
+
+    return re.sub(re.escape(email), "the contact", text, flags=re.IGNORECASE) if email else text
 
 
 def _subscriber_hash(email: str) -> str:

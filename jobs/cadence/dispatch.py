@@ -18,9 +18,9 @@ the messages due by then that were never dispatched and hands them over:
   the customer: the app's device ids (the app reports its FCM registration token as its device id)
   seen in `app_events` within `activation.fcm.device_days`, the latest `max_devices`, tied to the
   customer through the identity graph. The notification is the template's (`activation.fcm.templates`)
-  and the data carry the message's ids. A message is `sent` when one device took it; a token FCM no
-  longer knows is named in the detail. Without credentials, push messages go to the outbox with their
-  device tokens.
+  and the data carry the message's ids. A message is `sent` when one device took it; the detail counts
+  the devices FCM refused (a token it no longer knows: `unregistered`). Without credentials, push
+  messages go to the outbox with their device tokens.
 
 `ops.dispatches` records each message once (sent, outbox, or undeliverable: no address, no device);
 a message recorded is never handed over again, so a rerun or a retry after a failed batch sends only
@@ -177,7 +177,9 @@ def _push_with_devices(settings, pushes: pd.DataFrame, now: dt.datetime) -> pd.D
 def _send_pushes(settings, client, pushes: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Send each message to each of its devices; per status, the messages with a detail saying how
     many devices took it and which tokens FCM refused."""
-    from p13n.activation.fcm import payload
+    from collections import Counter
+
+    from p13n.activation.fcm import Result, payload
 
     templates = settings.activation.fcm.templates
     jobs, owners, refused = [], [], []
@@ -201,17 +203,18 @@ def _send_pushes(settings, client, pushes: pd.DataFrame) -> dict[str, pd.DataFra
     for i, res in zip(owners, results, strict=True):
         per.setdefault(i, []).append(res)
     for i, token, why in refused:
-        from p13n.activation.fcm import Result
-
         per.setdefault(i, []).append(Result(token, "invalid", why))
     status, detail = [], []
     for i in range(len(pushes)):
         got = per.get(i, [])
         sent = sum(r.status == "sent" for r in got)
-        bad = [f"{r.token} {r.status}" for r in got if r.status != "sent"]
-        failed = any(r.status == "failed" for r in got)
+        # counts only: a device's token is an identifier, and ops tables hold none
+        bad = Counter(r.status for r in got if r.status != "sent")
+        failed = bool(bad.get("failed"))
         status.append("sent" if sent else "failed" if failed else "undeliverable")
-        detail.append(f"{sent} of {len(got)} devices" + (f"; {', '.join(bad)}" if bad else ""))
+        detail.append(
+            f"{sent} of {len(got)} devices" + "".join(f"; {n} {why}" for why, n in sorted(bad.items()))
+        )
     out = pushes.assign(status=status, detail=detail)
     return {k: v for k, v in out.groupby("status", sort=False)}
 
