@@ -35,6 +35,7 @@ import os
 import pandas as pd
 import pyarrow as pa
 
+from p13n.activation.sync import SyncError
 from p13n.cadence.ledger import SCHEDULED
 from p13n.lake.tables import OPS_CONTACT_LEDGER, OPS_DISPATCHES, RESTRICTED_CUSTOMER_PROFILES
 
@@ -287,17 +288,22 @@ def dispatch(
     )
     pushes = pushes[pushes["devices"].notna()]
     fcm = settings.activation.fcm
-    if push_client is None and len(pushes) and os.environ.get(fcm.credential_env):
-        from p13n.activation.fcm import FCM
+    push_error: SyncError | None = None  # push's credentials or project wrong: email and SMS still go
+    try:
+        if push_client is None and len(pushes) and os.environ.get(fcm.credential_env):
+            from p13n.activation.fcm import FCM
 
-        push_client = FCM(settings, os.environ[fcm.credential_env])
-    if push_client is not None and len(pushes):
-        for status, part in _send_pushes(settings, push_client, pushes).items():
-            if status == "failed":  # FCM never took it: not recorded, so the next dispatch tries again
-                counts["failed"] = counts.get("failed", 0) + len(part)
-                continue
-            for detail, group in part.groupby("detail", sort=False):
-                record(group, "fcm", status, detail)
+            push_client = FCM(settings, os.environ[fcm.credential_env])
+        if push_client is not None and len(pushes):
+            for status, part in _send_pushes(settings, push_client, pushes).items():
+                if status == "failed":  # FCM never took it: not recorded, so the next dispatch retries
+                    counts["failed"] = counts.get("failed", 0) + len(part)
+                    continue
+                for detail, group in part.groupby("detail", sort=False):
+                    record(group, "fcm", status, detail)
+    except SyncError as e:
+        push_error, push_client = e, False  # False: not the outbox either; the next dispatch retries
+        counts["failed"] = counts.get("failed", 0) + len(pushes)
     messages = rows[rows["channel"].isin(["email", "sms"])].copy()
     address = messages["phone"].where(messages["channel"] == "sms", messages["email"])
     record(messages[address.isna()], "none", "undeliverable", "no address for the channel")
@@ -336,12 +342,17 @@ def dispatch(
             client.send_events(METRIC, events)  # a failure raises: nothing of this batch is recorded
             record(pd.DataFrame(part), "klaviyo", "sent")
         messages = messages.iloc[0:0]
-    if push_client is None and len(pushes):
+    if push_client is None and len(pushes):  # no credentials: the outbox
         messages = pd.concat([messages, pushes], ignore_index=True)
     if len(messages):
-        path = settings.data_dir / "exports" / "outbox" / f"{now:%Y-%m-%d}" / f"{now:%H%M%S}.csv"
+        import uuid
+
+        # a file per dispatch, never overwritten: two dispatches in one second (a retry, a rerun with
+        # a given `now`) must not replace what the first handed over
+        name = f"{now:%H%M%S}-{uuid.uuid4().hex[:8]}.csv"
+        path = settings.data_dir / "exports" / "outbox" / f"{now:%Y-%m-%d}" / name
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         cols = [
             "message_id",
             "customer_id",
@@ -361,4 +372,6 @@ def dispatch(
         f"dispatch at {now:%Y-%m-%d %H:%M}: "
         + ", ".join(f"{n:,} {status}" for status, n in sorted(counts.items()))
     )
+    if push_error is not None:
+        raise push_error  # the task fails and alerts, after the other channels went out
     return counts

@@ -201,10 +201,15 @@ def test_push_without_credentials_goes_to_the_outbox_and_a_wrong_project_stops(l
         with pytest.raises(SyncError, match="403 SENDER_ID_MISMATCH"):
             dispatch(_fcm_settings(lake, url), NOW, progress=lambda _: None)
     assert fake.messages == []
+    # the email and SMS still went out (to the outbox); the push is left for the next dispatch
+    assert sorted(r[0] for r in _dispatched(lake)) == ["m1", "m2", "m4"]
     monkeypatch.delenv(lake.activation.fcm.credential_env)
-    assert dispatch(lake, NOW, progress=lambda _: None) == {"outbox": 3, "undeliverable": 1}
-    (path,) = (lake.data_dir / "exports" / "outbox").rglob("*.csv")
-    sent = pd.read_csv(path).set_index("message_id")
+    assert dispatch(lake, NOW, progress=lambda _: None) == {"outbox": 1}
+    assert sorted(r[0] for r in _dispatched(lake)) == ["m1", "m2", "m3", "m4"]
+    files = sorted((lake.data_dir / "exports" / "outbox").rglob("*.csv"))
+    assert len(files) == 2  # the second dispatch, in the same second, did not overwrite the first
+    sent = pd.concat([pd.read_csv(p) for p in files]).set_index("message_id")
+    assert sorted(sent.index) == ["m1", "m2", "m3"]
     assert sent.loc["m3", "devices"] == "D-new;D-dead;D-old" and sent.loc["m3", "channel"] == "push"
 
 
