@@ -9,6 +9,7 @@ merges carry over on the next run. Rows no key attributes are kept out of the cu
 
 from __future__ import annotations
 
+from pyspark.sql import Column as SparkColumn
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.window import Window
@@ -26,7 +27,24 @@ LINES = [
     "quantity",
     "amount_usd",
 ]
-EVENTS = ["customer_id", "at", "channel", "event_type", "sku"]
+EVENTS = ["customer_id", "at", "channel", "event_type", "sku", "campaign_channel"]
+# A web visit's campaign (the landing URL's utm_medium) as the touch it counts as in attribution.
+UTM_CHANNELS = {
+    "email": "email",
+    "sms": "sms",
+    "push": "push",
+    "cpc": "paid_search",
+    "ppc": "paid_search",
+    "paid_search": "paid_search",
+    "paidsearch": "paid_search",
+    "paid_social": "paid_social",
+    "paidsocial": "paid_social",
+    "social": "social",
+    "display": "display",
+    "cpm": "display",
+    "banner": "display",
+    "affiliate": "affiliate",
+}
 MESSAGES = ["customer_id", "at", "channel", "event"]
 RETURNS = ["customer_id", "returned_at", "source_order_id", "sku", "quantity"]
 LOYALTY = ["customer_id", "loyalty_tier", "loyalty_points"]
@@ -142,13 +160,33 @@ def _share_out(lines: DataFrame, orders: DataFrame, key: str, system: str) -> Da
     )
 
 
+def campaign_channel(url: SparkColumn) -> SparkColumn:
+    """The touch a landing URL's campaign parameters make of a visit (`UTM_CHANNELS` by utm_medium,
+    lower-cased), or null for an organic visit."""
+    medium = F.lower(F.regexp_extract(url, r"[?&]utm_medium=([^&#]+)", 1))
+    mapping = F.create_map(*[F.lit(x) for kv in UTM_CHANNELS.items() for x in kv])
+    return F.element_at(mapping, medium)
+
+
 def behaviour_events(keys: DataFrame, web: DataFrame, app: DataFrame) -> DataFrame:
-    """Web and app events of identified visitors."""
+    """Web and app events of identified visitors; a web event's `campaign_channel` is its landing
+    URL's campaign (utm_medium), when it has one."""
+    campaign = campaign_channel(F.col("page_url")) if "page_url" in web.columns else F.lit(None)
     w = attribute(web, keys, [("shopify_customer_id", "customer_id")]).select(
-        "customer_id", F.col("event_at").alias("at"), F.lit("web").alias("channel"), "event_type", "sku"
+        "customer_id",
+        F.col("event_at").alias("at"),
+        F.lit("web").alias("channel"),
+        "event_type",
+        "sku",
+        campaign.cast("string").alias("campaign_channel"),
     )
     a = attribute(app, keys, [("shopify_customer_id", "app_user_id"), ("email_hmac", "email_hmac")]).select(
-        "customer_id", F.col("event_at").alias("at"), F.lit("app").alias("channel"), "event_type", "sku"
+        "customer_id",
+        F.col("event_at").alias("at"),
+        F.lit("app").alias("channel"),
+        "event_type",
+        "sku",
+        F.lit(None).cast("string").alias("campaign_channel"),
     )
     return w.unionByName(a).filter(F.col("customer_id").isNotNull()).select(*EVENTS)
 

@@ -1,8 +1,10 @@
 """`gold.attribution`: which touchpoints each sale followed, and the credit each channel earns.
 
 Touchpoints are what a customer met, attributed through the identity graph like everything else:
-email (Klaviyo and Mailchimp sends, opens, clicks), SMS (sends and clicks), web and app visits,
-and store visits. One touch per customer, channel and day (its first moment): a session of twelve
+email (Klaviyo and Mailchimp sends, opens, clicks), SMS (sends and clicks), push (sends and opens,
+the device's owner), web and app visits (a web visit landing from a campaign counts as that
+campaign's channel: paid search, paid social, display, affiliate... by its utm_medium), and store
+visits. One touch per customer, channel and day (its first moment): a session of twelve
 page views is one web visit, and a campaign's send, open and click on one day are one email touch.
 Conversions are orders of every sales system (web, app, both POS systems).
 
@@ -50,7 +52,12 @@ JOURNEY_COLUMNS = [
 
 def touchpoints(events: DataFrame, messages: DataFrame, visits: DataFrame | None = None) -> DataFrame:
     """customer_id, at, channel: one touch per customer, channel and day (its first moment)."""
-    rows = events.select("customer_id", "at", "channel").unionByName(
+    channel = (  # a campaign's landing (utm_medium) is that campaign's touch, not an organic visit
+        F.coalesce(F.col("campaign_channel"), F.col("channel"))
+        if "campaign_channel" in events.columns
+        else F.col("channel")
+    )
+    rows = events.select("customer_id", "at", channel.alias("channel")).unionByName(
         messages.select("customer_id", "at", "channel")
     )
     if visits is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+from pyspark.sql import functions as F
 
 from p13n.customers import activity as act
 from p13n.customers.features import affinities, build_features
@@ -64,6 +65,35 @@ def test_push_engagement_belongs_to_the_devices_owner(spark, keys):
     assert got == [("C1", "open", "push"), ("C1", "sent", "push"), ("C2", "sent", "push")]
 
 
+def test_a_web_visit_from_a_campaign_is_that_campaigns_touch(spark, keys):
+    from p13n.measurement.attribution import touchpoints
+
+    web = spark.createDataFrame(
+        [
+            ("E1", ts("2024-02-01", 9), "SH1", "/p/S1?utm_source=google&utm_medium=CPC&utm_campaign=x"),
+            ("E2", ts("2024-02-02", 9), "SH1", "/p/S2?utm_medium=paid_social"),
+            ("E3", ts("2024-02-03", 9), "SH1", "/p/S3"),
+            ("E4", ts("2024-02-04", 9), "SH1", "/p/S4?utm_medium=newsletter-footer"),  # unknown: organic
+        ],
+        "event_id string, event_at timestamp, customer_id string, page_url string",
+    ).withColumns({"event_type": F.lit("product_view"), "sku": F.lit("S1")})
+    app = spark.createDataFrame(
+        [("A1", ts("2024-02-05", 9), "SH1", None)],
+        "event_id string, event_at timestamp, app_user_id string, email_hmac string",
+    ).withColumns({"event_type": F.lit("app_open"), "sku": F.lit(None).cast("string")})
+    events = act.behaviour_events(keys, web, app)
+    assert sorted((r.channel, r.campaign_channel or "-") for r in events.collect()) == [
+        ("app", "-"),
+        ("web", "-"),
+        ("web", "-"),
+        ("web", "paid_search"),
+        ("web", "paid_social"),
+    ]
+    messages = spark.createDataFrame([], "customer_id string, at timestamp, channel string, event string")
+    got = sorted(r.channel for r in touchpoints(events, messages).collect())
+    assert got == ["app", "paid_search", "paid_social", "web", "web"]
+
+
 def _lines(spark, rows):
     schema = ", ".join(
         f"{c} {t}"
@@ -111,12 +141,14 @@ def test_features_are_exact_and_point_in_time(spark):
     )
     events = spark.createDataFrame(
         [
-            ("C1", ts("2024-02-25"), "web", "product_view", "S1"),
-            ("C1", ts("2024-03-03"), "app", "product_view", "S1"),
+            ("C1", ts("2024-02-25"), "web", "product_view", "S1", None),
+            ("C1", ts("2024-03-03"), "app", "product_view", "S1", None),
         ],
         ", ".join(
             f"{c} {t}"
-            for c, t in zip(act.EVENTS, ["string", "timestamp", "string", "string", "string"], strict=True)
+            for c, t in zip(
+                act.EVENTS, ["string", "timestamp", "string", "string", "string", "string"], strict=True
+            )
         ),
     )
     messages = spark.createDataFrame(
