@@ -64,7 +64,7 @@ def _one_seed(base, customers: int, seed: int) -> dict:
     from p13n.identity.pipeline import resolve_identities
     from p13n.lake import Lake
     from p13n.measurement.experiments import arm_sums, results, unit_outcomes
-    from p13n.serving.experiments import in_global_holdout
+    from p13n.serving.experiments import GLOBAL_SALT, in_holdout
     from p13n.sources.catalog import catalog
     from p13n.sources.ingest import ingest_batch
     from p13n.sources.simulate import load_warehouse
@@ -90,7 +90,7 @@ def _one_seed(base, customers: int, seed: int) -> dict:
             ingest_batch(lake, settings, catalog(), catalog()[name], START, b"bench")
         resolve_identities(lake, settings, START, b"bench")
         owners = person_customers(settings, START)
-        treated = ~owners["customer_id"].map(lambda c: in_global_holdout(SHARE, c))
+        treated = ~owners["customer_id"].map(lambda c: in_holdout(GLOBAL_SALT, SHARE, c))
         plant = np.ones(customers)
         people = owners.loc[treated.to_numpy(), "person_id"].str[1:].astype(int).to_numpy() - 1
         plant[people] = 1 + PLANTED_LIFT

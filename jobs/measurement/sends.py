@@ -24,7 +24,7 @@ from collections.abc import Iterable
 import pyarrow as pa
 
 from p13n.lake.tables import SILVER_SENDS
-from p13n.serving.experiments import GLOBAL_SALT, bucket
+from p13n.serving.experiments import GLOBAL_SALT, in_holdout  # noqa: F401 (re-exported)
 
 SENT, HELD_OUT, ENTERED = "sent", "held_out", "entered"
 GLOBAL_REASON = "global holdout"
@@ -44,10 +44,6 @@ SCHEMA = pa.schema(
         ("send_date", pa.date32()),
     ]
 )
-
-
-def in_holdout(salt: str, share: float, customer_id: str) -> bool:
-    return share > 0 and bucket(salt, customer_id) < share
 
 
 def holdout_reason(settings, program: str, share: float, customer_id: str) -> str | None:

@@ -31,7 +31,7 @@ from pydantic import BaseModel
 
 from p13n.config import Settings, get_settings
 from p13n.serving.auth import Auth, Denied
-from p13n.serving.experiments import Assignment, assign_first, in_global_holdout
+from p13n.serving.experiments import GLOBAL_SALT, Assignment, assign_first, in_holdout
 from p13n.serving.keys import CUSTOMER_LISTS, ITEM_LISTS, Keys, decode_list
 
 API_VERSION = "1.0"
@@ -261,9 +261,8 @@ class Store:
 
     # --- reads ---
     async def recommendations(self, customer_id: str, list_type: str, k: int) -> dict:
-        if self.api.global_holdout and in_global_holdout(
-            self.settings.activation.global_holdout, customer_id
-        ):
+        share = self.settings.activation.global_holdout
+        if self.api.global_holdout and in_holdout(GLOBAL_SALT, share, customer_id):
             assignment = Assignment("global_holdout", "holdout", "popular")
         else:
             assignment = assign_first(self.experiments, customer_id, list_type)

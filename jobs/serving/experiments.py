@@ -48,9 +48,10 @@ def assign(name: str, exp: ExperimentSettings, customer_id: str, requested: str)
     return Assignment(name, arm_name, arm.list_type)
 
 
-def in_global_holdout(share: float, customer_id: str) -> bool:
-    """Whether the customer is in the global holdout (`activation.global_holdout`)."""
-    return share > 0 and bucket(GLOBAL_SALT, customer_id) < share
+def in_holdout(salt: str, share: float, customer_id: str) -> bool:
+    """Whether the customer falls in a `share` held out under `salt` (GLOBAL_SALT: the global holdout;
+    `audience:<name>`: an audience's own)."""
+    return share > 0 and bucket(salt, customer_id) < share
 
 
 def assign_first(
