@@ -6,10 +6,15 @@ planted truth.
    means and the ratio metric) is recomputed by `gbstats` from the same per-arm sums, on simulated
    experiments and, when the lake has them, on the lake's own experiments of its latest date.
    `gbstats_max_rel_diff`: the largest relative difference of a lift, interval bound or p-value.
-2. **Coverage of a planted lift**: `--reps` × 70 simulated experiments (`p13n.measurement.simulate`,
-   `--rows` customers each, default 20,000) with a planted 8% lift; the share of 95% intervals that
-   cover the true lift per metric (nominal 0.95), and the CUPED interval's width against the plain
-   one's (below 1: CUPED narrows it).
+2. **Coverage of planted lifts**: `--reps` × 72 simulated experiments (`p13n.measurement.simulate`,
+   `--rows` customers each, default 20,000), in turn one of `DESIGNS`: an audience holdout (8%), an
+   email trigger (10%) and a push trigger (3%) against their holdouts, and API arms (+6% and +2%
+   against control); the share of 95% intervals that cover the true lift, per metric and per design
+   (nominal 0.95), and the CUPED interval's width against the plain one's (below 1: CUPED narrows it).
+   **Attribution's planted truth**: journeys walked on a known Markov chain
+   (`simulate.PLANTED_CHAIN`), whose removal effects are known exactly; the Markov model's estimates
+   from 50,000 journeys (Spark, as the nightly credits them) against them, and last touch's shares
+   against the true shares, to show what a heuristic misses.
 3. **Attribution beside `marketing-attribution-models`**: the journeys of the lake's latest scored
    date, credited by `p13n.measurement.attribution` (Spark) and by the package (Polars) on the same
    paths. `attribution_max_rel_diff`: the largest relative difference of a channel's credited revenue
@@ -27,6 +32,13 @@ import pandas as pd
 from p13n.measurement.experiments import RESULT_COLUMNS
 
 LIFT = 0.08
+# The planted designs, in turn: (experiment, lift: a treated share's, or each API arm's)
+DESIGNS: tuple[tuple[str, float | dict[str, float]], ...] = (
+    ("audience:simulated", LIFT),
+    ("trigger:checkout_abandoned", 0.10),  # an email trigger
+    ("trigger:back_in_stock", 0.03),  # a push trigger
+    ("api:simulated", {"control": 0.0, "als": 0.06, "popular": 0.02}),
+)
 
 
 def gbstats_results(settings, sums: pd.DataFrame) -> pd.DataFrame:
@@ -243,24 +255,36 @@ def bench_experiments(rows: int | None = None, reps: int = 3) -> dict:
     day = dt.date(2024, 3, 1)
     figures: dict = {}
     t0 = time.perf_counter()
-    truth = simulate.true_lifts(LIFT, settings.measurement.window_days, 0.6, 0.02)
-    covered = {m: [] for m in truth}
+    window = settings.measurement.window_days
+
+    def truth_of(lift, arm: str) -> dict[str, float]:
+        if isinstance(lift, dict):
+            return simulate.true_lifts(lift[arm], window, 0.6, 0.02, baseline=lift["control"])
+        return simulate.true_lifts(lift, window, 0.6, 0.02)
+
+    covered: dict[str, list[bool]] = {}
     widths, diffs, compared = [], [], 0
-    for seed in range(reps * 70):
-        sums = arm_sums(simulate.units(n, seed=seed, lift=LIFT, window_days=settings.measurement.window_days))
+    runs = reps * 72
+    for seed in range(runs):
+        experiment, lift = DESIGNS[seed % len(DESIGNS)]
+        sums = arm_sums(simulate.units(n, seed=seed, lift=lift, window_days=window, experiment=experiment))
         ours = results(settings, sums, day)
         for _, r in ours.iterrows():
-            covered[r["metric"]].append(bool(r["ci_low"] <= truth[r["metric"]] <= r["ci_high"]))
+            hit = bool(r["ci_low"] <= truth_of(lift, r["arm"])[r["metric"]] <= r["ci_high"])
+            covered.setdefault(r["metric"], []).append(hit)
+            covered.setdefault(f"design_{experiment.replace(':', '_')}", []).append(hit)
             if r["metric"] == "revenue":
                 widths.append((r["cuped_ci_high"] - r["cuped_ci_low"]) / (r["ci_high"] - r["ci_low"]))
         worst, k = max_rel_diff(ours, gbstats_results(settings, sums))
         diffs.append(worst)
         compared += k
-    figures["simulated_experiments"] = reps * 70
+        if (seed + 1) % 24 == 0:
+            print(f"  {seed + 1}/{runs} simulated experiments", flush=True)
+    figures["simulated_experiments"] = runs
     figures["simulated_units"] = n
     figures["planted_lift"] = LIFT
-    for metric, hits in covered.items():
-        figures[f"coverage_{metric}"] = round(float(np.mean(hits)), 3)
+    for key, hits in covered.items():
+        figures[f"coverage_{key}"] = round(float(np.mean(hits)), 3)
     figures["cuped_width_ratio_revenue"] = round(float(np.mean(widths)), 4)
     figures["seconds_simulated"] = round(time.perf_counter() - t0, 1)
 
@@ -287,4 +311,31 @@ def bench_experiments(rows: int | None = None, reps: int = 3) -> dict:
     figures["gbstats_max_rel_diff"] = float(max(diffs)) if diffs else float("nan")
     worst = _lake_attribution(settings, figures)
     figures["attribution_max_rel_diff"] = float("nan") if worst is None else worst
+    figures |= planted_attribution()
     return figures
+
+
+def planted_attribution(journeys: int = 50_000, seed: int = 11) -> dict:
+    """The Markov model's removal effects on journeys walked on `simulate.PLANTED_CHAIN` against the
+    chain's true ones, and last touch's shares against the true shares (normalized effects)."""
+    from p13n.measurement import attribution as attr
+    from p13n.measurement import simulate
+    from p13n.session import spark
+
+    truth = pd.Series(simulate.true_removal_effects())
+    paths = simulate.markov_journeys(journeys, seed=seed)
+    ours = attr.attribution(spark().createDataFrame(paths))
+    markov = ours[ours["model"] == "markov"].set_index("channel")
+    last = ours[ours["model"] == "last_touch"].set_index("channel")["share"]
+    true_share = truth / truth.sum()
+    out = {"planted_journeys": journeys}
+    for channel in truth.index:
+        shares = (true_share[channel], markov["share"].get(channel, 0.0), last.get(channel, 0.0))
+        out[f"planted_share_{channel}"] = "true {:.3f}, markov {:.3f}, last touch {:.3f}".format(*shares)
+    out["planted_markov_max_abs_diff"] = round(
+        float((markov["removal_effect"].reindex(truth.index).fillna(0.0) - truth).abs().max()), 4
+    )
+    out["planted_last_touch_share_max_abs_diff"] = round(
+        float((last.reindex(truth.index).fillna(0.0) - true_share).abs().max()), 4
+    )
+    return out

@@ -15,6 +15,7 @@ import csv
 import datetime as dt
 import json
 import random
+import zlib
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -72,6 +73,31 @@ class Catalogue:
     brand: list[str]
     price: np.ndarray
     by_category: dict[int, np.ndarray]
+
+
+# Web sessions landing from a campaign: the share of sessions, and utm_medium's odds among them.
+CAMPAIGN_SHARE = 0.3
+CAMPAIGN_MEDIUMS = (
+    ("cpc", 0.4),
+    ("paid_social", 0.25),
+    ("email", 0.2),
+    ("display", 0.1),
+    ("affiliate", 0.05),
+)
+
+
+def _campaign(session: str) -> str:
+    """The landing URL's campaign parameters of a web session, or "" for an organic one: a function of
+    the session id (the generator's random streams stay as they were)."""
+    u = zlib.crc32(session.encode()) / 2**32
+    if u >= CAMPAIGN_SHARE:
+        return ""
+    u /= CAMPAIGN_SHARE
+    for medium, odds in CAMPAIGN_MEDIUMS:
+        if u < odds:
+            return f"?utm_source=p13n-demo&utm_medium={medium}&utm_campaign=spring-{medium}"
+        u -= odds
+    return ""
 
 
 def _iso(ts: dt.datetime) -> str:
@@ -774,6 +800,7 @@ class RetailGenerator:
             steps += [("checkout_start", None), ("purchase", None)]
         t = when - dt.timedelta(minutes=len(steps) * 2)
         ident = P.identity(i)
+        campaign = _campaign(session)
         for event, sku in steps:
             t += dt.timedelta(seconds=r.randint(20, 200))
             eid = self._id("E")
@@ -800,9 +827,10 @@ class RetailGenerator:
                         "anonymous_id": f"A{i + 1:08d}",
                         "customer_id": f"SH{i + 1:08d}" if r.random() < 0.7 else None,
                         "sku": sku,
-                        "page_url": f"/p/{sku}" if sku else "/checkout",
+                        "page_url": (f"/p/{sku}" if sku else "/checkout") + campaign,
                     }
                 )
+                campaign = ""  # the landing page carries the campaign, not the rest of the visit
 
     def _browsing(self, active, day, out) -> None:
         P = self.people

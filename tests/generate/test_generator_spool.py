@@ -59,3 +59,32 @@ def test_a_planted_lift_leaves_day_0_alone_and_multiplies_the_treated_purchases_
         return sum(1 for k in files for line in tree[k].splitlines() if json.loads(line).get("id"))
 
     assert web_orders(planted) > 2.2 * web_orders(plain)  # three times the rate, in expectation
+
+
+def test_about_a_third_of_web_sessions_land_from_a_campaign(tmp_path):
+    """The landing page (a session's first event) carries utm parameters for about 30% of sessions;
+    every medium is one attribution reads as a paid or owned channel."""
+    import json
+    from collections import defaultdict
+    from urllib.parse import parse_qs, urlparse
+
+    from p13n.customers.activity import UTM_CHANNELS
+
+    cat = load_catalog()
+    generate(cat, tmp_path, 3000, 2, 5, dt.date(2024, 3, 1), bad_rate=0.0, history_days=5)
+    sessions = defaultdict(list)
+    for path in sorted((tmp_path / "landing" / "_topics" / "web-events").rglob("*")):
+        if path.is_file():
+            for line in path.read_text().splitlines():
+                event = json.loads(line)
+                sessions[event["session_id"]].append(event)
+    assert len(sessions) > 250
+    mediums = []
+    for events in sessions.values():
+        events.sort(key=lambda e: e["event_at"])
+        assert all("utm_" not in e["page_url"] for e in events[1:])  # only the landing page
+        query = parse_qs(urlparse(events[0]["page_url"]).query)
+        if query:
+            mediums.append(query["utm_medium"][0])
+    assert 0.24 < len(mediums) / len(sessions) < 0.36
+    assert {"cpc", "paid_social", "email"} <= set(mediums) <= set(UTM_CHANNELS)

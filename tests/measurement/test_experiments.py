@@ -99,6 +99,24 @@ def test_intervals_cover_a_planted_lift_at_their_nominal_rate_and_cuped_narrows_
     assert (frame["seq_ci_high"] - frame["seq_ci_low"] > frame["ci_high"] - frame["ci_low"]).all()
 
 
+def test_each_api_arm_is_measured_against_control_for_its_own_planted_lift(settings):
+    """Arms split by the API's own hash, each planted its lift: every arm's interval covers its lift
+    relative to control (not to zero), and an arm planted like control is not called significant."""
+    lifts = {"control": 0.0, "als": 0.30, "same": 0.0}
+    units = simulate.units(30_000, seed=4, lift=lifts, experiment="api:simulated")
+    counts = units["arm"].value_counts()
+    assert set(counts.index) == set(lifts) and counts.min() > 9_500  # three even arms
+    frame = experiments.results(settings, experiments.arm_sums(units), DAY).set_index(["arm", "metric"])
+    assert set(frame.index.get_level_values("arm")) == {"als", "same"}  # control is the baseline
+    for arm in ("als", "same"):
+        truth = simulate.true_lifts(lifts[arm], 14, 0.6, 0.02)
+        for metric in ("conversion", "orders", "revenue"):
+            r = frame.loc[(arm, metric)]
+            assert r["ci_low"] <= truth[metric] <= r["ci_high"], (arm, metric)
+    assert frame.loc[("als", "orders"), "ci_low"] > 0.1
+    assert frame.loc[("same", "orders"), "p_value"] > 0.05
+
+
 # --- holdouts and sends -----------------------------------------------------------------------------
 
 
