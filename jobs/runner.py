@@ -382,7 +382,7 @@ def run_pipeline(
             live = _produce_live_events(env, customers, day)
             console.print(f"produced {live:,} live web events (500/s) for the stream consumer")
             url = env.get("P13N__SERVING__REDIS_URL") or settings.serving.redis_url
-            shown, exposed = _storefront_requests(settings, url)
+            shown, exposed = _storefront_requests(settings, url, dt.date.fromisoformat(day))
             console.print(
                 f"storefront: {shown:,} personalized lists read through the API's store, {exposed:,} "
                 "experiment exposures logged for the stream to land"
@@ -679,10 +679,11 @@ def _produce_live_events(env: dict[str, str], customers: int, day: str) -> int:
     )
 
 
-def _storefront_requests(settings, url: str, customers: int = 2000) -> tuple[int, int]:
+def _storefront_requests(settings, url: str, day: dt.date, customers: int = 2000) -> tuple[int, int]:
     """A storefront's traffic for the demo: the personalized list of up to `customers` active
     customers, read as the API reads it (`Store.recommendations`), so each request the experiment
-    intercepts logs an exposure (stamped now: they are measured from today on)."""
+    intercepts logs an exposure. The storefront browses `day` (from 09:00 UTC, a request every 10
+    seconds), like the live events, so the exposures are measured on the generated dates' orders."""
     import asyncio
 
     import redis as redis_lib
@@ -696,7 +697,9 @@ def _storefront_requests(settings, url: str, customers: int = 2000) -> tuple[int
     before = redis_lib.Redis.from_url(url).xlen(stream)
 
     async def browse() -> int:
-        store = Store(settings, url)
+        start = dt.datetime.combine(day, dt.time(9), dt.UTC).timestamp()
+        ticks = iter(range(10**9))
+        store = Store(settings, url, clock=lambda: start + 10 * next(ticks))
         try:
             seg = await store.segment("lifecycle.active", 1, customers)
             ids = seg["customer_ids"] if seg else []

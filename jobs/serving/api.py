@@ -17,6 +17,7 @@ import gc
 import json
 import re
 import time
+from collections.abc import Callable
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Annotated
@@ -168,7 +169,14 @@ return false
 class Store:
     """Reads one live version from Redis, with the fallbacks and caches the API needs."""
 
-    def __init__(self, settings: Settings, url: str, cache_dir: Path | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        url: str,
+        cache_dir: Path | None = None,
+        clock: Callable[[], float] = time.time,
+    ):
+        """`clock`: the time exposures are stamped with (the demo's storefront browses a past date)."""
         import redis.asyncio as aioredis
 
         api = settings.serving.api
@@ -187,6 +195,7 @@ class Store:
         self.trips = 0  # how often it opened (in /health)
         self._lists: dict[tuple[str, str], dict] = {}  # the last good named lists, for Redis outages
         self.experiments = settings.serving.experiments
+        self.clock = clock
 
     # --- plumbing ---
     async def _call(self, coro):
@@ -329,7 +338,7 @@ class Store:
             "version": out["version"],
             "items": ",".join(x["sku"] for x in out["items"]),
             "fallback": out["fallback"] or "",
-            "ts": f"{time.time():.3f}",
+            "ts": f"{self.clock():.3f}",
         }
         with suppress(RedisDown, RedisRefused):
             await self._call(
