@@ -306,18 +306,29 @@ def scheduled_airflow(settings, env: dict[str, str], say, log_dir: Path):
 
 
 def _run_scheduled(
-    api, dates: list[str], env, console, echo, timings: list, before=None, dags: tuple[str, ...] | None = None
+    api,
+    dates: list[str],
+    env,
+    console,
+    echo,
+    timings: list,
+    before=None,
+    between=None,
+    dags: tuple[str, ...] | None = None,
 ) -> tuple[str, str] | None:
     """Each date: trigger ingestion and follow the asset chain to the run report; then the last date's
-    stream catch-up, maintenance and report (which then shows them). `dags`: only these DAGs of the
-    chain run, the others stay paused (their runs wait in Airflow's queue for an unpause)."""
+    stream catch-up, maintenance and report (which then shows them). `between(day)` runs before
+    each night but the first (of the whole chain only). `dags`: only these DAGs of the chain run, the
+    others stay paused (their runs wait in Airflow's queue for an unpause)."""
     from p13n.scheduler import CHAIN, trigger_date, wait_for_run, watch_chain
 
     log_root = Path(env["AIRFLOW__LOGGING__BASE_LOG_FOLDER"])
     chain = tuple(d for d in CHAIN if d in (dags or CHAIN))
     for dag_id in chain:
         api.unpause(dag_id)
-    for day in dates:
+    for i, day in enumerate(dates):
+        if between and i and chain == CHAIN:
+            between(day)
         since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=2)
         run = trigger_date(api, "ingest_sources", day, unpause=False)
         console.print(
@@ -377,16 +388,30 @@ def run_pipeline(
     }
     started = dt.datetime.now(dt.UTC)
 
+    browsed: list[str] = []
+
+    def storefront(day: str) -> None:
+        url = env.get("P13N__SERVING__REDIS_URL") or settings.serving.redis_url
+        shown, exposed = _storefront_requests(settings, url, dt.date.fromisoformat(day))
+        browsed.append(day)
+        console.print(
+            f"storefront {day}: {shown:,} personalized lists read through the API's store, {exposed:,} "
+            "experiment exposures logged for the stream to land"
+        )
+
+    def between(day: str) -> None:
+        """Before `day`'s nightly: the storefront browses `day` on the lists published the night
+        before, and its exposures land (what the stream DAG does all day), so the nightly measures
+        the API experiment on `day`'s orders."""
+        storefront(day)
+        console.print("  " + _land_exposures(settings, env).text())
+
     def before(dag_id: str, day: str) -> None:
         if dag_id == "stream_events":
             live = _produce_live_events(env, customers, day)
             console.print(f"produced {live:,} live web events (500/s) for the stream consumer")
-            url = env.get("P13N__SERVING__REDIS_URL") or settings.serving.redis_url
-            shown, exposed = _storefront_requests(settings, url, dt.date.fromisoformat(day))
-            console.print(
-                f"storefront: {shown:,} personalized lists read through the API's store, {exposed:,} "
-                "experiment exposures logged for the stream to land"
-            )
+            if not browsed:
+                storefront(day)
 
     with local_services(settings, env, console.print):
         if in_process:
@@ -401,7 +426,15 @@ def run_pipeline(
                 ensure_airflow_db(env, log)
             with scheduled_airflow(settings, env, console.print, settings.logs_dir) as api:
                 failed = _run_scheduled(
-                    api, dates, env, console, echo, record["stages"], before=before, dags=dags
+                    api,
+                    dates,
+                    env,
+                    console,
+                    echo,
+                    record["stages"],
+                    before=before,
+                    between=between,
+                    dags=dags,
                 )
         record["succeeded"] = failed is None
         log.with_suffix(".json").write_text(json.dumps(record, indent=2))
@@ -711,6 +744,20 @@ def _storefront_requests(settings, url: str, day: dt.date, customers: int = 2000
 
     shown = asyncio.run(browse())
     return shown, redis_lib.Redis.from_url(url).xlen(stream) - before
+
+
+def _land_exposures(settings, env):
+    """The exposures logged so far into `silver.exposures` (as `stream_events` lands them)."""
+    import redis as redis_lib
+
+    from p13n.measurement.exposures import land_exposures
+    from p13n.serving.keys import Keys
+
+    client = redis_lib.Redis.from_url(env.get("P13N__SERVING__REDIS_URL") or settings.serving.redis_url)
+    try:
+        return land_exposures(settings, client, Keys(settings.serving.namespace).exposures)
+    finally:
+        client.close()
 
 
 def _stream_summary(settings, url: str) -> str:
