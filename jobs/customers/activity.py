@@ -169,9 +169,18 @@ def campaign_channel(url: SparkColumn) -> SparkColumn:
 
 
 def behaviour_events(keys: DataFrame, web: DataFrame, app: DataFrame) -> DataFrame:
-    """Web and app events of identified visitors; a web event's `campaign_channel` is its landing
-    URL's campaign (utm_medium), when it has one."""
+    """Web and app events of identified visitors; a web event's `campaign_channel` is its session's
+    campaign: the landing page's (the session's first event) utm_medium, when it has one (a session
+    without an id: the event's own URL)."""
     campaign = campaign_channel(F.col("page_url")) if "page_url" in web.columns else F.lit(None)
+    if "page_url" in web.columns and "session_id" in web.columns:  # before attribution: anonymous
+        landing = Window.partitionBy("session_id").orderBy("event_at", "event_id")  # landings count
+        session = landing.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
+        web = web.withColumn(
+            "_campaign",
+            F.when(F.col("session_id").isNotNull(), F.first(campaign).over(session)).otherwise(campaign),
+        )
+        campaign = F.col("_campaign")
     w = attribute(web, keys, [("shopify_customer_id", "customer_id")]).select(
         "customer_id",
         F.col("event_at").alias("at"),

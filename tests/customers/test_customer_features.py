@@ -94,6 +94,38 @@ def test_a_web_visit_from_a_campaign_is_that_campaigns_touch(spark, keys):
     assert got == ["app", "paid_search", "paid_social", "web", "web"]
 
 
+def test_a_session_landing_from_a_campaign_is_that_campaigns_touch_throughout(spark, keys):
+    """The landing page's campaign is the whole session's, even when the landing was anonymous:
+    the visit is one paid touch, not a paid touch followed by an organic one."""
+    from p13n.measurement.attribution import touchpoints
+
+    web = spark.createDataFrame(
+        [
+            ("E1", ts("2024-02-01", 9), "S1", None, "/p/S1?utm_medium=cpc"),  # anonymous landing
+            ("E2", ts("2024-02-01", 10), "S1", "SH1", "/p/S2"),
+            ("E3", ts("2024-02-01", 11), "S1", "SH1", "/checkout"),
+            ("E4", ts("2024-02-01", 12), "S2", "SH1", "/p/S3"),  # a later organic session that day
+            ("E5", ts("2024-02-02", 9), None, "SH1", "/p/S4?utm_medium=display"),  # no session id
+            ("E6", ts("2024-02-02", 10), None, "SH1", "/p/S4"),
+        ],
+        "event_id string, event_at timestamp, session_id string, customer_id string, page_url string",
+    ).withColumns({"event_type": F.lit("product_view"), "sku": F.lit("S1")})
+    app = spark.createDataFrame(
+        [], "event_id string, event_at timestamp, app_user_id string, email_hmac string"
+    ).withColumns({"event_type": F.lit("app_open"), "sku": F.lit(None).cast("string")})
+    events = act.behaviour_events(keys, web, app).filter("customer_id IS NOT NULL")
+    got = sorted((r.at.hour, r.campaign_channel or "-") for r in events.collect())
+    assert got == [(9, "display"), (10, "-"), (10, "paid_search"), (11, "paid_search"), (12, "-")]
+    messages = spark.createDataFrame([], "customer_id string, at timestamp, channel string, event string")
+    touches = sorted((str(r.at), r.channel) for r in touchpoints(events, messages).collect())
+    assert touches == [
+        ("2024-02-01 10:00:00", "paid_search"),
+        ("2024-02-01 12:00:00", "web"),
+        ("2024-02-02 09:00:00", "display"),
+        ("2024-02-02 10:00:00", "web"),
+    ]
+
+
 def _lines(spark, rows):
     schema = ", ".join(
         f"{c} {t}"
