@@ -404,7 +404,8 @@ def run_pipeline(
         before, and its exposures land (what the stream DAG does all day), so the nightly measures
         the API experiment on `day`'s orders."""
         storefront(day)
-        console.print("  " + _land_exposures(settings, env).text())
+        if env.get("P13N__SERVING__REDIS_URL") or settings.serving.redis_url:
+            console.print("  " + _land_exposures(settings, env).text())
 
     def before(dag_id: str, day: str) -> None:
         if dag_id == "stream_events":
