@@ -173,8 +173,9 @@ def behaviour_events(keys: DataFrame, web: DataFrame, app: DataFrame) -> DataFra
     campaign: the landing page's (the session's first event) utm_medium, when it has one (a session
     without an id: the event's own URL)."""
     campaign = campaign_channel(F.col("page_url")) if "page_url" in web.columns else F.lit(None)
-    if "page_url" in web.columns and "session_id" in web.columns:  # before attribution: anonymous
-        landing = Window.partitionBy("session_id").orderBy("event_at", "event_id")  # landings count
+    if "page_url" in web.columns and "session_id" in web.columns:
+        # Over every event of the session, before attribution: an anonymous landing counts too.
+        landing = Window.partitionBy("session_id").orderBy("event_at", "event_id")
         session = landing.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
         web = web.withColumn(
             "_campaign",

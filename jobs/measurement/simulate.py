@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from p13n.config import ExperimentArm, ExperimentSettings
+from p13n.measurement.attribution import CONVERSION, NULL, START
 from p13n.serving.experiments import assign, in_holdout
 
 
@@ -99,11 +100,11 @@ def units(
 # (no channel follows itself: repeats are one touch in `journeys`). Its true removal effects are what
 # switching a channel off does to conversions in that world, so the Markov model must recover them.
 PLANTED_CHAIN: dict[str, dict[str, float]] = {
-    "(start)": {"web": 0.45, "email": 0.3, "paid_search": 0.2, "push": 0.05},
-    "web": {"email": 0.2, "paid_search": 0.1, "push": 0.05, "(conversion)": 0.05, "(null)": 0.6},
-    "email": {"web": 0.35, "push": 0.05, "(conversion)": 0.08, "(null)": 0.52},
-    "paid_search": {"web": 0.3, "email": 0.1, "(conversion)": 0.12, "(null)": 0.48},
-    "push": {"web": 0.25, "email": 0.1, "(conversion)": 0.03, "(null)": 0.62},
+    START: {"web": 0.45, "email": 0.3, "paid_search": 0.2, "push": 0.05},
+    "web": {"email": 0.2, "paid_search": 0.1, "push": 0.05, CONVERSION: 0.05, NULL: 0.6},
+    "email": {"web": 0.35, "push": 0.05, CONVERSION: 0.08, NULL: 0.52},
+    "paid_search": {"web": 0.3, "email": 0.1, CONVERSION: 0.12, NULL: 0.48},
+    "push": {"web": 0.25, "email": 0.1, CONVERSION: 0.03, NULL: 0.62},
 }
 
 
@@ -117,14 +118,14 @@ def markov_journeys(
     moves = {s: (list(nxt), np.array(list(nxt.values())) / sum(nxt.values())) for s, nxt in chain.items()}
     rows = []
     for j in range(n):
-        state, channels = "(start)", []
+        state, channels = START, []
         while len(channels) < max_touches:
             names, p = moves[state]
             state = names[rng.choice(len(names), p=p)]
-            if state in ("(conversion)", "(null)"):
+            if state in (CONVERSION, NULL):
                 break
             channels.append(state)
-        converted = state == "(conversion)"
+        converted = state == CONVERSION
         rows.append(
             {
                 "journey_id": f"J{seed:04d}{j:09d}",
@@ -143,10 +144,10 @@ def true_removal_effects(chain: dict[str, dict[str, float]] = PLANTED_CHAIN) -> 
     """Each channel's share of conversions lost when it is switched off (a walk reaching it ends
     without converting), from the chain itself: P(conversion) by value iteration on the planted
     probabilities, with and without the channel."""
-    channels = sorted(s for s in chain if s != "(start)")
+    channels = sorted(s for s in chain if s != START)
 
     def p_conversion(off: str | None) -> float:
-        value = {s: 0.0 for s in chain} | {"(conversion)": 1.0, "(null)": 0.0}
+        value = {s: 0.0 for s in chain} | {CONVERSION: 1.0, NULL: 0.0}
         for _ in range(10_000):
             new = {
                 s: 0.0 if s == off else sum(p * value[t] for t, p in nxt.items()) / sum(nxt.values())
@@ -156,7 +157,7 @@ def true_removal_effects(chain: dict[str, dict[str, float]] = PLANTED_CHAIN) -> 
             value |= new
             if done:
                 break
-        return value["(start)"]
+        return value[START]
 
     base = p_conversion(None)
     return {c: 1.0 - p_conversion(c) / base for c in channels}
