@@ -4,6 +4,16 @@ from __future__ import annotations
 
 import argparse
 
+from p13n.cli.common import positive_int
+
+
+def _rows(text: str) -> int:
+    """An argparse type: a size from 1 to 10^9 (`1_000_000` allowed)."""
+    digits = text.replace("_", "")
+    if not (digits.isascii() and digits.isdigit() and 1 <= int(digits[:10]) <= 10**9):
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1 to 10^9, got {text[:40]!r}")
+    return int(digits)
+
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from p13n.bench import BENCHMARKS, run_benchmark
@@ -41,9 +51,9 @@ def register(sub) -> None:
     )
     p.add_argument(
         "--rows",
-        type=int,
+        type=_rows,
         default=None,
         help="size: rows for lake (default 5M), customers for ingest and identity (default 100k)",
     )
-    p.add_argument("--reps", type=int, default=3, help="repetitions; the median is reported")
+    p.add_argument("--reps", type=positive_int, default=3, help="repetitions; the median is reported")
     p.set_defaults(handler=_cmd_bench)

@@ -87,6 +87,8 @@ CASES = [
         "'not-an-address' is not an email address",
     ),
     (["trigger", "ingest_sources", "--date", "yesterday"], "argument --date: expected a date"),
+    (["bench", "experiments", "--reps", "0"], "--reps: expected a whole number from 1 to 1000, got '0'"),
+    (["bench", "experiments", "--rows", "0"], "--rows: expected a whole number from 1 to 10^9, got '0'"),
 ]
 
 
