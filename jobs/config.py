@@ -77,6 +77,7 @@ class LakeSettings(_Section):
     root: str = ""
     storage_options: dict[str, str] = Field(default_factory=dict)
     max_rows_per_file: int = Field(2_000_000, gt=0)
+    client_write_max_rows: int = Field(200_000, ge=0)
     vacuum_retention_hours: int = Field(168, ge=0)
     max_commit_retries: int = Field(3, ge=0)
 

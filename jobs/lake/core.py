@@ -51,7 +51,7 @@ from p13n.lake.errors import (
     SchemaMismatchError,
     TableNotFoundError,
 )
-from p13n.lake.files import collect_staged_files, partition_values_from_path
+from p13n.lake.files import HIVE_NULL, collect_staged_files, partition_values_from_path
 from p13n.lake.tables import TableName
 from p13n.runctx import RunContext
 from p13n.spark import default_parallelism
@@ -244,6 +244,7 @@ class Lake:
         run: RunContext | None = None,
         schema_mode: Literal["strict", "add_columns"] = "strict",
         colocate: bool = True,
+        rows_at_most: int | None = None,
     ) -> WriteResult:
         """Append to, overwrite, or overwrite some partitions of a table, in one atomic commit.
 
@@ -254,6 +255,8 @@ class Lake:
         refuses rows outside them. `txn=(app_id, version)` makes the write idempotent: a version
         at or below the table's recorded version for `app_id` is skipped. A list of them (one per
         Kafka partition, say) is recorded in the same commit; the write is skipped when all are done.
+        `rows_at_most`: a bound the caller knows on `df`'s rows; at or under `lake.client_write_max_rows`
+        the rows come back as Arrow and this process writes the files (see `_write_files`).
         """
         if replace_where and mode != "overwrite":
             raise ValueError(f"{table}: replace_where needs mode='overwrite'")
@@ -270,7 +273,9 @@ class Lake:
                     f"{table}: replace_where columns {sorted(unknown)} are not partition columns "
                     f"{partition_by}"
                 )
-        write_id, files = self._write_files(table, df, partition_by, colocate=colocate)
+        write_id, files = self._write_files(
+            table, df, partition_by, colocate=colocate, rows_at_most=rows_at_most
+        )
         try:
             if replace_where:
                 allowed = _allowed_partitions(replace_where)
@@ -318,6 +323,7 @@ class Lake:
         *,
         run: RunContext | None = None,
         colocate: bool = True,
+        rows_at_most: int | None = None,
     ) -> WriteResult:
         """Overwrite the partition `column = value` (a data interval, a batch) with `df`: the idempotent
         write.
@@ -333,6 +339,7 @@ class Lake:
             replace_where={column: value},
             run=run,
             colocate=colocate,
+            rows_at_most=rows_at_most,
         )
 
     def merge(
@@ -346,19 +353,29 @@ class Lake:
         txn: tuple[str, int] | None = None,
         run: RunContext | None = None,
         check_unique: bool = True,
+        rows_at_most: int | None = None,
     ) -> WriteResult:
         """Upsert `df` into `table` on `keys`: matched rows are replaced (or kept, with "ignore"), new rows
         added.
 
         The source must be unique on `keys` (checked unless `check_unique=False`). Only files that may hold a
         source key are rewritten:
-        those of the source's partitions, narrowed by the key's min/max statistics.
+        those of the source's partitions, narrowed by the key's min/max statistics. `rows_at_most`: as
+        for `write` (a merge into an existing table counts its source itself).
         """
         dt = self._open(table)
         if dt is None:
             if check_unique:
                 _check_unique(table, df, keys)
-            return self.write(table, df, mode="append", partition_by=partition_by, txn=txn, run=run)
+            return self.write(
+                table,
+                df,
+                mode="append",
+                partition_by=partition_by,
+                txn=txn,
+                run=run,
+                rows_at_most=rows_at_most,
+            )
         if _already_committed(dt, txn):
             return WriteResult(table, "merge", dt.version(), skipped=True)
         df, partition_by = self._conform(table, df, dt, partition_by, "strict")
@@ -371,7 +388,10 @@ class Lake:
         try:
             if check_unique:
                 _check_unique(table, df, keys)
-            candidates = self._merge_candidates(dt, df, keys, partition_by)
+            candidates, source_rows = self._merge_candidates(dt, df, keys, partition_by)
+            bound = source_rows + sum(c["num_records"] or 0 for c in candidates)
+            if candidates and any(c["num_records"] is None for c in candidates):
+                bound = None  # a file without statistics: its rows are unknown
             if candidates:
                 target = self._read_paths(dt, candidates)
                 if when_matched == "update":
@@ -380,7 +400,9 @@ class Lake:
                     merged = target.unionByName(df.join(target.select(*keys), list(keys), "left_anti"))
             else:
                 merged = df
-            return self._rewrite(table, dt, merged, candidates, partition_by, run, txn, "merge")
+            return self._rewrite(
+                table, dt, merged, candidates, partition_by, run, txn, "merge", rows_at_most=bound
+            )
         finally:
             df.unpersist()
 
@@ -405,9 +427,11 @@ class Lake:
         kept = target.filter(~F.coalesce(F.expr(predicate), F.lit(False)))
         return self._rewrite(table, dt, kept, candidates, partition_by, run, None, "delete")
 
-    def _rewrite(self, table, dt, new_rows, candidates, partition_by, run, txn, operation) -> WriteResult:
+    def _rewrite(
+        self, table, dt, new_rows, candidates, partition_by, run, txn, operation, rows_at_most=None
+    ) -> WriteResult:
         """Copy-on-write: write `new_rows` as files that replace `candidates`, in one commit."""
-        write_id, files = self._write_files(table, new_rows, partition_by)
+        write_id, files = self._write_files(table, new_rows, partition_by, rows_at_most=rows_at_most)
         try:
             actions = [_add_action(f) for f in files] + [_remove_action(c) for c in candidates]
             version = self._commit(
@@ -517,13 +541,31 @@ class Lake:
         return df.select(*cols), existing
 
     def _write_files(
-        self, table: str, df: DataFrame, partition_by: list[str], colocate: bool = True
+        self,
+        table: str,
+        df: DataFrame,
+        partition_by: list[str],
+        colocate: bool = True,
+        rows_at_most: int | None = None,
     ) -> tuple[str, list[dict]]:
         """Executors write Parquet into the table's staging folder; the driver moves and describes the
-        files."""
+        files. A frame known to be small (`rows_at_most` at or under `lake.client_write_max_rows`) comes
+        back as Arrow and pyarrow writes it here instead: one round trip, no shuffle, no write job."""
         write_id = uuid.uuid4().hex[:16]
         fs, table_dir = self._fs(table)
         staging = f"{table_dir}/{STAGING_DIR}/{write_id}"
+        limit = self.settings.client_write_max_rows
+        if rows_at_most is not None and rows_at_most <= limit:
+            try:
+                rows = df.toArrow()
+                _write_arrow(rows, fs, staging, partition_by, write_id, self.settings.max_rows_per_file)
+                files = collect_staged_files(fs, staging, table_dir, partition_by)
+            finally:
+                fs.delete_dir_contents(staging, missing_dir_ok=True)
+                with contextlib.suppress(OSError):
+                    fs.delete_dir(staging)
+            checkpoint("lake.before_commit")
+            return write_id, files
         # Co-locate each partition's rows in few tasks, so a partition gets few files.
         writer = (df.repartition(*partition_by) if partition_by and colocate else df).write.mode("error")
         writer = writer.option("compression", "snappy").option(
@@ -615,23 +657,28 @@ class Lake:
 
     def _merge_candidates(
         self, dt: DeltaTable, df: DataFrame, keys: Sequence[str], partition_by: list[str]
-    ) -> list[dict]:
-        """The files that may hold a row with one of the source's keys."""
+    ) -> tuple[list[dict], int]:
+        """The files that may hold a row with one of the source's keys, and the source's rows (counted
+        in the same query)."""
         from pyspark.sql import functions as F
 
         adds = _add_rows(dt)
         if partition_by and set(partition_by) <= set(keys):
-            parts = {
-                json.dumps(_stringify({c: r[c] for c in partition_by}), sort_keys=True)
-                for r in df.select(*partition_by).distinct().collect()
-            }
+            counts = df.groupBy(*partition_by).count().collect()
+            parts = {json.dumps(_stringify({c: r[c] for c in partition_by}), sort_keys=True) for r in counts}
             adds = [a for a in adds if json.dumps(a["partition_values"], sort_keys=True) in parts]
+            rows = sum(r["count"] for r in counts)
+            if len(keys) != 1:
+                return adds, rows
         if len(keys) == 1:
-            bounds = df.agg(F.min(keys[0]).alias("lo"), F.max(keys[0]).alias("hi")).first()
+            bounds = df.agg(
+                F.min(keys[0]).alias("lo"), F.max(keys[0]).alias("hi"), F.count(F.lit(1)).alias("n")
+            ).first()
             lo, hi = _stat_value(bounds["lo"]), _stat_value(bounds["hi"])
             if lo is not None and hi is not None:
                 adds = [a for a in adds if _may_overlap(a["stats"], keys[0], lo, hi)]
-        return adds
+            return adds, bounds["n"]
+        return adds, df.count()
 
     def _read_paths(self, dt: DeltaTable, files: list[dict]) -> DataFrame:
         root = dt.table_uri.rstrip("/")
@@ -654,6 +701,32 @@ class Lake:
 
 
 # ---------------------------------------------------------------------- helpers (pure)
+def _write_arrow(
+    rows: pa.Table, fs: pafs.FileSystem, staging: str, partition_by: list[str], write_id: str, max_rows: int
+) -> None:
+    """Write an Arrow table as Parquet under `staging` in the layout Spark's writer gives
+    (`col=value/` directories, Hive's null marker, partition columns only in the path)."""
+    import pyarrow.dataset as ds
+
+    partitioning = (
+        ds.HivePartitioning(rows.select(partition_by).schema, null_fallback=HIVE_NULL)
+        if partition_by
+        else None
+    )
+    ds.write_dataset(
+        rows,
+        staging,
+        format="parquet",
+        filesystem=fs,
+        partitioning=partitioning,
+        basename_template=f"part-{write_id}-{{i}}.snappy.parquet",
+        max_rows_per_file=max_rows,
+        max_rows_per_group=min(max_rows, 1 << 20),
+        existing_data_behavior="error",
+        file_options=ds.ParquetFileFormat().make_write_options(compression="snappy"),
+    )
+
+
 def _arrow_schema(spark_schema) -> pa.Schema:
     from pyspark.sql.pandas.types import to_arrow_schema
 

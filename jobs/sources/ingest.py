@@ -193,7 +193,14 @@ def promote(
             f"{result.drifted_rows} rows carry fields the catalog does not declare (schema drift)"
         )
 
-    lake.replace_partition(source.quarantine_table, quarantine, "batch_date", batch_date, run=run)
+    lake.replace_partition(
+        source.quarantine_table,
+        quarantine,
+        "batch_date",
+        batch_date,
+        run=run,
+        rows_at_most=result.quarantined,
+    )
 
     share = result.quarantined / result.bronze_rows if result.bronze_rows else 0.0
     failures: list[str] = []
@@ -221,7 +228,8 @@ def promote(
     if restricted is not None:
         targets.append((source.restricted_table, restricted))
     for table, rows in targets:
-        lake.merge(table, rows, run=run, check_unique=False, **how)  # unique: deduplicated above
+        # unique: deduplicated above
+        lake.merge(table, rows, run=run, check_unique=False, rows_at_most=result.silver_rows, **how)
     if dropped:  # last: the batch's reads above are done with bronze's files
         _erase_from_bronze(lake, source, suppressed, batch_date, privacy)
     return result
