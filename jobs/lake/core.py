@@ -554,27 +554,20 @@ class Lake:
         write_id = uuid.uuid4().hex[:16]
         fs, table_dir = self._fs(table)
         staging = f"{table_dir}/{STAGING_DIR}/{write_id}"
-        limit = self.settings.client_write_max_rows
-        if rows_at_most is not None and rows_at_most <= limit:
-            try:
-                rows = df.toArrow()
-                _write_arrow(rows, fs, staging, partition_by, write_id, self.settings.max_rows_per_file)
-                files = collect_staged_files(fs, staging, table_dir, partition_by)
-            finally:
-                fs.delete_dir_contents(staging, missing_dir_ok=True)
-                with contextlib.suppress(OSError):
-                    fs.delete_dir(staging)
-            checkpoint("lake.before_commit")
-            return write_id, files
-        # Co-locate each partition's rows in few tasks, so a partition gets few files.
-        writer = (df.repartition(*partition_by) if partition_by and colocate else df).write.mode("error")
-        writer = writer.option("compression", "snappy").option(
-            "maxRecordsPerFile", self.settings.max_rows_per_file
-        )
-        if partition_by:
-            writer = writer.partitionBy(*partition_by)
+        small = rows_at_most is not None and rows_at_most <= self.settings.client_write_max_rows
         try:
-            writer.parquet(_spark_path(self.uri(table)) + f"/{STAGING_DIR}/{write_id}")
+            if small:
+                _write_arrow(
+                    df.toArrow(), fs, staging, partition_by, write_id, self.settings.max_rows_per_file
+                )
+            else:
+                # Co-locate each partition's rows in few tasks, so a partition gets few files.
+                writer = (df.repartition(*partition_by) if partition_by and colocate else df).write
+                writer = writer.mode("error").option("compression", "snappy")
+                writer = writer.option("maxRecordsPerFile", self.settings.max_rows_per_file)
+                if partition_by:
+                    writer = writer.partitionBy(*partition_by)
+                writer.parquet(_spark_path(self.uri(table)) + f"/{STAGING_DIR}/{write_id}")
             files = collect_staged_files(fs, staging, table_dir, partition_by)
         finally:
             fs.delete_dir_contents(staging, missing_dir_ok=True)

@@ -117,7 +117,8 @@ def _json_bound(value: object, round_up: bool) -> object | None:
     if isinstance(value, bool | int):
         return value
     if isinstance(value, float):
-        return None if math.isnan(value) or math.isinf(value) else value
+        # + 0.0: pyarrow states a zero minimum as -0.0, Spark as 0.0 (the same bound).
+        return None if math.isnan(value) or math.isinf(value) else value + 0.0
     if isinstance(value, Decimal):
         return float(value)
     if isinstance(value, str):

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from decimal import Decimal
 from pathlib import Path
 
 import polars as pl
@@ -400,3 +401,56 @@ def test_duckdb_reads_the_lakes_instants_as_utc_whatever_the_machines_zone():
     env = os.environ | {"TZ": "America/Chicago"}  # an analyst's laptop
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "('UTC', datetime.datetime(2024, 3, 2, 10, 0))"
+
+
+def test_a_small_write_through_arrow_gives_the_same_table_as_spark_s_writer(spark, lake):
+    """`rows_at_most` under `lake.client_write_max_rows` sends the rows back as Arrow and pyarrow
+    writes the files: every reader must see the same rows, and the log the same statistics."""
+    schema = (
+        "id long, n int, amount decimal(12,2), price double, flag boolean, name string, day date, "
+        "ts timestamp, local timestamp_ntz, tag string"
+    )
+    rows = [
+        (
+            i,
+            i * 7 if i % 3 else None,
+            Decimal(f"{i}.{i:02d}"),
+            i / 4,
+            i % 2 == 0,
+            f"n{i}" if i % 4 else None,
+            D1 + dt.timedelta(days=i % 2),
+            dt.datetime(2024, 3, 1, 12, i, 0, 1234 * i),
+            dt.datetime(2024, 3, 1, 9, i),
+            ["a b", "x/y", None][i % 3],
+        )
+        for i in range(12)
+    ]
+    df = spark.createDataFrame(rows, schema)
+    by_spark = lake.write("gold.by_spark", df, partition_by=["tag"])
+    by_arrow = lake.write("gold.by_arrow", df, partition_by=["tag"], rows_at_most=12)
+    assert by_spark.rows_written == by_arrow.rows_written == 12
+
+    def described(name):
+        table = DeltaTable(lake.uri(name))
+        adds = pa.table(table.get_add_actions(flatten=True)).to_pylist()
+        stats = sorted(
+            (
+                str(a["partition.tag"]),
+                a["num_records"],
+                json.dumps(
+                    {k: v for k, v in a.items() if k.split(".")[0] in ("min", "max", "null_count")},
+                    default=str,
+                    sort_keys=True,
+                ),
+            )
+            for a in adds
+        )
+        content = sorted(map(repr, table.to_pyarrow_table().to_pylist()))
+        return table.schema().to_arrow(), stats, content
+
+    assert described("gold.by_arrow") == described("gold.by_spark")
+    assert sorted(map(tuple, lake.read("gold.by_arrow").collect())) == sorted(map(tuple, df.collect()))
+    duck = duckdb_connection()
+    assert sorted(duck.sql(f"select * from delta_scan('{lake.uri('gold.by_arrow')}')").fetchall()) == sorted(
+        duck.sql(f"select * from delta_scan('{lake.uri('gold.by_spark')}')").fetchall()
+    )
