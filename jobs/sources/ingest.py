@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,7 +26,13 @@ from p13n.lake.tables import OPS_SUPPRESSIONS
 from p13n.runctx import RunContext
 from p13n.sources import standardize as std
 from p13n.sources.catalog import Catalog, Source
-from p13n.sources.readers import META_COLUMNS, bronze_arrow_schema, bronze_ddl, read_records
+from p13n.sources.readers import (
+    META_COLUMNS,
+    bronze_arrow_schema,
+    bronze_ddl,
+    read_records,
+    records_at_most,
+)
 from p13n.spark import default_parallelism
 
 _BATCH_ROWS = 8192
@@ -101,10 +108,25 @@ def _with_batch(records: DataFrame, source: Source, batch_date: dt.date) -> Data
     )
 
 
-def land(lake: Lake, source: Source, bronze: DataFrame, batch_date: dt.date, run: RunContext | None) -> int:
+def land(
+    lake: Lake,
+    source: Source,
+    bronze: DataFrame,
+    batch_date: dt.date,
+    run: RunContext | None,
+    rows_at_most: int | None = None,
+) -> int:
     return lake.replace_partition(
-        source.bronze_table, bronze, "_batch_date", batch_date, run=run
+        source.bronze_table, bronze, "_batch_date", batch_date, run=run, rows_at_most=rows_at_most
     ).rows_written
+
+
+def landing_rows_at_most(source: Source, paths: list[str], max_bytes: int = 256 << 20) -> int | None:
+    """A bound on the records of a batch's files (None past `max_bytes`: not worth reading them
+    twice); it lets a small batch's bronze write skip Spark's distributed writer."""
+    if sum(os.path.getsize(p) for p in paths) > max_bytes:
+        return None
+    return sum(records_at_most(p, source.format) for p in paths)
 
 
 # ---------------------------------------------------------------------- bronze → silver
@@ -360,9 +382,16 @@ def ingest_batch(
             bronze = _with_batch(records, source, batch_date)
             txns = [(systems.kafka_app_id(source.location, p), e) for p, e in fresh.items()]
             lake.write(
-                source.bronze_table, bronze, mode="append", partition_by=["_batch_date"], txn=txns, run=run
+                source.bronze_table,
+                bronze,
+                mode="append",
+                partition_by=["_batch_date"],
+                txn=txns,
+                run=run,
+                rows_at_most=sum(e - starts.get(p, 0) for p, e in fresh.items()),  # a message a record
             )
     else:
+        bound = None
         if source.format == "snowflake":
             records = systems.warehouse_batch(lake.spark, source, settings, batch_date)
             files = 1
@@ -372,7 +401,8 @@ def ingest_batch(
             if not paths:
                 return IngestResult(source.name, batch_date.isoformat(), status="no data")
             records = read_landing_records(lake.spark, source, paths, str(settings.landing_dir))
-        land(lake, source, _with_batch(records, source, batch_date), batch_date, run)
+            bound = landing_rows_at_most(source, paths)
+        land(lake, source, _with_batch(records, source, batch_date), batch_date, run, bound)
     if not lake.exists(source.bronze_table):
         return IngestResult(source.name, batch_date.isoformat(), files=files, status="no data")
     result = promote(

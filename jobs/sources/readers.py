@@ -291,6 +291,24 @@ _READERS = {
 }
 
 
+# A byte every record of a text format holds at least once: a record is at most one per occurrence
+# (plus one: a last line without its newline).
+_RECORD_MARK = {"csv": b"\n", "jsonl": b"\n", "fixed_width": b"\n", "api_json": b"{", "xml": b"<"}
+
+
+def records_at_most(path: str, fmt: str) -> int:
+    """An upper bound on the records of one landing file, without parsing it: Parquet's footer
+    states its rows; a text file holds at most one record per newline (per `{` of a JSON array, per
+    `<` of an XML document), plus one."""
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_metadata(path).num_rows
+    mark = _RECORD_MARK[fmt]
+    with open(path, "rb") as handle:
+        return 1 + sum(chunk.count(mark) for chunk in iter(lambda: handle.read(1 << 20), b""))
+
+
 def read_text(data: str, source: Source) -> list[dict]:
     """Parse an in-memory file (tests and previews)."""
     import os

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from p13n.sources.catalog import load_catalog
-from p13n.sources.readers import read_records, read_text
+from p13n.sources.readers import read_records, read_text, records_at_most
 
 
 @pytest.fixture(scope="module")
@@ -116,3 +116,30 @@ def test_api_pages_and_unreadable_pages(cat, tmp_path):
     bad = tmp_path / "page-0002.json"
     bad.write_text('{"items": [')
     assert list(read_records(str(bad), src))[0]["_parse_error"].startswith("unreadable API page")
+
+
+def test_the_record_bound_of_a_landing_file_is_never_below_its_records(cat, tmp_path):
+    """`records_at_most` picks a small batch's bronze write path (Arrow in the client): it must bound
+    every format's files from above, odd ones included."""
+    import datetime as dt
+
+    from p13n.generate.retail import generate
+
+    generate(cat, tmp_path, customers=60, days=1, seed=3, start=dt.date(2024, 3, 1), bad_rate=0.05)
+    checked = set()
+    for source in cat:
+        if source.format in ("kafka", "snowflake"):
+            continue
+        folder = tmp_path / "landing" / source.location
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            records = sum(1 for _ in read_records(str(path), source))
+            assert records <= records_at_most(str(path), source.format), path
+            checked.add(source.format)
+    assert checked == {"csv", "jsonl", "api_json", "parquet", "fixed_width", "xml"}
+    odd = tmp_path / "odd"
+    odd.write_bytes(b"\x00\xff{<\n" * 3)
+    for fmt in ("csv", "jsonl", "api_json", "fixed_width", "xml"):
+        source = next(s for s in cat if s.format == fmt)
+        assert sum(1 for _ in read_records(str(odd), source)) <= records_at_most(str(odd), fmt), fmt
+    (tmp_path / "empty").write_bytes(b"")
+    assert records_at_most(str(tmp_path / "empty"), "csv") == 1
