@@ -390,7 +390,7 @@ class Lake:
                 _check_unique(table, df, keys)
             candidates, source_rows = self._merge_candidates(dt, df, keys, partition_by)
             bound = source_rows + sum(c["num_records"] or 0 for c in candidates)
-            if candidates and any(c["num_records"] is None for c in candidates):
+            if any(c["num_records"] is None for c in candidates):
                 bound = None  # a file without statistics: its rows are unknown
             if candidates:
                 target = self._read_paths(dt, candidates)

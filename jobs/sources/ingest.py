@@ -188,7 +188,7 @@ def promote(
     clock = source.event_time or source.cursor
 
     # Every figure of the batch in one query (one round trip to a Spark Connect server, not five).
-    def rows(frame, name):
+    def counted(frame, name):
         return frame.agg(F.count(F.lit(1)).alias(name))
 
     figures = landed.agg(
@@ -196,10 +196,10 @@ def promote(
         F.sum(F.col("_drift").cast("int")).alias("drift"),
         (F.max(F.col(clock).cast("timestamp")) if clock else F.lit(None)).alias("newest"),
     )
-    for part in (rows(fresh, "silver"), rows(quarantine, "quarantined")):
+    for part in (counted(fresh, "silver"), counted(quarantine, "quarantined")):
         figures = figures.crossJoin(part)
     if suppressed is not None:
-        figures = figures.crossJoin(rows(suppressed, "dropped"))
+        figures = figures.crossJoin(counted(suppressed, "dropped"))
     figures = figures.first().asDict()
     result.bronze_rows, result.drifted_rows = figures["rows"], figures["drift"] or 0
     stale = _freshness_warning(source, clock, figures["newest"], batch_date)
