@@ -21,12 +21,13 @@ $(STAMP): requirements/lock.txt setup.cfg setup.py pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "p13n needs $(PYTHON) on PATH (Python 3.11)"; exit 1; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
-	$(UV) pip sync -q --python $(PY) requirements/lock.txt
+	$(UV) pip sync -q --compile-bytecode --python $(PY) requirements/lock.txt
 	$(UV) pip install -q --python $(PY) --no-deps -e .
 	@touch $(STAMP)
 	@echo "p13n installed in $(VENV)/"
 
 setup: $(STAMP) ## Create .venv/ and install the pinned stack (quick when nothing changed)
+	@$(PY) -m compileall -q -j 0 jobs dags models >/dev/null
 
 run: setup ## Run the pipeline through Airflow on embedded local services and print what it wrote
 	$(VENV)/bin/p13n run

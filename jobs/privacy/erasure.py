@@ -515,7 +515,8 @@ def _names_person(cell: str, person: Person) -> bool:
 def erase_files(settings, person: Person) -> int:
     """Files under the data directory: the CSV exports lose the lines with a cell that names the
     person (parsed, normalized: never a substring of someone else's value); access-request files about
-    them are deleted. Returns lines and files removed."""
+    them and every working copy of a run's inputs (`p13n.recommend.cache`) are deleted. Returns lines,
+    files and copies removed."""
     import csv
     import io
 
@@ -532,6 +533,10 @@ def erase_files(settings, person: Person) -> int:
             tmp = path.with_suffix(".tmp")
             tmp.write_text(out.getvalue())
             tmp.replace(path)
+    # Working copies of a run's inputs (recomputable) go whole, whoever they hold.
+    from p13n.recommend.cache import clear
+
+    n += clear(settings)
     # Access-request files about the person (delivered to them already) go whole.
     folder = settings.data_dir / "privacy"
     for path in sorted(folder.glob("*.json")) if folder.exists() else []:

@@ -37,11 +37,19 @@ METRICS = (
 
 
 def _data(ds: str):
-    from p13n.recommend.pipeline import read_data
+    """The run's inputs: read from the lake by the first task, from its copy by the others
+    (`p13n.recommend.cache`)."""
+    from p13n.recommend.cache import load_data
     from p13n.session import lake
 
     settings = get_settings()
-    return settings, lake(), read_data(lake(), settings, dt.date.fromisoformat(ds))
+    data, cached = load_data(lake(), settings, dt.date.fromisoformat(ds))
+    origin = "the run's copy" if cached else "read from the lake"
+    progress(
+        f"recommendation inputs as of {ds}: {len(data.events):,} events, {len(data.users):,} customers, "
+        f"{len(data.items):,} items ({origin})"
+    )
+    return settings, lake(), data
 
 
 def interactions_task(ds: str) -> dict:
@@ -77,12 +85,14 @@ def train_task(ds: str) -> dict:
 
 def lists_task(ds: str) -> dict:
     """Every list for every customer and item with the champion recipe."""
+    from p13n.recommend.cache import drop
     from p13n.recommend.pipeline import build_lists, champion_recipe
 
     settings, lk, data = _data(ds)
     out = build_lists(
         lk, settings, data, champion_recipe(settings), dt.date.fromisoformat(ds), run=RunContext.from_env()
     )
+    drop(lk, settings, dt.date.fromisoformat(ds))  # the run's last reader of its inputs' copy
     progress(
         f"recommendations as of {ds}: {out['rows']:,} rows for {out['customers']:,} customers; "
         f"{out['personalized_share']:.1%} with a personal signal in their list "

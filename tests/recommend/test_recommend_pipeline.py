@@ -235,3 +235,32 @@ def test_the_gate_refuses_accuracy_bought_with_a_narrower_catalog():
     assert not ok and "coverage 0.1 worse than the champion's 0.14" in reasons
     ok, _ = decide(challenger, wider | {"coverage": 0.12}, rules)  # 0.02 less: within the tolerance
     assert ok
+
+
+def test_the_run_s_copy_of_the_inputs_gives_back_the_same_data(tmp_path):
+    """What the first task of recommend_products saves, the next ones load: every field equal, with
+    its dtype, so their lists and metrics are those of a read from the lake."""
+    from p13n.recommend import cache
+
+    events = _shop()
+    events["at"] = pd.to_datetime(events["at"], utc=True)
+    data = _data(events, 30, consented=np.arange(30) % 7 != 0)
+    data.price = np.linspace(1.0, 12.0, N_ITEMS)
+    data.repeatable = np.where(CATEGORY == "pet", 1.0, np.nan)
+    data.segment = pd.Series(
+        ["dog people", "cat people"] * 15, index=pd.Index(range(30), name="user"), name="persona"
+    )
+    data.versions = {"silver.products": 3, "gold.segments": 7}
+    data.users, data.items = data.users.rename("customer_id"), data.items.rename("sku")  # as read_data
+    path = cache.save(data, tmp_path / "cache", "2024-03-02-abc")
+    assert oct(path.parent.stat().st_mode & 0o777) == "0o700"
+    back = cache.load(path)
+    pd.testing.assert_frame_equal(back.events, data.events)
+    pd.testing.assert_index_equal(back.users, data.users)
+    pd.testing.assert_index_equal(back.items, data.items)
+    pd.testing.assert_series_equal(back.segment, data.segment)
+    for name in (*cache.ITEM_ARRAYS, "consented"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(data, name), err_msg=name)
+        assert getattr(back, name).dtype.kind == getattr(data, name).dtype.kind, name
+    assert back.end == data.end and back.versions == data.versions
+    assert not list((tmp_path / "cache").glob(".*"))  # no staging folder left

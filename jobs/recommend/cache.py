@@ -1,0 +1,145 @@
+"""The recommenders' inputs, read once per run and shared by its tasks.
+
+`recommend_products` runs three tasks on the same `Data` (interactions, train, lists), each in a
+process of its own under the scheduler, and reading it is most of their time (about 35 s of Spark
+queries and conversions at 20k customers, against about 1 s from the Parquet files here). The first
+task writes what it read under `<data_dir>/cache/recommend/<key>/`; the others load it when their key
+matches. The key is the run date, the Delta version of every table `read_data` reads (an erasure, a
+rerun of ingestion or scoring rewrites a table and so changes it), the recommender settings and the
+package version: a changed input never reads an old copy. A worker that cannot see the folder (another
+machine) reads the lake as before.
+
+The folder is owner-only; the lists task, the run's last reader, removes its entry; an erasure removes
+every entry (`privacy.erasure.erase_files`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from p13n import __version__
+from p13n.config import Settings
+from p13n.lake import Lake
+from p13n.lake.tables import GOLD_CUSTOMER_PROFILES, GOLD_SEGMENTS, OPS_ERASURES, silver_table
+from p13n.recommend.pipeline import Data, read_data
+
+ITEM_ARRAYS = ("category", "brand", "price", "title", "repeatable", "unavailable")
+
+
+def folder(settings: Settings) -> Path:
+    return settings.data_dir / "cache" / "recommend"
+
+
+def inputs() -> tuple[str, ...]:
+    from p13n.customers.pipeline import INPUTS
+
+    return (
+        *INPUTS.values(),
+        silver_table("push_notifications"),
+        silver_table("wishlists"),
+        silver_table("inventory_snapshots"),
+        silver_table("products"),
+        GOLD_SEGMENTS,
+        GOLD_CUSTOMER_PROFILES,
+        OPS_ERASURES,
+    )
+
+
+def key(lake: Lake, settings: Settings, as_of: dt.date) -> str:
+    """What `read_data` would read for `as_of` now, as a hash."""
+    versions = {t: lake.delta_table(t).version() if lake.exists(t) else -1 for t in sorted(set(inputs()))}
+    text = json.dumps(
+        [as_of.isoformat(), versions, settings.recommend.model_dump(mode="json"), __version__], sort_keys=True
+    )
+    return f"{as_of.isoformat()}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+
+
+def load_data(lake: Lake, settings: Settings, as_of: dt.date) -> tuple[Data, bool]:
+    """`read_data(lake, settings, as_of)`, from this run's copy when there is one (then True)."""
+    k = key(lake, settings, as_of)
+    path = folder(settings) / k
+    if (path / "meta.json").exists():
+        try:
+            return load(path), True
+        except (OSError, ValueError, KeyError, pa.ArrowException):
+            shutil.rmtree(path, ignore_errors=True)  # a broken copy: read the lake
+    data = read_data(lake, settings, as_of)
+    save(data, folder(settings), k)
+    return data, False
+
+
+def save(data: Data, base: Path, k: str) -> Path:
+    """Write `data` as Parquet files into `base/k`, complete or not at all (staged, then renamed)."""
+    base.mkdir(parents=True, exist_ok=True, mode=0o700)
+    base.parent.chmod(0o700)
+    base.chmod(0o700)
+    stage = base / f".{k}.tmp"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(mode=0o700)
+    pq.write_table(pa.Table.from_pandas(data.events, preserve_index=False), stage / "events.parquet")
+    pq.write_table(
+        pa.table({"customer_id": data.users.to_numpy(), "consented": data.consented}), stage / "users.parquet"
+    )
+    pq.write_table(
+        pa.table({"sku": data.items.to_numpy(), **{a: getattr(data, a) for a in ITEM_ARRAYS}}),
+        stage / "items.parquet",
+    )
+    pq.write_table(
+        pa.table({"user": data.segment.index.to_numpy(), "persona": data.segment.to_numpy()}),
+        stage / "segments.parquet",
+    )
+    meta = {"end": data.end.isoformat(), "versions": data.versions}
+    (stage / "meta.json").write_text(json.dumps(meta))
+    target = base / k
+    shutil.rmtree(target, ignore_errors=True)
+    stage.rename(target)
+    return target
+
+
+def load(path: Path) -> Data:
+    meta = json.loads((path / "meta.json").read_text())
+    users = pq.read_table(path / "users.parquet").to_pandas()
+    items = pq.read_table(path / "items.parquet").to_pandas()
+    seg = pq.read_table(path / "segments.parquet").to_pandas()
+    arrays = {a: items[a].to_numpy(str if items[a].dtype == object else None) for a in ITEM_ARRAYS}
+    return Data(
+        users=pd.Index(users["customer_id"].to_numpy(), name="customer_id"),
+        items=pd.Index(items["sku"].to_numpy(), name="sku"),
+        events=pq.read_table(path / "events.parquet").to_pandas(),
+        **arrays,
+        segment=pd.Series(
+            seg["persona"].to_numpy(), index=pd.Index(seg["user"].to_numpy(), name="user"), name="persona"
+        ),
+        consented=users["consented"].to_numpy(bool),
+        end=pd.Timestamp(meta["end"]),
+        versions=meta["versions"],
+    )
+
+
+def drop(lake: Lake, settings: Settings, as_of: dt.date) -> None:
+    """Remove this run's copy (the last task that reads it calls this) and copies over a day old."""
+    base = folder(settings)
+    if not base.exists():
+        return
+    shutil.rmtree(base / key(lake, settings, as_of), ignore_errors=True)
+    old = dt.datetime.now().timestamp() - 86_400
+    for path in base.iterdir():
+        if path.stat().st_mtime < old:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def clear(settings: Settings) -> int:
+    """Remove every copy (an erasure does, whoever they hold); returns the entries removed."""
+    base = folder(settings)
+    entries = list(base.iterdir()) if base.exists() else []
+    for path in entries:
+        shutil.rmtree(path, ignore_errors=True)
+    return len(entries)
