@@ -73,11 +73,17 @@ TRUSTED_TYPES = [
 
 def log_sklearn(model):
     """Log a scikit-learn model to the active run (skops format), returning its ModelInfo."""
+    import warnings
+
     import mlflow
 
-    return mlflow.sklearn.log_model(
-        model, name="model", pip_requirements=["scikit-learn"], skops_trusted_types=TRUSTED_TYPES
-    )
+    with warnings.catch_warnings():
+        # skops looks up each function it saves in every loaded module; in an Airflow task each read
+        # of an Airflow module's moved name warns (1,160 log lines per model).
+        warnings.filterwarnings("ignore", message=r"The `airflow\.")
+        return mlflow.sklearn.log_model(
+            model, name="model", pip_requirements=["scikit-learn"], skops_trusted_types=TRUSTED_TYPES
+        )
 
 
 def champion_version(name: str):
