@@ -13,6 +13,9 @@ date's `as_of_date` partition, so reruns and backfills are idempotent.
 * **lists**: with the champion recipe — personalized (blend + business rules + fallback chain), buy
   it again, recently viewed, popular in segment → `gold.recommendations`; `gold.item_similarity`,
   `gold.bought_together`, `gold.trending`, `gold.popular_items`.
+* The three tasks read the same inputs: the first reads them from the lake and keeps an owner-only
+  copy (`p13n.recommend.cache`, keyed on each input table's Delta version), the others load it and
+  **lists** deletes it.
 * **validate**: Great Expectations suites on every output (recorded in `ops.validations`); then
   `p13n://gold/recommendations` is announced, which triggers `publish_serving`.
 """

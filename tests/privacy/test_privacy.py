@@ -66,6 +66,9 @@ def test_forget_removes_the_person_everywhere_and_records_an_audit_without_pii(w
     assert held["serving"]["lists_and_profile"]["personalized"]
     assert oct(path.stat().st_mode & 0o777) == "0o600"
 
+    copy = settings.data_dir / "cache" / "recommend" / "2024-03-02-0123abcd"  # a run's recommender inputs
+    copy.mkdir(parents=True)
+    (copy / "events.parquet").write_bytes(b"PAR1")
     before = DeltaTable(table_uri(root, "gold.recommendations")).version()
     audit = forget(settings, "req-1", email=EMAIL, redis_url=redis_url, progress=lambda _: None)
     assert audit["status"] == "completed"
@@ -104,6 +107,7 @@ def test_forget_removes_the_person_everywhere_and_records_an_audit_without_pii(w
     registry = con.execute(f"SELECT customer_id, request_id FROM {scan(root, 'ops.erasures')}").fetchall()
     assert registry == [(WHO, "req-1")]
     assert not path.exists()  # the access file about them went too
+    assert not copy.exists()  # and every working copy of a run's inputs
 
 
 def test_requests_are_queued_served_and_keep_no_address_outside_restricted(world, monkeypatch):
