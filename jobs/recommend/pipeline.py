@@ -587,7 +587,14 @@ def build_interactions(
             "last_at": t["last_at"],
         }
     )
-    lake.replace_partition(GOLD_INTERACTIONS, lake.spark.createDataFrame(table), "as_of_date", as_of, run=run)
+    lake.replace_partition(
+        GOLD_INTERACTIONS,
+        lake.spark.createDataFrame(table),
+        "as_of_date",
+        as_of,
+        run=run,
+        rows_at_most=len(table),
+    )
     return {
         "customers": int(table["customer_id"].nunique()),
         "items": int(table["sku"].nunique()),
@@ -710,13 +717,20 @@ def build_lists(
     table = pa.concat_tables(parts)
     del parts
     lake.replace_partition(
-        GOLD_RECOMMENDATIONS, lake.spark.createDataFrame(table), "as_of_date", as_of, run=run
+        GOLD_RECOMMENDATIONS,
+        lake.spark.createDataFrame(table),
+        "as_of_date",
+        as_of,
+        run=run,
+        rows_at_most=table.num_rows,
     )
     rows = table.num_rows
     del table
     item_tables = _item_tables(data, lists, as_of, settings.recommend.list_sizes["similar_items"])
     for name, df in item_tables.items():
-        lake.replace_partition(name, lake.spark.createDataFrame(df), "as_of_date", as_of, run=run)
+        lake.replace_partition(
+            name, lake.spark.createDataFrame(df), "as_of_date", as_of, run=run, rows_at_most=len(df)
+        )
     return _list_stats(rows, counts, item_tables, data)
 
 
