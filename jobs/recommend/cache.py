@@ -72,7 +72,10 @@ def load_data(lake: Lake, settings: Settings, as_of: dt.date) -> tuple[Data, boo
         except (OSError, ValueError, KeyError, pa.ArrowException):
             shutil.rmtree(path, ignore_errors=True)  # a broken copy: read the lake
     data = read_data(lake, settings, as_of)
-    save(data, folder(settings), k)
+    try:
+        save(data, folder(settings), k)
+    except OSError as exc:  # a copy is an optimization: the next tasks read the lake too
+        print(f"recommendation inputs: no copy kept in {folder(settings)}: {exc}", flush=True)
     return data, False
 
 

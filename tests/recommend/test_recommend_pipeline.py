@@ -264,3 +264,20 @@ def test_the_run_s_copy_of_the_inputs_gives_back_the_same_data(tmp_path):
         assert getattr(back, name).dtype.kind == getattr(data, name).dtype.kind, name
     assert back.end == data.end and back.versions == data.versions
     assert not list((tmp_path / "cache").glob(".*"))  # no staging folder left
+
+
+def test_a_copy_that_cannot_be_kept_or_read_back_falls_back_to_the_lake(tmp_path, monkeypatch):
+    from p13n.recommend import cache
+
+    settings = Settings().model_copy(update={"data_dir": tmp_path})
+    data = _data(_shop(), 30)
+    reads = []
+    monkeypatch.setattr(cache, "key", lambda *_: "2024-03-02-abc")
+    monkeypatch.setattr(cache, "read_data", lambda *_: reads.append(1) or data)
+    monkeypatch.setattr(cache, "save", lambda *_: (_ for _ in ()).throw(OSError("disk full")))
+    assert cache.load_data(None, settings, END.date()) == (data, False)  # no copy kept: still the data
+    broken = cache.folder(settings) / "2024-03-02-abc"
+    broken.mkdir(parents=True)
+    (broken / "meta.json").write_text("{")  # half a copy (never written so; a disk went bad)
+    assert cache.load_data(None, settings, END.date()) == (data, False) and len(reads) == 2
+    assert not broken.exists()
