@@ -43,19 +43,19 @@ def _data(ds: str):
     from p13n.session import lake
 
     settings = get_settings()
-    data, cached = load_data(lake(), settings, dt.date.fromisoformat(ds))
+    data, copy, cached = load_data(lake(), settings, dt.date.fromisoformat(ds))
     origin = "the run's copy" if cached else "read from the lake"
     progress(
         f"recommendation inputs as of {ds}: {len(data.events):,} events, {len(data.users):,} customers, "
         f"{len(data.items):,} items ({origin})"
     )
-    return settings, lake(), data
+    return settings, lake(), data, copy
 
 
 def interactions_task(ds: str) -> dict:
     from p13n.recommend.pipeline import build_interactions
 
-    settings, lk, data = _data(ds)
+    settings, lk, data, _ = _data(ds)
     out = build_interactions(lk, data, settings, dt.date.fromisoformat(ds), run=RunContext.from_env())
     progress(
         f"interactions as of {ds}: {out['pairs']:,} customer-item pairs, {out['customers']:,} customers, "
@@ -68,7 +68,7 @@ def train_task(ds: str) -> dict:
     """Tune, evaluate (every model and the popularity baseline), register and gate the recipe."""
     from p13n.recommend.pipeline import train_recommender
 
-    settings, lk, data = _data(ds)
+    settings, lk, data, _ = _data(ds)
     out, recipe, table = train_recommender(
         lk, settings, data, dt.date.fromisoformat(ds), run=RunContext.from_env(), progress=progress
     )
@@ -88,11 +88,11 @@ def lists_task(ds: str) -> dict:
     from p13n.recommend.cache import drop
     from p13n.recommend.pipeline import build_lists, champion_recipe
 
-    settings, lk, data = _data(ds)
+    settings, lk, data, copy = _data(ds)
     out = build_lists(
         lk, settings, data, champion_recipe(settings), dt.date.fromisoformat(ds), run=RunContext.from_env()
     )
-    drop(lk, settings, dt.date.fromisoformat(ds))  # the run's last reader of its inputs' copy
+    drop(copy)  # the run's last reader of its inputs' copy
     progress(
         f"recommendations as of {ds}: {out['rows']:,} rows for {out['customers']:,} customers; "
         f"{out['personalized_share']:.1%} with a personal signal in their list "

@@ -275,9 +275,9 @@ def test_a_copy_that_cannot_be_kept_or_read_back_falls_back_to_the_lake(tmp_path
     monkeypatch.setattr(cache, "key", lambda *_: "2024-03-02-abc")
     monkeypatch.setattr(cache, "read_data", lambda *_: reads.append(1) or data)
     monkeypatch.setattr(cache, "save", lambda *_: (_ for _ in ()).throw(OSError("disk full")))
-    assert cache.load_data(None, settings, END.date()) == (data, False)  # no copy kept: still the data
-    broken = cache.folder(settings) / "2024-03-02-abc"
-    broken.mkdir(parents=True)
-    (broken / "meta.json").write_text("{")  # half a copy (never written so; a disk went bad)
-    assert cache.load_data(None, settings, END.date()) == (data, False) and len(reads) == 2
-    assert not broken.exists()
+    copy = cache.folder(settings) / "2024-03-02-abc"
+    assert cache.load_data(None, settings, END.date()) == (data, copy, False)  # no copy kept: still the data
+    copy.mkdir(parents=True)
+    (copy / "meta.json").write_text("{")  # half a copy (never written so; a disk went bad)
+    assert cache.load_data(None, settings, END.date()) == (data, copy, False) and len(reads) == 2
+    assert not copy.exists()
