@@ -80,6 +80,11 @@ class LakeSettings(_Section):
     client_write_max_rows: int = Field(200_000, ge=0)
     vacuum_retention_hours: int = Field(168, ge=0)
     max_commit_retries: int = Field(3, ge=0)
+    # How Spark's executors read and write the data files: "spark" (its own Parquet reader and
+    # writer, which need Hadoop's connector for object storage), "arrow" (pyarrow inside the executors'
+    # Python workers, for any filesystem pyarrow reaches), "auto" (spark on a local or HDFS root, arrow
+    # on s3:// and other object stores).
+    spark_io: Literal["auto", "spark", "arrow"] = "auto"
 
 
 class SparkSettings(_Section):

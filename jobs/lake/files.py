@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from urllib.parse import unquote
@@ -20,7 +21,38 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
+OBJECT_STORE_SCHEMES = ("s3://", "s3a://", "gs://", "gcs://", "az://", "abfs://", "abfss://")
 _MAX_STAT_STRING = 64  # longer strings get no min/max: a truncated max would skip files wrongly
+
+
+def is_object_store(uri: str) -> bool:
+    """Whether a lake location is on object storage (where Spark without Hadoop's connectors cannot
+    read or write, and a rename is a copy)."""
+    return uri.lower().startswith(OBJECT_STORE_SCHEMES)
+
+
+def filesystem_for(uri: str, storage_options: Mapping[str, str] | None = None) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow filesystem and path of a lake location. For `s3://` it takes the endpoint, keys,
+    region and HTTP setting from delta-rs's storage options (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`,
+    ...; any case), so pyarrow, delta-rs and DuckDB reach the same bucket with the same credentials."""
+    if "://" not in uri:
+        uri = f"file://{uri}"
+    scheme, _, rest = uri.partition("://")
+    if scheme.lower() not in ("s3", "s3a") or not storage_options:
+        fs, path = pafs.FileSystem.from_uri(uri.replace("s3a://", "s3://", 1))
+        return fs, path.rstrip("/")
+    o = {k.lower().removeprefix("aws_"): v for k, v in storage_options.items()}
+    endpoint = o.get("endpoint_url") or o.get("endpoint") or ""
+    kwargs: dict = {
+        "access_key": o.get("access_key_id"),
+        "secret_key": o.get("secret_access_key"),
+        "session_token": o.get("session_token") or o.get("token"),
+        "region": o.get("region") or o.get("default_region") or "us-east-1",
+    }
+    if endpoint:
+        kwargs["scheme"], _, kwargs["endpoint_override"] = endpoint.rpartition("://")
+        kwargs["scheme"] = kwargs["scheme"] or "https"
+    return pafs.S3FileSystem(**{k: v for k, v in kwargs.items() if v}), rest.rstrip("/")
 
 
 def collect_staged_files(

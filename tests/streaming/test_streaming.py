@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 
 import pytest
 from deltalake import DeltaTable
@@ -259,38 +260,25 @@ def test_a_consumer_that_sought_before_another_landed_the_range_skips_it(broker,
 
 
 @pytest.fixture
-def s3_endpoint():
-    """A local S3 endpoint (moto) for the broker's durable storage, with one bucket."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    from p13n.services.kafka import free_port
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
+def tansu_s3(local_s3):
+    """The local S3 endpoint with a bucket for the broker's durable storage, as Tansu's environment."""
+    bucket = local_s3.create_bucket(f"tansu-{uuid.uuid4().hex[:8]}")
+    options = local_s3.storage_options()
     env = {
-        "AWS_ENDPOINT": f"http://127.0.0.1:{port}",
-        "AWS_ACCESS_KEY_ID": "p13n-test",
-        "AWS_SECRET_ACCESS_KEY": "p13n-test",
-        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT": options["AWS_ENDPOINT_URL"],
+        "AWS_ACCESS_KEY_ID": options["AWS_ACCESS_KEY_ID"],
+        "AWS_SECRET_ACCESS_KEY": options["AWS_SECRET_ACCESS_KEY"],
+        "AWS_DEFAULT_REGION": options["AWS_REGION"],
         "AWS_ALLOW_HTTP": "true",
     }
-    boto3.client(
-        "s3",
-        endpoint_url=env["AWS_ENDPOINT"],
-        region_name="us-east-1",
-        aws_access_key_id="p13n-test",
-        aws_secret_access_key="p13n-test",
-    ).create_bucket(Bucket="tansu")
-    yield env
-    server.stop()
+    return env, f"s3://{bucket}/"
 
 
-def test_a_broker_restart_is_survived(s3_endpoint, tmp_path):
+def test_a_broker_restart_is_survived(tansu_s3, tmp_path):
     source = load_catalog()["web_clickstream"]
     root = str(tmp_path / "lake")
-    broker = EmbeddedBroker(storage="s3://tansu/", storage_env=s3_endpoint).start()
+    env, storage = tansu_s3
+    broker = EmbeddedBroker(storage=storage, storage_env=env).start()
     consumer = None
     try:
         ensure_topics(broker.bootstrap, [TOPIC], partitions=2)
