@@ -759,6 +759,9 @@ def _write_arrow(
     other tasks write into the same folder (under names of their own)."""
     import pyarrow.dataset as ds
 
+    # Every column optional in the files, as Spark's writer has them (the table's schema says what
+    # is required).
+    rows = rows.cast(pa.schema([f.with_nullable(True) for f in rows.schema], metadata=rows.schema.metadata))
     partitioning = (
         ds.HivePartitioning(rows.select(partition_by).schema, null_fallback=HIVE_NULL)
         if partition_by
