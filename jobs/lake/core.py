@@ -567,6 +567,7 @@ class Lake:
         fs, table_dir = self._fs(table)
         staging = f"{table_dir}/{STAGING_DIR}/{write_id}"
         small = rows_at_most is not None and rows_at_most <= self.settings.client_write_max_rows
+        only: set[str] | None = None  # the files to take from staging (None: all)
         try:
             if small:
                 _write_arrow(
@@ -584,7 +585,9 @@ class Lake:
                     arrow_schema=_arrow_schema(df.schema),
                 )
                 parts = df.repartition(*partition_by) if partition_by and colocate else df
-                parts.mapInArrow(write, "rows long").collect()
+                # Only the files of the task attempts that succeeded: a retried task's first attempt
+                # may have left files behind (Spark's own writer has a commit protocol for that).
+                only = {r["path"] for r in parts.mapInArrow(write, "path string").collect()}
             else:
                 # Co-locate each partition's rows in few tasks, so a partition gets few files.
                 writer = (df.repartition(*partition_by) if partition_by and colocate else df).write
@@ -593,7 +596,7 @@ class Lake:
                 if partition_by:
                     writer = writer.partitionBy(*partition_by)
                 writer.parquet(_spark_path(self.uri(table)) + f"/{STAGING_DIR}/{write_id}")
-            files = collect_staged_files(fs, staging, table_dir, partition_by)
+            files = collect_staged_files(fs, staging, table_dir, partition_by, only=only)
         finally:
             fs.delete_dir_contents(staging, missing_dir_ok=True)
             with contextlib.suppress(OSError):
@@ -734,15 +737,15 @@ def _write_task_files(
     batches, *, filesystem, staging: str, partition_by: list[str], write_id: str, max_rows: int, arrow_schema
 ):
     """Executor side of an Arrow-IO write: one task's rows as Parquet under `staging`, named by the
-    write and the task so that tasks never collide; yields the task's row count."""
+    write and the attempt so that tasks never collide; yields the paths of the files it wrote."""
     batches = list(batches)
     if not batches:
         return
     rows = pa.Table.from_batches(batches).cast(arrow_schema)
-    _write_arrow(
-        rows, filesystem, staging, partition_by, f"{write_id}-{uuid.uuid4().hex[:8]}", max_rows, shared=True
-    )
-    yield pa.RecordBatch.from_pydict({"rows": [rows.num_rows]})
+    paths: list[str] = []
+    name = f"{write_id}-{uuid.uuid4().hex[:8]}"
+    _write_arrow(rows, filesystem, staging, partition_by, name, max_rows, shared=True, written=paths)
+    yield pa.RecordBatch.from_pydict({"path": paths}, schema=pa.schema([("path", pa.string())]))
 
 
 def _write_arrow(
@@ -753,10 +756,11 @@ def _write_arrow(
     write_id: str,
     max_rows: int,
     shared: bool = False,
+    written: list[str] | None = None,
 ) -> None:
     """Write an Arrow table as Parquet under `staging` in the layout Spark's writer gives
     (`col=value/` directories, Hive's null marker, partition columns only in the path). `shared`:
-    other tasks write into the same folder (under names of their own)."""
+    other tasks write into the same folder (under names of their own). `written` receives the paths."""
     import pyarrow.dataset as ds
 
     # Every column optional in the files, as Spark's writer has them (the table's schema says what
@@ -777,6 +781,7 @@ def _write_arrow(
         max_rows_per_file=max_rows,
         max_rows_per_group=min(max_rows, 1 << 20),
         existing_data_behavior="overwrite_or_ignore" if shared else "error",
+        file_visitor=(lambda f: written.append(f.path)) if written is not None else None,
         file_options=ds.ParquetFileFormat().make_write_options(compression="snappy"),
     )
 

@@ -56,17 +56,25 @@ def filesystem_for(uri: str, storage_options: Mapping[str, str] | None = None) -
 
 
 def collect_staged_files(
-    filesystem: pafs.FileSystem, staging: str, table_dir: str, partition_by: list[str], threads: int = 8
+    filesystem: pafs.FileSystem,
+    staging: str,
+    table_dir: str,
+    partition_by: list[str],
+    threads: int = 8,
+    only: set[str] | None = None,
 ) -> list[dict]:
     """Move the Parquet files Spark wrote under `staging` into the table's Hive layout and describe them.
 
     Spark's file names carry its write job's UUID, so they never collide with other writes'. Empty
     files (Spark writes one for an empty unpartitioned DataFrame) are dropped rather than committed.
     Returns one dict per file: path (relative to the table), size, partition_values (JSON),
-    stats (Delta's JSON statistics) and num_records.
+    stats (Delta's JSON statistics) and num_records. `only`: the staged files to take (the successful
+    task attempts' files, when the writer is not Spark's own); the rest stay for the caller to delete.
     """
     infos = filesystem.get_file_info(pafs.FileSelector(staging, recursive=True, allow_not_found=True))
     staged = [i for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")]
+    if only is not None:
+        staged = [i for i in staged if i.path in only]
 
     def one(info: pafs.FileInfo) -> dict | None:
         rel = info.path[len(staging) :].lstrip("/")

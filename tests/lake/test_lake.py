@@ -506,3 +506,30 @@ def test_a_small_write_through_arrow_gives_the_same_table_as_spark_s_writer(spar
     assert sorted(con.sql(f"select * from delta_scan('{lake.uri('gold.by_arrow')}')").fetchall()) == sorted(
         con.sql(f"select * from delta_scan('{lake.uri('gold.by_spark')}')").fetchall()
     )
+
+
+def test_files_a_failed_task_attempt_left_in_staging_are_not_committed(spark, lake, monkeypatch):
+    """With the executors writing through pyarrow, a task retried after writing some files leaves
+    them in the staging folder; only the files of the attempts that succeeded reach the table."""
+    import pyarrow.parquet as pq
+
+    import p13n.lake.core as core
+
+    arrow_lake = (
+        lake
+        if lake.arrow_io
+        else Lake(spark, lake.settings.model_copy(update={"spark_io": "arrow"}), lake.root)
+    )
+    original = core.collect_staged_files
+
+    def with_a_leftover(fs, staging, *args, **kwargs):
+        stray = pa.table({"order_id": [99], "customer": ["ghost"], "amount": [9.0]})
+        fs.create_dir(f"{staging}/order_date=2024-03-01", recursive=True)
+        pq.write_table(stray, f"{staging}/order_date=2024-03-01/part-failed-attempt.parquet", filesystem=fs)
+        return original(fs, staging, *args, **kwargs)
+
+    monkeypatch.setattr(core, "collect_staged_files", with_a_leftover)
+    result = arrow_lake.write("silver.orders", orders(spark, BASE), partition_by=["order_date"])
+    assert result.rows_written == 4
+    assert rows_of(arrow_lake.read("silver.orders"), "order_id") == [(1,), (2,), (3,), (4,)]
+    assert not [p for p in stored_files(arrow_lake, "silver.orders") if "failed-attempt" in p]
