@@ -52,7 +52,7 @@ class LocalS3:
         ).create_bucket(Bucket=name)
         return name
 
-    def start(self, timeout: float = 30.0) -> LocalS3:
+    def start(self, timeout: float = 60.0) -> LocalS3:
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         try:
             self.proc = subprocess.Popen(
@@ -68,12 +68,36 @@ class LocalS3:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"the local S3 server (moto) exited with code {self.proc.returncode}")
-            if listening("127.0.0.1", self.port):
+                raise RuntimeError(
+                    f"the local S3 server (moto) exited with code {self.proc.returncode}{self._log_tail()}"
+                )
+            if self._answers():
                 return self
             time.sleep(0.2)
         self.stop()
-        raise RuntimeError(f"the local S3 server (moto) did not listen on {self.port} within {timeout:.0f}s")
+        raise RuntimeError(
+            f"the local S3 server (moto) did not answer on {self.endpoint} within {timeout:.0f}s"
+            + self._log_tail()
+        )
+
+    def _answers(self) -> bool:
+        """Whether moto itself answers S3's ListBuckets here (not merely something on the port)."""
+        import urllib.error
+        import urllib.request
+
+        if not listening("127.0.0.1", self.port):
+            return False
+        try:
+            with urllib.request.urlopen(self.endpoint, timeout=2) as reply:
+                return b"ListAllMyBucketsResult" in reply.read()
+        except (OSError, urllib.error.URLError):
+            return False
+
+    def _log_tail(self, lines: int = 15) -> str:
+        if not self.log_path or not Path(self.log_path).exists():
+            return ""
+        tail = Path(self.log_path).read_text(errors="replace").splitlines()[-lines:]
+        return f"; its log ({self.log_path}) ends:\n" + "\n".join(tail) if tail else ""
 
     def stop(self) -> None:
         if self.proc is not None:
