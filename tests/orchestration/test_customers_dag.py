@@ -8,22 +8,19 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
 
 import pytest
+from reference_night import DAY, PII_KEY
 
-from p13n.customers.pipeline import INPUTS
-from p13n.generate.retail import generate
-from p13n.identity.pipeline import resolve_identities
 from p13n.lake import Lake
 from p13n.orchestration import airflow_env
 from p13n.runner import ensure_airflow_db, run_dag
 from p13n.services.kafka import EmbeddedBroker
 from p13n.sources.catalog import load_catalog
 from p13n.sources.ingest import ingest_batch
-from p13n.sources.simulate import load_warehouse, replay_topics
 
 pytestmark = [pytest.mark.airflow, pytest.mark.spark]
-DAY = dt.date(2024, 3, 1)
 
 
 @pytest.mark.timeout(1800)
@@ -31,52 +28,32 @@ DAY = dt.date(2024, 3, 1)
     "rerun_scores", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["", "rerun"]
 )
 def test_score_customers_and_recommend_products_dags_write_every_table(
-    spark, settings, tmp_path, redis_url, rerun_scores
+    spark, settings, tmp_path, redis_url, scored_night, rerun_scores
 ):
     """`rerun_scores` (make test-slow) also reruns score_customers and recommend_products and checks their
     tables unchanged, then forgets a customer after the whole run and scores the next day's CLV against
     the promoted champion (CI's time budget: together over five minutes on 2 cores; in CI
     `test_ingest` reruns ingestion, `tests/privacy` erases on a lake, `test_customer_models` gates a
     challenger against its champion)."""
+    # A copy of the session's reference night (tests/orchestration/conftest.py: the day ingested and
+    # resolved in-process, then score_customers and recommend_products through `airflow dags test`).
+    # MLflow's artifact locations are absolute, so the copy's new runs log beside the reference's store.
+    shutil.copytree(scored_night.settings.data_dir, tmp_path, dirs_exist_ok=True)
     s = settings.model_copy(update={"data_dir": tmp_path})
     catalog = load_catalog()
-    generate(catalog, tmp_path, customers=500, days=1, seed=4, start=DAY, bad_rate=0.005, history_days=400)
-    load_warehouse(s, catalog)
     lake = Lake(spark, s.lake, s.lake_root)
-    needed = set(s.identity.sources) | {"wishlists", "inventory_snapshots"}
-    needed |= {t.split(".", 1)[1] for t in INPUTS.values() if t.startswith("silver.")}
-    broker = EmbeddedBroker().start()
-    try:
-        s = s.model_copy(
-            update={"sources": s.sources.model_copy(update={"kafka_bootstrap": broker.bootstrap})}
-        )
-        replay_topics(s, catalog, broker.bootstrap)
-        # Three batches at a time: each is a string of small Spark jobs and Delta commits on its own
-        # tables, so the shared session overlaps them (the setup took 5 of the test's 9 minutes).
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(3) as pool:
-            list(
-                pool.map(
-                    lambda name: ingest_batch(lake, s, catalog, catalog[name], DAY, b"k"), sorted(needed)
-                )
-            )
-    finally:
-        broker.stop()
-    resolve_identities(lake, s, DAY, b"k")
-    env = airflow_env(s)
+    env = airflow_env(s) | {"P13N_PII_KEY": PII_KEY}
     log = tmp_path / "airflow.log"
     ensure_airflow_db(env, log)
+    _check_customer_tables(lake, DAY, scored_night.lines)
     lines: list[str] = []
-    ok, _ = run_dag("score_customers", DAY.isoformat(), env, log, echo=lines.append)
-    assert ok, log.read_text()[-4000:]
-    _check_customer_tables(lake, DAY, lines)
 
     # A rerun of the date leaves every table as it was (same rows, same model versions).
     if rerun_scores:
         _check_rerun_of_scores(lake, env, log, lines)
 
-    # A customer with an erasure on record is never scored (#10 writes these; here by hand).
+    # A customer with an erasure on record is never recommended (#10 writes these; here by hand): the
+    # date's recommendations again, after the erasure.
     erased = sorted(r.customer_id for r in lake.read("gold.churn_scores").select("customer_id").collect())[0]
     lake.write(
         "ops.erasures",
@@ -411,8 +388,9 @@ def _check_customer_tables(lake, day, lines):
     assert (segments.loc[segments["cluster"] == -1, "rfm_segment"] == "Prospect").all()
     send = lake.read("gold.send_times", where=where).toPandas()
     assert len(send) == profiles and send["best_hour"].between(0, 23).all()
+    # (the reference night also ran recommend_products: its recipe's gate is the `recommend` row)
     runs = {r.model: r for r in lake.read("ops.model_runs", where=where).collect()}
-    assert set(runs) == {"churn", "clv", "segments"}
+    assert set(runs) == {"churn", "clv", "segments", "recommend"}
     assert all(r.promoted and r.version == "1" for r in runs.values())  # first models: champions
     assert json.loads(runs["churn"].metrics)["roc_auc"] > 0.6
     assert any("customer outputs passed" in line for line in lines)
