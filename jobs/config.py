@@ -381,7 +381,7 @@ class ServingSettings(_Section):
     # parallelism);
     # auto: duckdb up to `duckdb_max_customers` customers, spark past them.
     engine: Literal["auto", "duckdb", "spark"] = "auto"
-    duckdb_max_customers: int = Field(300_000, gt=0)
+    duckdb_max_customers: int = Field(1_200_000, gt=0)
     spark_parts: int = Field(0, ge=0)
     batch_commands: int = Field(5000, gt=0)
     writers: int = Field(2, gt=0)

@@ -6,6 +6,10 @@
   `publish_ratio_vs_3b` divides by redis-benchmark's default 3-byte HSETs instead, and
   `publish_ratio_end_to_end` uses the whole publish (encode, write, verify, switch): encoding in
   DuckDB dominates it. `publish_spark_s` is the same publish in Spark tasks.
+* `publish_write_vs_pipe` = `redis-cli --pipe` replaying the very bytes of a version (its commands,
+  encoded once and written to a file) ÷ the publish's write phase, on the same empty server: 1.0 means
+  the publish writes as fast as Redis' own bulk loader. `publish_end_to_end_vs_pipe` divides the same
+  replay by the whole publish (checks, encode, write, verify, switch).
 * `api_p99_ms`: `wrk` (50 connections, 10 s, loopback) on customer recommendations of random known
   customers against `p13n serve`'s app with its configured workers; p50 and requests/s beside it.
 
@@ -180,6 +184,36 @@ def _redis_benchmark(port: int, value_bytes: int, requests: int) -> float:
     return float(row.split(",")[1].strip('"'))
 
 
+def _redis_cli_pipe(settings, port: int, path: Path) -> tuple[float, int]:
+    """Seconds `redis-cli --pipe` takes to replay the bytes of one version (encoded by the publish's own
+    encoder, written to `path`), and their size: the reference for the publish's write phase."""
+    from p13n.lake.duck import duckdb_connection
+    from p13n.services.redis import redis_binary
+    from p13n.serving.encode import commands
+    from p13n.serving.publish import command_batches, erased_customers
+
+    con = duckdb_connection()
+    cmds = commands(
+        con, settings, AS_OF, f"{AS_OF:%Y%m%d}.0", erased_customers(settings, con)
+    )  # as long as a real one
+    with path.open("wb") as f:
+        for data, _ in command_batches(cmds, 100_000):
+            f.write(data)
+    with path.open("rb") as f:
+        t0 = time.perf_counter()
+        out = subprocess.run(
+            [redis_binary("redis-cli"), "-p", str(port), "--pipe"], stdin=f, capture_output=True, text=True
+        )
+        seconds = time.perf_counter() - t0
+    if out.returncode != 0 or f"replies: {len(cmds)}" not in out.stdout:
+        raise RuntimeError(
+            f"redis-cli --pipe did not replay the version: {out.stdout[-300:]}{out.stderr[-300:]}"
+        )
+    size = path.stat().st_size
+    path.unlink()
+    return seconds, size
+
+
 def _wrk(url: str, customers: int, seconds: int, connections: int, key: str = "") -> dict:
     import shutil
 
@@ -231,6 +265,8 @@ def bench_serving(rows: int | None = None, reps: int = 1) -> dict:
     server = RedisServer(work / "redis", persist=False).start()
     try:
         r = client(server.url)
+        pipe_s, pipe_bytes = _redis_cli_pipe(settings, server.port, work / "version.resp")
+        r.flushall()
         best, before = None, r.info("memory")["used_memory"]
         for _ in range(max(1, reps)):
             res = publish(settings, server.url, AS_OF)
@@ -262,6 +298,10 @@ def bench_serving(rows: int | None = None, reps: int = 1) -> dict:
             "publish_ratio": round(write_rate / rb_sized, 3),
             "publish_ratio_vs_3b": round(write_rate / rb_small, 3),
             "publish_ratio_end_to_end": round(end_to_end / rb_sized, 3),
+            "redis_cli_pipe_s": round(pipe_s, 2),
+            "redis_cli_pipe_mb": round(pipe_bytes / 1e6, 1),
+            "publish_write_vs_pipe": round(pipe_s / best.seconds["write"], 3),
+            "publish_end_to_end_vs_pipe": round(pipe_s / best.seconds["total"], 3),
             "redis_version_mb": round(version_bytes / 1e6, 1),
             "redis_bytes_per_customer": round(version_bytes / customers),
         }

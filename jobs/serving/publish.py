@@ -294,8 +294,11 @@ def _read_replies(sock: socket.socket, n: int, what: str) -> None:
                 raise PublishError(f"Redis refused a command of {what}: {reply}")
 
 
+Batch = tuple[memoryview, int]  # framed commands back to back, and how many
+
+
 def write_commands(
-    url: str, batches: list[list[bytes]], lock: Lock | None, progress: Callable | None, writers: int
+    url: str, batches: list[Batch], lock: Lock | None, progress: Callable | None, writers: int
 ):
     """Send batches of framed commands with `writers` connections in parallel, pipelined."""
     total = len(batches)
@@ -303,12 +306,12 @@ def write_commands(
     guard = threading.Lock()
     half = total // 2
 
-    def work(my_batches: list[tuple[int, list[bytes]]]) -> None:
+    def work(my_batches: list[tuple[int, Batch]]) -> None:
         sock = _connect(url)
         try:
-            for i, batch in my_batches:
-                sock.sendall(b"".join(batch))
-                _read_replies(sock, len(batch), f"batch {i + 1} of {total}")
+            for i, (data, n_commands) in my_batches:
+                sock.sendall(data)
+                _read_replies(sock, n_commands, f"batch {i + 1} of {total}")
                 with guard:
                     done[0] += 1
                     n = done[0]
@@ -327,10 +330,26 @@ def write_commands(
             f.result()
 
 
-def _batches(cmds: pa.Table, per_batch: int) -> list[list[bytes]]:
-    column = cmds.column("cmd").to_pylist()
-    encoded = [c.encode() for c in column]
-    return [encoded[i : i + per_batch] for i in range(0, len(encoded), per_batch)]
+def command_batches(cmds: pa.Table, per_batch: int) -> list[Batch]:
+    """The `cmd` column in batches of at most `per_batch` commands, each a view of the column's own
+    bytes: a string array's values lie back to back in one buffer, so a batch is a slice of it (no
+    copy, no Python string per command)."""
+    import numpy as np
+
+    out = []
+    for chunk in cmds.column("cmd").chunks:
+        n = len(chunk)
+        if n == 0:
+            continue
+        _, offsets_buf, data_buf = chunk.buffers()
+        width = np.int64 if pa.types.is_large_string(chunk.type) else np.int32
+        offsets = np.frombuffer(offsets_buf, dtype=width)[chunk.offset : chunk.offset + n + 1]
+        data = memoryview(data_buf)
+        out += [
+            (data[offsets[i] : offsets[min(i + per_batch, n)]], min(per_batch, n - i))
+            for i in range(0, n, per_batch)
+        ]
+    return out
 
 
 # --- verification ----------------------------------------------------------------------------------
@@ -392,14 +411,14 @@ def merge_expected(parts: list[dict]) -> dict[str, int]:
     return {k: v if isinstance(v, int) else len(v) for k, v in total.items() if v}
 
 
-def digest_sample(cmds: pa.Table, every: int = 16) -> list[tuple[str, str]]:
-    """The (key, digest) of about one hash key in `every`, chosen by a hash of the key."""
+def digest_sample(cmds: pa.Table) -> list[tuple[str, str]]:
+    """The (key, digest) of the hash keys `commands()` digested (one in `encode.SAMPLE_EVERY`)."""
     digests = cmds.filter(pc.invert(pc.is_null(cmds.column("digest"))))
     keys_col, digest_col = digests.column("key").to_pylist(), digests.column("digest").to_pylist()
-    return [(k, d) for k, d in zip(keys_col, digest_col, strict=True) if hash_bucket(k, every)]
+    return list(zip(keys_col, digest_col, strict=True))
 
 
-def _nbytes(cmds: pa.Table) -> int:
+def command_bytes(cmds: pa.Table) -> int:
     return int(pc.sum(pc.binary_length(cmds.column("cmd").cast(pa.binary()))).as_py() or 0)
 
 
@@ -417,20 +436,14 @@ def publish_part(
     from p13n.serving.encode import commands
 
     cmds = commands(duckdb_connection(), settings, as_of, version, erased, part=part, reasons=reasons)
-    write_commands(url, _batches(cmds, settings.serving.batch_commands), None, None, 1)
+    write_commands(url, command_batches(cmds, settings.serving.batch_commands), None, None, 1)
     expected = {k: sorted(v) if isinstance(v, set) else v for k, v in expected_keys(cmds).items()}
     return {
         "expected": expected,
         "sample": digest_sample(cmds),
-        "bytes": _nbytes(cmds),
+        "bytes": command_bytes(cmds),
         "commands": len(cmds),
     }
-
-
-def hash_bucket(key: str, every: int) -> bool:
-    import zlib
-
-    return zlib.crc32(key.encode()) % every == 0
 
 
 # --- the publish -----------------------------------------------------------------------------------
@@ -501,11 +514,11 @@ def publish(
         else:
             cmds = commands(con, settings, as_of, version, erased)
             seconds["encode"] = time.perf_counter() - t0
-            nbytes, ncommands = _nbytes(cmds), len(cmds)
+            nbytes, ncommands = command_bytes(cmds), len(cmds)
             _check_memory(r, nbytes)
             say(f"version {version}: {ncommands:,} commands ({nbytes / 1e6:.1f} MB) to write")
             t1 = time.perf_counter()
-            write_commands(url, _batches(cmds, s.batch_commands), lock, say, s.writers)
+            write_commands(url, command_batches(cmds, s.batch_commands), lock, say, s.writers)
             seconds["write"] = time.perf_counter() - t1
             expected, sample = merge_expected([expected_keys(cmds)]), digest_sample(cmds)
         t2 = time.perf_counter()
@@ -557,7 +570,7 @@ def _publish_in_parts(settings, url, as_of, version, erased, con, lock, say):
     from p13n.session import spark
 
     wide, reasons = version_wide(con, settings, as_of, version, erased)
-    write_commands(url, _batches(wide, settings.serving.batch_commands), lock, None, 1)
+    write_commands(url, command_batches(wide, settings.serving.batch_commands), lock, None, 1)
     from p13n.spark import default_parallelism
 
     session = spark()
@@ -596,7 +609,7 @@ def _publish_in_parts(settings, url, as_of, version, erased, con, lock, say):
     parts = [expected_keys(wide)]
     parts += [{k: set(v) if isinstance(v, list) else v for k, v in x["expected"].items()} for x in results]
     sample = digest_sample(wide) + [tuple(kd) for x in results for kd in x["sample"]]
-    nbytes = _nbytes(wide) + sum(x["bytes"] for x in results)
+    nbytes = command_bytes(wide) + sum(x["bytes"] for x in results)
     return merge_expected(parts), sample, nbytes, len(wide) + sum(x["commands"] for x in results)
 
 

@@ -17,13 +17,14 @@ import subprocess
 import sys
 
 import pytest
+from reference_night import table_digests
 
 pytestmark = [pytest.mark.slow]
 
 # One night, in a process of its own: a Spark Connect client (SPARK_REMOTE) and a classic driver cannot
 # share a process.
 NIGHT = """
-import datetime as dt, hashlib, json, sys
+import datetime as dt, json, sys
 from pathlib import Path
 from p13n.config import get_settings
 from p13n.generate.retail import generate
@@ -40,18 +41,12 @@ lake = session_lake()
 for name in s.identity.sources:
     ingest_batch(lake, s, catalog, catalog[name], day, b"k")
 resolve_identities(lake, s, day, b"k")
-out = {}
-for table in lake.tables():
-    df = lake.read(table)
-    keep = [c for c in df.columns if not c.startswith("_") and not c.endswith("_at") and c != "run_id"]
-    rows = sorted(json.dumps(r.asDict(), default=str, sort_keys=True) for r in df.select(*keep).collect())
-    out[table] = [len(rows), hashlib.sha256("\\n".join(rows).encode()).hexdigest()]
-out["_spark"] = type(lake.spark).__module__
-Path(sys.argv[1]).write_text(json.dumps(out))
+Path(sys.argv[1]).write_text(json.dumps({"spark": type(lake.spark).__module__, "lake": s.lake_root}))
 """
 
 
-def _night(data_dir, remote: str | None = None) -> dict:
+def _night(data_dir, remote: str | None = None) -> tuple[str, dict]:
+    """The Spark session's module and `table_digests` of the lake the night wrote."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("P13N__SPARK__REMOTE", "SPARK_REMOTE"))}
     env["P13N_DATA_DIR"] = str(data_dir)
     if remote:
@@ -61,7 +56,8 @@ def _night(data_dir, remote: str | None = None) -> dict:
         [sys.executable, "-c", NIGHT, str(out)], env=env, capture_output=True, text=True, timeout=900
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(out.read_text())
+    ran = json.loads(out.read_text())
+    return ran["spark"], table_digests(ran["lake"])
 
 
 @pytest.mark.timeout(1800)
@@ -69,15 +65,15 @@ def test_ingestion_and_identity_on_a_standalone_cluster_write_the_local_runs_tab
     from p13n.services.spark_cluster import SparkStandaloneCluster
     from p13n.services.spark_connect import SparkConnectServer
 
-    local = _night(tmp_path / "local")
+    local_spark, local = _night(tmp_path / "local")
     with SparkStandaloneCluster(tmp_path / "cluster", workers=2, cores=1, memory="1g") as cluster:
         on_cluster = settings.model_copy(
             update={"spark": settings.spark.model_copy(update={"master": cluster.url, "server_memory": "2g"})}
         )
         with SparkConnectServer(on_cluster, log_path=tmp_path / "cluster" / "logs" / "connect.log") as server:
-            got = _night(tmp_path / "remote", remote=server.url)
+            got_spark, got = _night(tmp_path / "remote", remote=server.url)
         executors = list((tmp_path / "cluster").glob("worker-*/app-*/*/stderr"))
-    assert "connect" not in local.pop("_spark") and got.pop("_spark") == "pyspark.sql.connect.session"
+    assert "connect" not in local_spark and got_spark == "pyspark.sql.connect.session"
     assert len(executors) >= 2  # executors ran in the workers' processes, not the driver's
     local.pop("ops.identity_runs")  # its timings differ
     assert len(local) > 20 and "gold.customer_profiles" in local
