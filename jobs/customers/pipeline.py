@@ -190,6 +190,11 @@ def score_churn(
             f"churn: {len(f):,} customers as of {cutoff}, {f['churned'].mean():.1%} churned in the next {w} "
             "days"
         )
+    if sets["train"].empty:
+        raise ValueError(
+            f"churn: no customer had bought before {train_at}, the training cutoff ({2 * w} days before "
+            f"{as_of}: twice customers.churn_horizon_days); the purchase history must reach back that far"
+        )
     model = churn_model.train_churn(sets["train"], sets["train"]["churned"], seed=cfg.seed)
     ev = sets["eval"]
     metrics = churn_model.evaluate_churn(ev["churned"], churn_model.predict_churn(model, ev))

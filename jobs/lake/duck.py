@@ -21,8 +21,14 @@ from typing import Any
 
 
 def duckdb_connection(database: str = ":memory:", settings=None):
-    """A DuckDB connection with the Delta extension loaded (and S3 credentials when the lake has them)."""
+    """A DuckDB connection with the Delta extension loaded, and S3 credentials when the lake has them
+    (`settings`, default: the configured ones)."""
     import duckdb
+
+    if settings is None:
+        from p13n.config import get_settings
+
+        settings = get_settings()
 
     con = duckdb.connect(database)
     con.execute(f"LOAD '{_extension('delta')}'")
@@ -30,8 +36,8 @@ def duckdb_connection(database: str = ":memory:", settings=None):
     # Every time the platform compares or shows is UTC: without this, DuckDB casts the lake's UTC
     # instants to the machine's zone (an analyst's laptop in Chicago saw orders 6 hours early).
     con.execute("SET TimeZone = 'UTC'")
-    options = _options(settings) if settings is not None else None
-    if settings is not None and settings.lake_root.startswith(("s3://", "s3a://")):
+    options = _options(settings)
+    if settings.lake_root.startswith(("s3://", "s3a://")):
         con.execute(f"LOAD '{_extension('httpfs')}'")  # DuckDB's S3 reads (the Delta log's files)
         if options:
             _s3_secret(con, options)
@@ -102,8 +108,16 @@ def literal(value: Any) -> str:
 
 
 def _options(lake) -> dict[str, str] | None:
-    """`lake`: the Settings (root and storage options) or a bare lake root (local, no options)."""
-    return None if isinstance(lake, str) else dict(lake.lake.storage_options) or None
+    """`lake`: the Settings (root and storage options) or a bare lake root. A bare root on object
+    storage that is the configured lake's takes its storage options: jobs pass `settings.lake_root`."""
+    if not isinstance(lake, str):
+        return dict(lake.lake.storage_options) or None
+    if not lake.startswith(("s3://", "s3a://")):
+        return None
+    from p13n.config import get_settings
+
+    configured = get_settings()
+    return (dict(configured.lake.storage_options) or None) if lake == configured.lake_root else None
 
 
 def _root(lake) -> str:

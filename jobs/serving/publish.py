@@ -435,7 +435,8 @@ def publish_part(
     from p13n.lake.duck import duckdb_connection
     from p13n.serving.encode import commands
 
-    cmds = commands(duckdb_connection(), settings, as_of, version, erased, part=part, reasons=reasons)
+    con = duckdb_connection(settings=settings)  # on an executor: the driver's settings, not its own
+    cmds = commands(con, settings, as_of, version, erased, part=part, reasons=reasons)
     write_commands(url, command_batches(cmds, settings.serving.batch_commands), None, None, 1)
     expected = {k: sorted(v) if isinstance(v, set) else v for k, v in expected_keys(cmds).items()}
     return {
@@ -469,7 +470,7 @@ def publish(
     s = settings.serving
     keys = Keys(s.namespace)
     r = client(url)
-    con = duckdb_connection()
+    con = duckdb_connection(settings=settings)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     problems = preflight(settings, as_of, con)

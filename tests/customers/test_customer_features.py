@@ -277,3 +277,38 @@ def test_purchase_lines_share_the_order_total_and_attribute_every_system(spark, 
         ("shopify:W1", "C1", "S2", "web", "toys", 45.0),
         ("square:Q1", "C2", "S2", "store", "toys", 40.0),
     ]
+
+
+def test_churn_without_enough_history_names_its_training_cutoff(spark, settings, tmp_path):
+    """A purchase history shorter than two churn horizons has no training set: the error says why."""
+    import re
+
+    from p13n.customers.pipeline import Activity, score_churn
+
+    as_of = dt.date(2024, 3, 2)
+    lines = _lines(spark, [("o1", "o1", "C1", ts("2024-02-20"), "web", "S1", "grocery", "B1", 1, 20.0)])
+    empty = {
+        "events": ", ".join(
+            f"{c} {t}"
+            for c, t in zip(
+                act.EVENTS, ["string", "timestamp", "string", "string", "string", "string"], strict=True
+            )
+        ),
+        "messages": "customer_id string, at timestamp, channel string, event string",
+        "returns": "customer_id string, returned_at timestamp, source_order_id string, sku string, "
+        "quantity int",
+        "loyalty": "customer_id string, loyalty_tier string, loyalty_points int",
+    }
+    activity = Activity(
+        customers=spark.createDataFrame(
+            [("C1", ts("2024-01-01"))], "customer_id string, first_seen_at timestamp"
+        ),
+        lines=lines,
+        versions={},
+        **{name: spark.createDataFrame([], schema) for name, schema in empty.items()},
+    )
+    cutoff = as_of - dt.timedelta(days=2 * settings.customers.churn_horizon_days)
+    with pytest.raises(
+        ValueError, match=re.escape(f"no customer had bought before {cutoff}, the training cutoff")
+    ):
+        score_churn(None, settings.model_copy(update={"data_dir": tmp_path}), activity, as_of, progress=print)

@@ -392,6 +392,27 @@ def test_experiment_arms_are_deterministic_split_as_configured_and_logged(settin
     assert logged[0][1]["items"] == ",".join(x["sku"] for x in body["items"])  # what the customer saw
 
 
+@pytest.mark.s3
+def test_a_publish_reads_its_gold_tables_from_a_lake_on_s3(s3_endpoint, monkeypatch, redis_url, tmp_path):
+    """Jobs hand the DuckDB door `settings.lake_root`: on object storage it must bring the lake's
+    credentials itself (a whole nightly on S3 failed here: `OSError: Operation not supported`)."""
+    import uuid
+
+    from p13n.config import get_settings
+
+    endpoint = dict(s3_endpoint)
+    bucket = endpoint.pop("bucket")
+    monkeypatch.setenv("P13N__LAKE__ROOT", f"s3://{bucket}/{uuid.uuid4().hex[:12]}/lake")
+    for key, value in endpoint.items():
+        monkeypatch.setenv(f"P13N__LAKE__STORAGE_OPTIONS__{key}", value)
+    s = _settings(get_settings(), tmp_path)
+    assert s.lake_root.startswith("s3://")
+    write_gold(s.lake_root, CUSTOMERS, ITEMS, seed=1, erased=[ERASED])
+    result = publish(s, redis_url, AS_OF)
+    assert result.keys["c"] == CUSTOMERS - 1 and result.keys["i"] == ITEMS and result.verified_sample > 0
+    assert not (tmp_path / "lake").exists()  # nothing went to a local path instead
+
+
 def test_the_verifier_reads_back_a_digested_sample_and_refuses_a_key_that_differs(srv, redis_url):
     import pyarrow.compute as pc
 
