@@ -25,7 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -487,10 +487,42 @@ def time_split(
 
 def evaluate_recipe(data: Data, recipe: Recipe, settings: Settings, spark, split=None) -> tuple[dict, dict]:
     """Every list and the served blend, on the time split. Returns (metrics per model, facts)."""
-    k = settings.recommend.k
+    return evaluate_recipes(data, [recipe], settings, spark, split)[0]
+
+
+def evaluate_recipes(
+    data: Data, recipes: list[Recipe], settings: Settings, spark, split=None
+) -> list[tuple[dict, dict]]:
+    """`evaluate_recipe` of each recipe on the same split. What a recipe's ALS parameters and blend
+    weights do not change (next basket, item similarity and the rule lists, given one half-life) is
+    fitted once: a challenger and the champion it is gated against differ in those parameters, and the
+    next-basket model is most of an evaluation's time."""
     train, test, cut = split or time_split(data.events)
     users = cut.index.to_numpy()
-    lists = fit_lists(data, train, users, recipe, settings, spark, end=cut)
+    fitted: dict[float, Lists] = {}
+    out = []
+    for recipe in recipes:
+        base = fitted.get(recipe.half_life_days)
+        if base is None:
+            lists = fitted[recipe.half_life_days] = fit_lists(
+                data, train, users, recipe, settings, spark, end=cut
+            )
+        else:
+            lists = _with_als(base, recipe, users, settings, spark)
+        out.append(_evaluation(data, lists, recipe, settings, users, train, test, cut))
+    return out
+
+
+def _with_als(lists: Lists, recipe: Recipe, users: np.ndarray, settings: Settings, spark) -> Lists:
+    """`lists` with the ALS list of `recipe` (fitted on the same weights, as `fit_models` does)."""
+    cfg = settings.recommend
+    als = _als(recipe, spark, cfg.seed).fit(lists.seen).excluding(not_repeating(lists.seen, lists.repeats))
+    depth = 2 * cfg.list_sizes["personalized"]
+    return replace(lists, components={**lists.components, "als": als.recommend(users, depth)})
+
+
+def _evaluation(data: Data, lists: Lists, recipe: Recipe, settings: Settings, users, train, test, cut):
+    k = settings.recommend.k
     shape = (len(data.users), len(data.items))
     m = lists.seen
     runs = {"popularity": Popularity().fit(m).excluding(not_repeating(m, lists.repeats)).recommend(users, 20)}
@@ -631,15 +663,12 @@ def train_recommender(
         )
     challenger = tune(data, settings, spark, split)
     progress(f"recommend: challenger {challenger.engine} ALS {challenger.als}")
-    table, facts = evaluate_recipe(data, challenger, settings, spark, split)
-    metrics = gate_metrics(table, cfg.k)
-    champ_metrics = None
     champ = _recipe(life.champion())
-    if champ is not None:
-        champ_table = (
-            table if champ == challenger else evaluate_recipe(data, champ, settings, spark, split)[0]
-        )
-        champ_metrics = gate_metrics(champ_table, cfg.k)
+    rivals = [challenger] if champ is None or champ == challenger else [challenger, champ]
+    evaluations = evaluate_recipes(data, rivals, settings, spark, split)
+    table, facts = evaluations[0]
+    metrics = gate_metrics(table, cfg.k)
+    champ_metrics = None if champ is None else gate_metrics(evaluations[-1][0], cfg.k)
     params = {
         "engine": challenger.engine,
         **{f"als.{k}": v for k, v in challenger.als.items()},

@@ -13,6 +13,7 @@ from p13n.recommend.pipeline import (
     Recipe,
     customer_lists,
     evaluate_recipe,
+    evaluate_recipes,
     fit_lists,
     fit_models,
     lists_for,
@@ -158,6 +159,31 @@ def test_evaluation_scores_every_list_and_the_served_blend_beats_popularity(rec_
     # too, but behind the other customers' staple
     assert table["personalized"]["ndcg@10"] == 1.0 and table["next_basket"]["ndcg@10"] == 1.0
     assert table["popularity"]["ndcg@10"] < 0.9
+
+
+def test_recipes_evaluated_together_score_as_each_alone_with_one_next_basket_fit(rec_settings, monkeypatch):
+    """A challenger and the champion differ in ALS parameters: the rest is fitted once for both."""
+    import dataclasses
+
+    from p13n.models import nextbasket
+
+    data = _data(_shop(), 30)
+    champion = dataclasses.replace(RECIPE, als={**RECIPE.als, "factors": 4, "regularization": 0.5})
+    alone = [evaluate_recipe(data, r, rec_settings, spark=None) for r in (RECIPE, champion)]
+    fits = []
+    original = nextbasket.NextBasket.fit
+    monkeypatch.setattr(
+        nextbasket.NextBasket, "fit", lambda self, *a, **k: fits.append(1) or original(self, *a, **k)
+    )
+    together = evaluate_recipes(data, [RECIPE, champion], rec_settings, spark=None)
+    assert together == alone
+    assert len(fits) == 1
+    assert (
+        alone[0][0]["als"] != alone[1][0]["als"]
+    )  # the two ALS lists differ: the comparison means something
+    other_half_life = dataclasses.replace(champion, half_life_days=RECIPE.half_life_days * 2)
+    evaluate_recipes(data, [RECIPE, other_half_life], rec_settings, spark=None)
+    assert len(fits) == 3  # a different half-life weighs the events differently: everything is refitted
 
 
 @pytest.mark.spark
