@@ -111,7 +111,22 @@ def validate_task(ds: str) -> dict:
     from p13n.orchestration import validate_outputs
 
     where = [("as_of_date", "=", dt.date.fromisoformat(ds))]
-    return validate_outputs(dict.fromkeys(SUITES, where), "recommendation outputs")
+    try:
+        return validate_outputs(dict.fromkeys(SUITES, where), "recommendation outputs")
+    finally:
+        release_cache()
+
+
+def release_cache() -> None:
+    """Let the night's cached activity go from the Spark service. A Spark Connect server shares its
+    cache between sessions and keeps it after a task's process exits: the frames the features task
+    caches serve churn, CLV, segments, attribution and this DAG's inputs, the run's last readers of
+    them. Nothing released them, so each night left its frames behind for as long as the server ran
+    (16 after the two nights of `make run`). Clearing only ever drops copies: a task of another DAG
+    that had cached something recomputes it."""
+    from p13n.session import lake
+
+    lake().spark.catalog.clearCache()
 
 
 def evaluation_table(table: dict, k: int) -> str:

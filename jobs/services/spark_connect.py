@@ -61,8 +61,10 @@ class SparkConnectServer:
                 # Tasks of several Airflow task processes share this driver: FAIR lets a short task's
                 # jobs run beside a long one's instead of queueing behind it.
                 "spark.scheduler.mode": "FAIR",
-                # A finished task's session (its caches) is released within minutes, not the default hour:
-                # task processes end with os._exit and cannot always say goodbye.
+                # A finished task's session (its local checkpoints) is released within minutes, not the
+                # default hour: task processes end with os._exit and cannot always say goodbye. Frames
+                # it cached stay (the cache is the application's): the recommendations DAG's last task
+                # clears them (`p13n.recommend.tasks.release_cache`).
                 "spark.connect.session.manager.defaultSessionTimeout": "5min",
                 "spark.default.parallelism": str(max(2, os.cpu_count() or 2)),
             }

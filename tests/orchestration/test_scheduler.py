@@ -47,10 +47,13 @@ def test_one_date_runs_down_the_asset_chain_under_the_scheduler(settings, tmp_pa
     catalog = load_catalog()
     generate(catalog, s.data_dir, **NIGHT)  # the reference night's day
     load_warehouse(s, catalog)
+    ui_port = free_port()  # the Connect server's UI: what it holds cached
     with (
         PostgresServer(tmp_path / "pg") as pg,
         SparkStandaloneCluster(tmp_path / "cluster", workers=2, cores=1, memory="1g") as cluster,
-        SparkConnectServer(on_cluster(s, cluster), log_path=tmp_path / "spark-connect.log") as connect,
+        SparkConnectServer(
+            on_cluster(s, cluster, ui_port), log_path=tmp_path / "spark-connect.log"
+        ) as connect,
     ):
         broker = EmbeddedBroker().start()
         redis = RedisServer(tmp_path / "redis").start()
@@ -91,6 +94,9 @@ def test_one_date_runs_down_the_asset_chain_under_the_scheduler(settings, tmp_pa
                 stop_on_failure=False,
                 log_root=s.logs_dir / "airflow",
             )
+            # The server shares cached frames between sessions and keeps them after a task's process
+            # exits: the night's last reader of the activity released them.
+            cached = _cached_frames(ui_port)
             # The same date again: a new run, never a duplicate-key error.
             again = trigger_date(api, "ingest_sources", DAY, unpause=False)
             tree = services.processes()
@@ -105,6 +111,7 @@ def test_one_date_runs_down_the_asset_chain_under_the_scheduler(settings, tmp_pa
     assert states == {**dict.fromkeys(CHAIN, "success"), "ingest_sources": "failed"}, "\n".join(lines[-60:])
     assert again["partition_key"] == DAY and again["dag_run_id"] != runs[0].run_id
     assert not leftovers, [p.cmdline() for p in leftovers]
+    assert not [n for n in cached if "key_type" in n or "SortAggregate(key=[order_id" in n], cached
 
     root = s.lake_root
     con = duckdb_connection()
@@ -172,11 +179,25 @@ def test_one_date_runs_down_the_asset_chain_under_the_scheduler(settings, tmp_pa
     assert missed and all(a["run_id"] for a in missed), alerts  # the run it is about, named
 
 
-def on_cluster(settings, cluster):
-    """The settings with Spark's master on the standalone cluster (the Connect server is its driver)."""
-    return settings.model_copy(
-        update={"spark": settings.spark.model_copy(update={"master": cluster.url, "server_memory": "2g"})}
-    )
+def on_cluster(settings, cluster, ui_port: int | None = None):
+    """The settings with Spark's master on the standalone cluster (the Connect server is its driver),
+    with its UI on `ui_port` when given."""
+    spark = {"master": cluster.url, "server_memory": "2g"}
+    if ui_port:
+        spark |= {"ui_enabled": True, "conf": {**settings.spark.conf, "spark.ui.port": str(ui_port)}}
+    return settings.model_copy(update={"spark": settings.spark.model_copy(update=spark)})
+
+
+def _cached_frames(ui_port: int) -> list[str]:
+    """The plans of the frames the Spark application holds cached, from its UI's REST API."""
+    import json
+    import urllib.request
+
+    base = f"http://127.0.0.1:{ui_port}/api/v1/applications"
+    with urllib.request.urlopen(base, timeout=30) as r:
+        (app,) = json.load(r)
+    with urllib.request.urlopen(f"{base}/{app['id']}/storage/rdd", timeout=30) as r:
+        return [frame["name"] for frame in json.load(r)]
 
 
 def _history(root: str, table: str) -> list[dict]:
