@@ -122,8 +122,8 @@ def release_cache() -> None:
     cache between sessions and keeps it after a task's process exits: the frames the features task
     caches serve churn, CLV, segments, attribution and this DAG's inputs, the run's last readers of
     them. Nothing released them, so each night left its frames behind for as long as the server ran
-    (16 after the two nights of `make run`). Clearing only ever drops copies: a task of another DAG
-    that had cached something recomputes it."""
+    (`make run`'s second night still held the first night's 7). Clearing only ever drops copies: a
+    task of another DAG that had cached something recomputes it."""
     from p13n.session import lake
 
     lake().spark.catalog.clearCache()
