@@ -178,9 +178,8 @@ def test_recipes_evaluated_together_score_as_each_alone_with_one_next_basket_fit
     together = evaluate_recipes(data, [RECIPE, champion], rec_settings, spark=None)
     assert together == alone
     assert len(fits) == 1
-    assert (
-        alone[0][0]["als"] != alone[1][0]["als"]
-    )  # the two ALS lists differ: the comparison means something
+    # the two ALS lists differ: the comparison means something
+    assert alone[0][0]["als"] != alone[1][0]["als"]
     other_half_life = dataclasses.replace(champion, half_life_days=RECIPE.half_life_days * 2)
     evaluate_recipes(data, [RECIPE, other_half_life], rec_settings, spark=None)
     assert len(fits) == 3  # a different half-life weighs the events differently: everything is refitted
