@@ -239,12 +239,15 @@ class Recipe:
         return asdict(self)
 
 
-def _als(recipe: Recipe, spark, seed: int):
+def _fit_als(recipe: Recipe, seen, skip, spark, seed: int):
+    """The recipe's ALS fitted on the `seen` weights, leaving out the `skip` pairs when it ranks."""
     if recipe.engine == "spark":
         from p13n.models.spark_als import SparkALS
 
-        return SparkALS(spark, **recipe.als, seed=seed)
-    return ImplicitALS(**recipe.als, seed=seed)
+        model = SparkALS(spark, **recipe.als, seed=seed)
+    else:
+        model = ImplicitALS(**recipe.als, seed=seed)
+    return model.fit(seen).excluding(skip)
 
 
 @dataclass
@@ -334,7 +337,7 @@ def fit_models(
     sim = ItemSimilarity().fit(m).excluding(skip)
     basket = nb.NextBasket(seed=cfg.seed).fit(_baskets(purchases), pd.Series(data.category))
     return Fitted(
-        als=_als(recipe, spark, cfg.seed).fit(m).excluding(skip),
+        als=_fit_als(recipe, m, skip, spark, cfg.seed),
         sim=sim,
         seen=m,
         purchases=purchases,
@@ -499,26 +502,22 @@ def evaluate_recipes(
     next-basket model is most of an evaluation's time."""
     train, test, cut = split or time_split(data.events)
     users = cut.index.to_numpy()
-    fitted: dict[float, Lists] = {}
+    fitted: dict[float, tuple[Fitted, Lists]] = {}
     out = []
     for recipe in recipes:
-        base = fitted.get(recipe.half_life_days)
-        if base is None:
-            lists = fitted[recipe.half_life_days] = fit_lists(
-                data, train, users, recipe, settings, spark, end=cut
+        if recipe.half_life_days not in fitted:
+            first = fit_models(data, train, users, recipe, settings, spark, cut)
+            fitted[recipe.half_life_days] = first, lists_for(first, data, users, settings)
+            lists = fitted[recipe.half_life_days][1]
+        else:  # the same weights: only this recipe's ALS list differs
+            first, shared = fitted[recipe.half_life_days]
+            skip = not_repeating(first.seen, first.repeats)
+            als = _fit_als(recipe, first.seen, skip, spark, settings.recommend.seed)
+            lists = replace(
+                shared, components={**shared.components, "als": als.recommend(users, first.depth)}
             )
-        else:
-            lists = _with_als(base, recipe, users, settings, spark)
         out.append(_evaluation(data, lists, recipe, settings, users, train, test, cut))
     return out
-
-
-def _with_als(lists: Lists, recipe: Recipe, users: np.ndarray, settings: Settings, spark) -> Lists:
-    """`lists` with the ALS list of `recipe` (fitted on the same weights, as `fit_models` does)."""
-    cfg = settings.recommend
-    als = _als(recipe, spark, cfg.seed).fit(lists.seen).excluding(not_repeating(lists.seen, lists.repeats))
-    depth = 2 * cfg.list_sizes["personalized"]
-    return replace(lists, components={**lists.components, "als": als.recommend(users, depth)})
 
 
 def _evaluation(data: Data, lists: Lists, recipe: Recipe, settings: Settings, users, train, test, cut):

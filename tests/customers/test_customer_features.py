@@ -288,12 +288,8 @@ def test_churn_without_enough_history_names_its_training_cutoff(spark, settings,
     as_of = dt.date(2024, 3, 2)
     lines = _lines(spark, [("o1", "o1", "C1", ts("2024-02-20"), "web", "S1", "grocery", "B1", 1, 20.0)])
     empty = {
-        "events": ", ".join(
-            f"{c} {t}"
-            for c, t in zip(
-                act.EVENTS, ["string", "timestamp", "string", "string", "string", "string"], strict=True
-            )
-        ),
+        "events": "customer_id string, at timestamp, channel string, event_type string, sku string, "
+        "campaign_channel string",
         "messages": "customer_id string, at timestamp, channel string, event string",
         "returns": "customer_id string, returned_at timestamp, source_order_id string, sku string, "
         "quantity int",
