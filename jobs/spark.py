@@ -94,6 +94,16 @@ def default_parallelism(spark) -> int:
     return int(value) if value else max(1, os.cpu_count() or 1)
 
 
+def to_pandas(frame):
+    """`frame.toPandas()` without the attributes a Spark Connect client attaches to it: the metrics of
+    every node of the query's plan, which pandas deep-copies into every frame derived from it (every
+    column assignment, selection and merge). On the churn task's two feature frames that copying was
+    5.2 s of 35 s (20k customers)."""
+    pdf = frame.toPandas()
+    pdf.attrs.clear()
+    return pdf
+
+
 def splink_jar() -> str | None:
     """The similarity-UDF jar inside the installed Splink wheel (for Spark 4), if Splink is installed."""
     spec = importlib.util.find_spec("splink")

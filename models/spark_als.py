@@ -8,6 +8,7 @@ import pandas as pd
 from scipy import sparse
 
 from p13n.models.recommenders import SeenFilter
+from p13n.spark import to_pandas
 
 
 class SparkALS(SeenFilter):
@@ -64,7 +65,7 @@ class SparkALS(SeenFilter):
 
 
 def _factors(df, n: int, rank: int) -> np.ndarray:
-    rows = df.toPandas()
+    rows = to_pandas(df)
     out = np.zeros((n, rank), dtype=np.float32)
     out[rows["id"].to_numpy()] = np.vstack(rows["features"].to_numpy())
     return out

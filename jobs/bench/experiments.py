@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from p13n.measurement.experiments import RESULT_COLUMNS
+from p13n.spark import to_pandas
 
 LIFT = 0.08
 # The planted designs, in turn: (experiment, lift: a treated share's, or each API arm's)
@@ -230,7 +231,7 @@ def _lake_attribution(settings, figures: dict) -> float | None:
         m.lookback_days,
         m.max_touches,
     ).cache()
-    paths = j.toPandas()  # built once: both are timed from the same journeys
+    paths = to_pandas(j)  # built once: both are timed from the same journeys
     t0 = time.perf_counter()
     ours = attr.attribution(j, m.half_life_hours)
     figures["attribution_seconds_p13n"] = round(time.perf_counter() - t0, 2)

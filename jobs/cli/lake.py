@@ -88,9 +88,9 @@ def _cmd_sql(args: argparse.Namespace) -> int:
         name, text = source(args.file)
         if args.engine == "spark":
             from p13n.lake import Lake
-            from p13n.spark import get_spark
+            from p13n.spark import get_spark, to_pandas
 
-            frame = run_spark(Lake.from_settings(get_spark(settings), settings), text).toPandas()
+            frame = to_pandas(run_spark(Lake.from_settings(get_spark(settings), settings), text))
         else:
             frame = run_duckdb(settings, text)
     except (SqlError, ValueError) as e:  # ValueError: a table name that is not layer.name

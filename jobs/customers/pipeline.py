@@ -46,6 +46,7 @@ from p13n.models import sendtime
 from p13n.models.lifecycle import Lifecycle, ModelRun, scalars
 from p13n.models.registry import log_sklearn
 from p13n.runctx import RunContext
+from p13n.spark import to_pandas
 
 INPUTS = {
     "keys": GOLD_IDENTITY_KEYS,
@@ -141,7 +142,7 @@ def build_customer_features(
 
 
 def read_features(lake: Lake, as_of: dt.date) -> pd.DataFrame:
-    df = lake.read(GOLD_CUSTOMER_FEATURES, where=[("as_of_date", "=", as_of)]).toPandas()
+    df = to_pandas(lake.read(GOLD_CUSTOMER_FEATURES, where=[("as_of_date", "=", as_of)]))
     if df.empty:
         raise LookupError(
             f"{GOLD_CUSTOMER_FEATURES} has no rows for as_of_date {as_of}: run the features step first"
@@ -164,7 +165,7 @@ def _later_orders(activity: Activity, start: dt.date, days: int) -> pd.Series:
     o = orders_of(activity.lines).filter(
         (F.col("ordered_at") >= F.lit(lo)) & (F.col("ordered_at") < F.lit(hi))
     )
-    counts = o.groupBy("customer_id").count().toPandas()
+    counts = to_pandas(o.groupBy("customer_id").count())
     return counts.set_index("customer_id")["count"]
 
 
@@ -183,7 +184,7 @@ def score_churn(
     train_at, eval_at = as_of - dt.timedelta(days=2 * w), as_of - dt.timedelta(days=w)
     sets = {}
     for name, cutoff in (("train", train_at), ("eval", eval_at)):
-        f = activity.features(cutoff).filter("orders_total > 0").toPandas()
+        f = to_pandas(activity.features(cutoff).filter("orders_total > 0"))
         f["churned"] = churn_model.label(f, _later_orders(activity, cutoff, w))
         sets[name] = f
         progress(
@@ -298,11 +299,10 @@ def _pyfunc(model: CLVModel):
 
 
 def _order_history(activity: Activity, as_of: dt.date) -> pd.DataFrame:
-    return (
+    return to_pandas(
         orders_of(activity.lines)
         .filter(F.col("ordered_at") < F.lit(interval_end(as_of)))
         .select("customer_id", F.to_date("ordered_at").alias("date"), "amount_usd")
-        .toPandas()
     )
 
 
@@ -486,18 +486,18 @@ def _previous_personas(lake: Lake, as_of: dt.date) -> pd.Series | None:
 def _partition(lake: Lake, table: str, as_of: dt.date, columns: list[str]) -> pd.DataFrame:
     if not lake.exists(table):
         return pd.DataFrame(columns=columns)
-    return lake.read(table, where=[("as_of_date", "=", as_of)], columns=columns).toPandas()
+    return to_pandas(lake.read(table, where=[("as_of_date", "=", as_of)], columns=columns))
 
 
 def _send_times(lake: Lake, settings: Settings, activity: Activity, as_of: dt.date, segments: pd.DataFrame):
     end = interval_end(as_of)
     start = end - dt.timedelta(days=settings.customers.send_time_days)
-    msgs = (
+    msgs = to_pandas(
         activity.messages.filter(
             (F.col("at") >= F.lit(start)) & (F.col("at") < F.lit(end)) & (F.col("channel") != "push")
-        )  # email and SMS engagement: the hours a customer reads; a push is opened when it arrives
-        .select("customer_id", "at", "event")
-        .toPandas()
+        ).select(  # email and SMS engagement: the hours a customer reads; a push is opened when it arrives
+            "customer_id", "at", "event"
+        )
     )
     by_segment = segments.set_index("customer_id")["persona"]
     send = sendtime.best_send_times(

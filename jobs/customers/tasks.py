@@ -16,6 +16,7 @@ from p13n.lake.tables import (
 )
 from p13n.orchestration import progress
 from p13n.runctx import RunContext
+from p13n.spark import to_pandas
 
 SUITES = (
     GOLD_CUSTOMER_FEATURES,
@@ -98,7 +99,7 @@ def person_traits(settings: Settings, lk):
         return None
     graph = lk.read(GOLD_IDENTITY_GRAPH)
     latest = graph.agg({"run_date": "max"}).first()[0]
-    ids = graph.filter(graph.run_date == latest).select("record_key", "customer_id").toPandas()
+    ids = to_pandas(graph.filter(graph.run_date == latest).select("record_key", "customer_id"))
     owners = ids.merge(truth, on="record_key", how="inner").groupby("customer_id")["person_id"]
     majority = owners.agg(lambda s: s.value_counts().index[0]).reset_index()
     return majority.merge(traits, on="person_id", how="inner")[["customer_id", "open_hour"]]

@@ -51,6 +51,7 @@ from p13n.lake.tables import (
 )
 from p13n.runctx import RunContext
 from p13n.sources.standardize import hmac_sha256
+from p13n.spark import to_pandas
 
 PII_FIELDS = ("first_name", "last_name", "email", "phone", "street", "postal_code", "birth_date")
 CONSENT_SOURCE = "consent_preferences"
@@ -100,7 +101,7 @@ def previous_snapshot(lake: Lake, run_date: dt.date) -> tuple[pd.DataFrame | Non
     graph = lake.read(
         GOLD_IDENTITY_GRAPH, columns=["record_key", "customer_id"], where=[("run_date", "=", last)]
     )
-    return graph.toPandas(), last
+    return to_pandas(graph), last
 
 
 def resolve_identities(
@@ -290,7 +291,7 @@ def _write_current(
 ) -> None:
     cfg = settings.identity
     spark = lake.spark
-    aliases = lake.read(GOLD_CUSTOMER_ALIASES).toPandas() if lake.exists(GOLD_CUSTOMER_ALIASES) else None
+    aliases = to_pandas(lake.read(GOLD_CUSTOMER_ALIASES)) if lake.exists(GOLD_CUSTOMER_ALIASES) else None
     aliases = idmod.update_aliases(aliases, changes)
     lake.write(
         GOLD_CUSTOMER_ALIASES,

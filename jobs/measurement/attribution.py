@@ -36,6 +36,8 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
+from p13n.spark import to_pandas
+
 MODELS = ("first_touch", "last_touch", "linear", "position_based", "time_decay", "markov")
 START, CONVERSION, NULL = "(start)", "(conversion)", "(null)"
 
@@ -241,13 +243,13 @@ def markov_credits(counts: pd.DataFrame, conversions: float, revenue: float) -> 
 
 def attribution(journeys: DataFrame, half_life_hours: float = 168.0) -> pd.DataFrame:
     """Every model's credit per channel (model, channel, conversions, revenue, share, removal_effect)."""
-    heur = heuristic_credits(journeys, half_life_hours).toPandas()
+    heur = to_pandas(heuristic_credits(journeys, half_life_hours))
     totals = (
         journeys.filter("converted AND size(channels) > 0")
         .agg(F.count(F.lit(1)).alias("n"), F.sum("revenue").alias("revenue"))
         .first()
     )
-    counts = transitions(journeys).toPandas()
+    counts = to_pandas(transitions(journeys))
     frames = [heur.assign(removal_effect=np.nan)]
     if len(counts) and totals["n"]:
         frames.append(markov_credits(counts, float(totals["n"]), float(totals["revenue"] or 0.0)))

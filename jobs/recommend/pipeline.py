@@ -55,6 +55,7 @@ from p13n.models.lifecycle import Lifecycle
 from p13n.models.nextbasket import MIN_REPEAT_RATE
 from p13n.models.recommenders import ImplicitALS, Interactions, ItemSimilarity, Popularity, not_repeating
 from p13n.runctx import RunContext
+from p13n.spark import to_pandas
 
 PERSONAL = ("next_basket", "als", "item_similarity", "buy_again", "bought_together")
 CUSTOMER_LISTS = ("personalized", "buy_again", "recently_viewed", "popular_in_segment")
@@ -125,7 +126,7 @@ def erased_customers(lake: Lake) -> set[str]:
     """Customer ids with an erasure on record (`ops.erasures`, written by privacy requests): never scored."""
     if not lake.exists(OPS_ERASURES):
         return set()
-    return set(lake.read(OPS_ERASURES, columns=["customer_id"]).toPandas()["customer_id"].dropna())
+    return set(to_pandas(lake.read(OPS_ERASURES, columns=["customer_id"]))["customer_id"].dropna())
 
 
 def read_data(lake: Lake, settings: Settings, as_of: dt.date) -> Data:
@@ -135,15 +136,15 @@ def read_data(lake: Lake, settings: Settings, as_of: dt.date) -> Data:
         if not lake.exists(t):
             raise FileNotFoundError(f"recommendations need {t}: ingest the sources and score customers first")
     activity = read_activity(lake)
-    log = _event_log(lake, activity, settings, as_of).toPandas()
-    profiles = lake.read(
-        GOLD_CUSTOMER_PROFILES, columns=["customer_id", "consent_personalization"]
-    ).toPandas()
+    log = to_pandas(_event_log(lake, activity, settings, as_of))
+    profiles = to_pandas(
+        lake.read(GOLD_CUSTOMER_PROFILES, columns=["customer_id", "consent_personalization"])
+    )
     erased = erased_customers(lake)
     profiles = profiles[~profiles["customer_id"].isin(erased)].sort_values("customer_id")
     log = log[~log["customer_id"].isin(erased)]
     products = (
-        lake.read(silver_table("products")).toPandas().drop_duplicates("sku", keep="last").set_index("sku")
+        to_pandas(lake.read(silver_table("products"))).drop_duplicates("sku", keep="last").set_index("sku")
     )
     users = pd.Index(profiles["customer_id"].to_numpy(), name="customer_id")
     items = pd.Index(sorted(set(products.index) | set(log["sku"])), name="sku")
@@ -161,9 +162,9 @@ def read_data(lake: Lake, settings: Settings, as_of: dt.date) -> Data:
     # Spark returns rows in no particular order: sort, so sums (and so every list) are reproducible.
     events = events.sort_values(["user", "at", "item", "kind"], kind="stable").reset_index(drop=True)
     prod = products.reindex(items)
-    segments = lake.read(
-        GOLD_SEGMENTS, where=[("as_of_date", "=", as_of)], columns=["customer_id", "persona"]
-    ).toPandas()
+    segments = to_pandas(
+        lake.read(GOLD_SEGMENTS, where=[("as_of_date", "=", as_of)], columns=["customer_id", "persona"])
+    )
     if segments.empty:
         raise LookupError(
             f"{GOLD_SEGMENTS} has no rows for as_of_date {as_of}: score customers for that date first"
@@ -213,11 +214,8 @@ def _out_of_stock(lake: Lake, settings: Settings, as_of: dt.date, items: pd.Inde
     out = np.zeros(len(items), bool)
     if latest is None:
         return out
-    stock = (
-        inv.filter(F.col("snapshot_date") == latest)
-        .groupBy("sku")
-        .agg(F.sum("on_hand").alias("on_hand"))
-        .toPandas()
+    stock = to_pandas(
+        inv.filter(F.col("snapshot_date") == latest).groupBy("sku").agg(F.sum("on_hand").alias("on_hand"))
     )
     idx = items.get_indexer(stock["sku"])
     ok = idx >= 0

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from p13n.config import REPO_ROOT, Settings
 from p13n.sources.catalog import Catalog, Source
+from p13n.spark import to_pandas
 
 EXPECTATIONS_DIR = REPO_ROOT / "expectations"
 GENERATED = "catalog"  # meta.origin of expectations derived from the catalog
@@ -138,7 +139,7 @@ class Validator:
         if self.pandas_max_rows <= 0:
             return df, "spark"
         n = rows if rows is not None else df.limit(self.pandas_max_rows + 1).count()
-        return (df.toPandas(), "pandas") if n <= self.pandas_max_rows else (df, "spark")
+        return (to_pandas(df), "pandas") if n <= self.pandas_max_rows else (df, "spark")
 
     def __call__(self, source: Source | str, df, rows: int | None = None) -> Outcome:
         """Validate `df` (Spark or pandas) against the suite of `source` (a catalog source, or a table
