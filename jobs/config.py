@@ -158,6 +158,9 @@ class SourcesSettings(_Section):
     max_quarantine_share: float = Field(0.2, ge=0, le=1)
     # ...for batches of at least this many rows (one bad row of three says little about a source).
     quarantine_share_min_rows: int = Field(50, ge=0)
+    # A batch of at most this many bytes is parsed by the ingesting task's own process, not by Spark's
+    # executors (which start a Python worker pool per session for it). 0: always the executors.
+    parse_here_max_bytes: int = Field(64 << 20, ge=0)
 
 
 class IdentitySource(_Section):
