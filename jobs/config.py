@@ -161,6 +161,8 @@ class SourcesSettings(_Section):
     # A batch of at most this many bytes is parsed by the ingesting task's own process, not by Spark's
     # executors (which start a Python worker pool per session for it). 0: always the executors.
     parse_here_max_bytes: int = Field(64 << 20, ge=0)
+    # ...and a Kafka batch of at most this many messages is consumed by that process.
+    consume_here_max_messages: int = Field(200_000, ge=0)
 
 
 class IdentitySource(_Section):

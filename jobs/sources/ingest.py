@@ -391,7 +391,9 @@ def ingest_batch(
         fresh = {p: e for p, e in ends.items() if e > starts.get(p, 0)}
         files = len(fresh)
         if fresh:
-            records = systems.kafka_batch(lake.spark, source, bootstrap, starts, fresh)
+            messages = sum(e - starts.get(p, 0) for p, e in fresh.items())  # a message a record
+            here = messages <= settings.sources.consume_here_max_messages
+            records = systems.kafka_batch(lake.spark, source, bootstrap, starts, fresh, here=here)
             bronze = _with_batch(records, source, batch_date)
             txns = [(systems.kafka_app_id(source.location, p), e) for p, e in fresh.items()]
             lake.write(
@@ -401,7 +403,7 @@ def ingest_batch(
                 partition_by=["_batch_date"],
                 txn=txns,
                 run=run,
-                rows_at_most=sum(e - starts.get(p, 0) for p, e in fresh.items()),  # a message a record
+                rows_at_most=messages,
             )
     else:
         bound = None

@@ -1,4 +1,5 @@
-"""Parsers of the landing formats, run on Spark executors (one task reads whole files).
+"""Parsers of the landing formats, run by the ingesting task for a small batch and on Spark executors
+for a large one (one task reads whole files; `sources.parse_here_max_bytes`).
 
 Every reader yields one dict per record: the declared columns as raw strings, plus where the record
 came from (`_file`, `_record`: line number, row or element index), its raw text (`_raw`), fields no

@@ -101,13 +101,19 @@ def message_record(source: Source, partition: int, offset: int, value: bytes | N
 
 
 def kafka_batch(
-    spark, source: Source, bootstrap: str, starts: dict[int, int], ends: dict[int, int]
+    spark, source: Source, bootstrap: str, starts: dict[int, int], ends: dict[int, int], here: bool = False
 ) -> DataFrame:
-    """Bronze records of the messages between `starts` and `ends`, read by the executors."""
+    """Bronze records of the messages between `starts` and `ends`, read by the executors, or with
+    `here` by this process and sent to Spark as Arrow (a small batch: see `ingest.read_landing_records`)."""
     ranges = [(p, starts.get(p, 0), ends[p]) for p in sorted(ends)]
+    consume = functools.partial(_consume_ranges, source=source, bootstrap=bootstrap)
+    if here:
+        names = ("partition", "start", "end")
+        rows = pa.record_batch([pa.array([r[i] for r in ranges], pa.int64()) for i in range(3)], names=names)
+        table = pa.Table.from_batches(list(consume([rows])), schema=bronze_arrow_schema(source))
+        return spark.createDataFrame(table, schema=bronze_ddl(source))
     df = spark.createDataFrame(ranges or [(0, 0, 0)], "partition int, start long, end long")
     df = df.repartition(max(1, len(ranges)))
-    consume = functools.partial(_consume_ranges, source=source, bootstrap=bootstrap)
     return df.mapInArrow(consume, bronze_ddl(source))
 
 

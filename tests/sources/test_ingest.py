@@ -151,6 +151,24 @@ def test_rerunning_the_batch_leaves_every_table_unchanged(world):
     assert _snapshot(lake, tables) == before
 
 
+def test_a_kafka_batch_consumed_here_or_on_the_executors_gives_the_same_records(world, spark):
+    from p13n.services.kafka import end_offsets
+    from p13n.sources.systems import kafka_batch
+
+    s, catalog = world["settings"], world["catalog"]
+    source = next(src for src in catalog if src.format == "kafka")
+    ends = end_offsets(s.sources.kafka_bootstrap, source.location)
+    starts = {p: e // 3 for p, e in ends.items()}  # a range that does not start at 0
+
+    def records(here):
+        df = kafka_batch(spark, source, s.sources.kafka_bootstrap, starts, ends, here=here)
+        return sorted(json.dumps(r.asDict(), sort_keys=True) for r in df.collect())
+
+    here = records(True)
+    assert len(here) == sum(e - starts[p] for p, e in ends.items()) > 0
+    assert here == records(False)
+
+
 def test_a_failing_critical_expectation_blocks_promotion(world, tmp_path):
     lake, catalog, s = world["lake"], world["catalog"], world["settings"]
     suites = tmp_path / "expectations"
