@@ -611,7 +611,7 @@ class QualitySettings(_Section):
     """Great Expectations validation (`p13n.sources.expectations`): see `quality:` in conf/base.yaml."""
 
     # Batches of at most this many rows are validated with GX's pandas engine; larger ones on Spark.
-    pandas_max_rows: int = Field(200_000, ge=0)
+    pandas_max_rows: int = Field(1_000_000, ge=0)
 
 
 class PrivacySettings(_Section):
