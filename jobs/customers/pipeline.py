@@ -130,9 +130,19 @@ def build_customer_features(
     lake: Lake, activity: Activity, as_of: dt.date, run: RunContext | None = None
 ) -> dict:
     features = activity.features(as_of).cache()
-    n = lake.replace_partition(GOLD_CUSTOMER_FEATURES, features, "as_of_date", as_of, run=run).rows_written
+    # Counted first (it fills the cache): a partition known to be small is written by this process
+    # from Arrow, not by a distributed Spark write (`lake.client_write_max_rows`).
+    customers = features.count()
+    n = lake.replace_partition(
+        GOLD_CUSTOMER_FEATURES, features, "as_of_date", as_of, run=run, rows_at_most=customers
+    ).rows_written
     lake.replace_partition(
-        GOLD_CUSTOMER_AFFINITIES, affinities(activity.lines, as_of), "as_of_date", as_of, run=run
+        GOLD_CUSTOMER_AFFINITIES,
+        affinities(activity.lines, as_of),
+        "as_of_date",
+        as_of,
+        run=run,
+        rows_at_most=customers * 2 * 3,  # at most the top 3 categories and brands of each
     )
     sold = activity.lines.filter(F.col("ordered_at") < F.lit(interval_end(as_of)))
     share = sold.select(F.avg(F.col("customer_id").isNull().cast("double"))).first()[0]
@@ -231,7 +241,12 @@ def score_churn(
         }
     )
     lake.replace_partition(
-        GOLD_CHURN_SCORES, lake.spark.createDataFrame(scores), "as_of_date", as_of, run=run
+        GOLD_CHURN_SCORES,
+        lake.spark.createDataFrame(scores),
+        "as_of_date",
+        as_of,
+        run=run,
+        rows_at_most=len(scores),
     )
     return life.record(lake, as_of, scalars(metrics), len(scores), run)
 
@@ -364,7 +379,9 @@ def score_clv(
             "model_version": life.champion_version(),
         }
     )
-    lake.replace_partition(GOLD_CLV, lake.spark.createDataFrame(table), "as_of_date", as_of, run=run)
+    lake.replace_partition(
+        GOLD_CLV, lake.spark.createDataFrame(table), "as_of_date", as_of, run=run, rows_at_most=len(table)
+    )
     return life.record(lake, as_of, metrics, len(table), run)
 
 
@@ -460,7 +477,14 @@ def segment_customers(
             "model_version": life.champion_version(),
         }
     )
-    lake.replace_partition(GOLD_SEGMENTS, lake.spark.createDataFrame(table), "as_of_date", as_of, run=run)
+    lake.replace_partition(
+        GOLD_SEGMENTS,
+        lake.spark.createDataFrame(table),
+        "as_of_date",
+        as_of,
+        run=run,
+        rows_at_most=len(table),
+    )
     send = _send_times(lake, settings, activity, as_of, table)
     metrics |= {f"stage_{s}": int((table["lifecycle_stage"] == s).sum()) for s in seg_model.STAGES}
     metrics |= {"send_time_own_share": round(float((send["basis"] == "customer").mean()), 4)}
@@ -504,7 +528,9 @@ def _send_times(lake: Lake, settings: Settings, activity: Activity, as_of: dt.da
         msgs, by_segment, segments["customer_id"], min_customer_opens=settings.customers.send_time_min_opens
     )
     send["as_of_date"] = as_of
-    lake.replace_partition(GOLD_SEND_TIMES, lake.spark.createDataFrame(send), "as_of_date", as_of)
+    lake.replace_partition(
+        GOLD_SEND_TIMES, lake.spark.createDataFrame(send), "as_of_date", as_of, rows_at_most=len(send)
+    )
     return send
 
 
