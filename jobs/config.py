@@ -158,8 +158,9 @@ class SourcesSettings(_Section):
     max_quarantine_share: float = Field(0.2, ge=0, le=1)
     # ...for batches of at least this many rows (one bad row of three says little about a source).
     quarantine_share_min_rows: int = Field(50, ge=0)
-    # A batch of at most this many bytes is parsed by the ingesting task's own process, not by Spark's
-    # executors (which start a Python worker pool per session for it). 0: always the executors.
+    # With a Spark Connect server (which starts a Python worker pool per client session), a batch of
+    # at most this many bytes is parsed by the ingesting task's own process, not by Spark's executors.
+    # 0: always the executors (as with a classic session, whose workers are reused).
     parse_here_max_bytes: int = Field(64 << 20, ge=0)
     # ...and a Kafka batch of at most this many messages is consumed by that process.
     consume_here_max_messages: int = Field(200_000, ge=0)

@@ -33,7 +33,7 @@ from p13n.sources.readers import (
     read_records,
     records_at_most,
 )
-from p13n.spark import default_parallelism
+from p13n.spark import default_parallelism, is_connect
 
 _BATCH_ROWS = 8192
 
@@ -97,7 +97,8 @@ def read_landing_records(
     sent to Spark as Arrow; a larger one on the executors, one task reading whole files. Both run
     the same parser. Parsed here, a small batch needs no Python worker on the Spark side: a Spark
     Connect server starts a worker pool per client session, and importing the parser there cost
-    more than parsing a small batch (80 s of CPU over the two nights of `make run`)."""
+    more than parsing a small batch (80 s of CPU over the two nights of `make run`). A classic
+    session reuses its workers: there the executors parse in parallel, and `here_max_bytes` is 0."""
     landing_dir = landing_dir.rstrip("/") + "/"
     parse = functools.partial(_parse_files, source=source, landing_dir=landing_dir)
     if here_max_bytes and sum(os.path.getsize(f) for f in files) <= here_max_bytes:
@@ -392,7 +393,7 @@ def ingest_batch(
         files = len(fresh)
         if fresh:
             messages = sum(e - starts.get(p, 0) for p, e in fresh.items())  # a message a record
-            here = messages <= settings.sources.consume_here_max_messages
+            here = is_connect(lake.spark) and messages <= settings.sources.consume_here_max_messages
             records = systems.kafka_batch(lake.spark, source, bootstrap, starts, fresh, here=here)
             bronze = _with_batch(records, source, batch_date)
             txns = [(systems.kafka_app_id(source.location, p), e) for p, e in fresh.items()]
@@ -420,7 +421,7 @@ def ingest_batch(
                 source,
                 paths,
                 str(settings.landing_dir),
-                settings.sources.parse_here_max_bytes,
+                settings.sources.parse_here_max_bytes if is_connect(lake.spark) else 0,
             )
             if bound is None:
                 bound = landing_rows_at_most(source, paths)
