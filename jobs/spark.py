@@ -85,6 +85,11 @@ def use_remote(settings: Settings) -> None:
         os.environ["SPARK_REMOTE"] = settings.spark.remote
 
 
+def is_connect(spark) -> bool:
+    """True for a Spark Connect client session (no driver in this process)."""
+    return getattr(spark, "_sc", None) is None
+
+
 def default_parallelism(spark) -> int:
     """Spark's default parallelism, from a classic session's context or a Connect session's conf."""
     context = getattr(spark, "_sc", None)

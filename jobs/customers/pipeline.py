@@ -240,14 +240,7 @@ def score_churn(
             "model_version": life.champion_version(),
         }
     )
-    lake.replace_partition(
-        GOLD_CHURN_SCORES,
-        lake.spark.createDataFrame(scores),
-        "as_of_date",
-        as_of,
-        run=run,
-        rows_at_most=len(scores),
-    )
+    lake.replace_partition_rows(GOLD_CHURN_SCORES, scores, "as_of_date", as_of, run=run)
     return life.record(lake, as_of, scalars(metrics), len(scores), run)
 
 
@@ -379,9 +372,7 @@ def score_clv(
             "model_version": life.champion_version(),
         }
     )
-    lake.replace_partition(
-        GOLD_CLV, lake.spark.createDataFrame(table), "as_of_date", as_of, run=run, rows_at_most=len(table)
-    )
+    lake.replace_partition_rows(GOLD_CLV, table, "as_of_date", as_of, run=run)
     return life.record(lake, as_of, metrics, len(table), run)
 
 
@@ -477,14 +468,7 @@ def segment_customers(
             "model_version": life.champion_version(),
         }
     )
-    lake.replace_partition(
-        GOLD_SEGMENTS,
-        lake.spark.createDataFrame(table),
-        "as_of_date",
-        as_of,
-        run=run,
-        rows_at_most=len(table),
-    )
+    lake.replace_partition_rows(GOLD_SEGMENTS, table, "as_of_date", as_of, run=run)
     send = _send_times(lake, settings, activity, as_of, table)
     metrics |= {f"stage_{s}": int((table["lifecycle_stage"] == s).sum()) for s in seg_model.STAGES}
     metrics |= {"send_time_own_share": round(float((send["basis"] == "customer").mean()), 4)}
@@ -528,9 +512,7 @@ def _send_times(lake: Lake, settings: Settings, activity: Activity, as_of: dt.da
         msgs, by_segment, segments["customer_id"], min_customer_opens=settings.customers.send_time_min_opens
     )
     send["as_of_date"] = as_of
-    lake.replace_partition(
-        GOLD_SEND_TIMES, lake.spark.createDataFrame(send), "as_of_date", as_of, rows_at_most=len(send)
-    )
+    lake.replace_partition_rows(GOLD_SEND_TIMES, send, "as_of_date", as_of)
     return send
 
 

@@ -355,6 +355,14 @@ class Lake:
             rows_at_most=rows_at_most,
         )
 
+    def replace_partition_rows(
+        self, table: str, rows, column: str, value: Any, *, run: RunContext | None = None
+    ) -> WriteResult:
+        """`replace_partition` for rows in hand (a pandas frame or an Arrow table): their number is known,
+        so a partition of at most `lake.client_write_max_rows` is written by this process from Arrow."""
+        frame = self.spark.createDataFrame(rows)
+        return self.replace_partition(table, frame, column, value, run=run, rows_at_most=len(rows))
+
     def merge(
         self,
         table: str,

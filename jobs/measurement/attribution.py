@@ -302,6 +302,6 @@ def attribute_period(lake, settings, activity, as_of: dt.date, run=None) -> pd.D
     credits["conversions_in_period"] = int(summary["conversions"] or 0)
     credits["unattributed_conversions"] = int(summary["unattributed"] or 0)
     credits["open_journeys"] = int(summary["open_journeys"] or 0)
-    frame = lake.spark.createDataFrame(credits.astype({"removal_effect": float}))
-    lake.replace_partition(GOLD_ATTRIBUTION, frame, "as_of_date", as_of, run=run, rows_at_most=len(credits))
+    frame = credits.astype({"removal_effect": float})
+    lake.replace_partition_rows(GOLD_ATTRIBUTION, frame, "as_of_date", as_of, run=run)
     return credits

@@ -616,14 +616,7 @@ def build_interactions(
             "last_at": t["last_at"],
         }
     )
-    lake.replace_partition(
-        GOLD_INTERACTIONS,
-        lake.spark.createDataFrame(table),
-        "as_of_date",
-        as_of,
-        run=run,
-        rows_at_most=len(table),
-    )
+    lake.replace_partition_rows(GOLD_INTERACTIONS, table, "as_of_date", as_of, run=run)
     return {
         "customers": int(table["customer_id"].nunique()),
         "items": int(table["sku"].nunique()),
@@ -742,21 +735,12 @@ def build_lists(
         del table
     table = pa.concat_tables(parts)
     del parts
-    lake.replace_partition(
-        GOLD_RECOMMENDATIONS,
-        lake.spark.createDataFrame(table),
-        "as_of_date",
-        as_of,
-        run=run,
-        rows_at_most=table.num_rows,
-    )
+    lake.replace_partition_rows(GOLD_RECOMMENDATIONS, table, "as_of_date", as_of, run=run)
     rows = table.num_rows
     del table
     item_tables = _item_tables(data, lists, as_of, settings.recommend.list_sizes["similar_items"])
     for name, df in item_tables.items():
-        lake.replace_partition(
-            name, lake.spark.createDataFrame(df), "as_of_date", as_of, run=run, rows_at_most=len(df)
-        )
+        lake.replace_partition_rows(name, df, "as_of_date", as_of, run=run)
     return _list_stats(rows, counts, item_tables, data)
 
 

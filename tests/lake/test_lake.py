@@ -431,6 +431,24 @@ def test_replace_partition_is_the_idempotent_interval_write(spark, lake):
     assert lake.info("gold.daily").partition_by == ["order_date"]
 
 
+def test_rows_in_hand_replace_their_partition_from_pandas_or_arrow(spark, lake):
+    import pandas as pd
+    import pyarrow as pa
+
+    frame = pd.DataFrame({"customer_id": ["a", "b"], "as_of_date": [D1, D1], "score": [0.5, 0.25]})
+    for _ in range(2):  # idempotent, like replace_partition
+        written = lake.replace_partition_rows("gold.scored", frame, "as_of_date", D1)
+    assert written.rows_written == 2
+    lake.replace_partition_rows(
+        "gold.scored", pa.Table.from_pandas(frame.iloc[:1].assign(as_of_date=D2)), "as_of_date", D2
+    )
+    assert rows_of(lake.read("gold.scored"), "customer_id", "as_of_date", "score") == [
+        ("a", D1, 0.5),
+        ("a", D2, 0.5),
+        ("b", D1, 0.25),
+    ]
+
+
 def test_a_large_partition_is_written_by_every_task_when_not_colocated(spark, lake):
     """The identity graph is one run_date partition of 6.7M rows at 1M customers: co-locating it put
     it in one task. `colocate=False` lets each task write its share, with the same rows."""
