@@ -8,6 +8,8 @@ PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
 UV_VERSION := 0.13.8
 STAMP := $(VENV)/.p13n-installed
+# `make test`'s pytest-xdist processes: most of a test waits on Spark, Airflow or a service
+TEST_PROCESSES ?= 2
 export P13N_ENV ?= local
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -48,7 +50,7 @@ compose-check: services ## Validate docker/compose.yaml with `docker-compose con
 	@echo "docker/compose.yaml: valid ($$(docker-compose --env-file docker/.env.example -f docker/compose.yaml config --services | wc -l) services)"
 
 test: setup services compose-check ## Run the test suite (what CI runs)
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_PROCESSES) --dist loadgroup
 
 test-fast: setup ## The fast tier for the edit-test loop (no Airflow, Kafka or whole nights; tests/README.md)
 	$(PY) -m pytest -m "not e2e and not slow and not scale"

@@ -76,8 +76,18 @@ def redis_url(redis_server):
     return redis_server.url
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items):
-    """Airflow and Kafka tests are end-to-end: they leave the fast tier (`make test-fast`)."""
+    """Airflow and Kafka tests are end-to-end: they leave the fast tier (`make test-fast`).
+
+    `make test` runs two test processes (pytest-xdist, `--dist loadgroup`): a module's tests stay in one
+    process, so a module-scoped fixture is built once, and so do the tests sharing the reference night
+    (tests/orchestration/conftest.py, the longest setup), which go first so the other process takes the
+    rest of the suite meanwhile.
+    """
     for item in items:
         if item.get_closest_marker("airflow") or item.get_closest_marker("kafka"):
             item.add_marker(pytest.mark.e2e)
+        night = "scored_night" in getattr(item, "fixturenames", ())
+        item.add_marker(pytest.mark.xdist_group("reference-night" if night else item.nodeid.split("::")[0]))
+    items.sort(key=lambda item: "scored_night" not in getattr(item, "fixturenames", ()))
