@@ -71,7 +71,13 @@ def train_churn(features: pd.DataFrame, y: pd.Series, seed: int = 13):
         max_iter=200, learning_rate=0.05, max_leaf_nodes=15, random_state=seed
     )
     model = CalibratedClassifierCV(base, method="isotonic", cv=3)
-    return model.fit(design(features), y)
+    # The calibration folds are runs of consecutive rows, so the rows are put in an order of their own:
+    # sorted by their values, then shuffled by the seed. The model is a function of the customers and the
+    # seed, not of the order a Spark job happened to return them in.
+    x = design(features).assign(_label=np.asarray(y))
+    x = x.sort_values(list(x.columns), kind="mergesort", ignore_index=True)
+    x = x.sample(frac=1.0, random_state=seed, ignore_index=True)
+    return model.fit(x.drop(columns="_label"), x["_label"])
 
 
 def predict_churn(model, features: pd.DataFrame) -> np.ndarray:

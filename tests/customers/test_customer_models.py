@@ -237,3 +237,15 @@ def test_clusters_keep_yesterdays_persona_names_unless_their_members_changed():
     assert out[1]["persona"] == "Frequent, app"  # half of it from each: a new group, new words
     assert out[2]["persona"] == "Gone"
     assert keep_names(today, clusters, None)[0]["persona"] == "Big spenders, in store"
+
+
+def test_churn_model_does_not_depend_on_the_order_of_its_rows():
+    """A Spark job returns the training customers in no fixed order (it changed under load and failed the
+    scheduler test's comparison with the reference night); the calibration folds are runs of rows."""
+    train, test = _churn_data(600, 1), _churn_data(300, 2)
+    shuffled = train.sample(frac=1.0, random_state=5)
+    p = churn.predict_churn(churn.train_churn(train, train["churned"]), test)
+    q = churn.predict_churn(churn.train_churn(shuffled, shuffled["churned"]), test)
+    assert np.array_equal(p, q)
+    other_seed = churn.predict_churn(churn.train_churn(train, train["churned"], seed=14), test)
+    assert not np.array_equal(p, other_seed)
