@@ -50,7 +50,7 @@ compose-check: services ## Validate docker/compose.yaml with `docker-compose con
 	@echo "docker/compose.yaml: valid ($$(docker-compose --env-file docker/.env.example -f docker/compose.yaml config --services | wc -l) services)"
 
 test: setup services compose-check ## Run the test suite (what CI runs)
-	$(PY) -m pytest -n $(TEST_PROCESSES) --dist loadgroup
+	$(PY) -m pytest -n $(TEST_PROCESSES)
 
 test-fast: setup ## The fast tier for the edit-test loop (no Airflow, Kafka or whole nights; tests/README.md)
 	$(PY) -m pytest -m "not e2e and not slow and not scale"

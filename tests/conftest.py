@@ -76,18 +76,45 @@ def redis_url(redis_server):
     return redis_server.url
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
-def pytest_collection_modifyitems(items):
-    """Airflow and Kafka tests are end-to-end: they leave the fast tier (`make test-fast`).
+# The tests sharing the reference night (tests/orchestration/conftest.py, the longest setup): under
+# `make test`'s two processes they run in one, first, while the other process takes the rest.
+NIGHT_FILES = ("tests/orchestration/test_customers_dag.py", "tests/orchestration/test_scheduler.py")
 
-    `make test` runs two test processes (pytest-xdist, `--dist loadgroup`): a module's tests stay in one
-    process, so a module-scoped fixture is built once, and so do the tests sharing the reference night
-    (tests/orchestration/conftest.py, the longest setup), which go first so the other process takes the
-    rest of the suite meanwhile.
-    """
+
+def _uses_night(item) -> bool:
+    return "scored_night" in getattr(item, "fixturenames", ())
+
+
+def pytest_collection_modifyitems(items):
+    """Airflow and Kafka tests are end-to-end: they leave the fast tier (`make test-fast`). The reference
+    night's tests go first."""
     for item in items:
         if item.get_closest_marker("airflow") or item.get_closest_marker("kafka"):
             item.add_marker(pytest.mark.e2e)
-        night = "scored_night" in getattr(item, "fixturenames", ())
-        item.add_marker(pytest.mark.xdist_group("reference-night" if night else item.nodeid.split("::")[0]))
-    items.sort(key=lambda item: "scored_night" not in getattr(item, "fixturenames", ()))
+        if _uses_night(item) and item.nodeid.split("::")[0] not in NIGHT_FILES:
+            raise pytest.UsageError(f"{item.nodeid} uses scored_night: add its file to NIGHT_FILES (conftest)")
+    items.sort(key=lambda item: not _uses_night(item))
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """`make test` runs two test processes (pytest-xdist). A module's tests stay in one process (a
+    module-scoped fixture is built once) and so do the reference night's files (its fixture is built once),
+    in collection order: the night first. pytest-xdist's own `--dist loadgroup` cannot say this with
+    pytest 9, which no longer lets it rename the tests it groups."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByModuleNightFirst(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::")[0]
+            return "reference-night" if module in NIGHT_FILES else module
+
+    config.option.loadscopereorder = False  # keep the collection's order, not the largest module first
+    return ByModuleNightFirst(config, log)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """The process running the night (its Spark, Airflow and cluster processes included) yields the CPU to
+    the other one, whose tests include latency checks (the API under load)."""
+    if os.environ.get("PYTEST_XDIST_WORKER") and _uses_night(item) and os.nice(0) == 0:
+        os.nice(10)
