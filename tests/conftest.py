@@ -92,7 +92,7 @@ def pytest_collection_modifyitems(items):
         if item.get_closest_marker("airflow") or item.get_closest_marker("kafka"):
             item.add_marker(pytest.mark.e2e)
         if _uses_night(item) and item.nodeid.split("::")[0] not in NIGHT_FILES:
-            raise pytest.UsageError(f"{item.nodeid} uses scored_night: add its file to NIGHT_FILES (conftest)")
+            raise pytest.UsageError(f"{item.nodeid} uses scored_night: add its file to NIGHT_FILES")
     items.sort(key=lambda item: not _uses_night(item))
 
 
