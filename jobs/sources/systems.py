@@ -11,6 +11,7 @@ Snowflake: the rows whose cursor falls in the batch's day, read with snowflake-c
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import json
@@ -143,6 +144,7 @@ def snowflake_connection(settings: Settings, database: str | None = None, schema
     import fakesnow
 
     settings.snowflake_db_path.mkdir(parents=True, exist_ok=True)
+    _local_stages(settings)
     with fakesnow.patch(db_path=str(settings.snowflake_db_path)):
         # fakesnow attaches a database's file only when a connection names it
         con = snowflake.connector.connect(database=database, schema=schema)
@@ -150,6 +152,21 @@ def snowflake_connection(settings: Settings, database: str | None = None, schema
             yield con
         finally:
             con.close()
+
+
+def _local_stages(settings: Settings) -> None:
+    """fakesnow makes a folder for staged files (a PUT) in /tmp when imported and never removes it, one per
+    process: the empty folder is removed and stages go under the data directory, made when a PUT needs
+    them."""
+    import tempfile
+
+    from fakesnow.transforms import stage
+
+    made_on_import = Path(stage.LOCAL_BUCKET_PATH)
+    if made_on_import.parent == Path(tempfile.gettempdir()) and made_on_import.is_dir():
+        with contextlib.suppress(OSError):  # not empty: something staged there; leave it
+            made_on_import.rmdir()
+    stage.LOCAL_BUCKET_PATH = str(settings.data_dir / "cache" / "fakesnow-stages")
 
 
 def _sf_type(col, cursor: str | None) -> str:

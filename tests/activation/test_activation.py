@@ -321,6 +321,22 @@ def test_an_unknown_audience_and_a_missing_key_are_named(lake):
         sync(settings, "vip_win_back", "klaviyo", dt.date(2024, 3, 1))
 
 
+def test_the_local_warehouse_leaves_nothing_in_the_temporary_directory(tmp_path):
+    """fakesnow makes a folder in the temporary directory when imported and never removes it: a make run
+    left one per warehouse task in /tmp."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    code = (
+        "from p13n.config import get_settings\n"
+        "from p13n.sources.systems import snowflake_connection\n"
+        "with snowflake_connection(get_settings(), 'P13N', 'GOLD') as con:\n"
+        "    assert con.cursor().execute('SELECT 1').fetchall() == [(1,)]\n"
+    )
+    env = {**os.environ, "TMPDIR": str(tmp), "P13N_DATA_DIR": str(tmp_path / "data"), "P13N_ENV": "test"}
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
+    assert list(tmp.iterdir()) == []
+
+
 def test_gold_tables_sync_to_snowflake_and_a_rerun_changes_nothing(lake):
     from deltalake import DeltaTable, write_deltalake
 
