@@ -152,20 +152,27 @@ def end_offsets(bootstrap: str, topic: str, timeout: float = 10.0) -> dict[int, 
         consumer.close()
 
 
+def message_key(line: str, key_field: str | None) -> bytes | None:
+    """The key a JSON line is produced with: its `key_field`, so one key's events stay in order. A line
+    that is not a JSON object (the landing zone's planted bad records) is keyed by its own bytes: an
+    unkeyed message goes to a random partition, and a replay of the same dumps must put every message
+    at the same partition and offset, or the offsets the lake stored no longer fit the topic."""
+    if not key_field:
+        return None
+    try:
+        return str(json.loads(line).get(key_field, "")).encode()
+    except (json.JSONDecodeError, AttributeError):
+        return line.encode()
+
+
 def produce_lines(bootstrap: str, topic: str, lines: list[str], key_field: str | None = None) -> int:
-    """Produce JSON lines as messages (keyed by a field, so one key's events stay in order)."""
+    """Produce JSON lines as messages, keyed by `message_key` when `key_field` is given."""
     from kafka import KafkaProducer
 
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, acks="all")
     try:
         for line in lines:
-            key = None
-            if key_field:
-                try:
-                    key = str(json.loads(line).get(key_field, "")).encode()
-                except (json.JSONDecodeError, AttributeError):
-                    key = None
-            producer.send(topic, value=line.encode(), key=key)
+            producer.send(topic, value=line.encode(), key=message_key(line, key_field))
         producer.flush()
     finally:
         producer.close()

@@ -13,7 +13,7 @@ import uuid
 import pytest
 from deltalake import DeltaTable
 
-from p13n.services.kafka import EmbeddedBroker, ensure_topics, produce_lines
+from p13n.services.kafka import EmbeddedBroker, end_offsets, ensure_topics, produce_lines
 from p13n.sources.catalog import load_catalog
 from p13n.streaming.consumer import StreamConsumer, check_fields
 
@@ -54,6 +54,25 @@ def test_field_checks_name_the_problem():
     assert (
         check_fields(source, good | {"event_at": "yesterday"}) == "event_at is not a timestamp: 'yesterday'"
     )
+
+
+def test_a_replay_puts_every_message_at_the_same_offsets_bad_lines_too(broker):
+    """`p13n run` refills its in-memory broker from the landing zone's dumps, and a rerun's lake holds
+    the offsets of the run before: the planted bad lines, which have no key to read, must land in the
+    same partitions every time (unkeyed, they went to random ones and a rerun's stream step failed)."""
+    lines = [_event(i) for i in range(120)] + ["{not json", "[1, 2]", '"a string"', "\x00binary"] * 5
+    ensure_topics(broker.bootstrap, [TOPIC], partitions=3)
+    produce_lines(broker.bootstrap, TOPIC, lines, key_field="event_id")
+    first = end_offsets(broker.bootstrap, TOPIC)
+    for _ in range(2):
+        again = EmbeddedBroker().start()
+        try:
+            ensure_topics(again.bootstrap, [TOPIC], partitions=3)
+            produce_lines(again.bootstrap, TOPIC, lines, key_field="event_id")
+            assert end_offsets(again.bootstrap, TOPIC) == first
+        finally:
+            again.stop()
+    assert sum(first.values()) >= len(lines) and min(first.values()) > 0
 
 
 def test_events_land_exactly_once_across_a_crash_and_bad_ones_are_dead_lettered(broker, tmp_path):
