@@ -17,18 +17,16 @@ remove old versions that still hold a forgotten person's rows.
 
 from __future__ import annotations
 
-import pendulum
 from airflow.sdk import dag, task
 
-from p13n.orchestration import dag_defaults
+from p13n.orchestration import cron_schedule, dag_defaults
 
 GROUP = 25  # tables per maintain task
 
 
 @dag(
     dag_id="lake_maintenance",
-    schedule="0 4 * * *",
-    start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
+    schedule=cron_schedule("0 4 * * *"),
     catchup=False,
     max_active_runs=1,
     default_args=dag_defaults(),

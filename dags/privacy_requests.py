@@ -15,16 +15,14 @@ A served request keeps its id, status and time, and loses the email it named.
 
 from __future__ import annotations
 
-import pendulum
 from airflow.sdk import dag, task
 
-from p13n.orchestration import dag_defaults
+from p13n.orchestration import cron_schedule, dag_defaults
 
 
 @dag(
     dag_id="privacy_requests",
-    schedule="@hourly",
-    start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
+    schedule=cron_schedule("0 * * * *"),
     catchup=False,
     max_active_runs=1,
     default_args=dag_defaults(),

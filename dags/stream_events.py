@@ -25,16 +25,14 @@ customers' real-time profiles (recently viewed, cart, last activity, session) be
 
 from __future__ import annotations
 
-import pendulum
 from airflow.sdk import dag, task
 
-from p13n.orchestration import dag_defaults
+from p13n.orchestration import cron_schedule, dag_defaults
 
 
 @dag(
     dag_id="stream_events",
-    schedule="*/5 * * * *",
-    start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
+    schedule=cron_schedule("*/5 * * * *"),
     catchup=False,
     max_active_runs=1,
     default_args=dag_defaults(),

@@ -9,16 +9,14 @@ Consent and erasure are checked at export time like the nightly audiences.
 
 from __future__ import annotations
 
-import pendulum
 from airflow.sdk import dag, task
 
-from p13n.orchestration import dag_defaults
+from p13n.orchestration import cron_schedule, dag_defaults
 
 
 @dag(
     dag_id="sync_triggered_audiences",
-    schedule="*/15 * * * *",
-    start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
+    schedule=cron_schedule("*/15 * * * *"),
     catchup=False,
     max_active_runs=1,
     default_args=dag_defaults(),

@@ -44,6 +44,17 @@ def nightly_schedule(cron: str):
     )
 
 
+def cron_schedule(cron: str):
+    """A wall-clock cron schedule (streaming, maintenance, privacy requests) that never runs at once on
+    unpause: the DAG has no start_date and the first run waits for the next tick. A cron string with a
+    start_date would run the tick that just passed as soon as the DAG is unpaused, which is what
+    `p13n run` does to trigger a replayed date's stream or maintenance run: that extra run wrote the
+    wall clock's date into a lake of generated dates (win-back triggers, sends, table health)."""
+    from airflow.sdk import CronTriggerTimetable
+
+    return CronTriggerTimetable(cron, timezone="UTC", run_immediately=timedelta(0))
+
+
 def after_assets(*assets):
     """Run once every one of `assets` has an event for the same partition (date): each downstream
     DAG of the nightly runs for the date its inputs were made for, never for "whatever is new"."""

@@ -320,7 +320,7 @@ def _run_scheduled(
     stream catch-up, maintenance and report (which then shows them). `between(day)` runs before
     each night but the first (of the whole chain only). `dags`: only these DAGs of the chain run, the
     others stay paused (their runs wait in Airflow's queue for an unpause)."""
-    from p13n.scheduler import CHAIN, trigger_date, wait_for_run, watch_chain
+    from p13n.scheduler import CHAIN, drop_wall_clock_runs, trigger_date, wait_for_run, watch_chain
 
     log_root = Path(env["AIRFLOW__LOGGING__BASE_LOG_FOLDER"])
     chain = tuple(d for d in CHAIN if d in (dags or CHAIN))
@@ -329,6 +329,8 @@ def _run_scheduled(
     for i, day in enumerate(dates):
         if between and i and chain == CHAIN:
             between(day)
+        if before and "ingest_sources" in chain:
+            before("ingest_sources", day)
         since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=2)
         run = trigger_date(api, "ingest_sources", day, unpause=False)
         console.print(
@@ -345,10 +347,19 @@ def _run_scheduled(
         if before:
             before(dag_id, dates[-1])
         paused = api.is_paused(dag_id)  # cron DAGs (stream, maintenance) stay as they were
+        unpaused_at = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=2)
         run = trigger_date(api, dag_id, dates[-1])
         done = wait_for_run(api, dag_id, run["dag_run_id"], echo=echo, log_root=log_root)
         if paused and dag_id not in CHAIN:
             api.pause(dag_id)
+            deleted, started = drop_wall_clock_runs(api, dag_id, unpaused_at)
+            if deleted:
+                console.print(f"  deleted {dag_id}'s wall-clock runs queued meanwhile: {', '.join(deleted)}")
+            if started:
+                console.print(
+                    f"  [yellow]{dag_id}: a wall-clock run started while it was unpaused: "
+                    f"{', '.join(started)}[/] (it processes today's date, not {dates[-1]})"
+                )
         console.print(f"DAG {dag_id} {dates[-1]}: {done.state} in {done.seconds:.0f}s")
         timings.append(
             {"dag": dag_id, "date": dates[-1], "seconds": done.seconds, "succeeded": done.state == "success"}
@@ -392,6 +403,12 @@ def run_pipeline(
 
     def storefront(day: str) -> None:
         url = env.get("P13N__SERVING__REDIS_URL") or settings.serving.redis_url
+        if (landed := _exposures_of(settings, day)) or not url:
+            if landed:
+                console.print(
+                    f"storefront {day}: not browsed again ({landed:,} of its exposures already landed)"
+                )
+            return
         shown, exposed = _storefront_requests(settings, url, dt.date.fromisoformat(day))
         browsed.append(day)
         console.print(
@@ -408,11 +425,13 @@ def run_pipeline(
             console.print("  " + _land_exposures(settings, env).text())
 
     def before(dag_id: str, day: str) -> None:
-        if dag_id == "stream_events":
+        if dag_id == "ingest_sources" and day == dates[-1]:
+            # The evening of the last date, before its nightly: the night's ingestion of the Kafka
+            # sources lands them in that date's batch (and a rerun of the date finds them there).
             live = _produce_live_events(env, customers, day)
-            console.print(f"produced {live:,} live web events (500/s) for the stream consumer")
-            if not browsed:
-                storefront(day)
+            console.print(f"produced {live:,} live web events (500/s) on Kafka for the night of {day}")
+        if dag_id == "stream_events" and not browsed:
+            storefront(day)
 
     with local_services(settings, env, console.print):
         if in_process:
@@ -696,11 +715,12 @@ def _print_recommendation_summary(console, settings, day: str) -> None:
 
 
 def _produce_live_events(env: dict[str, str], customers: int, day: str) -> int:
-    """A few seconds of live clickstream for `stream_events` (what `p13n stream produce` sends), stamped
-    in the evening of `day`, the night being replayed, so they belong to that date's batch (a rerun of
-    the date's ingestion finds no event "in the future"). Seeded: the embedded broker forgets its
-    topics between runs and the replay refills them, so a rerun produces the same events at the same
-    offsets, which the lake already holds: nothing lands twice."""
+    """A few seconds of live clickstream (what `p13n stream produce` sends), stamped in the evening of
+    `day`, before the night of `day` is ingested: that night's ingestion of the Kafka sources lands
+    them in the date's batch, and `stream_events` then finds them in bronze for its triggers. Seeded:
+    the embedded broker forgets its topics between runs and the replay refills them, so a rerun of
+    the date produces the same events at the same offsets, which the lake already holds: nothing lands
+    twice, and the date's tables come out the same."""
     from p13n.streaming.tasks import produce
 
     return produce(
@@ -745,6 +765,24 @@ def _storefront_requests(settings, url: str, day: dt.date, customers: int = 2000
 
     shown = asyncio.run(browse())
     return shown, redis_lib.Redis.from_url(url).xlen(stream) - before
+
+
+def _exposures_of(settings, day: str) -> int:
+    """Exposures `silver.exposures` holds for `day`: the storefront of a date that already ran (a rerun,
+    a backfill) is not browsed twice."""
+    from p13n.lake.duck import duckdb_connection, scan, table_exists
+    from p13n.lake.tables import SILVER_EXPOSURES
+
+    if not table_exists(settings.lake_root, SILVER_EXPOSURES):
+        return 0
+    return (
+        duckdb_connection()
+        .execute(
+            f"SELECT count(*) FROM {scan(settings.lake_root, SILVER_EXPOSURES)} WHERE exposure_date = ?",
+            [dt.date.fromisoformat(day)],
+        )
+        .fetchone()[0]
+    )
 
 
 def _land_exposures(settings, env):
@@ -848,6 +886,8 @@ def _serving_summary(settings, url: str) -> str:
 
     async def sample() -> dict:
         store = Store(settings, url)
+        # A look at the live version, not a storefront's view: no exposure is logged for it.
+        store.api = store.api.model_copy(update={"log_exposures": False})
         from p13n.serving.experiments import assign_first
 
         seg = await store.segment("lifecycle.active", 1, 50)

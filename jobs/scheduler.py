@@ -289,6 +289,9 @@ class AirflowClient:
             "dag_runs"
         ]
 
+    def delete_run(self, dag_id: str, run_id: str) -> None:
+        self._request("DELETE", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
+
     def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
         return self._request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances?limit=1000")[
             "task_instances"
@@ -345,6 +348,24 @@ def trigger_date(api: AirflowClient, dag_id: str, day: str, unpause: bool = True
         for dag in CHAIN if dag_id in CHAIN else (dag_id,):
             api.unpause(dag)
     return run
+
+
+def drop_wall_clock_runs(api: AirflowClient, dag_id: str, since: dt.datetime) -> tuple[list[str], list[str]]:
+    """After a replayed date's run of a cron DAG (paused again): the scheduled runs its unpause let the
+    scheduler create since `since` (a tick passing meanwhile). Those still queued are deleted, so
+    they never run on the wall clock's date against a lake of other dates; returns (deleted, the ones
+    that started anyway)."""
+    deleted, started = [], []
+    for run in api.runs(dag_id):
+        queued = run.get("queued_at")
+        if run.get("run_type") != "scheduled" or not queued or dt.datetime.fromisoformat(queued) < since:
+            continue
+        if run.get("state") == "queued":
+            api.delete_run(dag_id, run["dag_run_id"])
+            deleted.append(run["dag_run_id"])
+        else:
+            started.append(run["dag_run_id"])
+    return deleted, started
 
 
 def wait_for_dags(api: AirflowClient, dag_ids, timeout: float = 180.0) -> None:

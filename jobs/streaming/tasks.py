@@ -241,7 +241,7 @@ def produce(
     types = ("product_view",) * 6 + ("add_to_cart", "remove_from_cart", "page_view", "search", "purchase")
     total = max(1, int(rate * seconds))
     sent, start = 0, time.monotonic()
-    prefix = f"L{seed}" if seed is not None else f"P{int(time.time())}"
+    prefix = (f"L{seed}" + (f"-{day:%Y%m%d}" if day else "")) if seed is not None else f"P{int(time.time())}"
     first = dt.datetime.combine(day, dt.time(22), dt.UTC) if day else None
     try:
         while sent < total:

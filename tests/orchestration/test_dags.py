@@ -80,6 +80,29 @@ def test_the_nightly_chain_is_partitioned_by_date(dagbag):
         assert type(dagbag.dags[dag_id].timetable).__name__ == "PartitionedAssetTimetable", dag_id
 
 
+def test_unpausing_a_cron_dag_never_runs_the_tick_that_just_passed(dagbag):
+    """A cron DAG's first scheduled run, once unpaused, is the next tick: `p13n run` unpauses
+    stream_events and lake_maintenance to run a replayed date, and a run of the tick that had just
+    passed processed the wall clock's date in the replayed lake (win-back triggers, sends)."""
+    import pendulum
+    from airflow.serialization.encoders import coerce_to_core_timetable
+    from airflow.timetables.base import TimeRestriction
+
+    from p13n.scheduler import CHAIN
+
+    timetables = {d: coerce_to_core_timetable(dag.timetable) for d, dag in dagbag.dags.items()}
+    cron = [d for d, t in timetables.items() if d not in CHAIN and t.periodic]
+    assert {"stream_events", "lake_maintenance", "privacy_requests"} <= set(cron)
+    now = pendulum.now("UTC")
+    for dag_id in cron:
+        dag = dagbag.dags[dag_id]
+        first = timetables[dag_id].next_dagrun_info_v2(
+            last_dagrun_info=None,
+            restriction=TimeRestriction(earliest=dag.start_date, latest=None, catchup=dag.catchup),
+        )
+        assert first.run_after > now, f"{dag_id} would run {first.run_after} at once on unpause"
+
+
 def test_dag_files_import_fast():
     """A DAG file does no work at parse time: importing it costs little beyond Airflow itself."""
     # One process for every file (a process each cost a minute of the suite). Airflow's own timetable

@@ -63,3 +63,33 @@ def test_the_raw_duplicate_run_errors_are_recognised():
     postgres = 'duplicate key value violates unique constraint "dag_run_dag_id_logical_date_key"'
     assert is_duplicate_run_error(sqlite) and is_duplicate_run_error(postgres)
     assert not is_duplicate_run_error("DAG 'x' not found")
+
+
+def test_only_wall_clock_runs_queued_meanwhile_are_deleted():
+    """After a replayed date's run of a cron DAG: the scheduled runs queued since its unpause are
+    deleted, one that already started is reported, and nothing older or manual is touched."""
+    from p13n.scheduler import drop_wall_clock_runs
+
+    since = dt.datetime(2026, 12, 6, 14, 24, 49, tzinfo=dt.UTC)
+
+    class Api:
+        deleted: list[str] = []
+
+        def runs(self, dag_id):
+            return [
+                {"dag_run_id": "manual__2024-03-02", "run_type": "manual", "state": "success",
+                 "queued_at": "2026-12-06T14:24:49.9Z"},
+                {"dag_run_id": "scheduled__14:20", "run_type": "scheduled", "state": "queued",
+                 "queued_at": "2026-12-06T14:24:50.1Z"},
+                {"dag_run_id": "scheduled__14:25", "run_type": "scheduled", "state": "running",
+                 "queued_at": "2026-12-06T14:25:00.3Z"},
+                {"dag_run_id": "scheduled__yesterday", "run_type": "scheduled", "state": "queued",
+                 "queued_at": "2026-12-05T04:00:00Z"},
+            ]  # fmt: skip
+
+        def delete_run(self, dag_id, run_id):
+            self.deleted.append(run_id)
+
+    api = Api()
+    assert drop_wall_clock_runs(api, "stream_events", since) == (["scheduled__14:20"], ["scheduled__14:25"])
+    assert api.deleted == ["scheduled__14:20"]
