@@ -403,11 +403,10 @@ def run_pipeline(
 
     def storefront(day: str) -> None:
         url = env.get("P13N__SERVING__REDIS_URL") or settings.serving.redis_url
-        if (landed := _exposures_of(settings, day)) or not url:
-            if landed:
-                console.print(
-                    f"storefront {day}: not browsed again ({landed:,} of its exposures already landed)"
-                )
+        if not url:
+            return
+        if landed := _exposures_of(settings, day):
+            console.print(f"storefront {day}: not browsed again ({landed:,} of its exposures already landed)")
             return
         shown, exposed = _storefront_requests(settings, url, dt.date.fromisoformat(day))
         browsed.append(day)

@@ -77,15 +77,31 @@ def test_only_wall_clock_runs_queued_meanwhile_are_deleted():
 
         def runs(self, dag_id):
             return [
-                {"dag_run_id": "manual__2024-03-02", "run_type": "manual", "state": "success",
-                 "queued_at": "2026-12-06T14:24:49.9Z"},
-                {"dag_run_id": "scheduled__14:20", "run_type": "scheduled", "state": "queued",
-                 "queued_at": "2026-12-06T14:24:50.1Z"},
-                {"dag_run_id": "scheduled__14:25", "run_type": "scheduled", "state": "running",
-                 "queued_at": "2026-12-06T14:25:00.3Z"},
-                {"dag_run_id": "scheduled__yesterday", "run_type": "scheduled", "state": "queued",
-                 "queued_at": "2026-12-05T04:00:00Z"},
-            ]  # fmt: skip
+                {
+                    "dag_run_id": "manual__2024-03-02",
+                    "run_type": "manual",
+                    "state": "success",
+                    "queued_at": "2026-12-06T14:24:49.9Z",
+                },
+                {
+                    "dag_run_id": "scheduled__14:20",
+                    "run_type": "scheduled",
+                    "state": "queued",
+                    "queued_at": "2026-12-06T14:24:50.1Z",
+                },
+                {
+                    "dag_run_id": "scheduled__14:25",
+                    "run_type": "scheduled",
+                    "state": "running",
+                    "queued_at": "2026-12-06T14:25:00.3Z",
+                },
+                {
+                    "dag_run_id": "scheduled__yesterday",
+                    "run_type": "scheduled",
+                    "state": "queued",
+                    "queued_at": "2026-12-05T04:00:00Z",
+                },
+            ]
 
         def delete_run(self, dag_id, run_id):
             self.deleted.append(run_id)
