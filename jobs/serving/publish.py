@@ -360,7 +360,6 @@ def verify(
 ) -> dict[str, int]:
     """Count the version's keys per kind in Redis, compare the digests of a sample of hash keys (see
     `digest_sample`) and the length of every segment list."""
-    import hashlib
 
     prefix = keys.prefix(version)
     found: dict[str, int] = {}
@@ -372,13 +371,7 @@ def verify(
         raise PublishError(
             f"version {version} is incomplete in Redis: expected keys {expected}, found {found}"
         )
-    pipe = r.pipeline(transaction=False)
-    for k, _ in sample:
-        pipe.hgetall(k)
-    for (k, d), content in zip(sample, pipe.execute(), strict=True):
-        text = "\n".join(f"{f}={v}" for f, v in sorted(content.items()))
-        if hashlib.md5(text.encode()).hexdigest() != d:
-            raise PublishError(f"version {version}: the content of {k} in Redis differs from the gold tables")
+    check_sample(r, version, sample)
     # Lists (segments): their lengths.
     seg_counts = r.hgetall(keys.segments(version))
     pipe = r.pipeline(transaction=False)
@@ -388,6 +381,19 @@ def verify(
         if int(n) != length:
             raise PublishError(f"version {version}: segment {name} holds {length} ids, expected {n}")
     return found
+
+
+def check_sample(r, version: str, sample: list[tuple[str, str]]) -> None:
+    """Compare what Redis holds for a sample of hash keys with the digests the encoder computed."""
+    import hashlib
+
+    pipe = r.pipeline(transaction=False)
+    for k, _ in sample:
+        pipe.hgetall(k)
+    for (k, d), content in zip(sample, pipe.execute(), strict=True):
+        text = "\n".join(f"{f}={v}" for f, v in sorted(content.items()))
+        if hashlib.md5(text.encode()).hexdigest() != d:
+            raise PublishError(f"version {version}: the content of {k} in Redis differs from the gold tables")
 
 
 def expected_keys(cmds: pa.Table) -> dict[str, set[str] | int]:
@@ -464,7 +470,7 @@ def publish(
 ) -> PublishResult:
     """Publish the gold tables of `as_of` as a new version and make it live."""
     from p13n.lake.duck import duckdb_connection
-    from p13n.serving.encode import commands
+    from p13n.serving.encode import command_parts
 
     say = progress or (lambda _m: None)
     s = settings.serving
@@ -512,23 +518,21 @@ def publish(
             )
             seconds["encode"] = 0.0  # encoded and written together by the Spark tasks
             seconds["write"] = time.perf_counter() - t0
+            sampled = len(sample)
         else:
-            cmds = commands(con, settings, as_of, version, erased)
-            seconds["encode"] = time.perf_counter() - t0
-            nbytes, ncommands = command_bytes(cmds), len(cmds)
-            _check_memory(r, nbytes)
-            say(f"version {version}: {ncommands:,} commands ({nbytes / 1e6:.1f} MB) to write")
-            t1 = time.perf_counter()
-            write_commands(url, command_batches(cmds, s.batch_commands), lock, say, s.writers)
-            seconds["write"] = time.perf_counter() - t1
-            expected, sample = merge_expected([expected_keys(cmds)]), digest_sample(cmds)
+            seconds["encode"] = time.perf_counter() - t0  # the checks; the parts' encoding adds to it
+            parts = command_parts(con, settings, as_of, version, erased)
+            expected, nbytes, ncommands, sampled = _write_as_encoded(
+                settings, url, r, version, parts, lock, say, seconds
+            )
+            sample = []  # each part's sample was read back after its write
         t2 = time.perf_counter()
         found = verify(r, keys, version, expected, sample)
         r.hset(
             keys.meta(version),
             mapping={"status": "verified", "keys": json.dumps(found, sort_keys=True), "bytes": nbytes},
         )
-        seconds["verify"] = time.perf_counter() - t2
+        seconds["verify"] = seconds.get("verify", 0.0) + time.perf_counter() - t2
         checkpoint("serving.before_switch")
         lock.renew()
         previous = r.eval(
@@ -546,8 +550,48 @@ def publish(
     finally:
         lock.release()
     return PublishResult(
-        version, as_of, previous, found, ncommands, nbytes, seconds, len(sample), bool(problems), warnings
+        version, as_of, previous, found, ncommands, nbytes, seconds, sampled, bool(problems), warnings
     )
+
+
+def _write_as_encoded(settings, url, r, version, parts, lock, say, seconds) -> tuple[dict, int, int, int]:
+    """Write each part of a version's commands while DuckDB encodes the next (the query runs outside
+    the GIL, a writer thread sends the last part): the write of the cheap kinds and of the customers'
+    first batches overlaps the encoding of the rest. `seconds` gets the time spent in each."""
+    s = settings.serving
+    seconds.setdefault("encode", 0.0)
+    seconds["write"] = seconds["verify"] = 0.0
+    expected, nbytes, ncommands, sampled = [], 0, 0, [0]
+
+    def write(cmds: pa.Table) -> None:
+        t = time.perf_counter()
+        write_commands(url, command_batches(cmds, s.batch_commands), lock, None, s.writers)
+        seconds["write"] += time.perf_counter() - t
+        t = time.perf_counter()
+        sample = digest_sample(cmds)
+        check_sample(r, version, sample)  # read back at once: overlaps the encoding too
+        sampled[0] += len(sample)
+        seconds["verify"] += time.perf_counter() - t
+        kind = KIND_NAMES.get(cmds.column("kind")[0].as_py(), "")
+        say(f"  wrote {len(cmds):,} {kind} commands ({command_bytes(cmds) / 1e6:.1f} MB)")
+
+    pending = None
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        t = time.perf_counter()
+        for cmds in parts:
+            seconds["encode"] += time.perf_counter() - t
+            if len(cmds):
+                if pending:
+                    pending.result()  # in Redis now, so `used_memory` counts it
+                size = command_bytes(cmds)
+                _check_memory(r, size)
+                pending = writer.submit(write, cmds)
+                expected.append(expected_keys(cmds))
+                nbytes, ncommands = nbytes + size, ncommands + len(cmds)
+            t = time.perf_counter()
+        if pending:
+            pending.result()
+    return merge_expected(expected), nbytes, ncommands, sampled[0]
 
 
 def choose_engine(settings: Settings, as_of: dt.date, con) -> str:

@@ -448,6 +448,46 @@ def test_the_verifier_reads_back_a_digested_sample_and_refuses_a_key_that_differ
         verify(r, keys, "t1", expected, sample)
 
 
+def test_a_publish_writes_each_kind_as_it_is_encoded_and_serves_lists_in_rank_order(
+    srv, redis_url, monkeypatch
+):
+    """The gold rows are stored shuffled: the lists still come out in rank order. The customers are
+    encoded in slices, each written (and its sample read back) as it comes, after the cheap kinds."""
+    from p13n.lake.duck import duckdb_connection, scan, write_arrow
+    from p13n.lake.tables import GOLD_RECOMMENDATIONS
+    from p13n.serving import encode
+
+    con, table = duckdb_connection(), scan(srv.lake_root, GOLD_RECOMMENDATIONS)
+    rows = con.execute(f"SELECT * FROM {table} ORDER BY hash(customer_id, rank, 7)").fetch_arrow_table()
+    write_arrow(srv.lake_root, GOLD_RECOMMENDATIONS, rows, mode="overwrite")
+    monkeypatch.setattr(encode, "CUSTOMERS_PER_PART", 120)
+    said = []
+    res = publish(srv, redis_url, AS_OF, progress=said.append)
+
+    wrote = [line.split()[2] for line in said if line.startswith("  wrote")]
+    assert wrote == [
+        "lists",
+        "version",
+        "lookups",
+        "segments",
+        "items",
+        "customers",
+        "customers",
+        "customers",
+    ]
+    assert res.keys["c"] == CUSTOMERS - 1 and res.verified_sample > 0  # the erased customer left out
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    for who in ("C000000001", "C000000150", "C000000299"):
+        stored = r.hgetall(f"p13n:v:{res.version}:c:{who}")
+        for list_type in ("personalized", "buy_again"):
+            served = [i["sku"] for i in decode_list(stored[list_type], {}, 100)]
+            gold = con.execute(
+                f"SELECT sku FROM {table} WHERE customer_id = ? AND list_type = ? ORDER BY rank",
+                [who, list_type],
+            ).fetchall()
+            assert served == [sku for (sku,) in gold] and len(served) > 1
+
+
 @pytest.mark.spark
 def test_spark_parts_publish_the_same_content_as_one_process(spark, srv, redis_url):
     one = publish(srv, redis_url, AS_OF)
