@@ -360,7 +360,6 @@ def verify(
 ) -> dict[str, int]:
     """Count the version's keys per kind in Redis, compare the digests of a sample of hash keys (see
     `digest_sample`) and the length of every segment list."""
-
     prefix = keys.prefix(version)
     found: dict[str, int] = {}
     for key in r.scan_iter(match=prefix + "*", count=10_000):
@@ -584,7 +583,8 @@ def _write_as_encoded(settings, url, r, version, parts, lock, say, seconds) -> t
                 if pending:
                     pending.result()  # in Redis now, so `used_memory` counts it
                 size = command_bytes(cmds)
-                _check_memory(r, size)
+                kind = KIND_NAMES.get(cmds.column("kind")[0].as_py(), "")
+                _check_memory(r, size, f"the next {len(cmds):,} {kind} commands of version {version}")
                 pending = writer.submit(write, cmds)
                 expected.append(expected_keys(cmds))
                 nbytes, ncommands = nbytes + size, ncommands + len(cmds)
@@ -662,17 +662,17 @@ def _iso(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="seconds")
 
 
-def _check_memory(r, nbytes: int) -> None:
-    """Refuse a version that would not fit under Redis' maxmemory next to what is there."""
+def _check_memory(r, nbytes: int, what: str = "the new version") -> None:
+    """Refuse to write `what` when it would not fit under Redis' maxmemory next to what is there."""
     info = r.info("memory")
     limit = int(info.get("maxmemory", 0))
     # Redis' overhead per key and field: about 1.5x the protocol bytes, measured on this keyspace.
     need = int(nbytes * 1.5)
     if limit and info["used_memory"] + need > limit:
         raise PublishError(
-            f"the new version needs about {need / 1e6:.0f} MB and Redis has "
-            f"{(limit - info['used_memory']) / 1e6:.0f} MB left under maxmemory; lower serving.keep_versions "
-            f"or raise maxmemory"
+            f"{what} needs about {need / 1e6:.1f} MB and Redis has "
+            f"{max(limit - info['used_memory'], 0) / 1e6:.1f} MB left under maxmemory; lower "
+            f"serving.keep_versions or raise maxmemory"
         )
 
 

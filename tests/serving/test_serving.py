@@ -488,6 +488,28 @@ def test_a_publish_writes_each_kind_as_it_is_encoded_and_serves_lists_in_rank_or
             assert served == [sku for (sku,) in gold] and len(served) > 1
 
 
+def test_a_version_that_would_not_fit_under_maxmemory_is_refused_before_the_part_that_overflows(
+    srv, redis_url
+):
+    first = publish(srv, redis_url, AS_OF)
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    room = 200_000  # bytes: the small kinds fit, the customers' 299 commands (~300 KB) do not
+    r.config_set("maxmemory", r.info("memory")["used_memory"] + room)
+    try:
+        with pytest.raises(
+            PublishError,
+            match=r"the next 299 customers commands of version \S+ needs about "
+            r"[\d.]+ MB and Redis has [\d.]+ MB left under maxmemory",
+        ):
+            publish(srv, redis_url, AS_OF)
+    finally:
+        r.config_set("maxmemory", 0)
+    st = status(redis_url, srv)
+    failed = st["versions"][0]
+    assert failed["status"] == "failed" and st["live"] == first.version
+    assert not list(r.scan_iter(match=Keys("p13n").prefix(failed["version"]) + "*"))
+
+
 @pytest.mark.spark
 def test_spark_parts_publish_the_same_content_as_one_process(spark, srv, redis_url):
     one = publish(srv, redis_url, AS_OF)
