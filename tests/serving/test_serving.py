@@ -491,15 +491,16 @@ def test_a_publish_writes_each_kind_as_it_is_encoded_and_serves_lists_in_rank_or
 def test_a_version_that_would_not_fit_under_maxmemory_is_refused_before_the_part_that_overflows(
     srv, redis_url
 ):
+    write_gold(srv.lake_root, 3000, ITEMS, seed=1, erased=[ERASED])  # customers' commands: ~3.4 MB
     first = publish(srv, redis_url, AS_OF)
     r = redis.Redis.from_url(redis_url, decode_responses=True)
-    room = 200_000  # bytes: the small kinds fit, the customers' 299 commands (~300 KB) do not
-    r.config_set("maxmemory", r.info("memory")["used_memory"] + room)
+    # Room for the other kinds (~0.4 MB) and the publisher's connections, not for the customers.
+    r.config_set("maxmemory", r.info("memory")["used_memory"] + 1_500_000)
     try:
         with pytest.raises(
             PublishError,
-            match=r"the next 299 customers commands of version \S+ needs about "
-            r"[\d.]+ MB and Redis has [\d.]+ MB left under maxmemory",
+            match=r"the next 2,999 customers commands of version \S+ needs about [\d.]+ MB and Redis "
+            r"has [\d.]+ MB left under maxmemory",
         ):
             publish(srv, redis_url, AS_OF)
     finally:
