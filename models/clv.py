@@ -92,19 +92,26 @@ def _bgnbd_ll(log_params: np.ndarray, x: np.ndarray, t_x: np.ndarray, T: np.ndar
 
 
 def _maximize(ll, start: np.ndarray, args: tuple) -> tuple[np.ndarray, float]:
-    """Maximum likelihood over log-parameters (they must stay positive): Nelder-Mead, polished by BFGS."""
+    """Maximum likelihood over log-parameters (they must stay positive): BFGS, and Nelder-Mead from
+    where it stopped when it did not converge. Both minimize the mean negative log-likelihood per
+    customer, so their tolerances mean the same at any size: on the sum, an absolute tolerance of
+    1e-10 lies below the rounding of a total of 3e5, and Nelder-Mead ran to its iteration limit (a
+    Gamma-Gamma fit of 74k customers took 4 minutes; Nelder-Mead first, BG/NBD took 993 evaluations
+    of the likelihood where BFGS takes about 100)."""
+    n = max(len(args[0]), 1)
 
     def neg(p):
-        value = -ll(p, *args).sum()
+        value = -ll(p, *args).sum() / n
         return value if np.isfinite(value) else 1e300
 
-    best = optimize.minimize(
-        neg, start, method="Nelder-Mead", options={"maxiter": 20000, "xatol": 1e-10, "fatol": 1e-10}
-    )
-    polished = optimize.minimize(neg, best.x, method="BFGS")
-    if polished.fun < best.fun:
-        best = polished
-    return np.exp(best.x), -float(best.fun)
+    best = optimize.minimize(neg, start, method="BFGS")
+    if not best.success:
+        polished = optimize.minimize(
+            neg, best.x, method="Nelder-Mead", options={"maxiter": 20000, "xatol": 1e-10, "fatol": 1e-12}
+        )
+        if polished.fun < best.fun:
+            best = polished
+    return np.exp(best.x), -float(best.fun) * n
 
 
 def fit_bgnbd(summary: pd.DataFrame) -> BetaGeo:
