@@ -63,6 +63,36 @@ def test_clv_fit_reproduces_published_cdnow_parameters(cdnow_csv):
     assert fitted["holdout"]["holdout_customers"] == 2357
 
 
+def test_the_published_cdnow_fit_holds_at_the_size_of_a_real_customer_base(cdnow_csv, monkeypatch):
+    """CDNOW's customers forty times over (94,280, as many as a mid-size retailer's buyers): the same
+    published parameters, each model in under 300 evaluations of the likelihood (BFGS: 130 and 64).
+    Nelder-Mead on the summed likelihood took 964 and 680 here, and on the 74k buyers of the 100k
+    generated shop it never met its absolute tolerance: 20,000 iterations, 4 minutes a night."""
+    tx = pd.read_csv(cdnow_csv, dtype={"customer": str, "date": str})
+    one = clv.summarize(tx, "customer", "date", "amount", dt.date(1997, 9, 30), time_unit="W")
+    summary = pd.concat([one] * 40, ignore_index=True)
+    calls = []
+
+    def counted(ll):
+        def count(*args):
+            calls.append(1)
+            return ll(*args)
+
+        return count
+
+    for name in ("_bgnbd_ll", "_gg_ll"):
+        monkeypatch.setattr(clv, name, counted(getattr(clv, name)))
+    bg = clv.fit_bgnbd(summary)
+    assert len(calls) < 300 and bg.customers == 40 * 2357
+    assert (bg.r, bg.alpha, bg.a, bg.b) == pytest.approx(
+        tuple(PUBLISHED[k] for k in ("r", "alpha", "a", "b")), rel=0.01
+    )
+    calls.clear()
+    gg = clv.fit_gamma_gamma(summary)
+    assert len(calls) < 300
+    assert (gg.p, gg.q, gg.gamma) == pytest.approx(tuple(PUBLISHED[k] for k in ("p", "q", "gamma")), rel=0.01)
+
+
 def test_summary_conventions():
     """Same-day purchases are one; frequency counts repeats; T runs from the first purchase."""
     tx = pd.DataFrame(
