@@ -558,21 +558,20 @@ def _write_as_encoded(settings, url, r, version, parts, lock, say, seconds) -> t
     the GIL, a writer thread sends the last part): the write of the cheap kinds and of the customers'
     first batches overlaps the encoding of the rest. `seconds` gets the time spent in each."""
     s = settings.serving
-    seconds.setdefault("encode", 0.0)
     seconds["write"] = seconds["verify"] = 0.0
-    expected, nbytes, ncommands, sampled = [], 0, 0, [0]
+    expected, nbytes, ncommands, sampled = [], 0, 0, 0
 
-    def write(cmds: pa.Table) -> None:
+    def write(cmds: pa.Table, what: str, size: int) -> None:
+        nonlocal sampled
         t = time.perf_counter()
         write_commands(url, command_batches(cmds, s.batch_commands), lock, None, s.writers)
         seconds["write"] += time.perf_counter() - t
         t = time.perf_counter()
         sample = digest_sample(cmds)
         check_sample(r, version, sample)  # read back at once: overlaps the encoding too
-        sampled[0] += len(sample)
+        sampled += len(sample)
         seconds["verify"] += time.perf_counter() - t
-        kind = KIND_NAMES.get(cmds.column("kind")[0].as_py(), "")
-        say(f"  wrote {len(cmds):,} {kind} commands ({command_bytes(cmds) / 1e6:.1f} MB)")
+        say(f"  wrote {what} ({size / 1e6:.1f} MB)")
 
     pending = None
     with ThreadPoolExecutor(max_workers=1) as writer:
@@ -583,15 +582,15 @@ def _write_as_encoded(settings, url, r, version, parts, lock, say, seconds) -> t
                 if pending:
                     pending.result()  # in Redis now, so `used_memory` counts it
                 size = command_bytes(cmds)
-                kind = KIND_NAMES.get(cmds.column("kind")[0].as_py(), "")
-                _check_memory(r, size, f"the next {len(cmds):,} {kind} commands of version {version}")
-                pending = writer.submit(write, cmds)
+                what = f"{len(cmds):,} {KIND_NAMES.get(cmds.column('kind')[0].as_py(), '')} commands"
+                _check_memory(r, size, f"the next {what} of version {version}")
+                pending = writer.submit(write, cmds, what, size)
                 expected.append(expected_keys(cmds))
                 nbytes, ncommands = nbytes + size, ncommands + len(cmds)
             t = time.perf_counter()
         if pending:
             pending.result()
-    return merge_expected(expected), nbytes, ncommands, sampled[0]
+    return merge_expected(expected), nbytes, ncommands, sampled
 
 
 def choose_engine(settings: Settings, as_of: dt.date, con) -> str:
