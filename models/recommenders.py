@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -118,7 +119,7 @@ def _top_k_factors(
     from implicit.cpu.topk import topk
 
     k = min(k, item_factors.shape[0])
-    filt = sparse.csr_matrix(seen[users], dtype=np.float32) if seen is not None else None
+    filt = _CsrRows(sparse.csr_matrix(seen[users])) if seen is not None else None
     ids, best = topk(
         np.ascontiguousarray(item_factors, dtype=np.float32),
         np.ascontiguousarray(query, dtype=np.float32),
@@ -127,6 +128,20 @@ def _top_k_factors(
         num_threads=0,
     )
     return _ranked_frame(users, ids, best)
+
+
+class _CsrRows:
+    """A CSR matrix's rows for `implicit`'s top-k, which reads `filter_query_items[i].indices` one
+    row at a time: scipy's row indexing costs ~80 µs a call (4.8 s of a 20k-customer night's
+    training, 57,000 rows), a slice of `indices` a fraction of that."""
+
+    __slots__ = ("indptr", "columns")
+
+    def __init__(self, m: sparse.csr_matrix):
+        self.indptr, self.columns = m.indptr, m.indices
+
+    def __getitem__(self, row: int) -> SimpleNamespace:
+        return SimpleNamespace(indices=self.columns[self.indptr[row] : self.indptr[row + 1]])
 
 
 def _batched(users: np.ndarray, k: int, score_fn, seen, batch: int | None = None) -> pd.DataFrame:

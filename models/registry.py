@@ -9,6 +9,8 @@ Scoring always loads the champion.
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from dataclasses import asdict, dataclass, field
 
 CHAMPION = "champion"
@@ -73,17 +75,23 @@ TRUSTED_TYPES = [
 
 def log_sklearn(model):
     """Log a scikit-learn model to the active run (skops format), returning its ModelInfo."""
-    import warnings
-
     import mlflow
 
-    with warnings.catch_warnings():
-        # skops looks up each function it saves in every loaded module; in an Airflow task each read
-        # of an Airflow module's moved name warns (1,160 log lines per model).
-        warnings.filterwarnings("ignore", message=r"The `airflow\.")
+    with _without_airflow_moves():
         return mlflow.sklearn.log_model(
             model, name="model", pip_requirements=["scikit-learn"], skops_trusted_types=TRUSTED_TYPES
         )
+
+
+@contextlib.contextmanager
+def _without_airflow_moves():
+    """Where skops is imported: on its first import in a process (the first model saved or loaded)
+    it looks every scipy ufunc up in every loaded module, and in an Airflow task each read of an
+    Airflow module's moved name warns (1,160 log lines in each churn task, which loads the champion
+    before it saves a model)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"The `airflow\.")
+        yield
 
 
 def champion_version(name: str):
@@ -103,7 +111,8 @@ def load_champion(name: str, flavor: str = "sklearn"):
 
     uri = f"models:/{name}@{CHAMPION}"
     if flavor == "sklearn":
-        return mlflow.sklearn.load_model(uri)
+        with _without_airflow_moves():
+            return mlflow.sklearn.load_model(uri)
     return mlflow.pyfunc.load_model(uri).unwrap_python_model()
 
 

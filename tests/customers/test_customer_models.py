@@ -219,6 +219,45 @@ def test_a_rerun_keeps_its_first_runs_version(tmp_path):
     assert len(mlflow.MlflowClient().search_model_versions("name='rerun-test'")) == 1
 
 
+def test_saving_and_loading_a_model_in_an_airflow_task_logs_no_moved_name_warnings(tmp_path, monkeypatch):
+    """When skops is first imported (by the first model saved or loaded in a process) it looks each
+    scipy ufunc up in every loaded module; in an Airflow task each read of an Airflow module's moved
+    name warns: 1,160 lines in each churn task's log, where loading the champion imported it."""
+    import sys
+    import types
+    import warnings
+
+    import mlflow
+
+    from p13n.models.registry import load_champion, log_sklearn, register_and_gate
+
+    class DeprecatedImportWarning(FutureWarning):  # Airflow's, a FutureWarning
+        pass
+
+    moved = types.ModuleType("airflow_like_moves")
+
+    def __getattr__(name):  # what airflow.utils.timezone & co. do for each moved name
+        message = f"The `airflow.utils.timezone.{name}` attribute is deprecated."
+        warnings.warn(message, DeprecatedImportWarning, 2)
+        raise AttributeError(name)
+
+    moved.__getattr__ = __getattr__
+    monkeypatch.setitem(sys.modules, moved.__name__, moved)
+    for name in [m for m in sys.modules if m == "skops" or m.startswith("skops.")]:
+        monkeypatch.delitem(sys.modules, name)  # imported afresh, as in a task's process
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    mlflow.set_experiment("quiet-test")
+    train = _churn_data(400, 1)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with mlflow.start_run():
+            info = log_sklearn(churn.train_churn(train, train["churned"]))
+            register_and_gate("quiet-test", info.model_uri, {"roc_auc": 0.8}, None, {})
+        loaded = load_champion("quiet-test")
+    assert loaded.predict_proba is not None
+    assert [str(w.message) for w in seen if "airflow." in str(w.message)] == []
+
+
 def test_clusters_keep_yesterdays_persona_names_unless_their_members_changed():
     from p13n.models.segments import keep_names
 
