@@ -128,12 +128,12 @@ def _version_for(name: str, run_key: str):
     return next((v for v in versions if v.tags.get("run_key") == run_key), None)
 
 
-def run_key(as_of, versions: dict[str, int], extra: str = "") -> str:
-    """What a rerun has in common with its first run: the date, the versions of every input table
-    (and `extra`, e.g. a hash of the settings that shape the model)."""
+def run_key(as_of, inputs: dict[str, str | int], extra: str = "") -> str:
+    """What a rerun has in common with its first run: the date, what every input table holds (its
+    `Lake.content_key`) and `extra`, e.g. a hash of the settings that shape the model."""
     import hashlib
 
-    inputs = ",".join(f"{t}@{v}" for t, v in sorted(versions.items())) + (f"|{extra}" if extra else "")
+    inputs = ",".join(f"{t}@{v}" for t, v in sorted(inputs.items())) + (f"|{extra}" if extra else "")
     return f"{as_of}:{hashlib.sha256(inputs.encode()).hexdigest()[:16]}"
 
 
@@ -147,7 +147,7 @@ def register_and_gate(
 ) -> Decision:
     """Register the active run's model as a version of `name`; promote it if it passes the gate.
 
-    With a `run_key` (the date and input table versions), a rerun finds the version its first run
+    With a `run_key` (the date and what its input tables hold), a rerun finds the version its first run
     registered and keeps that decision, so rerunning a date changes neither the registry nor the scores.
     """
     import mlflow

@@ -79,12 +79,14 @@ class Activity:
     returns: DataFrame
     loyalty: DataFrame
     versions: dict[str, int]
+    contents: dict[str, str]  # each input's `Lake.content_key` at the version read
 
     def run_key(self, as_of: dt.date) -> str:
-        """The date and the versions of every input: what a rerun has in common with its first run."""
+        """The date and what every input holds: what a rerun has in common with its first run (a
+        rerun's ingestion and the night's compaction make new versions of the same rows)."""
         from p13n.models.registry import run_key
 
-        return run_key(as_of, self.versions)
+        return run_key(as_of, self.contents)
 
     def features(self, as_of: dt.date) -> DataFrame:
         return build_features(
@@ -99,6 +101,7 @@ def read_activity(lake: Lake) -> Activity:
             f"customer intelligence needs {', '.join(missing)}: ingest the sources and resolve identities "
             "first"
         )
+    versions = {table: lake.delta_table(table).version() for table in INPUTS.values()}
     t = {name: lake.read(table) for name, table in INPUTS.items()}
     push = silver_table("push_notifications")  # optional: push engagement needs the app's devices
     t["push"] = lake.read(push) if lake.exists(push) else None
@@ -121,7 +124,8 @@ def read_activity(lake: Lake) -> Activity:
         ).cache(),
         returns=act.returned_items(t["returns"], lines),
         loyalty=act.loyalty_status(keys, t["loyalty"]),
-        versions={table: lake.delta_table(table).version() for table in INPUTS.values()},
+        versions=versions,
+        contents={table: lake.content_key(table, v) for table, v in versions.items()},
     )
 
 

@@ -164,6 +164,36 @@ class Lake:
             columns=[f.name for f in dt.schema().fields],
         )
 
+    def content_key(self, table: str, version: int | None = None) -> str:
+        """A digest of what the table holds at `version` (default: the latest), the same however its
+        rows lie in files: per partition, the row count and each column's minimum, maximum and null
+        count, from the Delta log's file statistics. A compaction or a rerun that rewrites a
+        partition with the same rows makes a new version and keeps this key; a changed row count,
+        range or null count changes it; a value corrected inside its column's range is not seen (a
+        model run keyed on this keeps its first decision then). Files without statistics, or with
+        statistics Arrow cannot aggregate, make it the version itself."""
+        import hashlib
+        import json
+
+        dt = self.delta_table(table, version)
+        adds = _adds(dt, flatten=True)
+        if "num_records" not in adds.column_names or adds["num_records"].null_count:
+            return f"v{dt.version()}"
+        parts = sorted(c for c in adds.column_names if c.startswith("partition."))
+        aggs = [("num_records", "sum")]
+        for c in sorted(adds.column_names):
+            kind = c.split(".", 1)[0]
+            if kind in ("min", "max") or kind == "null_count":
+                aggs.append((c, "sum" if kind == "null_count" else kind))
+        try:
+            grouped = adds.group_by(parts).aggregate(aggs)
+        except (pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            return f"v{dt.version()}"
+        if parts:
+            grouped = grouped.sort_by([(p, "ascending") for p in parts])
+        text = json.dumps([sorted(r.items()) for r in grouped.to_pylist()], default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
     def history(self, table: str, limit: int | None = None) -> list[dict]:
         """Commits newest first, each with its operation, timestamp and p13n run metadata."""
         return self.delta_table(table).history(limit)

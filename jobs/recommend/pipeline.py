@@ -675,7 +675,8 @@ def train_recommender(
         )
         # A rerun with the same inputs *and* the same recommend settings keeps its first decision; a
         # changed setting (blend weights, grid…) is a new challenger.
-        key = run_key(as_of, data.versions, extra=cfg.model_dump_json())
+        contents = {t: lake.content_key(t, v) for t, v in data.versions.items()}
+        key = run_key(as_of, contents, extra=cfg.model_dump_json())
         decision = life.gate(info.model_uri, metrics, champ_metrics, key)
     progress(decision.summary())
     recipe = _recipe(life.serving())

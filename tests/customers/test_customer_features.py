@@ -301,6 +301,7 @@ def test_churn_without_enough_history_names_its_training_cutoff(spark, settings,
         ),
         lines=lines,
         versions={},
+        contents={},
         **{name: spark.createDataFrame([], schema) for name, schema in empty.items()},
     )
     cutoff = as_of - dt.timedelta(days=2 * settings.customers.churn_horizon_days)

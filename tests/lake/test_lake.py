@@ -431,6 +431,32 @@ def test_replace_partition_is_the_idempotent_interval_write(spark, lake):
     assert lake.info("gold.daily").partition_by == ["order_date"]
 
 
+def test_the_content_key_sees_the_rows_not_the_versions_or_files_they_are_in(spark, lake):
+    """What a model run's rerun key is made of: a rerun rewriting a partition with the same rows and
+    a compaction make new versions of the same content; a changed count, range or null does not."""
+    lake.replace_partition("gold.daily", orders(spark, BASE[:2]), "order_date", D1)
+    lake.replace_partition("gold.daily", orders(spark, BASE[2:3]), "order_date", D2)
+    first = lake.content_key("gold.daily")
+    lake.replace_partition("gold.daily", orders(spark, BASE[1::-1]), "order_date", D1)  # the rerun
+    assert lake.content_key("gold.daily") == first
+    lake.replace_partition("gold.daily", orders(spark, BASE[:1]), "order_date", D1)
+    lake.write("gold.daily", orders(spark, BASE[1:2]))  # the same rows in two files
+    assert (lake.info("gold.daily").files, lake.content_key("gold.daily")) == (3, first)
+    lake.optimize("gold.daily")
+    assert (lake.info("gold.daily").files, lake.delta_table("gold.daily").version()) == (2, 5)
+    assert lake.content_key("gold.daily") == first
+    assert lake.content_key("gold.daily", version=1) == first
+    for changed in (
+        [(1, "ann", 10.0, D1), (2, "bob", 25.0, D1)],  # a maximum
+        [(1, "ann", 10.0, D1), (2, "bob", 20.0, D1), (5, "bo", 15.0, D1)],  # a count
+        [(1, "ann", 10.0, D1), (2, None, 20.0, D1)],  # a null
+    ):
+        lake.replace_partition("gold.daily", orders(spark, changed), "order_date", D1)
+        assert lake.content_key("gold.daily") != first
+    lake.replace_partition("gold.daily", orders(spark, BASE[:2]), "order_date", D1)
+    assert lake.content_key("gold.daily") == first
+
+
 def test_rows_in_hand_replace_their_partition_from_pandas_or_arrow(spark, lake):
     import pandas as pd
     import pyarrow as pa
