@@ -85,6 +85,10 @@ RESULT_COLUMNS = [
 
 
 def _units_sql(has_sends: bool, has_exposures: bool, has_global: bool = False) -> str:
+    """One row per experiment and unit, in one order, with revenue summed exactly: DuckDB's parallel
+    aggregation adds a unit's orders, and hands the units on to the arms' sums, in an order that
+    varies from run to run, and floating-point addition is not associative (a rerun's p-values
+    differed in the 16th digit)."""
     parts = []
     if has_global:  # every customer by the same hash as p13n.serving.experiments.bucket, exactly
         parts.append("""
@@ -120,13 +124,14 @@ def _units_sql(has_sends: bool, has_exposures: bool, has_global: bool = False) -
          AND o.ordered_at < least(u.entered_at + to_days($window_days), $end))
     SELECT experiment, kind, arm, customer_id, entered_at,
            count(*) FILTER (WHERE post) AS orders,
-           coalesce(sum(revenue_usd) FILTER (WHERE post), 0)::DOUBLE AS revenue,
+           coalesce(sum(revenue_usd::DECIMAL(18, 4)) FILTER (WHERE post), 0)::DOUBLE AS revenue,
            (count(*) FILTER (WHERE post) > 0)::INT AS converted,
            count(*) FILTER (WHERE NOT post) AS pre_orders,
-           coalesce(sum(revenue_usd) FILTER (WHERE NOT post), 0)::DOUBLE AS pre_revenue,
+           coalesce(sum(revenue_usd::DECIMAL(18, 4)) FILTER (WHERE NOT post), 0)::DOUBLE AS pre_revenue,
            (count(*) FILTER (WHERE NOT post) > 0)::INT AS pre_converted,
            least(1.0, epoch($end - entered_at) / 86400.0 / $window_days) AS window_share
-    FROM joined GROUP BY ALL"""
+    FROM joined GROUP BY ALL
+    ORDER BY experiment, arm, customer_id"""
 
 
 def unit_outcomes(settings, as_of: dt.date, con=None) -> pd.DataFrame:
