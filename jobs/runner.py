@@ -185,7 +185,8 @@ NIGHTLY = (
     "export_audiences",
 )
 EVERY_NIGHT = ("ingest_sources", "resolve_identities", "score_customers")
-AFTER = ("stream_events", "lake_maintenance", "run_report")
+STREAM_DAG = "stream_events"
+AFTER = (STREAM_DAG, "lake_maintenance", "run_report")
 
 
 def nightly_plan(
@@ -316,11 +317,12 @@ def _run_scheduled(
     between=None,
     dags: tuple[str, ...] | None = None,
 ) -> tuple[str, str] | None:
-    """Each date: trigger ingestion and follow the asset chain to the run report; then the last date's
-    stream catch-up, maintenance and report (which then shows them). `between(day)` runs before
+    """Each date: trigger ingestion and follow the asset chain to the run report; the last date's
+    stream (catch-up, triggers, dispatch, exposures) before its night, its maintenance and report
+    (which then shows them) after. `between(day)` runs before
     each night but the first (of the whole chain only). `dags`: only these DAGs of the chain run, the
     others stay paused (their runs wait in Airflow's queue for an unpause)."""
-    from p13n.scheduler import CHAIN, drop_wall_clock_runs, trigger_date, wait_for_run, watch_chain
+    from p13n.scheduler import CHAIN, trigger_date, watch_chain
 
     log_root = Path(env["AIRFLOW__LOGGING__BASE_LOG_FOLDER"])
     chain = tuple(d for d in CHAIN if d in (dags or CHAIN))
@@ -331,6 +333,15 @@ def _run_scheduled(
             between(day)
         if before and "ingest_sources" in chain:
             before("ingest_sources", day)
+        # The last date's stream before its night: in production the stream runs through the day,
+        # so the night sees the day's stream triggers (journeys enter on them, caps count them),
+        # and so does a rerun of the date.
+        if (
+            day == dates[-1]
+            and chain == CHAIN
+            and (failed := _run_dated(api, STREAM_DAG, day, console, echo, timings, log_root, before))
+        ):
+            return failed
         since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=2)
         run = trigger_date(api, "ingest_sources", day, unpause=False)
         console.print(
@@ -344,29 +355,38 @@ def _run_scheduled(
         if len(runs) < len(chain) or runs[-1].state != "success":
             return (runs[-1].dag_id if runs else "ingest_sources"), day
     for dag_id in AFTER if chain == CHAIN else ():
-        if before:
-            before(dag_id, dates[-1])
-        paused = api.is_paused(dag_id)  # cron DAGs (stream, maintenance) stay as they were
-        unpaused_at = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=2)
-        run = trigger_date(api, dag_id, dates[-1])
-        done = wait_for_run(api, dag_id, run["dag_run_id"], echo=echo, log_root=log_root)
-        if paused and dag_id not in CHAIN:
-            api.pause(dag_id)
-            deleted, started = drop_wall_clock_runs(api, dag_id, unpaused_at)
-            if deleted:
-                console.print(f"  deleted {dag_id}'s wall-clock runs queued meanwhile: {', '.join(deleted)}")
-            if started:
-                console.print(
-                    f"  [yellow]{dag_id}: a wall-clock run started while it was unpaused: "
-                    f"{', '.join(started)}[/] (it processes today's date, not {dates[-1]})"
-                )
-        console.print(f"DAG {dag_id} {dates[-1]}: {done.state} in {done.seconds:.0f}s")
-        timings.append(
-            {"dag": dag_id, "date": dates[-1], "seconds": done.seconds, "succeeded": done.state == "success"}
-        )
-        if done.state != "success":
-            return dag_id, dates[-1]
+        if dag_id != STREAM_DAG and (
+            failed := _run_dated(api, dag_id, dates[-1], console, echo, timings, log_root, before)
+        ):
+            return failed
     return None
+
+
+def _run_dated(api, dag_id: str, day: str, console, echo, timings: list, log_root, before=None):
+    """Trigger `dag_id` for `day` and wait for it; returns (dag, day) when it did not succeed. A cron
+    DAG (stream, maintenance) is unpaused only while its run lasts."""
+    from p13n.scheduler import CHAIN, drop_wall_clock_runs, trigger_date, wait_for_run
+
+    if before:
+        before(dag_id, day)
+    paused = api.is_paused(dag_id)  # cron DAGs (stream, maintenance) stay as they were
+    unpaused_at = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=2)
+    run = trigger_date(api, dag_id, day)
+    done = wait_for_run(api, dag_id, run["dag_run_id"], echo=echo, log_root=log_root)
+    if paused and dag_id not in CHAIN:
+        api.pause(dag_id)
+        deleted, started = drop_wall_clock_runs(api, dag_id, unpaused_at)
+        if deleted:
+            console.print(f"  deleted {dag_id}'s wall-clock runs queued meanwhile: {', '.join(deleted)}")
+        if started:
+            console.print(
+                f"  [yellow]{dag_id}: a wall-clock run started while it was unpaused: "
+                f"{', '.join(started)}[/] (it processes today's date, not {day})"
+            )
+    console.print(f"DAG {dag_id} {day}: {done.state} in {done.seconds:.0f}s")
+    ok = done.state == "success"
+    timings.append({"dag": dag_id, "date": day, "seconds": done.seconds, "succeeded": ok})
+    return None if ok else (dag_id, day)
 
 
 def run_pipeline(

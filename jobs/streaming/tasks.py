@@ -105,9 +105,14 @@ def triggers_task(now=None, day: str | None = None) -> dict:
 
     settings = get_settings()
     now = now or dt.datetime.now(dt.UTC)
+    con = duckdb_connection()
     if day and dt.date.fromisoformat(day) < now.date():
         now = dt.datetime.combine(dt.date.fromisoformat(day), dt.time(23, 59, 59), dt.UTC)
-    con = duckdb_connection()
+        if found := _evaluated(settings, con, dt.date.fromisoformat(day)):
+            progress(
+                f"triggers of {day}: evaluated before ({found:,} of them); a replayed past day adds none"
+            )
+            return {"triggered": 0, "suppressed": 0}
     new = with_cadence(settings, con, evaluate_triggers(settings, con, now), now)
     if len(new):
         import pyarrow as pa
@@ -126,6 +131,23 @@ def triggers_task(now=None, day: str | None = None) -> dict:
         "triggered": int((new["status"] == "sent").sum()) if len(new) else 0,
         "suppressed": int((new["status"] == "suppressed").sum()) if len(new) else 0,
     }
+
+
+def _evaluated(settings, con, day: dt.date) -> int:
+    """The stream's triggers already recorded for `day`. A past day's evaluation is not repeated: its
+    events are the same, but identity, consents and lifecycle stages have moved on since (a rerun of a
+    night resolves that day's identities), so a replay would trigger what the day itself did not,
+    and the night's journeys, which read the day's triggers, would not rerun the same."""
+    from p13n.streaming.triggers import PRIORITY
+
+    if not _exists(settings, GOLD_TRIGGERED_AUDIENCES):
+        return 0
+    kinds = ", ".join(f"'{k}'" for k in PRIORITY)
+    return con.execute(
+        f"SELECT count(*) FROM {_scan(settings, GOLD_TRIGGERED_AUDIENCES)} "
+        f"WHERE trigger_date = ? AND trigger IN ({kinds})",
+        [day],
+    ).fetchone()[0]
 
 
 def with_cadence(settings, con, new, now, programs=()):

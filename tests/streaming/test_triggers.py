@@ -153,3 +153,33 @@ def test_a_batch_of_win_backs_writes_a_table_readers_accept(tmp_path):
         .fetchall()
     )
     assert rows == [("win_back", None, None)]
+
+
+def test_a_past_days_stream_triggers_are_evaluated_once(settings, tmp_path, monkeypatch):
+    """A replayed past day (a rerun of its night) adds no trigger: identity, consents and stages have
+    moved on since the day, and the night's journeys read the day's triggers."""
+    from p13n.lake.duck import duckdb_connection, scan
+    from p13n.lake.tables import GOLD_TRIGGERED_AUDIENCES
+    from p13n.streaming import tasks
+
+    s = settings.model_copy(update={"data_dir": tmp_path})
+    monkeypatch.setattr(tasks, "get_settings", lambda: s)
+    monkeypatch.setattr(tasks, "with_cadence", lambda settings, con, new, now: new)
+    evaluated = []
+
+    def evaluate_now(settings, con, now):  # what the day's events trigger when evaluated at `now`
+        evaluated.append(now)
+        c = f"C{len(evaluated)}"
+        at = pd.Timestamp(now)
+        row = [f"{c}-cart", c, "abandoned_cart", "email", "SKU-1", at, at, now.date(), "sent", None]
+        return pd.DataFrame([row], columns=COLUMNS)
+
+    monkeypatch.setattr(tasks, "evaluate_triggers", evaluate_now)
+    assert tasks.triggers_task(day="2024-03-02") == {"triggered": 1, "suppressed": 0}
+    assert tasks.triggers_task(day="2024-03-02") == {"triggered": 0, "suppressed": 0}
+    assert evaluated == [dt.datetime(2024, 3, 2, 23, 59, 59, tzinfo=dt.UTC)]
+    assert tasks.triggers_task(day="2024-03-03") == {"triggered": 1, "suppressed": 0}
+    rows = duckdb_connection().execute(
+        f"SELECT customer_id, trigger_date FROM {scan(s.lake_root, GOLD_TRIGGERED_AUDIENCES)} ORDER BY 2"
+    )
+    assert rows.fetchall() == [("C1", dt.date(2024, 3, 2)), ("C2", dt.date(2024, 3, 3))]
