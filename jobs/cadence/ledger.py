@@ -346,6 +346,12 @@ def plan(
     ledger = read_ledger(settings, con, decided_at)
     if extra is not None and len(extra):
         ledger = pd.concat([ledger, extra], ignore_index=True) if len(ledger) else extra
+    pairs = set(programs) | set(
+        zip(candidates.get("program_type", []), candidates.get("program", []), strict=True)
+    )
+    slices = sorted(decision_id(t, p, decided_at) for t, p in pairs)
+    if len(ledger):  # what this call replaces counts as it is decided now, not as well as before
+        ledger = ledger[~ledger["decision_id"].isin(slices)]
     rows = allocate(
         candidates,
         ledger,
@@ -354,10 +360,6 @@ def plan(
         decided_at,
         read_suppressions(settings, con, ids, decided_at),
     )
-    pairs = set(programs) | set(
-        zip(candidates.get("program_type", []), candidates.get("program", []), strict=True)
-    )
-    slices = sorted(decision_id(t, p, decided_at) for t, p in pairs)
     if not slices or not write:
         return rows
     table = pa.Table.from_pandas(rows, schema=SCHEMA, preserve_index=False)

@@ -211,6 +211,20 @@ def test_the_lake_ledger_holds_one_days_messages_from_every_program_and_a_rerun_
     decide("email", "audience", "vip_win_back", NIGHT)
     assert duckdb_connection(settings=s).execute(read).fetchall() == first
 
+    # Two programs decided in one call (the nightly triggers): the second is capped by the first,
+    # and a rerun, which finds the first run's rows of both, names the same cap.
+    later = NIGHT + dt.timedelta(days=3)
+    both = candidates_frame(
+        ["C1", "C1"], ["email", "email"], "trigger", ["birthday", "replenishment"], ["s", "s"]
+    )
+    night = f"SELECT program, status, reason FROM {table} WHERE decided_at = ? ORDER BY program"
+    for _ in range(2):
+        plan(s, both, later)
+        assert duckdb_connection(settings=s).execute(night, [later]).fetchall() == [
+            ("birthday", SCHEDULED, ""),
+            ("replenishment", CAPPED, "email cap: 1 a day"),
+        ]
+
 
 def test_an_open_case_or_a_refund_gone_wrong_suppresses_every_message():
     rows = allocate(
