@@ -132,8 +132,8 @@ def _top_k_factors(
 
 class _CsrRows:
     """A CSR matrix's rows for `implicit`'s top-k, which reads `filter_query_items[i].indices` one
-    row at a time: scipy's row indexing costs ~80 µs a call (4.8 s of a 20k-customer night's
-    training, 57,000 rows), a slice of `indices` a fraction of that."""
+    row at a time: scipy's row indexing costs tens of µs a call, a slice of `indices` a fraction of
+    that (top 50 of 10k items for 10k users: 3.1 s → 1.3 s, the same lists)."""
 
     __slots__ = ("indptr", "columns")
 

@@ -183,7 +183,7 @@ class Lake:
         aggs = [("num_records", "sum")]
         for c in sorted(adds.column_names):
             kind = c.split(".", 1)[0]
-            if kind in ("min", "max") or kind == "null_count":
+            if kind in ("min", "max", "null_count"):
                 aggs.append((c, "sum" if kind == "null_count" else kind))
         try:
             grouped = adds.group_by(parts).aggregate(aggs)
