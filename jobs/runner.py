@@ -186,7 +186,8 @@ NIGHTLY = (
 )
 EVERY_NIGHT = ("ingest_sources", "resolve_identities", "score_customers")
 STREAM_DAG = "stream_events"
-AFTER = (STREAM_DAG, "lake_maintenance", "run_report")
+AFTER_NIGHT = ("lake_maintenance", "run_report")
+AFTER = (STREAM_DAG, *AFTER_NIGHT)  # in process, the stream follows the last night
 
 
 def nightly_plan(
@@ -354,10 +355,8 @@ def _run_scheduled(
         ]
         if len(runs) < len(chain) or runs[-1].state != "success":
             return (runs[-1].dag_id if runs else "ingest_sources"), day
-    for dag_id in AFTER if chain == CHAIN else ():
-        if dag_id != STREAM_DAG and (
-            failed := _run_dated(api, dag_id, dates[-1], console, echo, timings, log_root, before)
-        ):
+    for dag_id in AFTER_NIGHT if chain == CHAIN else ():
+        if failed := _run_dated(api, dag_id, dates[-1], console, echo, timings, log_root, before):
             return failed
     return None
 

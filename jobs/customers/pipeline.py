@@ -28,6 +28,7 @@ from p13n.config import Settings
 from p13n.customers import activity as act
 from p13n.customers.features import affinities, build_features, interval_end, orders_of
 from p13n.lake import Lake
+from p13n.lake.core import content_key_of
 from p13n.lake.tables import (
     GOLD_CHURN_SCORES,
     GOLD_CLV,
@@ -101,7 +102,7 @@ def read_activity(lake: Lake) -> Activity:
             f"customer intelligence needs {', '.join(missing)}: ingest the sources and resolve identities "
             "first"
         )
-    versions = {table: lake.delta_table(table).version() for table in INPUTS.values()}
+    opened = {table: lake.delta_table(table) for table in INPUTS.values()}  # each log read once
     t = {name: lake.read(table) for name, table in INPUTS.items()}
     push = silver_table("push_notifications")  # optional: push engagement needs the app's devices
     t["push"] = lake.read(push) if lake.exists(push) else None
@@ -124,8 +125,8 @@ def read_activity(lake: Lake) -> Activity:
         ).cache(),
         returns=act.returned_items(t["returns"], lines),
         loyalty=act.loyalty_status(keys, t["loyalty"]),
-        versions=versions,
-        contents={table: lake.content_key(table, v) for table, v in versions.items()},
+        versions={table: d.version() for table, d in opened.items()},
+        contents={table: content_key_of(d) for table, d in opened.items()},
     )
 
 

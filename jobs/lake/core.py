@@ -172,27 +172,7 @@ class Lake:
         range or null count changes it; a value corrected inside its column's range is not seen (a
         model run keyed on this keeps its first decision then). Files without statistics, or with
         statistics Arrow cannot aggregate, make it the version itself."""
-        import hashlib
-        import json
-
-        dt = self.delta_table(table, version)
-        adds = _adds(dt, flatten=True)
-        if "num_records" not in adds.column_names or adds["num_records"].null_count:
-            return f"v{dt.version()}"
-        parts = sorted(c for c in adds.column_names if c.startswith("partition."))
-        aggs = [("num_records", "sum")]
-        for c in sorted(adds.column_names):
-            kind = c.split(".", 1)[0]
-            if kind in ("min", "max", "null_count"):
-                aggs.append((c, "sum" if kind == "null_count" else kind))
-        try:
-            grouped = adds.group_by(parts).aggregate(aggs)
-        except (pa.ArrowNotImplementedError, pa.ArrowTypeError):
-            return f"v{dt.version()}"
-        if parts:
-            grouped = grouped.sort_by([(p, "ascending") for p in parts])
-        text = json.dumps([sorted(r.items()) for r in grouped.to_pylist()], default=str)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return content_key_of(self.delta_table(table, version))
 
     def history(self, table: str, limit: int | None = None) -> list[dict]:
         """Commits newest first, each with its operation, timestamp and p13n run metadata."""
@@ -993,6 +973,30 @@ def _relative(dt: DeltaTable, uri: str) -> str:
         if uri.startswith(root):
             return uri[len(root) :]
     return uri
+
+
+def content_key_of(dt: DeltaTable) -> str:
+    """`Lake.content_key` of an open table (its version as opened)."""
+    import hashlib
+    import json
+
+    adds = _adds(dt, flatten=True)
+    if "num_records" not in adds.column_names or adds["num_records"].null_count:
+        return f"v{dt.version()}"
+    parts = sorted(c for c in adds.column_names if c.startswith("partition."))
+    aggs = [("num_records", "sum")]
+    for c in sorted(adds.column_names):
+        kind = c.split(".", 1)[0]
+        if kind in ("min", "max", "null_count"):
+            aggs.append((c, "sum" if kind == "null_count" else kind))
+    try:
+        grouped = adds.group_by(parts).aggregate(aggs)
+    except (pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        return f"v{dt.version()}"
+    if parts:
+        grouped = grouped.sort_by([(p, "ascending") for p in parts])
+    text = json.dumps([sorted(r.items()) for r in grouped.to_pylist()], default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _adds(dt: DeltaTable, flatten: bool = False) -> pa.Table:
