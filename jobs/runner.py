@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -203,13 +204,12 @@ def nightly_plan(
 
 
 @contextmanager
-def local_services(settings, env: dict[str, str], say):
+def local_services(settings, env: dict[str, str], say, replay: bool = True):
     """The embedded Redis and Kafka broker the DAGs use when none is configured (their addresses go
-    into `env`); the broker is refilled with the landing zone's topics. Stopped on exit."""
+    into `env`); the broker is refilled with the landing zone's topics (`replay=False`: later, by
+    `replay_landing` once the landing zone is filled). Stopped on exit."""
     from p13n.services.kafka import EmbeddedBroker
     from p13n.services.redis import RedisServer
-    from p13n.sources.catalog import catalog
-    from p13n.sources.simulate import replay_topics
 
     broker = redis_server = None
     try:
@@ -220,14 +220,28 @@ def local_services(settings, env: dict[str, str], say):
         if not settings.sources.kafka_bootstrap:
             broker = EmbeddedBroker(log_path=settings.logs_dir / "kafka-broker.log").start()
             env["P13N_KAFKA_BOOTSTRAP"] = broker.bootstrap
-            sent = replay_topics(settings, catalog(), broker.bootstrap)
-            say(f"embedded Kafka broker on {broker.bootstrap}: replayed {sent:,} events")
+            if replay:
+                replay_landing(settings, env, say)
+            else:
+                say(f"embedded Kafka broker on {broker.bootstrap}")
         yield env
     finally:
         if broker:
             broker.stop()
         if redis_server:
             redis_server.stop()
+
+
+def replay_landing(settings, env: dict[str, str], say) -> None:
+    """Refill the embedded broker (none when `sources.kafka_bootstrap` names one) with the landing
+    zone's topics."""
+    from p13n.sources.catalog import catalog
+    from p13n.sources.simulate import replay_topics
+
+    if settings.sources.kafka_bootstrap or "P13N_KAFKA_BOOTSTRAP" not in env:
+        return
+    sent = replay_topics(settings, catalog(), env["P13N_KAFKA_BOOTSTRAP"])
+    say(f"embedded Kafka broker on {env['P13N_KAFKA_BOOTSTRAP']}: replayed {sent:,} events")
 
 
 def _console():
@@ -405,17 +419,31 @@ def run_pipeline(
     env = airflow_env(settings)
     how = "in-process (airflow dags test)" if in_process else "Airflow's scheduler"
     console.print(f"[bold]p13n run[/]  env={settings.env}  data={settings.data_dir}  through {how}")
-    t0 = time.monotonic()
-    if not dates:
-        dates = ensure_dataset(settings, customers, days, seed, echo=echo, history_days=history_days)
     record = {
         "customers": customers,
         "days": days,
         "dates": dates,
-        "generate_seconds": round(time.monotonic() - t0, 1),
+        "generate_seconds": 0.0,
         "stages": [],
         "log": str(log),
     }
+
+    def dataset() -> list[str]:
+        t0 = time.monotonic()
+        out = ensure_dataset(settings, customers, days, seed, echo=echo, history_days=history_days)
+        record.update(dates=out, generate_seconds=round(time.monotonic() - t0, 1))
+        return out
+
+    # Through the scheduler, the dataset is generated (one core of Python) while Spark Connect and
+    # Airflow start (their own processes); in-process, first.
+    generating = None
+    if not dates:
+        if in_process:
+            dates = dataset()
+        else:
+            pool = ThreadPoolExecutor(1, thread_name_prefix="generate")
+            generating = pool.submit(dataset)
+            pool.shutdown(wait=False)
     started = dt.datetime.now(dt.UTC)
 
     browsed: list[str] = []
@@ -451,7 +479,7 @@ def run_pipeline(
         if dag_id == "stream_events" and not browsed:
             storefront(day)
 
-    with local_services(settings, env, console.print):
+    with local_services(settings, env, console.print, replay=generating is None):
         if in_process:
             plan = (
                 nightly_plan(dates, after=AFTER) if not dags else nightly_plan(dates, dags, every_night=dags)
@@ -463,6 +491,10 @@ def run_pipeline(
             ):
                 ensure_airflow_db(env, log)
             with scheduled_airflow(settings, env, console.print, settings.logs_dir) as api:
+                if generating is not None:
+                    with console.status("generating the dataset…"):
+                        dates = generating.result()
+                    replay_landing(settings, env, console.print)
                 failed = _run_scheduled(
                     api,
                     dates,

@@ -384,7 +384,7 @@ CATEGORIES = [
 ]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Identity:
     """A person's true identity, from which every system's (noisy) record is derived."""
 
@@ -452,28 +452,29 @@ class Population:
         hours = np.array([1, 1, 1, 1, 1, 2, 4, 7, 9, 8, 6, 5, 6, 5, 4, 4, 5, 6, 8, 9, 9, 7, 4, 2], float)
         self.open_hour = h.choice(24, size=n, p=hours / hours.sum()).astype(np.int8)
         self.open_weekday = h.integers(0, 7, size=n).astype(np.int8)
-        self._taken: np.ndarray | None = None
+        self._drawn: list[Identity] | None = None
 
     def active(self, day: int) -> np.ndarray:
         return (self.signup_day <= day) & ((day < self.churn_day) | (day >= self.reactivate_day))
 
     def identity(self, i: int) -> Identity:
-        ident = self._draw(i)
-        if self._email_taken()[i]:
-            # Mailboxes are unique: the second James Smith at gmail gets a different address.
-            local, _, domain = ident.email.partition("@")
-            ident = replace(ident, email=f"{local}_{i + 1}@{domain}")
-        return ident
+        """Person `i`'s identity: drawn once (a day's records ask for it about 13 times a person)."""
+        return self._identities()[i]
 
-    def _email_taken(self) -> np.ndarray:
-        """Whose drawn email address an earlier person already has (computed once, on first use)."""
-        if self._taken is None:
-            digests = np.array([hash(self._draw(i).email) for i in range(self.n)], dtype=np.int64)
+    def _identities(self) -> list[Identity]:
+        """Everyone's identity, drawn on first use; mailboxes are unique: the second James Smith at
+        gmail gets a different address."""
+        if self._drawn is None:
+            drawn = [self._draw(i) for i in range(self.n)]
+            digests = np.array([hash(d.email) for d in drawn], dtype=np.int64)
             _, first = np.unique(digests, return_index=True)
             taken = np.ones(self.n, dtype=bool)
             taken[first] = False
-            self._taken = taken
-        return self._taken
+            for i in np.flatnonzero(taken):
+                local, _, domain = drawn[i].email.partition("@")
+                drawn[i] = replace(drawn[i], email=f"{local}_{i + 1}@{domain}")
+            self._drawn = drawn
+        return self._drawn
 
     def _draw(self, i: int) -> Identity:
         r = random.Random(self.seed * 1_000_003 + int(self.household[i]))  # the household's address
