@@ -299,11 +299,9 @@ def scheduled_airflow(settings, env: dict[str, str], say, log_dir: Path):
     """A Spark Connect server (unless `spark.remote` names one) and Airflow's components, for the length
     of a run; yields the REST client. Everything they started is stopped on exit."""
     from p13n.scheduler import CHAIN, AirflowServices, client, services_env, wait_for_dags
-    from p13n.services import spark_warmup
     from p13n.services.spark_connect import SparkConnectServer
 
-    connect = warm = None
-    scratch = settings.data_dir / "tmp" / "spark-warmup"
+    connect = None
     try:
         if not settings.spark.remote:
             connect = SparkConnectServer(settings).start()
@@ -312,19 +310,13 @@ def scheduled_airflow(settings, env: dict[str, str], say, log_dir: Path):
                 f"Spark Connect server on {connect.url} in front of {settings.spark.master} (tasks are its "
                 "clients)"
             )
-            warm = spark_warmup.start(connect.url, scratch, log_dir / "spark-warmup.log", env)
         services = AirflowServices(services_env(settings, base=env), log_dir)
         with services:
             services.start(say=say)
             api = client(env=services.env)
             wait_for_dags(api, CHAIN)
-            if warm:
-                say(spark_warmup.finish(warm, scratch))
-                warm = None
             yield api
     finally:
-        if warm:
-            spark_warmup.finish(warm, scratch, timeout=0)
         if connect:
             connect.stop()
 
