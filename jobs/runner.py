@@ -10,8 +10,9 @@ import datetime as dt
 import json
 import subprocess
 import sys
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -232,6 +233,21 @@ def local_services(settings, env: dict[str, str], say, replay: bool = True):
             redis_server.stop()
 
 
+def _in_background(fn, name: str) -> Future:
+    """`fn()` in a daemon thread, so Ctrl-C stops the run without waiting for it; its result (or
+    exception) comes through the returned Future."""
+    future: Future = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(fn())
+        except BaseException as exc:  # handed to whoever waits on it
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return future
+
+
 def replay_landing(settings, env: dict[str, str], say) -> None:
     """Refill the embedded broker (none when `sources.kafka_bootstrap` names one) with the landing
     zone's topics."""
@@ -441,9 +457,7 @@ def run_pipeline(
         if in_process:
             dates = dataset()
         else:
-            pool = ThreadPoolExecutor(1, thread_name_prefix="generate")
-            generating = pool.submit(dataset)
-            pool.shutdown(wait=False)
+            generating = _in_background(dataset, "generate")
     started = dt.datetime.now(dt.UTC)
 
     browsed: list[str] = []

@@ -209,3 +209,30 @@ def test_backfill_plan_runs_each_night_then_the_rest_on_the_last_date():
         ("score_customers", "2024-03-02"),
         ("recommend_products", "2024-03-02"),
     ]
+
+
+def test_the_dataset_generated_beside_the_servers_hands_back_its_dates_or_its_error_and_never_holds_exit():
+    import threading
+
+    from p13n.runner import _in_background
+
+    started = threading.Event()
+
+    def generate():
+        started.set()
+        return ["2024-03-01", "2024-03-02"]
+
+    assert _in_background(generate, "generate").result(timeout=10) == ["2024-03-01", "2024-03-02"]
+    assert started.is_set()
+
+    def fails():
+        raise OSError("No space left on device: landing/shopify_orders")
+
+    with pytest.raises(OSError, match="No space left"):
+        _in_background(fails, "generate").result(timeout=10)
+    # A daemon thread: Ctrl-C during generation stops the run without waiting for it.
+    hold = threading.Event()
+    _in_background(hold.wait, "generate-held")
+    (held,) = [t for t in threading.enumerate() if t.name == "generate-held"]
+    assert held.daemon
+    hold.set()
