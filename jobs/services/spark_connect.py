@@ -133,18 +133,23 @@ class SparkConnectServer:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                tail = self.log_path.read_text(errors="replace")[-2000:]
-                raise RuntimeError(
-                    f"the Spark Connect server exited with code {self.proc.returncode}:\n{tail}"
-                )
-            if listening("127.0.0.1" if self.host in ("0.0.0.0", "") else self.host, self.port):
-                return self
-            time.sleep(0.5)
-        self.stop()
-        raise RuntimeError(f"the Spark Connect server did not listen on {self.port} within {timeout:.0f}s")
+        try:  # the server leads a session of its own: Ctrl-C does not reach it, so a start cut short stops it
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    tail = self.log_path.read_text(errors="replace")[-2000:]
+                    raise RuntimeError(
+                        f"the Spark Connect server exited with code {self.proc.returncode}:\n{tail}"
+                    )
+                if listening("127.0.0.1" if self.host in ("0.0.0.0", "") else self.host, self.port):
+                    return self
+                time.sleep(0.5)
+            raise RuntimeError(
+                f"the Spark Connect server did not listen on {self.port} within {timeout:.0f}s"
+            )
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         if self.proc is not None:

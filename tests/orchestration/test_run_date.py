@@ -109,3 +109,22 @@ def test_only_wall_clock_runs_queued_meanwhile_are_deleted():
     api = Api()
     assert drop_wall_clock_runs(api, "stream_events", since) == (["scheduled__14:20"], ["scheduled__14:25"])
     assert api.deleted == ["scheduled__14:20"]
+
+
+def test_a_spark_connect_server_whose_start_is_cut_short_is_stopped(settings, tmp_path, monkeypatch):
+    """The server leads a session of its own, so Ctrl-C never reaches it: `p13n run` interrupted while
+    the server started (now beside the dataset's generation) left its JVM running."""
+    from p13n.services import spark_connect
+
+    server = spark_connect.SparkConnectServer(settings, log_path=tmp_path / "connect.log")
+    looked: list[int] = []
+
+    def ctrl_c(host: str, port: int) -> bool:
+        looked.append(port)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(spark_connect, "listening", ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        server.start()
+    assert looked == [server.port]
+    assert server.proc.poll() is not None  # the launcher's whole process group is gone
