@@ -83,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     except (CommandError, LakeError, InputError) as exc:  # one line: the command and the reason
         print(f"p13n {command}: {exc}", file=sys.stderr)
         return getattr(exc, "exit_code", 2)
+    except KeyboardInterrupt:  # Ctrl-C: the `with` blocks have stopped what the command started
+        print(f"p13n {command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

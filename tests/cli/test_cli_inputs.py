@@ -128,3 +128,15 @@ def _run(argv: list[str]) -> int:
         return main(argv)
     except SystemExit as e:
         return e.code
+
+
+def test_ctrl_c_is_one_line_and_exit_130(files, monkeypatch, capsys):
+    import p13n.cli.lake as lake_cli
+
+    def interrupted(_args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lake_cli, "_cmd_generate", interrupted)
+    code = main(["generate", "--customers", "10"])
+    assert code == 130
+    assert capsys.readouterr().err.splitlines() == ["p13n generate: interrupted"]
