@@ -10,10 +10,12 @@ date's `as_of_date` partition, so reruns and backfills are idempotent.
 * **train**: tune ALS (engine from config: `implicit` or Spark ML) on a validation split, evaluate
   every model, the served blend and the popularity baseline on a time split that holds out each
   customer's latest order; register the recipe in MLflow and promote it only past the gate.
+* **next_basket**: beside train (it needs no recipe), the next-basket model fitted on every purchase
+  and each customer's next-basket list, kept for **lists**.
 * **lists**: with the champion recipe — personalized (blend + business rules + fallback chain), buy
   it again, recently viewed, popular in segment → `gold.recommendations`; `gold.item_similarity`,
   `gold.bought_together`, `gold.trending`, `gold.popular_items`.
-* The three tasks read the same inputs: the first reads them from the lake and keeps an owner-only
+* The four tasks read the same inputs: the first reads them from the lake and keeps an owner-only
   copy (`p13n.recommend.cache`, keyed on each input table's Delta version), the others load it and
   **lists** deletes it.
 * **validate**: Great Expectations suites on every output (recorded in `ops.validations`); then
@@ -58,7 +60,14 @@ def recommend_products():
         return train_task(run_date())
 
     @task
-    def lists(_train: dict) -> dict:
+    def next_basket(_interactions: dict) -> dict:
+        from p13n.orchestration import run_date
+        from p13n.recommend.tasks import next_basket_task
+
+        return next_basket_task(run_date())
+
+    @task
+    def lists(_train: dict, _next_basket: dict) -> dict:
         from p13n.orchestration import run_date
         from p13n.recommend.tasks import lists_task
 
@@ -74,7 +83,8 @@ def recommend_products():
         announce(day)
         return result
 
-    validate(lists(train(interactions())))
+    inputs = interactions()
+    validate(lists(train(inputs), next_basket(inputs)))
 
 
 recommend_products()

@@ -1,16 +1,17 @@
 """The recommenders' inputs, read once per run and shared by its tasks.
 
-`recommend_products` runs three tasks on the same `Data` (interactions, train, lists), each in a
-process of its own under the scheduler (at 20k customers: 37.8 s of Spark queries and conversions in a
-local-mode process, about 8 s through a warm Spark Connect server; 0.3 s from the files here). The first
-task writes what it read under `<data_dir>/cache/recommend/<key>/`; the others load it when their key
-matches. The key is the run date, the Delta version of every table `read_data` reads (an erasure, a
-rerun of ingestion or scoring rewrites a table and so changes it), the recommender settings and the
-package version: a changed input never reads an old copy. A worker that cannot see the folder (another
-machine) reads the lake as before.
+`recommend_products` runs four tasks on the same `Data` (interactions, train, next_basket, lists),
+each in a process of its own under the scheduler (at 20k customers: 37.8 s of Spark queries and
+conversions in a local-mode process, about 8 s through a warm Spark Connect server; 0.3 s from the
+files here). The first task writes what it read under `<data_dir>/cache/recommend/<key>/`; the others
+load it when their key matches. The key is the run date, the Delta version of every table `read_data`
+reads (an erasure, a rerun of ingestion or scoring rewrites a table and so changes it), the
+recommender settings and the package version: a changed input never reads an old copy. A worker that
+cannot see the folder (another machine) reads the lake as before.
 
-The folder is owner-only; the lists task, the run's last reader, removes its entry; an erasure removes
-every entry (`privacy.erasure.erase_files`).
+The next_basket task keeps its lists there too (`save_part`) for the lists task, which fits the model
+itself when they are not there. The folder is owner-only; the lists task, the run's last reader,
+removes its entry; an erasure removes every entry (`privacy.erasure.erase_files`).
 """
 
 from __future__ import annotations
@@ -126,6 +127,25 @@ def load(path: Path) -> Data:
         end=pd.Timestamp(meta["end"]),
         versions=meta["versions"],
     )
+
+
+def save_part(copy: Path, name: str, frame: pd.DataFrame) -> bool:
+    """Keep a frame a later task of the run reads (`name`.parquet beside the inputs' copy), complete or
+    not at all; False when the copy's folder is not there (its inputs were not kept)."""
+    if not (copy / "meta.json").exists():
+        return False
+    stage = copy / f".{name}.parquet.tmp"
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), stage)
+    stage.rename(copy / f"{name}.parquet")
+    return True
+
+
+def load_part(copy: Path, name: str) -> pd.DataFrame | None:
+    """The frame `save_part` kept under `name`, or None (not kept, or unreadable)."""
+    try:
+        return pq.read_table(copy / f"{name}.parquet").to_pandas()
+    except (OSError, pa.ArrowException):
+        return None
 
 
 def drop(copy: Path) -> None:

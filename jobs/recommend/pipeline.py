@@ -277,7 +277,8 @@ class Fitted:
     similar: pd.DataFrame  # item, other, rank, score
     depth: int
     repeats: np.ndarray
-    basket: nb.NextBasket
+    basket: nb.NextBasket | None  # None when `basket_lists` came with the inputs
+    basket_lists: pd.DataFrame | None = None  # every user's next-basket list, drawn beforehand
 
 
 def repeating(data: Data, purchases: pd.DataFrame) -> np.ndarray:
@@ -305,8 +306,11 @@ def fit_models(
     settings: Settings,
     spark,
     end: pd.Timestamp | pd.Series,
+    basket_lists: pd.DataFrame | None = None,
 ) -> Fitted:
-    """Fit every model of `recipe` on `events`; `users` are those whose buy-again lists are wanted."""
+    """Fit every model of `recipe` on `events`; `users` are those whose buy-again lists are wanted.
+    `basket_lists`: the next-basket lists `next_basket_lists` drew on the same events (its model is
+    then not fitted again)."""
     cfg = settings.recommend
     sizes = cfg.list_sizes
     global_end = data.end if isinstance(end, pd.Series) else end
@@ -333,7 +337,7 @@ def fit_models(
     )
     skip = not_repeating(m, repeats)
     sim = ItemSimilarity().fit(m).excluding(skip)
-    basket = nb.NextBasket(seed=cfg.seed).fit(_baskets(purchases), pd.Series(data.category))
+    basket = None if basket_lists is not None else _fit_basket(data, purchases, settings)
     return Fitted(
         als=_fit_als(recipe, m, skip, spark, cfg.seed),
         sim=sim,
@@ -349,7 +353,38 @@ def fit_models(
         depth=depth,
         repeats=repeats,
         basket=basket,
+        basket_lists=basket_lists,
     )
+
+
+def _fit_basket(data: Data, purchases: pd.DataFrame, settings: Settings) -> nb.NextBasket:
+    return nb.NextBasket(seed=settings.recommend.seed).fit(_baskets(purchases), pd.Series(data.category))
+
+
+def _user_batches(n_users: int, settings: Settings):
+    """The users' codes in the batches lists are drawn in (`recommend.list_batch_customers`)."""
+    users = np.arange(n_users)
+    batch = max(1, settings.recommend.list_batch_customers)
+    for start in range(0, max(n_users, 1), batch):
+        yield users[start : start + batch]
+
+
+def _basket_list(basket: nb.NextBasket, purchases: pd.DataFrame, users: np.ndarray, depth: int):
+    return basket.recommend(_baskets(purchases[purchases["user"].isin(users)]), depth)
+
+
+def next_basket_lists(data: Data, settings: Settings) -> pd.DataFrame:
+    """Every customer's next-basket list as `build_lists` draws it: the model fitted on every purchase,
+    the lists drawn per batch of customers. The recommendations DAG draws it in a task beside train
+    (it needs no recipe), and `build_lists` takes it instead of fitting the model again: most of the
+    lists' time, run on the core train leaves idle."""
+    purchases = data.events[data.events["kind"] == "purchase"]
+    basket = _fit_basket(data, purchases, settings)
+    depth = 2 * settings.recommend.list_sizes["personalized"]
+    parts = [
+        _basket_list(basket, purchases, chunk, depth) for chunk in _user_batches(len(data.users), settings)
+    ]
+    return pd.concat(parts, ignore_index=True)
 
 
 def _baskets(purchases: pd.DataFrame) -> pd.DataFrame:
@@ -368,9 +403,12 @@ def _baskets(purchases: pd.DataFrame) -> pd.DataFrame:
 def lists_for(fitted: Fitted, data: Data, users: np.ndarray, settings: Settings) -> Lists:
     """Each list for `users` (any subset of the users `fitted` was asked for) from the fitted models."""
     f = fitted
-    mine = f.purchases[f.purchases["user"].isin(users)]
+    if f.basket_lists is None:
+        basket = _basket_list(f.basket, f.purchases, users, f.depth)
+    else:
+        basket = f.basket_lists[f.basket_lists["user"].isin(users)].reset_index(drop=True)
     comps = {
-        "next_basket": f.basket.recommend(_baskets(mine), f.depth),
+        "next_basket": basket,
         "als": f.als.recommend(users, f.depth),
         "item_similarity": f.sim.recommend(users, f.depth),
         "buy_again": f.buy_again[f.buy_again["user"].isin(users)],
@@ -713,22 +751,27 @@ def champion_recipe(settings: Settings) -> Recipe:
 
 
 def build_lists(
-    lake: Lake, settings: Settings, data: Data, recipe: Recipe, as_of: dt.date, run: RunContext | None = None
+    lake: Lake,
+    settings: Settings,
+    data: Data,
+    recipe: Recipe,
+    as_of: dt.date,
+    run: RunContext | None = None,
+    basket_lists: pd.DataFrame | None = None,
 ) -> dict:
     """Every list for every customer and item, with the served recipe, written to the gold tables.
 
-    The models are fitted once; the customers' lists are drawn in batches of
+    The models are fitted once (the next-basket model not at all when `basket_lists`, from
+    `next_basket_lists`, are given); the customers' lists are drawn in batches of
     `recommend.list_batch_customers` (at 1M customers one pass held tens of millions of candidate
     rows per list in pandas) and gathered as Arrow before the one write.
     """
     import pyarrow as pa
 
     users = np.arange(len(data.users))
-    fitted = fit_models(data, data.events, users, recipe, settings, lake.spark, data.end)
-    batch = max(1, settings.recommend.list_batch_customers)
+    fitted = fit_models(data, data.events, users, recipe, settings, lake.spark, data.end, basket_lists)
     parts, counts, lists = [], [], None
-    for start in range(0, max(len(users), 1), batch):
-        chunk = users[start : start + batch]
+    for chunk in _user_batches(len(users), settings):
         lists = lists_for(fitted, data, chunk, settings)
         table = customer_lists(data, lists, chunk, recipe, settings, as_of)
         counts.append(_list_counts(table))

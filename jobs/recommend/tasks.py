@@ -83,14 +83,36 @@ def train_task(ds: str) -> dict:
     }
 
 
+def next_basket_task(ds: str) -> dict:
+    """Every customer's next-basket list, kept in the run's copy for the lists task (it needs no recipe,
+    so it runs beside train)."""
+    from p13n.recommend.cache import save_part
+    from p13n.recommend.pipeline import next_basket_lists
+
+    settings, _, data, copy = _data(ds)
+    lists = next_basket_lists(data, settings)
+    kept = save_part(copy, "next_basket", lists)
+    progress(
+        f"next-basket lists as of {ds}: {len(lists):,} rows for {lists['user'].nunique():,} customers"
+        + ("" if kept else " (no copy of the inputs to keep them in: the lists task draws them again)")
+    )
+    return {"rows": len(lists), "customers": int(lists["user"].nunique()), "kept": kept}
+
+
 def lists_task(ds: str) -> dict:
     """Every list for every customer and item with the champion recipe."""
-    from p13n.recommend.cache import drop
+    from p13n.recommend.cache import drop, load_part
     from p13n.recommend.pipeline import build_lists, champion_recipe
 
     settings, lk, data, copy = _data(ds)
     out = build_lists(
-        lk, settings, data, champion_recipe(settings), dt.date.fromisoformat(ds), run=RunContext.from_env()
+        lk,
+        settings,
+        data,
+        champion_recipe(settings),
+        dt.date.fromisoformat(ds),
+        run=RunContext.from_env(),
+        basket_lists=load_part(copy, "next_basket"),
     )
     drop(copy)  # the run's last reader of its inputs' copy
     progress(

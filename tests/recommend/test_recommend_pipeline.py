@@ -242,6 +242,50 @@ def test_lists_drawn_in_batches_of_customers_are_the_lists_drawn_at_once(rec_set
     )
 
 
+def test_next_basket_lists_drawn_beforehand_give_the_same_rows_without_a_second_fit(
+    rec_settings, monkeypatch
+):
+    """The DAG's next_basket task draws the next-basket lists beside train; lists then takes them
+    instead of fitting the model: every table it writes is what one task doing both writes."""
+    import datetime as dt
+
+    from p13n.models import nextbasket
+    from p13n.recommend.pipeline import build_lists, next_basket_lists
+
+    class Lake:  # what build_lists writes, by table
+        spark = None
+
+        def __init__(self):
+            self.tables = {}
+
+        def replace_partition_rows(self, table, rows, column, value, run=None):
+            self.tables[table] = rows if isinstance(rows, pd.DataFrame) else rows.to_pandas()
+
+    n = 30
+    data = _data(_shop(), n)
+    day = dt.date(2024, 3, 2)
+    settings = rec_settings.model_copy(  # drawn in batches, as at a million customers
+        update={"recommend": rec_settings.recommend.model_copy(update={"list_batch_customers": 7})}
+    )
+    recipe = Recipe(RECIPE.engine, RECIPE.als, {"next_basket": 20.0, **RECIPE.blend}, RECIPE.half_life_days)
+    alone, given = Lake(), Lake()
+    build_lists(alone, settings, data, recipe, day)
+    drawn = next_basket_lists(data, settings)
+    assert set(drawn["user"]) == set(range(n - 1)) and len(drawn) > 2 * n  # user 29 never bought
+    fits = []
+    original = nextbasket.NextBasket.fit
+    monkeypatch.setattr(
+        nextbasket.NextBasket, "fit", lambda self, *a, **k: fits.append(1) or original(self, *a, **k)
+    )
+    build_lists(given, settings, data, recipe, day, basket_lists=drawn)
+    assert fits == []
+    assert set(given.tables) == set(alone.tables) and len(alone.tables) == 5
+    for table, rows in alone.tables.items():
+        pd.testing.assert_frame_equal(given.tables[table], rows, obj=table)
+    served = alone.tables["gold.recommendations"]
+    assert (served["source"] == "next_basket").sum() > n  # the next-basket list is in the served one
+
+
 def test_the_gate_refuses_accuracy_bought_with_a_narrower_catalog():
     from p13n.config import load_settings
     from p13n.models.registry import GateRule, decide
@@ -289,6 +333,15 @@ def test_the_run_s_copy_of_the_inputs_gives_back_the_same_data(tmp_path):
         assert getattr(back, name).dtype.kind == getattr(data, name).dtype.kind, name
     assert back.end == data.end and back.versions == data.versions
     assert not list((tmp_path / "cache").glob(".*"))  # no staging folder left
+    # what a later task keeps beside the copy (the next-basket lists) comes back as it was
+    part = pd.DataFrame(
+        {"user": [0, 0, 3], "item": [1, 2, 1], "rank": [1, 2, 1], "score": [0.9, 0.5, np.nan]}
+    )
+    assert cache.load_part(path, "next_basket") is None
+    assert cache.save_part(path, "next_basket", part)
+    pd.testing.assert_frame_equal(cache.load_part(path, "next_basket"), part)
+    assert not list(path.glob(".*"))
+    assert not cache.save_part(tmp_path / "cache" / "gone", "next_basket", part)  # no copy: not kept
 
 
 def test_a_copy_that_cannot_be_kept_or_read_back_falls_back_to_the_lake(tmp_path, monkeypatch):
