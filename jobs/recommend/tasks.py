@@ -13,7 +13,7 @@ from p13n.lake.tables import (
     GOLD_RECOMMENDATIONS,
     GOLD_TRENDING,
 )
-from p13n.orchestration import progress
+from p13n.orchestration import progress, share_cores
 from p13n.runctx import RunContext
 
 SUITES = (
@@ -69,9 +69,10 @@ def train_task(ds: str) -> dict:
     from p13n.recommend.pipeline import train_recommender
 
     settings, lk, data, _ = _data(ds)
-    out, recipe, table = train_recommender(
-        lk, settings, data, dt.date.fromisoformat(ds), run=RunContext.from_env(), progress=progress
-    )
+    with share_cores(2):  # next_basket runs beside it
+        out, recipe, table = train_recommender(
+            lk, settings, data, dt.date.fromisoformat(ds), run=RunContext.from_env(), progress=progress
+        )
     for line in evaluation_table(table, settings.recommend.k).splitlines():
         progress(line)
     progress(out.summary())
@@ -90,7 +91,8 @@ def next_basket_task(ds: str) -> dict:
     from p13n.recommend.pipeline import next_basket_lists
 
     settings, _, data, copy = _data(ds)
-    lists = next_basket_lists(data, settings)
+    with share_cores(2):  # train runs beside it
+        lists = next_basket_lists(data, settings)
     kept = save_part(copy, "next_basket", lists)
     progress(
         f"next-basket lists as of {ds}: {len(lists):,} rows for {lists['user'].nunique():,} customers"

@@ -4,6 +4,8 @@ the partition key the chain carries (or the events, the conf, the logical date),
 from __future__ import annotations
 
 import datetime as dt
+import json
+import os
 from types import SimpleNamespace
 
 import pendulum
@@ -128,3 +130,36 @@ def test_a_spark_connect_server_whose_start_is_cut_short_is_stopped(settings, tm
         server.start()
     assert looked == [server.port]
     assert server.proc.poll() is not None  # the launcher's whole process group is gone
+
+
+def test_tasks_side_by_side_share_the_cores_and_a_process_gets_them_back():
+    """train and next_basket run side by side: each one's OpenMP and BLAS pools get their share of the
+    cores, also those scikit-learn and implicit load when first imported inside, and all of them the
+    default again after (an in-process run goes on in the same process)."""
+    import subprocess
+    import sys
+
+    script = """
+import json, os
+from threadpoolctl import threadpool_info
+import numpy
+from p13n.orchestration import share_cores
+pools = lambda: sorted((i["filepath"].rsplit("/", 1)[-1], i["num_threads"]) for i in threadpool_info())
+with share_cores(os.cpu_count()) as share:
+    import implicit.cpu.als, sklearn.ensemble
+    inside = pools()
+print(json.dumps({"share": share, "inside": inside, "after": pools(), "cores": os.cpu_count(),
+                  "env": os.environ.get("OMP_NUM_THREADS")}))
+"""
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
+    out = json.loads(
+        subprocess.run(
+            [sys.executable, "-c", script], env=env, capture_output=True, check=True, text=True
+        ).stdout
+    )
+    assert out["share"] == 1 and out["env"] is None
+    kinds = {name.split("-")[0].split(".")[0] for name, _ in out["inside"]}
+    assert {"libgomp", "libscipy_openblas64_"} <= kinds and len(out["inside"]) >= 3, out
+    assert {n for _, n in out["inside"]} == {1}
+    assert [name for name, _ in out["after"]] == [name for name, _ in out["inside"]]
+    assert {n for _, n in out["after"]} == {out["cores"]}
