@@ -376,8 +376,8 @@ def _basket_list(basket: nb.NextBasket, purchases: pd.DataFrame, users: np.ndarr
 def next_basket_lists(data: Data, settings: Settings) -> pd.DataFrame:
     """Every customer's next-basket list as `build_lists` draws it: the model fitted on every purchase,
     the lists drawn per batch of customers. The recommendations DAG draws it in a task beside train
-    (it needs no recipe), and `build_lists` takes it instead of fitting the model again: most of the
-    lists' time, run on the core train leaves idle."""
+    (it needs no recipe, and each task gets its share of the cores: `share_cores`), and `build_lists`
+    takes it instead of fitting the model again (it was half of the lists task's time)."""
     purchases = data.events[data.events["kind"] == "purchase"]
     basket = _fit_basket(data, purchases, settings)
     depth = 2 * settings.recommend.list_sizes["personalized"]
