@@ -62,10 +62,12 @@ def test_score_customers_and_recommend_products_dags_write_every_table(
     ok, _ = run_dag("recommend_products", DAY.isoformat(), env, log, echo=lines.append)
     assert ok, log.read_text()[-4000:]
     _check_recommendation_tables(lake, DAY, lines, erased)
-    # Its three tasks read their inputs once: the first from the lake (after the erasure above), the
-    # others from that copy, which the last one removes.
+    # Its four tasks read their inputs once: the first from the lake (after the erasure above), the
+    # others from that copy, which the last one removes; next_basket kept its lists there for lists.
     origins = [line.rsplit("(", 1)[1] for line in lines if "recommendation inputs as of" in line]
-    assert origins == ["read from the lake)", "the run's copy)", "the run's copy)"], origins
+    assert origins == ["read from the lake)", *["the run's copy)"] * 3], origins
+    kept = [line for line in lines if "next-basket lists as of" in line]
+    assert len(kept) == 1 and "no copy" not in kept[0], kept
     assert not list((s.data_dir / "cache" / "recommend").iterdir())
     for table in ("gold.recommendations", "gold.interactions"):
         assert lake.read(table).filter(f"customer_id = '{erased}'").count() == 0, table
