@@ -131,12 +131,18 @@ def load(path: Path) -> Data:
 
 def save_part(copy: Path, name: str, frame: pd.DataFrame) -> bool:
     """Keep a frame a later task of the run reads (`name`.parquet beside the inputs' copy), complete or
-    not at all; False when the copy's folder is not there (its inputs were not kept)."""
+    not at all; False when the copy's folder is not there (its inputs were not kept) or the frame could
+    not be written (a full disk: keeping it is an optimization, as the copy is)."""
     if not (copy / "meta.json").exists():
         return False
     stage = copy / f".{name}.parquet.tmp"
-    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), stage)
-    stage.rename(copy / f"{name}.parquet")
+    try:
+        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), stage)
+        stage.rename(copy / f"{name}.parquet")
+    except OSError as exc:
+        stage.unlink(missing_ok=True)
+        print(f"recommendation inputs: {name} not kept in {copy}: {exc}", flush=True)
+        return False
     return True
 
 

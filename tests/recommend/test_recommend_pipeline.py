@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -342,6 +344,22 @@ def test_the_run_s_copy_of_the_inputs_gives_back_the_same_data(tmp_path):
     pd.testing.assert_frame_equal(cache.load_part(path, "next_basket"), part)
     assert not list(path.glob(".*"))
     assert not cache.save_part(tmp_path / "cache" / "gone", "next_basket", part)  # no copy: not kept
+
+
+def test_a_part_that_cannot_be_written_is_not_kept_and_leaves_nothing(tmp_path, monkeypatch):
+    from p13n.recommend import cache
+
+    data = _data(_shop(), 30)
+    path = cache.save(data, tmp_path / "cache", "2024-03-02-abc")
+
+    def full_disk(table, where):
+        Path(where).write_bytes(b"PAR1")  # half a file, then the disk is full
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cache.pq, "write_table", full_disk)
+    assert not cache.save_part(path, "next_basket", pd.DataFrame({"user": [0]}))
+    assert cache.load_part(path, "next_basket") is None
+    assert not list(path.glob("*next_basket*"))
 
 
 def test_a_copy_that_cannot_be_kept_or_read_back_falls_back_to_the_lake(tmp_path, monkeypatch):
