@@ -313,9 +313,10 @@ def dags_test_env(env: dict[str, str]) -> dict[str, str]:
 
     Airflow 3.3's `dags test` crashes after a successful run of a DAG with a deadline
     (apache/airflow#73428: `'dict' object has no attribute 'hex'`), and it has no scheduler or
-    triggerer to evaluate deadlines anyway. Scheduled runs keep them.
+    triggerer to evaluate deadlines anyway. Scheduled runs keep them. It also runs one task at a
+    time, so each task may use every core (`share_cores`).
     """
-    return {**env, "P13N__AIRFLOW__DEADLINE_ALERTS": "false"}
+    return {**env, "P13N__AIRFLOW__DEADLINE_ALERTS": "false", "P13N__AIRFLOW__PARALLELISM": "1"}
 
 
 def preload_task_modules(settings: Settings | None = None) -> list[str]:

@@ -7,6 +7,7 @@ no UI. Every test gets its own lake root, so tests never see each other's tables
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -110,6 +111,12 @@ def pytest_xdist_make_scheduler(config, log):
 
     config.option.loadscopereorder = False  # keep the collection's order, not the largest module first
     return ByModuleNightFirst(config, log)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The session's data directory is removed when its tests passed, kept (for a look) when not."""
+    if exitstatus == 0:
+        shutil.rmtree(_SESSION_DATA, ignore_errors=True)
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -163,3 +163,16 @@ print(json.dumps({"share": share, "inside": inside, "after": pools(), "cores": o
     assert {n for _, n in out["inside"]} == {1}
     assert [name for name, _ in out["after"]] == [name for name, _ in out["inside"]]
     assert {n for _, n in out["after"]} == {out["cores"]}
+
+
+def test_airflow_dags_test_runs_one_task_at_a_time_so_each_task_keeps_every_core(monkeypatch):
+    """`p13n run --in-process` runs train and next_basket one after the other: each gets all cores;
+    the scheduler's executor runs them side by side, each with its share."""
+    from p13n.orchestration import dags_test_env, share_cores
+
+    cores = os.cpu_count() or 1
+    with share_cores(2) as share:
+        assert share == max(1, cores // min(2, cores))
+    monkeypatch.setenv("P13N__AIRFLOW__PARALLELISM", dags_test_env({})["P13N__AIRFLOW__PARALLELISM"])
+    with share_cores(2) as share:
+        assert share == cores
