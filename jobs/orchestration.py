@@ -195,38 +195,35 @@ def announce(day: str) -> None:
 
 def validate_outputs(tables: dict[str, list | None], what: str) -> dict:
     """Run the Great Expectations suite of each table (restricted to its `where` filters); warnings
-    are reported, a critical failure fails the task without retries (the data will not change)."""
+    are reported, a critical failure fails the task without retries (the data will not change).
+    A table whose rows fit `quality.pandas_max_rows` (by the Delta log's counts) is read without
+    Spark: for recommend_products' outputs, 0.3 s against 3.3 s through a Spark Connect client."""
+    import datetime as dt
+
     from p13n.session import lake
-    from p13n.sources.expectations import validator
 
-    check = validator(get_settings())
-    failures, warnings, passed, records = [], [], 0, []
-    for table, where in tables.items():
-        outcome = check(table, lake().read(table, where=where))
-        passed += outcome.passed
-        failures += [f"{table}: {f}" for f in outcome.critical_failures]
-        warnings += [f"{table}: {w}" for w in outcome.warnings]
-        records.append((table, where, outcome))
-    record_validations(lake(), records)
-    return _verdict(what, passed, failures, warnings)
+    limit = get_settings().quality.pandas_max_rows
 
+    def frames():
+        for table, where in tables.items():
+            frame = lake().read_pandas(table, where=where, max_rows=limit) if limit > 0 else None
+            dates = [v for _, op, v in (where or []) if op == "=" and isinstance(v, dt.date)]
+            day = dates[0] if dates else dt.datetime.now(dt.UTC).date()
+            yield table, (lake().read(table, where=where) if frame is None else frame), day
 
-def _verdict(what: str, passed: int, failures: list[str], warnings: list[str]) -> dict:
-    """Report the warnings; fail the task without retries on a critical failure (the data will not
-    change); else say how many expectations passed."""
-    for w in warnings:
-        progress(f"expectation warning: {w}")
-    if failures:
-        from airflow.sdk.exceptions import AirflowFailException
-
-        raise AirflowFailException(f"{what} failed their expectations: " + "; ".join(failures))
-    progress(f"{what} passed {passed} expectations ({len(warnings)} warnings)")
-    return {"passed": passed, "warnings": len(warnings)}
+    return _validate(frames(), what)
 
 
 def validate_frames(frames: dict[str, tuple], what: str) -> dict:
-    """`validate_outputs` for frames already in hand (pandas, no Spark): {table: (frame, run date)}.
-    The outcomes go to `ops.validations` like every other validation."""
+    """`validate_outputs` for frames already in hand (pandas, no Spark): {table: (frame, run date)};
+    an empty frame (nothing written tonight) is not checked."""
+    kept = ((t, f, day) for t, (f, day) in frames.items() if f is not None and not f.empty)
+    return _validate(kept, what)
+
+
+def _validate(frames, what: str) -> dict:
+    """Check each (table, frame, run date); the outcomes go to `ops.validations` (the publish gate
+    reads the latest per date); then the verdict."""
     import datetime as dt
 
     import pyarrow as pa
@@ -235,12 +232,10 @@ def validate_frames(frames: dict[str, tuple], what: str) -> dict:
     from p13n.sources.expectations import validator
 
     settings = get_settings()
-    check = None
+    check = None  # made on the first frame: no frame, no GX context to pay for
     failures, warnings, passed, rows = [], [], 0, []
     now = dt.datetime.now(dt.UTC)
-    for table, (frame, day) in frames.items():
-        if frame is None or frame.empty:
-            continue  # nothing written tonight: nothing to check (and no context to pay for)
+    for table, frame, day in frames:
         check = check or validator(settings)
         outcome = check(table, frame)
         passed += outcome.passed
@@ -277,35 +272,17 @@ def validate_frames(frames: dict[str, tuple], what: str) -> dict:
     return _verdict(what, passed, failures, warnings)
 
 
-VALIDATIONS_SCHEMA = (
-    "run_date date, table_name string, success boolean, passed long, failed long, failures string, "
-    "warnings string, validated_at timestamp"
-)
+def _verdict(what: str, passed: int, failures: list[str], warnings: list[str]) -> dict:
+    """Report the warnings; fail the task without retries on a critical failure (the data will not
+    change); else say how many expectations passed."""
+    for w in warnings:
+        progress(f"expectation warning: {w}")
+    if failures:
+        from airflow.sdk.exceptions import AirflowFailException
 
-
-def record_validations(lake, records: list) -> None:
-    """Append each table's outcome to `ops.validations` (the publish gate reads the latest per date)."""
-    import datetime as dt
-
-    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-    rows = []
-    for table, where, outcome in records:
-        dates = [v for c, op, v in (where or []) if op == "=" and isinstance(v, dt.date)]
-        rows.append(
-            (
-                dates[0] if dates else now.date(),
-                table,
-                not outcome.critical_failures,
-                outcome.passed,
-                outcome.failed,
-                "; ".join(outcome.critical_failures),
-                "; ".join(outcome.warnings),
-                now,
-            )
-        )
-    if rows:
-        df = lake.spark.createDataFrame(rows, VALIDATIONS_SCHEMA)
-        lake.write(OPS_VALIDATIONS, df, mode="append", partition_by=["run_date"])
+        raise AirflowFailException(f"{what} failed their expectations: " + "; ".join(failures))
+    progress(f"{what} passed {passed} expectations ({len(warnings)} warnings)")
+    return {"passed": passed, "warnings": len(warnings)}
 
 
 def dags_test_env(env: dict[str, str]) -> dict[str, str]:

@@ -216,6 +216,25 @@ class Lake:
             df = df.filter(where if isinstance(where, str) else _filters_to_sql(where))
         return df.select(*columns) if columns else df
 
+    def read_pandas(self, table: str, *, where: Sequence[Filter] | None = None, max_rows: int):
+        """The rows `where` keeps as a pandas frame read by delta-rs, without Spark, when the Delta
+        log's statistics say the files they can lie in hold at most `max_rows` rows; None when they
+        hold more, or when a file has no row count (read those with `read`). For a task's own small
+        outputs: a Spark Connect client pays a count and a collect over the wire for them."""
+        if isinstance(where, str):
+            return None  # a SQL predicate: delta-rs reads (column, op, value) filters
+        dt = self.delta_table(table)
+        self._check_readable(table, dt)
+        try:
+            uris = dt.file_uris(file_pruning_predicate=where) if where else dt.file_uris()
+        except (DeltaError, ValueError, TypeError):
+            return None  # a predicate delta-rs cannot prune with
+        rows = {a["path"]: a["num_records"] for a in _add_rows(dt)}
+        counts = [rows.get(_relative(dt, u)) for u in uris]
+        if any(n is None for n in counts) or sum(counts) > max_rows:
+            return None
+        return dt.to_pyarrow_table(filters=list(where) if where else None).to_pandas()
+
     def _check_readable(self, table: str, dt: DeltaTable) -> None:
         features = set(dt.protocol().reader_features or [])
         if (

@@ -148,6 +148,23 @@ def test_read_prunes_files_by_partition_and_filters_rows(spark, lake):
     assert rows_of(lake.read("silver.orders", where="amount > 25"), "order_id") == [(3,), (4,)]
 
 
+def test_read_pandas_reads_what_the_log_counts_as_small_without_spark_and_leaves_the_rest_to_it(spark, lake):
+    lake.write("silver.orders", orders(spark, BASE), partition_by=["order_date"])
+    day = [("order_date", "=", D1)]
+    small = lake.read_pandas("silver.orders", where=day, max_rows=2)
+    assert sorted(small["order_id"]) == [1, 2] and list(small.columns) == [
+        "order_id",
+        "customer",
+        "amount",
+        "order_date",
+    ]
+    assert set(small["order_date"]) == {D1}
+    assert lake.read_pandas("silver.orders", where=day, max_rows=1) is None  # 2 rows in its files
+    assert len(lake.read_pandas("silver.orders", max_rows=4)) == 4
+    assert lake.read_pandas("silver.orders", max_rows=3) is None
+    assert lake.read_pandas("silver.orders", where="amount > 25", max_rows=10) is None  # SQL: Spark's
+
+
 def test_merge_updates_matched_rows_and_inserts_new_ones(spark, lake):
     lake.write("silver.orders", orders(spark, BASE), partition_by=["order_date"])
     src = orders(spark, [(2, "bob", 99.0, D1), (5, "eli", 50.0, D3)])
