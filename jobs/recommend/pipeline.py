@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 
@@ -307,10 +308,11 @@ def fit_models(
     spark,
     end: pd.Timestamp | pd.Series,
     basket_lists: pd.DataFrame | None = None,
+    progress: Progress | None = None,
 ) -> Fitted:
     """Fit every model of `recipe` on `events`; `users` are those whose buy-again lists are wanted.
     `basket_lists`: the next-basket lists `next_basket_lists` drew on the same events (its model is
-    then not fitted again)."""
+    then not fitted again). `progress` hears when the next-basket model is fitted, before ALS."""
     cfg = settings.recommend
     sizes = cfg.list_sizes
     global_end = data.end if isinstance(end, pd.Series) else end
@@ -337,7 +339,15 @@ def fit_models(
     )
     skip = not_repeating(m, repeats)
     sim = ItemSimilarity().fit(m).excluding(skip)
-    basket = None if basket_lists is not None else _fit_basket(data, purchases, settings)
+    basket = None
+    if basket_lists is None:
+        start = time.monotonic()
+        basket = _fit_basket(data, purchases, settings)
+        if progress is not None:
+            progress(
+                f"recommend: next-basket model fitted on {len(purchases):,} purchases in "
+                f"{time.monotonic() - start:.1f} s"
+            )
     return Fitted(
         als=_fit_als(recipe, m, skip, spark, cfg.seed),
         sim=sim,
@@ -530,7 +540,7 @@ def evaluate_recipe(data: Data, recipe: Recipe, settings: Settings, spark, split
 
 
 def evaluate_recipes(
-    data: Data, recipes: list[Recipe], settings: Settings, spark, split=None
+    data: Data, recipes: list[Recipe], settings: Settings, spark, split=None, progress: Progress | None = None
 ) -> list[tuple[dict, dict]]:
     """`evaluate_recipe` of each recipe on the same split. What a recipe's ALS parameters and blend
     weights do not change (next basket, item similarity and the rule lists, given one half-life) is
@@ -540,9 +550,11 @@ def evaluate_recipes(
     users = cut.index.to_numpy()
     fitted: dict[float, tuple[Fitted, Lists]] = {}
     out = []
-    for recipe in recipes:
+    say = progress or (lambda _message: None)
+    for n, recipe in enumerate(recipes, 1):
+        start = time.monotonic()
         if recipe.half_life_days not in fitted:
-            first = fit_models(data, train, users, recipe, settings, spark, cut)
+            first = fit_models(data, train, users, recipe, settings, spark, cut, progress=progress)
             fitted[recipe.half_life_days] = first, lists_for(first, data, users, settings)
             lists = fitted[recipe.half_life_days][1]
         else:  # the same weights: only this recipe's ALS list differs
@@ -553,6 +565,10 @@ def evaluate_recipes(
                 shared, components={**shared.components, "als": als.recommend(users, first.depth)}
             )
         out.append(_evaluation(data, lists, recipe, settings, users, train, test, cut))
+        say(
+            f"recommend: recipe {n} of {len(recipes)} evaluated on {len(users):,} customers in "
+            f"{time.monotonic() - start:.1f} s"
+        )
     return out
 
 
@@ -693,7 +709,7 @@ def train_recommender(
     progress(f"recommend: challenger {challenger.engine} ALS {challenger.als}")
     champ = _recipe(life.champion())
     rivals = [challenger] if champ is None or champ == challenger else [challenger, champ]
-    evaluations = evaluate_recipes(data, rivals, settings, spark, split)
+    evaluations = evaluate_recipes(data, rivals, settings, spark, split, progress=progress)
     table, facts = evaluations[0]
     metrics = gate_metrics(table, cfg.k)
     champ_metrics = None if champ is None else gate_metrics(evaluations[-1][0], cfg.k)
