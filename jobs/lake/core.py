@@ -216,7 +216,7 @@ class Lake:
             df = df.filter(where if isinstance(where, str) else _filters_to_sql(where))
         return df.select(*columns) if columns else df
 
-    def read_pandas(self, table: str, *, where: Sequence[Filter] | None = None, max_rows: int):
+    def read_pandas(self, table: str, *, where: str | Sequence[Filter] | None = None, max_rows: int):
         """The rows `where` keeps as a pandas frame read by delta-rs, without Spark, when the Delta
         log's statistics say the files they can lie in hold at most `max_rows` rows; None when they
         hold more, or when a file has no row count (read those with `read`). For a task's own small
