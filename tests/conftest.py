@@ -77,40 +77,62 @@ def redis_url(redis_server):
     return redis_server.url
 
 
-# The tests sharing the reference night (tests/orchestration/conftest.py, the longest setup): under
-# `make test`'s two processes they run in one, first, while the other process takes the rest.
-NIGHT_FILES = ("tests/orchestration/test_customers_dag.py", "tests/orchestration/test_scheduler.py")
+# The two longest files start first, one in each of `make test`'s two processes: the reference night's
+# (tests/orchestration/conftest.py builds the night, at a lower CPU priority) and the scheduler's run,
+# which compares its tables with the night's at its end (`reference_digests`, from the other process).
+NIGHT_FILES = ("tests/orchestration/test_customers_dag.py",)
+FIRST_FILES = (*NIGHT_FILES, "tests/orchestration/test_scheduler.py")
+# Files that time requests (the API under load): never in the process that runs the night.
+TIMED_FILES = ("tests/serving/test_api_security.py",)
 
 
 def _uses_night(item) -> bool:
     return "scored_night" in getattr(item, "fixturenames", ())
 
 
+def _module(nodeid: str) -> str:
+    return nodeid.split("::")[0]
+
+
 def pytest_collection_modifyitems(items):
     """Airflow and Kafka tests are end-to-end: they leave the fast tier (`make test-fast`). The reference
-    night's tests go first."""
+    night's tests go first, then the scheduler's."""
     for item in items:
         if item.get_closest_marker("airflow") or item.get_closest_marker("kafka"):
             item.add_marker(pytest.mark.e2e)
-        if _uses_night(item) and item.nodeid.split("::")[0] not in NIGHT_FILES:
+        if _uses_night(item) and _module(item.nodeid) not in NIGHT_FILES:
             raise pytest.UsageError(f"{item.nodeid} uses scored_night: add its file to NIGHT_FILES")
-    items.sort(key=lambda item: not _uses_night(item))
+    first = {module: i for i, module in enumerate(FIRST_FILES)}
+    items.sort(key=lambda item: first.get(_module(item.nodeid), len(first)))
 
 
 def pytest_xdist_make_scheduler(config, log):
     """`make test` runs two test processes (pytest-xdist). A module's tests stay in one process (a
-    module-scoped fixture is built once) and so do the reference night's files (its fixture is built once),
-    in collection order: the night first. pytest-xdist's own `--dist loadgroup` cannot say this with
-    pytest 9, which no longer lets it rename the tests it groups."""
+    module-scoped fixture is built once), in collection order: the reference night in one process and the
+    scheduler's run in the other first, then whatever file is next; the night's process never takes a
+    file of `TIMED_FILES`. pytest-xdist's own `--dist loadgroup` cannot say this with pytest 9, which no
+    longer lets it rename the tests it groups."""
     from xdist.scheduler import LoadScopeScheduling
 
-    class ByModuleNightFirst(LoadScopeScheduling):
+    class NightApart(LoadScopeScheduling):
+        night_node = None
+
         def _split_scope(self, nodeid: str) -> str:
-            module = nodeid.split("::")[0]
-            return "reference-night" if module in NIGHT_FILES else module
+            return _module(nodeid)
+
+        def _assign_work_unit(self, node) -> None:
+            if node is self.night_node:
+                untimed = next((scope for scope in self.workqueue if scope not in TIMED_FILES), None)
+                if untimed is None:  # the other process takes what is left
+                    node.shutdown()
+                    return
+                self.workqueue.move_to_end(untimed, last=False)
+            elif self.night_node is None and next(iter(self.workqueue)) in NIGHT_FILES:
+                self.night_node = node
+            super()._assign_work_unit(node)
 
     config.option.loadscopereorder = False  # keep the collection's order, not the largest module first
-    return ByModuleNightFirst(config, log)
+    return NightApart(config, log)
 
 
 def pytest_sessionfinish(session, exitstatus):
