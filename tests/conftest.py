@@ -139,11 +139,3 @@ def pytest_sessionfinish(session, exitstatus):
     """The session's data directory is removed when its tests passed, kept (for a look) when not."""
     if exitstatus == 0:
         shutil.rmtree(_SESSION_DATA, ignore_errors=True)
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_setup(item):
-    """The process running the night (its Spark, Airflow and cluster processes included) yields the CPU to
-    the other one, whose tests include latency checks (the API under load)."""
-    if os.environ.get("PYTEST_XDIST_WORKER") and _uses_night(item) and os.nice(0) == 0:
-        os.nice(10)
