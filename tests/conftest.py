@@ -78,12 +78,10 @@ def redis_url(redis_server):
 
 
 # The two longest files start first, one in each of `make test`'s two processes: the reference night's
-# (tests/orchestration/conftest.py builds the night, at a lower CPU priority) and the scheduler's run,
-# which compares its tables with the night's at its end (`reference_digests`, from the other process).
+# (tests/orchestration/conftest.py builds the night) and the scheduler's run, which compares its tables
+# with the night's at its end (`reference_digests`, from the other process).
 NIGHT_FILES = ("tests/orchestration/test_customers_dag.py",)
 FIRST_FILES = (*NIGHT_FILES, "tests/orchestration/test_scheduler.py")
-# Files that time requests (the API under load): never in the process that runs the night.
-TIMED_FILES = ("tests/serving/test_api_security.py",)
 
 
 def _uses_night(item) -> bool:
@@ -108,31 +106,17 @@ def pytest_collection_modifyitems(items):
 
 def pytest_xdist_make_scheduler(config, log):
     """`make test` runs two test processes (pytest-xdist). A module's tests stay in one process (a
-    module-scoped fixture is built once), in collection order: the reference night in one process and the
-    scheduler's run in the other first, then whatever file is next; the night's process never takes a
-    file of `TIMED_FILES`. pytest-xdist's own `--dist loadgroup` cannot say this with pytest 9, which no
-    longer lets it rename the tests it groups."""
+    module-scoped fixture is built once), handed out in collection order: the reference night to one
+    process and the scheduler's run to the other first. pytest-xdist's own `--dist loadgroup` cannot say
+    this with pytest 9, which no longer lets it rename the tests it groups."""
     from xdist.scheduler import LoadScopeScheduling
 
-    class NightApart(LoadScopeScheduling):
-        night_node = None
-
+    class ByModule(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             return _module(nodeid)
 
-        def _assign_work_unit(self, node) -> None:
-            if node is self.night_node:
-                untimed = next((scope for scope in self.workqueue if scope not in TIMED_FILES), None)
-                if untimed is None:  # the other process takes what is left
-                    node.shutdown()
-                    return
-                self.workqueue.move_to_end(untimed, last=False)
-            elif self.night_node is None and next(iter(self.workqueue)) in NIGHT_FILES:
-                self.night_node = node
-            super()._assign_work_unit(node)
-
     config.option.loadscopereorder = False  # keep the collection's order, not the largest module first
-    return NightApart(config, log)
+    return ByModule(config, log)
 
 
 def pytest_sessionfinish(session, exitstatus):
