@@ -174,7 +174,7 @@ def run_night(settings, day: dt.date) -> dict:
     import pyarrow as pa
 
     from p13n.lake.duck import duckdb_connection, replace_rows, scan, table_exists
-    from p13n.measurement.sends import HELD_OUT, record_sends
+    from p13n.measurement.sends import HELD_OUT, Sends, record_many
 
     con = duckdb_connection(settings=settings)
     if (
@@ -194,32 +194,17 @@ def run_night(settings, day: dt.date) -> dict:
     )
     replace_rows(settings, GOLD_JOURNEY_STATE, state_t, when, partition_by=["as_of_date"])
     replace_rows(settings, GOLD_JOURNEY_EVENTS, events_t, when, partition_by=["as_of_date"])
+    nights = []
     for name in journeys():
         ev = events[events["journey"] == name]
         # The experiment is intention-to-treat: everyone who entered (messaged or, without consent,
         # not) against everyone held out; the messages themselves are logged per channel.
-        record_sends(
-            settings,
-            program_type="journey",
-            program=name,
-            destination="journey",
-            channel="any",
-            as_of=day,
-            sent=[],
-            held_out=ev.loc[ev["event"] == HELD_OUT, "customer_id"],
-            entered=ev.loc[ev["event"] == "entered", "customer_id"],
-        )
+        entered, held = (ev.loc[ev["event"] == e, "customer_id"] for e in ("entered", HELD_OUT))
+        nights.append(Sends("journey", name, "journey", "any", held_out=held, entered=entered))
         for channel in ("email", "sms", "push"):
-            record_sends(
-                settings,
-                program_type="journey",
-                program=name,
-                destination=channel,
-                channel=channel,
-                as_of=day,
-                sent=ev.loc[(ev["event"] == "sent") & (ev["channel"] == channel), "customer_id"],
-                held_out=[],
-            )
+            sent = ev.loc[(ev["event"] == "sent") & (ev["channel"] == channel), "customer_id"]
+            nights.append(Sends("journey", name, channel, channel, sent=sent))
+    record_many(settings, day, nights)
     counts = events.groupby(["journey", "event"]).size() if len(events) else pd.Series(dtype=int)
     per = {}
     for (journey, what), n in counts.items():

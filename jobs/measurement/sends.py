@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import pyarrow as pa
 
@@ -61,6 +62,20 @@ def send_time(as_of: dt.date) -> dt.datetime:
     return dt.datetime.combine(as_of + dt.timedelta(days=1), dt.time(), dt.UTC)
 
 
+@dataclass(frozen=True)
+class Sends:
+    """One program's night at one destination: who it sent to, held out, and (a journey) took in."""
+
+    program_type: str
+    program: str
+    destination: str
+    channel: str
+    sent: Iterable[str] = ()
+    held_out: Iterable[str] = ()
+    entered: Iterable[str] = ()  # customers a journey took in (messaged or not)
+    cost_per_send: float = 0.0
+
+
 def record_sends(
     settings,
     *,
@@ -77,58 +92,74 @@ def record_sends(
     """Write the night's first sends and holdouts of one program and destination to `silver.sends`
     (replacing that night's rows of it); returns the rows written per status. `entered`: customers a
     journey took in (messaged or not: the treatment arm is everyone not held out)."""
+    one = Sends(program_type, program, destination, channel, sent, held_out, entered, cost_per_send)
+    return record_many(settings, as_of, [one])[0]
+
+
+def record_many(settings, as_of: dt.date, nights: list[Sends]) -> list[dict[str, int]]:
+    """`record_sends` for several programs or destinations at once: one read of their earlier sends
+    and one commit replacing the night's rows of all of them (a journey night has twenty)."""
     import hashlib
 
     from p13n.lake.duck import duckdb_connection, literal, replace_rows, scan, table_exists
 
     root = settings.lake_root
-    wanted = {SENT: sorted(set(sent)), HELD_OUT: sorted(set(held_out)), ENTERED: sorted(set(entered))}
-    seen: dict[str, set[str]] = {SENT: set(), HELD_OUT: set(), ENTERED: set()}
-    if table_exists(root, SILVER_SENDS):
+    which = " OR ".join(
+        f"(program_type = {literal(n.program_type)} AND program = {literal(n.program)} "
+        f"AND destination = {literal(n.destination)})"
+        for n in nights
+    )
+    seen: dict[tuple[str, str, str, str], set[str]] = {}
+    if nights and table_exists(root, SILVER_SENDS):
         rows = (
             duckdb_connection(settings=settings)
             .execute(
-                f"SELECT status, customer_id FROM {scan(root, SILVER_SENDS)} WHERE program_type = ? "
-                "AND program = ? AND destination = ? AND send_date < ?",
-                [program_type, program, destination, as_of],
+                "SELECT program_type, program, destination, status, customer_id "
+                f"FROM {scan(root, SILVER_SENDS)} WHERE send_date < ? AND ({which})",
+                [as_of],
             )
             .fetchall()
         )
-        for status, customer in rows:
-            seen.setdefault(status, set()).add(customer)
+        for *key, customer in rows:
+            seen.setdefault(tuple(key), set()).add(customer)
     at = send_time(as_of)
-    out = {"send_id": [], "customer_id": [], "status": []}
-    for status, ids in wanted.items():
-        for c in ids:
-            if c in seen[status]:
-                continue
-            key = f"{program_type}|{program}|{destination}|{c}|{status}"
-            out["send_id"].append(hashlib.sha256(key.encode()).hexdigest()[:24])
-            out["customer_id"].append(c)
-            out["status"].append(status)
-    n = len(out["send_id"])
-    table = pa.table(
-        {
-            "send_id": out["send_id"],
-            "program_type": [program_type] * n,
-            "program": [program] * n,
-            "destination": [destination] * n,
-            "channel": [channel] * n,
-            "customer_id": out["customer_id"],
-            "status": out["status"],
-            "sent_at": pa.array([at] * n, pa.timestamp("us", tz="UTC")),
-            "cost": [cost_per_send if st == SENT else 0.0 for st in out["status"]],
-            "send_date": pa.array([as_of] * n, pa.date32()),
-        },
-        schema=SCHEMA,
-    )
-    predicate = (
-        f"send_date = '{as_of.isoformat()}' AND program_type = {literal(program_type)} "
-        f"AND program = {literal(program)} AND destination = {literal(destination)}"
-    )
-    if n or table_exists(root, SILVER_SENDS):  # exports of other audiences write at the same time
+    columns = {name: [] for name in SCHEMA.names}
+    written = []
+    for n in nights:
+        wanted = {
+            SENT: sorted(set(n.sent)),
+            HELD_OUT: sorted(set(n.held_out)),
+            ENTERED: sorted(set(n.entered)),
+        }
+        counts = dict.fromkeys(wanted, 0)
+        for status, ids in wanted.items():
+            before = seen.get((n.program_type, n.program, n.destination, status), set())
+            for c in ids:
+                if c in before:
+                    continue
+                key = f"{n.program_type}|{n.program}|{n.destination}|{c}|{status}"
+                row = {
+                    "send_id": hashlib.sha256(key.encode()).hexdigest()[:24],
+                    "program_type": n.program_type,
+                    "program": n.program,
+                    "destination": n.destination,
+                    "channel": n.channel,
+                    "customer_id": c,
+                    "status": status,
+                    "sent_at": at,
+                    "cost": n.cost_per_send if status == SENT else 0.0,
+                    "send_date": as_of,
+                }
+                for name, value in row.items():
+                    columns[name].append(value)
+                counts[status] += 1
+        written.append({s: k for s, k in counts.items() if s != ENTERED or k})
+    table = pa.table(columns, schema=SCHEMA)
+    predicate = f"send_date = '{as_of.isoformat()}' AND ({which})"
+    # Written when there are rows, or to clear a rerun's (exports of other programs write at the same time).
+    if nights and (table.num_rows or table_exists(root, SILVER_SENDS)):
         replace_rows(settings, SILVER_SENDS, table, predicate, partition_by=["send_date"])
-    return {s: out["status"].count(s) for s in wanted if s != ENTERED or out["status"].count(s)}
+    return written
 
 
 def record_audience(settings, audience: str, destination: str, as_of: dt.date, frame, sent) -> dict[str, int]:

@@ -13,7 +13,7 @@ from p13n.config import load_settings
 from p13n.lake.tables import GOLD_EXPERIMENT_RESULTS, SILVER_EXPOSURES, SILVER_SENDS
 from p13n.measurement import experiments, simulate, stats
 from p13n.measurement.exposures import land_exposures
-from p13n.measurement.sends import in_holdout, record_sends
+from p13n.measurement.sends import Sends, in_holdout, record_many, record_sends
 
 DAY = dt.date(2024, 3, 1)
 T = pd.Timestamp
@@ -174,6 +174,48 @@ def test_sends_log_first_entries_and_a_rerun_writes_the_same_rows(own):
     ]
     assert (rows["sent_at"] == pd.Timestamp("2024-03-02", tz="UTC"))[rows["send_date"] == DAY].all()
     assert rows.groupby("status")["cost"].sum().to_dict() == {"held_out": 0.0, "sent": 0.75}
+
+
+def test_many_programs_are_recorded_in_one_commit_as_one_at_a_time_would(own, tmp_path):
+    """A journey night logs twenty programs and destinations: one read and one commit, the rows
+    `record_sends` writes for each, and a program of the same name elsewhere is not mixed in."""
+    one_by_one = load_settings("test", environ={"P13N_DATA_DIR": str(tmp_path / "apart")})
+    nights = [
+        Sends("journey", "welcome", "journey", "any", held_out=["C"], entered=["A", "B"]),
+        Sends("journey", "welcome", "email", "email", sent=["A"]),
+        Sends("journey", "win_back", "sms", "sms", sent=["B", "D"], cost_per_send=0.01),
+        Sends("audience", "welcome", "email", "email", sent=["E"]),
+    ]
+    nxt = DAY + dt.timedelta(days=1)
+    for day, entered in ((DAY, ["A", "B"]), (nxt, ["A", "F"])):
+        nights[0] = Sends("journey", "welcome", "journey", "any", held_out=["C"], entered=entered)
+        together = record_many(own, day, nights)
+        apart = [
+            record_sends(
+                one_by_one,
+                program_type=n.program_type,
+                program=n.program,
+                destination=n.destination,
+                channel=n.channel,
+                as_of=day,
+                sent=n.sent,
+                held_out=n.held_out,
+                entered=n.entered,
+                cost_per_send=n.cost_per_send,
+            )
+            for n in nights
+        ]
+        assert together == apart
+    assert together == [{"sent": 0, "held_out": 0, "entered": 1}] + [{"sent": 0, "held_out": 0}] * 3
+    key = ["send_date", "program_type", "program", "destination", "status", "customer_id"]
+    got, want = (_read(s, SILVER_SENDS).sort_values(key).reset_index(drop=True) for s in (own, one_by_one))
+    pd.testing.assert_frame_equal(got, want)
+    assert len(got) == 8 and set(got.loc[got["customer_id"] == "F", "status"]) == {"entered"}
+    from p13n.lake.duck import table_uri
+
+    assert DeltaTable(table_uri(own.lake_root, SILVER_SENDS)).version() == 1  # a commit a night
+    record_many(own, nxt, nights)  # a rerun of the date
+    pd.testing.assert_frame_equal(_read(own, SILVER_SENDS).sort_values(key).reset_index(drop=True), got)
 
 
 # --- units from the lake ----------------------------------------------------------------------------
