@@ -77,49 +77,51 @@ def redis_url(redis_server):
     return redis_server.url
 
 
-# The two longest files start first, one in each of `make test`'s two processes: the reference night's
-# (tests/orchestration/conftest.py builds the night) and the scheduler's run, which compares its tables
-# with the night's at its end (`reference_digests`, from the other process).
-NIGHT_FILES = ("tests/orchestration/test_customers_dag.py",)
-FIRST_FILES = (*NIGHT_FILES, "tests/orchestration/test_scheduler.py")
+# The tests sharing the reference night (tests/orchestration/conftest.py, the longest setup): under
+# `make test`'s two processes they run in one, first, while the other process takes the rest.
+NIGHT_FILES = ("tests/orchestration/test_customers_dag.py", "tests/orchestration/test_scheduler.py")
 
 
 def _uses_night(item) -> bool:
     return "scored_night" in getattr(item, "fixturenames", ())
 
 
-def _module(nodeid: str) -> str:
-    return nodeid.split("::")[0]
-
-
 def pytest_collection_modifyitems(items):
     """Airflow and Kafka tests are end-to-end: they leave the fast tier (`make test-fast`). The reference
-    night's tests go first, then the scheduler's."""
+    night's tests go first."""
     for item in items:
         if item.get_closest_marker("airflow") or item.get_closest_marker("kafka"):
             item.add_marker(pytest.mark.e2e)
-        if _uses_night(item) and _module(item.nodeid) not in NIGHT_FILES:
+        if _uses_night(item) and item.nodeid.split("::")[0] not in NIGHT_FILES:
             raise pytest.UsageError(f"{item.nodeid} uses scored_night: add its file to NIGHT_FILES")
-    first = {module: i for i, module in enumerate(FIRST_FILES)}
-    items.sort(key=lambda item: first.get(_module(item.nodeid), len(first)))
+    items.sort(key=lambda item: not _uses_night(item))
 
 
 def pytest_xdist_make_scheduler(config, log):
     """`make test` runs two test processes (pytest-xdist). A module's tests stay in one process (a
-    module-scoped fixture is built once), handed out in collection order: the reference night to one
-    process and the scheduler's run to the other first. pytest-xdist's own `--dist loadgroup` cannot say
-    this with pytest 9, which no longer lets it rename the tests it groups."""
+    module-scoped fixture is built once) and so do the reference night's files (its fixture is built once),
+    in collection order: the night first. pytest-xdist's own `--dist loadgroup` cannot say this with
+    pytest 9, which no longer lets it rename the tests it groups."""
     from xdist.scheduler import LoadScopeScheduling
 
-    class ByModule(LoadScopeScheduling):
+    class ByModuleNightFirst(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return _module(nodeid)
+            module = nodeid.split("::")[0]
+            return "reference-night" if module in NIGHT_FILES else module
 
     config.option.loadscopereorder = False  # keep the collection's order, not the largest module first
-    return ByModule(config, log)
+    return ByModuleNightFirst(config, log)
 
 
 def pytest_sessionfinish(session, exitstatus):
     """The session's data directory is removed when its tests passed, kept (for a look) when not."""
     if exitstatus == 0:
         shutil.rmtree(_SESSION_DATA, ignore_errors=True)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """The process running the night (its Spark, Airflow and cluster processes included) yields the CPU to
+    the other one, whose tests include latency checks (the API under load)."""
+    if os.environ.get("PYTEST_XDIST_WORKER") and _uses_night(item) and os.nice(0) == 0:
+        os.nice(10)

@@ -2,50 +2,19 @@
 `recommend_products` through `airflow dags test` on the classic local Spark driver.
 
 `test_customers_dag` checks its tables and builds on a copy of it; `test_scheduler` runs the same day
-through Airflow's scheduler and a Spark standalone cluster and must write the same tables
-(`reference_digests`): under `make test` the two run at once, in two processes (tests/conftest.py).
+through Airflow's scheduler and a Spark standalone cluster and must write the same tables.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
-from filelock import FileLock
 from reference_night import DAY, NIGHT, PII_KEY, Night, table_digests
-
-
-def _digests_file(tmp_path_factory) -> Path:
-    """Where the night's digests are kept for the session's other test processes: beside their base
-    temporary directories under pytest-xdist, in this run's own otherwise."""
-    base = tmp_path_factory.getbasetemp()
-    return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "reference-night-digests.json"
-
-
-@pytest.fixture(scope="session")
-def reference_digests(request, tmp_path_factory) -> dict[str, tuple[int, str]]:
-    """The reference night's table digests: read from the file of the process that built the night
-    (waiting while it builds it), else built here."""
-    path = _digests_file(tmp_path_factory)
-    with FileLock(f"{path}.lock"):
-        if path.exists():
-            return {table: tuple(digest) for table, digest in json.loads(path.read_text()).items()}
-    return request.getfixturevalue("scored_night").digests
 
 
 @pytest.fixture(scope="session")
 def scored_night(spark, settings, tmp_path_factory) -> Night:
-    path = _digests_file(tmp_path_factory)
-    with FileLock(f"{path}.lock"):  # the other process's `reference_digests` waits for it
-        night = _build_night(spark, settings, tmp_path_factory)
-        path.write_text(json.dumps(night.digests))
-    return night
-
-
-def _build_night(spark, settings, tmp_path_factory) -> Night:
     from p13n.customers.pipeline import INPUTS
     from p13n.generate.retail import generate
     from p13n.identity.pipeline import resolve_identities

@@ -29,8 +29,8 @@ pytestmark = [pytest.mark.airflow, pytest.mark.spark, pytest.mark.kafka]
 DAY = NIGHT["start"].isoformat()
 
 
-@pytest.mark.timeout(2400)  # about 6.5 minutes on 2 cores, then maybe a wait for the reference night
-def test_one_date_runs_down_the_asset_chain_under_the_scheduler(request, settings, tmp_path):
+@pytest.mark.timeout(1500)  # about 6.5 minutes on 2 cores
+def test_one_date_runs_down_the_asset_chain_under_the_scheduler(settings, tmp_path, scored_night):
     from p13n.alerts import read_alerts
     from p13n.lake.duck import duckdb_connection, scan
     from p13n.scheduler import (
@@ -166,12 +166,12 @@ def test_one_date_runs_down_the_asset_chain_under_the_scheduler(request, setting
     # The same day through the scheduler, Spark Connect and the cluster's executors writes the tables of
     # the in-process reference night (classic local driver, `airflow dags test`), row for row.
     got = table_digests(root)
-    # Asked for last: under `make test` the other process builds the night meanwhile (tests/conftest.py).
-    reference = request.getfixturevalue("reference_digests")
     # Not compared: ops.* (runs and timings) and gold.attribution, whose touchpoints include the push
     # notifications only this run ingests (the reference ingests the sources scoring needs).
     compared = {
-        t: want for t, want in reference.items() if t.split(".")[0] != "ops" and t != "gold.attribution"
+        t: want
+        for t, want in scored_night.digests.items()
+        if t.split(".")[0] != "ops" and t != "gold.attribution"
     }
     assert {"silver.shopify_orders", "gold.customer_profiles", "gold.churn_scores", "gold.segments"} <= set(
         compared
