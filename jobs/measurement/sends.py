@@ -103,6 +103,8 @@ def record_many(settings, as_of: dt.date, nights: list[Sends]) -> list[dict[str,
 
     from p13n.lake.duck import duckdb_connection, literal, replace_rows, scan, table_exists
 
+    if not nights:
+        return []
     root = settings.lake_root
     which = " OR ".join(
         f"(program_type = {literal(n.program_type)} AND program = {literal(n.program)} "
@@ -110,16 +112,13 @@ def record_many(settings, as_of: dt.date, nights: list[Sends]) -> list[dict[str,
         for n in nights
     )
     seen: dict[tuple[str, str, str, str], set[str]] = {}
-    if nights and table_exists(root, SILVER_SENDS):
-        rows = (
-            duckdb_connection(settings=settings)
-            .execute(
+    if table_exists(root, SILVER_SENDS):
+        with duckdb_connection(settings=settings) as con:
+            rows = con.execute(
                 "SELECT program_type, program, destination, status, customer_id "
                 f"FROM {scan(root, SILVER_SENDS)} WHERE send_date < ? AND ({which})",
                 [as_of],
-            )
-            .fetchall()
-        )
+            ).fetchall()
         for *key, customer in rows:
             seen.setdefault(tuple(key), set()).add(customer)
     at = send_time(as_of)
@@ -157,7 +156,7 @@ def record_many(settings, as_of: dt.date, nights: list[Sends]) -> list[dict[str,
     table = pa.table(columns, schema=SCHEMA)
     predicate = f"send_date = '{as_of.isoformat()}' AND ({which})"
     # Written when there are rows, or to clear a rerun's (exports of other programs write at the same time).
-    if nights and (table.num_rows or table_exists(root, SILVER_SENDS)):
+    if table.num_rows or table_exists(root, SILVER_SENDS):
         replace_rows(settings, SILVER_SENDS, table, predicate, partition_by=["send_date"])
     return written
 
