@@ -109,7 +109,8 @@ def bench_customers(rows: int | None = None, reps: int = 1, keep: bool = False) 
         figures |= {f"lists_{k}": v for k, v in listed.items() if isinstance(v, int | float)}
         for prefix, run in (("churn", churn), ("clv", clv), ("segments", seg)):
             figures |= {f"{prefix}_{k}": v for k, v in run.metrics.items() if isinstance(v, int | float)}
-        figures["peak_rss_mb"] = memory.peak_mb
+        figures["peak_rss_mb"] = memory.peak_rss_sum_mb
+        figures["peak_pss_mb"] = memory.peak_mb
     finally:
         if not keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -87,7 +87,8 @@ def bench_identity(rows: int | None = None, reps: int = 1, days: int = 2, keep: 
         figures["identity_vs_splink_ratio"] = round(
             figures[f"identity_day{days}_splink_s"] / max(figures[f"identity_day{days}_match_s"], 1e-9), 3
         )
-        figures["peak_rss_mb"] = memory.peak_mb
+        figures["peak_rss_mb"] = memory.peak_rss_sum_mb
+        figures["peak_pss_mb"] = memory.peak_mb
     finally:
         if not keep:
             shutil.rmtree(work, ignore_errors=True)

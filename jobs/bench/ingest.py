@@ -88,5 +88,6 @@ def bench_ingest(rows: int | None = None, reps: int = 1, days: int = 2) -> dict:
         "generate_s": generate_s,
         "ingest_s": ingest_s,
         "ingest_rows_per_s": read / ingest_s,
-        "peak_rss_mb": memory.peak_mb,
+        "peak_rss_mb": memory.peak_rss_sum_mb,
+        "peak_pss_mb": memory.peak_mb,
     }

@@ -105,7 +105,15 @@ def run_size(customers: int, days: int = 2, keep: bool = False, log=print) -> di
         "generate_seconds": record.get("generate_seconds"),
         "nightly_seconds": round(nightly, 1),
         "stages": stages,
-        "peak_memory_gb": round(mem.peak_bytes / 2**30, 2),
+        # the RSS sum (every earlier measurement's figure) and the PSS sum (shared pages counted once:
+        # the memory the tree really held), with what held the latter, by kind of process
+        "peak_memory_gb": round(mem.peak_rss_sum_bytes / 2**30, 2),
+        "peak_pss_gb": round(mem.peak_bytes / 2**30, 2),
+        "peak_memory_by_process_gb": {
+            label: round(rss / 2**30, 2)
+            for label, rss in sorted(mem.peak_by_process.items(), key=lambda kv: -kv[1])
+            if rss >= 2**27
+        },
         "outputs": _outputs(base / "lake", last),
     }
     if not keep and code == 0:
@@ -167,6 +175,7 @@ def bench_scale(sizes: list[int], days: int = 2, log=print) -> list[dict]:
             "generate_seconds",
             "nightly_seconds",
             "peak_memory_gb",
+            "peak_pss_gb",
         ):
             print(f"scale_{n}_{key}={figures[key]}", flush=True)
         if not figures["succeeded"]:
@@ -244,6 +253,22 @@ def write_report(results: list[dict]) -> None:
     rows.append(
         ["peak memory, whole process tree (GB)", *(str(latest[n]["peak_memory_gb"]) for n in sorted(latest))]
     )
+    if any(r.get("peak_pss_gb") for r in latest.values()):
+        rows.append(
+            [
+                "peak memory, shared pages counted once (PSS, GB)",
+                *(str(latest[n].get("peak_pss_gb", "")) for n in sorted(latest)),
+            ]
+        )
+        rows.append(
+            [
+                "at that peak, by process (PSS, GB)",
+                *(
+                    "; ".join(f"{k} {v}" for k, v in latest[n].get("peak_memory_by_process_gb", {}).items())
+                    for n in sorted(latest)
+                ),
+            ]
+        )
     if any(r.get("note") for r in latest.values()):  # how a size was measured, when not in one plain run
         rows.append(["how it was measured", *(latest[n].get("note", "") for n in sorted(latest))])
     keys = []

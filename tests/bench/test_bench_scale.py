@@ -48,10 +48,20 @@ def test_the_scale_table_shows_the_newest_figures_and_the_earlier_nightlies(tmp_
     assert rows[nightly] == f"| {nightly} | **266** | **1,111** |"
     assert rows["nights run (the last one is the nightly measured)"].endswith(" | 2 | 2 |")
     assert "how it was measured" not in rows  # only when a result carries a note
+    assert "at that peak, by process (PSS, GB)" not in rows  # only when a result has the breakdown
     scale.write_report([_result(20_000, 300.0, "2026-11-23", "abc1234", ok=False)])
     assert f"| {nightly} | failed after 300 |" in report.read_text()  # a failed run is no nightly figure
     scale.write_report([{**_result(20_000, 266.0, "2026-11-23", "abc1234"), "note": "resumed after a fix"}])
     assert "| how it was measured | resumed after a fix |" in report.read_text()
+    by_process = {"Spark Connect server (JVM)": 8.1, "Airflow task processes": 5.25}
+    pss = {"peak_pss_gb": 14.2, "peak_memory_by_process_gb": by_process}
+    scale.write_report([{**_result(20_000, 266.0, "2026-11-23", "abc1234"), **pss}])
+    text = report.read_text()
+    assert "| peak memory, whole process tree (GB) | 6.0 |" in text
+    assert "| peak memory, shared pages counted once (PSS, GB) | 14.2 |" in text
+    assert (
+        "| at that peak, by process (PSS, GB) | Spark Connect server (JVM) 8.1; Airflow task processes 5.25 |"
+    ) in text
     assert rows["the nightly, earlier measurements (s)"] == (
         "| the nightly, earlier measurements (s) | 603 (5bcb257) |  |"
     )
