@@ -17,6 +17,9 @@ from pathlib import Path
 from p13n.config import REPO_ROOT, Settings, get_settings
 
 _LOG4J = REPO_ROOT / "conf" / "log4j2.properties"
+JVM_RETURN_IDLE_MEMORY = (
+    "-XX:+UseG1GC -XX:G1PeriodicGCInterval=15000 -XX:MinHeapFreeRatio=10 -XX:MaxHeapFreeRatio=30"
+)
 
 
 def ensure_java() -> str:
@@ -40,6 +43,11 @@ def spark_conf(settings: Settings) -> dict[str, str]:
     java_opts = "-Duser.timezone=UTC"
     if _LOG4J.exists():
         java_opts += f" -Dlog4j.configurationFile=file:{_LOG4J}"
+    # A JVM keeps the heap it grew: the Spark Connect server, which lives the whole night, held its
+    # scoring-time heap while the recommendation tasks (pandas, implicit) needed the memory. G1 gives
+    # back what a collection leaves free past MaxHeapFreeRatio, and the periodic collection runs one
+    # when the JVM has been idle (no collection) for that many milliseconds.
+    java_opts += " " + JVM_RETURN_IDLE_MEMORY
     conf = {
         "spark.driver.memory": s.driver_memory,
         "spark.sql.shuffle.partitions": str(s.shuffle_partitions),

@@ -102,6 +102,10 @@ class SparkConnectServer:
                 "SPARK_NO_DAEMONIZE": "1",
             }
         )
+        # glibc gives each thread that allocates natively an arena of its own (up to 8 per core) and
+        # rarely returns their free pages: a long-lived JVM serving many sessions grows past its heap.
+        # Hadoop and YARN cap it the same way.
+        env.setdefault("MALLOC_ARENA_MAX", "2")
         return env
 
     def serve(self) -> int:
