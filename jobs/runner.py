@@ -797,11 +797,19 @@ def _produce_live_events(env: dict[str, str], customers: int, day: str) -> int:
     )
 
 
+STOREFRONT_TIMEOUT_MS = 10_000
+
+
 def _storefront_requests(settings, url: str, day: dt.date, customers: int = 2000) -> tuple[int, int]:
     """A storefront's traffic for the demo: the personalized list of up to `customers` active
     customers, read as the API reads it (`Store.recommendations`), so each request the experiment
     intercepts logs an exposure. The storefront browses `day` (from 09:00 UTC, a request every 10
-    seconds), like the live events, so the exposures are measured on the generated dates' orders."""
+    seconds), like the live events, so the exposures are measured on the generated dates' orders.
+
+    The API answers within `serving.api.redis_timeout_ms` (100 ms) or serves its fallback; the demo
+    waits up to `STOREFRONT_TIMEOUT_MS` instead, since a fallback logs no exposure: at 100k customers,
+    on a machine busy with the night's tail, connecting took longer than 100 ms and the whole run
+    stopped on the demo's `RedisDown`."""
     import asyncio
 
     import redis as redis_lib
@@ -813,11 +821,13 @@ def _storefront_requests(settings, url: str, day: dt.date, customers: int = 2000
         return 0, 0
     stream = Keys(settings.serving.namespace).exposures
     before = redis_lib.Redis.from_url(url).xlen(stream)
+    api = settings.serving.api.model_copy(update={"redis_timeout_ms": STOREFRONT_TIMEOUT_MS})
+    demo = settings.model_copy(update={"serving": settings.serving.model_copy(update={"api": api})})
 
     async def browse() -> int:
         start = dt.datetime.combine(day, dt.time(9), dt.UTC).timestamp()
         ticks = iter(range(10**9))
-        store = Store(settings, url, clock=lambda: start + 10 * next(ticks))
+        store = Store(demo, url, clock=lambda: start + 10 * next(ticks))
         try:
             seg = await store.segment("lifecycle.active", 1, customers)
             ids = seg["customer_ids"] if seg else []

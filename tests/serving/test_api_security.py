@@ -4,10 +4,13 @@ OpenAPI document fuzzed (schemathesis) against the real API process on a real Re
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -276,3 +279,38 @@ def test_a_load_of_shopper_requests_never_trips_the_breaker(live_api):
     assert {r.status_code for r in replies if "/segments/" in str(r.url)} == {422}
     health = httpx.get(f"{url}/health").json()
     assert health["status"] == "ok" and health["breaker_trips"] == 0
+
+
+def test_the_demo_storefront_waits_out_a_redis_that_answers_late(settings, tmp_path, monkeypatch):
+    """`make run`'s storefront browses the lists through the API's store, but a fallback logs no
+    exposure: it waits for a Redis that answers late (here: stopped for 0.5 s as the storefront starts)
+    instead of ending the run on the API's 100 ms timeout, which a 100k run met on a busy machine."""
+    from p13n.runner import _storefront_requests
+    from p13n.services.redis import RedisServer
+    from p13n.serving.api import Store
+    from p13n.serving.keys import Keys
+
+    server = RedisServer(tmp_path / "redis", persist=False).start()
+    live, resumed = Store.live, []
+
+    async def late(store):
+        if not resumed:  # the storefront's first call: Redis stalls for 0.5 s
+            os.kill(server.proc.pid, signal.SIGSTOP)
+            resumed.append(threading.Timer(0.5, os.kill, (server.proc.pid, signal.SIGCONT)))
+            resumed[0].start()
+        return await live(store)
+
+    monkeypatch.setattr(Store, "live", late)
+    try:
+        keys = Keys(settings.serving.namespace)
+        r = redis.Redis.from_url(server.url)
+        r.set(keys.live, "v1")
+        r.hset(keys.segments("v1"), "lifecycle.active", 3)
+        r.rpush(keys.segment("v1", "lifecycle.active"), "C1", "C2", "C3")
+        assert settings.serving.api.redis_timeout_ms <= 100
+        shown, _ = _storefront_requests(settings, server.url, dt.date(2024, 3, 2))
+    finally:
+        resumed[0].join() if resumed else None
+        os.kill(server.proc.pid, signal.SIGCONT)
+        server.stop()
+    assert resumed and shown == 3
