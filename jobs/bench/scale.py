@@ -110,9 +110,9 @@ def run_size(customers: int, days: int = 2, keep: bool = False, log=print) -> di
         "peak_memory_gb": round(mem.peak_rss_sum_bytes / 2**30, 2),
         "peak_pss_gb": round(mem.peak_bytes / 2**30, 2),
         "peak_memory_by_process_gb": {
-            label: round(rss / 2**30, 2)
-            for label, rss in sorted(mem.peak_by_process.items(), key=lambda kv: -kv[1])
-            if rss >= 2**27
+            label: round(held / 2**30, 2)
+            for label, held in sorted(mem.peak_by_process.items(), key=lambda kv: -kv[1])
+            if held >= 2**27
         },
         "outputs": _outputs(base / "lake", last),
     }
