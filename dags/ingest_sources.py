@@ -27,7 +27,7 @@ from __future__ import annotations
 from airflow.sdk import Asset, dag, task
 
 from p13n.alerts import deadline
-from p13n.orchestration import dag_defaults, nightly_schedule
+from p13n.orchestration import dag_defaults, nightly_schedule, source_slots
 from p13n.sources.catalog import catalog
 
 
@@ -40,6 +40,7 @@ def silver_asset(source_name: str) -> Asset:
     schedule=nightly_schedule("0 1 * * *"),  # runs partitioned by date: the key flows down the assets
     catchup=False,
     max_active_runs=1,
+    max_active_tasks=source_slots(),  # thin Spark clients: two per core by default
     default_args=dag_defaults(),
     deadline=deadline("ingest_sources"),
     tags=["p13n", "ingestion", "bronze", "silver"],

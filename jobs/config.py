@@ -140,7 +140,11 @@ class AirflowSettings(_Section):
     dag_process_max_rss_gb: float = Field(12.0, gt=0)
     # The components `make airflow` and `p13n run` start (`p13n.scheduler`): each task in its own process.
     executor: str = "LocalExecutor"
-    parallelism: int = Field(0, ge=0)  # tasks at once; 0: one per core
+    parallelism: int = Field(0, ge=0)  # tasks of a DAG at once; 0: one per core
+    # ingest_sources' tasks at once; 0: two per core. A source's task is a thin Spark Connect client
+    # waiting on the server's round trips most of its time (the server's own threads are the cores'
+    # limit); the executor's slots are the larger of the two.
+    source_parallelism: int = Field(0, ge=0)
     api_port: int = Field(8080, gt=0, lt=65536)
     # Modules the scheduler imports before it forks the LocalExecutor's workers, so each task (a fork of
     # a worker) starts with them (conf/airflow/airflow_local_settings.py).

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from p13n.config import Settings, get_settings
-from p13n.orchestration import PROGRESS_MARK, airflow_bin, airflow_env
+from p13n.orchestration import PROGRESS_MARK, airflow_bin, airflow_env, source_slots, task_slots
 from p13n.secrets import local_secret
 
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
@@ -56,12 +56,13 @@ def services_env(settings: Settings | None = None, port: int | None = None, base
     a = settings.airflow
     env = airflow_env(settings, base)
     port = port or a.api_port
-    parallelism = a.parallelism or max(1, os.cpu_count() or 1)
+    per_dag = task_slots(settings)
+    parallelism = max(per_dag, source_slots(settings))  # ingest_sources' own limit is its DAG's
     env.update(
         {
             "AIRFLOW__CORE__EXECUTOR": a.executor,
             "AIRFLOW__CORE__PARALLELISM": str(parallelism),
-            "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": str(parallelism),
+            "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": str(per_dag),
             "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__API__PORT": str(port),
             "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
@@ -124,7 +125,8 @@ class AirflowServices:
             os.chmod(passwords_file(self.env), 0o600)
         say(
             f"Airflow on {self.url}: {', '.join(COMPONENTS)}; {self.env['AIRFLOW__CORE__EXECUTOR']} "
-            f"({self.env['AIRFLOW__CORE__PARALLELISM']} tasks at once); logs in {self.log_dir}"
+            f"({self.env['AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG']} tasks of a DAG at once, "
+            f"{self.env['AIRFLOW__CORE__PARALLELISM']} in all); logs in {self.log_dir}"
         )
         return self
 

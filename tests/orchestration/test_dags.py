@@ -142,3 +142,23 @@ def test_heavy_libraries_are_not_imported_at_parse_time():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_sources_run_two_per_core_and_other_dags_one(dagbag, monkeypatch):
+    """A source's task is a thin Spark Connect client: ingest_sources runs two per core; every other
+    DAG one per core (its tasks run pandas and scikit-learn in their own processes); the executor has
+    slots for the larger."""
+    import os
+
+    from p13n.config import load_settings
+    from p13n.scheduler import services_env
+
+    cores = os.cpu_count() or 1
+    assert dagbag.dags["ingest_sources"].max_active_tasks == 2 * cores
+    env = services_env(load_settings(), port=18080, base={})
+    assert env["AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG"] == str(cores)
+    assert env["AIRFLOW__CORE__PARALLELISM"] == str(2 * cores)
+    monkeypatch.setenv("P13N__AIRFLOW__PARALLELISM", "3")
+    monkeypatch.setenv("P13N__AIRFLOW__SOURCE_PARALLELISM", "5")
+    env = services_env(load_settings(), port=18080, base={})
+    assert (env["AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG"], env["AIRFLOW__CORE__PARALLELISM"]) == ("3", "5")
