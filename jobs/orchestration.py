@@ -32,9 +32,13 @@ def dag_defaults(settings: Settings | None = None) -> dict:
     }
 
 
+def _cores() -> int:
+    return max(1, os.cpu_count() or 1)
+
+
 def task_slots(settings: Settings | None = None) -> int:
     """Tasks of a DAG running at once: `airflow.parallelism`, or one per core."""
-    return (settings or get_settings()).airflow.parallelism or max(1, os.cpu_count() or 1)
+    return (settings or get_settings()).airflow.parallelism or _cores()
 
 
 def source_slots(settings: Settings | None = None) -> int:
@@ -42,7 +46,7 @@ def source_slots(settings: Settings | None = None) -> int:
     thin Spark Connect client: at one per core the server's two threads sat half idle between a task's
     round trips (make run's ingestion at 20k on 2 cores, one run each: 151 s and 69 s for its two
     nights at 2 tasks at once; 129 s and 58 s with every DAG at 4; 118 s and 65 s as set here)."""
-    return (settings or get_settings()).airflow.source_parallelism or 2 * max(1, os.cpu_count() or 1)
+    return (settings or get_settings()).airflow.source_parallelism or 2 * _cores()
 
 
 def nightly_schedule(cron: str):
@@ -101,7 +105,7 @@ def share_cores(tasks: int):
     process)."""
     from threadpoolctl import ThreadpoolController
 
-    cores = os.cpu_count() or 1
+    cores = _cores()
     slots = task_slots()
     share = max(1, cores // max(1, min(tasks, slots)))
     names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")

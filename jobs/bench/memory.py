@@ -18,19 +18,27 @@ import psutil
 
 def tree_rss_bytes(pid: int | None = None) -> int:
     """Summed RSS of a process (this one by default) and its descendants; 0 when it is gone."""
-    return sum(rss for rss, _ in tree_memory_by_process(pid, pss=False).values())
+    total = 0
+    for proc in _tree(pid):
+        with contextlib.suppress(psutil.Error):
+            total += proc.memory_info().rss
+    return total
+
+
+def _tree(pid: int | None) -> list[psutil.Process]:
+    """A process and its descendants; empty when it is gone."""
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
 
 
 def tree_memory_by_process(pid: int | None = None, pss: bool = True) -> dict[str, tuple[int, int]]:
     """(RSS, PSS) of a process (this one by default) and its descendants, summed by what each one is
     (`process_label`); empty when it is gone. PSS is 0 when not asked for or not readable."""
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return {}
     out: dict[str, tuple[int, int]] = {}
-    for proc in procs:
+    for proc in _tree(pid):
         with contextlib.suppress(psutil.Error):
             mem = proc.memory_full_info() if pss else proc.memory_info()
             label = process_label(proc.name(), proc.cmdline())
