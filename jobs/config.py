@@ -244,6 +244,11 @@ class CustomerSettings(_Section):
     new_customer_days: int = Field(30, gt=0)
     send_time_days: int = Field(180, gt=0)
     send_time_min_opens: int = Field(3, gt=0)
+    # Where customer features are computed: duckdb (in the task's process, from the attributed activity
+    # pulled as Arrow once), spark (on the Spark service: past one machine), auto: duckdb up to
+    # `features_duckdb_max_customers` customer profiles, spark past them.
+    features_engine: Literal["auto", "duckdb", "spark"] = "auto"
+    features_duckdb_max_customers: int = Field(1_200_000, gt=0)
     # Champion/challenger gates per model: metric → rule.
     gates: dict[str, dict[str, GateSettings]] = Field(default_factory=dict)
     seed: int = 13

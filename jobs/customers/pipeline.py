@@ -17,15 +17,18 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from p13n.config import Settings
 from p13n.customers import activity as act
+from p13n.customers import features_duckdb as duck
 from p13n.customers.features import affinities, build_features, interval_end, orders_of
 from p13n.lake import Lake
 from p13n.lake.core import content_key_of
@@ -81,6 +84,9 @@ class Activity:
     loyalty: DataFrame
     versions: dict[str, int]
     contents: dict[str, str]  # each input's `Lake.content_key` at the version read
+    # Where `feature_frame` computes (`customers.features_engine`, resolved): duckdb or spark.
+    engine: str = "spark"
+    _local: tuple[duck.LocalActivity, object] | None = field(default=None, repr=False)
 
     def run_key(self, as_of: dt.date) -> str:
         """The date and what every input holds: what a rerun has in common with its first run (a
@@ -94,8 +100,52 @@ class Activity:
             self.customers, self.lines, self.events, self.messages, self.returns, self.loyalty, as_of
         )
 
+    def local(self):
+        """The activity as Arrow in this process and a DuckDB connection over it (pulled once)."""
+        if self._local is None:
+            frames = ("customers", "lines", "events", "messages", "returns", "loyalty")
+            local = duck.LocalActivity(**{name: getattr(self, name).toArrow() for name in frames})
+            self._local = (local, local.connect())
+        return self._local
 
-def read_activity(lake: Lake) -> Activity:
+    def feature_frame(self, as_of: dt.date) -> pd.DataFrame:
+        """`features(as_of)` as pandas, computed by the activity's engine."""
+        if self.engine == "duckdb":
+            local, con = self.local()
+            frame = duck.build_features(local, as_of, con).to_pandas()
+            for col in ("first_purchase_at", "last_purchase_at"):  # naive UTC, as Spark's toPandas gives
+                frame[col] = frame[col].dt.tz_convert("UTC").dt.tz_localize(None)
+            return frame
+        return to_pandas(self.features(as_of))
+
+    def later_orders(self, start: dt.date, days: int) -> pd.Series:
+        """Orders per customer in the `days` after the end of `start` (the churn label's window)."""
+        lo = interval_end(start)
+        hi = lo + dt.timedelta(days=days)
+        if self.engine == "duckdb":
+            _, con = self.local()
+            counts = con.execute(duck.LATER_ORDERS, {"lo": lo, "hi": hi}).df()
+        else:
+            o = orders_of(self.lines).filter(
+                (F.col("ordered_at") >= F.lit(lo)) & (F.col("ordered_at") < F.lit(hi))
+            )
+            counts = to_pandas(o.groupBy("customer_id").count())
+        return counts.set_index("customer_id")["count"]
+
+
+def features_engine(lake: Lake, settings: Settings | None = None) -> str:
+    """`customers.features_engine`, with `auto` resolved by the customer profiles' row count (from the
+    Delta log: no scan)."""
+    from p13n.config import get_settings
+
+    cfg = (settings or get_settings()).customers
+    if cfg.features_engine != "auto":
+        return cfg.features_engine
+    profiles = lake.info(GOLD_CUSTOMER_PROFILES).rows
+    return "duckdb" if 0 <= profiles <= cfg.features_duckdb_max_customers else "spark"
+
+
+def read_activity(lake: Lake, settings: Settings | None = None) -> Activity:
     missing = [t for t in INPUTS.values() if not lake.exists(t)]
     if missing:
         raise FileNotFoundError(
@@ -127,6 +177,7 @@ def read_activity(lake: Lake) -> Activity:
         loyalty=act.loyalty_status(keys, t["loyalty"]),
         versions={table: d.version() for table, d in opened.items()},
         contents={table: content_key_of(d) for table, d in opened.items()},
+        engine=features_engine(lake, settings),
     )
 
 
@@ -134,6 +185,8 @@ def read_activity(lake: Lake) -> Activity:
 def build_customer_features(
     lake: Lake, activity: Activity, as_of: dt.date, run: RunContext | None = None
 ) -> dict:
+    if activity.engine == "duckdb":
+        return _build_features_duckdb(lake, activity, as_of, run)
     features = activity.features(as_of).cache()
     # Counted first (it fills the cache): a partition known to be small is written by this process
     # from Arrow, not by a distributed Spark write (`lake.client_write_max_rows`).
@@ -156,6 +209,20 @@ def build_customer_features(
     return {"customers": n, "buyers": buyers, "unattributed_line_share": round(float(share or 0.0), 4)}
 
 
+def _build_features_duckdb(lake: Lake, activity: Activity, as_of: dt.date, run: RunContext | None) -> dict:
+    local, con = activity.local()
+    features = duck.build_features(local, as_of, con)
+    n = lake.replace_partition_rows(
+        GOLD_CUSTOMER_FEATURES, features, "as_of_date", as_of, run=run
+    ).rows_written
+    lake.replace_partition_rows(
+        GOLD_CUSTOMER_AFFINITIES, duck.affinities(local, as_of, con), "as_of_date", as_of, run=run
+    )
+    share = con.execute(duck.UNATTRIBUTED, {"end": interval_end(as_of)}).fetchone()[0]
+    buyers = int(pa.compute.sum(pa.compute.greater(features["orders_total"], 0)).as_py() or 0)
+    return {"customers": n, "buyers": buyers, "unattributed_line_share": round(float(share or 0.0), 4)}
+
+
 def read_features(lake: Lake, as_of: dt.date) -> pd.DataFrame:
     df = to_pandas(lake.read(GOLD_CUSTOMER_FEATURES, where=[("as_of_date", "=", as_of)]))
     if df.empty:
@@ -173,17 +240,6 @@ def _save_figure(mlflow, fig, name: str) -> None:
     plt.close(fig)
 
 
-def _later_orders(activity: Activity, start: dt.date, days: int) -> pd.Series:
-    """Orders per customer in the `days` after the end of `start` (the label window)."""
-    lo = interval_end(start)
-    hi = lo + dt.timedelta(days=days)
-    o = orders_of(activity.lines).filter(
-        (F.col("ordered_at") >= F.lit(lo)) & (F.col("ordered_at") < F.lit(hi))
-    )
-    counts = to_pandas(o.groupBy("customer_id").count())
-    return counts.set_index("customer_id")["count"]
-
-
 # ------------------------------------------------------------------------------------ churn
 def score_churn(
     lake: Lake,
@@ -199,8 +255,9 @@ def score_churn(
     train_at, eval_at = as_of - dt.timedelta(days=2 * w), as_of - dt.timedelta(days=w)
     sets = {}
     for name, cutoff in (("train", train_at), ("eval", eval_at)):
-        f = to_pandas(activity.features(cutoff).filter("orders_total > 0"))
-        f["churned"] = churn_model.label(f, _later_orders(activity, cutoff, w))
+        f = activity.feature_frame(cutoff)
+        f = f[f["orders_total"] > 0].reset_index(drop=True)
+        f["churned"] = churn_model.label(f, activity.later_orders(cutoff, w))
         sets[name] = f
         progress(
             f"churn: {len(f):,} customers as of {cutoff}, {f['churned'].mean():.1%} churned in the next {w} "
