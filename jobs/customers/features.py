@@ -220,7 +220,9 @@ def _top_affinities(lines: DataFrame, end: dt.datetime, top: int = 3) -> DataFra
         spend = recent.groupBy("customer_id", F.col(kind).alias("value")).agg(
             F.sum("amount_usd").alias("spend")
         )
-        total = F.sum("spend").over(Window.partitionBy("customer_id"))
+        # A year of free or fully discounted items has no share to give (Spark 4's ANSI mode would fail
+        # the whole query on the division: CDNOW's real purchases of $0 did).
+        total = F.nullif(F.sum("spend").over(Window.partitionBy("customer_id")), F.lit(0.0))
         order = Window.partitionBy("customer_id").orderBy(F.desc("spend"), "value")
         parts.append(
             spend.withColumn("share", F.round(F.col("spend") / total, 4))

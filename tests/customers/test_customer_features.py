@@ -322,8 +322,8 @@ def test_churn_without_enough_history_names_its_training_cutoff(spark, settings,
 
 def test_duckdb_features_equal_spark_features_on_varied_rows(spark):
     """Seeded rows with what trips engines up (multi-line orders, equal spends, missing categories,
-    amounts and shares that round on a half, customers without purchases, activity after the day):
-    the two engines give the same rows, value for value."""
+    amounts and shares that round on a half, a customer who only had free items, customers without
+    purchases, activity after the day): the two engines give the same rows, value for value."""
     rnd = random.Random(7)
     cats, brands = ["grocery", "toys", None, "beauty"], ["B1", "B2", "B3", None]
     start = dt.datetime(2023, 1, 1, tzinfo=dt.UTC)
@@ -350,6 +350,8 @@ def test_duckdb_features_equal_spark_features_on_varied_rows(spark):
                 )
             )
     rows.append(("u1", "u1", None, when(), "web", "S1", "toys", "B1", 1, 9.0))  # not attributed
+    rows.append(("z1", "z1", "C0", start, "web", "S1", "toys", "B1", 1, 0.0))  # free: no spend to share
+    rows = [r if r[2] != "C0" else (*r[:9], 0.0) for r in rows]
     lines = _lines(spark, rows)
     customers = spark.createDataFrame(
         [(f"C{i}", when()) for i in range(70)], "customer_id string, first_seen_at timestamp"
